@@ -1,0 +1,524 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The vswitch datapath: guest memory, split virtqueues, FDB and worker threads.
+
+The control plane (Python) drives it through the `Datapath` class; workers run
+`worker_loop` without the GIL. See design.md "Control-to-worker protocol":
+the control plane changes what a worker may see by flipping a flag, then
+waits for every worker to finish the round it was in (`_quiesce`), and only
+then touches the ring, the memory map or the fds it used.
+"""
+
+include "types.pxi"
+include "mem.pxi"
+include "vring.pxi"
+include "fdb.pxi"
+include "worker.pxi"
+
+import os
+import threading
+
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
+from libc.errno cimport errno
+
+cdef extern from "<sys/mman.h>" nogil:
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
+    int munmap(void *addr, size_t length)
+    enum:
+        PROT_READ
+        PROT_WRITE
+        MAP_SHARED
+    void *MAP_FAILED
+
+cdef extern from "<sys/stat.h>" nogil:
+    struct stat:
+        long st_size
+    int fstat(int fd, stat *buf)
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    enum:
+        EFD_NONBLOCK
+        EFD_CLOEXEC
+
+cdef extern from "<time.h>" nogil:
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    int nanosleep(const timespec *req, timespec *rem)
+
+cdef extern from "<unistd.h>" nogil:
+    int close(int fd)
+
+DROP_REASONS = (
+    "bad_head", "bad_address", "bad_length", "bad_chain", "bad_indirect",
+    "bad_flags", "too_many_segments", "runt", "ring_disabled", "no_rx_buffer",
+    "rx_buffer_too_small", "rx_bad_chain", "no_rx_queue", "same_port",
+    "ring_broken",
+)
+assert len(DROP_REASONS) == DROP_MAX
+
+MAX_PORTS = VS_MAX_PORTS
+MAX_QUEUE_PAIRS = VS_MAX_QP
+MAX_REGIONS = VS_MAX_REGIONS
+BURST = VS_BURST
+
+# Feature bits the datapath itself interprets.
+cdef enum:
+    F_MRG_RXBUF = 15
+    F_INDIRECT_DESC = 28
+    F_EVENT_IDX = 29
+    F_VERSION_1 = 32
+
+
+class DatapathError(Exception):
+    """A request the datapath cannot honour (bad address, size, index)."""
+
+
+cdef void _unmap_all(vs_memtable *m) noexcept nogil:
+    cdef int i
+    for i in range(m.n):
+        if m.r[i].map_base != NULL:
+            munmap(m.r[i].map_base, m.r[i].map_len)
+    memset(m, 0, sizeof(vs_memtable))
+
+
+cdef int _translate_ring(vs_memtable *m, vs_vring *vq) noexcept nogil:
+    """Point desc/avail/used at our mapping of the front-end's addresses."""
+    cdef uint64_t num = vq.num
+    vq.desc = <vs_vring_desc *>mem_uaddr_contig(m, vq.desc_ua, 16 * num)
+    vq.avail = <vs_vring_avail *>mem_uaddr_contig(m, vq.avail_ua, 6 + 2 * num)
+    vq.used = <vs_vring_used *>mem_uaddr_contig(m, vq.used_ua, 6 + 8 * num)
+    if vq.desc == NULL or vq.avail == NULL or vq.used == NULL:
+        vq.desc = NULL
+        vq.avail = NULL
+        vq.used = NULL
+        return -1
+    return 0
+
+
+cdef class Datapath:
+    """Owns the switch tables and the worker threads."""
+
+    cdef vs_switch *sw
+    cdef vs_worker **workers
+    cdef int nworkers
+    cdef object threads
+    cdef bint running
+
+    def __cinit__(self, int workers=1):
+        if not 1 <= workers <= 64:
+            raise ValueError("workers must be 1..64")
+        self.sw = <vs_switch *>calloc(1, sizeof(vs_switch))
+        self.workers = <vs_worker **>calloc(workers, sizeof(vs_worker *))
+        if self.sw == NULL or self.workers == NULL:
+            raise MemoryError()
+        self.nworkers = workers
+        self.sw.nworkers = workers
+        for i in range(workers):
+            self.workers[i] = <vs_worker *>calloc(1, sizeof(vs_worker))
+            if self.workers[i] == NULL:
+                raise MemoryError()
+            self.workers[i].id = i
+            self.workers[i].wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        self.threads = []
+        self.running = False
+
+    def __dealloc__(self):
+        cdef int i, p, q
+        cdef vs_port *port
+        if self.running:
+            self.stop()
+        if self.sw != NULL:
+            for p in range(VS_MAX_PORTS):
+                port = self.sw.ports[p]
+                if port != NULL:
+                    self._release_port_resources(port)
+                    free(port)
+            free(self.sw)
+        if self.workers != NULL:
+            for i in range(self.nworkers):
+                if self.workers[i] != NULL:
+                    close(self.workers[i].wake_fd)
+                    free(self.workers[i])
+            free(self.workers)
+
+    # --- workers -------------------------------------------------------------
+
+    @property
+    def workers(self):
+        return self.nworkers
+
+    def start(self):
+        """Start the worker threads (each enters the nogil loop once)."""
+        if self.running:
+            return
+        self.running = True
+        for i in range(self.nworkers):
+            self.workers[i].quit = 0
+            t = threading.Thread(target=self._run_worker, args=(i,),
+                                 name=f"vswitch-worker-{i}", daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _run_worker(self, int i):
+        cdef vs_worker *w = self.workers[i]
+        with nogil:
+            worker_loop(self.sw, w)
+
+    def stop(self):
+        if not self.running:
+            return
+        for i in range(self.nworkers):
+            vs_store_release_int(&self.workers[i].quit, 1)
+        self._wake()
+        for t in self.threads:
+            t.join()
+        self.threads = []
+        self.running = False
+
+    cdef void _wake(self) noexcept:
+        cdef uint64_t one = 1
+        cdef int i
+        for i in range(self.nworkers):
+            write(self.workers[i].wake_fd, &one, 8)
+
+    cdef int _quiesce(self) except -1:
+        """Wait until every worker has finished the round it was in: after
+        this, no worker holds a pointer it read before the call."""
+        cdef uint64_t snap[64]
+        cdef int i
+        cdef bint done
+        cdef timespec ts
+        cdef long waited_us = 0
+        if not self.running:
+            return 0
+        vs_mb()
+        for i in range(self.nworkers):
+            snap[i] = vs_load_acquire_u64(&self.workers[i].epoch)
+        self._wake()
+        ts.tv_sec = 0
+        ts.tv_nsec = 20000
+        with nogil:
+            while True:
+                done = True
+                for i in range(self.nworkers):
+                    if vs_load_acquire_u64(&self.workers[i].epoch) == snap[i]:
+                        done = False
+                if done:
+                    break
+                nanosleep(&ts, NULL)
+                waited_us += 20
+                if waited_us > 10000000:
+                    break
+        if not done:
+            raise DatapathError("workers did not reach a quiescent point in 10 s")
+        return 0
+
+    def worker_stats(self):
+        return [{"rounds": self.workers[i].rounds, "idle_sleeps": self.workers[i].idle_sleeps}
+                for i in range(self.nworkers)]
+
+    # --- ports ---------------------------------------------------------------
+
+    cdef vs_port *_port(self, int p) except NULL:
+        if not 0 <= p < VS_MAX_PORTS or self.sw.ports[p] == NULL or not self.sw.ports[p].in_use:
+            raise DatapathError(f"no port {p}")
+        return self.sw.ports[p]
+
+    cdef vs_vring *_vring(self, int p, int idx) except NULL:
+        cdef vs_port *port = self._port(p)
+        if not 0 <= idx < 2 * port.nqp:
+            raise DatapathError(f"vring index {idx} out of range (port has {port.nqp} queue pairs)")
+        return &port.vq[idx]
+
+    def port_add(self, int queue_pairs):
+        """Allocate a port slot. Slots are never freed while the datapath
+        lives (workers may hold a pointer), only reused."""
+        cdef int p, i
+        cdef vs_port *port
+        if not 1 <= queue_pairs <= VS_MAX_QP:
+            raise DatapathError(f"queue pairs must be 1..{VS_MAX_QP}")
+        for p in range(VS_MAX_PORTS):
+            if self.sw.ports[p] == NULL:
+                self.sw.ports[p] = <vs_port *>calloc(1, sizeof(vs_port))
+                if self.sw.ports[p] == NULL:
+                    raise MemoryError()
+            port = self.sw.ports[p]
+            if port.in_use:
+                continue
+            memset(port, 0, sizeof(vs_port))
+            for i in range(VS_MAX_VRINGS):
+                port.vq[i].kick_fd = -1
+                port.vq[i].call_fd = -1
+                port.vq[i].err_fd = -1
+            port.nqp = queue_pairs
+            port.hdr_len = 12
+            port.in_use = 1
+            if p + 1 > self.sw.nports_hi:
+                vs_store_release_int(&self.sw.nports_hi, p + 1)
+            return p
+        raise DatapathError(f"all {VS_MAX_PORTS} port slots in use")
+
+    def port_remove(self, int p):
+        cdef vs_port *port = self._port(p)
+        self.port_reset(p)
+        port.in_use = 0
+
+    cdef void _release_port_resources(self, vs_port *port) noexcept:
+        cdef int i
+        for i in range(VS_MAX_VRINGS):
+            for fd in (port.vq[i].kick_fd, port.vq[i].call_fd, port.vq[i].err_fd):
+                if fd >= 0:
+                    close(fd)
+            port.vq[i].kick_fd = -1
+            port.vq[i].call_fd = -1
+            port.vq[i].err_fd = -1
+        _unmap_all(&port.mem)
+
+    def port_reset(self, int p):
+        """Disconnect or RESET_DEVICE: stop every ring, forget the FDB entries,
+        unmap memory, close fds, clear counters of nothing (they live on)."""
+        cdef vs_port *port = self._port(p)
+        cdef int i
+        cdef vs_counters saved[VS_MAX_VRINGS]
+        vs_store_release_int(&port.active, 0)
+        for i in range(VS_MAX_VRINGS):
+            vs_store_release_int(&port.vq[i].started, 0)
+        self._quiesce()
+        fdb_forget_port(self.sw, p)
+        self._release_port_resources(port)
+        for i in range(VS_MAX_VRINGS):
+            saved[i] = port.vq[i].c
+            memset(&port.vq[i], 0, sizeof(vs_vring))
+            port.vq[i].c = saved[i]
+            port.vq[i].kick_fd = -1
+            port.vq[i].call_fd = -1
+            port.vq[i].err_fd = -1
+        port.n_rx_enabled = 0
+
+    def port_set_features(self, int p, uint64_t features):
+        """Apply negotiated virtio features (SET_FEATURES, possibly repeated)."""
+        cdef vs_port *port = self._port(p)
+        cdef bint version_1 = (features >> F_VERSION_1) & 1
+        cdef bint mrg = (features >> F_MRG_RXBUF) & 1
+        # virtio spec 5.1.6: the header is 12 bytes with VERSION_1 or
+        # MRG_RXBUF, 10 bytes for a legacy device without MRG_RXBUF.
+        cdef uint32_t hdr_len = 12 if (version_1 or mrg) else 10
+        cdef int evi = (features >> F_EVENT_IDX) & 1
+        cdef int ind = (features >> F_INDIRECT_DESC) & 1
+        if hdr_len == port.hdr_len and mrg == port.mrg_rxbuf and evi == port.event_idx \
+                and ind == port.indirect:
+            return
+        was = port.active
+        vs_store_release_int(&port.active, 0)
+        self._quiesce()
+        port.hdr_len = hdr_len
+        port.mrg_rxbuf = mrg
+        port.event_idx = evi
+        port.indirect = ind
+        vs_store_release_int(&port.active, was)
+
+    def set_mem_table(self, int p, list regions):
+        """Map the front-end's memory. regions: [(gpa, size, uaddr, mmap_offset, fd)].
+        Replaces a previous table while rings run: the port is paused for one
+        worker round, rings are re-pointed, the old mappings are unmapped.
+        The caller keeps ownership of the fds (mappings outlive them)."""
+        cdef vs_port *port = self._port(p)
+        cdef vs_memtable newm
+        cdef vs_memtable oldm
+        cdef vs_region *r
+        cdef stat st
+        cdef uint64_t gpa, size, uaddr, off
+        cdef int fd, i, j
+        cdef void *base
+        if not 1 <= len(regions) <= VS_MAX_REGIONS:
+            raise DatapathError(f"{len(regions)} memory regions (1..{VS_MAX_REGIONS})")
+        memset(&newm, 0, sizeof(vs_memtable))
+        try:
+            for (gpa, size, uaddr, off, fd) in regions:
+                if size == 0 or gpa + size < gpa or uaddr + size < uaddr or off + size < off:
+                    raise DatapathError(f"region gpa={gpa:#x} size={size:#x} overflows")
+                if fstat(fd, &st) != 0:
+                    raise DatapathError(f"region fd {fd}: {os.strerror(errno)}")
+                # Touching a page past the end of the file would raise SIGBUS
+                # in a worker: refuse a region the file does not back.
+                if <uint64_t>st.st_size < off + size:
+                    raise DatapathError(
+                        f"region gpa={gpa:#x} needs {off + size} bytes of its file, which has {st.st_size}")
+                for j in range(newm.n):
+                    if gpa < newm.r[j].gpa + newm.r[j].size and newm.r[j].gpa < gpa + size:
+                        raise DatapathError(f"region gpa={gpa:#x} overlaps another region")
+                base = mmap(NULL, off + size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+                if base == MAP_FAILED:
+                    raise DatapathError(f"mmap of region gpa={gpa:#x} size={size:#x} failed")
+                r = &newm.r[newm.n]
+                r.gpa = gpa
+                r.size = size
+                r.uaddr = uaddr
+                r.map_base = base
+                r.map_len = off + size
+                r.host = <uint8_t *>base + off
+                newm.n += 1
+        except BaseException:
+            _unmap_all(&newm)
+            raise
+        was = port.active
+        vs_store_release_int(&port.active, 0)
+        self._quiesce()
+        oldm = port.mem
+        port.mem = newm
+        broken = []
+        for i in range(2 * port.nqp):
+            if port.vq[i].started and _translate_ring(&port.mem, &port.vq[i]) != 0:
+                vs_store_release_int(&port.vq[i].started, 0)
+                broken.append(i)
+        vs_store_release_int(&port.active, 1)
+        _unmap_all(&oldm)
+        return broken
+
+    def memory_regions(self, int p):
+        cdef vs_port *port = self._port(p)
+        return [(port.mem.r[i].gpa, port.mem.r[i].size, port.mem.r[i].uaddr)
+                for i in range(port.mem.n)]
+
+    # --- vrings --------------------------------------------------------------
+
+    def vring_set_num(self, int p, int idx, unsigned int num):
+        cdef vs_vring *vq = self._vring(p, idx)
+        if num == 0 or num > 32768 or (num & (num - 1)) != 0:
+            raise DatapathError(f"ring size {num} is not a power of 2 in 1..32768")
+        if vq.started:
+            raise DatapathError("SET_VRING_NUM on a started ring")
+        vq.num = num
+
+    def vring_set_addr(self, int p, int idx, uint64_t desc, uint64_t used, uint64_t avail):
+        cdef vs_vring *vq = self._vring(p, idx)
+        cdef vs_port *port = self._port(p)
+        was = vq.started
+        if was:
+            # Re-pointing a running ring (QEMU does it to toggle dirty logging).
+            vs_store_release_int(&vq.started, 0)
+            self._quiesce()
+        vq.desc_ua = desc
+        vq.used_ua = used
+        vq.avail_ua = avail
+        if was:
+            if _translate_ring(&port.mem, vq) != 0:
+                raise DatapathError("ring addresses are not inside guest memory")
+            vs_store_release_int(&vq.started, 1)
+
+    def vring_set_base(self, int p, int idx, unsigned int base):
+        cdef vs_vring *vq = self._vring(p, idx)
+        if vq.started:
+            raise DatapathError("SET_VRING_BASE on a started ring")
+        vq.last_avail = <uint16_t>base
+
+    cdef int _swap_fd(self, vs_vring *vq, int *slot, int fd) except -1:
+        cdef int old = slot[0]
+        slot[0] = fd
+        if old >= 0:
+            if vq.started:
+                self._quiesce()     # a worker may be about to write the old fd
+            close(old)
+        return 0
+
+    def vring_set_kick(self, int p, int idx, int fd):
+        cdef vs_vring *vq = self._vring(p, idx)
+        self._swap_fd(vq, &vq.kick_fd, fd)
+
+    def vring_set_call(self, int p, int idx, int fd):
+        cdef vs_vring *vq = self._vring(p, idx)
+        self._swap_fd(vq, &vq.call_fd, fd)
+
+    def vring_set_err(self, int p, int idx, int fd):
+        cdef vs_vring *vq = self._vring(p, idx)
+        self._swap_fd(vq, &vq.err_fd, fd)
+
+    def vring_start(self, int p, int idx):
+        """Start a configured ring: translate its addresses and let workers
+        poll it. The used index is re-read from guest memory (after a guest
+        reboot or a back-end restart it is the guest's, not ours)."""
+        cdef vs_port *port = self._port(p)
+        cdef vs_vring *vq = self._vring(p, idx)
+        if vq.started:
+            return
+        if vq.num == 0:
+            raise DatapathError("ring size not set")
+        if port.mem.n == 0:
+            raise DatapathError("no memory table")
+        if _translate_ring(&port.mem, vq) != 0:
+            raise DatapathError(
+                f"ring addresses desc={vq.desc_ua:#x} avail={vq.avail_ua:#x} used={vq.used_ua:#x}"
+                f" (size {vq.num}) are not inside guest memory")
+        vq.used_idx = vs_load_acquire_u16(&vq.used.idx)
+        vq.start_avail = vs_load_acquire_u16(&vq.avail.idx)
+        vq.avail_moved = 0
+        vq.broken = 0
+        # Poll mode: ask the guest not to kick (virtio spec 2.7.7 VRING_USED_F_NO_NOTIFY).
+        vq.used.flags = VRING_USED_F_NO_NOTIFY
+        vs_store_release_int(&vq.started, 1)
+
+    def vring_stop(self, int p, int idx):
+        """GET_VRING_BASE: stop the ring and return the next avail index to
+        process. Nothing is reset (rust-vmm #154: resetting broke resume)."""
+        cdef vs_vring *vq = self._vring(p, idx)
+        if vq.started:
+            vs_store_release_int(&vq.started, 0)
+            self._quiesce()
+        vq.desc = NULL
+        vq.avail = NULL
+        vq.used = NULL
+        return vq.last_avail
+
+    def vring_set_enabled(self, int p, int idx, bint enabled):
+        cdef vs_port *port = self._port(p)
+        cdef vs_vring *vq = self._vring(p, idx)
+        cdef int q, n = 0
+        vs_store_release_int(&vq.enabled, 1 if enabled else 0)
+        # The list of enabled RX queues that frames are spread over.
+        for q in range(port.nqp):
+            if port.vq[2 * q].enabled:
+                port.rx_enabled[n] = q
+                n += 1
+        vs_store_release_int(&port.n_rx_enabled, n)
+
+    def vring_info(self, int p, int idx):
+        cdef vs_vring *vq = self._vring(p, idx)
+        info = {
+            "started": bool(vq.started), "enabled": bool(vq.enabled),
+            "broken": bool(vq.broken), "num": vq.num,
+            "last_avail": vq.last_avail, "used_idx": vq.used_idx,
+            "avail_moved": bool(vq.avail_moved), "start_avail": vq.start_avail,
+            "kick_fd": vq.kick_fd, "call_fd": vq.call_fd,
+        }
+        if vq.started and vq.avail != NULL:
+            info["avail_idx"] = vs_load_acquire_u16(&vq.avail.idx)
+        return info
+
+    def vring_counters(self, int p, int idx):
+        cdef vs_vring *vq = self._vring(p, idx)
+        return {
+            "packets": vq.c.packets, "bytes": vq.c.bytes,
+            "notifications": vq.c.notifications,
+            "notify_suppressed": vq.c.notify_suppressed,
+            "drops": {DROP_REASONS[i]: vq.c.drops[i] for i in range(DROP_MAX) if vq.c.drops[i]},
+        }
+
+    # --- FDB -----------------------------------------------------------------
+
+    def fdb_entries(self):
+        """[(mac string, port index)] of the live entries."""
+        out = []
+        cdef int i
+        cdef uint64_t v
+        for i in range(VS_FDB_SIZE):
+            v = vs_load_relaxed_u64(&self.sw.fdb[i])
+            if v != 0 and (v & 0xffff):
+                mac = v >> 16
+                out.append((":".join(f"{(mac >> s) & 0xff:02x}" for s in range(40, -8, -8)),
+                            <int>(v & 0xffff) - 1))
+        return out
+
+    def fdb_forget(self, int p):
+        fdb_forget_port(self.sw, p)

@@ -1,0 +1,179 @@
+# C declarations of the datapath, in one place.
+#
+# Ownership (design.md "Datapath rules"): the control plane writes a ring's
+# configuration only while the ring is stopped (`started == 0`) and every
+# worker has passed a quiescent point since; workers read it after an acquire
+# load of `started`. Counters of a TX ring are written only by the worker that
+# owns that ring; counters of an RX ring only under the ring's spinlock.
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+
+cdef extern from "vs_defs.h" nogil:
+    enum:
+        VRING_DESC_F_NEXT
+        VRING_DESC_F_WRITE
+        VRING_DESC_F_INDIRECT
+        VRING_USED_F_NO_NOTIFY
+        VRING_AVAIL_F_NO_INTERRUPT
+    struct vs_vring_desc:
+        uint64_t addr
+        uint32_t len
+        uint16_t flags
+        uint16_t next
+    struct vs_vring_avail:
+        uint16_t flags
+        uint16_t idx
+        uint16_t ring[1]
+    struct vs_vring_used_elem:
+        uint32_t id
+        uint32_t len
+    struct vs_vring_used:
+        uint16_t flags
+        uint16_t idx
+        vs_vring_used_elem ring[1]
+    uint16_t vs_load_acquire_u16(const uint16_t *p)
+    void vs_store_release_u16(uint16_t *p, uint16_t v)
+    int vs_load_acquire_int(const int *p)
+    void vs_store_release_int(int *p, int v)
+    uint64_t vs_load_acquire_u64(const uint64_t *p)
+    uint64_t vs_load_relaxed_u64(const uint64_t *p)
+    void vs_store_release_u64(uint64_t *p, uint64_t v)
+    void vs_store_relaxed_u64(uint64_t *p, uint64_t v)
+    int vs_cas_u64(uint64_t *p, uint64_t expected, uint64_t desired)
+    void vs_mb()
+    void vs_cpu_relax()
+    void vs_spin_lock(int *l)
+    void vs_spin_unlock(int *l)
+    int vs_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old_idx)
+
+# Limits. Ports and queue pairs are bounded so that every table is a fixed
+# array allocated once: no allocation on the datapath.
+cdef enum:
+    VS_MAX_PORTS = 256
+    VS_MAX_QP = 64
+    VS_MAX_VRINGS = 128            # 2 * VS_MAX_QP
+    VS_MAX_REGIONS = 8
+    VS_BURST = 32                  # frames per queue per round (design.md)
+    VS_MAX_SEGS = 64               # guest buffer pieces per frame
+    VS_MAX_RX_CHAINS = 64          # MRG_RXBUF chains per frame
+    VS_HDR_MAX = 12                # virtio_net_hdr_v1 (VERSION_1 or MRG_RXBUF)
+# Largest frame accepted from a guest, header excluded: 64 KiB (the largest
+# GSO frame) plus an Ethernet and a VLAN header.
+cdef enum:
+    VS_MAX_FRAME = 65536 + 18
+    VS_ETH_HLEN = 14
+    VS_FDB_SIZE = 4096             # power of two
+    VS_FDB_PROBE = 16
+
+# Drop reasons: index into vs_counters.drops. Names for Python in DROP_REASONS.
+cdef enum:
+    DROP_BAD_HEAD = 0              # avail ring entry >= ring size
+    DROP_BAD_ADDRESS = 1           # buffer not inside guest memory
+    DROP_BAD_LENGTH = 2            # chain longer than any frame can be
+    DROP_BAD_CHAIN = 3             # loop, chain longer than the table, next out of range
+    DROP_BAD_INDIRECT = 4          # indirect not negotiated, nested, misaligned, unmapped
+    DROP_BAD_FLAGS = 5             # write-only buffer in a TX chain or read-only in an RX chain
+    DROP_TOO_MANY_SEGMENTS = 6     # more pieces than VS_MAX_SEGS
+    DROP_RUNT = 7                  # shorter than header + Ethernet header
+    DROP_RING_DISABLED = 8         # TX from a started but disabled ring (spec: consume and discard)
+    DROP_NO_RX_BUFFER = 9          # destination ring has no (or not enough) buffers
+    DROP_RX_BUFFER_TOO_SMALL = 10  # no MRG_RXBUF and the buffer cannot hold the frame
+    DROP_RX_BAD_CHAIN = 11         # destination posted an invalid buffer
+    DROP_NO_RX_QUEUE = 12          # destination connected but has no enabled RX queue
+    DROP_SAME_PORT = 13            # destination learned on the ingress port
+    DROP_RING_BROKEN = 14          # avail index jumped by more than the ring size
+    DROP_MAX = 15
+
+ctypedef struct vs_counters:
+    uint64_t packets
+    uint64_t bytes
+    uint64_t notifications         # call eventfd writes
+    uint64_t notify_suppressed     # bursts where the guest asked for no interrupt
+    uint64_t drops[DROP_MAX]
+
+ctypedef struct vs_region:
+    uint64_t gpa
+    uint64_t size
+    uint64_t uaddr                 # front-end virtual address (ring addresses use it)
+    uint8_t *host                  # our mapping of gpa
+    void *map_base
+    size_t map_len
+
+ctypedef struct vs_memtable:
+    int n
+    vs_region r[VS_MAX_REGIONS]
+
+ctypedef struct vs_seg:
+    uint8_t *p
+    uint32_t len
+
+ctypedef struct vs_vring:
+    # --- state flags (atomic ints) ---
+    int started                    # configured and running: workers may touch it
+    int enabled                    # SET_VRING_ENABLE
+    int broken                     # stopped by the datapath after a fatal guest error
+    int lock                       # RX writers' spinlock
+    # --- configuration (control plane, while stopped) ---
+    uint32_t num
+    uint64_t desc_ua
+    uint64_t avail_ua
+    uint64_t used_ua
+    vs_vring_desc *desc
+    vs_vring_avail *avail
+    vs_vring_used *used
+    int kick_fd
+    int call_fd
+    int err_fd
+    # --- datapath state ---
+    uint16_t last_avail            # next avail index to process
+    uint16_t used_idx              # shadow of used->idx
+    uint16_t start_avail           # avail idx seen at start (shared-memory check)
+    int avail_moved
+    vs_counters c
+
+ctypedef struct vs_port:
+    int in_use
+    int active                     # memory mapped, session up: workers may look at it
+    int nqp                        # queue pairs offered
+    uint32_t hdr_len               # virtio_net_hdr size negotiated: 10 or 12
+    int mrg_rxbuf
+    int event_idx
+    int indirect
+    int n_rx_enabled
+    uint16_t rx_enabled[VS_MAX_QP] # enabled RX queue pairs, for spreading
+    vs_memtable mem
+    vs_vring vq[VS_MAX_VRINGS]
+
+ctypedef struct vs_frame:
+    uint16_t head
+    int seg0                       # first segment in the worker's pool
+    int nseg
+    uint32_t len                   # frame bytes, virtio-net header excluded
+    uint32_t hdr_len               # source header length to skip
+    int dst                        # port index, FDB_FLOOD, or FRAME_DROPPED
+
+ctypedef struct vs_rx_chain:
+    uint16_t head
+    int seg0
+    int nseg
+    uint32_t cap
+
+ctypedef struct vs_worker:
+    int id
+    int quit
+    uint64_t epoch                 # bumped after every round: quiescence
+    int wake_fd
+    uint64_t rounds
+    uint64_t idle_sleeps
+    vs_frame frames[VS_BURST]
+    vs_seg segs[VS_BURST * VS_MAX_SEGS]
+    vs_seg rxsegs[VS_MAX_RX_CHAINS * VS_MAX_SEGS]
+    vs_rx_chain rxchains[VS_MAX_RX_CHAINS]
+    vs_vring_used_elem tx_used[VS_BURST]
+
+ctypedef struct vs_switch:
+    int nworkers
+    int nports_hi                  # highest port slot in use + 1
+    vs_port *ports[VS_MAX_PORTS]
+    uint64_t fdb[VS_FDB_SIZE]      # (mac << 16) | (port + 1); port part 0 = forgotten
+    uint64_t fdb_full              # learn attempts that found no free slot

@@ -1,0 +1,254 @@
+# Split virtqueues: walking descriptor chains, filling RX buffers, publishing
+# used entries and notifying guests. Everything read from guest memory is read
+# once into a local and validated there.
+
+from libc.string cimport memcpy, memset
+from posix.unistd cimport write
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t write(int fd, const void *buf, size_t count)
+
+
+cdef inline int walk_chain(vs_port *port, vs_vring *vq, uint16_t head, bint device_writes,
+                           vs_seg *segs, int maxseg, int *nseg, uint64_t *total) noexcept nogil:
+    """Collect the buffers of the chain starting at `head` into segs.
+
+    `device_writes`: RX chains must be all device-writable, TX chains all
+    device-readable (virtio-net never mixes them). Returns 0 or a drop reason.
+    A chain is bounded by the size of the table it lives in (virtio spec
+    2.7.5.3.1: the driver must not create a loop), which stops loops."""
+    cdef vs_vring_desc *table = vq.desc
+    cdef uint32_t table_len = vq.num
+    cdef uint32_t idx = head
+    cdef uint32_t count = 0
+    cdef bint indirect = False
+    cdef uint64_t addr
+    cdef uint32_t length
+    cdef uint16_t flags, nxt
+    cdef int rc
+    nseg[0] = 0
+    total[0] = 0
+    if idx >= table_len:
+        return DROP_BAD_HEAD
+    while True:
+        addr = table[idx].addr
+        length = table[idx].len
+        flags = table[idx].flags
+        nxt = table[idx].next
+        if flags & VRING_DESC_F_INDIRECT:
+            # "The driver MUST NOT set the VIRTQ_DESC_F_INDIRECT flag within an
+            # indirect descriptor" and "MUST NOT set both INDIRECT and NEXT".
+            if not port.indirect or indirect or (flags & VRING_DESC_F_NEXT):
+                return DROP_BAD_INDIRECT
+            if length == 0 or length % sizeof(vs_vring_desc) != 0 \
+                    or length // sizeof(vs_vring_desc) > 65536:
+                return DROP_BAD_INDIRECT
+            table = <vs_vring_desc *>mem_gpa_contig(&port.mem, addr, length)
+            if table == NULL:
+                return DROP_BAD_INDIRECT
+            table_len = length // sizeof(vs_vring_desc)
+            indirect = True
+            idx = 0
+            count = 0
+            continue
+        count += 1
+        if count > table_len:
+            return DROP_BAD_CHAIN
+        if ((flags & VRING_DESC_F_WRITE) != 0) != device_writes:
+            return DROP_BAD_FLAGS
+        total[0] += length
+        if total[0] > VS_MAX_FRAME + VS_HDR_MAX:
+            return DROP_BAD_LENGTH
+        rc = mem_gpa_segments(&port.mem, addr, length, segs, nseg, maxseg)
+        if rc:
+            return rc
+        if not (flags & VRING_DESC_F_NEXT):
+            return 0
+        idx = nxt
+        if idx >= table_len:
+            return DROP_BAD_CHAIN
+
+
+cdef inline void sg_read(vs_seg *segs, int nseg, uint32_t off, uint8_t *out, uint32_t n) noexcept nogil:
+    """Copy n bytes starting at offset off of a segment list (small reads:
+    headers). The caller guarantees the segments hold off + n bytes."""
+    cdef int i = 0
+    cdef uint32_t take
+    while i < nseg and off >= segs[i].len:
+        off -= segs[i].len
+        i += 1
+    while n > 0 and i < nseg:
+        take = segs[i].len - off
+        if take > n:
+            take = n
+        memcpy(out, segs[i].p + off, take)
+        out += take
+        n -= take
+        off = 0
+        i += 1
+
+
+cdef inline void sg_copy(vs_seg *dst, int ndst, uint32_t doff,
+                         vs_seg *src, int nsrc, uint32_t soff, uint32_t n) noexcept nogil:
+    """The one copy of a frame: scatter-gather to scatter-gather."""
+    cdef int di = 0, si = 0
+    cdef uint32_t take, droom, sroom
+    while di < ndst and doff >= dst[di].len:
+        doff -= dst[di].len
+        di += 1
+    while si < nsrc and soff >= src[si].len:
+        soff -= src[si].len
+        si += 1
+    while n > 0 and di < ndst and si < nsrc:
+        droom = dst[di].len - doff
+        sroom = src[si].len - soff
+        take = droom if droom < sroom else sroom
+        if take > n:
+            take = n
+        memcpy(dst[di].p + doff, src[si].p + soff, take)
+        n -= take
+        doff += take
+        soff += take
+        if doff == dst[di].len:
+            di += 1
+            doff = 0
+        if soff == src[si].len:
+            si += 1
+            soff = 0
+
+
+cdef inline void sg_write(vs_seg *dst, int ndst, uint32_t doff, const uint8_t *src, uint32_t n) noexcept nogil:
+    cdef vs_seg one
+    one.p = <uint8_t *>src
+    one.len = n
+    sg_copy(dst, ndst, doff, &one, 1, 0, n)
+
+
+cdef inline void vring_notify(vs_vring *vq, int event_idx, uint16_t old_used) noexcept nogil:
+    """Signal the guest after publishing used entries, unless it asked not to.
+    virtio spec 2.7.10: with EVENT_IDX, notify iff used idx passed used_event;
+    otherwise unless avail->flags has NO_INTERRUPT."""
+    cdef uint16_t new_used = vq.used_idx
+    cdef uint16_t used_event
+    cdef uint64_t one = 1
+    cdef bint need
+    vs_mb()
+    if event_idx:
+        used_event = (<volatile uint16_t *>&vq.avail.ring[vq.num])[0]
+        need = vs_need_event(used_event, new_used, old_used)
+    else:
+        need = not ((<volatile uint16_t *>&vq.avail.flags)[0] & VRING_AVAIL_F_NO_INTERRUPT)
+    if need and vq.call_fd >= 0:
+        write(vq.call_fd, &one, 8)
+        vq.c.notifications += 1
+    else:
+        vq.c.notify_suppressed += 1
+
+
+cdef inline void vring_put_used(vs_vring *vq, uint16_t head, uint32_t length) noexcept nogil:
+    cdef vs_vring_used_elem *e = &vq.used.ring[vq.used_idx & (vq.num - 1)]
+    e.id = head
+    e.len = length
+    vq.used_idx += 1
+
+
+cdef inline void vring_publish(vs_vring *vq) noexcept nogil:
+    vs_store_release_u16(&vq.used.idx, vq.used_idx)
+
+
+cdef inline int vring_avail_count(vs_vring *vq, uint16_t *avail_idx) noexcept nogil:
+    """Entries the guest made available; -1 if the index jumped by more than the
+    ring size, which no correct driver can do (the ring is then broken)."""
+    cdef uint16_t idx = vs_load_acquire_u16(&vq.avail.idx)
+    cdef uint16_t n = <uint16_t>(idx - vq.last_avail)
+    avail_idx[0] = idx
+    if n > vq.num:
+        return -1
+    if n and not vq.avail_moved:
+        vq.avail_moved = 1
+    return n
+
+
+cdef inline void vring_mark_broken(vs_vring *vq) noexcept nogil:
+    vq.c.drops[DROP_RING_BROKEN] += 1
+    vs_store_release_int(&vq.broken, 1)
+    if vq.err_fd >= 0:
+        # SPEC SET_VRING_ERR: "Set the event file descriptor to signal when
+        # error occurs" - let the front-end know the ring stopped.
+        vring_err_signal(vq.err_fd)
+
+
+cdef inline void vring_err_signal(int fd) noexcept nogil:
+    cdef uint64_t one = 1
+    write(fd, &one, 8)
+
+
+cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_idx,
+                    vs_seg *src, int nsrc, uint32_t src_off, uint32_t flen) noexcept nogil:
+    """Copy one frame (flen bytes at src_off of src) into the guest RX ring vq.
+
+    The caller holds vq.lock and has read avail_idx for this burst. Buffers
+    are reserved first (so num_buffers is known before the header is
+    written), then filled; on failure nothing is consumed except invalid
+    chains, which are returned to the guest with length 0."""
+    cdef uint32_t hdr_len = dport.hdr_len
+    cdef uint64_t need = <uint64_t>hdr_len + flen
+    cdef uint64_t cap = 0, chain_len
+    cdef int nchains = 0, nseg_total = 0, nseg, rc, i
+    cdef uint16_t head
+    cdef uint16_t saved_avail = vq.last_avail
+    cdef uint8_t hdr[VS_HDR_MAX]
+    cdef uint32_t written, fill, doff, soff
+    while cap < need:
+        if vq.last_avail == avail_idx:
+            vq.last_avail = saved_avail
+            return DROP_NO_RX_BUFFER
+        if nchains == 1 and not dport.mrg_rxbuf:
+            vq.last_avail = saved_avail
+            return DROP_RX_BUFFER_TOO_SMALL
+        if nchains == VS_MAX_RX_CHAINS:
+            vq.last_avail = saved_avail
+            return DROP_RX_BUFFER_TOO_SMALL
+        head = vq.avail.ring[vq.last_avail & (vq.num - 1)]
+        vq.last_avail += 1
+        rc = walk_chain(dport, vq, head, True, &w.rxsegs[nseg_total],
+                        VS_MAX_RX_CHAINS * VS_MAX_SEGS - nseg_total, &nseg, &chain_len)
+        if rc == 0 and chain_len == 0:
+            rc = DROP_RX_BAD_CHAIN
+        if rc:
+            # A bad buffer is the guest's loss: return it and the buffers
+            # already reserved for this frame empty (Linux counts them as
+            # length errors), and drop the frame. A head outside the ring
+            # cannot be returned: the ring is broken.
+            for i in range(nchains):
+                vring_put_used(vq, w.rxchains[i].head, 0)
+            if head < vq.num:
+                vring_put_used(vq, head, 0)
+            else:
+                vring_mark_broken(vq)
+            return DROP_RX_BAD_CHAIN
+        w.rxchains[nchains].head = head
+        w.rxchains[nchains].seg0 = nseg_total
+        w.rxchains[nchains].nseg = nseg
+        w.rxchains[nchains].cap = <uint32_t>chain_len
+        nchains += 1
+        nseg_total += nseg
+        cap += chain_len
+    # The header: no offloads are passed yet, so flags/gso are zero;
+    # num_buffers (le16 at offset 10) counts the chains used.
+    memset(hdr, 0, VS_HDR_MAX)
+    if hdr_len >= 12:
+        hdr[10] = <uint8_t>(nchains & 0xff)
+        hdr[11] = <uint8_t>(nchains >> 8)
+    sg_write(&w.rxsegs[0], nseg_total, 0, hdr, hdr_len)
+    sg_copy(&w.rxsegs[0], nseg_total, hdr_len, src, nsrc, src_off, flen)
+    written = 0
+    for i in range(nchains):
+        fill = w.rxchains[i].cap
+        if written + fill > need:
+            fill = <uint32_t>(need - written)
+        written += fill
+        vring_put_used(vq, w.rxchains[i].head, fill)
+    vq.c.packets += 1
+    vq.c.bytes += flen
+    return 0

@@ -1,0 +1,102 @@
+/* Layouts shared with guests, and the few atomics/barriers the datapath needs.
+ *
+ * The split virtqueue layout is the virtio 1.x one (virtio spec, "Split
+ * Virtqueues"). Every field lives in guest memory, which the guest may change
+ * at any time: the datapath reads each field once into a local (no double
+ * fetch) and validates the local. */
+#ifndef VS_DEFS_H
+#define VS_DEFS_H
+
+#include <stdint.h>
+
+#define VRING_DESC_F_NEXT      1
+#define VRING_DESC_F_WRITE     2
+#define VRING_DESC_F_INDIRECT  4
+#define VRING_USED_F_NO_NOTIFY 1
+#define VRING_AVAIL_F_NO_INTERRUPT 1
+
+struct vs_vring_desc {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t flags;
+    uint16_t next;
+};
+
+struct vs_vring_avail {
+    uint16_t flags;
+    uint16_t idx;
+    uint16_t ring[];    /* num entries, then u16 used_event (EVENT_IDX) */
+};
+
+struct vs_vring_used_elem {
+    uint32_t id;
+    uint32_t len;
+};
+
+struct vs_vring_used {
+    uint16_t flags;
+    uint16_t idx;
+    struct vs_vring_used_elem ring[];  /* num entries, then u16 avail_event */
+};
+
+/* Atomics: GCC builtins. A guest publishes avail->idx with a release store
+ * after writing descriptors; we load it with acquire before reading them, and
+ * publish used->idx with release after writing used elements and buffers. */
+static inline uint16_t vs_load_acquire_u16(const volatile uint16_t *p) {
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+static inline void vs_store_release_u16(volatile uint16_t *p, uint16_t v) {
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+static inline int vs_load_acquire_int(const volatile int *p) {
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+static inline void vs_store_release_int(volatile int *p, int v) {
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+static inline uint64_t vs_load_acquire_u64(const volatile uint64_t *p) {
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+static inline uint64_t vs_load_relaxed_u64(const volatile uint64_t *p) {
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+static inline void vs_store_release_u64(volatile uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+static inline void vs_store_relaxed_u64(volatile uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
+static inline int vs_cas_u64(volatile uint64_t *p, uint64_t expected, uint64_t desired) {
+    return __atomic_compare_exchange_n(p, &expected, desired, 0,
+                                       __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+}
+/* Full barrier: between publishing used->idx and reading the guest's
+ * used_event / avail->flags (virtio spec 2.7.10: the device must not miss
+ * a notification request), and in the control plane's quiescence handshake. */
+static inline void vs_mb(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+static inline void vs_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Spinlock guarding a guest RX ring that several workers may fill. Held for
+ * one burst at most, so spinning beats sleeping. */
+static inline void vs_spin_lock(volatile int *l) {
+    while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE)) {
+        while (__atomic_load_n(l, __ATOMIC_RELAXED))
+            vs_cpu_relax();
+    }
+}
+static inline void vs_spin_unlock(volatile int *l) {
+    __atomic_store_n(l, 0, __ATOMIC_RELEASE);
+}
+
+/* virtio spec 2.7.10 "vring_need_event": notify iff new_idx passed event_idx
+ * since old_idx (all free-running u16). */
+static inline int vs_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old_idx) {
+    return (uint16_t)(new_idx - event_idx - 1) < (uint16_t)(new_idx - old_idx);
+}
+
+#endif

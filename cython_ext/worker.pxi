@@ -1,0 +1,187 @@
+# The worker loop: poll guest TX rings in bursts, switch, fill guest RX rings.
+#
+# Ring ownership: the TX ring of queue pair q of port p is dequeued only by
+# worker (p + q) % nworkers. A guest RX ring may be filled by any worker, so
+# it is taken under its spinlock for one burst (design.md: "a destination
+# queue shared by workers is taken under a per-queue lock for a whole burst").
+# Frames from TX queue q go to RX queue q of the destination (modulo its
+# enabled queues): a flow stays on one queue, and traffic that the guest
+# spreads over its TX queues is spread over the peer's RX queues.
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    enum:
+        POLLIN
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t read(int fd, void *buf, size_t count)
+
+cdef enum:
+    # Empty rounds before the worker naps, and the nap. A round over a few
+    # rings is well under a microsecond, so this is a few hundred us of spin.
+    IDLE_SPINS = 2000
+    IDLE_SLEEP_MS = 1
+
+
+cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
+                          int qp, int n) noexcept nogil:
+    """Copy the frames of this burst that go to port d into one of its RX rings."""
+    cdef vs_port *dport = sw.ports[d]
+    cdef vs_vring *rvq
+    cdef int i, rc, nrx, q, matched = 0
+    cdef uint16_t avail_idx, old_used
+    cdef vs_frame *f
+    if dport == NULL or not vs_load_acquire_int(&dport.active):
+        return
+    nrx = dport.n_rx_enabled
+    rvq = NULL
+    if nrx > 0:
+        q = dport.rx_enabled[qp % nrx]
+        if q < dport.nqp:
+            rvq = &dport.vq[2 * q]
+    if rvq == NULL or not vs_load_acquire_int(&rvq.started) or \
+            not vs_load_acquire_int(&rvq.enabled) or rvq.broken:
+        # Only a frame addressed to this port counts; floods just pass it by.
+        for i in range(n):
+            if w.frames[i].dst == d:
+                src_vq.c.drops[DROP_NO_RX_QUEUE] += 1
+        return
+    vs_spin_lock(&rvq.lock)
+    old_used = rvq.used_idx
+    if vring_avail_count(rvq, &avail_idx) < 0:
+        vring_mark_broken(rvq)
+        vs_spin_unlock(&rvq.lock)
+        return
+    for i in range(n):
+        f = &w.frames[i]
+        if f.dst == d or f.dst == FDB_FLOOD:
+            rc = rx_enqueue(w, dport, rvq, avail_idx, &w.segs[f.seg0], f.nseg, f.hdr_len, f.len)
+            if rc:
+                rvq.c.drops[rc] += 1
+    if rvq.used_idx != old_used:
+        vring_publish(rvq)
+        vring_notify(rvq, dport.event_idx, old_used)
+    vs_spin_unlock(&rvq.lock)
+
+
+cdef int tx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int qp,
+                  vs_vring *vq) noexcept nogil:
+    """Dequeue up to VS_BURST frames from a guest TX ring and switch them."""
+    cdef uint16_t avail_idx, head, old_used
+    cdef int n = vring_avail_count(vq, &avail_idx)
+    cdef int i, d, rc, nseg, nused = 0, pool = 0, ndest = 0
+    cdef uint64_t total, dst_mac, src_mac
+    cdef bint discard, flood = False
+    cdef uint8_t eth[12]
+    cdef int dests[VS_BURST]
+    cdef vs_frame *f
+    if n < 0:
+        vring_mark_broken(vq)
+        return 0
+    if n == 0:
+        return 0
+    if n > VS_BURST:
+        n = VS_BURST
+    # "started but disabled: consume and discard TX" (vhost-user.rst, Ring states)
+    discard = not vs_load_acquire_int(&vq.enabled)
+    for i in range(n):
+        head = vq.avail.ring[<uint16_t>(vq.last_avail + i) & (vq.num - 1)]
+        f = &w.frames[i]
+        f.head = head
+        f.dst = FRAME_DROPPED
+        if head < vq.num:
+            w.tx_used[nused].id = head
+            w.tx_used[nused].len = 0
+            nused += 1
+        if discard:
+            vq.c.drops[DROP_RING_DISABLED] += 1
+            continue
+        rc = walk_chain(port, vq, head, False, &w.segs[pool], VS_MAX_SEGS, &nseg, &total)
+        if rc == 0 and total < port.hdr_len + VS_ETH_HLEN:
+            rc = DROP_RUNT
+        if rc:
+            vq.c.drops[rc] += 1
+            continue
+        f.seg0 = pool
+        f.nseg = nseg
+        f.hdr_len = port.hdr_len
+        f.len = <uint32_t>(total - port.hdr_len)
+        pool += nseg
+        vq.c.packets += 1
+        vq.c.bytes += f.len
+        sg_read(&w.segs[f.seg0], nseg, f.hdr_len, eth, 12)
+        dst_mac = mac_load(eth)
+        src_mac = mac_load(eth + 6)
+        if not (eth[6] & 1) and src_mac != 0:
+            fdb_learn(sw, src_mac, pidx)
+        if eth[0] & 1:
+            f.dst = FDB_FLOOD            # broadcast and multicast
+        else:
+            f.dst = fdb_lookup(sw, dst_mac)   # FDB_FLOOD when unknown
+        if f.dst == pidx:
+            vq.c.drops[DROP_SAME_PORT] += 1
+            f.dst = FRAME_DROPPED
+        elif f.dst == FDB_FLOOD:
+            flood = True
+        elif f.dst >= 0:
+            for d in range(ndest):
+                if dests[d] == f.dst:
+                    break
+            else:
+                dests[ndest] = f.dst
+                ndest += 1
+    vq.last_avail += <uint16_t>n
+    if flood:
+        for d in range(sw.nports_hi):
+            if d != pidx:
+                deliver_to_port(sw, w, d, vq, qp, n)
+    else:
+        for i in range(ndest):
+            deliver_to_port(sw, w, dests[i], vq, qp, n)
+    # Only now give the source its buffers back: the frames have been copied.
+    old_used = vq.used_idx
+    for i in range(nused):
+        vring_put_used(vq, w.tx_used[i].id, 0)
+    vring_publish(vq)
+    vring_notify(vq, port.event_idx, old_used)
+    return n
+
+
+cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
+    cdef int p, qp, nports, work
+    cdef int idle = 0
+    cdef vs_port *port
+    cdef vs_vring *vq
+    cdef pollfd pfd
+    cdef uint64_t drain
+    pfd.fd = w.wake_fd
+    pfd.events = POLLIN
+    while not vs_load_acquire_int(&w.quit):
+        work = 0
+        nports = vs_load_acquire_int(&sw.nports_hi)
+        for p in range(nports):
+            port = sw.ports[p]
+            if port == NULL or not vs_load_acquire_int(&port.active):
+                continue
+            for qp in range(port.nqp):
+                if (p + qp) % sw.nworkers != w.id:
+                    continue
+                vq = &port.vq[2 * qp + 1]
+                if not vs_load_acquire_int(&vq.started) or vs_load_acquire_int(&vq.broken):
+                    continue
+                work += tx_burst(sw, w, p, port, qp, vq)
+        w.rounds += 1
+        # End of a round: nothing from before this point is still in use.
+        vs_store_release_u64(&w.epoch, w.epoch + 1)
+        if work:
+            idle = 0
+        else:
+            idle += 1
+            if idle >= IDLE_SPINS:
+                w.idle_sleeps += 1
+                if poll(&pfd, 1, IDLE_SLEEP_MS) > 0:
+                    read(w.wake_fd, &drain, 8)

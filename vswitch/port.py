@@ -1,0 +1,314 @@
+"""A vhost-user port: its socket (either role), its session and its datapath slot.
+
+One port's trouble never reaches another: every failure of a connection -
+malformed message, datapath refusal, peer gone - ends in `_disconnect`, which
+resets this port's datapath slot only, and the port goes back to listening
+(server) or reconnecting with backoff (client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import select
+import socket
+import time
+from dataclasses import dataclass, field
+
+from ._datapath import DROP_REASONS, Datapath
+from .config import VhostUserPortConfig
+from .vhost import protocol as p
+from .vhost.session import Offer, Session
+from .vhost.transport import Connection, PeerClosed, bind_listener
+
+log = logging.getLogger("vswitch.port")
+
+RECONNECT_MIN_S = 0.1
+RECONNECT_MAX_S = 5.0
+# A started ring whose guest kicked but whose avail index never moved for
+# this long is looking at memory the guest does not share with us.
+UNSHARED_MEMORY_AFTER_S = 3.0
+
+
+class RateLimitedLog:
+    """At most `burst` lines per `period` seconds per key; counts the rest."""
+
+    def __init__(self, burst: int = 5, period: float = 10.0) -> None:
+        self.burst, self.period = burst, period
+        self.state: dict[str, tuple[float, int, int]] = {}
+
+    def warning(self, key: str, msg: str, *args) -> None:
+        now = time.monotonic()
+        start, n, suppressed = self.state.get(key, (now, 0, 0))
+        if now - start > self.period:
+            if suppressed:
+                log.warning("%s: %d similar messages suppressed", key, suppressed)
+            start, n, suppressed = now, 0, 0
+        if n < self.burst:
+            log.warning(msg, *args)
+            n += 1
+        else:
+            suppressed += 1
+        self.state[key] = (start, n, suppressed)
+
+
+class PortBackend:
+    """The session's view of the datapath: one port slot."""
+
+    def __init__(self, dp: Datapath, slot: int) -> None:
+        self.dp, self.slot = dp, slot
+
+    def set_features(self, features: int) -> None:
+        self.dp.port_set_features(self.slot, features)
+
+    def set_mem_table(self, regions):
+        return self.dp.set_mem_table(self.slot, regions)
+
+    def set_vring_num(self, index, num):
+        self.dp.vring_set_num(self.slot, index, num)
+
+    def set_vring_addr(self, index, desc, used, avail):
+        self.dp.vring_set_addr(self.slot, index, desc, used, avail)
+
+    def set_vring_base(self, index, base):
+        self.dp.vring_set_base(self.slot, index, base)
+
+    def set_vring_kick(self, index, fd):
+        self.dp.vring_set_kick(self.slot, index, fd)
+
+    def set_vring_call(self, index, fd):
+        self.dp.vring_set_call(self.slot, index, fd)
+
+    def set_vring_err(self, index, fd):
+        self.dp.vring_set_err(self.slot, index, fd)
+
+    def start_vring(self, index):
+        self.dp.vring_start(self.slot, index)
+
+    def stop_vring(self, index):
+        return self.dp.vring_stop(self.slot, index)
+
+    def set_vring_enabled(self, index, enabled):
+        self.dp.vring_set_enabled(self.slot, index, enabled)
+
+    def reset(self):
+        self.dp.port_reset(self.slot)
+
+
+@dataclass
+class PortStatus:
+    connections: int = 0
+    disconnects: int = 0
+    protocol_errors: int = 0
+    last_error: str | None = None
+    connected_since: float | None = None
+    # Problems seen on the running connection, e.g. "guest memory not shared".
+    alerts: dict[str, str] = field(default_factory=dict)
+
+
+class VhostUserPort:
+    def __init__(self, config: VhostUserPortConfig, dp: Datapath,
+                 ratelog: RateLimitedLog | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.dp = dp
+        self.slot = dp.port_add(config.queues)
+        self.offer = Offer(queue_pairs=config.queues)
+        self.session: Session | None = None
+        self.status = PortStatus()
+        self.ratelog = ratelog or RateLimitedLog()
+        self._task: asyncio.Task | None = None
+        self._listener: socket.socket | None = None
+        self._conn: Connection | None = None
+        self._ring_seen: dict[int, float] = {}
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.config.mode == "server":
+            self._listener = bind_listener(self.config.socket)
+            self._task = loop.create_task(self._serve(), name=f"port-{self.name}")
+        else:
+            self._task = loop.create_task(self._connect_loop(), name=f"port-{self.name}")
+        log.info("port %s: vhost-user %s on %s, %d queue pair(s)",
+                 self.name, self.config.mode, self.config.socket, self.config.queues)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._conn:
+            self._disconnect("port stopped")
+        if self._listener:
+            self._listener.close()
+            try:
+                os.unlink(self.config.socket)
+            except FileNotFoundError:
+                pass
+        self.dp.port_remove(self.slot)
+
+    # --- socket roles ----------------------------------------------------------
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._listener is not None
+        while True:
+            sock, _ = await loop.sock_accept(self._listener)
+            if self._conn is not None:
+                # One front-end per port: a second one is refused, the first
+                # keeps running undisturbed.
+                log.warning("port %s: refusing a second connection while one is active", self.name)
+                sock.close()
+                continue
+            await self._run_connection(sock)
+
+    async def _connect_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = RECONNECT_MIN_S
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, self.config.socket)
+            except OSError as exc:
+                sock.close()
+                self.ratelog.warning(f"{self.name}:connect", "port %s: connect to %s failed: %s; retry in %.1fs",
+                                     self.name, self.config.socket, exc.strerror or exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
+            delay = RECONNECT_MIN_S
+            await self._run_connection(sock)
+            await asyncio.sleep(RECONNECT_MIN_S)
+
+    async def _run_connection(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        self._conn = Connection(sock, loop)
+        self.session = Session(self.offer, PortBackend(self.dp, self.slot))
+        self.status.connections += 1
+        self.status.connected_since = time.time()
+        self.status.alerts.clear()
+        self._ring_seen.clear()
+        log.info("port %s: front-end connected", self.name)
+        reason = "front-end closed the connection"
+        try:
+            while True:
+                header, payload, fds = await self._conn.read_message()
+                reply = self.session.handle(header, payload, fds)
+                if reply is not None:
+                    self._conn.send(reply)
+        except PeerClosed:
+            pass
+        except p.ProtocolError as exc:
+            self.status.protocol_errors += 1
+            reason = f"protocol error: {exc}"
+            self.status.last_error = reason
+            self.ratelog.warning(f"{self.name}:protocol", "port %s: %s; closing the connection",
+                                 self.name, reason)
+        except asyncio.CancelledError:
+            reason = "port stopped"
+            raise
+        except Exception as exc:  # a bug must cost this connection, not the daemon
+            self.status.protocol_errors += 1
+            reason = f"internal error: {exc!r}"
+            self.status.last_error = reason
+            log.exception("port %s: closing the connection", self.name)
+        finally:
+            if self._conn is not None:
+                self._disconnect(reason)
+
+    def _disconnect(self, reason: str) -> None:
+        if self.session is not None:
+            self.session.close()
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+        self.status.disconnects += 1
+        self.status.connected_since = None
+        log.info("port %s: disconnected (%s)", self.name, reason)
+
+    # --- observation -------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def check_health(self) -> None:
+        """Periodic: report broken rings and memory the guest does not share."""
+        if self.session is None or not self.connected:
+            return
+        now = time.monotonic()
+        for index, vr in enumerate(self.session.vrings):
+            if not vr.started:
+                self._ring_seen.pop(index, None)
+                continue
+            info = self.dp.vring_info(self.slot, index)
+            if info["broken"] and f"vring{index}" not in self.status.alerts:
+                msg = (f"vring {index} stopped: the guest's avail index jumped by more than the "
+                       "ring size; it stays stopped until RESET_DEVICE or a reconnect")
+                self.status.alerts[f"vring{index}"] = msg
+                self.status.last_error = msg
+                log.error("port %s: %s", self.name, msg)
+            first = self._ring_seen.setdefault(index, now)
+            if (now - first > UNSHARED_MEMORY_AFTER_S and not info["avail_moved"]
+                    and info.get("avail_idx") == info["start_avail"]
+                    and info["kick_fd"] >= 0 and _readable(info["kick_fd"])
+                    and "memory" not in self.status.alerts):
+                msg = ("guest memory is not shared with the switch: the guest kicks but its rings "
+                       "never change (start QEMU with a memory backend with share=on)")
+                self.status.alerts["memory"] = msg
+                self.status.last_error = msg
+                log.error("port %s: %s", self.name, msg)
+
+    def show(self) -> dict:
+        info = self.session.info() if self.session and self.connected else None
+        queues = []
+        for q in range(self.config.queues):
+            entry = {"pair": q}
+            for direction, index in (("rx", 2 * q), ("tx", 2 * q + 1)):
+                ring = self.dp.vring_info(self.slot, index)
+                entry[direction] = {
+                    "started": ring["started"], "enabled": ring["enabled"],
+                    "broken": ring["broken"], "size": ring["num"],
+                    **self.dp.vring_counters(self.slot, index),
+                }
+            queues.append(entry)
+        return {
+            "name": self.name,
+            "type": "vhost-user",
+            "mode": self.config.mode,
+            "socket": self.config.socket,
+            "queues_offered": self.config.queues,
+            "state": "connected" if self.connected else (
+                "listening" if self.config.mode == "server" else "connecting"),
+            "connections": self.status.connections,
+            "disconnects": self.status.disconnects,
+            "protocol_errors": self.status.protocol_errors,
+            "last_error": self.status.last_error,
+            "alerts": dict(self.status.alerts),
+            "features": p.decode_bits(info.features, p.Feature) if info else [],
+            "protocol_features": p.decode_bits(info.protocol_features, p.ProtocolFeature) if info else [],
+            "mtu": info.mtu if info else None,
+            "queues_enabled": sum(1 for q in queues if q["rx"]["enabled"]) if info else 0,
+            "queues": queues,
+        }
+
+    def drop_totals(self) -> dict[str, int]:
+        totals = {reason: 0 for reason in DROP_REASONS}
+        for index in range(2 * self.config.queues):
+            for reason, n in self.dp.vring_counters(self.slot, index)["drops"].items():
+                totals[reason] += n
+        return {k: v for k, v in totals.items() if v}
+
+
+def _readable(fd: int) -> bool:
+    try:
+        r, _, _ = select.select([fd], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return bool(r)

@@ -1,0 +1,1 @@
+"""The vhost-user backend: wire codec, per-connection session, socket transport."""

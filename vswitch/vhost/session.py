@@ -1,0 +1,373 @@
+"""One vhost-user connection as a state machine: messages in, replies out.
+
+The session owns the protocol state (negotiated features, the per-vring
+configuration gathered from NUM/ADDR/BASE/KICK/CALL/ENABLE) and tells the
+datapath what to do through the small `Backend` interface. It does no socket
+I/O, so tests can feed it any message order.
+
+Rules from vhost-user.rst and from others' bugs (anchors.md §4) kept here:
+* State is created lazily and never depends on message order: a ring starts
+  once it has a size, addresses, a kick and a memory table, whichever comes
+  last. A kick is never lost, because a started ring is polled.
+* GET_VRING_BASE stops the ring and reports the next avail index; it resets
+  nothing else (rust-vmm #154/#161).
+* SET_FEATURES may arrive once per queue pair (QEMU net): it is idempotent.
+  Without VHOST_USER_F_PROTOCOL_FEATURES the rings start enabled.
+* NEED_REPLY is honoured whenever REPLY_ACK was negotiated.
+* What we offer depends only on the port configuration, never on runtime
+  state, so it is identical across reconnects.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from . import protocol as p
+from .protocol import Feature as F
+from .protocol import ProtocolError
+from .protocol import ProtocolFeature as PF
+from .protocol import Request as R
+
+
+class RequestFailed(Exception):
+    """A well-formed request we cannot honour: answered with a failure when
+    the front-end asked for a reply, otherwise the connection is closed."""
+
+
+class Backend(Protocol):
+    """What a session needs from the datapath, for one port."""
+
+    def set_features(self, features: int) -> None: ...
+    def set_mem_table(self, regions: list[tuple[int, int, int, int, int]]) -> list[int]: ...
+    def set_vring_num(self, index: int, num: int) -> None: ...
+    def set_vring_addr(self, index: int, desc: int, used: int, avail: int) -> None: ...
+    def set_vring_base(self, index: int, base: int) -> None: ...
+    def set_vring_kick(self, index: int, fd: int) -> None: ...
+    def set_vring_call(self, index: int, fd: int) -> None: ...
+    def set_vring_err(self, index: int, fd: int) -> None: ...
+    def start_vring(self, index: int) -> None: ...
+    def stop_vring(self, index: int) -> int: ...
+    def set_vring_enabled(self, index: int, enabled: bool) -> None: ...
+    def reset(self) -> None: ...
+
+
+# Feature offer for a net port (anchors.md §2.1). Offloads (CSUM, TSO) and
+# dirty logging come with later work; advertising them before the datapath
+# honours them would corrupt frames.
+BASE_FEATURES = p.bits(
+    F.F_VERSION_1, F.NET_MRG_RXBUF, F.RING_F_EVENT_IDX, F.RING_F_INDIRECT_DESC,
+    F.F_ANY_LAYOUT, F.NET_MQ, F.NET_MTU, F.VHOST_USER_F_PROTOCOL_FEATURES,
+)
+BASE_PROTOCOL_FEATURES = p.bits(PF.MQ, PF.REPLY_ACK, PF.NET_MTU, PF.RESET_DEVICE)
+
+MTU_MIN = 68
+MTU_MAX = 65535
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What a port offers; a function of its configuration only."""
+
+    queue_pairs: int
+    features: int = BASE_FEATURES
+    protocol_features: int = BASE_PROTOCOL_FEATURES
+
+
+@dataclass
+class VringConfig:
+    num: int | None = None
+    addr_set: bool = False
+    kicked: bool = False
+    enabled: bool = False
+    started: bool = False
+
+
+@dataclass
+class SessionInfo:
+    """What `port show` reports about a connection."""
+
+    features: int = 0
+    protocol_features: int = 0
+    mtu: int | None = None
+    owner: bool = False
+    mem_regions: int = 0
+    vrings: list[VringConfig] = field(default_factory=list)
+
+
+# Requests whose payload is the u64 of SET_VRING_KICK/CALL/ERR.
+_FD_VRING_REQUESTS = (R.SET_VRING_KICK, R.SET_VRING_CALL, R.SET_VRING_ERR)
+# Requests that already have a reply: NEED_REPLY adds nothing to them.
+_REPLYING = (R.GET_FEATURES, R.GET_PROTOCOL_FEATURES, R.GET_VRING_BASE, R.GET_QUEUE_NUM)
+
+
+class Session:
+    def __init__(self, offer: Offer, backend: Backend) -> None:
+        self.offer = offer
+        self.backend = backend
+        self.features = 0
+        self.features_set = False
+        self.protocol_features = 0
+        self.mtu: int | None = None
+        self.owner = False
+        self.has_mem = False
+        self.mem_regions = 0
+        self.vrings = [VringConfig() for _ in range(2 * offer.queue_pairs)]
+
+    # --- entry point -----------------------------------------------------
+
+    def handle(self, header: p.Header, payload: bytes, fds: list[int]) -> bytes | None:
+        """Handle one message; return the reply bytes, if any.
+
+        Takes ownership of `fds`: those not handed to the datapath are closed,
+        also on error. Raises ProtocolError when the connection must close."""
+        fds = list(fds)
+        try:
+            reply = self._dispatch(header, payload, fds)
+            if reply is None and header.need_reply and self._reply_ack:
+                reply = p.encode_u64_reply(header.request, 0)
+            return reply
+        except RequestFailed as exc:
+            if header.need_reply and self._reply_ack and header.request not in _REPLYING:
+                return p.encode_u64_reply(header.request, 1)
+            raise ProtocolError(str(exc)) from exc
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def close(self) -> None:
+        """The connection is gone: stop everything, release memory and fds."""
+        self.backend.reset()
+        for vr in self.vrings:
+            vr.started = False
+
+    @property
+    def _reply_ack(self) -> bool:
+        return bool(self.protocol_features & (1 << PF.REPLY_ACK))
+
+    def info(self) -> SessionInfo:
+        return SessionInfo(self.features, self.protocol_features, self.mtu, self.owner,
+                           self.mem_regions, [VringConfig(**vars(v)) for v in self.vrings])
+
+    # --- dispatch ----------------------------------------------------------
+
+    def _dispatch(self, h: p.Header, payload: bytes, fds: list[int]) -> bytes | None:
+        try:
+            request = R(h.request)
+        except ValueError:
+            raise ProtocolError(f"unknown request {h.request}") from None
+        handler = self._HANDLERS.get(request)
+        if handler is None:
+            raise ProtocolError(f"unsupported request {request.name}")
+        if request not in (R.SET_MEM_TABLE, *_FD_VRING_REQUESTS) and fds:
+            raise ProtocolError(f"{request.name} carries {len(fds)} unexpected fds")
+        return handler(self, h, payload, fds)
+
+    def _vring_index(self, index: int, what: str) -> VringConfig:
+        if not 0 <= index < len(self.vrings):
+            raise ProtocolError(
+                f"{what}: vring index {index} beyond the {len(self.vrings)} vrings "
+                f"of {self.offer.queue_pairs} queue pairs")
+        return self.vrings[index]
+
+    def _maybe_start(self, index: int) -> None:
+        vr = self.vrings[index]
+        if vr.started or not (vr.kicked and vr.addr_set and vr.num and self.has_mem):
+            return
+        try:
+            self.backend.start_vring(index)
+        except Exception as exc:  # DatapathError: addresses outside memory
+            raise RequestFailed(f"vring {index}: {exc}") from exc
+        vr.started = True
+
+    # --- handlers ------------------------------------------------------------
+
+    def _get_features(self, h, payload, fds):
+        return p.encode_u64_reply(h.request, self.offer.features)
+
+    def _set_features(self, h, payload, fds):
+        features = p.decode_u64(payload, "SET_FEATURES")
+        unknown = features & ~self.offer.features
+        if unknown:
+            raise ProtocolError(f"SET_FEATURES acks bits not offered: {unknown:#x}")
+        self.features = features
+        self.backend.set_features(features)
+        if not self.features_set and not features & (1 << F.VHOST_USER_F_PROTOCOL_FEATURES):
+            # vhost-user.rst: "If VHOST_USER_F_PROTOCOL_FEATURES has not been
+            # negotiated, the ring starts directly in the enabled state."
+            for index, vr in enumerate(self.vrings):
+                vr.enabled = True
+                self.backend.set_vring_enabled(index, True)
+        self.features_set = True
+        return None
+
+    def _set_owner(self, h, payload, fds):
+        self._expect_empty(h, payload)
+        self.owner = True
+        return None
+
+    def _reset_owner(self, h, payload, fds):
+        # Deprecated; QEMU still sends it on some paths. Never treat it as
+        # "forget the connection" (anchors.md §1.5).
+        return None
+
+    def _get_protocol_features(self, h, payload, fds):
+        return p.encode_u64_reply(h.request, self.offer.protocol_features)
+
+    def _set_protocol_features(self, h, payload, fds):
+        value = p.decode_u64(payload, "SET_PROTOCOL_FEATURES")
+        unknown = value & ~self.offer.protocol_features
+        if unknown:
+            raise ProtocolError(f"SET_PROTOCOL_FEATURES acks bits not offered: {unknown:#x}")
+        self.protocol_features = value
+        return None
+
+    def _set_mem_table(self, h, payload, fds):
+        regions = p.decode_mem_table(payload)
+        if len(fds) != len(regions):
+            raise ProtocolError(f"SET_MEM_TABLE: {len(regions)} regions but {len(fds)} fds")
+        table = [(r.guest_phys_addr, r.memory_size, r.userspace_addr, r.mmap_offset, fd)
+                 for r, fd in zip(regions, fds)]
+        try:
+            dropped = self.backend.set_mem_table(table)
+        except Exception as exc:
+            raise RequestFailed(f"SET_MEM_TABLE: {exc}") from exc
+        # The mappings hold the memory; the fds themselves are closed by handle().
+        self.has_mem = True
+        self.mem_regions = len(regions)
+        for index in dropped:
+            # A running ring whose addresses the new table no longer maps.
+            self.vrings[index].started = False
+        for index in range(len(self.vrings)):
+            self._maybe_start(index)
+        return None
+
+    def _set_vring_num(self, h, payload, fds):
+        st = p.decode_vring_state(payload, "SET_VRING_NUM")
+        vr = self._vring_index(st.index, "SET_VRING_NUM")
+        if vr.started:
+            raise ProtocolError(f"SET_VRING_NUM on running vring {st.index}")
+        if not (1 <= st.num <= p.MAX_RING_SIZE and st.num & (st.num - 1) == 0):
+            raise ProtocolError(f"SET_VRING_NUM: size {st.num} is not a power of 2 in 1..{p.MAX_RING_SIZE}")
+        self.backend.set_vring_num(st.index, st.num)
+        vr.num = st.num
+        return None
+
+    def _set_vring_addr(self, h, payload, fds):
+        addr = p.decode_vring_addr(payload)
+        vr = self._vring_index(addr.index, "SET_VRING_ADDR")
+        if addr.flags & ~p.VRING_F_LOG or addr.flags & p.VRING_F_LOG:
+            # Dirty logging is not offered (no VHOST_F_LOG_ALL), so no flag is valid.
+            raise ProtocolError(f"SET_VRING_ADDR: flags {addr.flags:#x} not supported")
+        try:
+            self.backend.set_vring_addr(addr.index, addr.desc, addr.used, addr.avail)
+        except Exception as exc:
+            raise RequestFailed(f"SET_VRING_ADDR: {exc}") from exc
+        vr.addr_set = True
+        self._maybe_start(addr.index)
+        return None
+
+    def _set_vring_base(self, h, payload, fds):
+        st = p.decode_vring_state(payload, "SET_VRING_BASE")
+        vr = self._vring_index(st.index, "SET_VRING_BASE")
+        if vr.started:
+            raise ProtocolError(f"SET_VRING_BASE on running vring {st.index}")
+        if st.num > 0xFFFF:
+            # Split rings: "bits 16-31 zero" (packed rings are not offered).
+            raise ProtocolError(f"SET_VRING_BASE: base {st.num:#x} has bits above 15")
+        self.backend.set_vring_base(st.index, st.num)
+        return None
+
+    def _get_vring_base(self, h, payload, fds):
+        st = p.decode_vring_state(payload, "GET_VRING_BASE")
+        vr = self._vring_index(st.index, "GET_VRING_BASE")
+        base = self.backend.stop_vring(st.index)
+        # The ring needs fresh addresses and a fresh kick before it runs again
+        # (DPDK vq_is_ready; stale addresses after a guest reboot: anchors §4.18).
+        vr.started = False
+        vr.kicked = False
+        vr.addr_set = False
+        self.backend.set_vring_kick(st.index, -1)
+        return p.encode_reply(h.request, p.encode_vring_state(st.index, base))
+
+    def _set_vring_fd(self, h, payload, fds):
+        request = R(h.request)
+        value = p.decode_u64(payload, request.name)
+        index = value & p.VRING_IDX_MASK
+        nofd = bool(value & p.VRING_NOFD_MASK)
+        if value & ~(p.VRING_IDX_MASK | p.VRING_NOFD_MASK):
+            raise ProtocolError(f"{request.name}: reserved bits set in {value:#x}")
+        vr = self._vring_index(index, request.name)
+        if len(fds) != (0 if nofd else 1):
+            raise ProtocolError(f"{request.name}: {len(fds)} fds with no-fd flag {nofd}")
+        fd = -1 if nofd else fds.pop()
+        setter = {R.SET_VRING_KICK: self.backend.set_vring_kick,
+                  R.SET_VRING_CALL: self.backend.set_vring_call,
+                  R.SET_VRING_ERR: self.backend.set_vring_err}[request]
+        setter(index, fd)
+        if request == R.SET_VRING_KICK:
+            # vhost-user.rst: the ring starts on a kick; with no fd we poll.
+            vr.kicked = True
+            self._maybe_start(index)
+        return None
+
+    def _get_queue_num(self, h, payload, fds):
+        return p.encode_u64_reply(h.request, self.offer.queue_pairs)
+
+    def _set_vring_enable(self, h, payload, fds):
+        st = p.decode_vring_state(payload, "SET_VRING_ENABLE")
+        vr = self._vring_index(st.index, "SET_VRING_ENABLE")
+        if st.num not in (0, 1):
+            raise ProtocolError(f"SET_VRING_ENABLE: state {st.num} is not 0 or 1")
+        vr.enabled = bool(st.num)
+        self.backend.set_vring_enabled(st.index, vr.enabled)
+        return None
+
+    def _net_set_mtu(self, h, payload, fds):
+        mtu = p.decode_u64(payload, "NET_SET_MTU")
+        if not MTU_MIN <= mtu <= MTU_MAX:
+            raise RequestFailed(f"NET_SET_MTU: {mtu} outside {MTU_MIN}..{MTU_MAX}")
+        self.mtu = mtu
+        return None
+
+    def _reset_device(self, h, payload, fds):
+        # vhost-user.rst RESET_DEVICE: "the back-end must ... reset all its
+        # internal state to the initial state (disable all vrings, ...)".
+        # Ownership and the negotiated protocol features survive.
+        self._expect_empty(h, payload)
+        self.backend.reset()
+        self.features = 0
+        self.features_set = False
+        self.has_mem = False
+        self.mem_regions = 0
+        self.mtu = None
+        self.vrings = [VringConfig() for _ in self.vrings]
+        return None
+
+    @staticmethod
+    def _expect_empty(h: p.Header, payload: bytes) -> None:
+        # QEMU sends SET_OWNER/RESET_DEVICE with size 0; tolerate a u64 of padding.
+        if len(payload) not in (0, 8):
+            raise ProtocolError(f"{p.request_name(h.request)}: unexpected {len(payload)}-byte payload")
+
+    _HANDLERS = {
+        R.GET_FEATURES: _get_features,
+        R.SET_FEATURES: _set_features,
+        R.SET_OWNER: _set_owner,
+        R.RESET_OWNER: _reset_owner,
+        R.GET_PROTOCOL_FEATURES: _get_protocol_features,
+        R.SET_PROTOCOL_FEATURES: _set_protocol_features,
+        R.SET_MEM_TABLE: _set_mem_table,
+        R.SET_VRING_NUM: _set_vring_num,
+        R.SET_VRING_ADDR: _set_vring_addr,
+        R.SET_VRING_BASE: _set_vring_base,
+        R.GET_VRING_BASE: _get_vring_base,
+        R.SET_VRING_KICK: _set_vring_fd,
+        R.SET_VRING_CALL: _set_vring_fd,
+        R.SET_VRING_ERR: _set_vring_fd,
+        R.GET_QUEUE_NUM: _get_queue_num,
+        R.SET_VRING_ENABLE: _set_vring_enable,
+        R.NET_SET_MTU: _net_set_mtu,
+        R.RESET_DEVICE: _reset_device,
+    }

@@ -1,0 +1,154 @@
+"""vhost-user sockets on asyncio: reading messages with their fds, both roles.
+
+A message is read as its 12-byte header with recvmsg (the fds travel as
+SCM_RIGHTS on the first byte of the front-end's sendmsg), then exactly
+`size` payload bytes. Reading the header alone keeps fds attached to the
+message they came with.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import errno
+import os
+import socket
+import stat
+
+from . import protocol as p
+
+_FD_SIZE = array.array("i").itemsize
+# Room for more fds than anyone may send, so surplus fds are seen (and closed)
+# rather than silently truncated (MSG_CTRUNC).
+_CMSG_SPACE = socket.CMSG_SPACE(32 * _FD_SIZE)
+
+
+class PeerClosed(Exception):
+    """The other side closed the connection."""
+
+
+def _fds_from_ancdata(ancdata) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - (len(data) % _FD_SIZE)
+            fds.extend(array.array("i", data[:usable]))
+    return fds
+
+
+class Connection:
+    """One accepted or connected vhost-user socket."""
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop = loop
+
+    async def _wait_readable(self) -> None:
+        fut = self.loop.create_future()
+        fd = self.sock.fileno()
+        self.loop.add_reader(fd, fut.set_result, None)
+        try:
+            await fut
+        finally:
+            self.loop.remove_reader(fd)
+
+    async def _recv_exact(self, n: int, want_fds: bool) -> tuple[bytes, list[int]]:
+        buf = bytearray()
+        fds: list[int] = []
+        try:
+            while len(buf) < n:
+                try:
+                    if want_fds:
+                        data, anc, flags, _ = self.sock.recvmsg(n - len(buf), _CMSG_SPACE)
+                        fds.extend(_fds_from_ancdata(anc))
+                        if flags & socket.MSG_CTRUNC:
+                            raise p.ProtocolError("control data truncated (too many fds)")
+                    else:
+                        data = self.sock.recv(n - len(buf))
+                except (BlockingIOError, InterruptedError):
+                    await self._wait_readable()
+                    continue
+                except ConnectionResetError:
+                    raise PeerClosed() from None
+                if not data:
+                    raise PeerClosed()
+                buf += data
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return bytes(buf), fds
+
+    async def read_message(self) -> tuple[p.Header, bytes, list[int]]:
+        """Next message; raises PeerClosed or ProtocolError (fds closed)."""
+        raw, fds = await self._recv_exact(p.HEADER_SIZE, want_fds=True)
+        try:
+            header = p.decode_header(raw)
+            if len(fds) > p.MAX_FDS:
+                raise p.ProtocolError(f"{len(fds)} fds attached (at most {p.MAX_FDS})")
+            payload = b""
+            if header.size:
+                payload, more = await self._recv_exact(header.size, want_fds=False)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return header, payload, fds
+
+    def send(self, data: bytes) -> None:
+        # Replies are tiny; a full socket buffer means the peer stopped reading.
+        try:
+            sent = self.sock.send(data)
+        except (BrokenPipeError, ConnectionResetError):
+            raise PeerClosed() from None
+        except BlockingIOError:
+            sent = 0
+        if sent != len(data):
+            raise PeerClosed()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def socket_is_live(path: str) -> bool:
+    """True if a process accepts connections on the AF_UNIX socket at path."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+        return True
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError as exc:
+        # EAGAIN: the listener's backlog is full - it is alive.
+        return exc.errno in (errno.EAGAIN,)
+    finally:
+        probe.close()
+
+
+def bind_listener(path: str) -> socket.socket:
+    """Listen on path, replacing a stale socket file left by a dead process,
+    but never one that a live process listens on, nor a non-socket file."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+        if socket_is_live(path):
+            raise OSError(errno.EADDRINUSE, f"{path}: another process is listening on it")
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(4)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
