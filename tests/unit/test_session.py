@@ -1,0 +1,288 @@
+"""The message codec and the session state machine, without sockets.
+
+The backend here records what the session asks of the datapath, so each test
+can assert the exact effect of a message order (anchors.md §4: kick before
+enable, SET_VRING_ENABLE(0) before GET_VRING_BASE, SET_FEATURES per pair).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from vswitch.vhost import protocol as p
+from vswitch.vhost.protocol import Feature as F
+from vswitch.vhost.protocol import ProtocolError
+from vswitch.vhost.protocol import ProtocolFeature as PF
+from vswitch.vhost.protocol import Request as R
+from vswitch.vhost.session import BASE_FEATURES, Offer, Session
+
+
+class RecordingBackend:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.started: set[int] = set()
+        self.enabled: dict[int, bool] = {}
+        self.bases: dict[int, int] = {}
+        self.fds: dict[tuple[str, int], int] = {}
+
+    def _own(self, kind: str, index: int, fd: int) -> None:
+        old = self.fds.pop((kind, index), -1)
+        if old >= 0:
+            os.close(old)
+        if fd >= 0:
+            self.fds[(kind, index)] = fd
+
+    def set_features(self, features): self.calls.append(("features", features))
+    def set_mem_table(self, regions):
+        self.calls.append(("mem", len(regions)))
+        return []
+    def set_vring_num(self, i, num): self.calls.append(("num", i, num))
+    def set_vring_addr(self, i, d, u, a): self.calls.append(("addr", i))
+    def set_vring_base(self, i, base):
+        self.bases[i] = base
+        self.calls.append(("base", i, base))
+    def set_vring_kick(self, i, fd): self._own("kick", i, fd)
+    def set_vring_call(self, i, fd): self._own("call", i, fd)
+    def set_vring_err(self, i, fd): self._own("err", i, fd)
+    def start_vring(self, i):
+        self.started.add(i)
+        self.calls.append(("start", i))
+    def stop_vring(self, i):
+        self.started.discard(i)
+        self.calls.append(("stop", i))
+        return self.bases.get(i, 0) + 7   # frames processed since the base
+    def set_vring_enabled(self, i, e):
+        self.enabled[i] = e
+        self.calls.append(("enable", i, e))
+    def reset(self):
+        self.started.clear()
+        for (kind, index) in list(self.fds):
+            self._own(kind, index, -1)
+        self.calls.append(("reset",))
+
+
+def msg(request: int, payload: bytes = b"", need_reply: bool = False) -> tuple[p.Header, bytes]:
+    flags = p.VERSION | (p.FLAG_NEED_REPLY if need_reply else 0)
+    raw = p.HEADER.pack(request, flags, len(payload))
+    return p.decode_header(raw), payload
+
+
+def u64(v: int) -> bytes:
+    return struct.pack("=Q", v)
+
+
+def state(i: int, n: int) -> bytes:
+    return struct.pack("=II", i, n)
+
+
+def addr(i: int) -> bytes:
+    return struct.pack("=IIQQQQ", i, 0, 0x1000, 0x3000, 0x2000, 0)
+
+
+def region_table(n: int) -> bytes:
+    return p.encode_mem_table([p.MemRegion(i << 30, 1 << 20, 0x7f0000000000 + (i << 30), 0) for i in range(n)])
+
+
+def memfd() -> int:
+    return os.memfd_create("t")
+
+
+def eventfd() -> int:
+    return os.eventfd(0)
+
+
+def send(s: Session, request: int, payload: bytes = b"", fds=(), need_reply=False):
+    h, pl = msg(request, payload, need_reply)
+    return s.handle(h, pl, list(fds))
+
+
+def reply_u64(reply: bytes) -> int:
+    req, flags, size = p.HEADER.unpack_from(reply)
+    assert flags == p.VERSION | p.FLAG_REPLY and size == 8
+    return struct.unpack_from("=Q", reply, p.HEADER_SIZE)[0]
+
+
+@pytest.fixture
+def session():
+    backend = RecordingBackend()
+    s = Session(Offer(queue_pairs=2), backend)
+    yield s, backend
+    backend.reset()
+
+
+def negotiate(s: Session, protocol_features: int = 1 << PF.REPLY_ACK | 1 << PF.MQ) -> None:
+    send(s, R.GET_FEATURES)
+    send(s, R.GET_PROTOCOL_FEATURES)
+    send(s, R.SET_PROTOCOL_FEATURES, u64(protocol_features))
+    send(s, R.SET_OWNER)
+
+
+def setup_ring(s: Session, i: int, kick_first: bool = False) -> None:
+    if kick_first:
+        send(s, R.SET_VRING_KICK, u64(i), [eventfd()])
+    send(s, R.SET_VRING_NUM, state(i, 256))
+    send(s, R.SET_VRING_BASE, state(i, 0))
+    send(s, R.SET_VRING_ADDR, addr(i))
+    if not kick_first:
+        send(s, R.SET_VRING_KICK, u64(i), [eventfd()])
+    send(s, R.SET_VRING_CALL, u64(i), [eventfd()])
+
+
+# --- codec -------------------------------------------------------------------
+
+def test_header_rejects_bad_version_reply_flag_and_reserved_bits():
+    for flags in (0x0, 0x2, p.VERSION | p.FLAG_REPLY, p.VERSION | 0x10):
+        with pytest.raises(ProtocolError):
+            p.decode_header(p.HEADER.pack(1, flags, 0))
+    with pytest.raises(ProtocolError, match="exceeds"):
+        p.decode_header(p.HEADER.pack(1, p.VERSION, p.MAX_PAYLOAD + 1))
+
+
+def test_mem_table_codec_checks_counts_sizes_and_overflow():
+    regions = [p.MemRegion(0, 1 << 30, 0x7f00_0000_0000, 0), p.MemRegion(1 << 32, 1 << 30, 0x7f40_0000_0000, 1 << 30)]
+    assert p.decode_mem_table(p.encode_mem_table(regions)) == regions
+    # QEMU sends all 8 slots whatever nregions says
+    assert p.decode_mem_table(p.encode_mem_table(regions) + bytes(32 * 6)) == regions
+    with pytest.raises(ProtocolError):
+        p.decode_mem_table(struct.pack("=II", 0, 0))
+    with pytest.raises(ProtocolError):
+        p.decode_mem_table(struct.pack("=II", 9, 0) + bytes(32 * 9))
+    with pytest.raises(ProtocolError):
+        p.decode_mem_table(p.encode_mem_table(regions)[:-1])
+    with pytest.raises(ProtocolError, match="overflows"):
+        p.decode_mem_table(p.encode_mem_table([p.MemRegion(2**64 - 4096, 8192, 0, 0)]))
+
+
+# --- negotiation -------------------------------------------------------------
+
+def test_features_offered_include_protocol_features_mq_and_mtu(session):
+    s, _ = session
+    features = reply_u64(send(s, R.GET_FEATURES))
+    for bit in (F.VHOST_USER_F_PROTOCOL_FEATURES, F.NET_MQ, F.NET_MTU, F.F_VERSION_1,
+                F.NET_MRG_RXBUF, F.RING_F_EVENT_IDX, F.RING_F_INDIRECT_DESC):
+        assert features & (1 << bit), bit.name
+    proto = reply_u64(send(s, R.GET_PROTOCOL_FEATURES))
+    assert proto == (1 << PF.MQ) | (1 << PF.REPLY_ACK) | (1 << PF.NET_MTU) | (1 << PF.RESET_DEVICE)
+    assert reply_u64(send(s, R.GET_QUEUE_NUM)) == 2
+
+
+def test_set_features_with_unoffered_bits_closes(session):
+    s, _ = session
+    with pytest.raises(ProtocolError, match="not offered"):
+        send(s, R.SET_FEATURES, u64(1 << F.NET_CSUM))
+
+
+def test_need_reply_is_answered_once_reply_ack_is_negotiated(session):
+    s, _ = session
+    assert send(s, R.SET_OWNER, need_reply=True) is None     # REPLY_ACK not yet negotiated
+    negotiate(s)
+    assert reply_u64(send(s, R.SET_FEATURES, u64(BASE_FEATURES), need_reply=True)) == 0
+    # a request that fails but is well formed answers non-zero instead of closing
+    assert reply_u64(send(s, R.NET_SET_MTU, u64(10), need_reply=True)) != 0
+    assert reply_u64(send(s, R.NET_SET_MTU, u64(9000), need_reply=True)) == 0
+    assert s.mtu == 9000
+
+
+def test_legacy_frontend_without_bit_30_gets_rings_enabled(session):
+    s, backend = session
+    send(s, R.SET_FEATURES, u64(BASE_FEATURES & ~(1 << F.VHOST_USER_F_PROTOCOL_FEATURES)))
+    assert all(backend.enabled[i] for i in range(4))
+
+
+def test_set_features_repeated_per_queue_pair_is_idempotent(session):
+    s, backend = session
+    negotiate(s)
+    send(s, R.SET_FEATURES, u64(BASE_FEATURES))
+    send(s, R.SET_MEM_TABLE, region_table(1), [memfd()])
+    setup_ring(s, 0)
+    setup_ring(s, 1)
+    send(s, R.SET_VRING_ENABLE, state(0, 1))
+    # the second pair's vhost_dev sends SET_FEATURES again while pair 0 runs
+    send(s, R.SET_FEATURES, u64(BASE_FEATURES))
+    assert backend.started == {0, 1}
+    assert backend.enabled == {0: True}
+
+
+# --- ring ordering -----------------------------------------------------------
+
+def test_ring_starts_when_its_last_ingredient_arrives_whatever_the_order(session):
+    s, backend = session
+    negotiate(s)
+    send(s, R.SET_FEATURES, u64(BASE_FEATURES))
+    setup_ring(s, 0, kick_first=True)       # kick before num/addr, and before the mem table
+    assert 0 not in backend.started
+    send(s, R.SET_MEM_TABLE, region_table(2), [memfd(), memfd()])
+    assert 0 in backend.started
+
+
+def test_kick_before_enable_is_not_lost(session):
+    s, backend = session
+    negotiate(s)
+    send(s, R.SET_FEATURES, u64(BASE_FEATURES))
+    send(s, R.SET_MEM_TABLE, region_table(1), [memfd()])
+    setup_ring(s, 1)
+    assert 1 in backend.started and not backend.enabled.get(1)
+    send(s, R.SET_VRING_ENABLE, state(1, 1))
+    assert backend.enabled[1] and 1 in backend.started
+
+
+def test_disable_before_get_vring_base_then_resume_from_reported_base(session):
+    s, backend = session
+    negotiate(s)
+    send(s, R.SET_FEATURES, u64(BASE_FEATURES))
+    send(s, R.SET_MEM_TABLE, region_table(1), [memfd()])
+    setup_ring(s, 0)
+    send(s, R.SET_VRING_ENABLE, state(0, 1))
+    send(s, R.SET_VRING_ENABLE, state(0, 0))   # QEMU 7.2 stop order
+    reply = send(s, R.GET_VRING_BASE, state(0, 0))
+    req, flags, size = p.HEADER.unpack_from(reply)
+    index, base = struct.unpack_from("=II", reply, p.HEADER_SIZE)
+    assert (req, size, index, base) == (R.GET_VRING_BASE, 8, 0, 7)
+    assert 0 not in backend.started
+    # nothing was reset: the ring restarts only with fresh ADDR + KICK
+    send(s, R.SET_VRING_BASE, state(0, base))
+    send(s, R.SET_VRING_ADDR, addr(0))
+    assert 0 not in backend.started
+    send(s, R.SET_VRING_KICK, u64(0), [eventfd()])
+    assert 0 in backend.started and backend.bases[0] == 7
+
+
+def test_reset_device_stops_everything_but_keeps_protocol_features(session):
+    s, backend = session
+    negotiate(s)
+    send(s, R.SET_FEATURES, u64(BASE_FEATURES))
+    send(s, R.SET_MEM_TABLE, region_table(1), [memfd()])
+    setup_ring(s, 0)
+    send(s, R.RESET_DEVICE)
+    assert backend.started == set() and ("reset",) in backend.calls
+    assert s.protocol_features & (1 << PF.REPLY_ACK)
+    assert s.features == 0
+
+
+# --- malformed messages ------------------------------------------------------
+
+@pytest.mark.parametrize("request_, payload, nfds, match", [
+    (999, b"", 0, "unknown request"),
+    (R.SET_VRING_NUM, state(4, 256), 0, "beyond"),          # 2 pairs = vrings 0..3
+    (R.SET_VRING_NUM, state(0, 100), 0, "power of 2"),
+    (R.SET_VRING_NUM, b"\0" * 4, 0, "expected 8"),
+    (R.SET_VRING_KICK, u64(0), 0, "fds"),                   # fd missing
+    (R.SET_VRING_KICK, u64(0x100), 1, "fds"),               # fd despite the no-fd flag
+    (R.SET_VRING_CALL, u64(0x200), 1, "reserved"),
+    (R.SET_OWNER, b"", 1, "unexpected fds"),
+    (R.SET_MEM_TABLE, region_table(2), 1, "2 regions but 1 fds"),
+    (R.SET_VRING_ENABLE, state(0, 2), 0, "not 0 or 1"),
+    (R.SET_VRING_BASE, state(0, 0x10000), 0, "bits above 15"),
+    (R.SEND_RARP, u64(0), 0, "unsupported"),                # RARP not offered yet
+])
+def test_malformed_messages_close_and_release_fds(session, request_, payload, nfds, match):
+    s, _ = session
+    fds = [eventfd() for _ in range(nfds)]
+    with pytest.raises(ProtocolError, match=match):
+        send(s, request_, payload, fds)
+    for fd in fds:   # every fd that came with the bad message was closed
+        with pytest.raises(OSError):
+            os.fstat(fd)
