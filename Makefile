@@ -43,6 +43,8 @@ apt-build:
 
 deps-test: deps-build
 	$(call apt_install,$(TEST_DEBS))
+	@# the guest kernel is fetched with apt-get download: it needs package lists
+	@apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1 || apt-get update -q
 
 $(PY): | deps-build
 	$(PYTHON) -m venv $(VENV)

@@ -255,8 +255,11 @@ class VhostUserPort:
                 self.status.last_error = msg
                 log.error("port %s: %s", self.name, msg)
             first = self._ring_seen.setdefault(index, now)
+            # A guest kicks only after publishing buffers, so a kicked ring
+            # whose avail index still reads 0 is not the guest's ring: we see
+            # the memory file, the guest writes private copy-on-write pages.
             if (now - first > UNSHARED_MEMORY_AFTER_S and not info["avail_moved"]
-                    and info.get("avail_idx") == info["start_avail"]
+                    and info.get("avail_idx") == 0 and info["start_avail"] == 0
                     and info["kick_fd"] >= 0 and _readable(info["kick_fd"])
                     and "memory" not in self.status.alerts):
                 msg = ("guest memory is not shared with the switch: the guest kicks but its rings "

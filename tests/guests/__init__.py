@@ -1,0 +1,40 @@
+"""Real QEMU guests for interop tests: image builder and guest driver.
+
+``build_image(cache_dir)`` produces a Debian cloud kernel plus a small
+initramfs; ``QemuGuest`` boots it with a vhost-user virtio-net NIC and runs
+commands on its serial console. See qemu.py for the console protocol and
+/work/shared/research/qemu-guests.md for why the QEMU flags are what they are.
+"""
+
+from .image import GuestImage, ImageBuildError, build_image, default_cache_dir
+from .qemu import (
+    GuestBootError,
+    GuestCommandError,
+    GuestError,
+    GuestTimeout,
+    IperfResult,
+    PingResult,
+    QemuGuest,
+    QmpClient,
+    QmpError,
+    default_accel,
+    probe_kvm,
+)
+
+__all__ = [
+    "GuestBootError",
+    "GuestCommandError",
+    "GuestError",
+    "GuestImage",
+    "GuestTimeout",
+    "ImageBuildError",
+    "IperfResult",
+    "PingResult",
+    "QemuGuest",
+    "QmpClient",
+    "QmpError",
+    "build_image",
+    "default_accel",
+    "default_cache_dir",
+    "probe_kvm",
+]
