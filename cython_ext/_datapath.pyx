@@ -51,6 +51,7 @@ cdef extern from "<unistd.h>" nogil:
     int close(int fd)
 
 DROP_REASONS = (
+    None,  # 0 is success, not a reason
     "bad_head", "bad_address", "bad_length", "bad_chain", "bad_indirect",
     "bad_flags", "too_many_segments", "runt", "ring_disabled", "no_rx_buffer",
     "rx_buffer_too_small", "rx_bad_chain", "no_rx_queue", "same_port",
@@ -502,7 +503,7 @@ cdef class Datapath:
             "packets": vq.c.packets, "bytes": vq.c.bytes,
             "notifications": vq.c.notifications,
             "notify_suppressed": vq.c.notify_suppressed,
-            "drops": {DROP_REASONS[i]: vq.c.drops[i] for i in range(DROP_MAX) if vq.c.drops[i]},
+            "drops": {DROP_REASONS[i]: vq.c.drops[i] for i in range(1, DROP_MAX) if vq.c.drops[i]},
         }
 
     # --- FDB -----------------------------------------------------------------

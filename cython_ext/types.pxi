@@ -66,23 +66,24 @@ cdef enum:
     VS_FDB_PROBE = 16
 
 # Drop reasons: index into vs_counters.drops. Names for Python in DROP_REASONS.
+# 0 is not a reason: functions return 0 for success or a reason.
 cdef enum:
-    DROP_BAD_HEAD = 0              # avail ring entry >= ring size
-    DROP_BAD_ADDRESS = 1           # buffer not inside guest memory
-    DROP_BAD_LENGTH = 2            # chain longer than any frame can be
-    DROP_BAD_CHAIN = 3             # loop, chain longer than the table, next out of range
-    DROP_BAD_INDIRECT = 4          # indirect not negotiated, nested, misaligned, unmapped
-    DROP_BAD_FLAGS = 5             # write-only buffer in a TX chain or read-only in an RX chain
-    DROP_TOO_MANY_SEGMENTS = 6     # more pieces than VS_MAX_SEGS
-    DROP_RUNT = 7                  # shorter than header + Ethernet header
-    DROP_RING_DISABLED = 8         # TX from a started but disabled ring (spec: consume and discard)
-    DROP_NO_RX_BUFFER = 9          # destination ring has no (or not enough) buffers
-    DROP_RX_BUFFER_TOO_SMALL = 10  # no MRG_RXBUF and the buffer cannot hold the frame
-    DROP_RX_BAD_CHAIN = 11         # destination posted an invalid buffer
-    DROP_NO_RX_QUEUE = 12          # destination connected but has no enabled RX queue
-    DROP_SAME_PORT = 13            # destination learned on the ingress port
-    DROP_RING_BROKEN = 14          # avail index jumped by more than the ring size
-    DROP_MAX = 15
+    DROP_BAD_HEAD = 1              # avail ring entry >= ring size
+    DROP_BAD_ADDRESS = 2           # buffer not inside guest memory
+    DROP_BAD_LENGTH = 3            # chain longer than any frame can be
+    DROP_BAD_CHAIN = 4             # loop, chain longer than the table, next out of range
+    DROP_BAD_INDIRECT = 5          # indirect not negotiated, nested, misaligned, unmapped
+    DROP_BAD_FLAGS = 6             # write-only buffer in a TX chain or read-only in an RX chain
+    DROP_TOO_MANY_SEGMENTS = 7     # more pieces than VS_MAX_SEGS
+    DROP_RUNT = 8                  # shorter than header + Ethernet header
+    DROP_RING_DISABLED = 9         # TX from a started but disabled ring (spec: consume and discard)
+    DROP_NO_RX_BUFFER = 10          # destination ring has no (or not enough) buffers
+    DROP_RX_BUFFER_TOO_SMALL = 11  # no MRG_RXBUF and the buffer cannot hold the frame
+    DROP_RX_BAD_CHAIN = 12         # destination posted an invalid buffer
+    DROP_NO_RX_QUEUE = 13          # destination connected but has no enabled RX queue
+    DROP_SAME_PORT = 14            # destination learned on the ingress port
+    DROP_RING_BROKEN = 15          # avail index jumped by more than the ring size
+    DROP_MAX = 16
 
 ctypedef struct vs_counters:
     uint64_t packets

@@ -22,6 +22,7 @@ cdef inline int walk_chain(vs_port *port, vs_vring *vq, uint16_t head, bint devi
     cdef uint32_t idx = head
     cdef uint32_t count = 0
     cdef bint indirect = False
+    cdef bint too_many = False
     cdef uint64_t addr
     cdef uint32_t length
     cdef uint16_t flags, nxt
@@ -59,11 +60,16 @@ cdef inline int walk_chain(vs_port *port, vs_vring *vq, uint16_t head, bint devi
         total[0] += length
         if total[0] > VS_MAX_FRAME + VS_HDR_MAX:
             return DROP_BAD_LENGTH
-        rc = mem_gpa_segments(&port.mem, addr, length, segs, nseg, maxseg)
-        if rc:
-            return rc
+        if not too_many:
+            rc = mem_gpa_segments(&port.mem, addr, length, segs, nseg, maxseg)
+            if rc == DROP_TOO_MANY_SEGMENTS:
+                # Keep walking (without collecting) to tell a loop or an
+                # over-long chain (bad_chain) from a merely fragmented one.
+                too_many = True
+            elif rc:
+                return rc
         if not (flags & VRING_DESC_F_NEXT):
-            return 0
+            return DROP_TOO_MANY_SEGMENTS if too_many else 0
         idx = nxt
         if idx >= table_len:
             return DROP_BAD_CHAIN

@@ -119,6 +119,7 @@ class VhostUserPort:
         self.status = PortStatus()
         self.ratelog = ratelog or RateLimitedLog()
         self._task: asyncio.Task | None = None
+        self._conn_task: asyncio.Task | None = None
         self._listener: socket.socket | None = None
         self._conn: Connection | None = None
         self._ring_seen: dict[int, float] = {}
@@ -136,12 +137,13 @@ class VhostUserPort:
                  self.name, self.config.mode, self.config.socket, self.config.queues)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._task, self._conn_task):
+            if task and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         if self._conn:
             self._disconnect("port stopped")
         if self._listener:
@@ -160,12 +162,14 @@ class VhostUserPort:
         while True:
             sock, _ = await loop.sock_accept(self._listener)
             if self._conn is not None:
-                # One front-end per port: a second one is refused, the first
-                # keeps running undisturbed.
-                log.warning("port %s: refusing a second connection while one is active", self.name)
+                # One front-end per port: a second one is refused at once,
+                # the first keeps running undisturbed.
+                self.ratelog.warning(f"{self.name}:second", "port %s: refusing a second connection "
+                                     "while one is active", self.name)
                 sock.close()
                 continue
-            await self._run_connection(sock)
+            self._conn = Connection(sock, loop)
+            self._conn_task = loop.create_task(self._run_connection(), name=f"conn-{self.name}")
 
     async def _connect_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -183,12 +187,12 @@ class VhostUserPort:
                 delay = min(delay * 2, RECONNECT_MAX_S)
                 continue
             delay = RECONNECT_MIN_S
-            await self._run_connection(sock)
+            self._conn = Connection(sock, loop)
+            await self._run_connection()
             await asyncio.sleep(RECONNECT_MIN_S)
 
-    async def _run_connection(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        self._conn = Connection(sock, loop)
+    async def _run_connection(self) -> None:
+        assert self._conn is not None
         self.session = Session(self.offer, PortBackend(self.dp, self.slot))
         self.status.connections += 1
         self.status.connected_since = time.time()
@@ -269,6 +273,7 @@ class VhostUserPort:
                 log.error("port %s: %s", self.name, msg)
 
     def show(self) -> dict:
+        self.check_health()      # so that a problem shows the moment it happens
         info = self.session.info() if self.session and self.connected else None
         queues = []
         for q in range(self.config.queues):
@@ -302,7 +307,7 @@ class VhostUserPort:
         }
 
     def drop_totals(self) -> dict[str, int]:
-        totals = {reason: 0 for reason in DROP_REASONS}
+        totals = {reason: 0 for reason in DROP_REASONS if reason}
         for index in range(2 * self.config.queues):
             for reason, n in self.dp.vring_counters(self.slot, index)["drops"].items():
                 totals[reason] += n

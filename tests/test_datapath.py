@@ -1,0 +1,300 @@
+"""The datapath against a front-end written in the tests: exact bytes, ring
+stop/resume, memory-table changes, call-fd swaps, and hostile guest rings.
+
+The front-end (tests/frontend) builds guest memory and split rings by hand, so
+it can do what QEMU and DPDK never do: corrupt descriptors on purpose. Each
+test runs its own vswitchd process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import struct
+import time
+
+import pytest
+
+from tests.frontend import Feature as F
+from tests.frontend import GuestMemory, Hostile, RegionSpec, VhostUserFrontend, bits
+from tests.switch import Vswitchd
+
+MAC = {name: bytes([0x02, 0, 0, 0, 0, i + 1]) for i, name in enumerate(["a", "b", "c", "d"])}
+BCAST = b"\xff" * 6
+ETHERTYPE = b"\x88\xb5"      # IEEE local experimental
+
+FULL = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX)
+
+
+def frame(dst: str | bytes, src: str, seq: int, size: int = 64) -> bytes:
+    dst_mac = MAC[dst] if isinstance(dst, str) else dst
+    head = dst_mac + MAC[src] + ETHERTYPE + struct.pack("!I", seq)
+    body = bytes((seq + i) & 0xFF for i in range(max(0, size - len(head))))
+    return head + body
+
+
+def seq_of(f: bytes) -> int:
+    return struct.unpack("!I", f[14:18])[0]
+
+
+@pytest.fixture(params=[1, 2], ids=["workers1", "workers2"])
+def switch(request, tmp_path):
+    ports = {name: {"type": "vhost-user", "queues": 2} for name in ("a", "b", "c", "d")}
+    with Vswitchd(tmp_path, ports, workers=request.param) as sw:
+        yield sw
+
+
+@pytest.fixture
+def switch1(tmp_path):
+    ports = {name: {"type": "vhost-user", "queues": 2} for name in ("a", "b")}
+    with Vswitchd(tmp_path, ports, workers=1) as sw:
+        yield sw
+
+
+def connect(sw: Vswitchd, port: str, pairs: int = 1, features: int = FULL, rx_buffers: int = 128,
+            rx_buf_len: int = 2048, **kw):
+    fe = VhostUserFrontend(sw.socket(port))
+    dev = fe.setup_net_device(pairs, 256, features, **kw)
+    for q in range(pairs):
+        if rx_buffers:
+            dev.rx(q).post_rx(rx_buffers, rx_buf_len)
+    return dev
+
+
+def exchange(src, dst, src_name: str, dst_name: str, n: int = 8, q: int = 0, size: int = 200,
+             timeout: float = 10.0) -> None:
+    """Send n frames src->dst on queue q and check they arrive intact, in order."""
+    sent = [frame(dst_name, src_name, 1000 + i, size) for i in range(n)]
+    for f in sent:
+        src.tx(q).post_tx(f)
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        for g in dst.rx(q).recv_frames(n - len(got), timeout=0.2):
+            dst.rx(q).post_rx(1, 2048)           # give the buffer back
+            # frames flooded before the FDB learned everyone may be waiting
+            if g.frame[6:12] == MAC[src_name]:
+                got.append(g.frame)
+    assert got == sent
+
+
+# --- exact delivery ------------------------------------------------------------------------
+
+def test_frames_cross_byte_for_byte_on_every_queue_pair(switch):
+    a = connect(switch, "a", 2)
+    b = connect(switch, "b", 2, rx_buffers=0)
+    for q in (0, 1):
+        b.rx(q).post_rx(200, 256)     # small buffers: big frames span several (MRG_RXBUF)
+    layouts = [dict(), dict(split=[12]), dict(split=[5, 40]), dict(indirect=True),
+               dict(split=[12, 30], indirect=True)]
+    for q in (0, 1):
+        sent = []
+        for i, size in enumerate([60, 64, 200, 1514, 4000, 9000, 65000 // 8]):
+            f = frame("b", "a", q * 100 + i, size)
+            a.tx(q).post_tx(f, **layouts[i % len(layouts)])
+            sent.append(f)
+        got = b.rx(q).recv_frames(len(sent), timeout=10)
+        assert [g.frame for g in got] == sent
+        for g in got:
+            assert g.num_buffers == len(g.elems) == -(-(12 + len(g.frame)) // 256)
+    port_a = switch.port("a")
+    assert all(port_a["queues"][q]["tx"]["packets"] == 7 for q in (0, 1))
+    assert switch.drops("a") == {} and switch.drops("b") == {}
+
+
+def test_without_mrg_rxbuf_a_frame_larger_than_the_buffer_is_dropped_and_counted(switch1):
+    a = connect(switch1, "a")
+    b = connect(switch1, "b", features=bits(F.VERSION_1), rx_buffers=16, rx_buf_len=1536)
+    a.tx(0).post_tx(frame("b", "a", 1, 4000))
+    a.tx(0).post_tx(frame("b", "a", 2, 1000))
+    got = b.rx(0).recv_frames(1, timeout=10)
+    assert [seq_of(g.frame) for g in got] == [2]
+    assert got[0].hdr.num_buffers == 1          # set even without MRG_RXBUF
+    assert switch1.drops("b") == {"rx_buffer_too_small": 1}
+
+
+def test_two_regions_sharing_one_memfd_and_buffers_in_the_upper_one(switch1):
+    mem = GuestMemory(regions=[RegionSpec(0, 16 << 20, backing="ram"),
+                               RegionSpec(4 << 30, 16 << 20, backing="ram")])
+    a = connect(switch1, "a", mem=mem, buf_region=1)
+    b = connect(switch1, "b")
+    exchange(a, b, "a", "b")
+
+
+def test_eight_regions_work_and_nine_are_refused(switch1):
+    mem8 = GuestMemory(regions=[RegionSpec(i << 28, 4 << 20) for i in range(8)])
+    a = connect(switch1, "a", mem=mem8, buf_region=7)
+    b = connect(switch1, "b")
+    exchange(a, b, "a", "b")
+    mem9 = GuestMemory(regions=[RegionSpec(i << 28, 4 << 20) for i in range(9)])
+    fe = VhostUserFrontend(switch1.socket("a"))     # a second front-end is refused while a runs
+    assert fe.wait_closed(10)
+    a.frontend.close()
+    switch1.wait_port("a", lambda p: p["state"] == "listening", what="listening again")
+    fe = VhostUserFrontend(switch1.socket("a"))
+    with pytest.raises(Exception):
+        fe.setup_net_device(1, 256, FULL, mem=mem9)
+    assert fe.wait_closed(10)
+    assert re.search(r"\b9 (fds|regions)", switch1.port("a")["last_error"])
+
+
+# --- ring stop and resume --------------------------------------------------------------------
+
+def test_get_vring_base_round_trip_loses_and_duplicates_nothing(switch1):
+    a = connect(switch1, "a")
+    b = connect(switch1, "b", rx_buffers=256)
+    fe, tx = a.frontend, a.tx(0)
+    sent = last_base = 0
+    for round_ in range(5):
+        for _ in range(20):
+            tx.post_tx(frame("b", "a", sent))
+            sent += 1
+        base = fe.get_vring_base(tx.index)          # stop mid-stream
+        assert last_base <= base <= tx.avail_idx      # never past what the guest offered
+        last_base = base
+        for _ in range(10):                         # posted while stopped: not processed
+            tx.post_tx(frame("b", "a", sent))
+            sent += 1
+        time.sleep(0.05)
+        assert switch1.port("a")["queues"][0]["tx"]["started"] is False
+        fe.set_vring_base(tx.index, base)           # resume where the switch stopped
+        fe.set_vring_addr_of(tx)
+        fe.set_vring_kick(tx.index, tx.kick_fd)
+        fe.sync()
+    got = b.rx(0).recv_frames(sent, timeout=15)
+    assert sorted(seq_of(g.frame) for g in got) == list(range(sent))   # each exactly once
+    assert [seq_of(g.frame) for g in got] == list(range(sent))         # and in order
+    assert b.rx(0).recv_frames(1, timeout=0.5) == []
+
+
+def test_call_fd_swapped_while_traffic_flows(switch1):
+    a = connect(switch1, "a")
+    b = connect(switch1, "b", features=bits(F.VERSION_1, F.MRG_RXBUF), rx_buffers=256)
+    exchange(a, b, "a", "b")
+    new_call = os.eventfd(0, os.EFD_NONBLOCK)
+    old_call = b.rx(0).call_fd
+    b.frontend.set_vring_call(b.rx(0).index, new_call)
+    b.frontend.sync()
+    b.rx(0).call_fd = new_call
+    b.rx(0).drain_call()
+    os.set_blocking(old_call, False)
+    try:
+        os.read(old_call, 8)
+    except BlockingIOError:
+        pass
+    for i in range(4):
+        a.tx(0).post_tx(frame("b", "a", i))
+    readable, _, _ = select.select([new_call], [], [], 10)
+    assert readable == [new_call]                 # the switch now signals the new fd
+    assert select.select([old_call], [], [], 0.2)[0] == []   # and no longer the old one
+    assert [seq_of(g.frame) for g in b.rx(0).recv_frames(4, timeout=10)] == [0, 1, 2, 3]
+
+
+def test_mem_table_resent_while_rings_run(switch1):
+    a = connect(switch1, "a")
+    b = connect(switch1, "b", rx_buffers=256)
+    for i in range(5):
+        exchange(a, b, "a", "b", n=4)
+        assert a.frontend.set_mem_table(a.mem, need_reply=True) == 0
+        assert b.frontend.set_mem_table(b.mem, need_reply=True) == 0
+    exchange(a, b, "a", "b", n=4)
+    assert switch1.port("a")["connections"] == 1
+
+
+# --- hostile guests ----------------------------------------------------------------------------
+
+HOSTILE_TX = [
+    ("addr_outside_memory", {"bad_address"}),
+    ("straddle_end_of_memory", {"bad_address"}),
+    ("len_overflow_64", {"bad_address", "bad_length"}),
+    ("len_overflow_32", {"bad_length"}),
+    ("zero_length", {"runt"}),
+    ("short_header", {"runt"}),
+    ("wrong_direction", {"bad_flags"}),
+    ("write_before_read", {"bad_flags"}),
+    ("loop", {"bad_chain"}),
+    ("chain_longer_than_ring", {"bad_chain"}),
+    ("next_out_of_range", {"bad_chain"}),
+    ("head_out_of_range", {"bad_head"}),
+    ("indirect_bad_len", {"bad_indirect"}),
+    ("indirect_zero_len", {"bad_indirect"}),
+    ("indirect_outside_memory", {"bad_indirect"}),
+    ("indirect_nested", {"bad_indirect"}),
+    ("indirect_with_next", {"bad_indirect"}),
+    ("indirect_loop", {"bad_chain"}),
+    ("indirect_next_out_of_table", {"bad_chain"}),
+    ("indirect_too_long", {"bad_chain", "too_many_segments", "bad_length"}),
+]
+
+
+def test_hostile_tx_chains_are_dropped_counted_and_cost_nobody_else(switch):
+    a = connect(switch, "a")
+    b = connect(switch, "b", rx_buffers=256)
+    c = connect(switch, "c", rx_buffers=256)
+    d = connect(switch, "d", rx_buffers=256)
+    exchange(c, d, "c", "d")
+    exchange(d, c, "d", "c")
+    fds = switch.fd_count()
+    for recipe, reasons in HOSTILE_TX:
+        before = switch.drops("a")
+        getattr(Hostile(a.tx(0)), recipe)()
+        deadline = time.monotonic() + 10
+        while switch.drops("a") == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        after = switch.drops("a")
+        grew = {r for r in after if after[r] != before.get(r, 0)}
+        assert grew and grew <= reasons, (recipe, before, after)
+        assert sum(after.values()) == sum(before.values()) + 1, recipe
+        # the guilty ring still works, and the healthy pair never noticed
+        exchange(a, b, "a", "b", n=2)
+        exchange(c, d, "c", "d", n=2)
+    assert a.frontend.connected() and switch.alive()
+    assert switch.drops("c") == {} and switch.drops("d") == {}
+    assert switch.fd_count() <= fds
+
+
+HOSTILE_RX = ["addr_outside_memory", "loop", "wrong_direction", "indirect_outside_memory", "zero_length"]
+
+
+def test_hostile_rx_buffers_drop_only_that_frame(switch):
+    a = connect(switch, "a")
+    b = connect(switch, "b", rx_buffers=0)
+    for recipe in HOSTILE_RX:
+        getattr(Hostile(b.rx(0)), recipe)()
+        b.rx(0).post_rx(1, 2048)
+        a.tx(0).post_tx(frame("b", "a", 1))       # lands in the bad buffer: dropped
+        a.tx(0).post_tx(frame("b", "a", 2))       # lands in the good one
+        got = b.rx(0).recv_frames(1, timeout=10)
+        assert [seq_of(g.frame) for g in got] == [2], recipe
+    assert switch.drops("b") == {"rx_bad_chain": len(HOSTILE_RX)}
+
+
+def test_wild_avail_index_breaks_only_that_ring_until_reset(switch):
+    a = connect(switch, "a")
+    b = connect(switch, "b", rx_buffers=256)
+    c = connect(switch, "c", rx_buffers=256)
+    d = connect(switch, "d", rx_buffers=256)
+    Hostile(a.tx(0)).wild_avail_idx(0x8000)
+    port = switch.wait_port("a", lambda p: p["queues"][0]["tx"]["broken"], timeout=10,
+                            what="tx ring 0 marked broken")
+    assert "avail index jumped" in port["last_error"]
+    assert port["queues"][0]["tx"]["drops"] == {"ring_broken": 1}
+    exchange(c, d, "c", "d")                      # others keep forwarding
+    assert a.frontend.connected()
+    # RESET_DEVICE brings the port back without a reconnect
+    a.frontend.reset_device()
+    a2 = a.frontend.setup_net_device(1, 256, FULL)
+    a2.rx(0).post_rx(64, 2048)
+    switch.wait_port("a", lambda p: not p["queues"][0]["tx"]["broken"], timeout=10, what="ring reset")
+    exchange(a2, b, "a", "b")
+    assert switch.port("a")["connections"] == 1
+
+
+def test_vring_index_beyond_configured_queues_closes_the_connection(switch1):
+    fe = VhostUserFrontend(switch1.socket("a"))
+    fe.get_features()
+    fe.set_vring_num(4, 256)                       # 2 queue pairs: vrings 0..3
+    assert fe.wait_closed(10)
+    port = switch1.wait_port("a", lambda p: p["state"] == "listening", what="listening again")
+    assert "vring index 4 beyond" in port["last_error"]
