@@ -1,0 +1,1 @@
+"""Independent vhost-user peers for interop tests and benchmarks (DPDK testpmd)."""
