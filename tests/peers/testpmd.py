@@ -340,11 +340,17 @@ _FWD_PORT_HDR = re.compile(r"-+ Forward statistics for port (\d+)\s*-+")
 _FWD_ACCUM_HDR = re.compile(r"\++ Accumulated forward statistics for all ports\s*\++")
 
 
-def _fwd_fields(nums: dict[str, int], cls: type) -> tuple[dict[str, int], dict[str, int]]:
-    names = set(cls.__dataclass_fields__)
-    known = {k: v for k, v in nums.items() if k in names}
-    extra = {k: v for k, v in nums.items() if k not in names}
-    return known, extra
+_STREAM_COUNTERS = ("rx_packets", "tx_packets", "tx_dropped")
+_PORT_COUNTERS = ("rx_packets", "rx_dropped", "rx_total", "tx_packets", "tx_dropped", "tx_total")
+
+
+def _port_block(port: int, nums: dict[str, int]) -> FwdPortStats:
+    g = nums.get
+    return FwdPortStats(
+        port, g("rx_packets", 0), g("rx_dropped", 0), g("rx_total", 0),
+        g("tx_packets", 0), g("tx_dropped", 0), g("tx_total", 0),
+        extra={k: v for k, v in nums.items() if k not in _PORT_COUNTERS},
+    )
 
 
 def parse_fwd_stats(text: str) -> FwdStats:
@@ -364,18 +370,21 @@ def parse_fwd_stats(text: str) -> FwdStats:
         hdr = m.group(0)
         sm = _FWD_STREAM_HDR.fullmatch(hdr)
         if sm:
-            known, extra = _fwd_fields(nums, FwdStream)
+            rp, rq, tp, tq = (int(g) for g in sm.groups())
             streams.append(
-                FwdStream(*(int(g) for g in sm.groups()), **known, extra=extra)  # type: ignore[arg-type]
+                FwdStream(
+                    rp, rq, tp, tq,
+                    nums.get("rx_packets", 0), nums.get("tx_packets", 0), nums.get("tx_dropped", 0),
+                    extra={k: v for k, v in nums.items() if k not in _STREAM_COUNTERS},
+                )
             )
             continue
         pm = _FWD_PORT_HDR.fullmatch(hdr)
-        known, extra = _fwd_fields(nums, FwdPortStats)
         if pm:
             port = int(pm.group(1))
-            ports[port] = FwdPortStats(port=port, **known, extra=extra)
+            ports[port] = _port_block(port, nums)
         else:
-            total = FwdPortStats(port=-1, **known, extra=extra)
+            total = _port_block(-1, nums)
     return FwdStats(streams=tuple(streams), ports=ports, total=total)
 
 
@@ -1169,7 +1178,7 @@ class DeliveryResult:
 
 
 def _first_diff(a: bytes, b: bytes) -> int:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i
     return min(len(a), len(b))
@@ -1319,7 +1328,7 @@ def verify_delivery(
     outs = [wd / f"{name}_out_q{q}.pcap" for q in range(queues)]
     strays = [wd / f"{name}_stray_q{q}.pcap" for q in range(queues)]
     empty = wd / f"{name}_empty.pcap"
-    for p, fr in zip(ins, frames):
+    for p, fr in zip(ins, frames, strict=True):
         write_pcap(p, fr)
     write_pcap(empty, [])
     for p in outs + strays:

@@ -1,0 +1,673 @@
+"""Loopback benchmark: vswitch against DPDK's vhost PMD (research/bench.md).
+
+Topology (one run)::
+
+    CPU gen: G, dpdk-testpmd, io forward         CPU sut: S, the switch under test
+      P0 net_virtio_user0 --- a.sock ---  port a  (S listens, G connects)
+      P1 net_virtio_user1 --- b.sock ---  port b
+
+G injects ``start tx_first 8`` (8 bursts x 32 frames per port and queue), then
+io-forwards P0->P1 and P1->P0 while S forwards a->b and b->a, so the frames
+circulate. The figure is G's RX rate on P0 + P1: frames per second the switch
+delivered, both directions summed. Each run: a settle pause after the links
+are up, ``--warmup`` seconds, then one sample per second for ``--seconds``
+(testpmd's own "Rx-pps since last show"); the run's figure is the median.
+
+S is either DPDK 22.11's vhost PMD (``dpdk-testpmd``, io forward: the
+reference) or vswitch (``vswitchd --config FILE``, under ``taskset``), run
+alternately: for each pair, for each config, reference then vswitch. Runs in
+which other processes used the two CPUs (busy time in /proc/stat minus the
+benchmark's own processes from /proc/PID/stat) are flagged and left out of
+the medians (``--keep-noisy`` keeps them). The ratio is per pair
+(vswitch / reference of the same config and pair), summarised by its median.
+
+1518-byte frames are 1504 bytes of payload: over a 1500 MTU. DPDK's vhost
+and virtio-user PMDs do not enforce MTU; a switch that does must allow more
+for that config (vswitch's YAML has no MTU setting today). A run that moves
+no frames is reported as an error ("no frames circulate"), not as 0 Mpps.
+
+Usage (root, from the repository root; never run two benchmarks at once --
+a lock file enforces it)::
+
+    .venv/bin/python bench/loopback.py [--pairs 5] [--configs 64x1,1518x1,64x2,1518x2]
+        [--seconds 10] [--warmup 5] [--only dpdk|vswitch|both]
+
+Results: a table on stdout and a JSON file under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import fcntl
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.peers.testpmd import (  # noqa: E402
+    TestPmd,
+    TestPmdError,
+    testpmd_available,
+    vhost_vdev,
+    virtio_user_vdev,
+)
+
+DEFAULT_CONFIGS = "64x1,1518x1,64x2,1518x2"
+LOCK_PATH = Path("/tmp/vswitch-bench.lock")
+KINDS = ("dpdk", "vswitch")
+MIN_PPS = 1000.0  # below this median a run is an error: nothing circulates
+
+
+# --------------------------------------------------------------------------
+# CPU accounting
+# --------------------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def read_cpu_times(cpus: Sequence[int]) -> dict[str, float]:
+    """Seconds per /proc/stat field, summed over *cpus*."""
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    out = dict.fromkeys(names, 0.0)
+    want = {f"cpu{c}" for c in cpus}
+    with open("/proc/stat") as f:
+        for line in f:
+            parts = line.split()
+            if parts and parts[0] in want:
+                for n, v in zip(names, parts[1:], strict=False):
+                    out[n] += int(v) / CLK_TCK
+    return out
+
+
+def read_proc_cpu(pid: int) -> float:
+    """utime + stime of a process (all its threads), seconds; 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return 0.0
+    fields = data[data.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def read_all_procs() -> dict[int, tuple[str, float]]:
+    """{pid: (comm, utime+stime seconds)} of every process."""
+    out: dict[int, tuple[str, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                data = f.read()
+        except OSError:
+            continue
+        comm = data[data.index("(") + 1 : data.rindex(")")]
+        fields = data[data.rindex(")") + 2 :].split()
+        out[int(entry)] = (comm, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return out
+
+
+@dataclass
+class CpuWindow:
+    """Busy time on the benchmark CPUs vs. the benchmark's own processes over a window."""
+
+    cpus: Sequence[int]
+    pids: Sequence[int]
+    t0: float = 0.0
+    sys0: dict[str, float] = field(default_factory=dict)
+    own0: float = 0.0
+
+    procs0: dict[int, tuple[str, float]] = field(default_factory=dict)
+
+    def start(self, *, per_process: bool = False) -> None:
+        self.t0 = time.monotonic()
+        self.sys0 = read_cpu_times(self.cpus)
+        self.own0 = sum(read_proc_cpu(p) for p in self.pids)
+        self.procs0 = read_all_procs() if per_process else {}
+
+    def top_foreign(self, n: int = 5) -> list[str]:
+        """The other processes that used most CPU since `start(per_process=True)`
+        (any CPU; processes that exited meanwhile are not seen)."""
+        if not self.procs0:
+            return []
+        now = read_all_procs()
+        own = set(self.pids)
+        used = []
+        for pid, (comm, t1) in now.items():
+            if pid in own:
+                continue
+            t0 = self.procs0.get(pid, (comm, 0.0))[1]
+            if t1 - t0 > 0:
+                used.append((t1 - t0, pid, comm))
+        used.sort(reverse=True)
+        return [f"{comm}[{pid}] {sec:.2f}s" for sec, pid, comm in used[:n]]
+
+    def stop(self) -> dict[str, float]:
+        """Fractions of one CPU over the window: own, foreign, irq, steal."""
+        wall = time.monotonic() - self.t0
+        sys1 = read_cpu_times(self.cpus)
+        own = sum(read_proc_cpu(p) for p in self.pids) - self.own0
+        d = {k: sys1[k] - self.sys0[k] for k in sys1}
+        busy = d["user"] + d["nice"] + d["system"]
+        return {
+            "wall_s": wall,
+            "own": own / wall,
+            "foreign": max(0.0, busy - own) / wall,
+            "irq": (d["irq"] + d["softirq"]) / wall,
+            "steal": d["steal"] / wall,
+        }
+
+
+def idle_check(cpus: Sequence[int], seconds: float = 1.0) -> float:
+    """Busy fraction (of one CPU) on *cpus* while the benchmark runs nothing."""
+    w = CpuWindow(cpus, [os.getpid()])
+    w.start()
+    time.sleep(seconds)
+    return w.stop()["foreign"]
+
+
+# --------------------------------------------------------------------------
+# The switch under test
+# --------------------------------------------------------------------------
+
+
+class SwitchUnderTest:
+    """Common interface of the two kinds of S."""
+
+    kind: str
+    pid: int | None = None
+
+    def start(self) -> None: ...
+
+    def after_links_up(self, queues: int) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def alive(self) -> bool:
+        return True
+
+
+class DpdkSwitch(SwitchUnderTest):
+    """DPDK's vhost PMD in testpmd, io forwarding: the reference."""
+
+    kind = "dpdk"
+
+    def __init__(self, run_dir: Path, cpu: int, queues: int, socks: tuple[Path, Path]) -> None:
+        self.socks = socks
+        self.queues = queues
+        self.tp = TestPmd(
+            [vhost_vdev(0, socks[0], queues=queues), vhost_vdev(1, socks[1], queues=queues)],
+            rxq=queues, cpus=[cpu], forward_mode="io", burst=32, workdir=run_dir, name="sut-dpdk",
+        )
+
+    def start(self) -> None:
+        self.tp.start(timeout=60)
+        self.tp.start_fwd()
+        self.pid = self.tp.pid
+
+    def after_links_up(self, queues: int) -> None:
+        self.tp.wait_vrings_enabled(self.socks, 2 * queues, timeout=20)
+
+    def alive(self) -> bool:
+        return self.tp.running
+
+    def stop(self) -> None:
+        self.tp.stop()
+
+
+class VSwitch(SwitchUnderTest):
+    """vswitchd with two vhost-user server ports, one worker, under taskset."""
+
+    kind = "vswitch"
+
+    def __init__(
+        self, run_dir: Path, cpu: int, queues: int, socks: tuple[Path, Path], vswitchd: Path
+    ) -> None:
+        self.run_dir = run_dir
+        self.cpu = cpu
+        self.queues = queues
+        self.socks = socks
+        self.vswitchd = vswitchd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = run_dir / "sut-vswitch.log"
+        self.config_path = run_dir / "vswitch.yaml"
+        self._log: TextIO | None = None
+
+    def config_text(self) -> str:
+        d = self.run_dir
+        q = self.queues
+        return (
+            f"runtime_dir: {d}\n"
+            "ports:\n"
+            f"  a: {{type: vhost-user, mode: server, socket: {self.socks[0]}, queues: {q}}}\n"
+            f"  b: {{type: vhost-user, mode: server, socket: {self.socks[1]}, queues: {q}}}\n"
+            "datapath: {workers: 1}\n"
+        )
+
+    def start(self) -> None:
+        if not (self.vswitchd.exists() and os.access(self.vswitchd, os.X_OK)):
+            raise FileNotFoundError(f"vswitchd not found at {self.vswitchd}")
+        self.config_path.write_text(self.config_text())
+        self._log = open(self.log_path, "w")
+        argv = ["taskset", "-c", str(self.cpu), str(self.vswitchd), "--config", str(self.config_path)]
+        if shutil.which("setpriv"):  # stop with us even if we are killed
+            argv = ["setpriv", "--pdeathsig", "TERM", *argv]
+        self._log.write("# " + " ".join(argv) + "\n")
+        self._log.flush()
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=self.run_dir, start_new_session=True,
+        )
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + 30
+        while not all(s.exists() for s in self.socks):
+            if self.proc.poll() is not None:
+                tail = self.log_tail()
+                last = next((ln for ln in reversed(tail.splitlines()) if ln.strip()), "")
+                raise RuntimeError(
+                    f"vswitchd exited with {self.proc.returncode} before its sockets appeared: "
+                    f"{last}\n{tail}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError("vswitchd sockets did not appear in 30s:\n" + self.log_tail())
+            time.sleep(0.05)
+
+    def after_links_up(self, queues: int) -> None:
+        time.sleep(0.0)  # nothing to poll; the common settle pause applies
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        p = self.proc
+        if p is not None:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            self.returncode = p.returncode
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+# --------------------------------------------------------------------------
+# One run
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    size: int
+    queues: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.size}B x{self.queues}q"
+
+    @staticmethod
+    def parse(text: str) -> list[Config]:
+        out = []
+        for item in text.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            size, _, q = item.lower().partition("x")
+            out.append(Config(int(size), int(q or 1)))
+        return out
+
+
+@dataclass
+class RunResult:
+    kind: str
+    size: int
+    queues: int
+    pair: int
+    samples_pps: list[float] = field(default_factory=list)
+    foreign_per_sample: list[float] = field(default_factory=list)
+    foreign_top: list[str] = field(default_factory=list)
+    median_pps: float | None = None
+    cpu: dict[str, float] = field(default_factory=dict)
+    flagged: str | None = None  # why the run is noisy (left out of medians)
+    error: str | None = None
+    rx_per_queue: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    run_dir: str = ""
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None and self.median_pps is not None
+
+
+@dataclass
+class Options:
+    seconds: int
+    warmup: float
+    settle: float
+    gen_cpu: int
+    sut_cpu: int
+    max_foreign: float
+    vswitchd: Path
+    workdir: Path
+    gen_mbufs: int | None
+
+
+def run_once(kind: str, cfg: Config, pair: int, opt: Options, log: TextIO) -> RunResult:
+    """One run of *kind* ("dpdk" | "vswitch") for *cfg*; never raises."""
+    res = RunResult(kind=kind, size=cfg.size, queues=cfg.queues, pair=pair)
+    run_dir = opt.workdir / f"p{pair}-{cfg.size}x{cfg.queues}-{kind}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    res.run_dir = str(run_dir)
+    socks = (run_dir / "a.sock", run_dir / "b.sock")
+    sut: SwitchUnderTest
+    if kind == "dpdk":
+        sut = DpdkSwitch(run_dir, opt.sut_cpu, cfg.queues, socks)
+    else:
+        sut = VSwitch(run_dir, opt.sut_cpu, cfg.queues, socks, opt.vswitchd)
+    gen = TestPmd(
+        [virtio_user_vdev(0, socks[0], queues=cfg.queues), virtio_user_vdev(1, socks[1], queues=cfg.queues)],
+        rxq=cfg.queues, cpus=[opt.gen_cpu], forward_mode="io", burst=32, txpkts=cfg.size,
+        total_mbufs=opt.gen_mbufs, workdir=run_dir, name="gen",
+    )
+    t = time.monotonic()
+
+    def mark(name: str) -> None:
+        nonlocal t
+        now = time.monotonic()
+        res.timings[name] = round(now - t, 3)
+        t = now
+
+    try:
+        sut.start()
+        mark("sut_start")
+        gen.start(timeout=90)
+        mark("gen_start")
+        gen.wait_links_up([0, 1], 20)
+        sut.after_links_up(cfg.queues)
+        time.sleep(opt.settle)
+        mark("links_up")
+        assert gen.pid is not None and sut.pid is not None
+        gen.start_fwd(tx_first=8)
+        time.sleep(opt.warmup)
+        if not sut.alive():
+            raise RuntimeError("switch under test died during warm-up")
+        gen.port_stats()  # rate baseline for the first sample
+        pids = [gen.pid, sut.pid, os.getpid()]
+        win = CpuWindow([opt.gen_cpu, opt.sut_cpu], pids)
+        win.start(per_process=True)
+        sec = CpuWindow([opt.gen_cpu, opt.sut_cpu], pids)
+        sec.start()
+        t0 = time.monotonic()
+        for i in range(opt.seconds):
+            time.sleep(max(0.0, t0 + i + 1 - time.monotonic()))
+            st = gen.port_stats()
+            res.samples_pps.append(float(sum(s.rx_pps for p, s in st.items() if p in (0, 1))))
+            res.foreign_per_sample.append(round(sec.stop()["foreign"], 3))
+            sec.start()
+        res.foreign_top = win.top_foreign()
+        res.cpu = {k: round(v, 4) for k, v in win.stop().items()}
+        mark("measure")
+        gen.stop_fwd()
+        for p in (0, 1):
+            xs = gen.xstats(p)
+            for q in range(cfg.queues):
+                res.rx_per_queue[f"p{p}q{q}"] = xs.get(f"rx_q{q}_good_packets", 0)
+        res.median_pps = statistics.median(res.samples_pps)
+        if res.median_pps < MIN_PPS:
+            res.error = (
+                f"no frames circulate (median {res.median_pps:.0f} pps; MTU? queues not enabled?)"
+            )
+        elif cfg.queues > 1 and any(v == 0 for v in res.rx_per_queue.values()):
+            res.flagged = f"a queue carried nothing: {res.rx_per_queue}"
+        if res.cpu.get("foreign", 0.0) > opt.max_foreign:
+            res.flagged = (
+                f"foreign CPU {res.cpu['foreign']:.1%} of a CPU > {opt.max_foreign:.1%}"
+                + (f" ({', '.join(res.foreign_top[:3])})" if res.foreign_top else "")
+                + (f"; {res.flagged}" if res.flagged else "")
+            )
+        if not sut.alive():
+            res.error = res.error or "switch under test died"
+    except Exception as e:  # noqa: BLE001 - reported per run, the benchmark goes on
+        res.error = f"{type(e).__name__}: {e}".strip()[:2000]
+        traceback.print_exc(file=log)
+    finally:
+        gen.stop()
+        sut.stop()
+        mark("teardown")
+    return res
+
+
+# --------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------
+
+
+def _stats(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarize(runs: list[RunResult], configs: list[Config], keep_noisy: bool) -> list[dict[str, Any]]:
+    out = []
+    for cfg in configs:
+        mine = [r for r in runs if (r.size, r.queues) == (cfg.size, cfg.queues)]
+
+        def ok(r: RunResult) -> bool:
+            return r.usable and (keep_noisy or r.flagged is None)
+
+        by_kind = {k: [r for r in mine if r.kind == k] for k in KINDS}
+        mpps = {k: [r.median_pps / 1e6 for r in v if ok(r) and r.median_pps] for k, v in by_kind.items()}
+        ratios = []
+        pairs = sorted({r.pair for r in mine})
+        for p in pairs:
+            a = [r for r in by_kind["dpdk"] if r.pair == p and ok(r)]
+            b = [r for r in by_kind["vswitch"] if r.pair == p and ok(r)]
+            if a and b and a[0].median_pps:
+                ratios.append((b[0].median_pps or 0.0) / a[0].median_pps)
+        out.append({
+            "config": cfg.label,
+            "size": cfg.size,
+            "queues": cfg.queues,
+            "dpdk_mpps": _stats(mpps["dpdk"]),
+            "vswitch_mpps": _stats(mpps["vswitch"]),
+            "ratio": _stats(ratios),
+            "errors": {k: [r.error for r in v if r.error] for k, v in by_kind.items()},
+            "flagged": {k: sum(1 for r in v if r.usable and r.flagged) for k, v in by_kind.items()},
+            "runs": {k: len(v) for k, v in by_kind.items()},
+        })
+    return out
+
+
+def _fmt(s: dict[str, float] | None, digits: int = 2) -> str:
+    if not s:
+        return "-"
+    return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}..{s['max']:.{digits}f}] n={s['n']}"
+
+
+def print_table(summary: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+    hdr = ("config", "DPDK Mpps med [min..max]", "vswitch Mpps med [min..max]",
+           "ratio med [min..max]", "Gbit/s (dpdk/vsw)", "flagged", "errors")
+    rows = []
+    for s in summary:
+        gb = []
+        for k in ("dpdk_mpps", "vswitch_mpps"):
+            gb.append(f"{s[k]['median'] * s['size'] * 8 / 1e3:.2f}" if s[k] else "-")
+        nerr = {k: len(v) for k, v in s["errors"].items() if v}
+        rows.append((
+            s["config"], _fmt(s["dpdk_mpps"]), _fmt(s["vswitch_mpps"]), _fmt(s["ratio"], 3),
+            "/".join(gb), ",".join(f"{k}:{v}" for k, v in s["flagged"].items() if v) or "-",
+            ",".join(f"{k}:{v}" for k, v in nerr.items()) or "-",
+        ))
+    widths = [max(len(str(x)) for x in col) for col in zip(hdr, *rows, strict=True)]
+    for r in (hdr, *rows):
+        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)), file=out)
+    errs = {(s["config"], k, e) for s in summary for k, v in s["errors"].items() for e in v}
+    for cfg, k, e in sorted(errs):
+        print(f"error {cfg} {k}: {e.splitlines()[0][:300]}", file=out)
+
+
+# --------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------
+
+
+@contextmanager
+def single_instance(path: Path = LOCK_PATH) -> Iterator[None]:
+    """Refuse to run while another benchmark holds the lock."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"another benchmark holds {path}; run one at a time") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def host_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"hostname": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count()}
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        info["dpdk"] = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", "dpdk-dev"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        info["git"] = subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=5, help="reference+vswitch pairs per config (default 5)")
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"SIZExQUEUES list (default {DEFAULT_CONFIGS})")
+    ap.add_argument("--seconds", type=int, default=10, help="sampling seconds per run (default 10)")
+    ap.add_argument("--warmup", type=float, default=5.0, help="warm-up seconds per run (default 5)")
+    ap.add_argument("--settle", type=float, default=1.0, help="pause after links up before tx_first (default 1)")
+    ap.add_argument("--only", choices=("both", *KINDS), default="both", help="run only one kind of switch")
+    ap.add_argument("--gen-cpu", type=int, default=0)
+    ap.add_argument("--sut-cpu", type=int, default=1)
+    ap.add_argument("--max-foreign", type=float, default=0.05,
+                    help="flag runs where other processes used more than this fraction of a CPU (default 0.05)")
+    ap.add_argument("--keep-noisy", action="store_true", help="include flagged runs in the medians")
+    ap.add_argument("--vswitchd", type=Path, default=REPO / ".venv" / "bin" / "vswitchd")
+    ap.add_argument("--gen-mbufs", type=int, default=None,
+                    help="generator --total-num-mbufs (default: testpmd's default pool, as in bench.md)")
+    ap.add_argument("--workdir", type=Path, default=None, help="run directories and logs (default: temp dir)")
+    ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
+    args = ap.parse_args(argv)
+
+    if os.geteuid() != 0:
+        print("run as root", file=sys.stderr)
+        return 2
+    # Ctrl-C, and SIGINT/SIGTERM even when started in the background (where a
+    # shell leaves SIGINT ignored): stop the current run cleanly, summarise.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if not testpmd_available():
+        print("dpdk-testpmd not found (apt-get install dpdk-dev)", file=sys.stderr)
+        return 2
+    configs = Config.parse(args.configs)
+    kinds = KINDS if args.only == "both" else (args.only,)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vswitch-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    opt = Options(
+        seconds=args.seconds, warmup=args.warmup, settle=args.settle, gen_cpu=args.gen_cpu,
+        sut_cpu=args.sut_cpu, max_foreign=args.max_foreign, vswitchd=args.vswitchd,
+        workdir=workdir, gen_mbufs=args.gen_mbufs,
+    )
+    started = dt.datetime.now().astimezone()
+    runs: list[RunResult] = []
+    with single_instance():
+        idle = idle_check([opt.gen_cpu, opt.sut_cpu])
+        print(f"workdir {workdir}; CPUs {opt.gen_cpu},{opt.sut_cpu} busy before start: {idle:.1%} of a CPU",
+              flush=True)
+        if idle > opt.max_foreign:
+            print("WARNING: the benchmark CPUs are not idle; runs will be flagged", flush=True)
+        err_log = open(workdir / "errors.log", "a")
+        try:
+            for pair in range(args.pairs):
+                for cfg in configs:
+                    for kind in kinds:
+                        t0 = time.monotonic()
+                        r = run_once(kind, cfg, pair, opt, err_log)
+                        runs.append(r)
+                        what = (f"{r.median_pps / 1e6:6.2f} Mpps" if r.median_pps is not None else "   -  ")
+                        note = f" ERROR {r.error.splitlines()[0][:160]}" if r.error else ""
+                        note += f" FLAGGED {r.flagged}" if r.flagged else ""
+                        print(f"pair {pair} {cfg.label:<10} {kind:<8} {what}  foreign "
+                              f"{r.cpu.get('foreign', float('nan')):.1%}  {time.monotonic() - t0:5.1f}s{note}",
+                              flush=True)
+        except KeyboardInterrupt:
+            print("interrupted: summarising the runs so far", flush=True)
+        finally:
+            err_log.close()
+    summary = summarize(runs, configs, args.keep_noisy)
+    print()
+    print_table(summary)
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / f"loopback-{started.strftime('%Y%m%d-%H%M%S')}.json"
+    doc = {
+        "benchmark": "loopback",
+        "started": started.isoformat(),
+        "finished": dt.datetime.now().astimezone().isoformat(),
+        "host": host_info(),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "idle_before_start": idle,
+        "summary": summary,
+        "runs": [dataclasses.asdict(r) for r in runs],
+    }
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"\nresults: {path}\nlogs: {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except TestPmdError as e:
+        print(f"testpmd error: {e}", file=sys.stderr)
+        sys.exit(1)
