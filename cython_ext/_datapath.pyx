@@ -12,6 +12,7 @@ include "types.pxi"
 include "mem.pxi"
 include "vring.pxi"
 include "fdb.pxi"
+include "offload.pxi"
 include "worker.pxi"
 
 import os
@@ -59,6 +60,7 @@ DROP_REASONS = (
 )
 assert len(DROP_REASONS) == DROP_MAX
 
+MODES = {"poll": MODE_POLL, "event": MODE_EVENT, "adaptive": MODE_ADAPTIVE}
 MAX_PORTS = VS_MAX_PORTS
 MAX_QUEUE_PAIRS = VS_MAX_QP
 MAX_REGIONS = VS_MAX_REGIONS
@@ -107,21 +109,32 @@ cdef class Datapath:
     cdef object threads
     cdef bint running
 
-    def __cinit__(self, int workers=1):
+    def __cinit__(self, int workers=1, str mode="adaptive"):
+        cdef epoll_event ev
         if not 1 <= workers <= 64:
             raise ValueError("workers must be 1..64")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}")
         self.sw = <vs_switch *>calloc(1, sizeof(vs_switch))
         self.workers = <vs_worker **>calloc(workers, sizeof(vs_worker *))
         if self.sw == NULL or self.workers == NULL:
             raise MemoryError()
         self.nworkers = workers
         self.sw.nworkers = workers
+        self.sw.mode = MODES[mode]
+        self.sw.idle_rounds = 1 if self.sw.mode == MODE_EVENT else ADAPTIVE_IDLE_ROUNDS
         for i in range(workers):
             self.workers[i] = <vs_worker *>calloc(1, sizeof(vs_worker))
             if self.workers[i] == NULL:
                 raise MemoryError()
             self.workers[i].id = i
             self.workers[i].wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+            self.workers[i].epfd = epoll_create1(EPOLL_CLOEXEC)
+            if self.workers[i].wake_fd < 0 or self.workers[i].epfd < 0:
+                raise OSError(errno, "eventfd/epoll_create1 failed")
+            ev.events = EPOLLIN
+            ev.data.ptr = NULL
+            epoll_ctl(self.workers[i].epfd, EPOLL_CTL_ADD, self.workers[i].wake_fd, &ev)
         self.threads = []
         self.running = False
 
@@ -141,6 +154,7 @@ cdef class Datapath:
             for i in range(self.nworkers):
                 if self.workers[i] != NULL:
                     close(self.workers[i].wake_fd)
+                    close(self.workers[i].epfd)
                     free(self.workers[i])
             free(self.workers)
 
@@ -217,8 +231,12 @@ cdef class Datapath:
         return 0
 
     def worker_stats(self):
-        return [{"rounds": self.workers[i].rounds, "idle_sleeps": self.workers[i].idle_sleeps}
-                for i in range(self.nworkers)]
+        return [{"rounds": self.workers[i].rounds, "idle_sleeps": self.workers[i].idle_sleeps,
+                 "wakeups": self.workers[i].wakeups} for i in range(self.nworkers)]
+
+    @property
+    def mode(self):
+        return {v: k for k, v in MODES.items()}[self.sw.mode]
 
     # --- ports ---------------------------------------------------------------
 
@@ -251,6 +269,7 @@ cdef class Datapath:
             memset(port, 0, sizeof(vs_port))
             for i in range(VS_MAX_VRINGS):
                 port.vq[i].kick_fd = -1
+                port.vq[i].kick_epfd = -1
                 port.vq[i].call_fd = -1
                 port.vq[i].err_fd = -1
             port.nqp = queue_pairs
@@ -269,6 +288,7 @@ cdef class Datapath:
     cdef void _release_port_resources(self, vs_port *port) noexcept:
         cdef int i
         for i in range(VS_MAX_VRINGS):
+            self._unwatch_kick(&port.vq[i])
             for fd in (port.vq[i].kick_fd, port.vq[i].call_fd, port.vq[i].err_fd):
                 if fd >= 0:
                     close(fd)
@@ -294,6 +314,7 @@ cdef class Datapath:
             memset(&port.vq[i], 0, sizeof(vs_vring))
             port.vq[i].c = saved[i]
             port.vq[i].kick_fd = -1
+            port.vq[i].kick_epfd = -1
             port.vq[i].call_fd = -1
             port.vq[i].err_fd = -1
         port.n_rx_enabled = 0
@@ -415,6 +436,26 @@ cdef class Datapath:
             raise DatapathError("SET_VRING_BASE on a started ring")
         vq.last_avail = <uint16_t>base
 
+    cdef void _watch_kick(self, int p, int idx, vs_vring *vq) noexcept:
+        """Register a started TX ring's kick fd with its worker's epoll set, so
+        that a sleeping worker wakes when the guest kicks."""
+        cdef epoll_event ev
+        cdef int epfd
+        if idx % 2 == 0 or vq.kick_fd < 0 or vq.kick_epfd >= 0:
+            return
+        epfd = self.workers[(p + idx // 2) % self.nworkers].epfd
+        ev.events = EPOLLIN
+        ev.data.ptr = vq
+        if epoll_ctl(epfd, EPOLL_CTL_ADD, vq.kick_fd, &ev) == 0:
+            vq.kick_epfd = epfd
+
+    cdef void _unwatch_kick(self, vs_vring *vq) noexcept:
+        # Explicitly: closing our fd does not remove the registration while
+        # the front-end still holds the same eventfd open.
+        if vq.kick_epfd >= 0 and vq.kick_fd >= 0:
+            epoll_ctl(vq.kick_epfd, EPOLL_CTL_DEL, vq.kick_fd, NULL)
+        vq.kick_epfd = -1
+
     cdef int _swap_fd(self, vs_vring *vq, int *slot, int fd) except -1:
         cdef int old = slot[0]
         slot[0] = fd
@@ -426,7 +467,13 @@ cdef class Datapath:
 
     def vring_set_kick(self, int p, int idx, int fd):
         cdef vs_vring *vq = self._vring(p, idx)
+        if fd >= 0:
+            # workers drain kicks with read(): it must never block
+            os.set_blocking(fd, False)
+        self._unwatch_kick(vq)
         self._swap_fd(vq, &vq.kick_fd, fd)
+        if vq.started:
+            self._watch_kick(p, idx, vq)
 
     def vring_set_call(self, int p, int idx, int fd):
         cdef vs_vring *vq = self._vring(p, idx)
@@ -456,8 +503,10 @@ cdef class Datapath:
         vq.start_avail = vs_load_acquire_u16(&vq.avail.idx)
         vq.avail_moved = 0
         vq.broken = 0
-        # Poll mode: ask the guest not to kick (virtio spec 2.7.7 VRING_USED_F_NO_NOTIFY).
+        # While a worker polls it, ask the guest not to kick (virtio spec
+        # 2.7.7 VRING_USED_F_NO_NOTIFY); a worker re-enables kicks before it sleeps.
         vq.used.flags = VRING_USED_F_NO_NOTIFY
+        self._watch_kick(p, idx, vq)
         vs_store_release_int(&vq.started, 1)
 
     def vring_stop(self, int p, int idx):
@@ -466,6 +515,7 @@ cdef class Datapath:
         cdef vs_vring *vq = self._vring(p, idx)
         if vq.started:
             vs_store_release_int(&vq.started, 0)
+            self._unwatch_kick(vq)
             self._quiesce()
         vq.desc = NULL
         vq.avail = NULL
@@ -503,6 +553,7 @@ cdef class Datapath:
             "packets": vq.c.packets, "bytes": vq.c.bytes,
             "notifications": vq.c.notifications,
             "notify_suppressed": vq.c.notify_suppressed,
+            "kicks": vq.c.kicks,
             "drops": {DROP_REASONS[i]: vq.c.drops[i] for i in range(1, DROP_MAX) if vq.c.drops[i]},
         }
 
@@ -523,3 +574,85 @@ cdef class Datapath:
 
     def fdb_forget(self, int p):
         fdb_forget_port(self.sw, p)
+
+
+# --- test hooks for offload.pxi ---
+# Thin wrappers for tests/unit/test_offload.py: they copy the Python bytes into
+# a malloc'ed buffer (so the C code sees exactly len bytes) and call the C
+# functions. Not used by the daemon.
+
+from libc.stdlib cimport malloc
+
+def _offload_csum_add(const unsigned char[::1] data, uint32_t sum=0, int repeat=1):
+    """csum_fold(csum_add(data, sum)), `repeat` times (for timing)."""
+    cdef uint32_t r = sum
+    cdef size_t n = data.shape[0]
+    cdef const uint8_t *p = &data[0] if n else NULL
+    cdef int i
+    with nogil:
+        for i in range(repeat):
+            r = csum_add(p, n, sum)
+    return csum_fold(r)
+
+def _offload_finish_csum(bytes frame, int csum_start, int csum_offset):
+    """The frame with its checksum finished, or None on OFFLOAD_BAD."""
+    cdef Py_ssize_t n = len(frame)
+    if csum_start < 0 or csum_offset < 0 or n > 0xFFFFFFFF:
+        return None
+    cdef uint8_t *buf = <uint8_t *>malloc(n if n > 0 else 1)
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        memcpy(buf, <const char *>frame, n)
+        if finish_csum(buf, <uint32_t>n, <uint32_t>csum_start, <uint32_t>csum_offset) != 0:
+            return None
+        return (<char *>buf)[:n]
+    finally:
+        free(buf)
+
+def _offload_tso_plan(bytes frame, int gso_type, int gso_size):
+    """The vs_tso plan as a dict, or None on OFFLOAD_BAD."""
+    cdef vs_tso plan
+    cdef Py_ssize_t n = len(frame)
+    if gso_type < 0 or gso_type > 255 or gso_size < 0 or n > 0xFFFFFFFF:
+        return None
+    cdef uint8_t *buf = <uint8_t *>malloc(n if n > 0 else 1)
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        memcpy(buf, <const char *>frame, n)
+        if tso_plan(buf, <uint32_t>n, <uint8_t>gso_type, <uint32_t>gso_size, &plan) != 0:
+            return None
+        return {"l3_off": plan.l3_off, "l4_off": plan.l4_off,
+                "payload_off": plan.payload_off, "payload_len": plan.payload_len,
+                "nsegs": plan.nsegs, "is_v6": bool(plan.is_v6), "ecn": bool(plan.ecn)}
+    finally:
+        free(buf)
+
+def _offload_tso(bytes frame, int gso_type, int gso_size):
+    """The segments of a TCP GSO super-frame as a list of frames, or None on
+    OFFLOAD_BAD."""
+    cdef vs_tso plan
+    cdef Py_ssize_t n = len(frame)
+    cdef uint32_t i, m
+    cdef uint8_t *out = NULL
+    if gso_type < 0 or gso_type > 255 or gso_size < 0 or n > 0xFFFFFFFF:
+        return None
+    cdef uint8_t *buf = <uint8_t *>malloc(n if n > 0 else 1)
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        memcpy(buf, <const char *>frame, n)
+        if tso_plan(buf, <uint32_t>n, <uint8_t>gso_type, <uint32_t>gso_size, &plan) != 0:
+            return None
+        out = <uint8_t *>malloc(plan.payload_off + <size_t>gso_size)
+        if out == NULL:
+            raise MemoryError()
+        segs = []
+        for i in range(plan.nsegs):
+            m = tso_segment(buf, &plan, <uint32_t>gso_size, i, out)
+            segs.append((<char *>out)[:m])
+        return segs
+    finally:
+        free(out)
+        free(buf)

@@ -90,6 +90,7 @@ ctypedef struct vs_counters:
     uint64_t bytes
     uint64_t notifications         # call eventfd writes
     uint64_t notify_suppressed     # bursts where the guest asked for no interrupt
+    uint64_t kicks                 # kick eventfd reads (event/adaptive mode)
     uint64_t drops[DROP_MAX]
 
 ctypedef struct vs_region:
@@ -123,6 +124,7 @@ ctypedef struct vs_vring:
     vs_vring_avail *avail
     vs_vring_used *used
     int kick_fd
+    int kick_epfd                  # epoll set the kick fd is registered in, or -1
     int call_fd
     int err_fd
     # --- datapath state ---
@@ -159,13 +161,40 @@ ctypedef struct vs_rx_chain:
     int nseg
     uint32_t cap
 
+cdef extern from "<sys/epoll.h>" nogil:
+    union epoll_data:
+        void *ptr
+        int fd
+        uint64_t u64
+    struct epoll_event:
+        uint32_t events
+        epoll_data data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+    enum:
+        EPOLLIN
+        EPOLL_CTL_ADD
+        EPOLL_CTL_DEL
+        EPOLL_CLOEXEC
+
+cdef enum:
+    VS_EPOLL_BATCH = 64
+    # datapath modes (config datapath.mode)
+    MODE_POLL = 0
+    MODE_EVENT = 1
+    MODE_ADAPTIVE = 2
+
 ctypedef struct vs_worker:
     int id
     int quit
     uint64_t epoch                 # bumped after every round: quiescence
-    int wake_fd
+    int wake_fd                    # control plane -> worker: "finish your round"
+    int epfd                       # wake_fd + kick fds of the TX rings this worker owns
     uint64_t rounds
     uint64_t idle_sleeps
+    uint64_t wakeups
+    epoll_event events[VS_EPOLL_BATCH]
     vs_frame frames[VS_BURST]
     vs_seg segs[VS_BURST * VS_MAX_SEGS]
     vs_seg rxsegs[VS_MAX_RX_CHAINS * VS_MAX_SEGS]
@@ -174,6 +203,8 @@ ctypedef struct vs_worker:
 
 ctypedef struct vs_switch:
     int nworkers
+    int mode                       # MODE_POLL / MODE_EVENT / MODE_ADAPTIVE
+    uint32_t idle_rounds           # empty rounds before an adaptive worker sleeps
     int nports_hi                  # highest port slot in use + 1
     vs_port *ports[VS_MAX_PORTS]
     uint64_t fdb[VS_FDB_SIZE]      # (mac << 16) | (port + 1); port part 0 = forgotten

@@ -8,15 +8,6 @@
 # enabled queues): a flow stays on one queue, and traffic that the guest
 # spreads over its TX queues is spread over the peer's RX queues.
 
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
-    enum:
-        POLLIN
-
 cdef extern from "<unistd.h>" nogil:
     ssize_t read(int fd, void *buf, size_t count)
 
@@ -24,10 +15,15 @@ cdef extern from * nogil:
     void __builtin_prefetch(const void *p, int rw, int locality)
 
 cdef enum:
-    # Empty rounds before the worker naps, and the nap. A round over a few
-    # rings is well under a microsecond, so this is a few hundred us of spin.
-    IDLE_SPINS = 2000
-    IDLE_SLEEP_MS = 1
+    # Adaptive mode: empty rounds before a worker sleeps. A round over a few
+    # rings takes well under a microsecond: this is some tens of microseconds.
+    ADAPTIVE_IDLE_ROUNDS = 2000
+    # Longest sleep: a worker wakes on kicks and on its wake fd anyway; the
+    # timeout only bounds the cost of a kick lost by a misbehaving guest.
+    SLEEP_TIMEOUT_MS = 1000
+    # A ring without a kick fd (SET_VRING_KICK with the no-fd flag) must be
+    # polled: its worker naps at most this long.
+    NOKICK_SLEEP_MS = 1
 
 
 cdef inline void prefetch_frame_head(vs_seg *segs, int nseg, uint32_t off) noexcept nogil:
@@ -172,15 +168,91 @@ cdef int tx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int qp,
     return n
 
 
-cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
-    cdef int p, qp, nports, work
-    cdef int idle = 0
+cdef inline bint worker_owns(vs_switch *sw, vs_worker *w, int p, int qp) noexcept nogil:
+    return (p + qp) % sw.nworkers == w.id
+
+
+cdef inline void vring_notify_enable(vs_vring *vq, int event_idx) noexcept nogil:
+    """Ask the guest to kick on its next buffer (virtio spec 2.7.10)."""
+    if event_idx:
+        # avail_event lives after the used ring: kick once avail passes it
+        (<volatile uint16_t *>(<uint8_t *>vq.used + 4 + 8 * vq.num))[0] = vq.last_avail
+    else:
+        (<volatile uint16_t *>&vq.used.flags)[0] = 0
+
+
+cdef inline void vring_notify_disable(vs_vring *vq, int event_idx) noexcept nogil:
+    if not event_idx:
+        (<volatile uint16_t *>&vq.used.flags)[0] = VRING_USED_F_NO_NOTIFY
+    # with EVENT_IDX, a stale avail_event already stops further kicks
+
+
+cdef void worker_sleep(vs_switch *sw, vs_worker *w) noexcept nogil:
+    """Sleep until a guest kicks, the control plane wakes us, or a timeout.
+
+    No kick may be lost: notifications are re-enabled on every owned ring,
+    then (after a full barrier, so the guest sees them before we look) every
+    ring is checked once more; only if all are still empty do we sleep."""
+    cdef int p, qp, n, i, nports, timeout = SLEEP_TIMEOUT_MS
+    cdef bint pending = False
     cdef vs_port *port
     cdef vs_vring *vq
-    cdef pollfd pfd
-    cdef uint64_t drain
-    pfd.fd = w.wake_fd
-    pfd.events = POLLIN
+    cdef uint64_t value
+    nports = vs_load_acquire_int(&sw.nports_hi)
+    for p in range(nports):
+        port = sw.ports[p]
+        if port == NULL or not vs_load_acquire_int(&port.active):
+            continue
+        for qp in range(port.nqp):
+            if not worker_owns(sw, w, p, qp):
+                continue
+            vq = &port.vq[2 * qp + 1]
+            if vs_load_acquire_int(&vq.started) and not vs_load_acquire_int(&vq.broken):
+                vring_notify_enable(vq, port.event_idx)
+                if vq.kick_fd < 0:
+                    timeout = NOKICK_SLEEP_MS
+    vs_mb()
+    for p in range(nports):
+        port = sw.ports[p]
+        if port == NULL or not vs_load_acquire_int(&port.active):
+            continue
+        for qp in range(port.nqp):
+            if not worker_owns(sw, w, p, qp):
+                continue
+            vq = &port.vq[2 * qp + 1]
+            if vs_load_acquire_int(&vq.started) and not vs_load_acquire_int(&vq.broken) and \
+                    vs_load_acquire_u16(&vq.avail.idx) != vq.last_avail:
+                pending = True
+    if not pending:
+        w.idle_sleeps += 1
+        n = epoll_wait(w.epfd, w.events, VS_EPOLL_BATCH, timeout)
+        for i in range(n):
+            vq = <vs_vring *>w.events[i].data.ptr
+            if vq == NULL:
+                read(w.wake_fd, &value, 8)
+            elif vq.kick_fd >= 0:
+                # kick fds are non-blocking (set by the control plane)
+                if read(vq.kick_fd, &value, 8) == 8:
+                    vq.c.kicks += 1
+        if n > 0:
+            w.wakeups += 1
+    for p in range(nports):
+        port = sw.ports[p]
+        if port == NULL or not vs_load_acquire_int(&port.active):
+            continue
+        for qp in range(port.nqp):
+            if not worker_owns(sw, w, p, qp):
+                continue
+            vq = &port.vq[2 * qp + 1]
+            if vs_load_acquire_int(&vq.started):
+                vring_notify_disable(vq, port.event_idx)
+
+
+cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
+    cdef int p, qp, nports, work
+    cdef uint32_t idle = 0
+    cdef vs_port *port
+    cdef vs_vring *vq
     while not vs_load_acquire_int(&w.quit):
         work = 0
         nports = vs_load_acquire_int(&sw.nports_hi)
@@ -189,7 +261,7 @@ cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
             if port == NULL or not vs_load_acquire_int(&port.active):
                 continue
             for qp in range(port.nqp):
-                if (p + qp) % sw.nworkers != w.id:
+                if not worker_owns(sw, w, p, qp):
                     continue
                 vq = &port.vq[2 * qp + 1]
                 if not vs_load_acquire_int(&vq.started) or vs_load_acquire_int(&vq.broken):
@@ -200,9 +272,7 @@ cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
         vs_store_release_u64(&w.epoch, w.epoch + 1)
         if work:
             idle = 0
-        else:
+        elif sw.mode != MODE_POLL:
             idle += 1
-            if idle >= IDLE_SPINS:
-                w.idle_sleeps += 1
-                if poll(&pfd, 1, IDLE_SLEEP_MS) > 0:
-                    read(w.wake_fd, &drain, 8)
+            if idle >= sw.idle_rounds:
+                worker_sleep(sw, w)

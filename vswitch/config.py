@@ -12,6 +12,7 @@ The configuration is a single YAML document::
         queues: 2              # queue pairs offered, 1..64, default 1
     datapath:                  # optional
       workers: 1               # 1..64, default 1
+      mode: adaptive           # poll | event | adaptive (default)
 
 The file is composed into a YAML node tree (not loaded into Python objects
 directly) so that every problem can be reported with the line and column of
@@ -52,13 +53,18 @@ PORT_MODES = ("server", "client")
 DEFAULT_PORT_MODE = "server"
 MIN_QUEUES, MAX_QUEUES, DEFAULT_QUEUES = 1, 64, 1
 MIN_WORKERS, MAX_WORKERS, DEFAULT_WORKERS = 1, 64, 1
+# poll: workers spin (lowest latency, a full core each); event: workers sleep
+# on the guests' kick eventfds whenever a round finds nothing; adaptive: spin
+# while busy, sleep after a short idle spell.
+DATAPATH_MODES = ("poll", "event", "adaptive")
+DEFAULT_DATAPATH_MODE = "adaptive"
 # sizeof(sockaddr_un.sun_path) is 108 on Linux; one byte goes to the NUL.
 UNIX_PATH_MAX = 107
 PORT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 
 _TOP_KEYS = ("version", "runtime_dir", "ports", "datapath")
 _VHOST_USER_KEYS = ("type", "mode", "socket", "queues")
-_DATAPATH_KEYS = ("workers",)
+_DATAPATH_KEYS = ("workers", "mode")
 
 _NULL_TAG = "tag:yaml.org,2002:null"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -89,9 +95,10 @@ class VhostUserPortConfig:
 @dataclass(frozen=True)
 class DatapathConfig:
     workers: int = DEFAULT_WORKERS
+    mode: str = DEFAULT_DATAPATH_MODE
 
     def to_dict(self) -> dict[str, Any]:
-        return {"workers": self.workers}
+        return {"workers": self.workers, "mode": self.mode}
 
 
 @dataclass(frozen=True)
@@ -583,6 +590,9 @@ class _Validator:
         workers: int | None = DEFAULT_WORKERS
         if "workers" in entries:
             workers = self.integer(entries["workers"][1], "datapath.workers", MIN_WORKERS, MAX_WORKERS)
-        if workers is None:
+        mode: str | None = DEFAULT_DATAPATH_MODE
+        if "mode" in entries:
+            mode = self.choice(entries["mode"][1], "datapath.mode", DATAPATH_MODES)
+        if workers is None or mode is None:
             return None
-        return DatapathConfig(workers=workers)
+        return DatapathConfig(workers=workers, mode=mode)

@@ -55,7 +55,7 @@ class Switch:
         from ._datapath import Datapath  # the extension: imported once we run
 
         self.config = config
-        self.dp = Datapath(config.datapath.workers)
+        self.dp = Datapath(config.datapath.workers, config.datapath.mode)
         self.ports: dict[str, VhostUserPort] = {}
         self.ratelog = RateLimitedLog()
         self.control = ControlServer(self, os.path.join(config.runtime_dir, CONTROL_NAME))
@@ -76,8 +76,9 @@ class Switch:
                     port.status.last_error = str(exc)
                 self.ports[name] = port
             await self.control.start()
-            log.info("vswitchd %s running: %d port(s), %d worker(s), runtime dir %s",
-                     __version__, len(self.ports), self.config.datapath.workers, self.config.runtime_dir)
+            log.info("vswitchd %s running: %d port(s), %d worker(s) in %s mode, runtime dir %s",
+                     __version__, len(self.ports), self.config.datapath.workers,
+                     self.config.datapath.mode, self.config.runtime_dir)
             health = asyncio.create_task(self._health())
             await self._stopping.wait()
             health.cancel()
@@ -106,6 +107,7 @@ class Switch:
             "pid": os.getpid(),
             "config": self.config.path,
             "runtime_dir": self.config.runtime_dir,
+            "mode": self.dp.mode,
             "workers": self.dp.worker_stats(),
             "ports": [port.show() for port in self.ports.values()],
         }

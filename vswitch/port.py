@@ -264,7 +264,9 @@ class VhostUserPort:
             # the memory file, the guest writes private copy-on-write pages.
             if (now - first > UNSHARED_MEMORY_AFTER_S and not info["avail_moved"]
                     and info.get("avail_idx") == 0 and info["start_avail"] == 0
-                    and info["kick_fd"] >= 0 and _readable(info["kick_fd"])
+                    and info["kick_fd"] >= 0
+                    # a sleeping worker drains kicks (and counts them); a polling one leaves them
+                    and (self.dp.vring_counters(self.slot, index)["kicks"] > 0 or _readable(info["kick_fd"]))
                     and "memory" not in self.status.alerts):
                 msg = ("guest memory is not shared with the switch: the guest kicks but its rings "
                        "never change (start QEMU with a memory backend with share=on)")

@@ -132,7 +132,7 @@ def test_to_dict_round_trips() -> None:
             "vm1": {"type": "vhost-user", "mode": "server", "socket": "/run/vs/one.sock", "queues": 2},
             "vm2": {"type": "vhost-user", "mode": "client", "socket": "/run/vs/vm2.sock", "queues": 1},
         },
-        "datapath": {"workers": 4},
+        "datapath": {"workers": 4, "mode": "adaptive"},
     }
     assert parse_config(yaml.safe_dump(as_dict, sort_keys=False)) == config
 
@@ -242,7 +242,7 @@ def test_unknown_keys() -> None:
         portz: {}
         """) == [
         "c.yaml:4:5: ports.vm1.queus: unknown key 'queus' (expected one of: mode, queues, socket, type)",
-        "c.yaml:5:24: datapath.threads: unknown key 'threads' (expected one of: workers)",
+        "c.yaml:5:24: datapath.threads: unknown key 'threads' (expected one of: mode, workers)",
         "c.yaml:6:1: portz: unknown key 'portz' (expected one of: datapath, ports, runtime_dir, version)",
     ]
 
@@ -589,3 +589,12 @@ def test_config_error_is_an_exception() -> None:
     assert isinstance(err, Exception)
     assert str(err) == "f:1:2: k: m"
     assert err.errors == [ConfigIssue("f", 1, 2, "k", "m")]
+
+
+def test_datapath_mode() -> None:
+    assert parse_config("ports: {}\ndatapath: {mode: event}\n").datapath.mode == "event"
+    assert parse_config("ports: {}\n").datapath.mode == "adaptive"
+    with pytest.raises(ConfigError) as exc:
+        parse_config("ports: {}\ndatapath:\n  mode: sleepy\n", "m.yaml")
+    assert str(exc.value).startswith("m.yaml:3:9: datapath.mode:")
+    assert "poll" in str(exc.value) and "sleepy" in str(exc.value)
