@@ -56,7 +56,7 @@ DROP_REASONS = (
     "bad_head", "bad_address", "bad_length", "bad_chain", "bad_indirect",
     "bad_flags", "too_many_segments", "runt", "ring_disabled", "no_rx_buffer",
     "rx_buffer_too_small", "rx_bad_chain", "no_rx_queue", "same_port",
-    "ring_broken",
+    "ring_broken", "bad_offload",
 )
 assert len(DROP_REASONS) == DROP_MAX
 
@@ -329,13 +329,13 @@ cdef class Datapath:
         cdef uint32_t hdr_len = 12 if (version_1 or mrg) else 10
         cdef int evi = (features >> F_EVENT_IDX) & 1
         cdef int ind = (features >> F_INDIRECT_DESC) & 1
-        if hdr_len == port.hdr_len and mrg == port.mrg_rxbuf and evi == port.event_idx \
-                and ind == port.indirect:
+        if features == port.features and hdr_len == port.hdr_len:
             return
         was = port.active
         vs_store_release_int(&port.active, 0)
         self._quiesce()
         port.hdr_len = hdr_len
+        port.features = features
         port.mrg_rxbuf = mrg
         port.event_idx = evi
         port.indirect = ind
@@ -554,6 +554,10 @@ cdef class Datapath:
             "notifications": vq.c.notifications,
             "notify_suppressed": vq.c.notify_suppressed,
             "kicks": vq.c.kicks,
+            "offload": {"csum_passthrough": vq.c.csum_passthrough,
+                        "gso_passthrough": vq.c.gso_passthrough,
+                        "sw_csum": vq.c.sw_csum, "sw_gso": vq.c.sw_gso,
+                        "sw_gso_segments": vq.c.sw_gso_segments},
             "drops": {DROP_REASONS[i]: vq.c.drops[i] for i in range(1, DROP_MAX) if vq.c.drops[i]},
         }
 

@@ -65,6 +65,19 @@ cdef enum:
     VS_FDB_SIZE = 4096             # power of two
     VS_FDB_PROBE = 16
 
+# virtio-net feature bits the datapath reads (virtio spec 5.1.3)
+cdef enum:
+    F_NET_CSUM = 0
+    F_NET_GUEST_CSUM = 1
+    F_NET_GUEST_TSO4 = 7
+    F_NET_GUEST_TSO6 = 8
+    F_NET_GUEST_ECN = 9
+    F_NET_HOST_TSO4 = 11
+    F_NET_HOST_TSO6 = 12
+    F_NET_HOST_ECN = 13
+    VNET_F_NEEDS_CSUM = 1          # virtio_net_hdr.flags
+    VNET_F_DATA_VALID = 2
+
 # Drop reasons: index into vs_counters.drops. Names for Python in DROP_REASONS.
 # 0 is not a reason: functions return 0 for success or a reason.
 cdef enum:
@@ -83,7 +96,8 @@ cdef enum:
     DROP_NO_RX_QUEUE = 13          # destination connected but has no enabled RX queue
     DROP_SAME_PORT = 14            # destination learned on the ingress port
     DROP_RING_BROKEN = 15          # avail index jumped by more than the ring size
-    DROP_MAX = 16
+    DROP_BAD_OFFLOAD = 16          # offload request not negotiated, or a GSO frame that does not parse
+    DROP_MAX = 17
 
 ctypedef struct vs_counters:
     uint64_t packets
@@ -91,6 +105,12 @@ ctypedef struct vs_counters:
     uint64_t notifications         # call eventfd writes
     uint64_t notify_suppressed     # bursts where the guest asked for no interrupt
     uint64_t kicks                 # kick eventfd reads (event/adaptive mode)
+    # RX side: how frames that asked for an offload reached this guest
+    uint64_t csum_passthrough      # partial checksum handed on (guest has GUEST_CSUM)
+    uint64_t gso_passthrough       # GSO frame handed on (guest has GUEST_TSO4/6)
+    uint64_t sw_csum               # checksum finished by the switch
+    uint64_t sw_gso                # GSO frames segmented by the switch
+    uint64_t sw_gso_segments       # segments those produced
     uint64_t drops[DROP_MAX]
 
 ctypedef struct vs_region:
@@ -139,6 +159,7 @@ ctypedef struct vs_port:
     int active                     # memory mapped, session up: workers may look at it
     int nqp                        # queue pairs offered
     uint32_t hdr_len               # virtio_net_hdr size negotiated: 10 or 12
+    uint64_t features              # negotiated virtio features
     int mrg_rxbuf
     int event_idx
     int indirect
@@ -154,6 +175,13 @@ ctypedef struct vs_frame:
     uint32_t len                   # frame bytes, virtio-net header excluded
     uint32_t hdr_len               # source header length to skip
     int dst                        # port index, FDB_FLOOD, or FRAME_DROPPED
+    # the source's virtio_net_hdr, validated against its negotiated features
+    uint8_t vflags
+    uint8_t gso_type
+    uint16_t vhdr_len
+    uint16_t gso_size
+    uint16_t csum_start
+    uint16_t csum_offset
 
 ctypedef struct vs_rx_chain:
     uint16_t head
@@ -200,6 +228,9 @@ ctypedef struct vs_worker:
     vs_seg rxsegs[VS_MAX_RX_CHAINS * VS_MAX_SEGS]
     vs_rx_chain rxchains[VS_MAX_RX_CHAINS]
     vs_vring_used_elem tx_used[VS_BURST]
+    # software offload fallback: the frame made linear, and one segment
+    uint8_t lin[VS_MAX_FRAME + 64]
+    uint8_t segbuf[VS_MAX_FRAME + 64]
 
 ctypedef struct vs_switch:
     int nworkers

@@ -190,8 +190,10 @@ cdef inline void vring_err_signal(int fd) noexcept nogil:
 
 
 cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_idx,
-                    vs_seg *src, int nsrc, uint32_t src_off, uint32_t flen) noexcept nogil:
-    """Copy one frame (flen bytes at src_off of src) into the guest RX ring vq.
+                    vs_seg *src, int nsrc, uint32_t src_off, uint32_t flen,
+                    uint8_t *hdr) noexcept nogil:
+    """Copy one frame (flen bytes at src_off of src) into the guest RX ring vq,
+    behind the virtio_net_hdr `hdr` (VS_HDR_MAX bytes; num_buffers is set here).
 
     The caller holds vq.lock and has read avail_idx for this burst. Buffers
     are reserved first (so num_buffers is known before the header is
@@ -203,7 +205,6 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
     cdef int nchains = 0, nseg_total = 0, nseg, rc, i
     cdef uint16_t head
     cdef uint16_t saved_avail = vq.last_avail
-    cdef uint8_t hdr[VS_HDR_MAX]
     cdef uint32_t written, fill, doff, soff
     while cap < need:
         if vq.last_avail == avail_idx:
@@ -240,9 +241,7 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
         nchains += 1
         nseg_total += nseg
         cap += chain_len
-    # The header: no offloads are passed yet, so flags/gso are zero;
     # num_buffers (le16 at offset 10) counts the chains used.
-    memset(hdr, 0, VS_HDR_MAX)
     if hdr_len >= 12:
         hdr[10] = <uint8_t>(nchains & 0xff)
         hdr[11] = <uint8_t>(nchains >> 8)

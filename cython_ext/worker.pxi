@@ -35,6 +35,120 @@ cdef inline void prefetch_frame_head(vs_seg *segs, int nseg, uint32_t off) noexc
         __builtin_prefetch(segs[i].p + off, 0, 3)
 
 
+cdef inline uint16_t le16(const uint8_t *p) noexcept nogil:
+    return <uint16_t>(p[0] | (p[1] << 8))
+
+
+cdef inline void put_le16(uint8_t *p, uint16_t v) noexcept nogil:
+    p[0] = <uint8_t>(v & 0xff)
+    p[1] = <uint8_t>(v >> 8)
+
+
+cdef inline bint has_feature(vs_port *port, int bit) noexcept nogil:
+    return (port.features >> bit) & 1
+
+
+cdef int parse_offload(vs_port *port, vs_frame *f, const uint8_t *hdr) noexcept nogil:
+    """Read the source's virtio_net_hdr into f and check it against what the
+    source negotiated (virtio spec 5.1.6.2.1: the driver sets NEEDS_CSUM only
+    with VIRTIO_NET_F_CSUM, a gso_type only with the matching HOST_* feature).
+    Returns 0 or DROP_BAD_OFFLOAD."""
+    cdef uint8_t base
+    f.vflags = hdr[0]
+    f.gso_type = hdr[1]
+    f.vhdr_len = le16(hdr + 2)
+    f.gso_size = le16(hdr + 4)
+    f.csum_start = le16(hdr + 6)
+    f.csum_offset = le16(hdr + 8)
+    if f.vflags & VNET_F_NEEDS_CSUM:
+        if not has_feature(port, F_NET_CSUM):
+            return DROP_BAD_OFFLOAD
+        if <uint32_t>f.csum_start + f.csum_offset + 2 > f.len:
+            return DROP_BAD_OFFLOAD
+    if f.gso_type != VS_GSO_NONE:
+        base = f.gso_type & ~(<uint8_t>VS_GSO_ECN)
+        if base == VS_GSO_TCPV4:
+            if not has_feature(port, F_NET_HOST_TSO4):
+                return DROP_BAD_OFFLOAD
+        elif base == VS_GSO_TCPV6:
+            if not has_feature(port, F_NET_HOST_TSO6):
+                return DROP_BAD_OFFLOAD
+        else:
+            return DROP_BAD_OFFLOAD      # UFO/USO are not offered
+        if (f.gso_type & VS_GSO_ECN) and not has_feature(port, F_NET_HOST_ECN):
+            return DROP_BAD_OFFLOAD
+        if f.gso_size == 0 or not (f.vflags & VNET_F_NEEDS_CSUM):
+            return DROP_BAD_OFFLOAD
+    return 0
+
+
+cdef inline bint accepts_gso(vs_port *dport, uint8_t gso_type) noexcept nogil:
+    cdef uint8_t base = gso_type & ~(<uint8_t>VS_GSO_ECN)
+    if (gso_type & VS_GSO_ECN) and not has_feature(dport, F_NET_GUEST_ECN):
+        return False
+    if base == VS_GSO_TCPV4:
+        return has_feature(dport, F_NET_GUEST_TSO4)
+    return base == VS_GSO_TCPV6 and has_feature(dport, F_NET_GUEST_TSO6)
+
+
+cdef int deliver_frame(vs_worker *w, vs_port *dport, vs_vring *rvq, uint16_t avail_idx,
+                       vs_frame *f) noexcept nogil:
+    """Deliver one frame to one destination ring, re-expressing the source's
+    offload request in what this destination negotiated (anchors.md §2.2):
+    hand the partial checksum or GSO frame on when it can take it, else
+    finish the checksum or cut the segments here - for this destination only."""
+    cdef uint8_t hdr[VS_HDR_MAX]
+    cdef vs_tso plan
+    cdef vs_seg one
+    cdef uint32_t i, seglen
+    cdef int rc
+    memset(hdr, 0, VS_HDR_MAX)
+    if f.gso_type == VS_GSO_NONE and not (f.vflags & VNET_F_NEEDS_CSUM):
+        return rx_enqueue(w, dport, rvq, avail_idx, &w.segs[f.seg0], f.nseg, f.hdr_len, f.len, hdr)
+    if f.gso_type != VS_GSO_NONE and accepts_gso(dport, f.gso_type):
+        hdr[0] = VNET_F_NEEDS_CSUM
+        hdr[1] = f.gso_type
+        put_le16(hdr + 2, f.vhdr_len)
+        put_le16(hdr + 4, f.gso_size)
+        put_le16(hdr + 6, f.csum_start)
+        put_le16(hdr + 8, f.csum_offset)
+        rc = rx_enqueue(w, dport, rvq, avail_idx, &w.segs[f.seg0], f.nseg, f.hdr_len, f.len, hdr)
+        if rc == 0:
+            rvq.c.gso_passthrough += 1
+        return rc
+    if f.gso_type == VS_GSO_NONE and has_feature(dport, F_NET_GUEST_CSUM):
+        hdr[0] = VNET_F_NEEDS_CSUM
+        put_le16(hdr + 6, f.csum_start)
+        put_le16(hdr + 8, f.csum_offset)
+        rc = rx_enqueue(w, dport, rvq, avail_idx, &w.segs[f.seg0], f.nseg, f.hdr_len, f.len, hdr)
+        if rc == 0:
+            rvq.c.csum_passthrough += 1
+        return rc
+    # Software fallback: make the frame linear (a second copy, only on this path).
+    sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len, w.lin, f.len)
+    one.p = w.lin
+    one.len = f.len
+    if f.gso_type == VS_GSO_NONE:
+        if finish_csum(w.lin, f.len, f.csum_start, f.csum_offset):
+            return DROP_BAD_OFFLOAD
+        rc = rx_enqueue(w, dport, rvq, avail_idx, &one, 1, 0, f.len, hdr)
+        if rc == 0:
+            rvq.c.sw_csum += 1
+        return rc
+    if tso_plan(w.lin, f.len, f.gso_type, f.gso_size, &plan):
+        return DROP_BAD_OFFLOAD
+    for i in range(plan.nsegs):
+        seglen = tso_segment(w.lin, &plan, f.gso_size, i, w.segbuf)
+        one.p = w.segbuf
+        one.len = seglen
+        rc = rx_enqueue(w, dport, rvq, avail_idx, &one, 1, 0, seglen, hdr)
+        if rc:
+            rvq.c.drops[rc] += 1
+    rvq.c.sw_gso += 1
+    rvq.c.sw_gso_segments += plan.nsegs
+    return 0
+
+
 cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
                           int qp, int n) noexcept nogil:
     """Copy the frames of this burst that go to port d into one of its RX rings."""
@@ -67,7 +181,7 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
     for i in range(n):
         f = &w.frames[i]
         if f.dst == d or f.dst == FDB_FLOOD:
-            rc = rx_enqueue(w, dport, rvq, avail_idx, &w.segs[f.seg0], f.nseg, f.hdr_len, f.len)
+            rc = deliver_frame(w, dport, rvq, avail_idx, f)
             if rc:
                 rvq.c.drops[rc] += 1
     if rvq.used_idx != old_used:
@@ -85,6 +199,7 @@ cdef int tx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int qp,
     cdef uint64_t total, dst_mac, src_mac
     cdef bint discard, flood = False
     cdef uint8_t eth[12]
+    cdef uint8_t vhdr[VS_HDR_MAX]
     cdef int dests[VS_BURST]
     cdef vs_frame *f
     if n < 0:
@@ -119,6 +234,12 @@ cdef int tx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int qp,
         f.nseg = nseg
         f.hdr_len = port.hdr_len
         f.len = <uint32_t>(total - port.hdr_len)
+        sg_read(&w.segs[pool], nseg, 0, vhdr, port.hdr_len)
+        rc = parse_offload(port, f, vhdr)
+        if rc:
+            vq.c.drops[rc] += 1
+            f.nseg = 0
+            continue
         pool += nseg
         vq.c.packets += 1
         vq.c.bytes += f.len

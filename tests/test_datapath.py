@@ -298,3 +298,77 @@ def test_vring_index_beyond_configured_queues_closes_the_connection(switch1):
     assert fe.wait_closed(10)
     port = switch1.wait_port("a", lambda p: p["state"] == "listening", what="listening again")
     assert "vring index 4 beyond" in port["last_error"]
+
+
+# --- offloads ----------------------------------------------------------------------------------
+
+from tests.frontend import VirtioNetHdr  # noqa: E402
+from tests.unit.test_offload import l4_ok, partial, tcp_frame  # noqa: E402
+
+OFFLOADS_TX = bits(F.CSUM, F.HOST_TSO4, F.HOST_TSO6)
+OFFLOADS_RX = bits(F.GUEST_CSUM, F.GUEST_TSO4, F.GUEST_TSO6)
+L3, L4 = 14, 34                      # untagged IPv4 without options
+
+
+def offload_counters(sw: Vswitchd, port: str) -> dict[str, int]:
+    return sw.port(port)["queues"][0]["rx"]["offload"]
+
+
+def addressed(frame: bytes, dst: str, src: str) -> bytes:
+    return MAC[dst] + MAC[src] + frame[12:]
+
+
+@pytest.mark.parametrize("receiver_csum", [True, False], ids=["guest_csum", "no_guest_csum"])
+def test_partial_checksum_is_handed_on_or_finished(switch1, receiver_csum):
+    a = connect(switch1, "a", features=FULL | OFFLOADS_TX)
+    b = connect(switch1, "b", features=FULL | (bits(F.GUEST_CSUM) if receiver_csum else 0))
+    payload = bytes(range(256)) * 3 + b"odd"
+    f = addressed(partial(tcp_frame(payload), L3, L4, False, 6, 16), "b", "a")
+    a.tx(0).post_tx(f, hdr=VirtioNetHdr(flags=1, csum_start=L4, csum_offset=16))
+    got = b.rx(0).recv_frames(1, timeout=10)[0]
+    if receiver_csum:
+        assert got.frame == f                      # untouched, still partial
+        assert (got.hdr.flags, got.hdr.csum_start, got.hdr.csum_offset) == (1, L4, 16)
+        assert offload_counters(switch1, "b")["csum_passthrough"] == 1
+    else:
+        assert got.hdr.flags == 0 and l4_ok(got.frame, L3, L4, False, 6)
+        assert got.frame[:L4 + 16] == f[:L4 + 16] and got.frame[L4 + 18:] == f[L4 + 18:]
+        assert offload_counters(switch1, "b")["sw_csum"] == 1
+
+
+@pytest.mark.parametrize("receiver_tso", [True, False], ids=["guest_tso", "no_guest_tso"])
+def test_gso_frame_is_handed_on_or_segmented(switch1, receiver_tso):
+    a = connect(switch1, "a", features=FULL | OFFLOADS_TX)
+    b = connect(switch1, "b", features=FULL | (OFFLOADS_RX if receiver_tso else 0), rx_buffers=200)
+    payload = bytes((i * 7) & 0xFF for i in range(20000))
+    f = addressed(partial(tcp_frame(payload), L3, L4, False, 6, 16), "b", "a")
+    mss = 1448
+    a.tx(0).post_tx(f, hdr=VirtioNetHdr(flags=1, gso_type=1, hdr_len=L4 + 20, gso_size=mss,
+                                        csum_start=L4, csum_offset=16))
+    nseg = -(-len(payload) // mss)
+    if receiver_tso:
+        got = b.rx(0).recv_frames(1, timeout=10)[0]
+        assert got.frame == f
+        assert (got.hdr.gso_type, got.hdr.gso_size, got.hdr.flags) == (1, mss, 1)
+        assert offload_counters(switch1, "b")["gso_passthrough"] == 1
+    else:
+        got = b.rx(0).recv_frames(nseg, timeout=10)
+        assert len(got) == nseg
+        assert b"".join(g.frame[L4 + 20:] for g in got) == payload
+        for g in got:
+            assert g.hdr.gso_type == 0 and len(g.frame) <= 1514
+            assert l4_ok(g.frame, L3, L4, False, 6)
+        counters = offload_counters(switch1, "b")
+        assert (counters["sw_gso"], counters["sw_gso_segments"]) == (1, nseg)
+
+
+def test_offload_request_not_negotiated_is_dropped(switch1):
+    a = connect(switch1, "a")                        # no CSUM, no HOST_TSO
+    b = connect(switch1, "b")
+    f = addressed(tcp_frame(b"x" * 100), "b", "a")
+    a.tx(0).post_tx(f, hdr=VirtioNetHdr(flags=1, csum_start=L4, csum_offset=16))
+    a.tx(0).post_tx(f, hdr=VirtioNetHdr(flags=1, gso_type=1, gso_size=1000, csum_start=L4, csum_offset=16))
+    a.tx(0).post_tx(f)
+    got = b.rx(0).recv_frames(1, timeout=10)
+    assert [g.frame for g in got] == [f]
+    assert switch1.drops("a") == {"bad_offload": 2}

@@ -53,13 +53,19 @@ class Backend(Protocol):
     def reset(self) -> None: ...
 
 
-# Feature offer for a net port (anchors.md §2.1). Offloads (CSUM, TSO) and
-# dirty logging come with later work; advertising them before the datapath
-# honours them would corrupt frames.
+# Feature offer for a net port (anchors.md §2.1). Checksum and TCP
+# segmentation offloads are offered both ways: the datapath hands them on to
+# guests that negotiated the receive side and finishes them in software for
+# the others. UFO/USO are not offered (Linux guests no longer send UFO).
+# Dirty logging comes with live migration.
+OFFLOAD_FEATURES = p.bits(
+    F.NET_CSUM, F.NET_GUEST_CSUM, F.NET_HOST_TSO4, F.NET_HOST_TSO6, F.NET_HOST_ECN,
+    F.NET_GUEST_TSO4, F.NET_GUEST_TSO6, F.NET_GUEST_ECN,
+)
 BASE_FEATURES = p.bits(
     F.F_VERSION_1, F.NET_MRG_RXBUF, F.RING_F_EVENT_IDX, F.RING_F_INDIRECT_DESC,
     F.F_ANY_LAYOUT, F.NET_MQ, F.NET_MTU, F.VHOST_USER_F_PROTOCOL_FEATURES,
-)
+) | OFFLOAD_FEATURES
 BASE_PROTOCOL_FEATURES = p.bits(PF.MQ, PF.REPLY_ACK, PF.NET_MTU, PF.RESET_DEVICE)
 
 MTU_MIN = 68
