@@ -65,7 +65,9 @@ test: deps-test build
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
 bench: deps-test build
+	$(PY) -m pip install -q matplotlib
 	$(PY) bench/loopback.py
+	$(PY) bench/plot.py
 
 clean:
 	rm -rf build *.egg-info vswitch/*.so cython_ext/*.c cython_ext/*.html

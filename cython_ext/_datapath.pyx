@@ -43,10 +43,7 @@ cdef extern from "<sys/eventfd.h>" nogil:
         EFD_CLOEXEC
 
 cdef extern from "<time.h>" nogil:
-    struct timespec:
-        long tv_sec
-        long tv_nsec
-    int nanosleep(const timespec *req, timespec *rem)
+    int nanosleep(const timespec *req, timespec *rem)   # timespec: see worker.pxi
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
@@ -122,7 +119,6 @@ cdef class Datapath:
         self.nworkers = workers
         self.sw.nworkers = workers
         self.sw.mode = MODES[mode]
-        self.sw.idle_rounds = 1 if self.sw.mode == MODE_EVENT else ADAPTIVE_IDLE_ROUNDS
         for i in range(workers):
             self.workers[i] = <vs_worker *>calloc(1, sizeof(vs_worker))
             if self.workers[i] == NULL:

@@ -235,7 +235,6 @@ ctypedef struct vs_worker:
 ctypedef struct vs_switch:
     int nworkers
     int mode                       # MODE_POLL / MODE_EVENT / MODE_ADAPTIVE
-    uint32_t idle_rounds           # empty rounds before an adaptive worker sleeps
     int nports_hi                  # highest port slot in use + 1
     vs_port *ports[VS_MAX_PORTS]
     uint64_t fdb[VS_FDB_SIZE]      # (mac << 16) | (port + 1); port part 0 = forgotten
