@@ -8,6 +8,8 @@ waits for every worker to finish the round it was in (`_quiesce`), and only
 then touches the ring, the memory map or the fds it used.
 """
 
+from libc.errno cimport errno, EAGAIN, EBADFD, EIO, EINTR
+
 include "types.pxi"
 include "mem.pxi"
 include "vring.pxi"
@@ -20,7 +22,6 @@ import threading
 
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
-from libc.errno cimport errno
 
 cdef extern from "<sys/mman.h>" nogil:
     void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
@@ -53,7 +54,7 @@ DROP_REASONS = (
     "bad_head", "bad_address", "bad_length", "bad_chain", "bad_indirect",
     "bad_flags", "too_many_segments", "runt", "ring_disabled", "no_rx_buffer",
     "rx_buffer_too_small", "rx_bad_chain", "no_rx_queue", "same_port",
-    "ring_broken", "bad_offload",
+    "ring_broken", "bad_offload", "mtu_exceeded", "tap_write_failed",
 )
 assert len(DROP_REASONS) == DROP_MAX
 
@@ -124,6 +125,9 @@ cdef class Datapath:
             if self.workers[i] == NULL:
                 raise MemoryError()
             self.workers[i].id = i
+            self.workers[i].tapbuf = <uint8_t *>calloc(VS_BURST, VS_TAP_BUF)
+            if self.workers[i].tapbuf == NULL:
+                raise MemoryError()
             self.workers[i].wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
             self.workers[i].epfd = epoll_create1(EPOLL_CLOEXEC)
             if self.workers[i].wake_fd < 0 or self.workers[i].epfd < 0:
@@ -151,6 +155,7 @@ cdef class Datapath:
                 if self.workers[i] != NULL:
                     close(self.workers[i].wake_fd)
                     close(self.workers[i].epfd)
+                    free(self.workers[i].tapbuf)
                     free(self.workers[i])
             free(self.workers)
 
@@ -247,7 +252,7 @@ cdef class Datapath:
             raise DatapathError(f"vring index {idx} out of range (port has {port.nqp} queue pairs)")
         return &port.vq[idx]
 
-    def port_add(self, int queue_pairs):
+    def port_add(self, int queue_pairs, str kind="vhost-user"):
         """Allocate a port slot. Slots are never freed while the datapath
         lives (workers may hold a pointer), only reused."""
         cdef int p, i
@@ -270,6 +275,9 @@ cdef class Datapath:
                 port.vq[i].err_fd = -1
             port.nqp = queue_pairs
             port.hdr_len = 12
+            port.kind = PORT_TAP if kind == "tap" else PORT_VHOST
+            for i in range(VS_MAX_QP):
+                port.tap_fd[i] = -1
             port.in_use = 1
             if p + 1 > self.sw.nports_hi:
                 vs_store_release_int(&self.sw.nports_hi, p + 1)
@@ -283,6 +291,13 @@ cdef class Datapath:
 
     cdef void _release_port_resources(self, vs_port *port) noexcept:
         cdef int i
+        for i in range(VS_MAX_QP):
+            if port.tap_fd[i] >= 0:
+                self._unwatch_fd(port.vq[2 * i + 1].kick_epfd, port.tap_fd[i])
+                port.vq[2 * i + 1].kick_epfd = -1
+                close(port.tap_fd[i])
+                port.tap_fd[i] = -1
+        port.tap_errno = 0
         for i in range(VS_MAX_VRINGS):
             self._unwatch_kick(&port.vq[i])
             for fd in (port.vq[i].kick_fd, port.vq[i].call_fd, port.vq[i].err_fd):
@@ -451,6 +466,46 @@ cdef class Datapath:
         if vq.kick_epfd >= 0 and vq.kick_fd >= 0:
             epoll_ctl(vq.kick_epfd, EPOLL_CTL_DEL, vq.kick_fd, NULL)
         vq.kick_epfd = -1
+
+    cdef void _unwatch_fd(self, int epfd, int fd) noexcept:
+        if epfd >= 0 and fd >= 0:
+            epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL)
+
+    # --- TAP ports -------------------------------------------------------------
+
+    def tap_attach(self, int p, list fds, unsigned int mtu):
+        """Hand a TAP port's queue fds to the workers (the datapath owns them
+        from now on). The kernel may send checksum-partial and GSO frames
+        (TUNSETOFFLOAD), so its header is validated as a guest's with CSUM and
+        HOST_TSO4/6/ECN would be."""
+        cdef vs_port *port = self._port(p)
+        cdef epoll_event ev
+        cdef int q, epfd
+        if port.kind != PORT_TAP:
+            raise DatapathError(f"port {p} is not a TAP port")
+        if len(fds) != port.nqp:
+            raise DatapathError(f"{len(fds)} fds for {port.nqp} queues")
+        self.port_reset(p)
+        port.features = ((1 << F_NET_CSUM) | (1 << F_NET_HOST_TSO4) | (1 << F_NET_HOST_TSO6)
+                         | (1 << F_NET_HOST_ECN))
+        port.hdr_len = VS_HDR_MAX
+        port.mtu = mtu
+        port.tap_errno = 0
+        for q in range(port.nqp):
+            port.tap_fd[q] = fds[q]
+            epfd = self.workers[(p + q) % self.nworkers].epfd
+            ev.events = EPOLLIN
+            ev.data.ptr = &port.vq[2 * q + 1]     # kick_fd -1: woken, nothing to drain
+            if epoll_ctl(epfd, EPOLL_CTL_ADD, port.tap_fd[q], &ev) == 0:
+                port.vq[2 * q + 1].kick_epfd = epfd
+        vs_store_release_int(&port.active, 1)
+
+    def tap_errno(self, int p):
+        """A fatal errno a worker saw on this TAP (EBADFD: the device was deleted), or 0."""
+        return self._port(p).tap_errno
+
+    def port_set_mtu(self, int p, unsigned int mtu):
+        self._port(p).mtu = mtu
 
     cdef int _swap_fd(self, vs_vring *vq, int *slot, int fd) except -1:
         cdef int old = slot[0]

@@ -97,7 +97,9 @@ cdef enum:
     DROP_SAME_PORT = 14            # destination learned on the ingress port
     DROP_RING_BROKEN = 15          # avail index jumped by more than the ring size
     DROP_BAD_OFFLOAD = 16          # offload request not negotiated, or a GSO frame that does not parse
-    DROP_MAX = 17
+    DROP_MTU_EXCEEDED = 17         # larger than the egress port's MTU (GSO: judged per segment)
+    DROP_TAP_WRITE = 18            # the kernel refused the frame (queue full, link down, device gone)
+    DROP_MAX = 19
 
 ctypedef struct vs_counters:
     uint64_t packets
@@ -154,8 +156,18 @@ ctypedef struct vs_vring:
     int avail_moved
     vs_counters c
 
+cdef enum:
+    PORT_VHOST = 0
+    PORT_TAP = 1
+    # read buffer of one TAP frame: virtio_net_hdr + the largest GSO frame
+    VS_TAP_BUF = VS_HDR_MAX + VS_MAX_FRAME + 64
+
 ctypedef struct vs_port:
     int in_use
+    int kind                       # PORT_VHOST or PORT_TAP
+    uint32_t mtu                   # egress limit on the L3 size; 0: none
+    int tap_fd[VS_MAX_QP]          # TAP: one fd per queue (IFF_MULTI_QUEUE)
+    int tap_errno                  # TAP: a fatal errno seen by a worker (EBADFD: device deleted)
     int active                     # memory mapped, session up: workers may look at it
     int nqp                        # queue pairs offered
     uint32_t hdr_len               # virtio_net_hdr size negotiated: 10 or 12
@@ -231,6 +243,7 @@ ctypedef struct vs_worker:
     # software offload fallback: the frame made linear, and one segment
     uint8_t lin[VS_MAX_FRAME + 64]
     uint8_t segbuf[VS_MAX_FRAME + 64]
+    uint8_t *tapbuf                # VS_BURST * VS_TAP_BUF bytes: frames read from TAP fds
 
 ctypedef struct vs_switch:
     int nworkers

@@ -14,6 +14,12 @@ cdef extern from "<unistd.h>" nogil:
 cdef extern from * nogil:
     void __builtin_prefetch(const void *p, int rw, int locality)
 
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+    ssize_t writev(int fd, const iovec *iov, int iovcnt)
+
 cdef extern from "<time.h>" nogil:
     struct timespec:
         long tv_sec
@@ -173,6 +179,9 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
     cdef vs_frame *f
     if dport == NULL or not vs_load_acquire_int(&dport.active):
         return
+    if dport.kind == PORT_TAP:
+        deliver_to_tap(sw, w, d, src_vq, qp, n)
+        return
     nrx = dport.n_rx_enabled
     rvq = NULL
     if nrx > 0:
@@ -212,17 +221,192 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
     vs_spin_unlock(&rvq.lock)
 
 
+cdef void switch_burst(vs_switch *sw, vs_worker *w, int pidx, int qp, vs_vring *vq, int n) noexcept nogil:
+    """The port-independent half of a burst: learn source MACs, look up
+    destinations, deliver. w.frames[0:n] hold the frames (nseg 0: dropped);
+    vq is the ingress queue whose counters take ingress drops."""
+    cdef int i, d, ndest = 0
+    cdef bint flood = False
+    cdef uint64_t dst_mac, src_mac
+    cdef uint8_t eth[12]
+    cdef int dests[VS_BURST]
+    cdef vs_frame *f
+    for i in range(n):
+        f = &w.frames[i]
+        if f.dst != FRAME_DROPPED or f.nseg == 0:
+            continue
+        sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len, eth, 12)
+        dst_mac = mac_load(eth)
+        src_mac = mac_load(eth + 6)
+        if not (eth[6] & 1) and src_mac != 0:
+            fdb_learn(sw, src_mac, pidx)
+        if eth[0] & 1:
+            f.dst = FDB_FLOOD            # broadcast and multicast
+        else:
+            f.dst = fdb_lookup(sw, dst_mac)   # FDB_FLOOD when unknown
+        if f.dst == pidx:
+            vq.c.drops[DROP_SAME_PORT] += 1
+            f.dst = FRAME_DROPPED
+        elif f.dst == FDB_FLOOD:
+            flood = True
+        elif f.dst >= 0:
+            for d in range(ndest):
+                if dests[d] == f.dst:
+                    break
+            else:
+                dests[ndest] = f.dst
+                ndest += 1
+    if flood:
+        for d in range(sw.nports_hi):
+            if d != pidx:
+                deliver_to_port(sw, w, d, vq, qp, n)
+    else:
+        for i in range(ndest):
+            deliver_to_port(sw, w, dests[i], vq, qp, n)
+
+
+# --- TAP ports ---------------------------------------------------------------------
+# A TAP port is the host kernel: frames are read from and written to its queue
+# fds with a 12-byte virtio_net_hdr (IFF_VNET_HDR), so offloads pass both ways
+# in the same header format guests use. Reading is the one copy in (the kernel
+# copies into our buffer); writing gathers straight from the source guest's
+# buffers (writev), so frames to the kernel are not copied by us at all.
+
+cdef inline bint frame_fits_mtu(vs_port *dport, vs_frame *f, const uint8_t *eth_type) noexcept nogil:
+    """virtio spec 5.1.6.3.2 / the uplink issue: a frame larger than the MTU
+    plus the Ethernet (and one VLAN) header is dropped; a GSO frame is judged
+    by its segment size (headers + gso_size), not its total length."""
+    cdef uint32_t l2 = VS_ETH_HLEN
+    cdef uint32_t l3
+    if dport.mtu == 0:
+        return True
+    if eth_type[0] == 0x81 and eth_type[1] == 0x00:
+        l2 += 4
+    if f.gso_type != VS_GSO_NONE:
+        # hdr_len is the guest's hint of L2+L3+L4; csum_start + 20 bounds it from below
+        l3 = (f.csum_start + 20 if f.vhdr_len < f.csum_start + 20 else f.vhdr_len) + f.gso_size
+        return l3 <= dport.mtu + l2
+    return f.len <= dport.mtu + l2
+
+
+cdef void deliver_to_tap(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq, int qp, int n) noexcept nogil:
+    cdef vs_port *dport = sw.ports[d]
+    cdef int q, i, k, fd, cnt
+    cdef vs_vring *rvq
+    cdef vs_frame *f
+    cdef vs_seg *seg
+    cdef uint8_t hdr[VS_HDR_MAX]
+    cdef uint8_t eth_type[2]
+    cdef uint32_t skip
+    cdef iovec iov[VS_MAX_SEGS + 1]
+    cdef ssize_t rc
+    q = qp % dport.nqp
+    fd = dport.tap_fd[q]
+    rvq = &dport.vq[2 * q]          # counters of "towards the kernel" on queue q
+    if fd < 0 or dport.tap_errno:
+        for i in range(n):
+            if w.frames[i].dst == d:
+                src_vq.c.drops[DROP_NO_RX_QUEUE] += 1
+        return
+    vs_spin_lock(&rvq.lock)
+    for i in range(n):
+        f = &w.frames[i]
+        if not (f.dst == d or f.dst == FDB_FLOOD):
+            continue
+        sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len + 12, eth_type, 2)
+        if not frame_fits_mtu(dport, f, eth_type):
+            rvq.c.drops[DROP_MTU_EXCEEDED] += 1
+            continue
+        # The offload request travels as is: the kernel finishes checksums and
+        # segments GSO frames itself (it validated nothing of ours yet, but
+        # parse_offload checked csum_start/offset against the frame length).
+        memset(hdr, 0, VS_HDR_MAX)
+        hdr[0] = f.vflags & VNET_F_NEEDS_CSUM
+        if hdr[0]:
+            put_le16(hdr + 6, f.csum_start)
+            put_le16(hdr + 8, f.csum_offset)
+        if f.gso_type != VS_GSO_NONE:
+            hdr[1] = f.gso_type
+            put_le16(hdr + 2, f.vhdr_len)
+            put_le16(hdr + 4, f.gso_size)
+        iov[0].iov_base = hdr
+        iov[0].iov_len = VS_HDR_MAX
+        cnt = 1
+        skip = f.hdr_len
+        for k in range(f.nseg):
+            seg = &w.segs[f.seg0 + k]
+            if skip >= seg.len:
+                skip -= seg.len
+                continue
+            iov[cnt].iov_base = seg.p + skip
+            iov[cnt].iov_len = seg.len - skip
+            skip = 0
+            cnt += 1
+        rc = writev(fd, iov, cnt)
+        if rc < 0:
+            rvq.c.drops[DROP_TAP_WRITE] += 1
+            if errno == EBADFD:
+                dport.tap_errno = EBADFD
+        else:
+            rvq.c.packets += 1
+            rvq.c.bytes += f.len
+            if f.gso_type != VS_GSO_NONE:
+                rvq.c.gso_passthrough += 1
+            elif f.vflags & VNET_F_NEEDS_CSUM:
+                rvq.c.csum_passthrough += 1
+    vs_spin_unlock(&rvq.lock)
+
+
+cdef int tap_rx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int q) noexcept nogil:
+    """Read up to VS_BURST frames the kernel sent out of the TAP's queue q."""
+    cdef vs_vring *vq = &port.vq[2 * q + 1]
+    cdef int fd = port.tap_fd[q]
+    cdef int i, n = 0, rc
+    cdef ssize_t got
+    cdef uint8_t *buf
+    cdef vs_frame *f
+    if fd < 0 or port.tap_errno:
+        return 0
+    for i in range(VS_BURST):
+        buf = w.tapbuf + <size_t>n * VS_TAP_BUF
+        got = read(fd, buf, VS_TAP_BUF)
+        if got < 0:
+            if errno == EBADFD:
+                port.tap_errno = EBADFD     # deleted under us: the control plane re-creates it
+            break
+        f = &w.frames[n]
+        f.dst = FRAME_DROPPED
+        f.nseg = 0
+        n += 1
+        if got < VS_HDR_MAX + VS_ETH_HLEN:
+            vq.c.drops[DROP_RUNT] += 1
+            continue
+        w.segs[n - 1].p = buf
+        w.segs[n - 1].len = <uint32_t>got
+        f.seg0 = n - 1
+        f.hdr_len = VS_HDR_MAX
+        f.len = <uint32_t>got - VS_HDR_MAX
+        rc = parse_offload(port, f, buf)
+        if rc:
+            vq.c.drops[rc] += 1
+            continue
+        f.nseg = 1
+        vq.c.packets += 1
+        vq.c.bytes += f.len
+    if n:
+        switch_burst(sw, w, pidx, q, vq, n)
+    return n
+
+
 cdef int tx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int qp,
                   vs_vring *vq) noexcept nogil:
     """Dequeue up to VS_BURST frames from a guest TX ring and switch them."""
     cdef uint16_t avail_idx, head, old_used
     cdef int n = vring_avail_count(vq, &avail_idx)
-    cdef int i, d, rc, nseg, nused = 0, pool = 0, ndest = 0
-    cdef uint64_t total, dst_mac, src_mac
-    cdef bint discard, flood = False
-    cdef uint8_t eth[12]
+    cdef int i, rc, nseg, nused = 0, pool = 0
+    cdef uint64_t total
+    cdef bint discard
     cdef uint8_t vhdr[VS_HDR_MAX]
-    cdef int dests[VS_BURST]
     cdef vs_frame *f
     if n < 0:
         vring_mark_broken(vq)
@@ -275,39 +459,8 @@ cdef int tx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int qp,
         # Start every frame's miss now and parse them in a second pass, so
         # the misses of a burst overlap instead of queueing one by one.
         prefetch_frame_head(&w.segs[f.seg0], nseg, f.hdr_len)
-    for i in range(n):
-        f = &w.frames[i]
-        if f.dst != FRAME_DROPPED or f.nseg == 0:
-            continue
-        sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len, eth, 12)
-        dst_mac = mac_load(eth)
-        src_mac = mac_load(eth + 6)
-        if not (eth[6] & 1) and src_mac != 0:
-            fdb_learn(sw, src_mac, pidx)
-        if eth[0] & 1:
-            f.dst = FDB_FLOOD            # broadcast and multicast
-        else:
-            f.dst = fdb_lookup(sw, dst_mac)   # FDB_FLOOD when unknown
-        if f.dst == pidx:
-            vq.c.drops[DROP_SAME_PORT] += 1
-            f.dst = FRAME_DROPPED
-        elif f.dst == FDB_FLOOD:
-            flood = True
-        elif f.dst >= 0:
-            for d in range(ndest):
-                if dests[d] == f.dst:
-                    break
-            else:
-                dests[ndest] = f.dst
-                ndest += 1
     vq.last_avail += <uint16_t>n
-    if flood:
-        for d in range(sw.nports_hi):
-            if d != pidx:
-                deliver_to_port(sw, w, d, vq, qp, n)
-    else:
-        for i in range(ndest):
-            deliver_to_port(sw, w, dests[i], vq, qp, n)
+    switch_burst(sw, w, pidx, qp, vq, n)
     # Only now give the source its buffers back: the frames have been copied.
     old_used = vq.used_idx
     for i in range(nused):
@@ -413,6 +566,9 @@ cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
                 continue
             for qp in range(port.nqp):
                 if not worker_owns(sw, w, p, qp):
+                    continue
+                if port.kind == PORT_TAP:
+                    work += tap_rx_burst(sw, w, p, port, qp)
                     continue
                 vq = &port.vq[2 * qp + 1]
                 if not vs_load_acquire_int(&vq.started) or vs_load_acquire_int(&vq.broken):

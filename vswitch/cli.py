@@ -31,7 +31,8 @@ def request(path: str, command: str, args: dict | None = None, timeout: float = 
 
 
 def _render_port(port: dict) -> str:
-    lines = [f"port {port['name']} ({port['type']}, {port['mode']}, {port['socket']}): {port['state']}",
+    where = port["socket"] or port.get("ifname")
+    lines = [f"port {port['name']} ({port['type']}, {port['mode']}, {where}): {port['state']}",
              f"  connections {port['connections']}, disconnects {port['disconnects']}, "
              f"protocol errors {port['protocol_errors']}",
              f"  queues offered {port['queues_offered']}, enabled {port['queues_enabled']}"]
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_render_port(result))
     elif command == "port list":
         for p in result:
-            print(f"{p['name']:16} {p['type']:12} {p['state']:12} {p['socket']}")
+            print(f"{p['name']:16} {p['type']:12} {p['state']:12} {p['socket'] or ''}")
     elif command == "fdb show":
         for e in result:
             print(f"{e['mac']}  {e['port']}")

@@ -41,6 +41,7 @@ __all__ = [
     "ConfigIssue",
     "DatapathConfig",
     "VhostUserPortConfig",
+    "TapPortConfig",
     "load_config",
     "parse_config",
 ]
@@ -48,7 +49,7 @@ __all__ = [
 SUPPORTED_VERSIONS = (1,)
 DEFAULT_VERSION = 1
 DEFAULT_RUNTIME_DIR = "/run/vswitch"
-PORT_TYPES = ("vhost-user",)
+PORT_TYPES = ("vhost-user", "tap")
 PORT_MODES = ("server", "client")
 DEFAULT_PORT_MODE = "server"
 MIN_QUEUES, MAX_QUEUES, DEFAULT_QUEUES = 1, 64, 1
@@ -64,6 +65,9 @@ PORT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 
 _TOP_KEYS = ("version", "runtime_dir", "ports", "datapath")
 _VHOST_USER_KEYS = ("type", "mode", "socket", "queues")
+_TAP_KEYS = ("type", "ifname", "queues", "mtu", "create")
+MIN_MTU, MAX_MTU = 68, 65535
+IFNAMSIZ = 16   # kernel interface names: at most 15 bytes
 _DATAPATH_KEYS = ("workers", "mode")
 
 _NULL_TAG = "tag:yaml.org,2002:null"
@@ -90,6 +94,25 @@ class VhostUserPortConfig:
             "socket": self.socket,
             "queues": self.queues,
         }
+
+
+@dataclass(frozen=True)
+class TapPortConfig:
+    """The uplink to the host kernel: a multiqueue TAP device."""
+
+    name: str
+    ifname: str
+    queues: int
+    mtu: int | None = None      # None: keep the device's MTU
+    create: bool = True         # False: attach to an existing persistent TAP only
+    type: str = "tap"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "ifname": self.ifname, "queues": self.queues,
+                               "create": self.create}
+        if self.mtu is not None:
+            out["mtu"] = self.mtu
+        return out
 
 
 @dataclass(frozen=True)
@@ -530,6 +553,9 @@ class _Validator:
                        f"missing required key 'type' (supported: {', '.join(PORT_TYPES)})")
             ok = False
 
+        if entries.get("type") and self.construct(entries["type"][1], f"{key}.type") == "tap":
+            return self.tap_port(name, entries, node, key), None
+
         self.check_keys(entries, _VHOST_USER_KEYS, key, node)
 
         mode: str | None = DEFAULT_PORT_MODE
@@ -567,6 +593,40 @@ class _Validator:
         if not ok or mode is None or queues is None or socket is None:
             return None, socket_use
         return VhostUserPortConfig(name=name, mode=mode, socket=socket, queues=queues), socket_use
+
+    def tap_port(self, name: str, entries, node: Node, key: str) -> TapPortConfig | None:
+        self.check_keys(entries, _TAP_KEYS, key, node)
+        ok = True
+        ifname: str | None = name
+        if "ifname" in entries:
+            ifname = self.string(entries["ifname"][1], f"{key}.ifname")
+        if ifname is not None:
+            size = len(ifname.encode("utf-8", "surrogatepass"))
+            if not ifname or size >= IFNAMSIZ or any(c in ifname for c in "/: \t\n%") \
+                    or ifname in (".", ".."):
+                where = entries["ifname"][1] if "ifname" in entries else node
+                self.error(where, f"{key}.ifname",
+                           f"not a valid interface name: at most {IFNAMSIZ - 1} bytes, no '/', ':', "
+                           f"'%' or whitespace (got {ifname!r}, {size} bytes)")
+                ok = False
+        queues: int | None = DEFAULT_QUEUES
+        if "queues" in entries:
+            queues = self.integer(entries["queues"][1], f"{key}.queues", MIN_QUEUES, MAX_QUEUES)
+        mtu: int | None = None
+        if "mtu" in entries:
+            mtu = self.integer(entries["mtu"][1], f"{key}.mtu", MIN_MTU, MAX_MTU)
+            ok = ok and mtu is not None
+        create = True
+        if "create" in entries:
+            value = self.construct(entries["create"][1], f"{key}.create")
+            if not isinstance(value, bool):
+                self.error(entries["create"][1], f"{key}.create", f"must be true or false (got {value!r})")
+                ok = False
+            else:
+                create = value
+        if not ok or ifname is None or queues is None:
+            return None
+        return TapPortConfig(name=name, ifname=ifname, queues=queues, mtu=mtu, create=create)
 
     def check_socket_conflicts(self, sockets: list[_SocketUse]) -> None:
         by_path: dict[str, list[_SocketUse]] = {}

@@ -18,9 +18,10 @@ import signal
 import sys
 
 from . import __version__
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, TapPortConfig, load_config
 from .control import ControlServer
 from .port import RateLimitedLog, VhostUserPort
+from .uplink import TapPort
 
 log = logging.getLogger("vswitch")
 
@@ -56,7 +57,7 @@ class Switch:
 
         self.config = config
         self.dp = Datapath(config.datapath.workers, config.datapath.mode)
-        self.ports: dict[str, VhostUserPort] = {}
+        self.ports: dict[str, VhostUserPort | TapPort] = {}
         self.ratelog = RateLimitedLog()
         self.control = ControlServer(self, os.path.join(config.runtime_dir, CONTROL_NAME))
         self._stopping = asyncio.Event()
@@ -65,9 +66,13 @@ class Switch:
         self.dp.start()
         try:
             for name, pc in self.config.ports.items():
+                if isinstance(pc, TapPortConfig):
+                    tap = TapPort(pc, self.dp)
+                    tap.start()
+                    self.ports[name] = tap
+                    continue
                 port = VhostUserPort(pc, self.dp, self.ratelog)
-                for d in {os.path.dirname(pc.socket)}:
-                    os.makedirs(d, mode=0o755, exist_ok=True)
+                os.makedirs(os.path.dirname(pc.socket), mode=0o755, exist_ok=True)
                 try:
                     port.start()
                 except OSError as exc:

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from vswitch.config import (
+    TapPortConfig,
     Config,
     ConfigError,
     ConfigIssue,
@@ -279,7 +280,7 @@ def test_missing_type_points_at_port_mapping() -> None:
             mode: server
             queues: 99
         """) == [
-        "c.yaml:3:5: ports.vm1: missing required key 'type' (supported: vhost-user)",
+        "c.yaml:3:5: ports.vm1: missing required key 'type' (supported: vhost-user, tap)",
         "c.yaml:4:13: ports.vm1.queues: must be 1..64 (got 99)",
     ]
 
@@ -288,12 +289,12 @@ def test_unsupported_port_type() -> None:
     # Keys of an unsupported type are not second-guessed.
     assert one_error("""
         ports:
-          tap0:
-            type: tap
-            ifname: tap0
-        """) == "c.yaml:3:11: ports.tap0.type: unsupported port type 'tap' (supported: vhost-user)"
+          vx0:
+            type: vxlan
+            vni: 5
+        """) == "c.yaml:3:11: ports.vx0.type: unsupported port type 'vxlan' (supported: vhost-user, tap)"
     assert one_error("ports: {vm1: {type: 1}}") == (
-        "c.yaml:1:21: ports.vm1.type: must be one of: vhost-user (got integer 1)"
+        "c.yaml:1:21: ports.vm1.type: must be one of: vhost-user, tap (got integer 1)"
     )
 
 
@@ -407,7 +408,7 @@ def test_merge_keys_rejected() -> None:
             <<: {type: vhost-user}
         """) == [
         "c.yaml:3:5: ports.vm1: merge keys ('<<') are not supported",
-        "c.yaml:3:5: ports.vm1: missing required key 'type' (supported: vhost-user)",
+        "c.yaml:3:5: ports.vm1: missing required key 'type' (supported: vhost-user, tap)",
     ]
 
 
@@ -598,3 +599,15 @@ def test_datapath_mode() -> None:
         parse_config("ports: {}\ndatapath:\n  mode: sleepy\n", "m.yaml")
     assert str(exc.value).startswith("m.yaml:3:9: datapath.mode:")
     assert "poll" in str(exc.value) and "sleepy" in str(exc.value)
+
+
+def test_tap_port() -> None:
+    config = parse_config("ports:\n  up: {type: tap, ifname: vs0, queues: 2, mtu: 1500, create: false}\n")
+    assert config.ports["up"] == TapPortConfig(name="up", ifname="vs0", queues=2, mtu=1500, create=False)
+    assert parse_config("ports:\n  uplink0: {type: tap}\n").ports["uplink0"].ifname == "uplink0"
+    with pytest.raises(ConfigError) as exc:
+        parse_config("ports:\n  up: {type: tap, ifname: abcdefghijklmnop, mtu: 20, create: 3}\n", "t.yaml")
+    lines = str(exc.value).splitlines()
+    assert lines[0].startswith("t.yaml:2:27: ports.up.ifname: not a valid interface name: at most 15 bytes")
+    assert lines[1] == "t.yaml:2:50: ports.up.mtu: must be 68..65535 (got 20)"
+    assert lines[2] == "t.yaml:2:62: ports.up.create: must be true or false (got 3)"

@@ -1,0 +1,1 @@
+"""Helpers for tests that need Linux networking (network namespaces, links)."""

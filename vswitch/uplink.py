@@ -1,0 +1,129 @@
+"""The TAP uplink port: the host kernel as a multiqueue switch port.
+
+The device is opened once per queue (IFF_MULTI_QUEUE | IFF_VNET_HDR) and the
+fds are handed to the datapath, which reads and writes frames with their
+virtio_net_hdr. A TAP that disappears (someone ran `ip link del`) is seen by
+the workers as EBADFD; the port reports and counts it, the other ports keep
+forwarding, and the device is re-created or re-attached with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+
+from ._datapath import Datapath
+from .config import TapPortConfig
+from .tap import TapError, open_tap_queues, tap_fd_ifname, tap_link_state
+
+log = logging.getLogger("vswitch.uplink")
+
+RETRY_MIN_S = 0.2
+RETRY_MAX_S = 10.0
+CHECK_PERIOD_S = 0.5
+
+
+class TapPort:
+    def __init__(self, config: TapPortConfig, dp: Datapath) -> None:
+        self.config = config
+        self.name = config.name
+        self.dp = dp
+        self.slot = dp.port_add(config.queues, "tap")
+        self.attached = False
+        self.attaches = 0
+        self.losses = 0
+        self.last_error: str | None = None
+        self.mtu = 0
+        self._fd0 = -1
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._attach()        # a failure here is reported and retried, never fatal
+        self._task = asyncio.get_running_loop().create_task(self._watch(), name=f"tap-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self.dp.port_remove(self.slot)     # closes the queue fds
+
+    def _attach(self) -> bool:
+        cfg = self.config
+        try:
+            fds = open_tap_queues(cfg.ifname, cfg.queues, create=cfg.create, mtu=cfg.mtu)
+        except (TapError, OSError) as exc:
+            self.last_error = str(exc)
+            return False
+        # MTU enforced on frames towards the kernel: the configured one, or the device's.
+        self.mtu = cfg.mtu or tap_link_state(cfg.ifname).get("mtu") or 1500
+        self.dp.tap_attach(self.slot, fds, self.mtu)
+        self._fd0 = fds[0]
+        self.attached = True
+        self.attaches += 1
+        log.info("port %s: TAP %s attached, %d queue(s), mtu %d", self.name, cfg.ifname, cfg.queues, self.mtu)
+        return True
+
+    def _lost(self) -> bool:
+        if self.dp.tap_errno(self.slot) == errno.EBADFD:
+            return True
+        # A device moved to another namespace keeps working through our fds;
+        # only a deleted one stops answering TUNGETIFF.
+        return tap_fd_ifname(self._fd0) is None
+
+    async def _watch(self) -> None:
+        delay = RETRY_MIN_S
+        while True:
+            if self.attached:
+                await asyncio.sleep(CHECK_PERIOD_S)
+                if self._lost():
+                    self.losses += 1
+                    self.attached = False
+                    self.last_error = f"TAP {self.config.ifname} disappeared"
+                    log.error("port %s: %s; re-creating it", self.name, self.last_error)
+                    self.dp.port_reset(self.slot)      # stops forwarding to it, closes the fds
+                    self._fd0 = -1
+                    delay = RETRY_MIN_S
+            else:
+                if self._attach():
+                    delay = RETRY_MIN_S
+                    continue
+                log.warning("port %s: cannot open TAP %s: %s; retry in %.1fs",
+                            self.name, self.config.ifname, self.last_error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    def check_health(self) -> None:
+        pass
+
+    def show(self) -> dict:
+        queues = []
+        for q in range(self.config.queues):
+            # rx: towards the kernel (the kernel receives), tx: from the kernel
+            state = {"started": self.attached, "enabled": self.attached, "broken": False, "size": 0}
+            queues.append({"pair": q,
+                           "rx": {**state, **self.dp.vring_counters(self.slot, 2 * q)},
+                           "tx": {**state, **self.dp.vring_counters(self.slot, 2 * q + 1)}})
+        return {
+            "name": self.name,
+            "type": "tap",
+            "ifname": self.config.ifname,
+            "mode": "create" if self.config.create else "attach",
+            "socket": None,
+            "state": "up" if self.attached else "down",
+            "mtu": self.mtu,
+            "queues_offered": self.config.queues,
+            "queues_enabled": self.config.queues if self.attached else 0,
+            "connections": self.attaches,
+            "disconnects": self.losses,
+            "protocol_errors": 0,
+            "last_error": self.last_error,
+            "alerts": {} if self.attached else {"tap": self.last_error or "not attached"},
+            "features": [],
+            "protocol_features": [],
+            "queues": queues,
+        }
