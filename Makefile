@@ -2,7 +2,7 @@
 #
 #   make run    virtualenv + build + vswitchd on config/vswitch.yaml
 #   make test   every Debian and Python package the suite needs, build, run the suite
-#   make bench  the loopback benchmark against DPDK's vhost PMD
+#   make bench  loopback, uplink and VM-to-VM benchmarks against DPDK, one at a time
 #
 # Targets install what they need; on a fresh Debian 12 only `make` itself
 # must be installed first (apt-get install -y make).
@@ -68,6 +68,8 @@ bench: deps-test build
 	$(PY) -m pip install -q matplotlib
 	$(PY) bench/loopback.py
 	$(PY) bench/plot.py
+	$(PY) bench/uplink.py
+	$(PY) bench/iperf.py
 
 clean:
 	rm -rf build *.egg-info vswitch/*.so cython_ext/*.c cython_ext/*.html
