@@ -101,6 +101,8 @@ class Switch:
         while True:
             await asyncio.sleep(HEALTH_PERIOD_S)
             for port in self.ports.values():
+                if not isinstance(port, VhostUserPort):
+                    continue      # a TAP port watches its device in its own task
                 try:
                     port.check_health()
                 except Exception:

@@ -97,9 +97,6 @@ class TapPort:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
 
-    def check_health(self) -> None:
-        pass
-
     def show(self) -> dict:
         queues = []
         for q in range(self.config.queues):
