@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 # Debian packages: to build (compiler, headers, venv) and to test against real peers.
 BUILD_DEBS := gcc python3-dev python3-venv
 TEST_DEBS  := qemu-system-x86 dpdk-dev busybox-static iperf3 ethtool iproute2 procps iputils-ping
-TEST_PIPS  := pytest hypothesis
+TEST_PIPS  := pytest hypothesis jsonschema
 
 .PHONY: all run test bench build deps-build deps-test venv clean
 
@@ -73,3 +73,72 @@ bench: deps-test build
 
 clean:
 	rm -rf build *.egg-info vswitch/*.so cython_ext/*.c cython_ext/*.html
+
+# --- install / uninstall ---------------------------------------------------------
+# make install: a virtualenv of its own under /opt (Debian's system Python is
+# externally managed, PEP 668) with vswitch built into it (not editable), the
+# commands linked into $(PREFIX)/bin, the systemd unit, the default config
+# (only if there is none), the Grafana dashboard and the config schema.
+# Re-running it rebuilds and reinstalls the package and leaves an edited
+# /etc/vswitch/vswitch.yaml alone. `make uninstall` removes what it put, and
+# the config only if it is still the default.
+#   DESTDIR  staging root for packaging (the venv's paths are rewritten to
+#            work at their final place)
+#   PREFIX   /usr/local: bin/ links, share/vswitch, share/doc/vswitch
+#   VENVDIR  /opt/vswitch   SYSCONFDIR /etc   UNITDIR /etc/systemd/system
+#   INSTALL_PYTHON  the interpreter the venv is made from (/usr/bin/python3)
+DESTDIR        ?=
+PREFIX         ?= /usr/local
+VENVDIR        ?= /opt/vswitch
+SYSCONFDIR     ?= /etc
+UNITDIR        ?= /etc/systemd/system
+INSTALL_PYTHON ?= /usr/bin/python3
+SHAREDIR       := $(PREFIX)/share/vswitch
+DOCDIR         := $(PREFIX)/share/doc/vswitch
+INSTALL_EXTRAS := $(wildcard config/grafana/vswitch-dashboard.json config/vswitch.schema.json)
+
+.PHONY: install uninstall
+
+install: deps-build
+	@set -e; v='$(DESTDIR)$(VENVDIR)'; \
+	if [ ! -x "$$v/bin/python" ]; then \
+	  echo "creating $$v"; $(INSTALL_PYTHON) -m venv "$$v"; \
+	  "$$v/bin/python" -m pip install -q --upgrade pip; fi; \
+	"$$v/bin/python" -m pip install -q "Cython>=3.0" "setuptools>=68" wheel; \
+	echo "building vswitch into $$v"; \
+	"$$v/bin/python" -m pip install -q --no-build-isolation .; \
+	if [ -n '$(DESTDIR)' ]; then \
+	  grep -rlI -- "$$v" "$$v/bin" "$$v/pyvenv.cfg" 2>/dev/null | \
+	    xargs -r sed -i 's|$(DESTDIR)$(VENVDIR)|$(VENVDIR)|g'; fi
+	@install -d '$(DESTDIR)$(PREFIX)/bin'
+	@ln -sfn '$(VENVDIR)/bin/vswitchd' '$(DESTDIR)$(PREFIX)/bin/vswitchd'
+	@ln -sfn '$(VENVDIR)/bin/vswitchctl' '$(DESTDIR)$(PREFIX)/bin/vswitchctl'
+	@install -d '$(DESTDIR)$(UNITDIR)'
+	@sed -e 's|/usr/local/bin/|$(PREFIX)/bin/|g' \
+	     -e 's|/usr/local/share/|$(PREFIX)/share/|g' \
+	     -e 's|/etc/vswitch/|$(SYSCONFDIR)/vswitch/|g' \
+	     systemd/vswitchd.service > '$(DESTDIR)$(UNITDIR)/vswitchd.service.tmp'
+	@chmod 0644 '$(DESTDIR)$(UNITDIR)/vswitchd.service.tmp'
+	@mv -f '$(DESTDIR)$(UNITDIR)/vswitchd.service.tmp' '$(DESTDIR)$(UNITDIR)/vswitchd.service'
+	@install -D -m 0644 config/vswitch.yaml '$(DESTDIR)$(SHAREDIR)/vswitch.yaml.default'
+	@for f in $(INSTALL_EXTRAS); do install -D -m 0644 "$$f" '$(DESTDIR)$(SHAREDIR)/'"$${f##*/}"; done
+	@install -D -m 0644 README.md '$(DESTDIR)$(DOCDIR)/README.md'
+	@if [ -e '$(DESTDIR)$(SYSCONFDIR)/vswitch/vswitch.yaml' ]; then \
+	  echo "keeping $(SYSCONFDIR)/vswitch/vswitch.yaml"; \
+	else \
+	  install -D -m 0644 config/vswitch.yaml '$(DESTDIR)$(SYSCONFDIR)/vswitch/vswitch.yaml'; \
+	  echo "installed the default $(SYSCONFDIR)/vswitch/vswitch.yaml"; fi
+	@if [ -z '$(DESTDIR)' ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed vswitch: $(VENVDIR), $(PREFIX)/bin/vswitchd, $(UNITDIR)/vswitchd.service"
+
+uninstall:
+	@c='$(DESTDIR)$(SYSCONFDIR)/vswitch/vswitch.yaml'; \
+	if [ -e "$$c" ]; then \
+	  if cmp -s "$$c" '$(DESTDIR)$(SHAREDIR)/vswitch.yaml.default'; then \
+	    rm -f "$$c"; rmdir '$(DESTDIR)$(SYSCONFDIR)/vswitch' 2>/dev/null || true; \
+	  else echo "keeping $$c (changed)"; fi; fi
+	@rm -f '$(DESTDIR)$(UNITDIR)/vswitchd.service' \
+	       '$(DESTDIR)$(PREFIX)/bin/vswitchd' '$(DESTDIR)$(PREFIX)/bin/vswitchctl'
+	@rm -rf '$(DESTDIR)$(SHAREDIR)' '$(DESTDIR)$(DOCDIR)' '$(DESTDIR)$(VENVDIR)'
+	@if [ -z '$(DESTDIR)' ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "uninstalled vswitch"

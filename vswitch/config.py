@@ -1,34 +1,75 @@
 """Configuration loading and validation.
 
-The configuration is a single YAML document::
+The configuration is a single YAML document; every key is optional except
+``ports`` (docs/configuration.md is the full reference, and
+config/vswitch.schema.json a JSON Schema of it for editors)::
 
-    version: 1                 # optional, default 1; only 1 is accepted
-    runtime_dir: /run/vswitch  # optional, default /run/vswitch; absolute path
-    ports:                     # required (may be {}); mapping name -> port
-      vm1:
-        type: vhost-user       # required; supported: vhost-user
-        mode: server           # server (default) | client
-        socket: /run/vswitch/vm1.sock  # optional, default {runtime_dir}/{name}.sock
-        queues: 2              # queue pairs offered, 1..64, default 1
-    datapath:                  # optional
+    version: 1                 # default 1; only 1 is accepted
+    runtime_dir: /run/vswitch  # default /run/vswitch; absolute path
+    control:
+      group: vswitch           # group (name or gid) that may use the control socket
+    metrics:
+      enabled: true            # default true
+      listen: 127.0.0.1:9479   # "IP:PORT" or "[IPv6]:PORT"; default 127.0.0.1:9479
+    datapath:
       workers: 1               # 1..64, default 1
       mode: adaptive           # poll | event | adaptive (default)
+      cpus: [2, 3]             # pin worker i to cpus[i % len(cpus)]; default unpinned
+    defaults:                  # for every vhost-user port that does not set them:
+      queues: 2                # mode queues mtu socket_owner socket_group socket_mode
+      socket_group: kvm        # mrg_rxbuf event_idx indirect_desc offloads
+    ports:                     # required (may be {}); mapping name -> port
+      vm1:
+        type: vhost-user       # required: vhost-user | tap
+        mode: server           # server (default): we listen | client: we connect
+        socket: /run/vswitch/vm1.sock  # default {runtime_dir}/{name}.sock
+        queues: 2              # queue pairs offered, 1..64, default 1
+        mtu: 1500              # 68..65535, default: not advertised
+        mac: "52:54:00:12:34:56"  # static FDB entry; unicast, not all-zero
+        socket_owner: qemu     # server mode only: user name or uid
+        socket_group: kvm      # server mode only: group name or gid
+        socket_mode: 0660      # server mode only; default 0660; needs 0600
+        mrg_rxbuf: true        # offer VIRTIO_NET_F_MRG_RXBUF (default true)
+        event_idx: true        # offer VIRTIO_RING_F_EVENT_IDX (default true)
+        indirect_desc: true    # offer VIRTIO_RING_F_INDIRECT_DESC (default true)
+        offloads: true         # offer checksum/TSO features (default true)
+      uplink:
+        type: tap
+        ifname: vsw-up0        # at most 15 bytes; default the port name
+        queues: 2
+        mtu: 1500              # default: keep the device's MTU
+        create: true           # false: attach to an existing persistent TAP only
+        mac: "02:00:00:00:00:01"
 
 The file is composed into a YAML node tree (not loaded into Python objects
 directly) so that every problem can be reported with the line and column of
-the offending node, so that duplicate keys can be detected (PyYAML silently
-keeps the last one), and so that all problems are reported at once.  Scalars
-are converted with PyYAML's SafeConstructor, so ``2`` is an int, ``"2"`` is a
-string and ``true`` is a bool; only real ints are accepted where an integer is
-expected.
+the offending node, as ``FILE:LINE:COL: dotted.key: message (got X)``, so
+that duplicate keys can be detected (PyYAML silently keeps the last one),
+and so that all problems are reported at once.  Scalars are converted with
+PyYAML's SafeConstructor (YAML 1.1), so ``2`` is an int, ``"2"`` is a
+string, ``true`` is a bool and ``0660`` is the octal int 432; only real ints
+are accepted where an integer is expected.  An unquoted MAC address, which
+YAML 1.1 reads as a base-60 integer, is taken as written.
+
+After the per-key checks come the checks across keys: socket paths, MAC
+addresses and TAP interface names must be unique among ports, and
+socket_owner/socket_group/socket_mode belong to server-mode ports only.
+With ``check_host`` (the default) the checks that depend on the host are
+made too: runtime_dir and the directories of server-mode sockets must be
+creatable by this process, and datapath.cpus must be in its CPU affinity
+mask.  User and group names are always resolved to ids.
 """
 
 from __future__ import annotations
 
+import difflib
+import grp
+import ipaddress
 import os
 import posixpath
+import pwd
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -39,7 +80,10 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigIssue",
+    "ControlConfig",
     "DatapathConfig",
+    "MetricsConfig",
+    "PortConfig",
     "VhostUserPortConfig",
     "TapPortConfig",
     "load_config",
@@ -59,16 +103,37 @@ MIN_WORKERS, MAX_WORKERS, DEFAULT_WORKERS = 1, 64, 1
 # while busy, sleep after a short idle spell.
 DATAPATH_MODES = ("poll", "event", "adaptive")
 DEFAULT_DATAPATH_MODE = "adaptive"
+DEFAULT_SOCKET_MODE = 0o660
+DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT = "127.0.0.1", 9479
 # sizeof(sockaddr_un.sun_path) is 108 on Linux; one byte goes to the NUL.
 UNIX_PATH_MAX = 107
 PORT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 
-_TOP_KEYS = ("version", "runtime_dir", "ports", "datapath")
-_VHOST_USER_KEYS = ("type", "mode", "socket", "queues")
-_TAP_KEYS = ("type", "ifname", "queues", "mtu", "create")
 MIN_MTU, MAX_MTU = 68, 65535
 IFNAMSIZ = 16   # kernel interface names: at most 15 bytes
-_DATAPATH_KEYS = ("workers", "mode")
+MAX_CPU = 4095
+MAX_ID = 2**32 - 2  # uid_t/gid_t; (uid_t)-1 means "unchanged" to chown(2)
+MAX_SOCKET_MODE = 0o777
+OWNER_RW = 0o600
+MIN_PORT, MAX_PORT = 1, 65535
+
+# Per-port switches for virtio features that cause interop trouble; each is
+# offered to the guest unless set to false.
+FEATURE_KEYS = ("mrg_rxbuf", "event_idx", "indirect_desc", "offloads")
+# Only for server-mode vhost-user ports: in client mode QEMU owns the socket.
+SOCKET_PERMISSION_KEYS = ("socket_owner", "socket_group", "socket_mode")
+
+_TOP_KEYS = ("version", "runtime_dir", "control", "metrics", "datapath", "defaults", "ports")
+_DEFAULTS_KEYS = ("mode", "queues", "mtu", *SOCKET_PERMISSION_KEYS, *FEATURE_KEYS)
+_VHOST_USER_KEYS = ("type", "mode", "socket", "queues", "mtu", "mac",
+                    *SOCKET_PERMISSION_KEYS, *FEATURE_KEYS)
+_TAP_KEYS = ("type", "ifname", "queues", "mtu", "create", "mac")
+_DATAPATH_KEYS = ("workers", "mode", "cpus")
+_METRICS_KEYS = ("enabled", "listen")
+_CONTROL_KEYS = ("group",)
+
+MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
+_SOCKET_MODE_RE = re.compile(r"(?:0o?)?([0-7]{3})")
 
 _NULL_TAG = "tag:yaml.org,2002:null"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -80,20 +145,46 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 @dataclass(frozen=True)
 class VhostUserPortConfig:
+    """A vhost-user port (a QEMU guest's virtio-net device)."""
+
     name: str
-    mode: str
+    mode: str                       # "server": we listen; "client": we connect to QEMU
     socket: str
     queues: int
+    mtu: int | None = None          # None: not advertised (VIRTIO_NET_F_MTU not offered)
+    mac: str | None = None          # static FDB entry, lower case "52:54:00:12:34:56"
+    socket_owner: int | None = None  # uid to chown the listening socket to (server mode)
+    socket_group: int | None = None  # gid to chown the listening socket to (server mode)
+    socket_mode: int = DEFAULT_SOCKET_MODE
+    mrg_rxbuf: bool = True          # offer VIRTIO_NET_F_MRG_RXBUF
+    event_idx: bool = True          # offer VIRTIO_RING_F_EVENT_IDX
+    indirect_desc: bool = True      # offer VIRTIO_RING_F_INDIRECT_DESC
+    offloads: bool = True           # offer checksum / TSO features
     type: str = "vhost-user"
 
     def to_dict(self) -> dict[str, Any]:
         """The port as it would be written in the file (without the name)."""
-        return {
+        out: dict[str, Any] = {
             "type": self.type,
             "mode": self.mode,
             "socket": self.socket,
             "queues": self.queues,
         }
+        if self.mtu is not None:
+            out["mtu"] = self.mtu
+        if self.mac is not None:
+            out["mac"] = self.mac
+        if self.mode == "server":
+            if self.socket_owner is not None:
+                out["socket_owner"] = self.socket_owner
+            if self.socket_group is not None:
+                out["socket_group"] = self.socket_group
+            out["socket_mode"] = self.socket_mode
+        out["mrg_rxbuf"] = self.mrg_rxbuf
+        out["event_idx"] = self.event_idx
+        out["indirect_desc"] = self.indirect_desc
+        out["offloads"] = self.offloads
+        return out
 
 
 @dataclass(frozen=True)
@@ -105,6 +196,7 @@ class TapPortConfig:
     queues: int
     mtu: int | None = None      # None: keep the device's MTU
     create: bool = True         # False: attach to an existing persistent TAP only
+    mac: str | None = None      # static FDB entry (the host side's MAC)
     type: str = "tap"
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,35 +204,77 @@ class TapPortConfig:
                                "create": self.create}
         if self.mtu is not None:
             out["mtu"] = self.mtu
+        if self.mac is not None:
+            out["mac"] = self.mac
         return out
+
+
+PortConfig = VhostUserPortConfig | TapPortConfig
 
 
 @dataclass(frozen=True)
 class DatapathConfig:
     workers: int = DEFAULT_WORKERS
     mode: str = DEFAULT_DATAPATH_MODE
+    cpus: tuple[int, ...] | None = None  # worker i runs on cpus[i % len(cpus)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"workers": self.workers, "mode": self.mode}
+        out: dict[str, Any] = {"workers": self.workers, "mode": self.mode}
+        if self.cpus is not None:
+            out["cpus"] = list(self.cpus)
+        return out
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The Prometheus endpoint."""
+
+    enabled: bool = True
+    host: str = DEFAULT_METRICS_HOST   # an IP literal, without brackets
+    port: int = DEFAULT_METRICS_PORT
+
+    @property
+    def listen(self) -> str:
+        """"HOST:PORT", with an IPv6 host in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "listen": self.listen}
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """The control socket ({runtime_dir}/vswitchd.ctl)."""
+
+    group: int | None = None  # gid allowed to use it; None: the daemon's own group
+
+    def to_dict(self) -> dict[str, Any]:
+        return {} if self.group is None else {"group": self.group}
 
 
 @dataclass(frozen=True)
 class Config:
     version: int
     runtime_dir: str
-    ports: dict[str, VhostUserPortConfig]  # in file order
+    ports: dict[str, PortConfig]  # in file order
     datapath: DatapathConfig
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     path: str | None = None  # file it was loaded from; None for parse_config()
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration (all defaults filled in) as plain
         dicts/strs/ints; ``parse_config(yaml.safe_dump(c.to_dict()))`` gives
-        back an equal Config (apart from ``path``)."""
+        back an equal Config (apart from ``path``).  User and group names
+        are written as their numeric ids."""
         return {
             "version": self.version,
             "runtime_dir": self.runtime_dir,
-            "ports": {name: port.to_dict() for name, port in self.ports.items()},
+            "control": self.control.to_dict(),
+            "metrics": self.metrics.to_dict(),
             "datapath": self.datapath.to_dict(),
+            "ports": {name: port.to_dict() for name, port in self.ports.items()},
         }
 
 
@@ -181,10 +315,14 @@ class ConfigError(Exception):
 # Entry points
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+def load_config(path: str | os.PathLike[str], *, check_host: bool = True) -> Config:
     """Read, parse and validate a configuration file (UTF-8 YAML).
 
     Raises ConfigError for every failure, including an unreadable file.
+    With ``check_host`` (the default) the checks that depend on this host
+    and process are made too: that runtime_dir and the server sockets'
+    directories can be created, and that datapath.cpus are available.
+    User and group names are always resolved (the Config holds ids).
     """
     filename = os.fsdecode(path)
     try:
@@ -204,16 +342,17 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(
             [ConfigIssue(filename, line, col, "", f"file is not valid UTF-8 (byte 0x{bad:02x})")]
         ) from exc
-    return _parse(text.removeprefix("\ufeff"), filename, path=filename)
+    return _parse(text.removeprefix("\ufeff"), filename, path=filename, check_host=check_host)
 
 
-def parse_config(text: str, filename: str = "<string>") -> Config:
+def parse_config(text: str, filename: str = "<string>", *, check_host: bool = True) -> Config:
     """Parse and validate configuration text; ``filename`` is only used in
-    error messages (the resulting Config has ``path=None``)."""
-    return _parse(text, filename, path=None)
+    error messages (the resulting Config has ``path=None``).  See
+    load_config() for ``check_host``."""
+    return _parse(text, filename, path=None, check_host=check_host)
 
 
-def _parse(text: str, filename: str, path: str | None) -> Config:
+def _parse(text: str, filename: str, path: str | None, check_host: bool = True) -> Config:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -222,7 +361,7 @@ def _parse(text: str, filename: str, path: str | None) -> Config:
         raise ConfigError(
             [ConfigIssue(filename, 0, 0, "", "invalid YAML: nesting too deep")]
         ) from None
-    validator = _Validator(filename)
+    validator = _Validator(filename, check_host)
     config = validator.document(root, path)
     if validator.issues or config is None:
         issues = sorted(validator.issues, key=lambda i: (i.line, i.col))
@@ -300,19 +439,36 @@ def _is_null(node: Node) -> bool:
 
 
 @dataclass
-class _SocketUse:
+class _Use:
+    """A value that must be unique among ports (socket path, MAC, ifname)."""
+
     port: str
-    path: str
+    value: str
     node: Node  # where to report problems with it
     key: str
-    derived: bool  # True if built from runtime_dir and the port name
+    derived: bool  # True if not written but built from a default
+    server: bool = False  # sockets: True if we create it (server mode)
+
+
+@dataclass
+class _Uses:
+    sockets: list[_Use] = field(default_factory=list)
+    macs: list[_Use] = field(default_factory=list)
+    ifnames: list[_Use] = field(default_factory=list)
+
+
+@dataclass
+class _Defaults:
+    values: dict[str, Any]  # valid settings from 'defaults'
+    bad: set[str]           # invalid ones (already reported)
 
 
 class _Validator:
     """Walks the composed node tree, collecting every problem found."""
 
-    def __init__(self, filename: str) -> None:
+    def __init__(self, filename: str, check_host: bool = True) -> None:
         self.filename = filename
+        self.check_host = check_host
         self.issues: list[ConfigIssue] = []
         self._constructor = SafeConstructor()
 
@@ -380,9 +536,11 @@ class _Validator:
         expected = ", ".join(sorted(allowed))
         for name, (key_node, _) in entries.items():
             if name not in allowed:
+                close = difflib.get_close_matches(name, allowed, n=1)
+                hint = f", did you mean {close[0]!r}?" if close else ""
                 self.error(
                     key_node, _join(key, name),
-                    f"unknown key {name!r} (expected one of: {expected})",
+                    f"unknown key {name!r}{hint} (expected one of: {expected})",
                 )
         for name in required:
             if name not in entries:
@@ -434,6 +592,182 @@ class _Validator:
             return None
         return path
 
+    def boolean(self, node: Node, key: str) -> bool | None:
+        value = self.construct(node, key)
+        if value is _BAD:
+            return None
+        if not isinstance(value, bool):
+            self.error(node, key, f"must be true or false (got {_describe(node, value)})")
+            return None
+        return value
+
+    def _account(self, node: Node, key: str, kind: str) -> int | None:
+        """A user (kind "user") or group ("group") given by name or number;
+        names are resolved in the host's databases."""
+        what = "uid" if kind == "user" else "gid"
+        value = self.construct(node, key)
+        if value is _BAD:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 0 <= value <= MAX_ID:
+                self.error(node, key, f"{what} must be 0..{MAX_ID} (got {value})")
+                return None
+            return value
+        if not isinstance(value, str) or not value:
+            got = "an empty string" if value == "" else _describe(node, value)
+            self.error(node, key, f"must be a {kind} name or a numeric {what} (got {got})")
+            return None
+        try:
+            if kind == "user":
+                return pwd.getpwnam(value).pw_uid
+            return grp.getgrnam(value).gr_gid
+        except (KeyError, ValueError):  # ValueError: embedded NUL
+            self.error(node, key, f"unknown {kind} {value!r} (no such {kind} on this host; "
+                                  f"create it or give a numeric {what})")
+            return None
+
+    def user(self, node: Node, key: str) -> int | None:
+        return self._account(node, key, "user")
+
+    def group(self, node: Node, key: str) -> int | None:
+        return self._account(node, key, "group")
+
+    def socket_mode(self, node: Node, key: str) -> int | None:
+        value = self.construct(node, key)
+        if value is _BAD:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 0 <= value <= MAX_SOCKET_MODE:
+                hint = ""
+                if value > 0 and not node.value.lstrip("+").startswith("0"):
+                    hint = (f"; YAML reads {node.value} without a leading 0 as a decimal number: "
+                            f"write 0{node.value} or quote it")
+                self.error(node, key, f"must be a permission mode 0000..0777 (got {value}{hint})")
+                return None
+            mode = value
+        elif isinstance(value, str):
+            match = _SOCKET_MODE_RE.fullmatch(value)
+            if match is None:
+                self.error(node, key, f"must be a permission mode of 3 octal digits such as "
+                                      f"0660 or '0660' (got {value!r})")
+                return None
+            mode = int(match.group(1), 8)
+        else:
+            self.error(node, key, f"must be a permission mode such as 0660 or '0660' "
+                                  f"(got {_describe(node, value)})")
+            return None
+        if mode & OWNER_RW != OWNER_RW:
+            self.error(node, key, f"must give the owner read and write permission (0600), "
+                                  f"else nobody can connect as the owner (got 0{mode:03o})")
+            return None
+        return mode
+
+    def mac(self, node: Node, key: str) -> str | None:
+        # YAML 1.1 reads an unquoted 52:54:00:12:34:56 as a base-60 integer:
+        # take the text of a plain scalar as written.
+        if isinstance(node, ScalarNode) and node.style is None and MAC_RE.fullmatch(node.value) \
+                and node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:str"):
+            value: Any = node.value
+        else:
+            value = self.construct(node, key)
+            if value is _BAD:
+                return None
+        if not isinstance(value, str):
+            self.error(node, key, f"must be a MAC address such as '52:54:00:12:34:56' "
+                                  f"(got {_describe(node, value)})")
+            return None
+        if MAC_RE.fullmatch(value) is None:
+            self.error(node, key, f"must be a MAC address of 6 hex bytes separated by ':', such as "
+                                  f"'52:54:00:12:34:56' (got {value!r})")
+            return None
+        mac = value.lower()
+        if int(mac[:2], 16) & 1:
+            self.error(node, key, f"must be a unicast MAC address (the first byte's lowest bit "
+                                  f"is the multicast bit) (got {value!r})")
+            return None
+        if mac == "00:00:00:00:00:00":
+            self.error(node, key, f"must not be the all-zero MAC address (got {value!r})")
+            return None
+        return mac
+
+    def listen(self, node: Node, key: str) -> tuple[str, int] | None:
+        text = self.string(node, key)
+        if text is None:
+            return None
+        usage = '"HOST:PORT" with an IP address as HOST, IPv6 in brackets ("[::1]:9479")'
+        if text.startswith("["):
+            match = re.fullmatch(r"\[([^\[\]]*)\]:([0-9]+)", text)
+        else:
+            match = re.fullmatch(r"([^:\[\]]*):([0-9]+)", text)
+        if match is None:
+            if not text.startswith("[") and text.count(":") > 1:
+                self.error(node, key, f"an IPv6 address must be written in brackets, "
+                                      f"such as '[::1]:9479' (got {text!r})")
+            else:
+                self.error(node, key, f"must be {usage} (got {text!r})")
+            return None
+        host, port_text = match.group(1), match.group(2)
+        ok = True
+        try:
+            if "%" in host:
+                raise ValueError
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            self.error(node, key, f"host must be an IPv4 or IPv6 address, not a name "
+                                  f"(got {host!r} in {text!r})")
+            ok = False
+        else:
+            if text.startswith("[") and address.version == 4:
+                self.error(node, key, f"brackets are only for IPv6 addresses (got {text!r})")
+                ok = False
+            host = str(address)
+        port = int(port_text)
+        if not MIN_PORT <= port <= MAX_PORT:
+            self.error(node, key, f"port must be {MIN_PORT}..{MAX_PORT} (got {port} in {text!r})")
+            ok = False
+        return (host, port) if ok else None
+
+    def cpus(self, node: Node, key: str) -> tuple[int, ...] | None:
+        if not isinstance(node, SequenceNode):
+            self.error(node, key, f"must be a list of CPU numbers such as [0, 1] "
+                                  f"(got {self.describe(node)})")
+            return None
+        if not node.value:
+            self.error(node, key, "must not be empty (leave 'cpus' out to let the workers "
+                                  "run on every CPU the daemon may use)")
+            return None
+        cpus: list[int] = []
+        ok = True
+        allowed = _allowed_cpus() if self.check_host else None
+        for index, item in enumerate(node.value):
+            item_key = f"{key}[{index}]"
+            cpu = self.integer(item, item_key, 0, MAX_CPU)
+            if cpu is None:
+                ok = False
+                continue
+            if cpu in cpus:
+                self.error(item, item_key, f"cpu {cpu} is listed twice")
+                ok = False
+                continue
+            if allowed is not None and cpu not in allowed:
+                self.error(item, item_key, f"cpu {cpu} is not available to this process "
+                                           f"(allowed: {_cpu_list(allowed)})")
+                ok = False
+            cpus.append(cpu)
+        return tuple(cpus) if ok else None
+
+    def check_creatable(self, path: str, directory: str, node: Node, key: str) -> None:
+        """Report if ``path`` (in ``directory``, which may not exist yet)
+        cannot be created by this process."""
+        nearest = posixpath.normpath(directory)
+        while not os.path.exists(nearest) and nearest != "/":
+            nearest = posixpath.dirname(nearest)
+        if not os.path.isdir(nearest):
+            self.error(node, key, f"cannot create {path}: {nearest} is not a directory")
+        elif not os.access(nearest, os.W_OK | os.X_OK):
+            self.error(node, key, f"cannot create {path}: {nearest} is not writable "
+                                  f"by this process (uid {os.geteuid()})")
+
     # -- the schema --------------------------------------------------------
 
     def document(self, root: Node | None, path: str | None) -> Config | None:
@@ -476,21 +810,98 @@ class _Validator:
         runtime_dir: str | None = DEFAULT_RUNTIME_DIR
         if "runtime_dir" in top:
             runtime_dir = self.absolute_path(top["runtime_dir"][1], "runtime_dir")
+        if runtime_dir is not None and self.check_host:
+            where = top["runtime_dir"][1] if "runtime_dir" in top else root
+            self.check_creatable(runtime_dir, runtime_dir, where, "runtime_dir")
 
-        ports: dict[str, VhostUserPortConfig] = {}
-        if "ports" in top:
-            ports = self.ports(top["ports"][1], runtime_dir)
+        control: ControlConfig | None = ControlConfig()
+        if "control" in top:
+            control = self.control(top["control"][1])
+
+        metrics: MetricsConfig | None = MetricsConfig()
+        if "metrics" in top:
+            metrics = self.metrics(top["metrics"][1])
 
         datapath: DatapathConfig | None = DatapathConfig()
         if "datapath" in top:
             datapath = self.datapath(top["datapath"][1])
 
-        if self.issues or version is None or runtime_dir is None or datapath is None:
+        defaults = _Defaults({}, set())
+        if "defaults" in top:
+            defaults = self.defaults(top["defaults"][1])
+
+        ports: dict[str, PortConfig] = {}
+        if "ports" in top:
+            ports = self.ports(top["ports"][1], runtime_dir, defaults)
+
+        if (self.issues or version is None or runtime_dir is None or datapath is None
+                or metrics is None or control is None):
             return None
         return Config(version=version, runtime_dir=runtime_dir, ports=ports,
-                      datapath=datapath, path=path)
+                      datapath=datapath, metrics=metrics, control=control, path=path)
 
-    def ports(self, node: Node, runtime_dir: str | None) -> dict[str, VhostUserPortConfig]:
+    def control(self, node: Node) -> ControlConfig | None:
+        entries = self.mapping(node, "control")
+        if entries is None:
+            return None
+        self.check_keys(entries, _CONTROL_KEYS, "control", node)
+        group: int | None = None
+        if "group" in entries:
+            group = self.group(entries["group"][1], "control.group")
+            if group is None:
+                return None
+        return ControlConfig(group=group)
+
+    def metrics(self, node: Node) -> MetricsConfig | None:
+        entries = self.mapping(node, "metrics")
+        if entries is None:
+            return None
+        self.check_keys(entries, _METRICS_KEYS, "metrics", node)
+        enabled: bool | None = True
+        if "enabled" in entries:
+            enabled = self.boolean(entries["enabled"][1], "metrics.enabled")
+        listen: tuple[str, int] | None = (DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT)
+        if "listen" in entries:
+            listen = self.listen(entries["listen"][1], "metrics.listen")
+        if enabled is None or listen is None:
+            return None
+        return MetricsConfig(enabled=enabled, host=listen[0], port=listen[1])
+
+    def setting(self, name: str, node: Node, key: str) -> Any:
+        """A vhost-user port setting that may also be given in 'defaults';
+        None if invalid (and reported)."""
+        if name == "mode":
+            return self.choice(node, key, PORT_MODES)
+        if name == "queues":
+            return self.integer(node, key, MIN_QUEUES, MAX_QUEUES)
+        if name == "mtu":
+            return self.integer(node, key, MIN_MTU, MAX_MTU)
+        if name == "socket_owner":
+            return self.user(node, key)
+        if name == "socket_group":
+            return self.group(node, key)
+        if name == "socket_mode":
+            return self.socket_mode(node, key)
+        assert name in FEATURE_KEYS, name
+        return self.boolean(node, key)
+
+    def defaults(self, node: Node) -> _Defaults:
+        result = _Defaults({}, set())
+        entries = self.mapping(node, "defaults")
+        if entries is None:
+            return result
+        self.check_keys(entries, _DEFAULTS_KEYS, "defaults", node)
+        for name, (_, value_node) in entries.items():
+            if name not in _DEFAULTS_KEYS:
+                continue
+            value = self.setting(name, value_node, f"defaults.{name}")
+            if value is None:
+                result.bad.add(name)  # reported once, here; ports just fail quietly
+            else:
+                result.values[name] = value
+        return result
+
+    def ports(self, node: Node, runtime_dir: str | None, defaults: _Defaults) -> dict[str, PortConfig]:
         if _is_null(node):
             self.error(node, "ports",
                        "must be a mapping of port name to port (got null); "
@@ -499,8 +910,8 @@ class _Validator:
         entries = self.mapping(node, "ports")
         if entries is None:
             return {}
-        ports: dict[str, VhostUserPortConfig] = {}
-        sockets: list[_SocketUse] = []
+        ports: dict[str, PortConfig] = {}
+        uses = _Uses()
         for name, (key_node, value_node) in entries.items():
             key = f"ports.{name}"
             name_ok = PORT_NAME_RE.fullmatch(name) is not None
@@ -510,12 +921,18 @@ class _Validator:
                     f"invalid port name {name!r} (must be 1..32 characters from "
                     "A-Z a-z 0-9 _ . - and start with a letter or digit)",
                 )
-            port, socket_use = self.port(name, key_node, value_node, key, runtime_dir, name_ok)
-            if socket_use is not None:
-                sockets.append(socket_use)
+            port = self.port(name, key_node, value_node, key, runtime_dir, name_ok, defaults, uses)
             if port is not None and name_ok:
                 ports[name] = port
-        self.check_socket_conflicts(sockets)
+        self.check_conflicts(uses.sockets, "socket path", lambda u: posixpath.normpath(u.value))
+        self.check_conflicts(uses.macs, "MAC address", lambda u: u.value)
+        self.check_conflicts(uses.ifnames, "interface name", lambda u: u.value)
+        if self.check_host and runtime_dir is not None:
+            for use in uses.sockets:
+                directory = posixpath.dirname(posixpath.normpath(use.value))
+                # Sockets in runtime_dir: checked once, on runtime_dir itself.
+                if use.server and directory != posixpath.normpath(runtime_dir):
+                    self.check_creatable(use.value, directory, use.node, use.key)
         return ports
 
     def port(
@@ -526,89 +943,131 @@ class _Validator:
         key: str,
         runtime_dir: str | None,
         name_ok: bool,
-    ) -> tuple[VhostUserPortConfig | None, _SocketUse | None]:
+        defaults: _Defaults,
+        uses: _Uses,
+    ) -> PortConfig | None:
         entries = self.mapping(node, key)
         if entries is None:
-            return None, None
+            return None
 
         ok = True
         if "type" in entries:
             type_node = entries["type"][1]
             value = self.construct(type_node, f"{key}.type")
             if value is _BAD:
-                return None, None
+                return None
             if not isinstance(value, str):
                 self.error(type_node, f"{key}.type",
                            f"must be one of: {', '.join(PORT_TYPES)} (got {_describe(type_node, value)})")
-                return None, None
+                return None
             if value not in PORT_TYPES:
                 # Other keys depend on the type: don't guess at them.
                 self.error(type_node, f"{key}.type",
                            f"unsupported port type {value!r} (supported: {', '.join(PORT_TYPES)})")
-                return None, None
+                return None
+            if value == "tap":
+                return self.tap_port(name, entries, node, key, uses)
         else:
-            # vhost-user is the only type for now, so keep checking the
-            # rest of the port against it to report everything at once.
+            # Keep checking the rest of the port as vhost-user (the usual
+            # type) to report everything at once.
             self.error(node, key,
                        f"missing required key 'type' (supported: {', '.join(PORT_TYPES)})")
             ok = False
 
-        if entries.get("type") and self.construct(entries["type"][1], f"{key}.type") == "tap":
-            return self.tap_port(name, entries, node, key), None
-
         self.check_keys(entries, _VHOST_USER_KEYS, key, node)
 
-        mode: str | None = DEFAULT_PORT_MODE
+        # A setting missing from the port comes from 'defaults'; an invalid
+        # default has been reported there already.
+        mode: str | None
         if "mode" in entries:
-            mode = self.choice(entries["mode"][1], f"{key}.mode", PORT_MODES)
+            mode = self.setting("mode", entries["mode"][1], f"{key}.mode")
+        elif "mode" in defaults.bad:
+            mode = None
+        else:
+            mode = defaults.values.get("mode", DEFAULT_PORT_MODE)
+        ok = ok and mode is not None
+        settings: dict[str, Any] = {"queues": DEFAULT_QUEUES}
+        for setting in _DEFAULTS_KEYS:
+            if setting == "mode":
+                continue
+            if mode == "client" and setting in SOCKET_PERMISSION_KEYS:
+                # Defaults for these apply to server-mode ports only.
+                if setting in entries:
+                    self.error(entries[setting][0], f"{key}.{setting}",
+                               "only for server-mode ports: in client mode QEMU creates the "
+                               "socket and sets its owner, group and mode")
+                    ok = False
+                continue
+            if setting in entries:
+                value = self.setting(setting, entries[setting][1], f"{key}.{setting}")
+                if value is None:
+                    ok = False
+                else:
+                    settings[setting] = value
+            elif setting in defaults.bad:
+                ok = False
+            elif setting in defaults.values:
+                settings[setting] = defaults.values[setting]
 
-        queues: int | None = DEFAULT_QUEUES
-        if "queues" in entries:
-            queues = self.integer(entries["queues"][1], f"{key}.queues", MIN_QUEUES, MAX_QUEUES)
+        mac: str | None = None
+        if "mac" in entries:
+            mac_node = entries["mac"][1]
+            mac = self.mac(mac_node, f"{key}.mac")
+            if mac is None:
+                ok = False
+            else:
+                uses.macs.append(_Use(name, mac, mac_node, f"{key}.mac", derived=False))
 
         socket: str | None = None
-        socket_use: _SocketUse | None = None
+        socket_use: _Use | None = None
         if "socket" in entries:
             socket_node = entries["socket"][1]
             socket = self.absolute_path(socket_node, f"{key}.socket")
             if socket is not None:
-                socket_use = _SocketUse(name, socket, socket_node, f"{key}.socket", derived=False)
+                socket_use = _Use(name, socket, socket_node, f"{key}.socket", derived=False)
         elif runtime_dir is not None and name_ok:
             socket = posixpath.join(runtime_dir, f"{name}.sock")
-            socket_use = _SocketUse(name, socket, key_node, f"{key}.socket", derived=True)
+            socket_use = _Use(name, socket, key_node, f"{key}.socket", derived=True)
 
         if socket_use is not None:
-            size = len(socket_use.path.encode("utf-8", "surrogatepass"))
+            socket_use.server = mode == "server"
+            uses.sockets.append(socket_use)
+            size = len(socket_use.value.encode("utf-8", "surrogatepass"))
             if size > UNIX_PATH_MAX:
                 message = (
                     f"socket path too long for AF_UNIX: {size} bytes, at most "
-                    f"{UNIX_PATH_MAX} allowed (got {socket_use.path!r})"
+                    f"{UNIX_PATH_MAX} allowed (got {socket_use.value!r})"
                 )
                 if socket_use.derived:
                     message = ("default " + message
                                + "; use a shorter runtime_dir or port name, or set 'socket'")
                 self.error(socket_use.node, socket_use.key, message)
+                socket_use.server = False  # no point checking its directory
                 socket = None
 
-        if not ok or mode is None or queues is None or socket is None:
-            return None, socket_use
-        return VhostUserPortConfig(name=name, mode=mode, socket=socket, queues=queues), socket_use
+        if not ok or mode is None or socket is None:
+            return None
+        return VhostUserPortConfig(name=name, mode=mode, socket=socket, mac=mac, **settings)
 
-    def tap_port(self, name: str, entries, node: Node, key: str) -> TapPortConfig | None:
+    def tap_port(self, name: str, entries: _Entries, node: Node, key: str,
+                 uses: _Uses) -> TapPortConfig | None:
         self.check_keys(entries, _TAP_KEYS, key, node)
         ok = True
         ifname: str | None = name
         if "ifname" in entries:
             ifname = self.string(entries["ifname"][1], f"{key}.ifname")
         if ifname is not None:
+            where = entries["ifname"][1] if "ifname" in entries else node
             size = len(ifname.encode("utf-8", "surrogatepass"))
             if not ifname or size >= IFNAMSIZ or any(c in ifname for c in "/: \t\n%") \
                     or ifname in (".", ".."):
-                where = entries["ifname"][1] if "ifname" in entries else node
                 self.error(where, f"{key}.ifname",
                            f"not a valid interface name: at most {IFNAMSIZ - 1} bytes, no '/', ':', "
                            f"'%' or whitespace (got {ifname!r}, {size} bytes)")
                 ok = False
+            else:
+                uses.ifnames.append(_Use(name, ifname, where, f"{key}.ifname",
+                                         derived="ifname" not in entries))
         queues: int | None = DEFAULT_QUEUES
         if "queues" in entries:
             queues = self.integer(entries["queues"][1], f"{key}.queues", MIN_QUEUES, MAX_QUEUES)
@@ -616,31 +1075,36 @@ class _Validator:
         if "mtu" in entries:
             mtu = self.integer(entries["mtu"][1], f"{key}.mtu", MIN_MTU, MAX_MTU)
             ok = ok and mtu is not None
-        create = True
+        create: bool | None = True
         if "create" in entries:
-            value = self.construct(entries["create"][1], f"{key}.create")
-            if not isinstance(value, bool):
-                self.error(entries["create"][1], f"{key}.create", f"must be true or false (got {value!r})")
+            create = self.boolean(entries["create"][1], f"{key}.create")
+        mac: str | None = None
+        if "mac" in entries:
+            mac_node = entries["mac"][1]
+            mac = self.mac(mac_node, f"{key}.mac")
+            if mac is None:
                 ok = False
             else:
-                create = value
-        if not ok or ifname is None or queues is None:
+                uses.macs.append(_Use(name, mac, mac_node, f"{key}.mac", derived=False))
+        if not ok or ifname is None or queues is None or create is None:
             return None
-        return TapPortConfig(name=name, ifname=ifname, queues=queues, mtu=mtu, create=create)
+        return TapPortConfig(name=name, ifname=ifname, queues=queues, mtu=mtu, create=create, mac=mac)
 
-    def check_socket_conflicts(self, sockets: list[_SocketUse]) -> None:
-        by_path: dict[str, list[_SocketUse]] = {}
-        for use in sockets:
-            by_path.setdefault(posixpath.normpath(use.path), []).append(use)
-        for uses in by_path.values():
-            if len(uses) < 2:
+    def check_conflicts(self, uses: list[_Use], what: str, normalize) -> None:
+        """Report every value (socket path, MAC, ...) used by more than one
+        port, on each of those ports."""
+        by_value: dict[Any, list[_Use]] = {}
+        for use in uses:
+            by_value.setdefault(normalize(use), []).append(use)
+        for group in by_value.values():
+            if len(group) < 2:
                 continue
-            for use in uses:
-                others = [repr(o.port) for o in uses if o is not use]
-                what = "default socket path" if use.derived else "socket path"
+            for use in group:
+                others = [repr(o.port) for o in group if o is not use]
+                label = f"default {what}" if use.derived else what
                 ports = "port" if len(others) == 1 else "ports"
                 self.error(use.node, use.key,
-                           f"{what} {use.path!r} is also used by {ports} {', '.join(others)}")
+                           f"{label} {use.value!r} is also used by {ports} {', '.join(others)}")
 
     def datapath(self, node: Node) -> DatapathConfig | None:
         entries = self.mapping(node, "datapath")
@@ -653,6 +1117,29 @@ class _Validator:
         mode: str | None = DEFAULT_DATAPATH_MODE
         if "mode" in entries:
             mode = self.choice(entries["mode"][1], "datapath.mode", DATAPATH_MODES)
-        if workers is None or mode is None:
+        cpus: tuple[int, ...] | None = None
+        cpus_ok = True
+        if "cpus" in entries:
+            cpus = self.cpus(entries["cpus"][1], "datapath.cpus")
+            cpus_ok = cpus is not None
+        if workers is None or mode is None or not cpus_ok:
             return None
-        return DatapathConfig(workers=workers, mode=mode)
+        return DatapathConfig(workers=workers, mode=mode, cpus=cpus)
+
+
+def _allowed_cpus() -> set[int] | None:
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return None
+
+
+def _cpu_list(cpus: set[int]) -> str:
+    """{0, 1, 2, 5} -> "0-2,5" (the kernel's cpulist format)."""
+    ranges: list[list[int]] = []
+    for cpu in sorted(cpus):
+        if ranges and cpu == ranges[-1][1] + 1:
+            ranges[-1][1] = cpu
+        else:
+            ranges.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)

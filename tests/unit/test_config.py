@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vswitch import config as config_module
 from vswitch.config import (
     TapPortConfig,
     Config,
     ConfigError,
     ConfigIssue,
+    ControlConfig,
     DatapathConfig,
+    MetricsConfig,
     VhostUserPortConfig,
     load_config,
     parse_config,
@@ -126,12 +129,17 @@ def test_socket_path_of_exactly_107_bytes_accepted() -> None:
 def test_to_dict_round_trips() -> None:
     config = parse_config(doc(GOOD))
     as_dict = config.to_dict()
+    features = {"mrg_rxbuf": True, "event_idx": True, "indirect_desc": True, "offloads": True}
     assert as_dict == {
         "version": 1,
         "runtime_dir": "/run/vs",
+        "control": {},
+        "metrics": {"enabled": True, "listen": "127.0.0.1:9479"},
         "ports": {
-            "vm1": {"type": "vhost-user", "mode": "server", "socket": "/run/vs/one.sock", "queues": 2},
-            "vm2": {"type": "vhost-user", "mode": "client", "socket": "/run/vs/vm2.sock", "queues": 1},
+            "vm1": {"type": "vhost-user", "mode": "server", "socket": "/run/vs/one.sock", "queues": 2,
+                    "socket_mode": 0o660, **features},
+            "vm2": {"type": "vhost-user", "mode": "client", "socket": "/run/vs/vm2.sock", "queues": 1,
+                    **features},
         },
         "datapath": {"workers": 4, "mode": "adaptive"},
     }
@@ -173,7 +181,8 @@ def test_config_error_str_lists_all_issues() -> None:
         parse_config("ports: {}\ndatapath: {workers: 0}\nx: 1\n", "c.yaml")
     assert str(info.value) == (
         "c.yaml:2:21: datapath.workers: must be 1..64 (got 0)\n"
-        "c.yaml:3:1: x: unknown key 'x' (expected one of: datapath, ports, runtime_dir, version)"
+        "c.yaml:3:1: x: unknown key 'x' (expected one of: "
+        "control, datapath, defaults, metrics, ports, runtime_dir, version)"
     )
     assert all(isinstance(e, ConfigIssue) for e in info.value.errors)
 
@@ -242,9 +251,11 @@ def test_unknown_keys() -> None:
         datapath: {workers: 1, threads: 2}
         portz: {}
         """) == [
-        "c.yaml:4:5: ports.vm1.queus: unknown key 'queus' (expected one of: mode, queues, socket, type)",
-        "c.yaml:5:24: datapath.threads: unknown key 'threads' (expected one of: mode, workers)",
-        "c.yaml:6:1: portz: unknown key 'portz' (expected one of: datapath, ports, runtime_dir, version)",
+        "c.yaml:4:5: ports.vm1.queus: unknown key 'queus', did you mean 'queues'? (expected one of: "
+        "event_idx, indirect_desc, mac, mode, mrg_rxbuf, mtu, offloads, queues, socket, socket_group, socket_mode, socket_owner, type)",
+        "c.yaml:5:24: datapath.threads: unknown key 'threads' (expected one of: cpus, mode, workers)",
+        "c.yaml:6:1: portz: unknown key 'portz', did you mean 'ports'? (expected one of: "
+        "control, datapath, defaults, metrics, ports, runtime_dir, version)",
     ]
 
 
@@ -465,7 +476,8 @@ def test_all_errors_reported_at_once_in_file_order() -> None:
         "c.yaml:1:14: runtime_dir: must be an absolute path (got 'relative')",
         "c.yaml:5:11: ports.vm1.mode: must be one of: server, client (got 'sever')",
         "c.yaml:6:13: ports.vm1.queues: must be 1..64 (got 0)",
-        "c.yaml:7:5: ports.vm1.sockt: unknown key 'sockt' (expected one of: mode, queues, socket, type)",
+        "c.yaml:7:5: ports.vm1.sockt: unknown key 'sockt', did you mean 'socket'? (expected one of: "
+        "event_idx, indirect_desc, mac, mode, mrg_rxbuf, mtu, offloads, queues, socket, socket_group, socket_mode, socket_owner, type)",
         "c.yaml:8:3: ports.-bad: invalid port name '-bad' (must be 1..32 characters from "
         "A-Z a-z 0-9 _ . - and start with a letter or digit)",
         "c.yaml:9:35: ports.vm2.socket: socket path '/x.sock' is also used by port 'vm3'",
@@ -610,4 +622,533 @@ def test_tap_port() -> None:
     lines = str(exc.value).splitlines()
     assert lines[0].startswith("t.yaml:2:27: ports.up.ifname: not a valid interface name: at most 15 bytes")
     assert lines[1] == "t.yaml:2:50: ports.up.mtu: must be 68..65535 (got 20)"
-    assert lines[2] == "t.yaml:2:62: ports.up.create: must be true or false (got 3)"
+    assert lines[2] == "t.yaml:2:62: ports.up.create: must be true or false (got integer 3)"
+
+
+# --------------------------------------------------------------------------
+# Issue 5: control, metrics, datapath.cpus, defaults, and the new port keys
+
+MISSING = "no-such-name-vswitch-test"
+FEATURES_ON = {"mrg_rxbuf": True, "event_idx": True, "indirect_desc": True, "offloads": True}
+
+
+def test_new_sections_default() -> None:
+    config = parse_config("ports: {vm1: {type: vhost-user}, up: {type: tap}}\n")
+    assert config.metrics == MetricsConfig(enabled=True, host="127.0.0.1", port=9479)
+    assert config.metrics.listen == "127.0.0.1:9479"
+    assert config.control == ControlConfig(group=None)
+    assert config.datapath == DatapathConfig(workers=1, mode="adaptive", cpus=None)
+    vm1 = config.ports["vm1"]
+    assert (vm1.mtu, vm1.mac, vm1.socket_owner, vm1.socket_group, vm1.socket_mode) == (None, None, None, None, 0o660)
+    assert (vm1.mrg_rxbuf, vm1.event_idx, vm1.indirect_desc, vm1.offloads) == (True, True, True, True)
+    assert config.ports["up"].mac is None
+
+
+def test_dataclass_defaults_for_direct_construction() -> None:
+    # Other modules build these directly (tests, the daemon's diff).
+    port = VhostUserPortConfig(name="p", mode="server", socket="/s", queues=1)
+    assert port.socket_mode == 0o660 and port.mrg_rxbuf and port.type == "vhost-user"
+    assert TapPortConfig(name="t", ifname="t", queues=1).mac is None
+    config = Config(version=1, runtime_dir="/r", ports={}, datapath=DatapathConfig())
+    assert config.metrics == MetricsConfig() and config.control == ControlConfig()
+    # Frozen and compared by value, so the daemon can diff old and new ports.
+    assert port == VhostUserPortConfig(name="p", mode="server", socket="/s", queues=1)
+    assert port != VhostUserPortConfig(name="p", mode="server", socket="/s", queues=1, event_idx=False)
+    with pytest.raises(AttributeError):
+        port.queues = 2  # type: ignore[misc]
+
+
+def test_every_new_key() -> None:
+    config = parse_config(doc("""
+        control: {group: root}
+        metrics: {enabled: false, listen: "[::1]:9100"}
+        datapath: {workers: 2, mode: poll, cpus: [0]}
+        ports:
+          vm1:
+            type: vhost-user
+            queues: 2
+            mtu: 9000
+            mac: "52:54:00:AB:CD:EF"
+            socket_owner: root
+            socket_group: 0
+            socket_mode: 0600
+            mrg_rxbuf: false
+            event_idx: false
+            indirect_desc: false
+            offloads: false
+          up: {type: tap, ifname: vs0, mac: "02:00:00:00:00:01"}
+        """))
+    assert config.control == ControlConfig(group=0)
+    assert config.metrics == MetricsConfig(enabled=False, host="::1", port=9100)
+    assert config.metrics.listen == "[::1]:9100"
+    assert config.datapath == DatapathConfig(workers=2, mode="poll", cpus=(0,))
+    assert config.ports["vm1"] == VhostUserPortConfig(
+        name="vm1", mode="server", socket="/run/vswitch/vm1.sock", queues=2, mtu=9000,
+        mac="52:54:00:ab:cd:ef", socket_owner=0, socket_group=0, socket_mode=0o600,
+        mrg_rxbuf=False, event_idx=False, indirect_desc=False, offloads=False,
+    )
+    assert config.ports["up"] == TapPortConfig(name="up", ifname="vs0", queues=1, mac="02:00:00:00:00:01")
+
+
+def test_full_config_round_trips_through_to_dict() -> None:
+    config = parse_config(doc("""
+        control: {group: root}
+        metrics: {listen: "[2001:DB8::0001]:9100"}
+        datapath: {cpus: [1, 0]}
+        defaults: {queues: 3, socket_owner: root, socket_mode: "0640", offloads: false}
+        ports:
+          vm1: {type: vhost-user, mac: 52:54:00:12:34:56, mtu: 1500}
+          vm2: {type: vhost-user, mode: client}
+          up: {type: tap, mac: "02:00:00:00:00:0A", mtu: 9000, create: false}
+        """))
+    as_dict = config.to_dict()
+    assert as_dict["control"] == {"group": 0}
+    assert as_dict["metrics"] == {"enabled": True, "listen": "[2001:db8::1]:9100"}
+    assert as_dict["datapath"] == {"workers": 1, "mode": "adaptive", "cpus": [1, 0]}
+    assert as_dict["ports"]["vm1"] == {
+        "type": "vhost-user", "mode": "server", "socket": "/run/vswitch/vm1.sock", "queues": 3,
+        "mtu": 1500, "mac": "52:54:00:12:34:56", "socket_owner": 0, "socket_mode": 0o640,
+        "mrg_rxbuf": True, "event_idx": True, "indirect_desc": True, "offloads": False,
+    }
+    # A client port has no socket_* keys (they would be an error).
+    assert not any(k.startswith("socket_") for k in as_dict["ports"]["vm2"])
+    assert as_dict["ports"]["up"]["mac"] == "02:00:00:00:00:0a"
+    assert parse_config(yaml.safe_dump(as_dict, sort_keys=False)) == config
+    assert parse_config(yaml.safe_dump(as_dict)) == config
+
+
+# -- defaults ---------------------------------------------------------------
+
+
+def test_defaults_apply_to_vhost_user_ports_and_ports_override_them() -> None:
+    config = parse_config(doc("""
+        defaults:
+          mode: client
+          queues: 4
+          mtu: 1500
+          mrg_rxbuf: false
+        ports:
+          a: {type: vhost-user}
+          b: {type: vhost-user, mode: server, queues: 1, mtu: 9000, mrg_rxbuf: true}
+          up: {type: tap}
+        """))
+    a, b, up = config.ports["a"], config.ports["b"], config.ports["up"]
+    assert (a.mode, a.queues, a.mtu, a.mrg_rxbuf) == ("client", 4, 1500, False)
+    assert (b.mode, b.queues, b.mtu, b.mrg_rxbuf) == ("server", 1, 9000, True)
+    assert (up.queues, up.mtu) == (1, None)   # defaults are for vhost-user ports only
+
+
+def test_socket_defaults_apply_to_server_ports_only() -> None:
+    config = parse_config(doc("""
+        defaults: {socket_owner: 0, socket_group: root, socket_mode: 0600}
+        ports:
+          srv: {type: vhost-user}
+          cli: {type: vhost-user, mode: client}
+          own: {type: vhost-user, socket_group: 0, socket_mode: 0666}
+        """))
+    srv, cli, own = config.ports["srv"], config.ports["cli"], config.ports["own"]
+    assert (srv.socket_owner, srv.socket_group, srv.socket_mode) == (0, 0, 0o600)
+    assert (cli.socket_owner, cli.socket_group, cli.socket_mode) == (None, None, 0o660)
+    assert (own.socket_owner, own.socket_group, own.socket_mode) == (0, 0, 0o666)
+
+
+def test_invalid_default_is_reported_once_at_defaults() -> None:
+    assert errors("""
+        defaults:
+          queues: 0
+          mode: sever
+        ports:
+          a: {type: vhost-user}
+          b: {type: vhost-user}
+          c: {type: vhost-user, queues: 2, mode: client}
+        """) == [
+        "c.yaml:2:11: defaults.queues: must be 1..64 (got 0)",
+        "c.yaml:3:9: defaults.mode: must be one of: server, client (got 'sever')",
+    ]
+
+
+def test_defaults_errors() -> None:
+    assert errors("""
+        defaults:
+          socket: /x.sock
+          type: tap
+          offloads: 'no'
+        ports: {}
+        """) == [
+        "c.yaml:2:3: defaults.socket: unknown key 'socket', did you mean 'socket_mode'? (expected one of: event_idx, indirect_desc, "
+        "mode, mrg_rxbuf, mtu, offloads, queues, socket_group, socket_mode, socket_owner)",
+        "c.yaml:3:3: defaults.type: unknown key 'type' (expected one of: event_idx, indirect_desc, "
+        "mode, mrg_rxbuf, mtu, offloads, queues, socket_group, socket_mode, socket_owner)",
+        "c.yaml:4:13: defaults.offloads: must be true or false (got string 'no')",
+    ]
+    assert one_error("defaults: [1]\nports: {}\n") == "c.yaml:1:11: defaults: must be a mapping (got a list)"
+
+
+def test_client_port_with_socket_permissions_via_default_mode() -> None:
+    assert one_error("defaults: {mode: client}\nports:\n  vm1: {type: vhost-user, socket_mode: 0600}\n") == (
+        "c.yaml:3:27: ports.vm1.socket_mode: only for server-mode ports: in client mode QEMU "
+        "creates the socket and sets its owner, group and mode"
+    )
+
+
+# -- socket_owner / socket_group / socket_mode --------------------------------
+
+
+def test_client_port_rejects_socket_permissions() -> None:
+    assert errors("""
+        ports:
+          vm1:
+            type: vhost-user
+            mode: client
+            socket_owner: root
+            socket_group: 0
+            socket_mode: 0660
+        """) == [
+        f"c.yaml:{line}:5: ports.vm1.{key}: only for server-mode ports: in client mode QEMU "
+        "creates the socket and sets its owner, group and mode"
+        for line, key in ((5, "socket_owner"), (6, "socket_group"), (7, "socket_mode"))
+    ]
+
+
+@pytest.mark.parametrize(
+    "value, mode",
+    [("0660", 0o660), ("'0660'", 0o660), ('"660"', 0o660), ("'0o640'", 0o640), ("432", 0o660),
+     ("0600", 0o600), ("0777", 0o777), ("'777'", 0o777), ("0700", 0o700)],
+)
+def test_socket_mode_forms(value: str, mode: int) -> None:
+    config = parse_config(f"ports: {{vm1: {{type: vhost-user, socket_mode: {value}}}}}\n")
+    assert config.ports["vm1"].socket_mode == mode
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("660", "must be a permission mode 0000..0777 (got 660; YAML reads 660 without a leading 0 "
+                "as a decimal number: write 0660 or quote it)"),
+        ("01000", "must be a permission mode 0000..0777 (got 512)"),
+        ("-1", "must be a permission mode 0000..0777 (got -1)"),
+        ("0460", "must give the owner read and write permission (0600), else nobody can connect "
+                 "as the owner (got 0460)"),
+        ("'0066'", "must give the owner read and write permission (0600), else nobody can connect "
+                   "as the owner (got 0066)"),
+        ("0", "must give the owner read and write permission (0600), else nobody can connect "
+              "as the owner (got 0000)"),
+        ("rw-rw----", "must be a permission mode of 3 octal digits such as 0660 or '0660' (got 'rw-rw----')"),
+        ("'0680'", "must be a permission mode of 3 octal digits such as 0660 or '0660' (got '0680')"),
+        ("true", "must be a permission mode such as 0660 or '0660' (got boolean true)"),
+        ("6.6", "must be a permission mode such as 0660 or '0660' (got float 6.6)"),
+    ],
+)
+def test_bad_socket_mode(value: str, message: str) -> None:
+    assert one_error(f"ports:\n  vm1:\n    type: vhost-user\n    socket_mode: {value}\n") == (
+        f"c.yaml:4:18: ports.vm1.socket_mode: {message}"
+    )
+
+
+def test_owner_and_group_by_name_and_number() -> None:
+    config = parse_config(doc("""
+        control: {group: root}
+        ports:
+          a: {type: vhost-user, socket_owner: root, socket_group: root}
+          b: {type: vhost-user, socket_owner: 0, socket_group: 0}
+          c: {type: vhost-user, socket_owner: 4294967294, socket_group: 107}
+        """))
+    assert config.control.group == 0
+    assert (config.ports["a"].socket_owner, config.ports["a"].socket_group) == (0, 0)
+    assert config.ports["a"].socket_owner == config.ports["b"].socket_owner
+    assert (config.ports["c"].socket_owner, config.ports["c"].socket_group) == (4294967294, 107)
+
+
+def test_unknown_owner_and_group_names() -> None:
+    assert errors(f"""
+        control: {{group: {MISSING}}}
+        ports:
+          a:
+            type: vhost-user
+            socket_owner: {MISSING}
+            socket_group: {MISSING}
+        """) == [
+        f"c.yaml:1:18: control.group: unknown group '{MISSING}' (no such group on this host; "
+        "create it or give a numeric gid)",
+        f"c.yaml:5:19: ports.a.socket_owner: unknown user '{MISSING}' (no such user on this host; "
+        "create it or give a numeric uid)",
+        f"c.yaml:6:19: ports.a.socket_group: unknown group '{MISSING}' (no such group on this host; "
+        "create it or give a numeric gid)",
+    ]
+
+
+def test_bad_owner_and_group_values() -> None:
+    assert errors("""
+        ports:
+          a:
+            type: vhost-user
+            socket_owner: -1
+            socket_group: 4294967295
+          b: {type: vhost-user, socket_owner: [root], socket_group: ""}
+        """) == [
+        "c.yaml:4:19: ports.a.socket_owner: uid must be 0..4294967294 (got -1)",
+        "c.yaml:5:19: ports.a.socket_group: gid must be 0..4294967294 (got 4294967295)",
+        "c.yaml:6:39: ports.b.socket_owner: must be a user name or a numeric uid (got a list)",
+        "c.yaml:6:61: ports.b.socket_group: must be a group name or a numeric gid (got an empty string)",
+    ]
+
+
+# -- mac ------------------------------------------------------------------------
+
+
+def test_mac_normalized_and_unquoted_form_taken_as_written() -> None:
+    config = parse_config(doc("""
+        ports:
+          a: {type: vhost-user, mac: 52:54:00:12:34:56}
+          b: {type: vhost-user, mac: "52:54:00:AB:cd:0F"}
+          c: {type: tap, mac: 02:00:00:00:00:01}
+        """))
+    # YAML 1.1 would read 52:54:00:12:34:56 as the base-60 integer 41135085296.
+    assert config.ports["a"].mac == "52:54:00:12:34:56"
+    assert config.ports["b"].mac == "52:54:00:ab:cd:0f"
+    assert config.ports["c"].mac == "02:00:00:00:00:01"
+
+
+def test_bad_macs() -> None:
+    assert errors("""
+        ports:
+          a: {type: vhost-user, mac: "01:00:5e:00:00:01"}
+          b: {type: vhost-user, mac: "ff:ff:ff:ff:ff:ff"}
+          c: {type: vhost-user, mac: "00:00:00:00:00:00"}
+          d: {type: vhost-user, mac: "52:54:00:12:34"}
+          e: {type: vhost-user, mac: 525400123456}
+          f: {type: tap, mac: "52-54-00-12-34-56"}
+        """) == [
+        "c.yaml:2:30: ports.a.mac: must be a unicast MAC address (the first byte's lowest bit is the "
+        "multicast bit) (got '01:00:5e:00:00:01')",
+        "c.yaml:3:30: ports.b.mac: must be a unicast MAC address (the first byte's lowest bit is the "
+        "multicast bit) (got 'ff:ff:ff:ff:ff:ff')",
+        "c.yaml:4:30: ports.c.mac: must not be the all-zero MAC address (got '00:00:00:00:00:00')",
+        "c.yaml:5:30: ports.d.mac: must be a MAC address of 6 hex bytes separated by ':', such as "
+        "'52:54:00:12:34:56' (got '52:54:00:12:34')",
+        "c.yaml:6:30: ports.e.mac: must be a MAC address such as '52:54:00:12:34:56' (got integer 525400123456)",
+        "c.yaml:7:23: ports.f.mac: must be a MAC address of 6 hex bytes separated by ':', such as "
+        "'52:54:00:12:34:56' (got '52-54-00-12-34-56')",
+    ]
+
+
+def test_duplicate_macs_across_port_types() -> None:
+    assert errors("""
+        ports:
+          a: {type: vhost-user, mac: "52:54:00:00:00:AA"}
+          b: {type: vhost-user, mac: "52:54:00:00:00:01"}
+          up: {type: tap, mac: "52:54:00:00:00:aa"}
+        """) == [
+        "c.yaml:2:30: ports.a.mac: MAC address '52:54:00:00:00:aa' is also used by port 'up'",
+        "c.yaml:4:24: ports.up.mac: MAC address '52:54:00:00:00:aa' is also used by port 'a'",
+    ]
+
+
+def test_duplicate_tap_ifnames() -> None:
+    assert errors("""
+        ports:
+          vs0: {type: tap}
+          up: {type: tap, ifname: vs0}
+        """) == [
+        "c.yaml:2:8: ports.vs0.ifname: default interface name 'vs0' is also used by port 'up'",
+        "c.yaml:3:27: ports.up.ifname: interface name 'vs0' is also used by port 'vs0'",
+    ]
+
+
+# -- feature switches ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["mrg_rxbuf", "event_idx", "indirect_desc", "offloads"])
+def test_feature_switches(key: str) -> None:
+    config = parse_config(f"ports: {{vm1: {{type: vhost-user, {key}: false}}}}\n")
+    assert getattr(config.ports["vm1"], key) is False
+    assert one_error(f"ports:\n  vm1:\n    type: vhost-user\n    {key}: 0\n") == (
+        f"c.yaml:4:{7 + len(key)}: ports.vm1.{key}: must be true or false (got integer 0)"
+    )
+
+
+# -- metrics ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "listen, host, port",
+    [("127.0.0.1:9479", "127.0.0.1", 9479), ("0.0.0.0:1", "0.0.0.0", 1),
+     ("[::]:65535", "::", 65535), ("[FE80::1]:80", "fe80::1", 80)],
+)
+def test_metrics_listen(listen: str, host: str, port: int) -> None:
+    config = parse_config(f"metrics: {{listen: '{listen}'}}\nports: {{}}\n")
+    assert (config.metrics.host, config.metrics.port) == (host, port)
+
+
+@pytest.mark.parametrize(
+    "listen, message",
+    [
+        ("localhost:9479", "host must be an IPv4 or IPv6 address, not a name (got 'localhost' in 'localhost:9479')"),
+        ("127.0.0.1:0", "port must be 1..65535 (got 0 in '127.0.0.1:0')"),
+        ("127.0.0.1:65536", "port must be 1..65535 (got 65536 in '127.0.0.1:65536')"),
+        ("127.0.0.1", 'must be "HOST:PORT" with an IP address as HOST, IPv6 in brackets ("[::1]:9479") '
+                      "(got '127.0.0.1')"),
+        (":9479", "host must be an IPv4 or IPv6 address, not a name (got '' in ':9479')"),
+        ("::1:9479", "an IPv6 address must be written in brackets, such as '[::1]:9479' (got '::1:9479')"),
+        ("[127.0.0.1]:9479", "brackets are only for IPv6 addresses (got '[127.0.0.1]:9479')"),
+        ("[fe80::1%eth0]:9479", "host must be an IPv4 or IPv6 address, not a name (got 'fe80::1%eth0' "
+                                "in '[fe80::1%eth0]:9479')"),
+    ],
+)
+def test_bad_metrics_listen(listen: str, message: str) -> None:
+    assert one_error(f"ports: {{}}\nmetrics:\n  listen: '{listen}'\n") == f"c.yaml:3:11: metrics.listen: {message}"
+
+
+def test_metrics_errors() -> None:
+    assert errors("""
+        ports: {}
+        metrics:
+          enabled: "yes"
+          listen: 9479
+          port: 1
+        """) == [
+        "c.yaml:3:12: metrics.enabled: must be true or false (got string 'yes')",
+        "c.yaml:4:11: metrics.listen: must be a string (got integer 9479)",
+        "c.yaml:5:3: metrics.port: unknown key 'port' (expected one of: enabled, listen)",
+    ]
+
+
+def test_control_errors() -> None:
+    assert errors("ports: {}\ncontrol: {mode: 0660, group: 1.5}\n") == [
+        "c.yaml:2:11: control.mode: unknown key 'mode' (expected one of: group)",
+        "c.yaml:2:30: control.group: must be a group name or a numeric gid (got float 1.5)",
+    ]
+    assert one_error("ports: {}\ncontrol: root\n") == "c.yaml:2:10: control: must be a mapping (got string 'root')"
+
+
+# -- datapath.cpus ---------------------------------------------------------------
+
+
+def test_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config_module.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 8})
+    assert parse_config("ports: {}\ndatapath: {cpus: [3, 0, 8]}\n").datapath.cpus == (3, 0, 8)
+    assert errors("""
+        ports: {}
+        datapath:
+          cpus: [1, 7, 1, -1, '2', 4096]
+        """) == [
+        "c.yaml:3:13: datapath.cpus[1]: cpu 7 is not available to this process (allowed: 0-3,8)",
+        "c.yaml:3:16: datapath.cpus[2]: cpu 1 is listed twice",
+        "c.yaml:3:19: datapath.cpus[3]: must be 0..4095 (got -1)",
+        "c.yaml:3:23: datapath.cpus[4]: must be an integer 0..4095 (got string '2')",
+        "c.yaml:3:28: datapath.cpus[5]: must be 0..4095 (got 4096)",
+    ]
+    # Without the host checks, any CPU number is accepted.
+    assert parse_config("ports: {}\ndatapath: {cpus: [7]}\n", check_host=False).datapath.cpus == (7,)
+
+
+def test_cpus_must_be_a_non_empty_list() -> None:
+    assert one_error("ports: {}\ndatapath: {cpus: []}\n") == (
+        "c.yaml:2:18: datapath.cpus: must not be empty (leave 'cpus' out to let the workers run on "
+        "every CPU the daemon may use)"
+    )
+    assert one_error("ports: {}\ndatapath: {cpus: 0-3}\n") == (
+        "c.yaml:2:18: datapath.cpus: must be a list of CPU numbers such as [0, 1] (got string '0-3')"
+    )
+
+
+def test_cpu_list_format() -> None:
+    assert config_module._cpu_list({0, 1}) == "0-1"
+    assert config_module._cpu_list({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8"
+    assert config_module._cpu_list({3}) == "3"
+
+
+# -- directories the daemon must create ------------------------------------------
+
+
+def test_socket_directory_must_be_creatable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert errors(f"""
+        runtime_dir: {tmp_path}/run
+        ports:
+          a: {{type: vhost-user, socket: {blocker}/sub/a.sock}}
+          b: {{type: vhost-user, mode: client, socket: {blocker}/b.sock}}
+          c: {{type: vhost-user, socket: {tmp_path}/new/dirs/c.sock}}
+        """) == [
+        f"c.yaml:3:33: ports.a.socket: cannot create {blocker}/sub/a.sock: {blocker} is not a directory",
+    ]   # b: QEMU creates a client port's socket; c: the directories can be made
+
+
+def test_runtime_dir_must_be_creatable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    # Reported once for runtime_dir, not again for each default socket in it.
+    assert errors(f"""
+        runtime_dir: {blocker}/run
+        ports:
+          a: {{type: vhost-user}}
+          b: {{type: vhost-user}}
+        """) == [f"c.yaml:1:14: runtime_dir: cannot create {blocker}/run: {blocker} is not a directory"]
+    # Running as root, pretend tmp_path is read-only.
+    real_access = config_module.os.access
+    monkeypatch.setattr(config_module.os, "access",
+                        lambda p, mode: False if str(p) == str(tmp_path) else real_access(p, mode))
+    uid = config_module.os.geteuid()
+    assert errors(f"runtime_dir: {tmp_path}/run\nports: {{}}\n") == [
+        f"c.yaml:1:14: runtime_dir: cannot create {tmp_path}/run: {tmp_path} is not writable "
+        f"by this process (uid {uid})"
+    ]
+    assert errors(f"runtime_dir: /run/vswitch\nports: {{a: {{type: vhost-user, socket: {tmp_path}/a.sock}}}}\n") == [
+        f"c.yaml:2:39: ports.a.socket: cannot create {tmp_path}/a.sock: {tmp_path} is not writable "
+        f"by this process (uid {uid})"
+    ]
+    # check_host=False skips what depends on this host and process.
+    parse_config(f"runtime_dir: {tmp_path}/run\nports: {{}}\n", check_host=False)
+
+
+def test_load_config_check_host_flag(tmp_path: Path) -> None:
+    path = tmp_path / "v.yaml"
+    path.write_text("runtime_dir: /etc/hostname/x\nports: {}\n")
+    with pytest.raises(ConfigError, match="runtime_dir: cannot create /etc/hostname/x"):
+        load_config(path)
+    assert load_config(path, check_host=False).runtime_dir == "/etc/hostname/x"
+
+
+# -- many problems at once --------------------------------------------------------
+
+
+def test_new_keys_all_errors_at_once() -> None:
+    assert errors(f"""
+        control: {{group: {MISSING}}}
+        metrics: {{listen: "localhost:80"}}
+        datapath: {{cpus: [0, 0]}}
+        defaults: {{queues: 99, socket_mode: 0400}}
+        ports:
+          vm1:
+            type: vhost-user
+            mode: client
+            socket_group: kvm
+            mac: "01:02:03:04:05:06"
+            mtu: 10
+          vm2: {{type: vhost-user, socket_owner: {MISSING}, offloads: maybe, mac: "52:54:00:00:00:01"}}
+          up: {{type: tap, ifname: way-too-long-name0, mac: "52:54:00:00:00:01", queus: 1}}
+        """) == [
+        f"c.yaml:1:18: control.group: unknown group '{MISSING}' (no such group on this host; "
+        "create it or give a numeric gid)",
+        "c.yaml:2:19: metrics.listen: host must be an IPv4 or IPv6 address, not a name "
+        "(got 'localhost' in 'localhost:80')",
+        "c.yaml:3:22: datapath.cpus[1]: cpu 0 is listed twice",
+        "c.yaml:4:20: defaults.queues: must be 1..64 (got 99)",
+        "c.yaml:4:37: defaults.socket_mode: must give the owner read and write permission (0600), "
+        "else nobody can connect as the owner (got 0400)",
+        "c.yaml:9:5: ports.vm1.socket_group: only for server-mode ports: in client mode QEMU creates "
+        "the socket and sets its owner, group and mode",
+        "c.yaml:10:10: ports.vm1.mac: must be a unicast MAC address (the first byte's lowest bit is "
+        "the multicast bit) (got '01:02:03:04:05:06')",
+        "c.yaml:11:10: ports.vm1.mtu: must be 68..65535 (got 10)",
+        f"c.yaml:12:41: ports.vm2.socket_owner: unknown user '{MISSING}' (no such user on this host; "
+        "create it or give a numeric uid)",
+        "c.yaml:12:78: ports.vm2.offloads: must be true or false (got string 'maybe')",
+        "c.yaml:12:90: ports.vm2.mac: MAC address '52:54:00:00:00:01' is also used by port 'up'",
+        "c.yaml:13:27: ports.up.ifname: not a valid interface name: at most 15 bytes, no '/', ':', "
+        "'%' or whitespace (got 'way-too-long-name0', 18 bytes)",
+        "c.yaml:13:52: ports.up.mac: MAC address '52:54:00:00:00:01' is also used by port 'vm2'",
+        "c.yaml:13:73: ports.up.queus: unknown key 'queus', did you mean 'queues'? (expected one of: "
+        "create, ifname, mac, mtu, queues, type)",
+    ]
