@@ -43,9 +43,6 @@ cdef extern from "<sys/eventfd.h>" nogil:
         EFD_NONBLOCK
         EFD_CLOEXEC
 
-cdef extern from "<time.h>" nogil:
-    int nanosleep(const timespec *req, timespec *rem)   # timespec: see worker.pxi
-
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
 
@@ -106,8 +103,9 @@ cdef class Datapath:
     cdef int nworkers
     cdef object threads
     cdef bint running
+    cdef readonly tuple cpus
 
-    def __cinit__(self, int workers=1, str mode="adaptive"):
+    def __cinit__(self, int workers=1, str mode="adaptive", cpus=None):
         cdef epoll_event ev
         if not 1 <= workers <= 64:
             raise ValueError("workers must be 1..64")
@@ -137,6 +135,8 @@ cdef class Datapath:
             epoll_ctl(self.workers[i].epfd, EPOLL_CTL_ADD, self.workers[i].wake_fd, &ev)
         self.threads = []
         self.running = False
+        # worker i runs on cpus[i % len(cpus)] (datapath.cpus in the config)
+        self.cpus = tuple(cpus) if cpus else ()
 
     def __dealloc__(self):
         cdef int i, p, q
@@ -179,6 +179,9 @@ cdef class Datapath:
 
     def _run_worker(self, int i):
         cdef vs_worker *w = self.workers[i]
+        if self.cpus:
+            # pid 0 is the calling thread: pins this worker only
+            os.sched_setaffinity(0, {self.cpus[i % len(self.cpus)]})
         with nogil:
             worker_loop(self.sw, w)
 
@@ -233,7 +236,34 @@ cdef class Datapath:
 
     def worker_stats(self):
         return [{"rounds": self.workers[i].rounds, "idle_sleeps": self.workers[i].idle_sleeps,
-                 "wakeups": self.workers[i].wakeups} for i in range(self.nworkers)]
+                 "wakeups": self.workers[i].wakeups, "busy_ns": self.workers[i].busy_ns,
+                 "cpu": self.cpus[i % len(self.cpus)] if self.cpus else None}
+                for i in range(self.nworkers)]
+
+    def set_mode(self, str mode):
+        """poll / event / adaptive, live: workers read it every round."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}")
+        vs_store_release_int(&self.sw.mode, MODES[mode])
+        self._wake()
+
+    def set_cpus(self, cpus):
+        """Re-pin the running workers (datapath.cpus changed by a reload)."""
+        self.cpus = tuple(cpus) if cpus else ()
+        allowed = os.sched_getaffinity(0)
+        for i, t in enumerate(self.threads):
+            if t.native_id is not None:
+                os.sched_setaffinity(t.native_id, {self.cpus[i % len(self.cpus)]} if self.cpus else allowed)
+
+    def debug_stall_worker(self, int i, double seconds):
+        """Test hook: worker i sleeps `seconds` at the end of its round, as a
+        stuck worker would (the watchdog must notice)."""
+        if not 0 <= i < self.nworkers:
+            raise DatapathError(f"no worker {i}")
+        if not 0 < seconds <= 600:
+            raise DatapathError("seconds must be in (0, 600]")
+        self.workers[i].stall_ms = <int>(seconds * 1000)
+        self._wake()
 
     @property
     def mode(self):
@@ -614,18 +644,30 @@ cdef class Datapath:
 
     # --- FDB -----------------------------------------------------------------
 
-    def fdb_entries(self):
-        """[(mac string, port index)] of the live entries."""
+    def fdb_entries(self, bint static=False):
+        """[(mac string, port index)] of the live entries; with static=True,
+        [(mac, port index, is_static)]."""
         out = []
         cdef int i
         cdef uint64_t v
         for i in range(VS_FDB_SIZE):
             v = vs_load_relaxed_u64(&self.sw.fdb[i])
-            if v != 0 and (v & 0xffff):
-                mac = v >> 16
-                out.append((":".join(f"{(mac >> s) & 0xff:02x}" for s in range(40, -8, -8)),
-                            <int>(v & 0xffff) - 1))
+            if v != 0 and (v & FDB_PORT_MASK):
+                mac = ":".join(f"{((v >> 16) >> s) & 0xff:02x}" for s in range(40, -8, -8))
+                port = <int>(v & FDB_PORT_MASK) - 1
+                out.append((mac, port, bool(v & FDB_STATIC)) if static else (mac, port))
         return out
+
+    def fdb_set_static(self, str mac, int p):
+        """Pin `mac` to port p (p = -1: unpin it)."""
+        cdef uint64_t m = int(mac.replace(":", ""), 16)
+        if p >= 0:
+            self._port(p)
+        if fdb_set_static(self.sw, m, p) < 0:
+            raise DatapathError(f"FDB full: cannot pin {mac}")
+
+    def fdb_stats(self):
+        return {"full": self.sw.fdb_full, "static_moves_refused": self.sw.fdb_static_moves}
 
     def fdb_forget(self, int p):
         fdb_forget_port(self.sw, p)

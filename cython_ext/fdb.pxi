@@ -9,6 +9,8 @@
 cdef enum:
     FDB_FLOOD = -1
     FRAME_DROPPED = -2
+    FDB_PORT_MASK = 0x7fff
+    FDB_STATIC = 0x8000
 
 
 cdef inline uint64_t mac_load(const uint8_t *p) noexcept nogil:
@@ -29,7 +31,7 @@ cdef inline int fdb_lookup(vs_switch *sw, uint64_t mac) noexcept nogil:
         if v == 0:
             return FDB_FLOOD
         if (v >> 16) == mac:
-            return <int>(v & 0xffff) - 1 if (v & 0xffff) else FDB_FLOOD
+            return <int>(v & FDB_PORT_MASK) - 1 if (v & FDB_PORT_MASK) else FDB_FLOOD
     return FDB_FLOOD
 
 
@@ -47,10 +49,35 @@ cdef inline void fdb_learn(vs_switch *sw, uint64_t mac, int port) noexcept nogil
                 return
             v = vs_load_relaxed_u64(slot)   # another worker took it: maybe for this MAC
         if (v >> 16) == mac:
-            if v != want:
+            if v & FDB_STATIC:
+                if <int>(v & FDB_PORT_MASK) != port + 1:
+                    sw.fdb_static_moves += 1      # refused: the config pins this MAC
+            elif v != want:
                 vs_store_relaxed_u64(slot, want)
             return
     sw.fdb_full += 1
+
+
+cdef int fdb_set_static(vs_switch *sw, uint64_t mac, int port) noexcept nogil:
+    """Pin mac to port (port < 0: unpin, the MAC is learned again). 0 or -1 if the table is full."""
+    cdef uint32_t h = fdb_hash(mac)
+    cdef uint64_t want = (mac << 16) | (<uint64_t>(port + 1) | FDB_STATIC if port >= 0 else 0)
+    cdef uint64_t v
+    cdef uint64_t *slot
+    cdef int i
+    for i in range(VS_FDB_PROBE):
+        slot = &sw.fdb[(h + i) & (VS_FDB_SIZE - 1)]
+        v = vs_load_relaxed_u64(slot)
+        if v == 0:
+            if port < 0:
+                return 0
+            if vs_cas_u64(slot, 0, want):
+                return 0
+            v = vs_load_relaxed_u64(slot)
+        if (v >> 16) == mac:
+            vs_store_relaxed_u64(slot, want)
+            return 0
+    return -1
 
 
 cdef void fdb_forget_port(vs_switch *sw, int port) noexcept nogil:
@@ -58,5 +85,5 @@ cdef void fdb_forget_port(vs_switch *sw, int port) noexcept nogil:
     cdef uint64_t v
     for i in range(VS_FDB_SIZE):
         v = vs_load_relaxed_u64(&sw.fdb[i])
-        if v != 0 and <int>(v & 0xffff) == port + 1:
+        if v != 0 and not (v & FDB_STATIC) and <int>(v & FDB_PORT_MASK) == port + 1:
             vs_cas_u64(&sw.fdb[i], v, v & ~(<uint64_t>0xffff))

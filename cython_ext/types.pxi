@@ -234,6 +234,8 @@ ctypedef struct vs_worker:
     uint64_t rounds
     uint64_t idle_sleeps
     uint64_t wakeups
+    uint64_t busy_ns               # time in rounds that moved frames (metrics)
+    int stall_ms                   # test hook: sleep this long once (watchdog tests)
     epoll_event events[VS_EPOLL_BATCH]
     vs_frame frames[VS_BURST]
     vs_seg segs[VS_BURST * VS_MAX_SEGS]
@@ -252,3 +254,4 @@ ctypedef struct vs_switch:
     vs_port *ports[VS_MAX_PORTS]
     uint64_t fdb[VS_FDB_SIZE]      # (mac << 16) | (port + 1); port part 0 = forgotten
     uint64_t fdb_full              # learn attempts that found no free slot
+    uint64_t fdb_static_moves      # learn attempts refused by a static entry

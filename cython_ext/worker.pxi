@@ -25,6 +25,7 @@ cdef extern from "<time.h>" nogil:
         long tv_sec
         long tv_nsec
     int clock_gettime(int clk, timespec *ts)
+    int nanosleep(const timespec *req, timespec *rem)
     enum:
         CLOCK_MONOTONIC
 
@@ -177,6 +178,7 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
     cdef int i, rc, nrx, q, navail
     cdef uint16_t avail_idx, old_used, head
     cdef vs_frame *f
+    cdef uint8_t eth_type[2]
     if dport == NULL or not vs_load_acquire_int(&dport.active):
         return
     if dport.kind == PORT_TAP:
@@ -212,6 +214,11 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
     for i in range(n):
         f = &w.frames[i]
         if f.dst == d or f.dst == FDB_FLOOD:
+            if dport.mtu:      # the port's configured mtu (0: none): one branch when unset
+                sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len + 12, eth_type, 2)
+                if not frame_fits_mtu(dport, f, eth_type):
+                    rvq.c.drops[DROP_MTU_EXCEEDED] += 1
+                    continue
             rc = deliver_frame(w, dport, rvq, avail_idx, f)
             if rc:
                 rvq.c.drops[rc] += 1
@@ -550,10 +557,21 @@ cdef void worker_sleep(vs_switch *sw, vs_worker *w) noexcept nogil:
                 vring_notify_disable(vq, port.event_idx)
 
 
+cdef void stall(vs_worker *w) noexcept nogil:
+    """Test hook (debug stall-worker): stop making progress for a while, as a
+    worker stuck in a bug would, so the watchdog tests can see it noticed."""
+    cdef timespec ts
+    ts.tv_sec = w.stall_ms // 1000
+    ts.tv_nsec = (w.stall_ms % 1000) * 1000000
+    nanosleep(&ts, NULL)
+    w.stall_ms = 0
+
+
 cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
     cdef int p, qp, nports, work
     cdef uint32_t idle = 0
-    cdef int64_t now, idle_since = 0
+    cdef int64_t now, idle_since = 0, busy_since = 0
+    cdef uint32_t busy_rounds = 0
     cdef timespec ts
     cdef vs_port *port
     cdef vs_vring *vq
@@ -577,10 +595,27 @@ cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
         w.rounds += 1
         # End of a round: nothing from before this point is still in use.
         vs_store_release_u64(&w.epoch, w.epoch + 1)
+        if w.stall_ms:
+            stall(w)
         if work:
             idle = 0
             idle_since = 0
-        elif sw.mode == MODE_EVENT:
+            # Busy time for the metrics: the clock is read when a busy spell
+            # starts, every 64 busy rounds, and when it ends, not per round.
+            if busy_rounds % 64 == 0:
+                clock_gettime(CLOCK_MONOTONIC, &ts)
+                now = <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+                if busy_since:
+                    w.busy_ns += now - busy_since
+                busy_since = now
+            busy_rounds += 1
+            continue
+        if busy_since:
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            w.busy_ns += <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec - busy_since
+            busy_since = 0
+            busy_rounds = 0
+        if sw.mode == MODE_EVENT:
             worker_sleep(sw, w)
         elif sw.mode == MODE_ADAPTIVE:
             idle += 1

@@ -29,11 +29,24 @@ class Vswitchd:
         self.log_path = self.workdir / "vswitchd.log"
         self.ports = ports
         self.cpus = cpus
-        doc = {"runtime_dir": str(self.runtime_dir), "ports": ports,
-               "datapath": {"workers": workers}, **(extra or {})}
+        self.workers = workers
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        self.write_config(ports, extra)
         self.proc: subprocess.Popen | None = None
+
+    def write_config(self, ports: dict[str, dict], extra: dict | None = None) -> None:
+        """(Re)write the config file; a running daemon reads it on reload."""
+        self.ports = ports
+        # No metrics listener unless a test asks for one: tests run side by side.
+        doc = {"runtime_dir": str(self.runtime_dir), "ports": ports,
+               "datapath": {"workers": self.workers}, "metrics": {"enabled": False},
+               **(extra or {})}
+        self.config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    def reload(self, *flags: str) -> subprocess.CompletedProcess:
+        """`vswitchctl reload` as an operator runs it."""
+        return subprocess.run([str(VENV_BIN / "vswitchctl"), "--runtime-dir", str(self.runtime_dir),
+                               "reload", *flags], capture_output=True, text=True, timeout=180)
 
     def socket(self, port: str) -> str:
         return self.ports[port].get("socket") or str(self.runtime_dir / f"{port}.sock")

@@ -40,6 +40,11 @@ def _render_port(port: dict) -> str:
         lines.append("  features: " + " ".join(port["features"]))
     if port.get("protocol_features"):
         lines.append("  protocol features: " + " ".join(port["protocol_features"]))
+    if port.get("mac"):
+        lines.append(f"  static mac {port['mac']}")
+    if port.get("pending"):
+        lines.append("  pending until the guest reconnects: "
+                     + ", ".join(f"{k}={v}" for k, v in port["pending"].items()))
     if port.get("last_error"):
         lines.append(f"  last error: {port['last_error']}")
     for alert in port.get("alerts", {}).values():
@@ -56,50 +61,141 @@ def _render_port(port: dict) -> str:
     return "\n".join(lines)
 
 
+USAGE = """commands:
+  show                      the daemon, its workers and every port
+  port list                 one line per port
+  port show NAME            one port: state, negotiated features, queues, counters, pending changes
+  fdb show                  the MAC table
+  stats                     totals per port and direction, drops by reason, workers
+  config check FILE         validate a configuration file (no daemon needed)
+  reload [--force]          re-read the daemon's file and apply the difference;
+                            --force restarts ports whose guest-negotiated settings changed
+  version                   daemon and vswitchctl versions
+"""
+
+
+def _parse(words: list[str]) -> tuple[str, dict] | None:
+    if words[:2] == ["port", "show"] and len(words) == 3:
+        return "port show", {"name": words[2]}
+    if words[:2] == ["config", "check"] and len(words) == 3:
+        return "config check", {"file": words[2]}
+    if words[:2] == ["debug", "stall-worker"] and len(words) == 4:
+        try:
+            return "debug stall-worker", {"worker": int(words[2]), "seconds": float(words[3])}
+        except ValueError:
+            return None
+    if " ".join(words) in ("show", "port list", "fdb show", "stats", "reload", "version"):
+        return " ".join(words), {}
+    return None
+
+
+def config_check(path: str, as_json: bool) -> int:
+    from .config import ConfigError, load_config
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        if as_json:
+            print(json.dumps({"ok": False, "errors": [str(e) for e in exc.errors]}, indent=2))
+        print(str(exc), file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"vswitchctl: {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps({"ok": True, "config": config.to_dict()}, indent=2))
+    else:
+        print(f"{path}: OK, {len(config.ports)} port(s)")
+    return 0
+
+
+def _render(command: str, result) -> str:
+    if command == "show":
+        lines = [f"vswitchd {result['version']} pid {result['pid']} config {result['config']}"]
+        lines += [_render_port(port) for port in result["ports"]]
+        return "\n".join(lines)
+    if command == "port show":
+        return _render_port(result)
+    if command == "port list":
+        return "\n".join(f"{p['name']:16} {p['type']:12} {p['state']:12} {p['socket'] or ''}"
+                         + ("  (changes pending)" if p.get("pending") else "") for p in result)
+    if command == "fdb show":
+        return "\n".join(f"{e['mac']}  {e['port']}" + ("  static" if e.get("static") else "")
+                         for e in result)
+    if command == "stats":
+        lines = []
+        for name, t in result["ports"].items():
+            lines.append(f"{name} ({t['state']}): rx {t['receive_packets']} pkts {t['receive_bytes']} bytes, "
+                         f"tx {t['transmit_packets']} pkts {t['transmit_bytes']} bytes")
+            for way in ("receive", "transmit"):
+                if t[f"{way}_drops"]:
+                    lines.append(f"  {way} drops: " + " ".join(f"{k}={v}" for k, v in t[f"{way}_drops"].items()))
+        for i, w in enumerate(result["workers"]):
+            lines.append(f"worker {i}: rounds {w['rounds']} sleeps {w['idle_sleeps']} "
+                         f"busy {w['busy_ns'] / 1e9:.3f} s")
+        lines.append(f"fdb: {result['fdb']['entries']} entries")
+        return "\n".join(lines)
+    if command == "reload":
+        lines = [f"{name}: {what}" for name, what in result["ports"].items()]
+        lines.append(f"{len(result['unchanged'])} port(s) untouched")
+        lines += [f"warning: {w}" for w in result["warnings"]]
+        return "\n".join(lines)
+    if command == "version":
+        return f"vswitchd {result['version']} (vswitchctl {__version__})"
+    return json.dumps(result, indent=2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vswitchctl", description="control a running vswitchd")
-    parser.add_argument("--runtime-dir", default=os.environ.get("VSWITCH_RUNTIME_DIR", DEFAULT_RUNTIME_DIR))
+    parser = argparse.ArgumentParser(prog="vswitchctl", description="control a running vswitchd",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=USAGE)
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--runtime-dir", default=None,
+                       help=f"the daemon's runtime directory (default: $VSWITCH_RUNTIME_DIR or {DEFAULT_RUNTIME_DIR})")
+    where.add_argument("-c", "--config", default=None,
+                       help="take the runtime directory from this configuration file")
     parser.add_argument("-j", "--json", action="store_true", help="print the reply as JSON")
-    parser.add_argument("command", nargs="+", help="show | port list | port show NAME | fdb show | version")
+    parser.add_argument("--force", action="store_true",
+                        help="reload: restart ports whose guest-negotiated settings changed now")
+    parser.add_argument("command", nargs="+", help="see below")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return 2 if exc.code else 0
-    words = args.command
-    cmd_args: dict = {}
-    if words[:2] == ["port", "show"] and len(words) == 3:
-        command, cmd_args = "port show", {"name": words[2]}
-    elif " ".join(words) in ("show", "port list", "fdb show", "version"):
-        command = " ".join(words)
-    else:
-        print(f"vswitchctl: unknown command: {' '.join(words)}", file=sys.stderr)
+    parsed = _parse(args.command)
+    if parsed is None:
+        print(f"vswitchctl: unknown command: {' '.join(args.command)} (see vswitchctl --help)",
+              file=sys.stderr)
         return 2
-    path = os.path.join(args.runtime_dir, "vswitchd.ctl")
+    command, cmd_args = parsed
+    if args.force:
+        if command != "reload":
+            print("vswitchctl: --force applies to reload only", file=sys.stderr)
+            return 2
+        cmd_args = {"force": True}
+    if command == "config check":
+        return config_check(cmd_args["file"], args.json)
+    runtime_dir = args.runtime_dir or os.environ.get("VSWITCH_RUNTIME_DIR", DEFAULT_RUNTIME_DIR)
+    if args.config:
+        from .config import ConfigError, load_config
+        try:
+            runtime_dir = load_config(args.config).runtime_dir
+        except (ConfigError, OSError) as exc:
+            print(f"vswitchctl: {args.config}: {exc}", file=sys.stderr)
+            return 1
+    path = os.path.join(runtime_dir, "vswitchd.ctl")
     try:
-        reply = request(path, command, cmd_args)
+        # a reload waits for ports to close and open: give it time
+        reply = request(path, command, cmd_args, timeout=120.0 if command == "reload" else 10.0)
     except OSError as exc:
         print(f"vswitchctl: cannot reach vswitchd at {path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     if not reply.get("ok"):
+        if args.json and reply.get("result") is not None:
+            print(json.dumps(reply["result"], indent=2))
         print(f"vswitchctl: {reply.get('error')}", file=sys.stderr)
         return 1
     result = reply["result"]
-    if args.json:
-        print(json.dumps(result, indent=2))
-    elif command == "show":
-        print(f"vswitchd {result['version']} pid {result['pid']} config {result['config']}")
-        for port in result["ports"]:
-            print(_render_port(port))
-    elif command == "port show":
-        print(_render_port(result))
-    elif command == "port list":
-        for p in result:
-            print(f"{p['name']:16} {p['type']:12} {p['state']:12} {p['socket'] or ''}")
-    elif command == "fdb show":
-        for e in result:
-            print(f"{e['mac']}  {e['port']}")
-    else:
-        print(f"vswitchd {result['version']} (vswitchctl {__version__})")
+    print(json.dumps(result, indent=2) if args.json else _render(command, result))
     return 0
 
 

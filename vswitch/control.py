@@ -1,8 +1,12 @@
 """The control socket: one JSON request per line, one JSON reply per line.
 
-Request: {"command": "show" | "port list" | "port show" | "fdb show" | "version",
-          "args": {...}}
-Reply:   {"ok": true, "result": ...} or {"ok": false, "error": "..."}
+Request: {"command": "show" | "port list" | "port show" | "fdb show" | "stats"
+          | "reload" | "version" | "debug stall-worker", "args": {...}}
+Reply:   {"ok": true, "result": ...} or {"ok": false, "error": "...", "result"?: ...}
+
+The socket is mode 0660 in the runtime directory, group `control.group` of
+the config: who may reach it is decided by the file system, like a QEMU
+monitor socket. `config check` needs no daemon and runs in vswitchctl itself.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("vswitch.control")
 
 MAX_REQUEST = 64 * 1024
+SOCKET_MODE = 0o660
 
 
 class ControlServer:
-    def __init__(self, switch: "Switch", path: str) -> None:
+    def __init__(self, switch: "Switch", path: str, group: int | None = None) -> None:
         self.switch = switch
         self.path = path
+        self.group = group
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -36,7 +42,19 @@ class ControlServer:
         except FileNotFoundError:
             pass
         self.server = await asyncio.start_unix_server(self._client, path=self.path, limit=MAX_REQUEST)
-        os.chmod(self.path, 0o660)
+        self.set_group(self.group)
+
+    def set_group(self, group: int | None) -> None:
+        """Admin group of the socket (config control.group); mode 0660."""
+        self.group = group
+        os.chmod(self.path, SOCKET_MODE)
+        if group is not None:
+            try:
+                os.chown(self.path, -1, group)
+            except OSError as exc:
+                # Root keeps access; the admins of the group do not. Say so, run on.
+                log.error("control socket %s: cannot give it to group %d: %s", self.path, group,
+                          exc.strerror or exc)
 
     async def stop(self) -> None:
         if self.server:
@@ -50,36 +68,52 @@ class ControlServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
-                writer.write((json.dumps(self.dispatch(line)) + "\n").encode())
+                writer.write((json.dumps(await self.dispatch(line)) + "\n").encode())
                 await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass
         finally:
             writer.close()
 
-    def dispatch(self, line: bytes) -> dict:
+    async def dispatch(self, line: bytes) -> dict:
         try:
             request = json.loads(line)
             command = request["command"]
             args = request.get("args") or {}
+            if not isinstance(command, str) or not isinstance(args, dict):
+                raise TypeError
         except (ValueError, KeyError, TypeError):
             return {"ok": False, "error": "malformed request"}
+        sw = self.switch
         try:
             if command == "show":
-                return {"ok": True, "result": self.switch.show()}
+                return {"ok": True, "result": sw.show()}
             if command == "port list":
                 return {"ok": True, "result": [
-                    {"name": p["name"], "type": p["type"], "state": p["state"], "socket": p["socket"]}
-                    for p in self.switch.show()["ports"]]}
+                    {"name": p["name"], "type": p["type"], "state": p["state"],
+                     "socket": p["socket"] or p.get("ifname"), "pending": bool(p.get("pending"))}
+                    for p in sw.show()["ports"]]}
             if command == "port show":
-                port = self.switch.ports.get(args.get("name"))
+                port = sw.ports.get(args.get("name"))
                 if port is None:
                     return {"ok": False, "error": f"no port named {args.get('name')!r}"}
                 return {"ok": True, "result": port.show()}
             if command == "fdb show":
-                return {"ok": True, "result": self.switch.fdb()}
+                return {"ok": True, "result": sw.fdb()}
+            if command == "stats":
+                return {"ok": True, "result": sw.stats()}
+            if command == "reload":
+                result = await sw.reload(force=bool(args.get("force")))
+                if not result["ok"]:
+                    return {"ok": False, "error": "configuration not applied:\n"
+                            + "\n".join(result["errors"]), "result": result}
+                return {"ok": True, "result": result}
             if command == "version":
                 return {"ok": True, "result": {"version": __version__}}
+            if command == "debug stall-worker":
+                # For the watchdog tests: make a worker stop making progress.
+                sw.dp.debug_stall_worker(int(args.get("worker", 0)), float(args.get("seconds", 5)))
+                return {"ok": True, "result": {}}
         except Exception as exc:  # never let a query take the daemon down
             log.exception("control command %r failed", command)
             return {"ok": False, "error": f"internal error: {exc}"}

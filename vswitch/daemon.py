@@ -3,8 +3,11 @@
     vswitchd --config /etc/vswitch/vswitch.yaml
 
 Logs to stderr; SIGINT/SIGTERM stop it cleanly (ports closed, sockets removed,
-workers joined). A second daemon on the same runtime directory refuses to
-start instead of stealing the first one's sockets (a lock file is held).
+workers joined); SIGHUP (or `vswitchctl reload`) re-reads the file and applies
+the difference (vswitch/reconcile.py). A second daemon on the same runtime
+directory refuses to start instead of stealing the first one's sockets (a
+lock file is held). Under systemd (Type=notify) it reports READY/RELOADING/
+STOPPING and pings the watchdog only while every worker makes progress.
 """
 
 from __future__ import annotations
@@ -16,12 +19,17 @@ import logging
 import os
 import signal
 import sys
+import time
 
 from . import __version__
+from . import reconcile
 from .config import Config, ConfigError, TapPortConfig, load_config
 from .control import ControlServer
+from .metrics import MetricsServer
 from .port import RateLimitedLog, VhostUserPort
+from .sdnotify import Notifier
 from .uplink import TapPort
+from .watchdog import WorkerWatchdog
 
 log = logging.getLogger("vswitch")
 
@@ -50,44 +58,53 @@ def take_runtime_lock(runtime_dir: str) -> int:
 
 
 class Switch:
-    """The running switch: datapath, ports, control socket."""
+    """The running switch: datapath, ports, control socket, metrics."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
         from ._datapath import Datapath  # the extension: imported once we run
 
         self.config = config
-        self.dp = Datapath(config.datapath.workers, config.datapath.mode)
+        self.notifier = notifier or Notifier()
+        self.dp = Datapath(config.datapath.workers, config.datapath.mode, config.datapath.cpus)
         self.ports: dict[str, VhostUserPort | TapPort] = {}
         self.ratelog = RateLimitedLog()
-        self.control = ControlServer(self, os.path.join(config.runtime_dir, CONTROL_NAME))
+        self.control = ControlServer(self, os.path.join(config.runtime_dir, CONTROL_NAME),
+                                     group=config.control.group)
+        self.metrics: MetricsServer | None = None
+        self.reload_counts = {"success": 0, "failure": 0}
+        self.last_reload_ok = True
+        self.last_reload_time: float | None = None
+        self._reload_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+
+    # --- lifecycle -----------------------------------------------------------------
 
     async def run(self) -> None:
         self.dp.start()
+        tasks: list[asyncio.Task] = []
         try:
             for name, pc in self.config.ports.items():
-                if isinstance(pc, TapPortConfig):
-                    tap = TapPort(pc, self.dp)
-                    tap.start()
-                    self.ports[name] = tap
-                    continue
-                port = VhostUserPort(pc, self.dp, self.ratelog)
-                os.makedirs(os.path.dirname(pc.socket), mode=0o755, exist_ok=True)
-                try:
-                    port.start()
-                except OSError as exc:
-                    # One port's trouble never stops another port.
-                    log.error("port %s: cannot listen on %s: %s", name, pc.socket, exc.strerror or exc)
-                    port.status.last_error = str(exc)
-                self.ports[name] = port
+                self.ports[name] = self._start_port(pc)
             await self.control.start()
+            await self._start_metrics()
             log.info("vswitchd %s running: %d port(s), %d worker(s) in %s mode, runtime dir %s",
                      __version__, len(self.ports), self.config.datapath.workers,
                      self.config.datapath.mode, self.config.runtime_dir)
-            health = asyncio.create_task(self._health())
+            # Sockets bound, TAPs opened, workers running: ready (guests come when they come).
+            self.notifier.ready(self.status_line())
+            tasks.append(asyncio.create_task(self._health(), name="health"))
+            interval = self.notifier.watchdog_interval()
+            if interval is not None:
+                tasks.append(asyncio.create_task(
+                    WorkerWatchdog(self.dp, self.notifier, interval, status=self.status_line).run(),
+                    name="watchdog"))
             await self._stopping.wait()
-            health.cancel()
         finally:
+            self.notifier.stopping()
+            for task in tasks:
+                task.cancel()
+            if self.metrics:
+                await self.metrics.stop()
             await self.control.stop()
             for port in self.ports.values():
                 await port.stop()
@@ -96,6 +113,40 @@ class Switch:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _start_port(self, pc) -> VhostUserPort | TapPort:
+        """Create and start one port; its failure is reported, never fatal."""
+        if isinstance(pc, TapPortConfig):
+            tap = TapPort(pc, self.dp)
+            tap.start()
+            return tap
+        port = VhostUserPort(pc, self.dp, self.ratelog)
+        try:
+            if pc.mode == "server":
+                os.makedirs(os.path.dirname(pc.socket), mode=0o755, exist_ok=True)
+            port.start()
+        except OSError as exc:
+            # One port's trouble never stops another port.
+            log.error("port %s: cannot listen on %s: %s", pc.name, pc.socket, exc.strerror or exc)
+            port.status.last_error = str(exc)
+        return port
+
+    async def _start_metrics(self) -> None:
+        m = self.config.metrics
+        if not m.enabled:
+            return
+        self.metrics = MetricsServer(self, m.host, m.port)
+        try:
+            await self.metrics.start()
+        except OSError as exc:
+            # Metrics are for watching the switch; their absence must not stop it.
+            log.error("metrics: cannot listen on %s port %d: %s", m.host, m.port, exc.strerror or exc)
+            self.metrics = None
+
+    def status_line(self) -> str:
+        up = sum(1 for p in self.ports.values() if p.show()["state"] in ("connected", "up"))
+        return (f"{len(self.ports)} port(s), {up} up, {self.config.datapath.workers} worker(s), "
+                f"{self.config.datapath.mode} mode")
 
     async def _health(self) -> None:
         while True:
@@ -108,6 +159,91 @@ class Switch:
                 except Exception:
                     log.exception("port %s: health check failed", port.name)
 
+    # --- reload --------------------------------------------------------------------
+
+    async def reload(self, force: bool = False) -> dict:
+        """Re-read the config file and apply the difference. An invalid file
+        changes nothing. Returns {"ok", "errors" | "changes", "warnings"}."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                result = await self._reload(force)
+            finally:
+                self.notifier.ready(self.status_line())
+            self.reload_counts["success" if result["ok"] else "failure"] += 1
+            self.last_reload_ok = result["ok"]
+            if result["ok"]:
+                self.last_reload_time = time.time()
+            return result
+
+    async def _reload(self, force: bool) -> dict:
+        path = self.config.path
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            log.error("reload: %s is invalid, nothing changed:\n%s", path, exc)
+            return {"ok": False, "errors": [str(e) for e in exc.errors]}
+        except OSError as exc:
+            log.error("reload: cannot read %s: %s", path, exc.strerror or exc)
+            return {"ok": False, "errors": [f"{path}: {exc.strerror or exc}"]}
+        plan = reconcile.plan(self.config, new)
+        if plan.errors:
+            for e in plan.errors:
+                log.error("reload: %s; nothing changed", e)
+            return {"ok": False, "errors": plan.errors}
+        outcome: dict[str, str] = {}
+        # Removed first, so that a socket path or MAC moved to another port is free.
+        for name in plan.removed:
+            await self.ports.pop(name).stop()
+            outcome[name] = "removed"
+            log.info("reload: port %s removed", name)
+        for change in plan.changed:
+            port = self.ports[change.name]
+            try:
+                result = await port.reconfigure(change.new, force=force)
+            except Exception as exc:   # one port's trouble: restart it alone
+                log.exception("reload: port %s: reconfigure failed", change.name)
+                result = "restart"
+                outcome[change.name] = f"restart after error: {exc}"
+            if result == "restart":
+                await port.stop()
+                self.ports[change.name] = self._start_port(change.new)
+                log.info("reload: port %s restarted (%s changed)", change.name, ", ".join(change.fields))
+            outcome.setdefault(change.name, {"restart": "restarted"}.get(result, result))
+        if force:
+            # Changes that an earlier reload left pending, forced through now.
+            for name in list(plan.unchanged):
+                port = self.ports[name]
+                if getattr(port, "pending", None) is not None:
+                    outcome[name] = await port.reconfigure(new.ports[name], force=True)
+                    plan.unchanged.remove(name)
+        for name in plan.added:
+            self.ports[name] = self._start_port(new.ports[name])
+            outcome[name] = "added"
+            log.info("reload: port %s added", name)
+        # Keep the file order of the new config (show, metrics, port list).
+        self.ports = {name: self.ports[name] for name in new.ports}
+        if "mode" in plan.datapath_in_place:
+            self.dp.set_mode(new.datapath.mode)
+        if "cpus" in plan.datapath_in_place:
+            self.dp.set_cpus(new.datapath.cpus)
+        if plan.control_changed:
+            self.control.set_group(new.control.group)
+        self.config = new
+        if plan.metrics_changed:
+            if self.metrics:
+                await self.metrics.stop()
+                self.metrics = None
+            await self._start_metrics()
+        for w in plan.warnings:
+            log.warning("reload: %s", w)
+        log.info("reload: %s applied (%d added, %d removed, %d changed, %d untouched)", path,
+                 len(plan.added), len(plan.removed), len(plan.changed), len(plan.unchanged))
+        return {"ok": True, "ports": outcome, "unchanged": plan.unchanged,
+                "warnings": plan.warnings, "plan": plan.summary()}
+
+    # --- queries ---------------------------------------------------------------------
+
     def show(self) -> dict:
         return {
             "version": __version__,
@@ -117,12 +253,33 @@ class Switch:
             "mode": self.dp.mode,
             "workers": self.dp.worker_stats(),
             "ports": [port.show() for port in self.ports.values()],
+            "reloads": dict(self.reload_counts),
+            "last_reload_ok": self.last_reload_ok,
         }
 
     def fdb(self) -> list[dict]:
         by_slot = {port.slot: port.name for port in self.ports.values()}
-        return [{"mac": mac, "port": by_slot.get(slot, f"#{slot}")}
-                for mac, slot in sorted(self.dp.fdb_entries())]
+        return [{"mac": mac, "port": by_slot.get(slot, f"#{slot}"), "static": static}
+                for mac, slot, static in sorted(self.dp.fdb_entries(static=True))]
+
+    def stats(self) -> dict:
+        """Totals per port (both directions, drops by reason), per worker, FDB."""
+        ports = {}
+        for port in self.ports.values():
+            info = port.show()
+            tot = {"receive_packets": 0, "receive_bytes": 0, "transmit_packets": 0,
+                   "transmit_bytes": 0, "receive_drops": {}, "transmit_drops": {}}
+            for q in info["queues"]:
+                # the guest's tx ring is what the switch receives, its rx ring what it sends
+                for ring, way in (("tx", "receive"), ("rx", "transmit")):
+                    tot[f"{way}_packets"] += q[ring]["packets"]
+                    tot[f"{way}_bytes"] += q[ring]["bytes"]
+                    for reason, n in q[ring]["drops"].items():
+                        tot[f"{way}_drops"][reason] = tot[f"{way}_drops"].get(reason, 0) + n
+            ports[port.name] = {"state": info["state"], **tot}
+        return {"ports": ports, "workers": self.dp.worker_stats(),
+                "fdb": {"entries": len(self.dp.fdb_entries()), **self.dp.fdb_stats()},
+                "reloads": dict(self.reload_counts)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, switch.stop)
+        # SIGHUP: the same reload as `vswitchctl reload`, result in the log.
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(switch.reload()))
         await switch.run()
 
     try:

@@ -9,6 +9,7 @@ resets this port's datapath slot only, and the port goes back to listening
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import select
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field
 
 from ._datapath import DROP_REASONS, Datapath
 from .config import VhostUserPortConfig
+from .reconcile import port_change
 from .vhost import protocol as p
-from .vhost.session import Offer, Session
+from .vhost.session import BASE_FEATURES, OFFLOAD_FEATURES, Offer, Session
 from .vhost.transport import Connection, PeerClosed, bind_listener
 
 log = logging.getLogger("vswitch.port")
@@ -29,6 +31,33 @@ RECONNECT_MAX_S = 5.0
 # A started ring whose guest kicked but whose avail index never moved for
 # this long is looking at memory the guest does not share with us.
 UNSHARED_MEMORY_AFTER_S = 3.0
+
+
+def offer_for(config: VhostUserPortConfig) -> Offer:
+    """What a port offers: a function of its configuration only, so it is the
+    same at every connection. The per-port switches exist for front-ends that
+    mishandle a feature (anchors.md §4); turning one off only removes the bit."""
+    features = BASE_FEATURES
+    if not config.mrg_rxbuf:
+        features &= ~p.bits(p.Feature.NET_MRG_RXBUF)
+    if not config.event_idx:
+        features &= ~p.bits(p.Feature.RING_F_EVENT_IDX)
+    if not config.indirect_desc:
+        features &= ~p.bits(p.Feature.RING_F_INDIRECT_DESC)
+    if not config.offloads:
+        features &= ~OFFLOAD_FEATURES
+    return Offer(queue_pairs=config.queues, features=features)
+
+
+def apply_socket_permissions(path: str, config: VhostUserPortConfig) -> None:
+    """Owner, group and mode of a server socket (connect(2) needs write
+    permission on it): how a QEMU run by libvirt as another user gets in."""
+    # chmod first: once the socket belongs to someone else, changing its mode
+    # would need CAP_FOWNER, which the service does not have.
+    os.chmod(path, config.socket_mode)
+    if config.socket_owner is not None or config.socket_group is not None:
+        os.chown(path, -1 if config.socket_owner is None else config.socket_owner,
+                 -1 if config.socket_group is None else config.socket_group)
 
 
 class RateLimitedLog:
@@ -100,6 +129,7 @@ class PortBackend:
 class PortStatus:
     connections: int = 0
     disconnects: int = 0
+    refused: int = 0           # second connections refused while one is active
     protocol_errors: int = 0
     last_error: str | None = None
     connected_since: float | None = None
@@ -114,7 +144,10 @@ class VhostUserPort:
         self.name = config.name
         self.dp = dp
         self.slot = dp.port_add(config.queues)
-        self.offer = Offer(queue_pairs=config.queues)
+        self.offer = offer_for(config)
+        # A new config whose connect-time fields wait for the guest to reconnect.
+        self.pending: VhostUserPortConfig | None = None
+        self._apply_datapath_settings(None)
         self.session: Session | None = None
         self.status = PortStatus()
         self.ratelog = ratelog or RateLimitedLog()
@@ -129,7 +162,8 @@ class VhostUserPort:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.config.mode == "server":
-            self._listener = bind_listener(self.config.socket)
+            self._listener = bind_listener(self.config.socket,
+                                           lambda path: apply_socket_permissions(path, self.config))
             self._task = loop.create_task(self._serve(), name=f"port-{self.name}")
         else:
             self._task = loop.create_task(self._connect_loop(), name=f"port-{self.name}")
@@ -137,6 +171,7 @@ class VhostUserPort:
                  self.name, self.config.mode, self.config.socket, self.config.queues)
 
     async def stop(self) -> None:
+        self.pending = None            # nothing to apply to a port that goes away
         for task in (self._task, self._conn_task):
             if task and not task.done():
                 task.cancel()
@@ -152,7 +187,77 @@ class VhostUserPort:
                 os.unlink(self.config.socket)
             except FileNotFoundError:
                 pass
+        if self.config.mac:
+            self.dp.fdb_set_static(self.config.mac, -1)
         self.dp.port_remove(self.slot)
+
+    # --- reconfiguration (reload) ------------------------------------------------
+
+    def _apply_datapath_settings(self, old: VhostUserPortConfig | None) -> None:
+        """The in-place settings the datapath holds: enforced MTU, static MAC."""
+        cfg = self.config
+        self.dp.port_set_mtu(self.slot, cfg.mtu or 0)
+        if old is not None and old.mac and old.mac != cfg.mac:
+            self.dp.fdb_set_static(old.mac, -1)
+        if cfg.mac:
+            self.dp.fdb_set_static(cfg.mac, self.slot)
+
+    async def reconfigure(self, new: VhostUserPortConfig, force: bool = False) -> str:
+        """Apply a changed config. Returns "unchanged", "applied", "restart"
+        (the identity changed: the caller closes and reopens the port) or
+        "pending" when connect-time fields wait for the guest's next
+        connection; with force, the guest is disconnected so that they apply
+        now (its driver sees a link flap and QEMU reconnects)."""
+        old = self.config
+        # Compared with what runs, not with the previous file: a change that
+        # is reverted before the guest reconnects leaves nothing pending.
+        change = port_change(self.name, old, new)
+        if change is None:
+            self.pending = None
+            return "unchanged"
+        if change.restart:
+            return "restart"
+        in_place, at_connect = change.in_place, change.at_connect
+        if at_connect and self.connected:
+            # In-place fields now, the rest when the guest reconnects.
+            self.config = dataclasses.replace(old, **{f: getattr(new, f) for f in in_place})
+            self.pending = new
+            self._apply_in_place(old, in_place)
+            if not force:
+                log.info("port %s: %s applied; %s pending until the guest reconnects", self.name,
+                         ", ".join(in_place) or "nothing", ", ".join(at_connect))
+                return "pending"
+            # Forced: end the connection; _disconnect applies what is pending.
+            log.info("port %s: disconnecting the guest to apply %s (forced)", self.name,
+                     ", ".join(at_connect))
+            task = self._conn_task
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+            return "applied"
+        self.pending = None
+        self.config = new
+        self._apply_in_place(old, in_place)
+        if at_connect:
+            self._apply_connect_time(old)
+        log.info("port %s: %s applied", self.name, ", ".join(in_place + at_connect))
+        return "applied"
+
+    def _apply_in_place(self, old: VhostUserPortConfig, fields: tuple[str, ...]) -> None:
+        if {"socket_owner", "socket_group", "socket_mode"} & set(fields) and self._listener:
+            apply_socket_permissions(self.config.socket, self.config)
+        self._apply_datapath_settings(old)
+
+    def _apply_connect_time(self, old: VhostUserPortConfig) -> None:
+        """Only while no guest is connected: a new offer, a new slot for a new
+        number of queue pairs (slots are sized at creation)."""
+        self.offer = offer_for(self.config)
+        if self.config.queues != old.queues:
+            if self.config.mac:
+                self.dp.fdb_set_static(self.config.mac, -1)
+            self.dp.port_remove(self.slot)
+            self.slot = self.dp.port_add(self.config.queues)
+            self._apply_datapath_settings(None)
 
     # --- socket roles ----------------------------------------------------------
 
@@ -164,6 +269,7 @@ class VhostUserPort:
             if self._conn is not None:
                 # One front-end per port: a second one is refused at once,
                 # the first keeps running undisturbed.
+                self.status.refused += 1
                 self.ratelog.warning(f"{self.name}:second", "port %s: refusing a second connection "
                                      "while one is active", self.name)
                 sock.close()
@@ -188,7 +294,10 @@ class VhostUserPort:
                 continue
             delay = RECONNECT_MIN_S
             self._conn = Connection(sock, loop)
-            await self._run_connection()
+            # A task of its own, so that a forced reconfiguration can end this
+            # connection (cancel it) without ending the reconnect loop.
+            self._conn_task = loop.create_task(self._run_connection(), name=f"conn-{self.name}")
+            await asyncio.wait({self._conn_task})
             await asyncio.sleep(RECONNECT_MIN_S)
 
     async def _run_connection(self) -> None:
@@ -235,6 +344,11 @@ class VhostUserPort:
         self.status.disconnects += 1
         self.status.connected_since = None
         log.info("port %s: disconnected (%s)", self.name, reason)
+        if self.pending is not None:
+            # The guest is gone: what waited for its next connection applies now.
+            old, self.config, self.pending = self.config, self.pending, None
+            self._apply_connect_time(old)
+            log.info("port %s: pending configuration applied", self.name)
 
     # --- observation -------------------------------------------------------------
 
@@ -298,6 +412,7 @@ class VhostUserPort:
                 "listening" if self.config.mode == "server" else "connecting"),
             "connections": self.status.connections,
             "disconnects": self.status.disconnects,
+            "refused": self.status.refused,
             "protocol_errors": self.status.protocol_errors,
             "last_error": self.status.last_error,
             "alerts": dict(self.status.alerts),
@@ -306,6 +421,12 @@ class VhostUserPort:
             "mtu": info.mtu if info else None,
             "queues_enabled": sum(1 for q in queues if q["rx"]["enabled"]) if info else 0,
             "queues": queues,
+            "mac": self.config.mac,
+            "mtu_enforced": self.config.mtu,
+            "features_offered": p.decode_bits(self.offer.features, p.Feature),
+            "pending": ({f.name: getattr(self.pending, f.name) for f in dataclasses.fields(self.config)
+                         if getattr(self.pending, f.name) != getattr(self.config, f.name)}
+                        if self.pending else {}),
         }
 
     def drop_totals(self) -> dict[str, int]:

@@ -398,3 +398,12 @@ def open_tap_queues(ifname: str, queues: int, *, create: bool = True, mtu: int |
              "created" if creating else "attached", queues, offloads,
              f", mtu {mtu}" if mtu is not None else "")
     return fds
+
+
+def set_tap_mtu(ifname: str, mtu: int) -> None:
+    """Change a device's MTU (config reload); raises TapError."""
+    with _ctl_socket() as s:
+        try:
+            fcntl.ioctl(s.fileno(), SIOCSIFMTU, _IFR_INT.pack(_ifr_name(ifname), mtu))
+        except OSError as e:
+            raise TapError(ifname, f"set MTU {mtu} (SIOCSIFMTU)", e.errno) from e

@@ -16,7 +16,8 @@ import os
 
 from ._datapath import Datapath
 from .config import TapPortConfig
-from .tap import TapError, open_tap_queues, tap_fd_ifname, tap_link_state
+from .reconcile import port_change
+from .tap import TapError, open_tap_queues, set_tap_mtu, tap_fd_ifname, tap_link_state
 
 log = logging.getLogger("vswitch.uplink")
 
@@ -40,6 +41,8 @@ class TapPort:
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
+        if self.config.mac:
+            self.dp.fdb_set_static(self.config.mac, self.slot)
         self._attach()        # a failure here is reported and retried, never fatal
         self._task = asyncio.get_running_loop().create_task(self._watch(), name=f"tap-{self.name}")
 
@@ -50,7 +53,34 @@ class TapPort:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        if self.config.mac:
+            self.dp.fdb_set_static(self.config.mac, -1)
         self.dp.port_remove(self.slot)     # closes the queue fds
+
+    async def reconfigure(self, new: TapPortConfig, force: bool = False) -> str:
+        """MTU and static MAC change in place; anything else re-opens the TAP
+        ("restart", done by the caller)."""
+        change = port_change(self.name, self.config, new)
+        if change is None:
+            return "unchanged"
+        if change.restart:
+            return "restart"
+        old, self.config = self.config, new
+        if "mtu" in change.in_place and new.mtu is not None and self.attached:
+            try:
+                set_tap_mtu(new.ifname, new.mtu)
+            except TapError as exc:
+                self.last_error = str(exc)
+                log.error("port %s: %s", self.name, exc)
+        if self.attached:
+            self.mtu = new.mtu or tap_link_state(new.ifname).get("mtu") or 1500
+            self.dp.port_set_mtu(self.slot, self.mtu)
+        if old.mac and old.mac != new.mac:
+            self.dp.fdb_set_static(old.mac, -1)
+        if new.mac:
+            self.dp.fdb_set_static(new.mac, self.slot)
+        log.info("port %s: %s applied", self.name, ", ".join(change.in_place))
+        return "applied"
 
     def _attach(self) -> bool:
         cfg = self.config

@@ -14,6 +14,7 @@ import errno
 import os
 import socket
 import stat
+from typing import Callable
 
 from . import protocol as p
 
@@ -130,9 +131,11 @@ def socket_is_live(path: str) -> bool:
         probe.close()
 
 
-def bind_listener(path: str) -> socket.socket:
+def bind_listener(path: str, prepare: Callable[[str], None] | None = None) -> socket.socket:
     """Listen on path, replacing a stale socket file left by a dead process,
-    but never one that a live process listens on, nor a non-socket file."""
+    but never one that a live process listens on, nor a non-socket file.
+    `prepare(path)` runs between bind and listen (ownership, mode), so no one
+    can connect before the socket has its final permissions."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -146,9 +149,16 @@ def bind_listener(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
+        if prepare is not None:
+            prepare(path)
         sock.listen(4)
         sock.setblocking(False)
     except BaseException:
         sock.close()
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)    # ours: bound above, never listened on
+        except OSError:
+            pass
         raise
     return sock

@@ -1,0 +1,77 @@
+"""Reload as a diff: which change is applied how (vswitch/reconcile.py)."""
+
+from __future__ import annotations
+
+import yaml
+
+from vswitch.config import parse_config
+from vswitch.reconcile import plan, port_change
+
+
+def cfg(ports: dict, **top) -> object:
+    return parse_config(yaml.safe_dump({"runtime_dir": "/tmp/vsw-reconcile", "ports": ports, **top}))
+
+
+A = {"type": "vhost-user", "queues": 2}
+TAP = {"type": "tap", "ifname": "vsw-up0"}
+
+
+def test_equal_configs_touch_nothing():
+    p = plan(cfg({"a": A, "up": TAP}), cfg({"a": A, "up": TAP}))
+    assert p.empty and p.unchanged == ["a", "up"] and not p.errors
+
+
+def test_added_removed_and_untouched_ports_by_name():
+    p = plan(cfg({"a": A, "b": A}), cfg({"a": A, "c": A}))
+    assert (p.added, p.removed, p.unchanged, p.changed) == (["c"], ["b"], ["a"], [])
+
+
+def test_fields_a_guest_negotiated_wait_for_its_next_connection():
+    for field, value in (("queues", 4), ("mrg_rxbuf", False), ("event_idx", False),
+                         ("indirect_desc", False), ("offloads", False)):
+        old, new = cfg({"a": A}), cfg({"a": {**A, field: value}})
+        change = port_change("a", old.ports["a"], new.ports["a"])
+        assert not change.restart and change.at_connect == (field,) and change.in_place == (), field
+
+
+def test_socket_permissions_mac_and_mtu_apply_in_place():
+    new = cfg({"a": {**A, "socket_mode": 0o666, "mac": "52:54:00:00:00:01", "mtu": 9000}})
+    change = port_change("a", cfg({"a": A}).ports["a"], new.ports["a"])
+    assert not change.restart and set(change.in_place) == {"socket_mode", "mac", "mtu"}
+
+
+def test_identity_changes_restart_the_port_alone():
+    for new_port in ({**A, "socket": "/tmp/vsw-reconcile/other.sock"}, {**A, "mode": "client",
+                     "socket": "/tmp/vsw-reconcile/qemu.sock"}, TAP):
+        p = plan(cfg({"a": A, "b": A}), cfg({"a": new_port, "b": A}))
+        assert [c.name for c in p.changed] == ["a"] and p.changed[0].restart
+        assert p.unchanged == ["b"]
+
+
+def test_tap_mtu_in_place_but_queues_reopen_the_device():
+    old = cfg({"up": TAP}).ports["up"]
+    assert not port_change("up", old, cfg({"up": {**TAP, "mtu": 1400}}).ports["up"]).restart
+    assert port_change("up", old, cfg({"up": {**TAP, "queues": 2}}).ports["up"]).restart
+
+
+def test_runtime_dir_cannot_change_under_a_running_daemon():
+    old = cfg({"a": A})
+    new = parse_config(yaml.safe_dump({"runtime_dir": "/tmp/vsw-elsewhere", "ports": {"a": A}}))
+    p = plan(old, new)
+    assert p.errors and "runtime_dir" in p.errors[0] and not p.added and not p.changed
+
+
+def test_workers_warn_mode_and_cpus_apply_metrics_and_control_noticed():
+    old = cfg({"a": A})
+    new = cfg({"a": A}, datapath={"workers": 2, "mode": "poll", "cpus": [0]},
+              metrics={"listen": "127.0.0.1:9999"})
+    p = plan(old, new)
+    assert any("workers" in w for w in p.warnings)
+    assert p.datapath_in_place == ("mode", "cpus") and p.metrics_changed and p.unchanged == ["a"]
+
+
+def test_defaults_change_reaches_every_port_that_inherits_it():
+    old = cfg({"a": A, "b": {"type": "vhost-user"}})
+    new = cfg({"a": A, "b": {"type": "vhost-user"}}, defaults={"queues": 3})
+    p = plan(old, new)
+    assert [c.name for c in p.changed] == ["b"] and p.changed[0].at_connect == ("queues",)

@@ -1,0 +1,130 @@
+"""Reload as a diff: what must change to go from the running config to a new one.
+
+Pure functions over two `Config`s, no I/O: the daemon applies the plan.
+
+Ports are compared by name. A port whose configuration is equal is not
+touched at all. For a changed port every differing field falls in one class:
+
+* in place: applied to the running port without disturbing a connected guest
+  (socket ownership and mode, the static MAC, the MTU the switch enforces);
+* at connect: what a guest negotiated when it connected (queue pairs offered,
+  the virtio features offered). Changing it under a running driver would
+  break the guest's NIC, so it waits for the guest's next connection and is
+  shown as pending in `port show` -- unless the operator forces a restart;
+* restart: the port's identity (type, socket path, socket role, TAP device):
+  the port is closed and opened again, alone.
+
+Daemon-wide settings: `datapath.mode` and `datapath.cpus`, `metrics` and the
+control socket's group apply in place; `datapath.workers` takes effect at the
+next start of the daemon (reported as a warning); `runtime_dir` cannot change
+under a running daemon, which holds its lock and control socket there (the
+reload is refused and nothing changes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .config import Config, TapPortConfig, VhostUserPortConfig
+
+PortConfig = VhostUserPortConfig | TapPortConfig
+
+# Fields of a vhost-user port, by how a change is applied.
+VHOST_IN_PLACE = frozenset({"socket_owner", "socket_group", "socket_mode", "mac", "mtu"})
+VHOST_AT_CONNECT = frozenset({"queues", "mrg_rxbuf", "event_idx", "indirect_desc", "offloads"})
+VHOST_RESTART = frozenset({"type", "mode", "socket"})
+# A TAP has no negotiation with a guest: re-opening it is the only disruption.
+TAP_IN_PLACE = frozenset({"mac", "mtu"})
+TAP_RESTART = frozenset({"type", "ifname", "queues", "create"})
+
+
+@dataclass(frozen=True)
+class PortChange:
+    name: str
+    old: PortConfig
+    new: PortConfig
+    fields: tuple[str, ...]          # every field that differs
+    restart: bool                    # identity changed: close and reopen the port
+    in_place: tuple[str, ...] = ()   # applied to the running port
+    at_connect: tuple[str, ...] = () # wait for the guest's next connection (unless forced)
+
+
+@dataclass
+class Plan:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[PortChange] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    datapath_in_place: tuple[str, ...] = ()
+    metrics_changed: bool = False
+    control_changed: bool = False
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.changed or self.datapath_in_place
+                    or self.metrics_changed or self.control_changed)
+
+    def summary(self) -> dict:
+        return {
+            "added": self.added,
+            "removed": self.removed,
+            "changed": {c.name: {"fields": list(c.fields), "restart": c.restart,
+                                 "in_place": list(c.in_place), "at_connect": list(c.at_connect)}
+                        for c in self.changed},
+            "unchanged": self.unchanged,
+            "datapath": list(self.datapath_in_place),
+            "warnings": self.warnings,
+        }
+
+
+def _differing(old: object, new: object) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(old)
+                 if f.name != "name" and getattr(old, f.name) != getattr(new, f.name))
+
+
+def port_change(name: str, old: PortConfig, new: PortConfig) -> PortChange | None:
+    if old == new:
+        return None
+    if type(old) is not type(new):
+        return PortChange(name, old, new, ("type",), restart=True)
+    fields = _differing(old, new)
+    if isinstance(new, VhostUserPortConfig):
+        restart_set, in_place_set, at_connect_set = VHOST_RESTART, VHOST_IN_PLACE, VHOST_AT_CONNECT
+    else:
+        restart_set, in_place_set, at_connect_set = TAP_RESTART, TAP_IN_PLACE, frozenset()
+    unknown = set(fields) - restart_set - in_place_set - at_connect_set
+    restart = bool(set(fields) & restart_set) or bool(unknown)   # unknown field: be safe
+    return PortChange(name, old, new, fields, restart=restart,
+                      in_place=tuple(f for f in fields if f in in_place_set),
+                      at_connect=tuple(f for f in fields if f in at_connect_set))
+
+
+def plan(old: Config, new: Config) -> Plan:
+    result = Plan()
+    if old.runtime_dir != new.runtime_dir:
+        result.errors.append(
+            f"runtime_dir: cannot change from {old.runtime_dir} to {new.runtime_dir} while the "
+            "daemon runs (it holds its lock and control socket there); restart the service")
+        return result
+    for name, pc in new.ports.items():
+        if name not in old.ports:
+            result.added.append(name)
+            continue
+        change = port_change(name, old.ports[name], pc)
+        if change is None:
+            result.unchanged.append(name)
+        else:
+            result.changed.append(change)
+    result.removed = [name for name in old.ports if name not in new.ports]
+    if old.datapath.workers != new.datapath.workers:
+        result.warnings.append(
+            f"datapath.workers: {old.datapath.workers} -> {new.datapath.workers} takes effect "
+            "at the next start of the daemon")
+    result.datapath_in_place = tuple(
+        f for f in ("mode", "cpus") if getattr(old.datapath, f) != getattr(new.datapath, f))
+    result.metrics_changed = old.metrics != new.metrics
+    result.control_changed = old.control != new.control
+    return result
