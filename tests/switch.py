@@ -22,9 +22,11 @@ class Vswitchd:
     """vswitchd on a config built from `ports` (name -> port mapping)."""
 
     def __init__(self, workdir: Path, ports: dict[str, dict], workers: int = 1,
-                 cpus: str | None = None, extra: dict | None = None) -> None:
+                 cpus: str | None = None, extra: dict | None = None,
+                 runtime_dir: Path | None = None, wrapper: list[str] | None = None) -> None:
         self.workdir = Path(workdir)
-        self.runtime_dir = self.workdir / "run"
+        self.runtime_dir = Path(runtime_dir) if runtime_dir else self.workdir / "run"
+        self.wrapper = list(wrapper or [])   # e.g. setpriv with the unit's capability set
         self.config_path = self.workdir / "vswitch.yaml"
         self.log_path = self.workdir / "vswitchd.log"
         self.ports = ports
@@ -55,6 +57,7 @@ class Vswitchd:
         cmd = [VSWITCHD, "--config", str(self.config_path), "--log-level", "debug"]
         if self.cpus:
             cmd = ["taskset", "-c", self.cpus, *cmd]
+        cmd = [*self.wrapper, *cmd]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
         ctl = self.runtime_dir / "vswitchd.ctl"

@@ -211,7 +211,7 @@ class InstalledDaemon:
     def __init__(self, unit, workdir: Path, env: dict[str, str]) -> None:
         self.argv = exec_argv(unit["Service"]["ExecStart"][0])
         self.log_path = workdir / "vswitchd.log"
-        script = ("mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -m 0750 /run/vswitch "
+        script = ("mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -m 0755 /run/vswitch "
                   '&& exec "$@"')
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--",

@@ -30,6 +30,7 @@ import ctypes
 import hashlib
 import json
 import os
+import pwd
 import re
 import secrets
 import shlex
@@ -356,6 +357,7 @@ class QemuGuest:
         accel: str | None = None,
         append: str = "",
         extra_args: Sequence[str] = (),
+        run_as: str | None = None,
     ) -> None:
         """Describe a guest; nothing runs until :meth:`start`.
 
@@ -373,6 +375,8 @@ class QemuGuest:
         append: extra kernel command line words (e.g. "ipv6.disable=1").
         extra_args: appended verbatim to the QEMU command line
             (e.g. ["-incoming", "defer"] for migration tests).
+        run_as: run QEMU as this user (with its groups), as libvirt runs it
+            as libvirt-qemu; the workdir is given to that user.
         """
         if queues < 1:
             raise ValueError("queues must be >= 1")
@@ -395,6 +399,7 @@ class QemuGuest:
         self.accel = accel or default_accel(image)
         self.append = append
         self.extra_args = list(extra_args)
+        self.run_as = run_as
 
         self.serial_log_path = self.workdir / f"{name}.serial.log"
         self.qemu_log_path = self.workdir / f"{name}.qemu.log"
@@ -487,6 +492,13 @@ class QemuGuest:
         self._serial_log = open(  # noqa: SIM115
             self.serial_log_path, "w", encoding="utf-8", errors="replace"
         )
+        as_user: dict[str, Any] = {}
+        if self.run_as is not None:
+            pw = pwd.getpwnam(self.run_as)
+            as_user = {"user": pw.pw_uid, "group": pw.pw_gid,
+                       "extra_groups": os.getgrouplist(self.run_as, pw.pw_gid)}
+            for path in (self.workdir, self.qmp_path.parent):
+                os.chown(path, pw.pw_uid, pw.pw_gid)
         try:
             self.proc = subprocess.Popen(
                 argv,
@@ -495,6 +507,7 @@ class QemuGuest:
                 stderr=qemu_log,
                 cwd=self.workdir,
                 preexec_fn=_set_pdeathsig,
+                **as_user,
             )
         finally:
             qemu_log.close()  # the child holds its own descriptor
