@@ -64,6 +64,7 @@ BURST = VS_BURST
 # Feature bits the datapath itself interprets.
 cdef enum:
     F_MRG_RXBUF = 15
+    F_LOG_ALL = 26
     F_INDIRECT_DESC = 28
     F_EVENT_IDX = 29
     F_VERSION_1 = 32
@@ -103,6 +104,8 @@ cdef class Datapath:
     cdef int nworkers
     cdef object threads
     cdef bint running
+    cdef vs_worker *ctlw          # scratch for frames the control plane injects (RARP)
+    cdef vs_vring *ctl_vq         # counters of those frames' ingress side
     cdef readonly tuple cpus
 
     def __cinit__(self, int workers=1, str mode="adaptive", cpus=None):
@@ -133,6 +136,10 @@ cdef class Datapath:
             ev.events = EPOLLIN
             ev.data.ptr = NULL
             epoll_ctl(self.workers[i].epfd, EPOLL_CTL_ADD, self.workers[i].wake_fd, &ev)
+        self.ctlw = <vs_worker *>calloc(1, sizeof(vs_worker))
+        self.ctl_vq = <vs_vring *>calloc(1, sizeof(vs_vring))
+        if self.ctlw == NULL or self.ctl_vq == NULL:
+            raise MemoryError()
         self.threads = []
         self.running = False
         # worker i runs on cpus[i % len(cpus)] (datapath.cpus in the config)
@@ -150,6 +157,8 @@ cdef class Datapath:
                     self._release_port_resources(port)
                     free(port)
             free(self.sw)
+        free(self.ctlw)
+        free(self.ctl_vq)
         if self.workers != NULL:
             for i in range(self.nworkers):
                 if self.workers[i] != NULL:
@@ -337,6 +346,97 @@ cdef class Datapath:
             port.vq[i].call_fd = -1
             port.vq[i].err_fd = -1
         _unmap_all(&port.mem)
+        port.log = NULL
+        port.log_all = 0
+        if port.log_map_base != NULL:
+            munmap(port.log_map_base, port.log_map_len)
+            port.log_map_base = NULL
+            port.log_map_len = 0
+            port.log_size = 0
+
+    # --- dirty logging (live migration) ---------------------------------------
+
+    cdef void _update_log(self, vs_port *port) noexcept:
+        """Logging is on while VHOST_F_LOG_ALL is negotiated and a log is mapped.
+        The caller quiesces (or has): workers see the new pointer next round."""
+        cdef uint8_t *log = NULL
+        if port.log_all and port.log_map_base != NULL:
+            log = <uint8_t *>port.log_map_base + (port.log_map_len - port.log_size)
+        port.log = log
+
+    def set_log_base(self, int p, int fd, uint64_t size, uint64_t offset):
+        """SET_LOG_BASE: map the dirty bitmap (size bytes at offset of fd).
+        Sizes are checked without overflow against the file (CVE-2020-10722)."""
+        cdef vs_port *port = self._port(p)
+        cdef stat st
+        cdef void *base
+        cdef void *old_base
+        cdef size_t old_len
+        if size == 0 or size > (1 << 40) or offset > 0xFFFFFFFFFFFFFFFF - size:
+            raise DatapathError(f"log size {size:#x} at offset {offset:#x} is not valid")
+        if fstat(fd, &st) != 0:
+            raise DatapathError(f"log fd {fd}: {os.strerror(errno)}")
+        if <uint64_t>st.st_size < offset + size:
+            raise DatapathError(f"log needs {offset + size} bytes of its file, which has {st.st_size}")
+        base = mmap(NULL, offset + size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        if base == MAP_FAILED:
+            raise DatapathError(f"mmap of the {size}-byte log failed")
+        old_base, old_len = port.log_map_base, port.log_map_len
+        port.log = NULL
+        self._quiesce()
+        port.log_map_base = base
+        port.log_map_len = offset + size
+        port.log_size = size
+        self._update_log(port)
+        self._quiesce()        # every worker now logs into the new bitmap
+        if old_base != NULL:
+            munmap(old_base, old_len)
+
+    def log_info(self, int p):
+        cdef vs_port *port = self._port(p)
+        return {"active": port.log != NULL, "log_all": bool(port.log_all), "size": port.log_size}
+
+    # --- frames from the control plane ------------------------------------------
+
+    def inject_rarp(self, int p, bytes mac):
+        """SEND_RARP: broadcast a RARP from port p's guest MAC, as if the guest
+        had sent it (DPDK broadcast_rarp): the switch re-learns the MAC on
+        this port and every other port (and the network behind the TAP)
+        hears where the guest is now."""
+        cdef vs_port *port = self._port(p)
+        cdef vs_worker *w = self.ctlw
+        cdef vs_frame *f = &w.frames[0]
+        cdef uint8_t frame[60]
+        cdef int i
+        if len(mac) != 6:
+            raise DatapathError("a MAC is 6 bytes")
+        memset(frame, 0, 60)
+        for i in range(6):
+            frame[i] = 0xff                 # broadcast
+            frame[6 + i] = mac[i]           # source: the guest
+            frame[22 + i] = mac[i]          # sender hardware address
+            frame[32 + i] = mac[i]          # target hardware address
+        frame[12] = 0x80; frame[13] = 0x35  # ETH_P_RARP
+        frame[15] = 1                       # hardware type Ethernet
+        frame[16] = 0x08                    # protocol IPv4
+        frame[18] = 6; frame[19] = 4        # address lengths
+        frame[21] = 3                       # reverse request
+        w.segs[0].p = frame
+        w.segs[0].len = 60
+        f.seg0 = 0
+        f.nseg = 1
+        f.len = 60
+        f.hdr_len = 0
+        f.dst = FRAME_DROPPED
+        f.vflags = 0
+        f.gso_type = VS_GSO_NONE
+        f.vhdr_len = 0
+        f.gso_size = 0
+        f.csum_start = 0
+        f.csum_offset = 0
+        # Delivery takes each destination ring's lock, as a worker does.
+        with nogil:
+            switch_burst(self.sw, w, p, 0, self.ctl_vq, 1)
 
     def port_reset(self, int p):
         """Disconnect or RESET_DEVICE: stop every ring, forget the FDB entries,
@@ -380,6 +480,8 @@ cdef class Datapath:
         port.mrg_rxbuf = mrg
         port.event_idx = evi
         port.indirect = ind
+        port.log_all = (features >> F_LOG_ALL) & 1
+        self._update_log(port)
         vs_store_release_int(&port.active, was)
 
     def set_mem_table(self, int p, list regions):
@@ -395,8 +497,10 @@ cdef class Datapath:
         cdef uint64_t gpa, size, uaddr, off
         cdef int fd, i, j
         cdef void *base
-        if not 1 <= len(regions) <= VS_MAX_REGIONS:
-            raise DatapathError(f"{len(regions)} memory regions (1..{VS_MAX_REGIONS})")
+        # An empty table is the last REM_MEM_REG: running rings stop (they
+        # keep their configuration and start again when memory returns).
+        if not 0 <= len(regions) <= VS_MAX_REGIONS:
+            raise DatapathError(f"{len(regions)} memory regions (0..{VS_MAX_REGIONS})")
         memset(&newm, 0, sizeof(vs_memtable))
         try:
             for (gpa, size, uaddr, off, fd) in regions:
@@ -455,7 +559,9 @@ cdef class Datapath:
             raise DatapathError("SET_VRING_NUM on a started ring")
         vq.num = num
 
-    def vring_set_addr(self, int p, int idx, uint64_t desc, uint64_t used, uint64_t avail):
+    def vring_set_addr(self, int p, int idx, uint64_t desc, uint64_t used, uint64_t avail,
+                       log_gpa=None):
+        """log_gpa: the used ring's guest address when VHOST_VRING_F_LOG is set."""
         cdef vs_vring *vq = self._vring(p, idx)
         cdef vs_port *port = self._port(p)
         was = vq.started
@@ -466,6 +572,8 @@ cdef class Datapath:
         vq.desc_ua = desc
         vq.used_ua = used
         vq.avail_ua = avail
+        vq.log_used = log_gpa is not None
+        vq.log_used_gpa = log_gpa if log_gpa is not None else 0
         if was:
             if _translate_ring(&port.mem, vq) != 0:
                 raise DatapathError("ring addresses are not inside guest memory")

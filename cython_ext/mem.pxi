@@ -38,6 +38,18 @@ cdef inline void *mem_uaddr_contig(vs_memtable *m, uint64_t ua, uint64_t length)
     return NULL
 
 
+cdef inline int mem_host_to_gpa(vs_memtable *m, const uint8_t *p, uint64_t *gpa) noexcept nogil:
+    """The guest address of a host pointer into one of the regions (dirty log)."""
+    cdef int i
+    cdef vs_region *r
+    for i in range(m.n):
+        r = &m.r[i]
+        if p >= r.host and <uint64_t>(p - r.host) < r.size:
+            gpa[0] = r.gpa + <uint64_t>(p - r.host)
+            return 1
+    return 0
+
+
 cdef inline int mem_gpa_segments(vs_memtable *m, uint64_t gpa, uint32_t length,
                                  vs_seg *segs, int *nseg, int maxseg) noexcept nogil:
     """Append the host pieces of [gpa, gpa+length) to segs; a buffer may span

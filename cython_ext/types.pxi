@@ -41,6 +41,7 @@ cdef extern from "vs_defs.h" nogil:
     void vs_store_relaxed_u64(uint64_t *p, uint64_t v)
     int vs_cas_u64(uint64_t *p, uint64_t expected, uint64_t desired)
     void vs_mb()
+    void vs_log_page(uint8_t *log, uint64_t page)
     void vs_cpu_relax()
     void vs_spin_lock(int *l)
     void vs_spin_unlock(int *l)
@@ -52,7 +53,7 @@ cdef enum:
     VS_MAX_PORTS = 256
     VS_MAX_QP = 64
     VS_MAX_VRINGS = 128            # 2 * VS_MAX_QP
-    VS_MAX_REGIONS = 8
+    VS_MAX_REGIONS = 32            # memory slots (CONFIGURE_MEM_SLOTS; SET_MEM_TABLE sends <= 8)
     VS_BURST = 32                  # frames per queue per round (design.md)
     VS_MAX_SEGS = 64               # guest buffer pieces per frame
     VS_MAX_RX_CHAINS = 64          # MRG_RXBUF chains per frame
@@ -145,6 +146,8 @@ ctypedef struct vs_vring:
     vs_vring_desc *desc
     vs_vring_avail *avail
     vs_vring_used *used
+    int log_used                   # VHOST_VRING_F_LOG: log used-ring writes at log_used_gpa
+    uint64_t log_used_gpa
     int kick_fd
     int kick_epfd                  # epoll set the kick fd is registered in, or -1
     int call_fd
@@ -178,6 +181,13 @@ ctypedef struct vs_port:
     int n_rx_enabled
     uint16_t rx_enabled[VS_MAX_QP] # enabled RX queue pairs, for spreading
     vs_memtable mem
+    # Dirty log for live migration (SET_LOG_BASE + VHOST_F_LOG_ALL): `log` is
+    # NULL unless both are set; one bit per 4 KiB guest page.
+    uint8_t *log
+    uint64_t log_size              # bytes
+    void *log_map_base
+    size_t log_map_len
+    int log_all
     vs_vring vq[VS_MAX_VRINGS]
 
 ctypedef struct vs_frame:

@@ -151,6 +151,42 @@ cdef inline void vring_notify(vs_vring *vq, int event_idx, uint16_t old_used) no
         vq.c.notify_suppressed += 1
 
 
+# --- dirty logging (vhost-user.rst "Migration") ----------------------------------
+# "the back-end must mark the pages it writes: for every write to guest memory
+# (frame data and used-ring updates) set bit gpa / 4096 of the log". Only
+# while migrating; otherwise one NULL test per burst.
+
+cdef inline void log_gpa_range(vs_port *port, uint64_t gpa, uint64_t length) noexcept nogil:
+    cdef uint64_t page, last
+    if length == 0 or gpa > (~(<uint64_t>0)) - (length - 1):
+        return
+    page = gpa >> 12
+    last = (gpa + (length - 1)) >> 12
+    while page <= last and (page >> 3) < port.log_size:
+        vs_log_page(port.log, page)
+        page += 1
+
+
+cdef inline void log_segs(vs_port *port, vs_seg *segs, int nseg, uint32_t nbytes) noexcept nogil:
+    cdef int i
+    cdef uint32_t n
+    cdef uint64_t gpa
+    for i in range(nseg):
+        if nbytes == 0:
+            return
+        n = segs[i].len if segs[i].len < nbytes else nbytes
+        if mem_host_to_gpa(&port.mem, segs[i].p, &gpa):
+            log_gpa_range(port, gpa, n)
+        nbytes -= n
+
+
+cdef inline void log_used_ring(vs_port *port, vs_vring *vq) noexcept nogil:
+    """The used ring as a whole (flags, idx, ring[num], avail_event): a page or
+    two, marked once per burst rather than per entry."""
+    if vq.log_used:
+        log_gpa_range(port, vq.log_used_gpa, 4 + 8 * <uint64_t>vq.num + 2)
+
+
 cdef inline void vring_put_used(vs_vring *vq, uint16_t head, uint32_t length) noexcept nogil:
     cdef vs_vring_used_elem *e = &vq.used.ring[vq.used_idx & (vq.num - 1)]
     e.id = head
@@ -158,8 +194,10 @@ cdef inline void vring_put_used(vs_vring *vq, uint16_t head, uint32_t length) no
     vq.used_idx += 1
 
 
-cdef inline void vring_publish(vs_vring *vq) noexcept nogil:
+cdef inline void vring_publish(vs_port *port, vs_vring *vq) noexcept nogil:
     vs_store_release_u16(&vq.used.idx, vq.used_idx)
+    if port.log != NULL:
+        log_used_ring(port, vq)
 
 
 cdef inline int vring_avail_count(vs_vring *vq, uint16_t *avail_idx) noexcept nogil:
@@ -253,6 +291,8 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
         if written + fill > need:
             fill = <uint32_t>(need - written)
         written += fill
+        if dport.log != NULL:
+            log_segs(dport, &w.rxsegs[w.rxchains[i].seg0], w.rxchains[i].nseg, fill)
         vring_put_used(vq, w.rxchains[i].head, fill)
     vq.c.packets += 1
     vq.c.bytes += flen

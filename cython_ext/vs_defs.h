@@ -74,6 +74,12 @@ static inline int vs_cas_u64(volatile uint64_t *p, uint64_t expected, uint64_t d
  * used_event / avail->flags (virtio spec 2.7.10: the device must not miss
  * a notification request), and in the control plane's quiescence handshake. */
 static inline void vs_mb(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+/* Live migration: mark a 4 KiB page of guest memory dirty. Atomic, because
+ * several workers (and QEMU's reader) share the bitmap: DPDK reverted a
+ * plain read-modify-write because migration then never converged. */
+static inline void vs_log_page(uint8_t *log, uint64_t page) {
+    __atomic_fetch_or(&log[page >> 3], (uint8_t)(1u << (page & 7)), __ATOMIC_RELAXED);
+}
 
 static inline void vs_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)

@@ -223,7 +223,7 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
             if rc:
                 rvq.c.drops[rc] += 1
     if rvq.used_idx != old_used:
-        vring_publish(rvq)
+        vring_publish(dport, rvq)
         vring_notify(rvq, dport.event_idx, old_used)
     vs_spin_unlock(&rvq.lock)
 
@@ -472,7 +472,7 @@ cdef int tx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int qp,
     old_used = vq.used_idx
     for i in range(nused):
         vring_put_used(vq, w.tx_used[i].id, 0)
-    vring_publish(vq)
+    vring_publish(port, vq)
     vring_notify(vq, port.event_idx, old_used)
     return n
 

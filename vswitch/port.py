@@ -68,14 +68,23 @@ class RateLimitedLog:
         self.state: dict[str, tuple[float, int, int]] = {}
 
     def warning(self, key: str, msg: str, *args) -> None:
+        self._log(logging.WARNING, key, msg, *args)
+
+    def info(self, key: str, msg: str, *args) -> None:
+        # Connection lines too: a peer that connects and sends garbage in a
+        # loop must not write two log lines per attempt (issue 6, item 6);
+        # the port's counters carry the totals.
+        self._log(logging.INFO, key, msg, *args)
+
+    def _log(self, level: int, key: str, msg: str, *args) -> None:
         now = time.monotonic()
         start, n, suppressed = self.state.get(key, (now, 0, 0))
         if now - start > self.period:
             if suppressed:
-                log.warning("%s: %d similar messages suppressed", key, suppressed)
+                log.log(level, "%s: %d similar messages suppressed", key, suppressed)
             start, n, suppressed = now, 0, 0
         if n < self.burst:
-            log.warning(msg, *args)
+            log.log(level, msg, *args)
             n += 1
         else:
             suppressed += 1
@@ -97,8 +106,8 @@ class PortBackend:
     def set_vring_num(self, index, num):
         self.dp.vring_set_num(self.slot, index, num)
 
-    def set_vring_addr(self, index, desc, used, avail):
-        self.dp.vring_set_addr(self.slot, index, desc, used, avail)
+    def set_vring_addr(self, index, desc, used, avail, log=None):
+        self.dp.vring_set_addr(self.slot, index, desc, used, avail, log)
 
     def set_vring_base(self, index, base):
         self.dp.vring_set_base(self.slot, index, base)
@@ -123,6 +132,12 @@ class PortBackend:
 
     def reset(self):
         self.dp.port_reset(self.slot)
+
+    def set_log_base(self, fd, size, offset):
+        self.dp.set_log_base(self.slot, fd, size, offset)
+
+    def send_rarp(self, mac):
+        self.dp.inject_rarp(self.slot, mac)
 
 
 @dataclass
@@ -307,7 +322,7 @@ class VhostUserPort:
         self.status.connected_since = time.time()
         self.status.alerts.clear()
         self._ring_seen.clear()
-        log.info("port %s: front-end connected", self.name)
+        self.ratelog.info(f"{self.name}:connected", "port %s: front-end connected", self.name)
         reason = "front-end closed the connection"
         try:
             while True:
@@ -343,7 +358,7 @@ class VhostUserPort:
         self._conn = None
         self.status.disconnects += 1
         self.status.connected_since = None
-        log.info("port %s: disconnected (%s)", self.name, reason)
+        self.ratelog.info(f"{self.name}:disconnected", "port %s: disconnected (%s)", self.name, reason)
         if self.pending is not None:
             # The guest is gone: what waited for its next connection applies now.
             old, self.config, self.pending = self.config, self.pending, None

@@ -286,6 +286,30 @@ def decode_mem_table(payload: bytes) -> list[MemRegion]:
     return regions
 
 
+def decode_single_mem_region(payload: bytes, what: str) -> MemRegion:
+    """ADD_MEM_REG / REM_MEM_REG: u64 padding, then one region."""
+    _expect_size(payload, SINGLE_MEM_REGION.size + MEM_REGION.size, what)
+    region = MemRegion(*MEM_REGION.unpack_from(payload, SINGLE_MEM_REGION.size))
+    _check_region(region, what)
+    return region
+
+
+def encode_single_mem_region(region: MemRegion) -> bytes:
+    return SINGLE_MEM_REGION.pack(0) + MEM_REGION.pack(
+        region.guest_phys_addr, region.memory_size, region.userspace_addr, region.mmap_offset)
+
+
+LOG = struct.Struct("=QQ")   # mmap_size, mmap_offset (SET_LOG_BASE)
+
+
+def decode_log(payload: bytes) -> tuple[int, int]:
+    _expect_size(payload, LOG.size, "SET_LOG_BASE")
+    size, offset = LOG.unpack(payload)
+    if size == 0 or offset > U64_MAX - size:
+        raise ProtocolError(f"SET_LOG_BASE: size {size:#x} at offset {offset:#x} is not valid")
+    return size, offset
+
+
 def encode_mem_table(regions: list[MemRegion]) -> bytes:
     out = MEM_TABLE_HEAD.pack(len(regions), 0)
     for r in regions:

@@ -42,7 +42,8 @@ class Backend(Protocol):
     def set_features(self, features: int) -> None: ...
     def set_mem_table(self, regions: list[tuple[int, int, int, int, int]]) -> list[int]: ...
     def set_vring_num(self, index: int, num: int) -> None: ...
-    def set_vring_addr(self, index: int, desc: int, used: int, avail: int) -> None: ...
+    def set_vring_addr(self, index: int, desc: int, used: int, avail: int,
+                       log: int | None = None) -> None: ...
     def set_vring_base(self, index: int, base: int) -> None: ...
     def set_vring_kick(self, index: int, fd: int) -> None: ...
     def set_vring_call(self, index: int, fd: int) -> None: ...
@@ -51,13 +52,18 @@ class Backend(Protocol):
     def stop_vring(self, index: int) -> int: ...
     def set_vring_enabled(self, index: int, enabled: bool) -> None: ...
     def reset(self) -> None: ...
+    def set_log_base(self, fd: int, size: int, offset: int) -> None: ...
+    def send_rarp(self, mac: bytes) -> None: ...
 
 
 # Feature offer for a net port (anchors.md §2.1). Checksum and TCP
 # segmentation offloads are offered both ways: the datapath hands them on to
 # guests that negotiated the receive side and finishes them in software for
 # the others. UFO/USO are not offered (Linux guests no longer send UFO).
-# Dirty logging comes with live migration.
+# VHOST_F_LOG_ALL with LOG_SHMFD: dirty logging for live migration (without
+# them QEMU blocks migration). GUEST_ANNOUNCE: QEMU's virtio-net makes the
+# guest announce itself after migration (the control queue stays in QEMU);
+# without it QEMU sends SEND_RARP and the switch announces for the guest.
 OFFLOAD_FEATURES = p.bits(
     F.NET_CSUM, F.NET_GUEST_CSUM, F.NET_HOST_TSO4, F.NET_HOST_TSO6, F.NET_HOST_ECN,
     F.NET_GUEST_TSO4, F.NET_GUEST_TSO6, F.NET_GUEST_ECN,
@@ -65,8 +71,12 @@ OFFLOAD_FEATURES = p.bits(
 BASE_FEATURES = p.bits(
     F.F_VERSION_1, F.NET_MRG_RXBUF, F.RING_F_EVENT_IDX, F.RING_F_INDIRECT_DESC,
     F.F_ANY_LAYOUT, F.NET_MQ, F.NET_MTU, F.VHOST_USER_F_PROTOCOL_FEATURES,
+    F.VHOST_F_LOG_ALL, F.NET_GUEST_ANNOUNCE,
 ) | OFFLOAD_FEATURES
-BASE_PROTOCOL_FEATURES = p.bits(PF.MQ, PF.REPLY_ACK, PF.NET_MTU, PF.RESET_DEVICE)
+BASE_PROTOCOL_FEATURES = p.bits(PF.MQ, PF.REPLY_ACK, PF.NET_MTU, PF.RESET_DEVICE,
+                                PF.LOG_SHMFD, PF.RARP, PF.CONFIGURE_MEM_SLOTS)
+# Memory slots offered with CONFIGURE_MEM_SLOTS (the datapath's VS_MAX_REGIONS).
+MAX_MEM_SLOTS = 32
 
 MTU_MIN = 68
 MTU_MAX = 65535
@@ -105,7 +115,11 @@ class SessionInfo:
 # Requests whose payload is the u64 of SET_VRING_KICK/CALL/ERR.
 _FD_VRING_REQUESTS = (R.SET_VRING_KICK, R.SET_VRING_CALL, R.SET_VRING_ERR)
 # Requests that already have a reply: NEED_REPLY adds nothing to them.
-_REPLYING = (R.GET_FEATURES, R.GET_PROTOCOL_FEATURES, R.GET_VRING_BASE, R.GET_QUEUE_NUM)
+_REPLYING = (R.GET_FEATURES, R.GET_PROTOCOL_FEATURES, R.GET_VRING_BASE, R.GET_QUEUE_NUM,
+             R.SET_LOG_BASE, R.GET_MAX_MEM_SLOTS)
+# Requests that carry exactly one fd (REM_MEM_REG: zero or one, tolerated).
+_ONE_FD = (R.SET_MEM_TABLE, R.SET_LOG_BASE, R.SET_LOG_FD, R.ADD_MEM_REG, R.REM_MEM_REG,
+           *_FD_VRING_REQUESTS)
 
 
 class Session:
@@ -119,6 +133,10 @@ class Session:
         self.owner = False
         self.has_mem = False
         self.mem_regions = 0
+        # The memory table as regions with our own dup of each fd, so that
+        # ADD/REM_MEM_REG can hand the datapath a whole new table.
+        self.regions: list[tuple[p.MemRegion, int]] = []
+        self.rarps = 0
         self.vrings = [VringConfig() for _ in range(2 * offer.queue_pairs)]
 
     # --- entry point -----------------------------------------------------
@@ -145,8 +163,14 @@ class Session:
     def close(self) -> None:
         """The connection is gone: stop everything, release memory and fds."""
         self.backend.reset()
+        self._drop_regions()
         for vr in self.vrings:
             vr.started = False
+
+    def _drop_regions(self) -> None:
+        for _, fd in self.regions:
+            os.close(fd)
+        self.regions = []
 
     @property
     def _reply_ack(self) -> bool:
@@ -166,7 +190,7 @@ class Session:
         handler = self._HANDLERS.get(request)
         if handler is None:
             raise ProtocolError(f"unsupported request {request.name}")
-        if request not in (R.SET_MEM_TABLE, *_FD_VRING_REQUESTS) and fds:
+        if request not in _ONE_FD and fds:
             raise ProtocolError(f"{request.name} carries {len(fds)} unexpected fds")
         return handler(self, h, payload, fds)
 
@@ -233,20 +257,95 @@ class Session:
         regions = p.decode_mem_table(payload)
         if len(fds) != len(regions):
             raise ProtocolError(f"SET_MEM_TABLE: {len(regions)} regions but {len(fds)} fds")
-        table = [(r.guest_phys_addr, r.memory_size, r.userspace_addr, r.mmap_offset, fd)
-                 for r, fd in zip(regions, fds)]
+        self._install_regions(list(zip(regions, fds)), "SET_MEM_TABLE")
+        return None
+
+    def _install_regions(self, table: list[tuple[p.MemRegion, int]], what: str) -> None:
+        """Hand the datapath a complete table; keep a dup of every fd that
+        backs it (the caller's fds are closed by handle())."""
         try:
-            dropped = self.backend.set_mem_table(table)
+            dropped = self.backend.set_mem_table(
+                [(r.guest_phys_addr, r.memory_size, r.userspace_addr, r.mmap_offset, fd)
+                 for r, fd in table])
         except Exception as exc:
-            raise RequestFailed(f"SET_MEM_TABLE: {exc}") from exc
-        # The mappings hold the memory; the fds themselves are closed by handle().
-        self.has_mem = True
-        self.mem_regions = len(regions)
+            raise RequestFailed(f"{what}: {exc}") from exc
+        kept = [(r, os.dup(fd)) for r, fd in table]
+        self._drop_regions()
+        self.regions = kept
+        self.has_mem = bool(table)
+        self.mem_regions = len(table)
         for index in dropped:
             # A running ring whose addresses the new table no longer maps.
             self.vrings[index].started = False
         for index in range(len(self.vrings)):
-            self._maybe_start(index)
+            try:
+                self._maybe_start(index)
+            except RequestFailed:
+                # Its addresses are outside this table: it waits for memory
+                # (or new addresses); the other rings start regardless.
+                pass
+
+    def _get_max_mem_slots(self, h, payload, fds):
+        return p.encode_u64_reply(h.request, MAX_MEM_SLOTS)
+
+    def _add_mem_reg(self, h, payload, fds):
+        region = p.decode_single_mem_region(payload, "ADD_MEM_REG")
+        if len(fds) != 1:
+            raise ProtocolError(f"ADD_MEM_REG: {len(fds)} fds, expected 1")
+        key = (region.guest_phys_addr, region.userspace_addr, region.memory_size)
+        if any((r.guest_phys_addr, r.userspace_addr, r.memory_size) == key for r, _ in self.regions):
+            # QEMU before ADD/REM_MEM_REG became per-device requests sends them
+            # once per queue pair: the same region again is a no-op, not an overlap.
+            return None
+        if len(self.regions) >= MAX_MEM_SLOTS:
+            raise RequestFailed(f"ADD_MEM_REG: all {MAX_MEM_SLOTS} memory slots are in use")
+        self._install_regions([*self.regions, (region, fds[0])], "ADD_MEM_REG")
+        return None
+
+    def _rem_mem_reg(self, h, payload, fds):
+        # vhost-user.rst: the region is identified by its guest address, user
+        # address and size; an fd, if sent, means nothing and is closed.
+        region = p.decode_single_mem_region(payload, "REM_MEM_REG")
+        if len(fds) > 1:
+            raise ProtocolError(f"REM_MEM_REG: {len(fds)} fds")
+        keep = [(r, fd) for r, fd in self.regions
+                if (r.guest_phys_addr, r.userspace_addr, r.memory_size)
+                != (region.guest_phys_addr, region.userspace_addr, region.memory_size)]
+        if len(keep) == len(self.regions):
+            # Already removed (QEMU repeats it per queue pair, see ADD_MEM_REG).
+            return None
+        # Even the last region: QEMU removes before it adds when memory
+        # changes, so rings stop but keep their configuration, and start
+        # again when a region arrives (their addresses are translated anew).
+        self._install_regions(keep, "REM_MEM_REG")
+        return None
+
+    def _set_log_base(self, h, payload, fds):
+        size, offset = p.decode_log(payload)
+        if len(fds) != 1:
+            raise ProtocolError(f"SET_LOG_BASE: {len(fds)} fds, expected 1")
+        try:
+            self.backend.set_log_base(fds[0], size, offset)
+        except Exception as exc:
+            raise RequestFailed(f"SET_LOG_BASE: {exc}") from exc
+        # vhost-user.rst: with LOG_SHMFD "the back-end must reply with a zero
+        # u64 once the log is in use" (the front-end waits for it).
+        return p.encode_u64_reply(h.request, 0)
+
+    def _set_log_fd(self, h, payload, fds):
+        # An eventfd to signal log updates: we never need to (QEMU syncs the
+        # bitmap itself). Accepted and closed by handle().
+        if len(fds) != 1:
+            raise ProtocolError(f"SET_LOG_FD: {len(fds)} fds, expected 1")
+        return None
+
+    def _send_rarp(self, h, payload, fds):
+        value = p.decode_u64(payload, "SEND_RARP")
+        mac = value.to_bytes(8, "little")[:6]
+        if mac[0] & 1 or not any(mac):
+            raise RequestFailed(f"SEND_RARP: {mac.hex(':')} is not a unicast MAC")
+        self.backend.send_rarp(mac)
+        self.rarps += 1
         return None
 
     def _set_vring_num(self, h, payload, fds):
@@ -258,17 +357,24 @@ class Session:
             raise ProtocolError(f"SET_VRING_NUM: size {st.num} is not a power of 2 in 1..{p.MAX_RING_SIZE}")
         self.backend.set_vring_num(st.index, st.num)
         vr.num = st.num
+        self._maybe_start(st.index)      # the size may be the last ingredient
         return None
 
     def _set_vring_addr(self, h, payload, fds):
         addr = p.decode_vring_addr(payload)
         vr = self._vring_index(addr.index, "SET_VRING_ADDR")
-        if addr.flags & ~p.VRING_F_LOG or addr.flags & p.VRING_F_LOG:
-            # Dirty logging is not offered (no VHOST_F_LOG_ALL), so no flag is valid.
+        if addr.flags & ~p.VRING_F_LOG:
             raise ProtocolError(f"SET_VRING_ADDR: flags {addr.flags:#x} not supported")
+        log = addr.log if addr.flags & p.VRING_F_LOG else None
+        if log is not None and log > p.U64_MAX - 0x80000:
+            raise ProtocolError(f"SET_VRING_ADDR: log address {log:#x} overflows")
         try:
-            self.backend.set_vring_addr(addr.index, addr.desc, addr.used, addr.avail)
+            self.backend.set_vring_addr(addr.index, addr.desc, addr.used, addr.avail, log)
         except Exception as exc:
+            # The datapath stopped the ring to re-point it and could not map
+            # the new addresses: it is stopped until a good SET_VRING_ADDR.
+            vr.started = False
+            vr.addr_set = False
             raise RequestFailed(f"SET_VRING_ADDR: {exc}") from exc
         vr.addr_set = True
         self._maybe_start(addr.index)
@@ -343,6 +449,7 @@ class Session:
         # Ownership and the negotiated protocol features survive.
         self._expect_empty(h, payload)
         self.backend.reset()
+        self._drop_regions()
         self.features = 0
         self.features_set = False
         self.has_mem = False
@@ -376,4 +483,10 @@ class Session:
         R.SET_VRING_ENABLE: _set_vring_enable,
         R.NET_SET_MTU: _net_set_mtu,
         R.RESET_DEVICE: _reset_device,
+        R.GET_MAX_MEM_SLOTS: _get_max_mem_slots,
+        R.ADD_MEM_REG: _add_mem_reg,
+        R.REM_MEM_REG: _rem_mem_reg,
+        R.SET_LOG_BASE: _set_log_base,
+        R.SET_LOG_FD: _set_log_fd,
+        R.SEND_RARP: _send_rarp,
     }
