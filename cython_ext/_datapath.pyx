@@ -363,6 +363,7 @@ cdef class Datapath:
         if port.log_all and port.log_map_base != NULL:
             log = <uint8_t *>port.log_map_base + (port.log_map_len - port.log_size)
         port.log = log
+        vs_mb()
 
     def set_log_base(self, int p, int fd, uint64_t size, uint64_t offset):
         """SET_LOG_BASE: map the dirty bitmap (size bytes at offset of fd).
@@ -381,20 +382,28 @@ cdef class Datapath:
         base = mmap(NULL, offset + size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         if base == MAP_FAILED:
             raise DatapathError(f"mmap of the {size}-byte log failed")
+        # QEMU resizes the log while migrating: it reads the old one after our
+        # reply, so workers keep logging into it until they all see the new one.
+        # Workers read the pointer and the size separately: until all of them
+        # passed a quiescent point, the size must suit both bitmaps.
         old_base, old_len = port.log_map_base, port.log_map_len
-        port.log = NULL
-        self._quiesce()
+        if old_base != NULL and port.log_size > size:
+            port.log_size = size
+        vs_mb()
         port.log_map_base = base
         port.log_map_len = offset + size
-        port.log_size = size
-        self._update_log(port)
+        if port.log_all:
+            port.log = <uint8_t *>base + offset
+        vs_mb()
         self._quiesce()        # every worker now logs into the new bitmap
+        port.log_size = size
         if old_base != NULL:
             munmap(old_base, old_len)
 
     def log_info(self, int p):
         cdef vs_port *port = self._port(p)
-        return {"active": port.log != NULL, "log_all": bool(port.log_all), "size": port.log_size}
+        return {"active": port.log != NULL, "log_all": bool(port.log_all), "size": port.log_size,
+                "marks": port.log_marks}
 
     # --- frames from the control plane ------------------------------------------
 
@@ -731,9 +740,13 @@ cdef class Datapath:
             "last_avail": vq.last_avail, "used_idx": vq.used_idx,
             "avail_moved": bool(vq.avail_moved), "start_avail": vq.start_avail,
             "kick_fd": vq.kick_fd, "call_fd": vq.call_fd,
+            "log_used_gpa": vq.log_used_gpa if vq.log_used else None,
         }
+        cdef uint64_t gpa
         if vq.started and vq.avail != NULL:
             info["avail_idx"] = vs_load_acquire_u16(&vq.avail.idx)
+            if mem_host_to_gpa(&self._port(p).mem, <uint8_t *>vq.used, &gpa):
+                info["used_gpa"] = gpa
         return info
 
     def vring_counters(self, int p, int idx):

@@ -188,6 +188,7 @@ ctypedef struct vs_port:
     void *log_map_base
     size_t log_map_len
     int log_all
+    uint64_t log_marks             # ranges marked (racy between workers: a statistic)
     vs_vring vq[VS_MAX_VRINGS]
 
 ctypedef struct vs_frame:

@@ -162,6 +162,7 @@ cdef inline void log_gpa_range(vs_port *port, uint64_t gpa, uint64_t length) noe
         return
     page = gpa >> 12
     last = (gpa + (length - 1)) >> 12
+    port.log_marks += 1
     while page <= last and (page >> 3) < port.log_size:
         vs_log_page(port.log, page)
         page += 1

@@ -518,6 +518,8 @@ cdef void worker_sleep(vs_switch *sw, vs_worker *w) noexcept nogil:
             vq = &port.vq[2 * qp + 1]
             if vs_load_acquire_int(&vq.started) and not vs_load_acquire_int(&vq.broken):
                 vring_notify_enable(vq, port.event_idx)
+                if port.log != NULL:
+                    log_used_ring(port, vq)       # flags / avail_event live in the used ring
                 if vq.kick_fd < 0:
                     timeout = NOKICK_SLEEP_MS
     vs_mb()
@@ -555,6 +557,8 @@ cdef void worker_sleep(vs_switch *sw, vs_worker *w) noexcept nogil:
             vq = &port.vq[2 * qp + 1]
             if vs_load_acquire_int(&vq.started):
                 vring_notify_disable(vq, port.event_idx)
+                if port.log != NULL:
+                    log_used_ring(port, vq)
 
 
 cdef void stall(vs_worker *w) noexcept nogil:

@@ -110,6 +110,11 @@ class ControlServer:
                 return {"ok": True, "result": result}
             if command == "version":
                 return {"ok": True, "result": {"version": __version__}}
+            if command == "debug vring":
+                port = sw.ports.get(args.get("name") or args.get("port"))
+                if port is None:
+                    return {"ok": False, "error": "no such port"}
+                return {"ok": True, "result": sw.dp.vring_info(port.slot, int(args.get("index", 0)))}
             if command == "debug stall-worker":
                 # For the watchdog tests: make a worker stop making progress.
                 sw.dp.debug_stall_worker(int(args.get("worker", 0)), float(args.get("seconds", 5)))

@@ -1,0 +1,6 @@
+"""Fuzzing helpers shared by the hypothesis tests and the atheris harnesses.
+
+``model`` generates vhost-user messages from any source of choices (a
+hypothesis ``data`` object or an atheris ``FuzzedDataProvider``) and runs them
+through a ``Session`` while checking the invariants of anchors.md §4 item 16.
+"""

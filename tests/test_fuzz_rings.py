@@ -1,0 +1,198 @@
+"""Random hostile rings against a live vswitchd (anchors.md §4 item 16: unchecked
+translation CVE-2020-10725, tiny chains CVE-2022-2132, loops, index truncation).
+
+One daemon for the module, three ports with static MACs: a healthy pair a<->b
+and a hostile guest h driven by tests/frontend. For each hypothesis example h
+is reset (RESET_DEVICE + a fresh start sequence) and then
+* its TX ring gets random chains: descriptors with addresses at, across and
+  beyond region edges and 2**64, lengths 0..2**32-1, random flags and next
+  indices (loops, out of range), indirect tables, the Hostile recipes, valid
+  frames in between, and sometimes a wild avail index;
+* its RX ring gets random hostile buffers among good ones while a sends to it.
+After each example: the daemon lives, h is still connected, every TX chain h
+offered is counted once - as a packet or as a drop by reason (or the ring is
+marked broken after a wild index) - every frame a sent to h is delivered or
+counted as an RX drop, and a and b exchange frames byte for byte in both
+directions. At the end the daemon's fd count (/proc/<pid>/fd) and VmRSS have
+not grown beyond a small bound.
+
+Runs a daemon: use the shared lock, flock /tmp/vswitch-heavy.lock.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from tests.frontend import Desc, Hostile, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+from tests.switch import Vswitchd
+from tests.test_datapath import FULL, MAC, connect, exchange
+
+H_MAC = bytes([0x02, 0, 0, 0, 0, 0x10])
+MACS = {"a": MAC["a"], "b": MAC["b"], "h": H_MAC}
+RECIPES = ["addr_outside_memory", "straddle_end_of_memory", "len_overflow_64", "len_overflow_32",
+           "zero_length", "short_header", "wrong_direction", "write_before_read", "loop",
+           "next_out_of_range", "head_out_of_range", "indirect_bad_len", "indirect_zero_len",
+           "indirect_outside_memory", "indirect_nested", "indirect_with_next", "indirect_loop",
+           "indirect_next_out_of_table", "indirect_too_long"]
+RX_RECIPES = ["addr_outside_memory", "loop", "wrong_direction", "indirect_outside_memory", "zero_length",
+              "straddle_end_of_memory", "next_out_of_range", "indirect_loop"]
+
+
+def vm_rss_kb(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Hostile_port:
+    def __init__(self, sw: Vswitchd) -> None:
+        self.sw = sw
+        self.dev = connect(sw, "h", rx_buffers=0)
+
+    def reset(self):
+        fe = self.dev.frontend
+        fe.reset_device()
+        for r in self.dev.rings:
+            r.close()
+        self.dev.mem.close()
+        self.dev = fe.setup_net_device(1, 64, FULL)
+        return self.dev
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fuzzrings")
+    ports = {name: {"type": "vhost-user", "queues": 1, "mac": ":".join(f"{x:02x}" for x in mac)}
+             for name, mac in MACS.items()}
+    with Vswitchd(tmp, ports, workers=1) as sw:
+        a = connect(sw, "a", rx_buffers=256)
+        b = connect(sw, "b", rx_buffers=256)
+        h = Hostile_port(sw)
+        exchange(a, b, "a", "b")
+        exchange(b, a, "b", "a")
+        # warm up (first connection allocates), then take the baseline
+        h.reset()
+        time.sleep(0.2)
+        base = (sw.fd_count(), vm_rss_kb(sw.proc.pid))
+        yield sw, a, b, h, base
+        fds, rss = sw.fd_count(), vm_rss_kb(sw.proc.pid)
+        assert sw.alive()
+        assert fds <= base[0], f"daemon fds grew {base[0]} -> {fds}"
+        assert rss <= base[1] + 16 * 1024, f"daemon VmRSS grew {base[1]} -> {rss} kB"
+
+
+def counters(sw, port, direction):
+    q = sw.port(port)["queues"][0][direction]
+    return q["packets"], sum(q["drops"].values()), q["drops"], q["broken"]
+
+
+EDGE_LENS = [0, 1, 4, 11, 12, 13, 26, 60, 64, 2048, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]
+
+
+@st.composite
+def raw_chain(draw, mem_end: int, buf: int, num: int):
+    """Descriptors for one chain, unlinked: flags and next are the fuzzer's."""
+    n = draw(st.integers(1, 4))
+    out = []
+    for _ in range(n):
+        addr = draw(st.sampled_from([buf, buf + 1, buf + 0xFFF, mem_end - 64, mem_end - 1, mem_end,
+                                     mem_end + 0x1000, 0, 2**64 - 0x100, 2**64 - 1, 2**32, 2**63]))
+        length = draw(st.sampled_from(EDGE_LENS))
+        flags = draw(st.sampled_from([0, 0, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_DESC_F_INDIRECT,
+                                      VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT, 0xFFFF]))
+        nxt = draw(st.sampled_from([0, 1, num - 1, num, num + 1, 0xFFFF]))
+        out.append(Desc(addr, length, flags, nxt))
+    return out
+
+
+CHAIN = st.one_of(
+    st.tuples(st.just("valid"), st.sampled_from([None, [12], [5, 40], "indirect"])),
+    st.tuples(st.just("recipe"), st.sampled_from(RECIPES)),
+    st.tuples(st.just("raw"), st.integers(0, 2**32 - 1)),
+)
+
+
+# No shrinking: each example costs a device reset on a live daemon; the
+# failure report prints every draw, which is enough to replay it.
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck),
+          phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(st.data())
+def test_random_tx_and_rx_rings_cost_nobody_else(rig, data):
+    sw, a, b, hp, _ = rig
+    dev = hp.reset()
+    tx, rx = dev.tx(0), dev.rx(0)
+    mem = dev.mem
+    buf = mem.alloc(4096)
+    mem.write(buf, bytes(12) + MAC["b"] + H_MAC + b"\x88\xb5" + bytes(50))   # raw chains may point here
+    chains = data.draw(st.lists(CHAIN, min_size=1, max_size=8), label="tx chains")
+    # a jump of more than the ring size past what the device processed (delta counts from there)
+    wild = data.draw(st.sampled_from([None] * 6 + [tx.num + 1, 0x8000, 0xFFF0]), label="wild avail")
+    posted = 0
+    for kind, arg in chains:
+        if kind == "valid":
+            f = MAC["b"] + H_MAC + b"\x88\xb5" + bytes(46)     # to b: b's FDB entry is static
+            if arg == "indirect":
+                tx.post_tx(f, indirect=True, publish=False, kick=False)
+            else:
+                tx.post_tx(f, split=arg, publish=False, kick=False)
+        elif kind == "recipe":
+            getattr(Hostile(tx), arg)(publish=False, kick=False)
+        else:
+            descs = data.draw(raw_chain(mem.end, buf, tx.num), label="raw descs")
+            Hostile(tx).chain(descs, link=data.draw(st.booleans(), label="link"), publish=False, kick=False)
+        posted += 1
+    before = counters(sw, "h", "tx")
+    if wild is not None:
+        tx.set_avail_idx(wild)          # avail idx = wild, the device is at 0: wild > num entries
+    tx.publish(kick=True)
+
+    deadline = time.monotonic() + 10
+    while True:
+        pk, dr, drops, broken = counters(sw, "h", "tx")
+        if (broken and wild is not None) or pk + dr - before[0] - before[1] >= posted:
+            break
+        assert time.monotonic() < deadline, (chains, before, drops)
+        time.sleep(0.02)
+    if wild is None:
+        assert pk + dr - before[0] - before[1] == posted, (chains, before, (pk, dr, drops))
+        assert not broken
+    else:
+        assert broken and drops.get("ring_broken", 0) >= 1
+
+    # RX: hostile buffers mixed with good ones; a sends to h
+    rx_plan = data.draw(st.lists(st.sampled_from(RX_RECIPES + ["good"] * 3), min_size=1, max_size=6),
+                        label="rx buffers")
+    for r in rx_plan:
+        if r == "good":
+            rx.post_rx(1, 2048, publish=False, kick=False)
+        else:
+            getattr(Hostile(rx), r)(publish=False, kick=False)
+    rx.publish(kick=True)
+    rbefore = counters(sw, "h", "rx")
+    abefore = counters(sw, "a", "tx")
+    n = len(rx_plan)
+    for i in range(n):
+        a.tx(0).post_tx(H_MAC + MAC["a"] + b"\x88\xb5" + i.to_bytes(4, "big") + bytes(42))
+    deadline = time.monotonic() + 10
+    while True:
+        rpk, rdr, rdrops, _ = counters(sw, "h", "rx")
+        apk, adr, adrops, _ = counters(sw, "a", "tx")
+        done = (rpk - rbefore[0]) + (rdr - rbefore[1]) + (adr - abefore[1])
+        if done >= n:
+            break
+        assert time.monotonic() < deadline, (rx_plan, rbefore, rdrops, adrops)
+        time.sleep(0.02)
+    assert done == n, (rx_plan, rdrops, adrops)
+    assert rpk - rbefore[0] <= rx_plan.count("good")
+
+    # nothing else noticed
+    assert sw.alive() and hp.dev.frontend.connected()
+    exchange(a, b, "a", "b", n=3)
+    exchange(b, a, "b", "a", n=3)
+    assert set(sw.drops("a")) <= {"no_rx_queue"}      # only frames a sent to h, counted above
+    assert sw.drops("b") == {}
