@@ -33,6 +33,7 @@ config/vswitch.schema.json a JSON Schema of it for editors)::
         event_idx: true        # offer VIRTIO_RING_F_EVENT_IDX (default true)
         indirect_desc: true    # offer VIRTIO_RING_F_INDIRECT_DESC (default true)
         offloads: true         # offer checksum/TSO features (default true)
+        memory_slots: true     # offer CONFIGURE_MEM_SLOTS (ADD/REM_MEM_REG; default true)
       uplink:
         type: tap
         ifname: vsw-up0        # at most 15 bytes; default the port name
@@ -119,7 +120,7 @@ MIN_PORT, MAX_PORT = 1, 65535
 
 # Per-port switches for virtio features that cause interop trouble; each is
 # offered to the guest unless set to false.
-FEATURE_KEYS = ("mrg_rxbuf", "event_idx", "indirect_desc", "offloads")
+FEATURE_KEYS = ("mrg_rxbuf", "event_idx", "indirect_desc", "offloads", "memory_slots")
 # Only for server-mode vhost-user ports: in client mode QEMU owns the socket.
 SOCKET_PERMISSION_KEYS = ("socket_owner", "socket_group", "socket_mode")
 
@@ -160,6 +161,7 @@ class VhostUserPortConfig:
     event_idx: bool = True          # offer VIRTIO_RING_F_EVENT_IDX
     indirect_desc: bool = True      # offer VIRTIO_RING_F_INDIRECT_DESC
     offloads: bool = True           # offer checksum / TSO features
+    memory_slots: bool = True       # offer CONFIGURE_MEM_SLOTS (ADD/REM_MEM_REG, memory hot-plug)
     type: str = "vhost-user"
 
     def to_dict(self) -> dict[str, Any]:
@@ -184,6 +186,7 @@ class VhostUserPortConfig:
         out["event_idx"] = self.event_idx
         out["indirect_desc"] = self.indirect_desc
         out["offloads"] = self.offloads
+        out["memory_slots"] = self.memory_slots
         return out
 
 

@@ -21,7 +21,7 @@ from ._datapath import DROP_REASONS, Datapath
 from .config import VhostUserPortConfig
 from .reconcile import port_change
 from .vhost import protocol as p
-from .vhost.session import BASE_FEATURES, OFFLOAD_FEATURES, Offer, Session
+from .vhost.session import BASE_FEATURES, BASE_PROTOCOL_FEATURES, OFFLOAD_FEATURES, Offer, Session
 from .vhost.transport import Connection, PeerClosed, bind_listener
 
 log = logging.getLogger("vswitch.port")
@@ -48,7 +48,10 @@ def offer_for(config: VhostUserPortConfig) -> Offer:
         features &= ~p.bits(p.Feature.RING_F_INDIRECT_DESC)
     if not config.offloads:
         features &= ~OFFLOAD_FEATURES
-    return Offer(queue_pairs=config.queues, features=features)
+    protocol_features = BASE_PROTOCOL_FEATURES
+    if not config.memory_slots:
+        protocol_features &= ~p.bits(p.ProtocolFeature.CONFIGURE_MEM_SLOTS)
+    return Offer(queue_pairs=config.queues, features=features, protocol_features=protocol_features)
 
 
 def apply_socket_permissions(path: str, config: VhostUserPortConfig) -> None:
@@ -463,6 +466,7 @@ class VhostUserPort:
             "mac": self.config.mac,
             "mtu_enforced": self.config.mtu,
             "dirty_log": self.dp.log_info(self.slot),
+            "memory_regions": [{"gpa": gpa, "size": size} for gpa, size, _ in self.dp.memory_regions(self.slot)],
             "rarps": self.session.rarps if self.session is not None else 0,
             "features_offered": p.decode_bits(self.offer.features, p.Feature),
             "pending": ({f.name: getattr(self.pending, f.name) for f in dataclasses.fields(self.config)

@@ -32,7 +32,8 @@ PortConfig = VhostUserPortConfig | TapPortConfig
 
 # Fields of a vhost-user port, by how a change is applied.
 VHOST_IN_PLACE = frozenset({"socket_owner", "socket_group", "socket_mode", "mac", "mtu"})
-VHOST_AT_CONNECT = frozenset({"queues", "mrg_rxbuf", "event_idx", "indirect_desc", "offloads"})
+VHOST_AT_CONNECT = frozenset({"queues", "mrg_rxbuf", "event_idx", "indirect_desc", "offloads",
+                              "memory_slots"})
 VHOST_RESTART = frozenset({"type", "mode", "socket"})
 # A TAP has no negotiation with a guest: re-opening it is the only disruption.
 TAP_IN_PLACE = frozenset({"mac", "mtu"})

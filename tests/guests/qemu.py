@@ -358,6 +358,7 @@ class QemuGuest:
         append: str = "",
         extra_args: Sequence[str] = (),
         run_as: str | None = None,
+        maxmem: str | None = None,
     ) -> None:
         """Describe a guest; nothing runs until :meth:`start`.
 
@@ -377,6 +378,7 @@ class QemuGuest:
             (e.g. ["-incoming", "defer"] for migration tests).
         run_as: run QEMU as this user (with its groups), as libvirt runs it
             as libvirt-qemu; the workdir is given to that user.
+        maxmem: room for memory hot-plug (``-m MEM,slots=4,maxmem=MAXMEM``).
         """
         if queues < 1:
             raise ValueError("queues must be >= 1")
@@ -400,6 +402,7 @@ class QemuGuest:
         self.append = append
         self.extra_args = list(extra_args)
         self.run_as = run_as
+        self.maxmem = maxmem
 
         self.serial_log_path = self.workdir / f"{name}.serial.log"
         self.qemu_log_path = self.workdir / f"{name}.qemu.log"
@@ -442,7 +445,7 @@ class QemuGuest:
             "-name", self.name,
             *(["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg,thread=multi"]),
             "-smp", str(self.smp),
-            "-m", self.mem,
+            "-m", f"{self.mem},slots=4,maxmem={self.maxmem}" if self.maxmem else self.mem,
             # vhost-user needs the backend to mmap guest RAM: shared memfd.
             "-object", f"memory-backend-memfd,id=mem,size={self.mem},share={share}",
             "-numa", "node,memdev=mem",

@@ -129,7 +129,8 @@ def test_socket_path_of_exactly_107_bytes_accepted() -> None:
 def test_to_dict_round_trips() -> None:
     config = parse_config(doc(GOOD))
     as_dict = config.to_dict()
-    features = {"mrg_rxbuf": True, "event_idx": True, "indirect_desc": True, "offloads": True}
+    features = {"mrg_rxbuf": True, "event_idx": True, "indirect_desc": True, "offloads": True,
+                "memory_slots": True}
     assert as_dict == {
         "version": 1,
         "runtime_dir": "/run/vs",
@@ -252,7 +253,7 @@ def test_unknown_keys() -> None:
         portz: {}
         """) == [
         "c.yaml:4:5: ports.vm1.queus: unknown key 'queus', did you mean 'queues'? (expected one of: "
-        "event_idx, indirect_desc, mac, mode, mrg_rxbuf, mtu, offloads, queues, socket, socket_group, socket_mode, socket_owner, type)",
+        "event_idx, indirect_desc, mac, memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket, socket_group, socket_mode, socket_owner, type)",
         "c.yaml:5:24: datapath.threads: unknown key 'threads' (expected one of: cpus, mode, workers)",
         "c.yaml:6:1: portz: unknown key 'portz', did you mean 'ports'? (expected one of: "
         "control, datapath, defaults, metrics, ports, runtime_dir, version)",
@@ -477,7 +478,7 @@ def test_all_errors_reported_at_once_in_file_order() -> None:
         "c.yaml:5:11: ports.vm1.mode: must be one of: server, client (got 'sever')",
         "c.yaml:6:13: ports.vm1.queues: must be 1..64 (got 0)",
         "c.yaml:7:5: ports.vm1.sockt: unknown key 'sockt', did you mean 'socket'? (expected one of: "
-        "event_idx, indirect_desc, mac, mode, mrg_rxbuf, mtu, offloads, queues, socket, socket_group, socket_mode, socket_owner, type)",
+        "event_idx, indirect_desc, mac, memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket, socket_group, socket_mode, socket_owner, type)",
         "c.yaml:8:3: ports.-bad: invalid port name '-bad' (must be 1..32 characters from "
         "A-Z a-z 0-9 _ . - and start with a letter or digit)",
         "c.yaml:9:35: ports.vm2.socket: socket path '/x.sock' is also used by port 'vm3'",
@@ -629,7 +630,8 @@ def test_tap_port() -> None:
 # Issue 5: control, metrics, datapath.cpus, defaults, and the new port keys
 
 MISSING = "no-such-name-vswitch-test"
-FEATURES_ON = {"mrg_rxbuf": True, "event_idx": True, "indirect_desc": True, "offloads": True}
+FEATURES_ON = {"mrg_rxbuf": True, "event_idx": True, "indirect_desc": True, "offloads": True,
+               "memory_slots": True}
 
 
 def test_new_sections_default() -> None:
@@ -709,6 +711,7 @@ def test_full_config_round_trips_through_to_dict() -> None:
         "type": "vhost-user", "mode": "server", "socket": "/run/vswitch/vm1.sock", "queues": 3,
         "mtu": 1500, "mac": "52:54:00:12:34:56", "socket_owner": 0, "socket_mode": 0o640,
         "mrg_rxbuf": True, "event_idx": True, "indirect_desc": True, "offloads": False,
+        "memory_slots": True,
     }
     # A client port has no socket_* keys (they would be an error).
     assert not any(k.startswith("socket_") for k in as_dict["ports"]["vm2"])
@@ -776,9 +779,9 @@ def test_defaults_errors() -> None:
         ports: {}
         """) == [
         "c.yaml:2:3: defaults.socket: unknown key 'socket', did you mean 'socket_mode'? (expected one of: event_idx, indirect_desc, "
-        "mode, mrg_rxbuf, mtu, offloads, queues, socket_group, socket_mode, socket_owner)",
+        "memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket_group, socket_mode, socket_owner)",
         "c.yaml:3:3: defaults.type: unknown key 'type' (expected one of: event_idx, indirect_desc, "
-        "mode, mrg_rxbuf, mtu, offloads, queues, socket_group, socket_mode, socket_owner)",
+        "memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket_group, socket_mode, socket_owner)",
         "c.yaml:4:13: defaults.offloads: must be true or false (got string 'no')",
     ]
     assert one_error("defaults: [1]\nports: {}\n") == "c.yaml:1:11: defaults: must be a mapping (got a list)"
