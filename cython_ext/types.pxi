@@ -146,6 +146,7 @@ ctypedef struct vs_vring:
     vs_vring_desc *desc
     vs_vring_avail *avail
     vs_vring_used *used
+    int tap_skip                   # TAP: rounds to skip reading after an empty read
     int log_used                   # VHOST_VRING_F_LOG: log used-ring writes at log_used_gpa
     uint64_t log_used_gpa
     int kick_fd

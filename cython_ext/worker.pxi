@@ -364,6 +364,10 @@ cdef void deliver_to_tap(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq, i
     vs_spin_unlock(&rvq.lock)
 
 
+cdef enum:
+    TAP_IDLE_SKIP = 7
+
+
 cdef int tap_rx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int q) noexcept nogil:
     """Read up to VS_BURST frames the kernel sent out of the TAP's queue q."""
     cdef vs_vring *vq = &port.vq[2 * q + 1]
@@ -374,12 +378,19 @@ cdef int tap_rx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int 
     cdef vs_frame *f
     if fd < 0 or port.tap_errno:
         return 0
+    if vq.tap_skip:
+        # After an empty read, look again only every few rounds: an empty
+        # read is a whole syscall, the cost of a frame written to the kernel.
+        vq.tap_skip -= 1
+        return 0
     for i in range(VS_BURST):
         buf = w.tapbuf + <size_t>n * VS_TAP_BUF
         got = read(fd, buf, VS_TAP_BUF)
         if got < 0:
             if errno == EBADFD:
                 port.tap_errno = EBADFD     # deleted under us: the control plane re-creates it
+            elif i == 0:
+                vq.tap_skip = TAP_IDLE_SKIP
             break
         f = &w.frames[n]
         f.dst = FRAME_DROPPED
