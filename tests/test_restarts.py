@@ -186,12 +186,14 @@ def test_switch_killed_under_traffic_and_restarted_guests_resume(topo):
           f"(bound {bound}), {ping['duplicates']} duplicate(s); iperf3 through the restart: "
           f"{stream.received_bps / 1e6:.1f} Mbit/s, {stream.retransmits} retransmits")
     assert ping["sent"] == PINGS, ping["output"]
-    # Lost only during the outage: few enough, and all in one window.
-    # (Some are lost: the ping spanned the outage, with replies on both sides.)
+    # Lost only during the outage: few enough, and all in one window. None
+    # lost is possible too: echoes queued in the guest's TX ring while the
+    # switch was down are re-offered by QEMU and answered within ping's -W.
     missing = ping["missing"]
-    assert 0 < len(missing) <= bound, (outage, missing)
-    assert missing[-1] - missing[0] < bound, (outage, missing)
-    assert 0 < missing[0] and missing[-1] < PINGS - 1, missing
+    assert len(missing) <= bound, (outage, missing)
+    if missing:
+        assert missing[-1] - missing[0] < bound, (outage, missing)
+        assert 0 < missing[0] and missing[-1] < PINGS - 1, missing
     assert ping["duplicates"] <= MAX_DUPLICATES, ping["output"]
     assert stream.received_bps > 1e6, stream         # the stream survived the outage
 
