@@ -15,13 +15,14 @@ include "mem.pxi"
 include "vring.pxi"
 include "fdb.pxi"
 include "offload.pxi"
+include "policy.pxi"
 include "worker.pxi"
 
 import os
 import threading
 
 from libc.stdlib cimport calloc, free
-from libc.string cimport memset
+from libc.string cimport memset, memcpy
 
 cdef extern from "<sys/mman.h>" nogil:
     void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
@@ -52,6 +53,7 @@ DROP_REASONS = (
     "bad_flags", "too_many_segments", "runt", "ring_disabled", "no_rx_buffer",
     "rx_buffer_too_small", "rx_bad_chain", "no_rx_queue", "same_port",
     "ring_broken", "bad_offload", "mtu_exceeded", "tap_write_failed",
+    "spoofed_source", "storm_control", "rate_limited", "vlan_filtered",
 )
 assert len(DROP_REASONS) == DROP_MAX
 
@@ -313,6 +315,7 @@ cdef class Datapath:
                 port.vq[i].call_fd = -1
                 port.vq[i].err_fd = -1
             port.nqp = queue_pairs
+            memset(port.vlan_carry, 0xff, sizeof(port.vlan_carry))   # VLAN_ALL
             port.hdr_len = 12
             port.kind = PORT_TAP if kind == "tap" else PORT_VHOST
             for i in range(VS_MAX_QP):
@@ -653,6 +656,125 @@ cdef class Datapath:
 
     def port_set_mtu(self, int p, unsigned int mtu):
         self._port(p).mtu = mtu
+
+    # --- issue 7 policy -----------------------------------------------------------
+    # Settings a worker reads per frame are written while it may run: each is a
+    # set of aligned words whose intermediate states are harmless (a frame or
+    # two judged by the old or new rule), except the allowed-MAC list, which
+    # is double-buffered so that no frame is ever checked against a half list.
+
+    def port_set_vlan(self, int p, str mode="all", int vid=0, allowed=(), int native=0):
+        """mode "all" (no vlan config), "access" (vid) or "trunk" (allowed VIDs, native)."""
+        cdef vs_port *port = self._port(p)
+        cdef uint64_t carry[64]
+        cdef int v
+        if mode == "all":
+            memset(carry, 0xff, sizeof(carry))
+        else:
+            memset(carry, 0, sizeof(carry))
+            ids = [vid] if mode == "access" else list(allowed) + ([native] if native else [])
+            for v in ids:
+                if not 1 <= v <= 4094:
+                    raise DatapathError(f"VLAN id {v} out of range 1..4094")
+                carry[v >> 6] |= (<uint64_t>1) << (v & 63)
+        if mode not in ("all", "access", "trunk"):
+            raise DatapathError(f"unknown VLAN mode {mode!r}")
+        port.vlan_access = vid if mode == "access" else 0
+        port.vlan_native = native if mode == "trunk" else 0
+        memcpy(port.vlan_carry, carry, sizeof(carry))
+        vs_store_release_int(&port.vlan_mode,
+                             VLAN_ALL if mode == "all" else VLAN_ACCESS if mode == "access" else VLAN_TRUNK)
+
+    def port_set_allowed_macs(self, int p, macs):
+        """Port security: only these source MACs may enter (empty: no check)."""
+        cdef vs_port *port = self._port(p)
+        cdef int nxt = 1 - port.allowed_sel
+        cdef int i
+        macs = list(macs)
+        if len(macs) > VS_MAX_ALLOWED_MACS:
+            raise DatapathError(f"at most {VS_MAX_ALLOWED_MACS} allowed MACs per port")
+        for i, mac in enumerate(macs):
+            port.allowed[nxt][i] = int(mac.replace(":", ""), 16)
+        port.n_allowed[nxt] = len(macs)
+        vs_store_release_int(&port.allowed_sel, nxt)
+        self._set_policy_bit(port, POL_SECURITY, len(macs) > 0)
+        self._quiesce()          # nobody reads the old list any more: it may be rewritten next time
+
+    cdef void _set_policy_bit(self, vs_port *port, int bit, bint on) noexcept:
+        cdef int v = port.ingress_policy
+        v = (v | bit) if on else (v & ~bit)
+        vs_store_release_int(&port.ingress_policy, v)
+
+    @staticmethod
+    cdef void _gcra_set(vs_gcra *g, double units_per_s, double burst_units) noexcept:
+        # k: ns per unit in 1/65536 ns; tolerance: the burst minus one unit, in ns
+        if units_per_s <= 0:
+            g.k_q16 = 0
+            return
+        g.tol_ns = <uint64_t>(max(burst_units - 1.0, 0.0) * 1e9 / units_per_s)
+        g.tat = 0
+        g.k_q16 = <uint64_t>(1e9 * 65536.0 / units_per_s)
+        if g.k_q16 == 0:
+            g.k_q16 = 1
+
+    def port_set_storm_control(self, int p, broadcast=None, multicast=None, unknown_unicast=None):
+        """Caps in frames/s on flooded frames from the port; None: no cap.
+        The burst tolerance is a tenth of a second's worth (at least one frame)."""
+        cdef vs_port *port = self._port(p)
+        Datapath._gcra_set(&port.storm_bcast, broadcast or 0, max((broadcast or 0) / 10, 1))
+        Datapath._gcra_set(&port.storm_mcast, multicast or 0, max((multicast or 0) / 10, 1))
+        Datapath._gcra_set(&port.storm_unknown, unknown_unicast or 0, max((unknown_unicast or 0) / 10, 1))
+        self._set_policy_bit(port, POL_STORM, bool(broadcast or multicast or unknown_unicast))
+
+    def port_set_policer(self, int p, str direction, rate_bps=None, burst_bytes=None,
+                         pps=None, pps_burst=None):
+        """Police frames from ("ingress") or to ("egress") the port: bits/s with
+        a burst in bytes, frames/s with a burst in frames; None: no limit."""
+        cdef vs_port *port = self._port(p)
+        cdef vs_gcra *b
+        cdef vs_gcra *k
+        if direction == "ingress":
+            b, k = &port.in_bytes, &port.in_pkts
+        elif direction == "egress":
+            b, k = &port.out_bytes, &port.out_pkts
+        else:
+            raise DatapathError(f"direction must be ingress or egress, not {direction!r}")
+        Datapath._gcra_set(b, (rate_bps or 0) / 8.0, burst_bytes or 0)
+        Datapath._gcra_set(k, pps or 0, pps_burst or 0)
+        on = bool(rate_bps or pps)
+        if direction == "ingress":
+            self._set_policy_bit(port, POL_POLICE, on)
+        else:
+            vs_store_release_int(&port.egress_policy, POL_POLICE if on else 0)
+
+    def port_set_mirror(self, int p, int ingress_to=-1, int egress_to=-1):
+        """Copy frames from the port (ingress_to) and frames to it (egress_to)
+        to those ports (-1: none)."""
+        cdef vs_port *port = self._port(p)
+        cdef int q, n = 0
+        for q in (ingress_to, egress_to):
+            if q >= 0:
+                self._port(q)
+        port.mirror_in = ingress_to + 1
+        port.mirror_out = egress_to + 1
+        for q in range(self.sw.nports_hi):
+            if self.sw.ports[q] != NULL and self.sw.ports[q].in_use and \
+                    (self.sw.ports[q].mirror_in or self.sw.ports[q].mirror_out):
+                n += 1
+        vs_store_release_int(&self.sw.mirrors, n)
+
+    def port_policy(self, int p):
+        """What the datapath enforces on the port (for port show and tests)."""
+        cdef vs_port *port = self._port(p)
+        mode = {VLAN_ALL: "all", VLAN_ACCESS: "access", VLAN_TRUNK: "trunk"}[port.vlan_mode]
+        return {
+            "vlan_mode": mode, "vlan_access": port.vlan_access, "vlan_native": port.vlan_native,
+            "allowed_macs": port.n_allowed[port.allowed_sel] if port.ingress_policy & POL_SECURITY else 0,
+            "storm_control": bool(port.ingress_policy & POL_STORM),
+            "ingress_policing": bool(port.ingress_policy & POL_POLICE),
+            "egress_policing": bool(port.egress_policy),
+            "mirror_ingress_to": port.mirror_in - 1, "mirror_egress_to": port.mirror_out - 1,
+        }
 
     cdef int _swap_fd(self, vs_vring *vq, int *slot, int fd) except -1:
         cdef int old = slot[0]

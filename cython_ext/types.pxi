@@ -100,7 +100,11 @@ cdef enum:
     DROP_BAD_OFFLOAD = 16          # offload request not negotiated, or a GSO frame that does not parse
     DROP_MTU_EXCEEDED = 17         # larger than the egress port's MTU (GSO: judged per segment)
     DROP_TAP_WRITE = 18            # the kernel refused the frame (queue full, link down, device gone)
-    DROP_MAX = 19
+    DROP_SPOOFED_SOURCE = 19       # source MAC not in the port's allowed_macs
+    DROP_STORM_CONTROL = 20        # broadcast/multicast/unknown-unicast over the port's cap
+    DROP_RATE_LIMITED = 21         # over the port's ingress or egress policer
+    DROP_VLAN_FILTERED = 22        # VLAN the port does not carry (tagged on access, not in trunk list)
+    DROP_MAX = 23
 
 ctypedef struct vs_counters:
     uint64_t packets
@@ -166,6 +170,25 @@ cdef enum:
     # read buffer of one TAP frame: virtio_net_hdr + the largest GSO frame
     VS_TAP_BUF = VS_HDR_MAX + VS_MAX_FRAME + 64
 
+# A policer or storm cap: GCRA (the virtual-scheduling form of a token
+# bucket) in one u64, so workers sharing a port update it with a CAS and no
+# lock. `tat` is the theoretical arrival time of the next unit; a frame
+# conforms when tat - now <= tol_ns, and then moves tat by its cost.
+ctypedef struct vs_gcra:
+    uint64_t tat                   # ns, CLOCK_MONOTONIC
+    uint64_t k_q16                 # ns per unit (byte or frame), << 16; 0: off
+    uint64_t tol_ns                # burst tolerance
+
+cdef enum:
+    VLAN_ALL = 0                   # no vlan config: every VLAN, untagged frames are VLAN 0
+    VLAN_ACCESS = 1
+    VLAN_TRUNK = 2
+    VS_NO_TCI = 0xffff             # vs_frame.tci of an untagged frame (VID 4095 is never accepted)
+    VS_MAX_ALLOWED_MACS = 64
+    POL_SECURITY = 1               # vs_port.ingress_policy bits: which checks run
+    POL_STORM = 2
+    POL_POLICE = 4
+
 ctypedef struct vs_port:
     int in_use
     int kind                       # PORT_VHOST or PORT_TAP
@@ -190,6 +213,25 @@ ctypedef struct vs_port:
     size_t log_map_len
     int log_all
     uint64_t log_marks             # ranges marked (racy between workers: a statistic)
+    # --- issue 7 policy; each part is skipped by one test when unset ---
+    int vlan_mode                  # VLAN_ALL / VLAN_ACCESS / VLAN_TRUNK
+    uint16_t vlan_access           # access: its VLAN
+    uint16_t vlan_native           # trunk: VLAN of untagged frames, 0: untagged frames dropped
+    uint64_t vlan_carry[64]        # bit v: the port carries VLAN v (VLAN_ALL: every bit)
+    int ingress_policy             # POL_* checks on frames from the port
+    int egress_policy              # POL_POLICE: frames to the port are policed
+    int allowed_sel                # which of the two allowed-MAC lists is current
+    int n_allowed[2]
+    uint64_t allowed[2][VS_MAX_ALLOWED_MACS]
+    vs_gcra storm_bcast
+    vs_gcra storm_mcast
+    vs_gcra storm_unknown
+    vs_gcra in_bytes
+    vs_gcra in_pkts
+    vs_gcra out_bytes
+    vs_gcra out_pkts
+    int mirror_in                  # port index + 1 that gets a copy of frames from this port, 0: none
+    int mirror_out                 # port index + 1 that gets a copy of frames to this port, 0: none
     vs_vring vq[VS_MAX_VRINGS]
 
 ctypedef struct vs_frame:
@@ -206,6 +248,9 @@ ctypedef struct vs_frame:
     uint16_t gso_size
     uint16_t csum_start
     uint16_t csum_offset
+    uint16_t vlan                  # the VLAN the frame is switched in (0: untagged on a VLAN-unaware port)
+    uint16_t tci                   # 802.1Q TCI it arrived with, VS_NO_TCI if untagged
+    int sel                        # selected for the mirror pass being delivered
 
 ctypedef struct vs_rx_chain:
     uint16_t head
@@ -254,6 +299,11 @@ ctypedef struct vs_worker:
     vs_seg rxsegs[VS_MAX_RX_CHAINS * VS_MAX_SEGS]
     vs_rx_chain rxchains[VS_MAX_RX_CHAINS]
     vs_vring_used_elem tx_used[VS_BURST]
+    # a frame as one port sees it (VLAN tag pushed, popped or rewritten):
+    # slices of the source's segments around a 4-byte tag
+    vs_frame view
+    vs_seg vsegs[VS_MAX_SEGS + 3]
+    uint8_t vtag[4]
     # software offload fallback: the frame made linear, and one segment
     uint8_t lin[VS_MAX_FRAME + 64]
     uint8_t segbuf[VS_MAX_FRAME + 64]
@@ -267,3 +317,4 @@ ctypedef struct vs_switch:
     uint64_t fdb[VS_FDB_SIZE]      # (mac << 16) | (port + 1); port part 0 = forgotten
     uint64_t fdb_full              # learn attempts that found no free slot
     uint64_t fdb_static_moves      # learn attempts refused by a static entry
+    int mirrors                    # ports with a mirror set: the mirror pass runs only if > 0

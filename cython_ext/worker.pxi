@@ -20,15 +20,6 @@ cdef extern from "<sys/uio.h>" nogil:
         size_t iov_len
     ssize_t writev(int fd, const iovec *iov, int iovcnt)
 
-cdef extern from "<time.h>" nogil:
-    struct timespec:
-        long tv_sec
-        long tv_nsec
-    int clock_gettime(int clk, timespec *ts)
-    int nanosleep(const timespec *req, timespec *rem)
-    enum:
-        CLOCK_MONOTONIC
-
 cdef enum:
     # Adaptive mode sleeps after this long without a frame. Counted in time,
     # not rounds: a round over two idle rings takes ~10 ns, and sleeping after
@@ -113,11 +104,12 @@ cdef inline bint accepts_gso(vs_port *dport, uint8_t gso_type) noexcept nogil:
 
 
 cdef int deliver_frame(vs_worker *w, vs_port *dport, vs_vring *rvq, uint16_t avail_idx,
-                       vs_frame *f) noexcept nogil:
-    """Deliver one frame to one destination ring, re-expressing the source's
-    offload request in what this destination negotiated (anchors.md §2.2):
-    hand the partial checksum or GSO frame on when it can take it, else
-    finish the checksum or cut the segments here - for this destination only."""
+                       vs_frame *f, vs_seg *segs) noexcept nogil:
+    """Deliver one frame (segments `segs`, f.hdr_len header bytes to skip) to
+    one destination ring, re-expressing the source's offload request in what
+    this destination negotiated (anchors.md §2.2): hand the partial checksum
+    or GSO frame on when it can take it, else finish the checksum or cut the
+    segments here - for this destination only."""
     cdef uint8_t hdr[VS_HDR_MAX]
     cdef vs_tso plan
     cdef vs_seg one
@@ -125,7 +117,7 @@ cdef int deliver_frame(vs_worker *w, vs_port *dport, vs_vring *rvq, uint16_t ava
     cdef int rc
     memset(hdr, 0, VS_HDR_MAX)
     if f.gso_type == VS_GSO_NONE and not (f.vflags & VNET_F_NEEDS_CSUM):
-        return rx_enqueue(w, dport, rvq, avail_idx, &w.segs[f.seg0], f.nseg, f.hdr_len, f.len, hdr)
+        return rx_enqueue(w, dport, rvq, avail_idx, segs, f.nseg, f.hdr_len, f.len, hdr)
     if f.gso_type != VS_GSO_NONE and accepts_gso(dport, f.gso_type):
         hdr[0] = VNET_F_NEEDS_CSUM
         hdr[1] = f.gso_type
@@ -133,7 +125,7 @@ cdef int deliver_frame(vs_worker *w, vs_port *dport, vs_vring *rvq, uint16_t ava
         put_le16(hdr + 4, f.gso_size)
         put_le16(hdr + 6, f.csum_start)
         put_le16(hdr + 8, f.csum_offset)
-        rc = rx_enqueue(w, dport, rvq, avail_idx, &w.segs[f.seg0], f.nseg, f.hdr_len, f.len, hdr)
+        rc = rx_enqueue(w, dport, rvq, avail_idx, segs, f.nseg, f.hdr_len, f.len, hdr)
         if rc == 0:
             rvq.c.gso_passthrough += 1
         return rc
@@ -141,12 +133,12 @@ cdef int deliver_frame(vs_worker *w, vs_port *dport, vs_vring *rvq, uint16_t ava
         hdr[0] = VNET_F_NEEDS_CSUM
         put_le16(hdr + 6, f.csum_start)
         put_le16(hdr + 8, f.csum_offset)
-        rc = rx_enqueue(w, dport, rvq, avail_idx, &w.segs[f.seg0], f.nseg, f.hdr_len, f.len, hdr)
+        rc = rx_enqueue(w, dport, rvq, avail_idx, segs, f.nseg, f.hdr_len, f.len, hdr)
         if rc == 0:
             rvq.c.csum_passthrough += 1
         return rc
     # Software fallback: make the frame linear (a second copy, only on this path).
-    sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len, w.lin, f.len)
+    sg_read(segs, f.nseg, f.hdr_len, w.lin, f.len)
     one.p = w.lin
     one.len = f.len
     if f.gso_type == VS_GSO_NONE:
@@ -170,19 +162,47 @@ cdef int deliver_frame(vs_worker *w, vs_port *dport, vs_vring *rvq, uint16_t ava
     return 0
 
 
+cdef enum:
+    VIEW_NORMAL = -1               # deliver_to_port: frames switched to the port
+    VIEW_AS_RECEIVED = -2          # mirror pass: selected frames, tagged as they arrived
+    # a port index >= 0: mirror pass, selected frames tagged as that port sends them
+
+
+cdef inline int egress_select(vs_switch *sw, vs_port *dport, int d, vs_frame *f,
+                              int view, vs_vring *src_vq) noexcept nogil:
+    """Whether frame f goes to port d in this pass: -1 if not, else the VID it
+    leaves with (0: untagged)."""
+    if view == VIEW_NORMAL:
+        if f.dst != d and f.dst != FDB_FLOOD:
+            return -1
+        if not vlan_carried(dport, f.vlan):
+            if f.dst == d:                  # a static entry into a VLAN the port lacks
+                src_vq.c.drops[DROP_VLAN_FILTERED] += 1
+            return -1
+        return vlan_egress_tag(dport, f.vlan)
+    if not f.sel:
+        return -1
+    if view == VIEW_AS_RECEIVED:
+        return 0 if f.tci == VS_NO_TCI else f.tci & 0xfff
+    return vlan_egress_tag(sw.ports[view], f.vlan)
+
+
 cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
-                          int qp, int n) noexcept nogil:
+                          int qp, int n, int view) noexcept nogil:
     """Copy the frames of this burst that go to port d into one of its RX rings."""
     cdef vs_port *dport = sw.ports[d]
     cdef vs_vring *rvq
-    cdef int i, rc, nrx, q, navail
+    cdef int i, rc, nrx, q, navail, tag
     cdef uint16_t avail_idx, old_used, head
     cdef vs_frame *f
+    cdef vs_frame *vf
+    cdef vs_seg *segs
     cdef uint8_t eth_type[2]
+    cdef uint64_t now = 0
     if dport == NULL or not vs_load_acquire_int(&dport.active):
         return
     if dport.kind == PORT_TAP:
-        deliver_to_tap(sw, w, d, src_vq, qp, n)
+        deliver_to_tap(sw, w, d, src_vq, qp, n, view)
         return
     nrx = dport.n_rx_enabled
     rvq = NULL
@@ -193,10 +213,13 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
     if rvq == NULL or not vs_load_acquire_int(&rvq.started) or \
             not vs_load_acquire_int(&rvq.enabled) or rvq.broken:
         # Only a frame addressed to this port counts; floods just pass it by.
-        for i in range(n):
-            if w.frames[i].dst == d:
-                src_vq.c.drops[DROP_NO_RX_QUEUE] += 1
+        if view == VIEW_NORMAL:
+            for i in range(n):
+                if w.frames[i].dst == d:
+                    src_vq.c.drops[DROP_NO_RX_QUEUE] += 1
         return
+    if dport.egress_policy and view == VIEW_NORMAL:
+        now = now_ns()
     vs_spin_lock(&rvq.lock)
     old_used = rvq.used_idx
     navail = vring_avail_count(rvq, &avail_idx)
@@ -213,63 +236,158 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
             __builtin_prefetch(&rvq.desc[head], 0, 3)
     for i in range(n):
         f = &w.frames[i]
-        if f.dst == d or f.dst == FDB_FLOOD:
-            if dport.mtu:      # the port's configured mtu (0: none): one branch when unset
-                sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len + 12, eth_type, 2)
-                if not frame_fits_mtu(dport, f, eth_type):
-                    rvq.c.drops[DROP_MTU_EXCEEDED] += 1
-                    continue
-            rc = deliver_frame(w, dport, rvq, avail_idx, f)
-            if rc:
-                rvq.c.drops[rc] += 1
+        tag = egress_select(sw, dport, d, f, view, src_vq)
+        if tag < 0:
+            continue
+        if dport.mtu:      # the port's configured mtu (0: none): one branch when unset
+            sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len + 12, eth_type, 2)
+            if not frame_fits_mtu(dport, f, eth_type):
+                rvq.c.drops[DROP_MTU_EXCEEDED] += 1
+                continue
+        if now and not police(&dport.out_bytes, &dport.out_pkts, f, now):
+            rvq.c.drops[DROP_RATE_LIMITED] += 1
+            continue
+        vf = frame_view(w, f, w.segs, tag, &segs)
+        if vf == NULL:
+            rvq.c.drops[DROP_BAD_OFFLOAD] += 1
+            continue
+        rc = deliver_frame(w, dport, rvq, avail_idx, vf, segs)
+        if rc:
+            rvq.c.drops[rc] += 1
     if rvq.used_idx != old_used:
         vring_publish(dport, rvq)
         vring_notify(rvq, dport.event_idx, old_used)
     vs_spin_unlock(&rvq.lock)
 
 
+cdef inline int ingress_policy(vs_switch *sw, vs_port *port, vs_frame *f, uint64_t src_mac,
+                               uint64_t now) noexcept nogil:
+    """The checks a frame from a port with `ingress_policy` set must pass
+    before it may teach the FDB or be switched. 0 or a drop reason."""
+    if port.ingress_policy & POL_SECURITY and not source_allowed(port, src_mac):
+        return DROP_SPOOFED_SOURCE
+    if port.ingress_policy & POL_POLICE and not police(&port.in_bytes, &port.in_pkts, f, now):
+        return DROP_RATE_LIMITED
+    return 0
+
+
+cdef inline bint storm_conform(vs_port *port, vs_frame *f, const uint8_t *eth, uint64_t now) noexcept nogil:
+    """Storm control: a frame that will be flooded is charged to the port's
+    broadcast, multicast or unknown-unicast cap."""
+    if eth[0] & 1:
+        if (eth[0] & eth[1] & eth[2] & eth[3] & eth[4] & eth[5]) == 0xff:
+            return gcra_conform(&port.storm_bcast, now, 1)
+        return gcra_conform(&port.storm_mcast, now, 1)
+    return gcra_conform(&port.storm_unknown, now, 1)
+
+
+cdef void mirror_burst(vs_switch *sw, vs_worker *w, int pidx, int qp, vs_vring *vq, int n) noexcept nogil:
+    """Copies for the mirrors: frames from port pidx to its ingress mirror
+    target as they arrived, and frames switched to a port with an egress
+    mirror to that mirror's target as that port got them."""
+    cdef vs_port *port = sw.ports[pidx]
+    cdef vs_port *xp
+    cdef vs_frame *f
+    cdef int i, x, m, nports, any_sel
+    m = port.mirror_in - 1
+    if m >= 0 and m != pidx:
+        any_sel = 0
+        for i in range(n):
+            f = &w.frames[i]
+            f.sel = f.nseg > 0 and f.dst != FRAME_DROPPED
+            any_sel |= f.sel
+        if any_sel:
+            deliver_to_port(sw, w, m, vq, qp, n, VIEW_AS_RECEIVED)
+    nports = vs_load_acquire_int(&sw.nports_hi)
+    for x in range(nports):
+        xp = sw.ports[x]
+        if xp == NULL or xp.mirror_out == 0 or x == pidx:
+            continue
+        m = xp.mirror_out - 1
+        if m == pidx:
+            continue                        # never send a port's frames back to it
+        any_sel = 0
+        for i in range(n):
+            f = &w.frames[i]
+            f.sel = f.dst == x or (f.dst == FDB_FLOOD and vlan_carried(xp, f.vlan))
+            any_sel |= f.sel
+        if any_sel:
+            deliver_to_port(sw, w, m, vq, qp, n, x)
+
+
 cdef void switch_burst(vs_switch *sw, vs_worker *w, int pidx, int qp, vs_vring *vq, int n) noexcept nogil:
-    """The port-independent half of a burst: learn source MACs, look up
-    destinations, deliver. w.frames[0:n] hold the frames (nseg 0: dropped);
-    vq is the ingress queue whose counters take ingress drops."""
-    cdef int i, d, ndest = 0
+    """The port-independent half of a burst: classify (VLAN, policy), learn
+    source MACs, look up destinations, deliver. w.frames[0:n] hold the
+    frames (nseg 0: dropped); vq is the ingress queue whose counters take
+    ingress drops."""
+    cdef vs_port *port = sw.ports[pidx]
+    cdef int i, d, ndest = 0, rc
     cdef bint flood = False
-    cdef uint64_t dst_mac, src_mac
-    cdef uint8_t eth[12]
+    cdef uint64_t dst_mac, src_mac, now = 0
+    cdef uint8_t eth[16]
+    cdef uint16_t tci
     cdef int dests[VS_BURST]
     cdef vs_frame *f
+    if port.ingress_policy:
+        now = now_ns()
     for i in range(n):
         f = &w.frames[i]
         if f.dst != FRAME_DROPPED or f.nseg == 0:
             continue
-        sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len, eth, 12)
+        sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len, eth, 14)
+        tci = VS_NO_TCI
+        if eth[12] == 0x81 and eth[13] == 0x00 and f.len >= 18:
+            sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len + 14, eth + 14, 2)
+            tci = <uint16_t>((eth[14] << 8) | eth[15])
+        if tci == VS_NO_TCI and port.vlan_mode == VLAN_ALL:
+            f.vlan = 0                     # the common case: no VLAN anywhere
+            f.tci = VS_NO_TCI
+        else:
+            rc = vlan_classify(port, f, tci)
+            if rc:
+                vq.c.drops[rc] += 1
+                continue
         dst_mac = mac_load(eth)
         src_mac = mac_load(eth + 6)
+        if port.ingress_policy:
+            rc = ingress_policy(sw, port, f, src_mac, now)
+            if rc:
+                vq.c.drops[rc] += 1
+                continue
         if not (eth[6] & 1) and src_mac != 0:
             fdb_learn(sw, src_mac, pidx)
         if eth[0] & 1:
-            f.dst = FDB_FLOOD            # broadcast and multicast
+            d = FDB_FLOOD                  # broadcast and multicast
         else:
-            f.dst = fdb_lookup(sw, dst_mac)   # FDB_FLOOD when unknown
-        if f.dst == pidx:
+            d = fdb_lookup(sw, dst_mac)    # FDB_FLOOD when unknown
+        if d == pidx:
             vq.c.drops[DROP_SAME_PORT] += 1
-            f.dst = FRAME_DROPPED
-        elif f.dst == FDB_FLOOD:
+            continue
+        if d == FDB_FLOOD:
+            if port.ingress_policy & POL_STORM and not storm_conform(port, f, eth, now):
+                vq.c.drops[DROP_STORM_CONTROL] += 1
+                continue
             flood = True
-        elif f.dst >= 0:
-            for d in range(ndest):
-                if dests[d] == f.dst:
+        f.dst = d
+    # Distinct unicast destinations of the burst, each delivered once.
+    for i in range(n):
+        d = w.frames[i].dst
+        if d >= 0:
+            for rc in range(ndest):
+                if dests[rc] == d:
                     break
             else:
-                dests[ndest] = f.dst
+                dests[ndest] = d
                 ndest += 1
     if flood:
         for d in range(sw.nports_hi):
             if d != pidx:
-                deliver_to_port(sw, w, d, vq, qp, n)
+                deliver_to_port(sw, w, d, vq, qp, n, VIEW_NORMAL)
     else:
         for i in range(ndest):
-            deliver_to_port(sw, w, dests[i], vq, qp, n)
+            deliver_to_port(sw, w, dests[i], vq, qp, n, VIEW_NORMAL)
+    if sw.mirrors:
+        mirror_burst(sw, w, pidx, qp, vq, n)
 
 
 # --- TAP ports ---------------------------------------------------------------------
@@ -296,52 +414,67 @@ cdef inline bint frame_fits_mtu(vs_port *dport, vs_frame *f, const uint8_t *eth_
     return f.len <= dport.mtu + l2
 
 
-cdef void deliver_to_tap(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq, int qp, int n) noexcept nogil:
+cdef void deliver_to_tap(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq, int qp, int n,
+                         int view) noexcept nogil:
     cdef vs_port *dport = sw.ports[d]
-    cdef int q, i, k, fd, cnt
+    cdef int q, i, k, fd, cnt, tag
     cdef vs_vring *rvq
     cdef vs_frame *f
+    cdef vs_frame *vf
+    cdef vs_seg *segs
     cdef vs_seg *seg
     cdef uint8_t hdr[VS_HDR_MAX]
     cdef uint8_t eth_type[2]
     cdef uint32_t skip
-    cdef iovec iov[VS_MAX_SEGS + 1]
+    cdef iovec iov[VS_MAX_SEGS + 4]
     cdef ssize_t rc
+    cdef uint64_t now = 0
     q = qp % dport.nqp
     fd = dport.tap_fd[q]
     rvq = &dport.vq[2 * q]          # counters of "towards the kernel" on queue q
     if fd < 0 or dport.tap_errno:
-        for i in range(n):
-            if w.frames[i].dst == d:
-                src_vq.c.drops[DROP_NO_RX_QUEUE] += 1
+        if view == VIEW_NORMAL:
+            for i in range(n):
+                if w.frames[i].dst == d:
+                    src_vq.c.drops[DROP_NO_RX_QUEUE] += 1
         return
+    if dport.egress_policy and view == VIEW_NORMAL:
+        now = now_ns()
     vs_spin_lock(&rvq.lock)
     for i in range(n):
         f = &w.frames[i]
-        if not (f.dst == d or f.dst == FDB_FLOOD):
+        tag = egress_select(sw, dport, d, f, view, src_vq)
+        if tag < 0:
             continue
         sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len + 12, eth_type, 2)
         if not frame_fits_mtu(dport, f, eth_type):
             rvq.c.drops[DROP_MTU_EXCEEDED] += 1
             continue
+        if now and not police(&dport.out_bytes, &dport.out_pkts, f, now):
+            rvq.c.drops[DROP_RATE_LIMITED] += 1
+            continue
+        vf = frame_view(w, f, w.segs, tag, &segs)
+        if vf == NULL:
+            rvq.c.drops[DROP_BAD_OFFLOAD] += 1
+            continue
         # The offload request travels as is: the kernel finishes checksums and
         # segments GSO frames itself (it validated nothing of ours yet, but
         # parse_offload checked csum_start/offset against the frame length).
         memset(hdr, 0, VS_HDR_MAX)
-        hdr[0] = f.vflags & VNET_F_NEEDS_CSUM
+        hdr[0] = vf.vflags & VNET_F_NEEDS_CSUM
         if hdr[0]:
-            put_le16(hdr + 6, f.csum_start)
-            put_le16(hdr + 8, f.csum_offset)
-        if f.gso_type != VS_GSO_NONE:
-            hdr[1] = f.gso_type
-            put_le16(hdr + 2, f.vhdr_len)
-            put_le16(hdr + 4, f.gso_size)
+            put_le16(hdr + 6, vf.csum_start)
+            put_le16(hdr + 8, vf.csum_offset)
+        if vf.gso_type != VS_GSO_NONE:
+            hdr[1] = vf.gso_type
+            put_le16(hdr + 2, vf.vhdr_len)
+            put_le16(hdr + 4, vf.gso_size)
         iov[0].iov_base = hdr
         iov[0].iov_len = VS_HDR_MAX
         cnt = 1
-        skip = f.hdr_len
-        for k in range(f.nseg):
-            seg = &w.segs[f.seg0 + k]
+        skip = vf.hdr_len
+        for k in range(vf.nseg):
+            seg = &segs[k]
             if skip >= seg.len:
                 skip -= seg.len
                 continue
@@ -356,10 +489,10 @@ cdef void deliver_to_tap(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq, i
                 dport.tap_errno = EBADFD
         else:
             rvq.c.packets += 1
-            rvq.c.bytes += f.len
-            if f.gso_type != VS_GSO_NONE:
+            rvq.c.bytes += vf.len
+            if vf.gso_type != VS_GSO_NONE:
                 rvq.c.gso_passthrough += 1
-            elif f.vflags & VNET_F_NEEDS_CSUM:
+            elif vf.vflags & VNET_F_NEEDS_CSUM:
                 rvq.c.csum_passthrough += 1
     vs_spin_unlock(&rvq.lock)
 

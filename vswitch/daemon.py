@@ -26,6 +26,7 @@ from . import reconcile
 from .config import Config, ConfigError, TapPortConfig, load_config
 from .control import ControlServer
 from .metrics import MetricsServer
+from .policy import apply_mirrors
 from .port import RateLimitedLog, VhostUserPort
 from .sdnotify import Notifier
 from .uplink import TapPort
@@ -85,6 +86,7 @@ class Switch:
         try:
             for name, pc in self.config.ports.items():
                 self.ports[name] = self._start_port(pc)
+            apply_mirrors(self.dp, self.ports)
             await self.control.start()
             await self._start_metrics()
             log.info("vswitchd %s running: %d port(s), %d worker(s) in %s mode, runtime dir %s",
@@ -151,6 +153,9 @@ class Switch:
     async def _health(self) -> None:
         while True:
             await asyncio.sleep(HEALTH_PERIOD_S)
+            # A port that re-created its slot (queues changed at reconnect)
+            # is found again by the mirrors that point at it.
+            apply_mirrors(self.dp, self.ports)
             for port in self.ports.values():
                 if not isinstance(port, VhostUserPort):
                     continue      # a TAP port watches its device in its own task
@@ -223,6 +228,7 @@ class Switch:
             log.info("reload: port %s added", name)
         # Keep the file order of the new config (show, metrics, port list).
         self.ports = {name: self.ports[name] for name in new.ports}
+        apply_mirrors(self.dp, self.ports)
         if "mode" in plan.datapath_in_place:
             self.dp.set_mode(new.datapath.mode)
         if "cpus" in plan.datapath_in_place:

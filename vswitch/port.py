@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from ._datapath import DROP_REASONS, Datapath
+from .policy import apply_port_policy, describe as describe_policy
 from .config import VhostUserPortConfig
 from .reconcile import port_change
 from .vhost import protocol as p
@@ -167,6 +168,7 @@ class VhostUserPort:
         self.offer = offer_for(config)
         # A new config whose connect-time fields wait for the guest to reconnect.
         self.pending: VhostUserPortConfig | None = None
+        self._policy: dict | None = None
         self._apply_datapath_settings(None)
         self.session: Session | None = None
         self.status = PortStatus()
@@ -214,8 +216,11 @@ class VhostUserPort:
     # --- reconfiguration (reload) ------------------------------------------------
 
     def _apply_datapath_settings(self, old: VhostUserPortConfig | None) -> None:
-        """The in-place settings the datapath holds: enforced MTU, static MAC."""
+        """The in-place settings the datapath holds: enforced MTU, static MAC,
+        VLAN membership, security, storm control, policers. old None: a new slot."""
         cfg = self.config
+        self._policy = apply_port_policy(self.dp, self.slot, cfg,
+                                         self._policy if old is not None else None)
         self.dp.port_set_mtu(self.slot, cfg.mtu or 0)
         if old is not None and old.mac and old.mac != cfg.mac:
             self.dp.fdb_set_static(old.mac, -1)
@@ -465,6 +470,7 @@ class VhostUserPort:
             "queues": queues,
             "mac": self.config.mac,
             "mtu_enforced": self.config.mtu,
+            "policy": describe_policy(self.config),
             "dirty_log": self.dp.log_info(self.slot),
             "memory_regions": [{"gpa": gpa, "size": size} for gpa, size, _ in self.dp.memory_regions(self.slot)],
             "rarps": self.session.rarps if self.session is not None else 0,

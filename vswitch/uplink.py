@@ -15,6 +15,7 @@ import logging
 import os
 
 from ._datapath import Datapath
+from .policy import apply_port_policy, describe as describe_policy
 from .config import TapPortConfig
 from .reconcile import port_change
 from .tap import TapError, open_tap_queues, set_tap_mtu, tap_fd_ifname, tap_link_state
@@ -32,6 +33,7 @@ class TapPort:
         self.name = config.name
         self.dp = dp
         self.slot = dp.port_add(config.queues, "tap")
+        self._policy = apply_port_policy(dp, self.slot, config)
         self.attached = False
         self.attaches = 0
         self.losses = 0
@@ -66,6 +68,7 @@ class TapPort:
         if change.restart:
             return "restart"
         old, self.config = self.config, new
+        self._policy = apply_port_policy(self.dp, self.slot, new, self._policy)
         if "mtu" in change.in_place and new.mtu is not None and self.attached:
             try:
                 set_tap_mtu(new.ifname, new.mtu)
@@ -153,4 +156,5 @@ class TapPort:
             "features": [],
             "protocol_features": [],
             "queues": queues,
+            "policy": describe_policy(self.config),
         }
