@@ -23,6 +23,12 @@ from vswitch.config import (
 )
 
 
+# The keys a port takes, as listed in "unknown key" messages (every feature
+# adds some).
+VHOST_USER_KEYS = ", ".join(sorted(config_module._VHOST_USER_KEYS))
+TAP_KEYS = ", ".join(sorted(config_module._TAP_KEYS))
+
+
 def doc(text: str) -> str:
     return textwrap.dedent(text).lstrip("\n")
 
@@ -253,7 +259,7 @@ def test_unknown_keys() -> None:
         portz: {}
         """) == [
         "c.yaml:4:5: ports.vm1.queus: unknown key 'queus', did you mean 'queues'? (expected one of: "
-        "event_idx, indirect_desc, mac, memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket, socket_group, socket_mode, socket_owner, type)",
+        + VHOST_USER_KEYS + ")",
         "c.yaml:5:24: datapath.threads: unknown key 'threads' (expected one of: cpus, mode, workers)",
         "c.yaml:6:1: portz: unknown key 'portz', did you mean 'ports'? (expected one of: "
         "control, datapath, defaults, metrics, ports, runtime_dir, version)",
@@ -478,7 +484,7 @@ def test_all_errors_reported_at_once_in_file_order() -> None:
         "c.yaml:5:11: ports.vm1.mode: must be one of: server, client (got 'sever')",
         "c.yaml:6:13: ports.vm1.queues: must be 1..64 (got 0)",
         "c.yaml:7:5: ports.vm1.sockt: unknown key 'sockt', did you mean 'socket'? (expected one of: "
-        "event_idx, indirect_desc, mac, memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket, socket_group, socket_mode, socket_owner, type)",
+        + VHOST_USER_KEYS + ")",
         "c.yaml:8:3: ports.-bad: invalid port name '-bad' (must be 1..32 characters from "
         "A-Z a-z 0-9 _ . - and start with a letter or digit)",
         "c.yaml:9:35: ports.vm2.socket: socket path '/x.sock' is also used by port 'vm3'",
@@ -1153,5 +1159,5 @@ def test_new_keys_all_errors_at_once() -> None:
         "'%' or whitespace (got 'way-too-long-name0', 18 bytes)",
         "c.yaml:13:52: ports.up.mac: MAC address '52:54:00:00:00:01' is also used by port 'vm2'",
         "c.yaml:13:73: ports.up.queus: unknown key 'queus', did you mean 'queues'? (expected one of: "
-        "create, ifname, mac, mtu, queues, type)",
+        + TAP_KEYS + ")",
     ]
