@@ -42,6 +42,12 @@ config/vswitch.schema.json a JSON Schema of it for editors)::
         create: true           # false: attach to an existing persistent TAP only
         mac: "02:00:00:00:00:01"
 
+Every port type also takes the forwarding policies (POLICY_KEYS; see
+docs/configuration.md): ``vlan``, ``allowed_macs``, ``storm_control``,
+``ingress_policing``, ``egress_policing`` and ``mirror``, parsed into
+VlanConfig, StormControlConfig, PolicerConfig and MirrorConfig with their
+defaults filled in (rates in bits/s, bursts in bytes).
+
 The file is composed into a YAML node tree (not loaded into Python objects
 directly) so that every problem can be reported with the line and column of
 the offending node, as ``FILE:LINE:COL: dotted.key: message (got X)``, so
@@ -53,7 +59,9 @@ are accepted where an integer is expected.  An unquoted MAC address, which
 YAML 1.1 reads as a base-60 integer, is taken as written.
 
 After the per-key checks come the checks across keys: socket paths, MAC
-addresses and TAP interface names must be unique among ports, and
+addresses and TAP interface names must be unique among ports, a mirror
+names another port and forms no loop, no port may send from another port's
+``mac`` (allowed_macs), and
 socket_owner/socket_group/socket_mode belong to server-mode ports only.
 With ``check_host`` (the default) the checks that depend on the host are
 made too: runtime_dir and the directories of server-mode sockets must be
