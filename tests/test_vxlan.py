@@ -9,6 +9,8 @@ host_mtu / VIRTIO_NET_F_MTU, and a TAP port into the host namespace
 (10.78.0.3, MTU 1500: the one sender that can make frames too large for the
 tunnel). The switch runs in a namespace of its own so that nothing here
 depends on, or disturbs, the addresses of the machine the tests run on.
+The peer's veth has its TX offloads off, as a wire between hosts would
+(see `net`).
 
 Workers run in event mode: a datagram must wake a sleeping worker (the UDP
 socket is in its epoll set), or pings from the peer would take a second.
@@ -82,6 +84,13 @@ def net():
         peer.ip("addr", "add", f"{PEER_UNDERLAY}/24", "dev", pv)
         peer.ip("addr", "add", f"{STRANGER_UNDERLAY}/24", "dev", pv)   # a second source, not a remote
         peer.ip("link", "set", pv, "up")
+        # The peer's veth is its wire: it must carry finished packets. veth
+        # hands checksum-partial and GSO skbs across namespaces as they are,
+        # and a UDP socket receiving them gets inner TCP checksums that were
+        # never computed (no socket option reports it), and 64 KiB datagrams.
+        # A NIC puts only finished packets on a wire; so does a veth without
+        # TX offloads.
+        peer.run(["ethtool", "-K", pv, "tx", "off"])
         peer.ip("link", "add", "vx", "address", PEER_MAC, "mtu", "1450", "type", "vxlan",
                 "id", str(VNI), "local", PEER_UNDERLAY, "remote", HOST_UNDERLAY, "dstport", "4789",
                 "dev", pv)
