@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -27,12 +28,13 @@ import pytest
 
 from tests.guests import QemuGuest, build_image, default_cache_dir
 from tests.linux.netns import NetNs, link_exists
-from tests.switch import Vswitchd
+from tests.switch import VENV_BIN, Vswitchd
 
 BOOT_TIMEOUT = 240
-GUEST_IP, PEER_IP, TAP_IP = "10.78.0.1", "10.78.0.2", "10.78.0.3"
+GUEST_IP, PEER_IP, TAP_IP, PEER2_IP = "10.78.0.1", "10.78.0.2", "10.78.0.3", "10.78.0.4"
 HOST_UNDERLAY, PEER_UNDERLAY, STRANGER_UNDERLAY = "192.0.2.1", "192.0.2.2", "192.0.2.9"
-GUEST_MAC, PEER_MAC = "52:54:00:00:78:01", "02:00:00:00:78:02"
+PEER2_UNDERLAY = "192.0.2.3"
+GUEST_MAC, PEER_MAC, PEER2_MAC = "52:54:00:00:78:01", "02:00:00:00:78:02", "02:00:00:00:78:04"
 VNI = 100
 
 
@@ -52,7 +54,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 def vxlan_ports(vni: int = VNI, remotes: list[str] | None = None) -> dict[str, dict]:
     return {
-        "vx": {"type": "vxlan", "local": HOST_UNDERLAY, "remotes": remotes or [PEER_UNDERLAY],
+        "vx": {"type": "vxlan", "local": HOST_UNDERLAY, "remotes": remotes or [PEER_UNDERLAY, PEER2_UNDERLAY],
                "vni": vni, "mtu": 1450},
         "vm": {"type": "vhost-user", "mtu": 1450},
         "up": {"type": "tap", "ifname": TAP_IFNAME, "mtu": 1500},
@@ -70,13 +72,37 @@ def image():
     return build_image(default_cache_dir())
 
 
+def add_kernel_vtep(host: NetNs, peer: NetNs, hv: str, pv: str, underlay: str, mac: str,
+                    inner: str, host_addr: str | None) -> None:
+    """A veth host<->peer and a kernel vxlan device in `peer` whose remote is the switch."""
+    host.ip("link", "add", hv, "mtu", "1500", "type", "veth", "peer", "name", pv,
+            "mtu", "1500", "netns", peer.name)
+    if host_addr:
+        host.ip("addr", "add", host_addr, "dev", hv)
+    host.ip("link", "set", hv, "up")
+    if not host_addr:   # a second link to another host: a route to that one peer
+        host.ip("route", "replace", f"{underlay}/32", "dev", hv)
+    peer.ip("addr", "add", f"{underlay}/24", "dev", pv)
+    peer.ip("link", "set", pv, "up")
+    # The peer's veth is its wire: it must carry finished packets (see `net`).
+    peer.run(["ethtool", "-K", pv, "tx", "off"])
+    peer.ip("link", "add", "vx", "address", mac, "mtu", "1450", "type", "vxlan",
+            "id", str(VNI), "local", underlay, "remote", HOST_UNDERLAY, "dstport", "4789", "dev", pv)
+    peer.ip("addr", "add", f"{inner}/24", "dev", "vx")
+    peer.ip("link", "set", "vx", "up")
+
+
 @pytest.fixture(scope="module")
 def net():
-    """The host namespace (the switch's), the peer namespace with the kernel VTEP."""
+    """The host namespace (the switch's), the peer namespace with the kernel
+    VTEP, and a second peer (another host) with one of its own."""
     pid = os.getpid()
     host, peer = NetNs(f"vxh{pid}").create(), NetNs(f"vxp{pid}").create()
+    peer2 = NetNs(f"vxq{pid}").create()
     hv, pv = f"vxh{pid % 100000}", f"vxp{pid % 100000}"
     try:
+        add_kernel_vtep(host, peer2, f"vxi{pid % 100000}", f"vxq{pid % 100000}", PEER2_UNDERLAY,
+                        PEER2_MAC, PEER2_IP, None)
         host.ip("link", "add", hv, "mtu", "1500", "type", "veth", "peer", "name", pv,
                 "mtu", "1500", "netns", peer.name)
         host.ip("addr", "add", f"{HOST_UNDERLAY}/24", "dev", hv)
@@ -96,15 +122,16 @@ def net():
                 "dev", pv)
         peer.ip("addr", "add", f"{PEER_IP}/24", "dev", "vx")
         peer.ip("link", "set", "vx", "up")
-        yield host, peer, pv
+        yield host, peer, peer2
     finally:
         host.delete()
         peer.delete()
+        peer2.delete()
 
 
 @pytest.fixture(scope="module")
 def vxlan(tmp_path_factory, image, net):
-    host, peer, pv = net
+    host, peer, peer2 = net
     work = tmp_path_factory.mktemp("vxlan")
     sw = Vswitchd(work / "switch", vxlan_ports(), extra={"datapath": {"workers": 1, "mode": "event"}},
                   wrapper=["ip", "netns", "exec", host.name])
@@ -169,7 +196,10 @@ def test_guest_and_kernel_vtep_ping_both_ways(vxlan):
     avg = float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1))
     assert avg < 300, out
     vx = sw.port("vx")
-    assert vx["remotes"] == [{"address": PEER_UNDERLAY, "learned_macs": 1}], vx
+    assert vx["remotes"][0] == {"address": PEER_UNDERLAY, "learned_macs": 1}, vx
+    shown = subprocess.run([str(VENV_BIN / "vswitchctl"), "--runtime-dir", str(sw.runtime_dir),
+                            "port", "show", "vx"], capture_output=True, text=True, check=True).stdout
+    assert f"vni {VNI}, mtu 1450, remotes: {PEER_UNDERLAY} (1 MACs)" in shown, shown
     assert {"mac": PEER_MAC, "port": "vx", "static": False} in sw.ctl("fdb show")
     assert "vxlan_send_failed" not in sw.drops("vx")
 
@@ -268,3 +298,77 @@ def test_reload_changes_remotes_and_vni_in_place(vxlan):
         r = sw.reload()
         assert r.returncode == 0, r.stderr
     assert guest.ping(PEER_IP, count=5, interval=0.2).loss_pct == 0
+
+
+def test_floods_reach_every_remote_and_unicast_only_its_own(vxlan, net):
+    sw, host, peer, guest = vxlan
+    peer2 = net[2]
+
+    def rx(ns: NetNs) -> int:
+        return int(ns.run(["cat", "/sys/class/net/vx/statistics/rx_packets"]).stdout)
+    # the second host answers: its ARP request reached it as one of the flood's copies
+    assert guest.ping(PEER2_IP, count=5, interval=0.2).loss_pct == 0
+    remotes = {r["address"]: r["learned_macs"] for r in sw.port("vx")["remotes"]}
+    assert remotes == {PEER_UNDERLAY: 1, PEER2_UNDERLAY: 1}, remotes
+    # 30 echoes to the first host: none of them is copied to the second
+    before1, before2 = rx(peer), rx(peer2)
+    assert guest.ping(PEER_IP, count=30, interval=0.05).loss_pct == 0
+    assert rx(peer) - before1 >= 30
+    assert rx(peer2) - before2 < 5      # at most a stray flood (ARP refresh, IPv6 ND)
+
+
+# --- IPv6 underlay, no guest: the host namespace's kernel through a TAP port ---
+
+V6_HOST, V6_PEER, V6_STRANGER = "2001:db8:78::1", "2001:db8:78::2", "2001:db8:78::9"
+
+
+@pytest.fixture
+def v6(tmp_path):
+    pid = os.getpid()
+    host, peer = NetNs(f"vx6h{pid}").create(), NetNs(f"vx6p{pid}").create()
+    hv, pv, tap = f"vx6h{pid % 100000}", f"vx6p{pid % 100000}", f"vx6t{pid % 100000}"
+    sw = Vswitchd(tmp_path / "switch", {
+        "vx6": {"type": "vxlan", "local": V6_HOST, "remotes": [V6_PEER], "vni": 300},
+        "up": {"type": "tap", "ifname": tap},
+    }, wrapper=["ip", "netns", "exec", host.name])
+    try:
+        host.ip("link", "add", hv, "type", "veth", "peer", "name", pv, "netns", peer.name)
+        # no nodad on our side: the address is tentative for a while, the port
+        # must report it and bind once it is usable
+        host.ip("addr", "add", f"{V6_HOST}/64", "dev", hv)
+        host.ip("link", "set", hv, "up")
+        for a in (V6_PEER, V6_STRANGER):
+            peer.ip("addr", "add", f"{a}/64", "dev", pv, "nodad")
+        peer.ip("link", "set", pv, "up")
+        peer.run(["ethtool", "-K", pv, "tx", "off"])
+        peer.ip("link", "add", "vx", "type", "vxlan", "id", "300", "local", V6_PEER,
+                "remote", V6_HOST, "dstport", "4789", "dev", pv)
+        peer.ip("addr", "add", "10.79.0.2/24", "dev", "vx")
+        peer.ip("link", "set", "vx", "up")
+        sw.start()
+        wait_for(lambda: link_exists(tap, host.name), 30, "TAP created")
+        host.ip("addr", "add", "10.79.0.1/24", "dev", tap)
+        host.ip("link", "set", tap, "mtu", "1400", "up")
+        yield sw, host, peer
+    finally:
+        sw.stop()
+        host.delete()
+        peer.delete()
+
+
+def test_ipv6_underlay(v6):
+    sw, host, peer = v6
+    sw.wait_port("vx6", lambda p: p["state"] == "up", timeout=30, what="bound once DAD is done")
+    out = host.run(["ping", "-c", "10", "-i", "0.1", "-W", "2", "10.79.0.2"]).stdout
+    assert " 0% packet loss" in out, out
+    out = peer.run(["ping", "-c", "10", "-i", "0.1", "-W", "2", "10.79.0.1"]).stdout
+    assert " 0% packet loss" in out, out
+    assert sw.port("vx6")["remotes"] == [{"address": V6_PEER, "learned_macs": 1}]
+    code = (
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+        f"s.bind(({V6_STRANGER!r}, 0))\n"
+        f"s.sendto(bytes([8, 0, 0, 0, 0, 1, 44, 0]) + bytes(60), ({V6_HOST!r}, 4789))\n"
+    )
+    peer.run([sys.executable, "-c", code])
+    wait_for(lambda: sw.drops("vx6").get("vxlan_unknown_remote", 0) == 1, 10, "v6 stranger counted")
