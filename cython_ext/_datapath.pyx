@@ -17,6 +17,7 @@ include "fdb.pxi"
 include "offload.pxi"
 include "policy.pxi"
 include "worker.pxi"
+include "vxlan.pxi"
 
 import os
 import threading
@@ -54,6 +55,7 @@ DROP_REASONS = (
     "rx_buffer_too_small", "rx_bad_chain", "no_rx_queue", "same_port",
     "ring_broken", "bad_offload", "mtu_exceeded", "tap_write_failed",
     "spoofed_source", "storm_control", "rate_limited", "vlan_filtered",
+    "vxlan_bad_header", "vxlan_wrong_vni", "vxlan_unknown_remote", "vxlan_send_failed",
 )
 assert len(DROP_REASONS) == DROP_MAX
 
@@ -157,6 +159,7 @@ cdef class Datapath:
                 port = self.sw.ports[p]
                 if port != NULL:
                     self._release_port_resources(port)
+                    free(port.vx)
                     free(port)
             free(self.sw)
         free(self.ctlw)
@@ -298,6 +301,7 @@ cdef class Datapath:
         lives (workers may hold a pointer), only reused."""
         cdef int p, i
         cdef vs_port *port
+        cdef vs_vxlan *vx
         if not 1 <= queue_pairs <= VS_MAX_QP:
             raise DatapathError(f"queue pairs must be 1..{VS_MAX_QP}")
         for p in range(VS_MAX_PORTS):
@@ -308,7 +312,9 @@ cdef class Datapath:
             port = self.sw.ports[p]
             if port.in_use:
                 continue
+            vx = port.vx               # kept with the slot (freed with the datapath)
             memset(port, 0, sizeof(vs_port))
+            port.vx = vx
             for i in range(VS_MAX_VRINGS):
                 port.vq[i].kick_fd = -1
                 port.vq[i].kick_epfd = -1
@@ -317,7 +323,7 @@ cdef class Datapath:
             port.nqp = queue_pairs
             memset(port.vlan_carry, 0xff, sizeof(port.vlan_carry))   # VLAN_ALL
             port.hdr_len = 12
-            port.kind = PORT_TAP if kind == "tap" else PORT_VHOST
+            port.kind = PORT_TAP if kind == "tap" else PORT_VXLAN if kind == "vxlan" else PORT_VHOST
             for i in range(VS_MAX_QP):
                 port.tap_fd[i] = -1
             port.in_use = 1
@@ -340,6 +346,11 @@ cdef class Datapath:
                 close(port.tap_fd[i])
                 port.tap_fd[i] = -1
         port.tap_errno = 0
+        if port.vx != NULL and port.vx.fd >= 0:
+            self._unwatch_fd(port.vq[1].kick_epfd, port.vx.fd)
+            port.vq[1].kick_epfd = -1
+            close(port.vx.fd)
+            port.vx.fd = -1
         for i in range(VS_MAX_VRINGS):
             self._unwatch_kick(&port.vq[i])
             for fd in (port.vq[i].kick_fd, port.vq[i].call_fd, port.vq[i].err_fd):
@@ -653,6 +664,100 @@ cdef class Datapath:
     def tap_errno(self, int p):
         """A fatal errno a worker saw on this TAP (EBADFD: the device was deleted), or 0."""
         return self._port(p).tap_errno
+
+    # --- VXLAN ports -----------------------------------------------------------
+
+    cdef vs_vxlan *_vxlan(self, int p) except NULL:
+        cdef vs_port *port = self._port(p)
+        if port.kind != PORT_VXLAN:
+            raise DatapathError(f"port {p} is not a VXLAN port")
+        if port.vx == NULL:
+            port.vx = <vs_vxlan *>calloc(1, sizeof(vs_vxlan))
+            if port.vx == NULL:
+                raise MemoryError()
+            port.vx.fd = -1
+        return port.vx
+
+    cdef int _vxlan_store_remotes(self, vs_vxlan *vx, list remotes) except -1:
+        """Copy packed sockaddrs into the port and forget the learned MACs
+        (they name remotes by index). The caller has stopped the workers."""
+        cdef int i
+        cdef bytes sa
+        vx.nremotes = 0
+        for i, sa in enumerate(remotes):
+            memcpy(vx.remotes[i].sa, <const char *>sa, len(sa))
+            vx.remotes[i].salen = <uint32_t>len(sa)
+        vx.nremotes = len(remotes)
+        memset(vx.macs, 0, sizeof(vx.macs))
+        return 0
+
+    @staticmethod
+    def _check_remotes(list remotes):
+        if not 1 <= len(remotes) <= VS_VXLAN_MAX_REMOTES:
+            raise DatapathError(f"{len(remotes)} remotes (1..{VS_VXLAN_MAX_REMOTES})")
+        for sa in remotes:
+            if not isinstance(sa, bytes) or not 16 <= len(sa) <= VS_SOCKADDR_MAX:
+                raise DatapathError("a remote is a packed sockaddr_in or sockaddr_in6")
+
+    def vxlan_attach(self, int p, int fd, uint32_t vni, list remotes, unsigned int mtu):
+        """Hand a VXLAN port its bound, non-blocking UDP socket (the datapath
+        owns the fd from now on), its VNI and its remotes (packed sockaddr_in
+        or sockaddr_in6 with the destination UDP port). mtu: largest L3 size
+        sent to the remotes, 0 for no limit."""
+        cdef vs_vxlan *vx = self._vxlan(p)
+        cdef vs_port *port = self._port(p)
+        cdef epoll_event ev
+        cdef int epfd
+        if not 1 <= vni <= 0xFFFFFF:
+            raise DatapathError(f"VNI {vni} is not 1..16777215")
+        self._check_remotes(remotes)
+        self.port_reset(p)                  # closes a previous socket
+        vx.fd = fd
+        vx.vni = vni
+        vx.macs_full = 0
+        self._vxlan_store_remotes(vx, remotes)
+        port.hdr_len = 0
+        port.mtu = mtu
+        # The socket wakes a sleeping worker like a TAP queue fd (kick_fd -1:
+        # woken, nothing to drain; the next round reads the socket).
+        epfd = self.workers[p % self.nworkers].epfd
+        ev.events = EPOLLIN
+        ev.data.ptr = &port.vq[1]
+        if epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) == 0:
+            port.vq[1].kick_epfd = epfd
+        vs_store_release_int(&port.active, 1)
+
+    def vxlan_set_remotes(self, int p, list remotes):
+        """Replace the remote list in place (reload): the port pauses for one
+        worker round; MACs are learned again from the next frames."""
+        cdef vs_vxlan *vx = self._vxlan(p)
+        cdef vs_port *port = self._port(p)
+        self._check_remotes(remotes)
+        was = port.active
+        vs_store_release_int(&port.active, 0)
+        self._quiesce()
+        self._vxlan_store_remotes(vx, remotes)
+        vs_store_release_int(&port.active, was)
+
+    def vxlan_set_vni(self, int p, uint32_t vni):
+        cdef vs_vxlan *vx = self._vxlan(p)
+        if not 1 <= vni <= 0xFFFFFF:
+            raise DatapathError(f"VNI {vni} is not 1..16777215")
+        vx.vni = vni      # one aligned store: a frame carries the old or the new one
+
+    def vxlan_learned(self, int p):
+        """Inner MACs learned behind each remote (list, in remote order), and
+        learn attempts that found the table full."""
+        cdef vs_vxlan *vx = self._vxlan(p)
+        cdef int i, r
+        cdef uint64_t v
+        counts = [0] * vx.nremotes
+        for i in range(VS_VXLAN_MACS):
+            v = vs_load_relaxed_u64(&vx.macs[i])
+            r = <int>(v & 0xffff) - 1
+            if v != 0 and 0 <= r < vx.nremotes:
+                counts[r] += 1
+        return {"per_remote": counts, "table_full": vx.macs_full}
 
     def port_set_mtu(self, int p, unsigned int mtu):
         self._port(p).mtu = mtu

@@ -104,7 +104,11 @@ cdef enum:
     DROP_STORM_CONTROL = 20        # broadcast/multicast/unknown-unicast over the port's cap
     DROP_RATE_LIMITED = 21         # over the port's ingress or egress policer
     DROP_VLAN_FILTERED = 22        # VLAN the port does not carry (tagged on access, not in trunk list)
-    DROP_MAX = 23
+    DROP_VXLAN_BAD_HEADER = 23     # VXLAN: shorter than its header or the I flag (valid VNI) not set
+    DROP_VXLAN_WRONG_VNI = 24      # VXLAN: a VNI other than the port's
+    DROP_VXLAN_UNKNOWN_REMOTE = 25 # VXLAN: from an address that is not one of the port's remotes
+    DROP_VXLAN_SEND = 26           # VXLAN: the kernel refused the datagram (socket buffer full, no route)
+    DROP_MAX = 27
 
 ctypedef struct vs_counters:
     uint64_t packets
@@ -189,12 +193,36 @@ cdef enum:
     POL_STORM = 2
     POL_POLICE = 4
 
+# VXLAN ports (vxlan.pxi): a UDP socket the control plane bound, the VNI, the
+# remote VTEPs as ready-made sockaddrs, and which remote each inner MAC was
+# last seen behind. Allocated once per port slot, on the first attach.
+cdef enum:
+    PORT_VXLAN = 2
+    VS_VXLAN_HLEN = 8              # RFC 7348 header
+    VS_VXLAN_MAX_REMOTES = 64
+    VS_VXLAN_MACS = 1024           # inner MAC -> remote table, power of two
+    VS_VXLAN_PROBE = 16
+    VS_SOCKADDR_MAX = 28           # sizeof(struct sockaddr_in6)
+
+ctypedef struct vs_vxlan_remote:
+    uint8_t sa[VS_SOCKADDR_MAX]    # sockaddr_in or sockaddr_in6 (address + udp port)
+    uint32_t salen
+
+ctypedef struct vs_vxlan:
+    int fd                         # non-blocking UDP socket bound to local:udp_port
+    uint32_t vni
+    int nremotes
+    vs_vxlan_remote remotes[VS_VXLAN_MAX_REMOTES]
+    uint64_t macs[VS_VXLAN_MACS]   # (mac << 16) | (remote + 1); written by the port's RX worker only
+    uint64_t macs_full             # learn attempts that found no slot (those MACs are flooded)
+
 ctypedef struct vs_port:
     int in_use
-    int kind                       # PORT_VHOST or PORT_TAP
+    int kind                       # PORT_VHOST, PORT_TAP or PORT_VXLAN
     uint32_t mtu                   # egress limit on the L3 size; 0: none
     int tap_fd[VS_MAX_QP]          # TAP: one fd per queue (IFF_MULTI_QUEUE)
     int tap_errno                  # TAP: a fatal errno seen by a worker (EBADFD: device deleted)
+    vs_vxlan *vx                   # VXLAN: socket, VNI, remotes (NULL until the first attach)
     int active                     # memory mapped, session up: workers may look at it
     int nqp                        # queue pairs offered
     uint32_t hdr_len               # virtio_net_hdr size negotiated: 10 or 12

@@ -201,8 +201,11 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
     cdef uint64_t now = 0
     if dport == NULL or not vs_load_acquire_int(&dport.active):
         return
-    if dport.kind == PORT_TAP:
-        deliver_to_tap(sw, w, d, src_vq, qp, n, view)
+    if dport.kind != PORT_VHOST:
+        if dport.kind == PORT_TAP:
+            deliver_to_tap(sw, w, d, src_vq, qp, n, view)
+        else:
+            deliver_to_vxlan(sw, w, d, src_vq, qp, n, view)
         return
     nrx = dport.n_rx_enabled
     rvq = NULL
@@ -733,8 +736,11 @@ cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
             for qp in range(port.nqp):
                 if not worker_owns(sw, w, p, qp):
                     continue
-                if port.kind == PORT_TAP:
-                    work += tap_rx_burst(sw, w, p, port, qp)
+                if port.kind != PORT_VHOST:
+                    if port.kind == PORT_TAP:
+                        work += tap_rx_burst(sw, w, p, port, qp)
+                    else:
+                        work += vxlan_rx_burst(sw, w, p, port)
                     continue
                 vq = &port.vq[2 * qp + 1]
                 if not vs_load_acquire_int(&vq.started) or vs_load_acquire_int(&vq.broken):

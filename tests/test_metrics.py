@@ -38,6 +38,11 @@ BCAST = b"\xff" * 6
 ETHERTYPE = b"\x88\xb5"
 HAVE_TUN = os.path.exists("/dev/net/tun") and os.geteuid() == 0
 TAP_IFNAME = f"vsm{os.getpid() % 100000}"
+# The VXLAN port "v" listens on loopback. Its remotes are 127.0.0.2 (a local
+# address, so tests can send from it) and an address that a socket bound to
+# 127.0.0.1 can never reach (the kernel refuses loopback sources off the
+# loopback device), so every flood has one copy refused: vxlan_send_failed.
+VXLAN_REMOTE, VXLAN_UNREACHABLE, VXLAN_VNI = "127.0.0.2", "198.51.100.254", 7
 
 
 def frame(dst: str | bytes, src: str | bytes, seq: int = 0, size: int = 64) -> bytes:
@@ -45,6 +50,12 @@ def frame(dst: str | bytes, src: str | bytes, seq: int = 0, size: int = 64) -> b
     src_mac = MAC[src] if isinstance(src, str) else src
     head = dst_mac + src_mac + ETHERTYPE + struct.pack("!I", seq)
     return head + bytes((seq + i) & 0xFF for i in range(max(0, size - len(head))))
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def free_tcp_port() -> int:
@@ -99,6 +110,8 @@ def env(tmp_path_factory):
         "b": {"type": "vhost-user", "queues": 2},
         "c": {"type": "vhost-user", "queues": 1},
         "m": {"type": "vhost-user", "queues": 1, "mtu": 1500},
+        "v": {"type": "vxlan", "local": "127.0.0.1", "udp_port": free_udp_port(),
+              "remotes": [VXLAN_REMOTE, VXLAN_UNREACHABLE], "vni": VXLAN_VNI},
     }
     if HAVE_TUN:
         ports["t"] = {"type": "tap", "ifname": TAP_IFNAME, "queues": 1}
@@ -428,6 +441,24 @@ def _tap_write_failed(sw, stack):
     return "t", "transmit"
 
 
+def _vxlan_datagram(source: str, payload: bytes):
+    def recipe(sw, stack):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((source, 0))
+            s.sendto(payload, ("127.0.0.1", sw.ports["v"]["udp_port"]))
+        return "v", "receive"
+    return recipe
+
+
+def _vxlan_send_failed(sw, stack):
+    a = stack.enter_context(connected(sw, "a"))
+    a.tx(0).post_tx(frame(BCAST, "a", 1))                # flooded to both remotes
+    return "v", "transmit"
+
+
+VXLAN_OK = bytes([0x08, 0, 0, 0, 0, 0, VXLAN_VNI, 0])
+
+
 DROP_RECIPES = {
     "bad_head": _hostile_tx("head_out_of_range"),
     "bad_address": _hostile_tx("addr_outside_memory"),
@@ -447,6 +478,11 @@ DROP_RECIPES = {
     "bad_offload": _bad_offload,
     "mtu_exceeded": _mtu_exceeded,
     "tap_write_failed": _tap_write_failed,
+    "vxlan_bad_header": _vxlan_datagram(VXLAN_REMOTE, bytes([0, 0, 0, 0, 0, 0, VXLAN_VNI, 0]) + frame(BCAST, "x")),
+    "vxlan_wrong_vni": _vxlan_datagram(VXLAN_REMOTE, bytes([0x08, 0, 0, 0, 0, 0, VXLAN_VNI + 1, 0])
+                                       + frame(BCAST, "x")),
+    "vxlan_unknown_remote": _vxlan_datagram("127.0.0.1", VXLAN_OK + frame(BCAST, "x")),
+    "vxlan_send_failed": _vxlan_send_failed,
 }
 
 

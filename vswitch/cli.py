@@ -31,7 +31,7 @@ def request(path: str, command: str, args: dict | None = None, timeout: float = 
 
 
 def _render_port(port: dict) -> str:
-    where = port["socket"] or port.get("ifname")
+    where = port["socket"] or port.get("ifname") or port.get("local")
     lines = [f"port {port['name']} ({port['type']}, {port['mode']}, {where}): {port['state']}",
              f"  connections {port['connections']}, disconnects {port['disconnects']}, "
              f"protocol errors {port['protocol_errors']}",
@@ -57,6 +57,9 @@ def _render_port(port: dict) -> str:
             lines.append(f"  {label}: " + " ".join(f"{k}={v}" for k, v in policy[key].items()))
     if policy.get("mirror"):
         lines.append(f"  mirror {policy['mirror']['direction']} to {policy['mirror']['to']}")
+    if port.get("type") == "vxlan":
+        lines.append(f"  vni {port['vni']}, mtu {port.get('mtu') or 'unlimited'}, remotes: "
+                     + ", ".join(f"{r['address']} ({r['learned_macs']} MACs)" for r in port["remotes"]))
     if port.get("pending"):
         lines.append("  pending until the guest reconnects: "
                      + ", ".join(f"{k}={v}" for k, v in port["pending"].items()))

@@ -20,7 +20,7 @@ config/vswitch.schema.json a JSON Schema of it for editors)::
       socket_group: kvm        # mrg_rxbuf event_idx indirect_desc offloads
     ports:                     # required (may be {}); mapping name -> port
       vm1:
-        type: vhost-user       # required: vhost-user | tap
+        type: vhost-user       # required: vhost-user | tap | vxlan
         mode: server           # server (default): we listen | client: we connect
         socket: /run/vswitch/vm1.sock  # default {runtime_dir}/{name}.sock
         queues: 2              # queue pairs offered, 1..64, default 1
@@ -41,6 +41,13 @@ config/vswitch.schema.json a JSON Schema of it for editors)::
         mtu: 1500              # default: keep the device's MTU
         create: true           # false: attach to an existing persistent TAP only
         mac: "02:00:00:00:00:01"
+      vx0:
+        type: vxlan            # docs/vxlan.md
+        local: 192.0.2.1       # our IPv4/IPv6 address on this host (the UDP socket binds it)
+        remotes: [192.0.2.2]   # peer VTEPs, same family, 1..64, no duplicates, not local
+        vni: 100               # 1..16777215
+        udp_port: 4789         # default 4789 (IANA)
+        mtu: 1450              # default: no limit; frames with a larger L3 size are dropped
 
 Every port type also takes the forwarding policies (POLICY_KEYS; see
 docs/configuration.md): ``vlan``, ``allowed_macs``, ``storm_control``,
@@ -102,6 +109,7 @@ __all__ = [
     "MirrorConfig",
     "parse_rate",
     "parse_burst",
+    "VxlanPortConfig",
     "load_config",
     "parse_config",
 ]
@@ -109,7 +117,7 @@ __all__ = [
 SUPPORTED_VERSIONS = (1,)
 DEFAULT_VERSION = 1
 DEFAULT_RUNTIME_DIR = "/run/vswitch"
-PORT_TYPES = ("vhost-user", "tap")
+PORT_TYPES = ("vhost-user", "tap", "vxlan")
 PORT_MODES = ("server", "client")
 DEFAULT_PORT_MODE = "server"
 MIN_QUEUES, MAX_QUEUES, DEFAULT_QUEUES = 1, 64, 1
@@ -132,6 +140,11 @@ MAX_ID = 2**32 - 2  # uid_t/gid_t; (uid_t)-1 means "unchanged" to chown(2)
 MAX_SOCKET_MODE = 0o777
 OWNER_RW = 0o600
 MIN_PORT, MAX_PORT = 1, 65535
+# VXLAN (RFC 7348): 24-bit VNI; IANA port 4789; a head-end replication list
+# the datapath holds in a fixed table.
+MIN_VNI, MAX_VNI = 1, 2**24 - 1
+DEFAULT_VXLAN_PORT = 4789
+MAX_VXLAN_REMOTES = 64
 
 # Per-port switches for virtio features that cause interop trouble; each is
 # offered to the guest unless set to false.
@@ -144,6 +157,7 @@ _DEFAULTS_KEYS = ("mode", "queues", "mtu", *SOCKET_PERMISSION_KEYS, *FEATURE_KEY
 _VHOST_USER_KEYS = ("type", "mode", "socket", "queues", "mtu", "mac",
                     *SOCKET_PERMISSION_KEYS, *FEATURE_KEYS)
 _TAP_KEYS = ("type", "ifname", "queues", "mtu", "create", "mac")
+_VXLAN_KEYS = ("type", "local", "remotes", "vni", "udp_port", "mtu")
 _DATAPATH_KEYS = ("workers", "mode", "cpus")
 _METRICS_KEYS = ("enabled", "listen")
 _CONTROL_KEYS = ("group",)
@@ -155,6 +169,7 @@ POLICY_KEYS = ("vlan", "allowed_macs", "storm_control", "ingress_policing", "egr
                "mirror")
 _VHOST_USER_KEYS = (*_VHOST_USER_KEYS, *POLICY_KEYS)
 _TAP_KEYS = (*_TAP_KEYS, *POLICY_KEYS)
+_VXLAN_KEYS = (*_VXLAN_KEYS, *POLICY_KEYS)
 _VLAN_KEYS = ("mode", "id", "allowed", "native")
 _STORM_CONTROL_KEYS = ("broadcast", "multicast", "unknown_unicast")
 _POLICER_KEYS = ("rate", "burst", "pps", "pps_burst")
@@ -421,7 +436,36 @@ class TapPortConfig:
         return out
 
 
-PortConfig = VhostUserPortConfig | TapPortConfig
+@dataclass(frozen=True)
+class VxlanPortConfig:
+    """A VXLAN tunnel endpoint (RFC 7348): the switch's frames carried over
+    UDP to peer VTEPs (other hosts' switches, Linux vxlan devices)."""
+
+    name: str
+    local: str                      # our address, normalised ("192.0.2.1", "2001:db8::1")
+    remotes: tuple[str, ...]        # peer VTEPs, same family as local, normalised
+    vni: int                        # 1..16777215
+    udp_port: int = DEFAULT_VXLAN_PORT
+    mtu: int | None = None          # largest L3 size sent through the tunnel; None: no limit
+    type: str = "vxlan"
+    # Forwarding policies (POLICY_KEYS), applied in place, as for any port
+    vlan: VlanConfig | None = None
+    allowed_macs: tuple[str, ...] = ()
+    storm_control: StormControlConfig | None = None
+    ingress_policing: PolicerConfig | None = None
+    egress_policing: PolicerConfig | None = None
+    mirror: MirrorConfig | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "local": self.local, "remotes": list(self.remotes),
+                               "vni": self.vni, "udp_port": self.udp_port}
+        if self.mtu is not None:
+            out["mtu"] = self.mtu
+        out.update(_policies_to_dict(self))
+        return out
+
+
+PortConfig = VhostUserPortConfig | TapPortConfig | VxlanPortConfig
 
 
 @dataclass(frozen=True)
@@ -669,6 +713,7 @@ class _Uses:
     ifnames: list[_Use] = field(default_factory=list)
     allowed_macs: list[_Use] = field(default_factory=list)  # may repeat across ports
     mirrors: list[_Use] = field(default_factory=list)       # value: the target port
+    endpoints: list[_Use] = field(default_factory=list)   # VXLAN local address + UDP port
 
 
 @dataclass
@@ -1482,6 +1527,7 @@ class _Validator(_PolicyChecks):
         self.check_conflicts(uses.macs, "MAC address", lambda u: u.value)
         self.check_conflicts(uses.ifnames, "interface name", lambda u: u.value)
         self.check_policy_references(set(entries), uses)
+        self.check_conflicts(uses.endpoints, "VXLAN endpoint", lambda u: u.value)
         if self.check_host and runtime_dir is not None:
             for use in uses.sockets:
                 directory = posixpath.dirname(posixpath.normpath(use.value))
@@ -1522,6 +1568,8 @@ class _Validator(_PolicyChecks):
                 return None
             if value == "tap":
                 return self.tap_port(name, entries, node, key, uses)
+            if value == "vxlan":
+                return self.vxlan_port(name, entries, node, key, uses)
         else:
             # Keep checking the rest of the port as vhost-user (the usual
             # type) to report everything at once.
@@ -1648,6 +1696,87 @@ class _Validator(_PolicyChecks):
             return None
         return TapPortConfig(name=name, ifname=ifname, queues=queues, mtu=mtu, create=create, mac=mac,
                              **policies)
+
+    def ip_address(self, node: Node, key: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        """A unicast IPv4 or IPv6 address usable as a VXLAN endpoint."""
+        value = self.construct(node, key)
+        if value is _BAD:
+            return None
+        if not isinstance(value, str):
+            self.error(node, key, f"must be an IPv4 or IPv6 address (got {_describe(node, value)})")
+            return None
+        try:
+            addr = ipaddress.ip_address(value)
+        except ValueError:
+            self.error(node, key, f"must be an IPv4 or IPv6 address (got {value!r})")
+            return None
+        if addr.is_multicast or addr.is_unspecified or (addr.version == 4 and addr == ipaddress.IPv4Address("255.255.255.255")):
+            self.error(node, key, f"must be a unicast address (got {value!r})")
+            return None
+        if addr.version == 6 and addr.is_link_local:
+            # a link-local peer needs an interface scope, which the port does not take
+            self.error(node, key, f"link-local IPv6 addresses are not supported (got {value!r})")
+            return None
+        return addr
+
+    def vxlan_port(self, name: str, entries: _Entries, node: Node, key: str,
+                   uses: _Uses) -> VxlanPortConfig | None:
+        self.check_keys(entries, _VXLAN_KEYS, key, node, required=("local", "remotes", "vni"))
+        ok = True
+        local = None
+        if "local" in entries:
+            local = self.ip_address(entries["local"][1], f"{key}.local")
+        remotes: list[Any] = []
+        if "remotes" in entries:
+            rnode = entries["remotes"][1]
+            if not isinstance(rnode, SequenceNode):
+                self.error(rnode, f"{key}.remotes",
+                           f"must be a list of IP addresses (got {self.describe(rnode)})")
+                ok = False
+            elif not 1 <= len(rnode.value) <= MAX_VXLAN_REMOTES:
+                self.error(rnode, f"{key}.remotes",
+                           f"must list 1..{MAX_VXLAN_REMOTES} remote endpoints (got {len(rnode.value)})")
+                ok = False
+            else:
+                seen: dict[Any, int] = {}
+                for i, item in enumerate(rnode.value):
+                    ikey = f"{key}.remotes[{i}]"
+                    addr = self.ip_address(item, ikey)
+                    if addr is None:
+                        ok = False
+                        continue
+                    if local is not None and addr.version != local.version:
+                        self.error(item, ikey, f"IPv{addr.version} remote {str(addr)!r} with an "
+                                   f"IPv{local.version} local address: both must be the same family")
+                        ok = False
+                    elif local is not None and addr == local:
+                        self.error(item, ikey, f"remote {str(addr)!r} is the local address itself")
+                        ok = False
+                    elif addr in seen:
+                        self.error(item, ikey, f"remote {str(addr)!r} is listed twice "
+                                   f"(first as remotes[{seen[addr]}])")
+                        ok = False
+                    else:
+                        seen[addr] = i
+                        remotes.append(addr)
+        vni = None
+        if "vni" in entries:
+            vni = self.integer(entries["vni"][1], f"{key}.vni", MIN_VNI, MAX_VNI)
+        udp_port: int | None = DEFAULT_VXLAN_PORT
+        if "udp_port" in entries:
+            udp_port = self.integer(entries["udp_port"][1], f"{key}.udp_port", MIN_PORT, MAX_PORT)
+        mtu: int | None = None
+        if "mtu" in entries:
+            mtu = self.integer(entries["mtu"][1], f"{key}.mtu", MIN_MTU, MAX_MTU)
+            ok = ok and mtu is not None
+        policies = self.port_policies(name, entries, key, mtu, uses)
+        if not ok or local is None or not remotes or vni is None or udp_port is None or policies is None:
+            return None
+        # Two ports cannot bind the same address and port (one would get EADDRINUSE).
+        uses.endpoints.append(_Use(name, f"{local}:{udp_port}" if local.version == 4 else f"[{local}]:{udp_port}",
+                                   entries["local"][1], f"{key}.local", derived=False))
+        return VxlanPortConfig(name=name, local=str(local), remotes=tuple(str(r) for r in remotes),
+                               vni=vni, udp_port=udp_port, mtu=mtu, **policies)
 
     def check_conflicts(self, uses: list[_Use], what: str, normalize) -> None:
         """Report every value (socket path, MAC, ...) used by more than one

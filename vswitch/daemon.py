@@ -23,13 +23,14 @@ import time
 
 from . import __version__
 from . import reconcile
-from .config import Config, ConfigError, TapPortConfig, load_config
+from .config import Config, ConfigError, TapPortConfig, VxlanPortConfig, load_config
 from .control import ControlServer
 from .metrics import MetricsServer
 from .policy import apply_mirrors
 from .port import RateLimitedLog, VhostUserPort
 from .sdnotify import Notifier
 from .uplink import TapPort
+from .vxlan import VxlanPort
 from .watchdog import WorkerWatchdog
 
 log = logging.getLogger("vswitch")
@@ -122,6 +123,10 @@ class Switch:
             tap = TapPort(pc, self.dp)
             tap.start()
             return tap
+        if isinstance(pc, VxlanPortConfig):
+            vx = VxlanPort(pc, self.dp)
+            vx.start()
+            return vx
         port = VhostUserPort(pc, self.dp, self.ratelog)
         try:
             if pc.mode == "server":

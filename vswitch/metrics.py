@@ -189,7 +189,7 @@ class SwitchCollector:
                         if n:
                             drops.add_metric([name, q, direction, reason], n)
             enabled = int(show.get("queues_enabled") or 0)
-            if kind == "tap":
+            if kind in ("tap", "vxlan"):
                 is_up = show.get("state") == "up"
             else:
                 is_up = show.get("state") == "connected" and enabled > 0

@@ -28,9 +28,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .config import POLICY_KEYS, Config, TapPortConfig, VhostUserPortConfig
+from .config import POLICY_KEYS, Config, TapPortConfig, VhostUserPortConfig, VxlanPortConfig
 
-PortConfig = VhostUserPortConfig | TapPortConfig
+PortConfig = VhostUserPortConfig | TapPortConfig | VxlanPortConfig
 
 # Fields of a vhost-user port, by how a change is applied.
 VHOST_IN_PLACE = frozenset({"socket_owner", "socket_group", "socket_mode", "mac", "mtu"})
@@ -47,6 +47,10 @@ TAP_RESTART = frozenset({"type", "ifname", "queues", "create"})
 POLICY_IN_PLACE = frozenset(POLICY_KEYS)
 VHOST_IN_PLACE = VHOST_IN_PLACE | POLICY_IN_PLACE
 TAP_IN_PLACE = TAP_IN_PLACE | POLICY_IN_PLACE
+# VXLAN: the peers, the VNI and the MTU are datapath settings of the bound
+# socket; the socket's own address and port re-bind it.
+VXLAN_IN_PLACE = frozenset({"remotes", "vni", "mtu"}) | POLICY_IN_PLACE
+VXLAN_RESTART = frozenset({"type", "local", "udp_port"})
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ def port_change(name: str, old: PortConfig, new: PortConfig) -> PortChange | Non
     fields = _differing(old, new)
     if isinstance(new, VhostUserPortConfig):
         restart_set, in_place_set, at_connect_set = VHOST_RESTART, VHOST_IN_PLACE, VHOST_AT_CONNECT
+    elif isinstance(new, VxlanPortConfig):
+        restart_set, in_place_set, at_connect_set = VXLAN_RESTART, VXLAN_IN_PLACE, frozenset()
     else:
         restart_set, in_place_set, at_connect_set = TAP_RESTART, TAP_IN_PLACE, frozenset()
     unknown = set(fields) - restart_set - in_place_set - at_connect_set

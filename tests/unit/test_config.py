@@ -303,7 +303,7 @@ def test_missing_type_points_at_port_mapping() -> None:
             mode: server
             queues: 99
         """) == [
-        "c.yaml:3:5: ports.vm1: missing required key 'type' (supported: vhost-user, tap)",
+        "c.yaml:3:5: ports.vm1: missing required key 'type' (supported: vhost-user, tap, vxlan)",
         "c.yaml:4:13: ports.vm1.queues: must be 1..64 (got 99)",
     ]
 
@@ -312,12 +312,12 @@ def test_unsupported_port_type() -> None:
     # Keys of an unsupported type are not second-guessed.
     assert one_error("""
         ports:
-          vx0:
-            type: vxlan
+          gn0:
+            type: geneve
             vni: 5
-        """) == "c.yaml:3:11: ports.vx0.type: unsupported port type 'vxlan' (supported: vhost-user, tap)"
+        """) == "c.yaml:3:11: ports.gn0.type: unsupported port type 'geneve' (supported: vhost-user, tap, vxlan)"
     assert one_error("ports: {vm1: {type: 1}}") == (
-        "c.yaml:1:21: ports.vm1.type: must be one of: vhost-user, tap (got integer 1)"
+        "c.yaml:1:21: ports.vm1.type: must be one of: vhost-user, tap, vxlan (got integer 1)"
     )
 
 
@@ -431,7 +431,7 @@ def test_merge_keys_rejected() -> None:
             <<: {type: vhost-user}
         """) == [
         "c.yaml:3:5: ports.vm1: merge keys ('<<') are not supported",
-        "c.yaml:3:5: ports.vm1: missing required key 'type' (supported: vhost-user, tap)",
+        "c.yaml:3:5: ports.vm1: missing required key 'type' (supported: vhost-user, tap, vxlan)",
     ]
 
 

@@ -167,7 +167,7 @@ BAD = {
     "port-name": ("ports: {-vm: {type: vhost-user}}\n", "invalid port name '-vm'"),
     "port-name-long": ("ports: {%s: {type: vhost-user}}\n" % ("a" * 33), "invalid port name"),
     "port-no-type": ("ports: {vm1: {queues: 1}}\n", "ports.vm1: missing required key 'type'"),
-    "port-type": ("ports: {vm1: {type: vxlan}}\n", "unsupported port type 'vxlan'"),
+    "port-type": ("ports: {vm1: {type: geneve}}\n", "unsupported port type 'geneve'"),
     "port-unknown-key": ("ports: {vm1: {type: vhost-user, queus: 2}}\n", "ports.vm1.queus: unknown key"),
     "port-mode": ("ports: {vm1: {type: vhost-user, mode: serve}}\n", "ports.vm1.mode: must be one of: server, client"),
     "queues-0": ("ports: {vm1: {type: vhost-user, queues: 0}}\n", "ports.vm1.queues: must be 1..64 (got 0)"),

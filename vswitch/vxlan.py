@@ -1,0 +1,195 @@
+"""The VXLAN port: the switch's frames carried over UDP to peer VTEPs (RFC 7348).
+
+The control plane binds one UDP socket to ``local:udp_port`` and hands it to
+the datapath (cython_ext/vxlan.pxi), which reads and writes the datagrams,
+checks every one it receives (source among the remotes, I flag, VNI), learns
+behind which remote each inner MAC lives, and replicates floods to every
+remote. docs/vxlan.md describes how switches on several hosts form one L2
+segment this way.
+
+Binding fails while the local address is not on this host (yet): the port
+reports why and retries with backoff, like a TAP that cannot be opened, and
+never stops the other ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+import struct
+
+from ._datapath import Datapath
+from .policy import apply_port_policy, describe as describe_policy
+from .config import VxlanPortConfig
+from .reconcile import port_change
+
+log = logging.getLogger("vswitch.vxlan")
+
+RETRY_MIN_S = 0.2
+RETRY_MAX_S = 10.0
+# Socket buffers: a burst of 32 frames of up to 64 KiB each way must fit, and
+# a TSO guest's segments are sent back to back.
+SOCKET_BUFFER = 8 << 20
+# asm-generic/socket.h (the socket module does not export them)
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+
+
+class VxlanError(OSError):
+    """A VXLAN socket could not be set up; ``str()`` says which endpoint and why."""
+
+
+def _endpoint(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def pack_sockaddr(address: str, port: int) -> bytes:
+    """struct sockaddr_in / sockaddr_in6 for the datapath's sendmsg."""
+    addr = ipaddress.ip_address(address)
+    if addr.version == 4:
+        return struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + addr.packed + bytes(8)
+    return (struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", port, 0) + addr.packed
+            + struct.pack("=I", 0))
+
+
+def open_vxlan_socket(local: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket bound to local:port, with large buffers.
+    Raises VxlanError with the reason in words."""
+    family = socket.AF_INET6 if ipaddress.ip_address(local).version == 6 else socket.AF_INET
+    where = _endpoint(local, port)
+    sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        for forced, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF),
+                              (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+            try:
+                # root (CAP_NET_ADMIN) may exceed net.core.[rw]mem_max
+                sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+        sock.bind((local, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRNOTAVAIL:
+            detail = f"address {local} is not configured on this host (or not usable yet)"
+        elif exc.errno == errno.EADDRINUSE:
+            detail = (f"UDP port {port} on {local} is already in use (another VXLAN endpoint, e.g. "
+                      f"a kernel vxlan device with dstport {port} in this network namespace?)")
+        elif exc.errno == errno.EACCES:
+            detail = f"permission denied (UDP port {port} < 1024 needs CAP_NET_BIND_SERVICE)"
+        else:
+            detail = exc.strerror or str(exc)
+        raise VxlanError(exc.errno, f"VXLAN {where}: cannot bind: {detail}") from exc
+    return sock
+
+
+class VxlanPort:
+    def __init__(self, config: VxlanPortConfig, dp: Datapath) -> None:
+        self.config = config
+        self.name = config.name
+        self.dp = dp
+        self.slot = dp.port_add(1, "vxlan")
+        self._policy = apply_port_policy(dp, self.slot, config)
+        self.attached = False
+        self.attaches = 0
+        self.last_error: str | None = None
+        self._task: asyncio.Task | None = None
+
+    def _remotes(self, cfg: VxlanPortConfig) -> list[bytes]:
+        return [pack_sockaddr(r, cfg.udp_port) for r in cfg.remotes]
+
+    def start(self) -> None:
+        if not self._attach():     # reported and retried, never fatal
+            self._task = asyncio.get_running_loop().create_task(self._retry(), name=f"vxlan-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self.dp.port_remove(self.slot)     # closes the socket
+
+    async def reconfigure(self, new: VxlanPortConfig, force: bool = False) -> str:
+        """Remotes, VNI and MTU change in place; the local address or UDP port
+        re-bind the socket ("restart", done by the caller)."""
+        change = port_change(self.name, self.config, new)
+        if change is None:
+            return "unchanged"
+        if change.restart:
+            return "restart"
+        self.config = new
+        self._policy = apply_port_policy(self.dp, self.slot, new, self._policy)
+        if self.attached:
+            if "remotes" in change.in_place:
+                self.dp.vxlan_set_remotes(self.slot, self._remotes(new))
+            if "vni" in change.in_place:
+                self.dp.vxlan_set_vni(self.slot, new.vni)
+            if "mtu" in change.in_place:
+                self.dp.port_set_mtu(self.slot, new.mtu or 0)
+        log.info("port %s: %s applied", self.name, ", ".join(change.in_place))
+        return "applied"
+
+    def _attach(self) -> bool:
+        cfg = self.config
+        try:
+            sock = open_vxlan_socket(cfg.local, cfg.udp_port)
+        except VxlanError as exc:
+            self.last_error = str(exc)
+            return False
+        # From here the datapath owns the fd (it closes it on reset/remove).
+        self.dp.vxlan_attach(self.slot, sock.detach(), cfg.vni, self._remotes(cfg), cfg.mtu or 0)
+        self.attached = True
+        self.attaches += 1
+        self.last_error = None
+        log.info("port %s: VXLAN %s vni %d, %d remote(s)%s", self.name,
+                 _endpoint(cfg.local, cfg.udp_port), cfg.vni, len(cfg.remotes),
+                 f", mtu {cfg.mtu}" if cfg.mtu else "")
+        return True
+
+    async def _retry(self) -> None:
+        delay = RETRY_MIN_S
+        while not self._attach():
+            log.warning("port %s: %s; retry in %.1fs", self.name, self.last_error, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    def show(self) -> dict:
+        cfg = self.config
+        # rx: towards the network (the remotes receive), tx: from the network
+        state = {"started": self.attached, "enabled": self.attached, "broken": False, "size": 0}
+        queues = [{"pair": 0,
+                   "rx": {**state, **self.dp.vring_counters(self.slot, 0)},
+                   "tx": {**state, **self.dp.vring_counters(self.slot, 1)}}]
+        learned = self.dp.vxlan_learned(self.slot) if self.attached else {"per_remote": [], "table_full": 0}
+        per_remote = learned["per_remote"]
+        return {
+            "name": self.name,
+            "type": "vxlan",
+            "mode": "vxlan",
+            "socket": None,
+            "ifname": None,
+            "local": _endpoint(cfg.local, cfg.udp_port),
+            "vni": cfg.vni,
+            "remotes": [{"address": r, "learned_macs": per_remote[i] if i < len(per_remote) else 0}
+                        for i, r in enumerate(cfg.remotes)],
+            "learn_table_full": learned["table_full"],
+            "state": "up" if self.attached else "down",
+            "mtu": cfg.mtu,
+            "queues_offered": 1,
+            "queues_enabled": 1 if self.attached else 0,
+            "connections": self.attaches,
+            "disconnects": 0,
+            "protocol_errors": 0,
+            "last_error": self.last_error,
+            "alerts": {} if self.attached else {"vxlan": self.last_error or "not bound"},
+            "features": [],
+            "protocol_features": [],
+            "queues": queues,
+            "policy": describe_policy(cfg),
+        }
