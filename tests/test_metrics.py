@@ -33,7 +33,7 @@ from vswitch._datapath import DROP_REASONS
 from vswitch.cli import request
 
 FULL = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX)
-MAC = {name: bytes([0x02, 0, 0, 0, 0x4D, i + 1]) for i, name in enumerate(["a", "b", "c", "m", "x"])}
+MAC = {name: bytes([0x02, 0, 0, 0, 0x4D, i + 1]) for i, name in enumerate(["a", "b", "c", "m", "x", "p", "q"])}
 BCAST = b"\xff" * 6
 ETHERTYPE = b"\x88\xb5"
 HAVE_TUN = os.path.exists("/dev/net/tun") and os.geteuid() == 0
@@ -110,6 +110,12 @@ def env(tmp_path_factory):
         "b": {"type": "vhost-user", "queues": 2},
         "c": {"type": "vhost-user", "queues": 1},
         "m": {"type": "vhost-user", "queues": 1, "mtu": 1500},
+        # issue-7 policy: p polices and allows only its own MAC; q is an access
+        # port with a broadcast cap of one frame per second
+        "p": {"type": "vhost-user", "queues": 1, "allowed_macs": [MAC["p"].hex(":")],
+              "ingress_policing": {"pps": 1, "pps_burst": 1}},
+        "q": {"type": "vhost-user", "queues": 1, "vlan": {"mode": "access", "id": 5},
+              "storm_control": {"broadcast": 1}},
         "v": {"type": "vxlan", "local": "127.0.0.1", "udp_port": free_udp_port(),
               "remotes": [VXLAN_REMOTE, VXLAN_UNREACHABLE], "vni": VXLAN_VNI},
     }
@@ -459,6 +465,14 @@ def _vxlan_send_failed(sw, stack):
 VXLAN_OK = bytes([0x08, 0, 0, 0, 0, 0, VXLAN_VNI, 0])
 
 
+def _from_port(name: str, frames: list[bytes]):
+    def recipe(sw, stack):
+        dev = stack.enter_context(connected(sw, name))
+        dev.tx(0).post_tx_frames(frames)
+        return name, "receive"
+    return recipe
+
+
 DROP_RECIPES = {
     "bad_head": _hostile_tx("head_out_of_range"),
     "bad_address": _hostile_tx("addr_outside_memory"),
@@ -483,6 +497,10 @@ DROP_RECIPES = {
                                        + frame(BCAST, "x")),
     "vxlan_unknown_remote": _vxlan_datagram("127.0.0.1", VXLAN_OK + frame(BCAST, "x")),
     "vxlan_send_failed": _vxlan_send_failed,
+    "spoofed_source": _from_port("p", [frame(BCAST, "x")]),
+    "rate_limited": _from_port("p", [frame(BCAST, "p", i) for i in range(3)]),
+    "storm_control": _from_port("q", [frame(BCAST, "q", i) for i in range(3)]),
+    "vlan_filtered": _from_port("q", [(lambda f: f[:12] + b"\x81\x00\x00\x05" + f[12:])(frame(BCAST, "q"))]),
 }
 
 
