@@ -246,11 +246,11 @@ cdef void switch_burst(vs_switch *sw, vs_worker *w, int pidx, int qp, vs_vring *
         dst_mac = mac_load(eth)
         src_mac = mac_load(eth + 6)
         if not (eth[6] & 1) and src_mac != 0:
-            fdb_learn(sw, src_mac, pidx)
+            fdb_learn(sw, 0, src_mac, pidx)
         if eth[0] & 1:
             f.dst = FDB_FLOOD            # broadcast and multicast
         else:
-            f.dst = fdb_lookup(sw, dst_mac)   # FDB_FLOOD when unknown
+            f.dst = fdb_lookup(sw, 0, dst_mac)   # FDB_FLOOD when unknown
         if f.dst == pidx:
             vq.c.drops[DROP_SAME_PORT] += 1
             f.dst = FRAME_DROPPED
