@@ -780,8 +780,9 @@ cdef class Datapath:
             raise DatapathError(f"VLAN {vlan} out of range (0..4095)")
         return vlan
 
-    def fdb_entries(self, port=None, vlan=None):
-        """The live entries, optionally of one port index and/or one VLAN:
+    def fdb_entries(self, port=None, vlan=None, bint static_only=False):
+        """The live entries, optionally of one port index and/or one VLAN
+        (and only the static ones):
         [{"mac", "vlan", "port" (index), "static", "age_s"}] in table order.
         age_s: seconds since the entry was last refreshed (the sweep's
         clock, so up to a second coarse); 0 for static entries."""
@@ -792,7 +793,7 @@ cdef class Datapath:
         out = []
         for i in range(VS_FDB_SIZE):
             v = vs_load_acquire_u64(&self.sw.fdb[i].val)
-            if not (v & FDB_PORT_MASK):
+            if not (v & FDB_PORT_MASK) or (static_only and not (v & FDB_STATIC)):
                 continue
             k = vs_load_acquire_u64(&self.sw.fdb[i].key)
             if (want_port >= 0 and fdb_val_port(v) != want_port) or \

@@ -38,6 +38,11 @@ VHOST_RESTART = frozenset({"type", "mode", "socket"})
 # A TAP has no negotiation with a guest: re-opening it is the only disruption.
 TAP_IN_PLACE = frozenset({"mac", "mtu"})
 TAP_RESTART = frozenset({"type", "ifname", "queues", "create"})
+# FDB (issue 7): a port's cap on learned MACs changes in place. The top-level
+# `fdb` section (aging, default cap, static entries) is applied in place after
+# every reload (vswitch/fdb.py), whatever changed.
+VHOST_IN_PLACE |= {"fdb_max_entries"}
+TAP_IN_PLACE |= {"fdb_max_entries"}
 
 
 @dataclass(frozen=True)
@@ -60,13 +65,14 @@ class Plan:
     datapath_in_place: tuple[str, ...] = ()
     metrics_changed: bool = False
     control_changed: bool = False
+    fdb_changed: bool = False
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return not (self.added or self.removed or self.changed or self.datapath_in_place
-                    or self.metrics_changed or self.control_changed)
+                    or self.metrics_changed or self.control_changed or self.fdb_changed)
 
     def summary(self) -> dict:
         return {
@@ -77,6 +83,7 @@ class Plan:
                         for c in self.changed},
             "unchanged": self.unchanged,
             "datapath": list(self.datapath_in_place),
+            "fdb": self.fdb_changed,
             "warnings": self.warnings,
         }
 
@@ -128,4 +135,5 @@ def plan(old: Config, new: Config) -> Plan:
         f for f in ("mode", "cpus") if getattr(old.datapath, f) != getattr(new.datapath, f))
     result.metrics_changed = old.metrics != new.metrics
     result.control_changed = old.control != new.control
+    result.fdb_changed = old.fdb != new.fdb
     return result
