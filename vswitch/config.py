@@ -327,7 +327,8 @@ class Config:
             "metrics": self.metrics.to_dict(),
             "datapath": self.datapath.to_dict(),
             "ports": {name: port.to_dict() for name, port in self.ports.items()},
-            "fdb": self.fdb.to_dict(),
+            # written only when set, so that files without it round-trip unchanged
+            **({"fdb": self.fdb.to_dict()} if self.fdb != FdbConfig() else {}),
         }
 
 

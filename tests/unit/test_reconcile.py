@@ -75,3 +75,13 @@ def test_defaults_change_reaches_every_port_that_inherits_it():
     new = cfg({"a": A, "b": {"type": "vhost-user"}}, defaults={"queues": 3})
     p = plan(old, new)
     assert [c.name for c in p.changed] == ["b"] and p.changed[0].at_connect == ("queues",)
+
+
+def test_fdb_cap_applies_in_place_and_the_fdb_section_is_noticed():
+    for port in (A, TAP):
+        old, new = cfg({"a": port}), cfg({"a": {**port, "fdb_max_entries": 10}})
+        change = port_change("a", old.ports["a"], new.ports["a"])
+        assert not change.restart and change.in_place == ("fdb_max_entries",), port
+    p = plan(cfg({"a": A}), cfg({"a": A}, fdb={"aging_time": 5}))
+    assert p.fdb_changed and not p.empty and p.unchanged == ["a"] and p.summary()["fdb"]
+    assert not plan(cfg({"a": A}), cfg({"a": A})).fdb_changed
