@@ -787,7 +787,7 @@ cdef class Datapath:
         age_s: seconds since the entry was last refreshed (the sweep's
         clock, so up to a second coarse); 0 for static entries."""
         cdef int i, want_port = -1 if port is None else port
-        cdef int want_vlan = -1 if vlan is None else self._vlan(vlan)
+        cdef int want_vlan = -1 if vlan is None else <int>self._vlan(vlan)
         cdef uint64_t k, v, v2
         cdef uint32_t now = self.sw.now_s
         out = []
@@ -825,7 +825,7 @@ cdef class Datapath:
         """Forget learned entries (all, of a port index, of a VLAN, or both);
         static ones stay. Returns how many were forgotten."""
         cdef int p = FDB_ANY if port is None else port
-        cdef int vid = FDB_ANY if vlan is None else self._vlan(vlan)
+        cdef int vid = FDB_ANY if vlan is None else <int>self._vlan(vlan)
         cdef uint64_t n
         if port is not None:
             self._port(p)

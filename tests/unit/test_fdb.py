@@ -1,0 +1,207 @@
+"""The FDB table itself (cython_ext/fdb.pxi), driven in-process through the
+Datapath's test hooks: learning and lookups as a worker does them, aging
+with an explicit clock, caps, flushes, static entries, slot reuse.
+
+No worker threads run; frames through a real daemon are in tests/test_fdb.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from vswitch._datapath import Datapath, DatapathError
+
+X = "02:aa:00:00:00:01"
+
+
+def mac(i: int, prefix: int = 0x02) -> str:
+    return f"{prefix:02x}:00:{(i >> 24) & 0xff:02x}:{(i >> 16) & 0xff:02x}:{(i >> 8) & 0xff:02x}:{i & 0xff:02x}"
+
+
+@pytest.fixture
+def dp():
+    d = Datapath(1, "poll")
+    d.fdb_set_default_max(0)
+    yield d
+
+
+def ports(dp, n):
+    return [dp.port_add(1) for _ in range(n)]
+
+
+def learned(dp, p):
+    return dp.port_fdb_info(p)["learned"]
+
+
+def test_same_mac_in_two_vlans_maps_to_two_ports_independently(dp):
+    a, b = ports(dp, 2)
+    dp.debug_fdb_learn(10, X, a)
+    dp.debug_fdb_learn(20, X, b)
+    assert (dp.debug_fdb_lookup(10, X), dp.debug_fdb_lookup(20, X)) == (a, b)
+    assert dp.debug_fdb_lookup(0, X) is None and dp.debug_fdb_lookup(30, X) is None
+    # a move in one VLAN leaves the other alone
+    dp.debug_fdb_learn(10, X, b)
+    assert (dp.debug_fdb_lookup(10, X), dp.debug_fdb_lookup(20, X)) == (b, b)
+    assert (learned(dp, a), learned(dp, b)) == (0, 2)
+    assert sorted((e["vlan"], e["port"]) for e in dp.fdb_entries()) == [(10, b), (20, b)]
+    assert [e["vlan"] for e in dp.fdb_entries(vlan=20)] == [20]
+
+
+def test_a_learned_mac_moves_and_counts_follow(dp):
+    a, b = ports(dp, 2)
+    dp.debug_fdb_learn(0, X, a)
+    assert (dp.debug_fdb_lookup(0, X), learned(dp, a), learned(dp, b)) == (a, 1, 0)
+    dp.debug_fdb_learn(0, X, b)
+    assert (dp.debug_fdb_lookup(0, X), learned(dp, a), learned(dp, b)) == (b, 0, 1)
+    assert len(dp.fdb_entries()) == 1
+
+
+def test_static_entries_do_not_move_and_are_not_counted(dp):
+    a, b = ports(dp, 2)
+    dp.fdb_set_static(X, a, vlan=5)
+    dp.debug_fdb_learn(5, X, b)
+    assert dp.debug_fdb_lookup(5, X) == a
+    assert dp.fdb_stats()["static_moves"] == 1
+    assert (learned(dp, a), learned(dp, b)) == (0, 0)
+    # a learned entry pinned later stops counting on its port
+    dp.debug_fdb_learn(0, X, b)
+    assert learned(dp, b) == 1
+    dp.fdb_set_static(X, a, vlan=0)
+    assert (dp.debug_fdb_lookup(0, X), learned(dp, b)) == (a, 0)
+    # unpinned: learned again where it is seen
+    dp.fdb_set_static(X, -1, vlan=0)
+    assert dp.debug_fdb_lookup(0, X) is None
+    dp.debug_fdb_learn(0, X, b)
+    assert (dp.debug_fdb_lookup(0, X), learned(dp, b)) == (b, 1)
+
+
+def test_per_port_cap_refuses_and_counts_and_moves_respect_it(dp):
+    a, b = ports(dp, 2)
+    dp.port_set_fdb_max(a, 100)
+    for i in range(2000):
+        dp.debug_fdb_learn(0, mac(i), a)
+    assert dp.port_fdb_info(a) == {"learned": 100, "max": 100, "limit_refused": 1900}
+    assert dp.debug_fdb_lookup(0, mac(99)) == a and dp.debug_fdb_lookup(0, mac(100)) is None
+    # b's MAC seen on a (at its cap): not moved to a, and no longer pointing at b
+    dp.debug_fdb_learn(0, X, b)
+    dp.debug_fdb_learn(0, X, a)
+    assert dp.debug_fdb_lookup(0, X) is None
+    assert (learned(dp, a), learned(dp, b), dp.port_fdb_info(a)["limit_refused"]) == (100, 0, 1901)
+    # the default cap applies to ports without their own; None returns to it
+    dp.fdb_set_default_max(10)
+    assert dp.port_fdb_info(b)["max"] == 10 and dp.port_fdb_info(a)["max"] == 100
+    dp.port_set_fdb_max(a, None)
+    assert dp.port_fdb_info(a)["max"] == 10
+    # a flush makes room again
+    assert dp.fdb_flush(port=a) == 100
+    dp.debug_fdb_learn(0, mac(5000), a)
+    assert learned(dp, a) == 1
+
+
+def test_flush_by_port_and_vlan_keeps_static_entries(dp):
+    a, b = ports(dp, 2)
+    for i in range(10):
+        dp.debug_fdb_learn(i % 2, mac(i), a)
+        dp.debug_fdb_learn(i % 2, mac(100 + i), b)
+    dp.fdb_set_static(X, a, vlan=0)
+    assert dp.fdb_flush(port=a, vlan=1) == 5
+    assert dp.fdb_flush(vlan=1) == 5                       # b's VLAN 1 entries
+    assert dp.fdb_flush(port=b) == 5
+    assert (learned(dp, a), learned(dp, b)) == (5, 0)
+    assert dp.fdb_flush() == 5
+    assert [(e["mac"], e["static"]) for e in dp.fdb_entries()] == [(X, True)]
+    assert dp.fdb_flush() == 0
+    with pytest.raises(DatapathError):
+        dp.fdb_flush(vlan=4096)
+    with pytest.raises(DatapathError):
+        dp.fdb_flush(port=200)
+
+
+def test_aging_forgets_learned_entries_only_after_the_aging_time(dp):
+    a, b = ports(dp, 2)
+    dp.fdb_set_aging(2)
+    dp.fdb_age(now=100)
+    dp.fdb_set_static(X, b)
+    dp.debug_fdb_learn(0, mac(1), a)
+    dp.debug_fdb_learn(0, mac(2), a)
+    assert dp.fdb_age(now=101) == 0
+    dp.debug_fdb_learn(0, mac(2), a)            # refreshed at 101
+    assert dp.fdb_age(now=102) == 0             # 2 s old: not more than the aging time
+    assert {e["mac"]: e["age_s"] for e in dp.fdb_entries()} == {mac(1): 2, mac(2): 1, X: 0}
+    assert dp.fdb_age(now=103) == 1             # mac(1): 3 s
+    assert dp.debug_fdb_lookup(0, mac(1)) is None and dp.debug_fdb_lookup(0, mac(2)) == a
+    assert dp.fdb_age(now=104) == 1
+    assert dp.fdb_age(now=1000) == 0            # static entries never age
+    assert dp.debug_fdb_lookup(0, X) == b
+    st = dp.fdb_stats()
+    assert (st["aged"], st["learned"], st["static"], learned(dp, a)) == (2, 0, 1, 0)
+    # 0: never
+    dp.fdb_set_aging(0)
+    dp.debug_fdb_learn(0, mac(3), a)
+    assert dp.fdb_age(now=1_000_000) == 0 and dp.debug_fdb_lookup(0, mac(3)) == a
+
+
+def test_aging_is_right_across_the_wrap_of_the_clock(dp):
+    (a,) = ports(dp, 1)
+    dp.fdb_set_aging(5)
+    dp.fdb_age(now=0xFFFFFFFE)
+    dp.debug_fdb_learn(0, X, a)
+    assert dp.fdb_age(now=2) == 0               # 4 s later, across the wrap
+    assert dp.fdb_age(now=4) == 1
+
+
+def test_forgotten_slots_are_reused(dp):
+    # 40 rounds of 3000 new MACs = 120000 > the 65536 slots: without reuse
+    # of aged slots the table would fill up and learning would fail.
+    (a,) = ports(dp, 1)
+    dp.fdb_set_aging(1)
+    now = 10
+    for r in range(40):
+        dp.fdb_age(now=now)
+        for i in range(3000):
+            dp.debug_fdb_learn(0, mac(r * 3000 + i), a)
+        assert learned(dp, a) == 3000
+        now += 5
+        assert dp.fdb_age(now=now) == 3000
+    assert dp.fdb_stats()["full"] == 0
+    assert learned(dp, a) == 0 and dp.fdb_entries() == []
+
+
+def test_removing_a_port_forgets_its_entries_static_ones_too(dp):
+    a, b = ports(dp, 2)
+    dp.debug_fdb_learn(0, mac(1), a)
+    dp.fdb_set_static(X, a, vlan=3)
+    dp.debug_fdb_learn(0, mac(2), b)
+    dp.port_reset(a)                            # a disconnect: learned ones go
+    assert {e["mac"] for e in dp.fdb_entries()} == {X, mac(2)}
+    dp.debug_fdb_learn(0, mac(1), a)
+    dp.port_remove(a)                           # the slot may be reused: pinned ones go too
+    assert {e["mac"] for e in dp.fdb_entries()} == {mac(2)}
+    c = dp.port_add(1)
+    assert c == a and learned(dp, c) == 0 and dp.debug_fdb_lookup(3, X) is None
+
+
+def test_a_full_chain_is_counted_and_learning_goes_on(dp):
+    (a,) = ports(dp, 1)
+    n = 70000                                   # more than the table holds
+    for i in range(n):
+        dp.debug_fdb_learn(0, mac(i), a)
+    st = dp.fdb_stats()
+    assert st["full"] > 0 and st["learned"] == learned(dp, a) == n - st["full"]
+    # what is in the table is found; what did not fit floods
+    table = {e["mac"] for e in dp.fdb_entries()}
+    assert len(table) == st["learned"]
+    for i in range(0, n, 97):
+        assert dp.debug_fdb_lookup(0, mac(i)) == (a if mac(i) in table else None)
+
+
+def test_bad_arguments_are_refused(dp):
+    (a,) = ports(dp, 1)
+    with pytest.raises(DatapathError):
+        dp.fdb_set_static(X, a, vlan=5000)
+    with pytest.raises(DatapathError):
+        dp.fdb_set_static(X, 99)
+    with pytest.raises(DatapathError):
+        dp.port_set_fdb_max(a, -1)
+    with pytest.raises(DatapathError):
+        dp.fdb_set_aging(-1)
