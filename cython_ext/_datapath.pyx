@@ -836,8 +836,8 @@ cdef class Datapath:
     def fdb_set_aging(self, int seconds):
         """fdb.aging_time: learned entries not seen for longer are forgotten
         by fdb_age(); 0: never."""
-        if seconds < 0:
-            raise DatapathError("aging time must be >= 0")
+        if not 0 <= seconds <= 1_000_000_000:
+            raise DatapathError(f"aging time {seconds} out of range (0..1000000000 s)")
         self.aging_s = seconds
 
     def fdb_age(self, now=None):

@@ -258,7 +258,12 @@ cdef uint64_t fdb_forget(vs_switch *sw, int port, int vlan, bint statics) noexce
 cdef uint64_t fdb_age(vs_switch *sw, uint32_t now, uint32_t aging) noexcept nogil:
     """The periodic sweep: advance the clock workers stamp entries with and
     forget learned entries not seen for more than `aging` seconds (0: never).
-    Returns how many went."""
+    Returns how many went.
+
+    The clock only moves at sweeps (once a second), so a stamp may be up to
+    a sweep period older than the frame that wrote it: an entry goes when
+    its stamp is more than aging + 1 old, never before `aging` seconds of
+    silence, and at most about 3 s after (clock step + sweep period)."""
     cdef uint64_t n = 0, v
     cdef vs_fdb_slot *s
     cdef int i
@@ -271,7 +276,7 @@ cdef uint64_t fdb_age(vs_switch *sw, uint32_t now, uint32_t aging) noexcept nogi
         if not (v & FDB_PORT_MASK) or (v & FDB_STATIC):
             continue
         # u32 arithmetic: right across the wrap of the clock
-        if <uint32_t>(now - <uint32_t>(v >> 32)) > aging and vs_cas_u64(&s.val, v, 0):
+        if <uint32_t>(now - <uint32_t>(v >> 32)) > aging + 1 and vs_cas_u64(&s.val, v, 0):
             fdb_count_add(sw, fdb_val_port(v), -1)
             n += 1
     sw.fdb_aged += n

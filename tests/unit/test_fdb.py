@@ -118,6 +118,8 @@ def test_flush_by_port_and_vlan_keeps_static_entries(dp):
 
 
 def test_aging_forgets_learned_entries_only_after_the_aging_time(dp):
+    # The clock moves at sweeps only: a stamp may be a sweep period older
+    # than its frame, so an entry goes once its stamp is more than aging + 1 old.
     a, b = ports(dp, 2)
     dp.fdb_set_aging(2)
     dp.fdb_age(now=100)
@@ -126,11 +128,12 @@ def test_aging_forgets_learned_entries_only_after_the_aging_time(dp):
     dp.debug_fdb_learn(0, mac(2), a)
     assert dp.fdb_age(now=101) == 0
     dp.debug_fdb_learn(0, mac(2), a)            # refreshed at 101
-    assert dp.fdb_age(now=102) == 0             # 2 s old: not more than the aging time
-    assert {e["mac"]: e["age_s"] for e in dp.fdb_entries()} == {mac(1): 2, mac(2): 1, X: 0}
-    assert dp.fdb_age(now=103) == 1             # mac(1): 3 s
+    assert dp.fdb_age(now=102) == 0
+    assert dp.fdb_age(now=103) == 0             # 3 = aging + 1: may have been seen 2 s ago
+    assert {e["mac"]: e["age_s"] for e in dp.fdb_entries()} == {mac(1): 3, mac(2): 2, X: 0}
+    assert dp.fdb_age(now=104) == 1             # mac(1): 4 s
     assert dp.debug_fdb_lookup(0, mac(1)) is None and dp.debug_fdb_lookup(0, mac(2)) == a
-    assert dp.fdb_age(now=104) == 1
+    assert dp.fdb_age(now=105) == 1
     assert dp.fdb_age(now=1000) == 0            # static entries never age
     assert dp.debug_fdb_lookup(0, X) == b
     st = dp.fdb_stats()
@@ -146,8 +149,8 @@ def test_aging_is_right_across_the_wrap_of_the_clock(dp):
     dp.fdb_set_aging(5)
     dp.fdb_age(now=0xFFFFFFFE)
     dp.debug_fdb_learn(0, X, a)
-    assert dp.fdb_age(now=2) == 0               # 4 s later, across the wrap
-    assert dp.fdb_age(now=4) == 1
+    assert dp.fdb_age(now=4) == 0               # 6 s later, across the wrap
+    assert dp.fdb_age(now=5) == 1
 
 
 def test_forgotten_slots_are_reused(dp):
