@@ -879,7 +879,7 @@ cdef class Datapath:
 
     def fdb_stats(self):
         """Table-wide counters, and per port index {learned, max, limit_refused}."""
-        cdef int p, learned = 0, static = 0, i
+        cdef int p, learned = 0, static = 0, dead = 0, i
         cdef uint64_t v
         for i in range(VS_FDB_SIZE):
             v = vs_load_relaxed_u64(&self.sw.fdb[i].val)
@@ -888,13 +888,15 @@ cdef class Datapath:
                     static += 1
                 else:
                     learned += 1
+            elif v == 0 and vs_load_relaxed_u64(&self.sw.fdb[i].key) != 0:
+                dead += 1
         ports = {}
         for p in range(VS_MAX_PORTS):
             if self.sw.ports[p] != NULL and self.sw.ports[p].in_use:
                 ports[p] = self.port_fdb_info(p)
         return {"learned": learned, "static": static, "full": self.sw.fdb_full,
                 "static_moves": self.sw.fdb_static_moves, "aged": self.sw.fdb_aged,
-                "aging_time": self.aging_s, "ports": ports}
+                "aging_time": self.aging_s, "dead_keys": dead, "size": VS_FDB_SIZE, "ports": ports}
 
     def fdb_forget(self, int p):
         """Forget what port p taught the FDB (learned entries only)."""
@@ -906,6 +908,18 @@ cdef class Datapath:
         cdef uint16_t vid = self._vlan(vlan)
         self._port(p)
         fdb_learn(self.sw, vid, m, p)
+
+    def debug_fdb_learn_many(self, int vlan, uint64_t first, int count, int p, int rounds=1):
+        """Test hook: learn MACs first .. first+count-1 on port p, `rounds`
+        times, without the GIL (threads calling it run in parallel, as
+        workers do)."""
+        cdef uint16_t vid = self._vlan(vlan)
+        cdef int r, i
+        self._port(p)
+        with nogil:
+            for r in range(rounds):
+                for i in range(count):
+                    fdb_learn(self.sw, vid, (first + i) & <uint64_t>0xffffffffffff, p)
 
     def debug_fdb_lookup(self, int vlan, str mac):
         """Test hook: the port index a frame to (vlan, mac) goes to, or None (flood)."""

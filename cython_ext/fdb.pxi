@@ -4,9 +4,10 @@
 # shared by all workers and the control plane, without locks. A slot is two
 # u64 in one cache line:
 #
-#   key  0 = never used (ends every probe chain), else
-#        FDB_KEY_USED | vlan << 48 | mac. Once written, a key is never 0
-#        again, so chains through the slot stay intact when it is reused.
+#   key  0 = unused (ends every probe chain), else
+#        FDB_KEY_USED | vlan << 48 | mac. A key stays when its entry is
+#        forgotten, so chains through the slot stay intact when it is
+#        reused; only a free slot at the end of a chain gets key 0 back.
 #   val  0 = free: forgotten (aged, flushed, port gone) or never filled;
 #        FDB_LOCKED = being filled (the key may change under it);
 #        else last_seen << 32 | FDB_STATIC? | (port + 1).
@@ -30,6 +31,9 @@
 # whose probe chain passes them (learning takes the first free slot of the
 # chain), so a table that sees new MACs for days does not fill up with dead
 # ones; it is full only when VS_FDB_PROBE consecutive slots hold live entries.
+# The aging sweep also clears the keys of free slots at the end of chains
+# (fdb_shorten_chains), so that chains do not stay long once the MACs that
+# made them are gone.
 #
 # Per-port counts: vs_port.fdb_count is the number of live learned entries
 # pointing at the port. Whoever makes a value live on port p reserves one on
@@ -280,4 +284,42 @@ cdef uint64_t fdb_age(vs_switch *sw, uint32_t now, uint32_t aging) noexcept nogi
             fdb_count_add(sw, fdb_val_port(v), -1)
             n += 1
     sw.fdb_aged += n
+    fdb_shorten_chains(sw)
     return n
+
+
+cdef void fdb_shorten_chains(vs_switch *sw) noexcept nogil:
+    """Give free slots at the end of a probe chain their "never used" key
+    back, so that lookups of unknown MACs and new learns stop early again
+    instead of walking VS_FDB_PROBE slots of dead keys once the table has
+    seen many MACs. A free slot whose next slot is never-used ends every
+    chain through it; walking backwards, whole dead tails go in one pass.
+
+    The slot is locked (FDB_LOCKED) while its key is cleared, as a learner
+    filling it would. The one race left: a learner that found this slot
+    live a moment before it was forgotten may fill the next slot just after
+    the check; its entry is then past the chain's end, lookups miss it
+    (frames flood), the MAC is learned again in this slot, and the lost one
+    ages out. Counts stay right: each slot is counted on its own."""
+    cdef vs_fdb_slot *s
+    cdef vs_fdb_slot *nxt
+    cdef int i, k, start = 0
+    # Start right before an unused slot, so that a chain wrapping around the
+    # end of the table collapses in this pass too.
+    for i in range(VS_FDB_SIZE):
+        if vs_load_relaxed_u64(&sw.fdb[i].key) == 0:
+            start = i
+            break
+    for k in range(VS_FDB_SIZE):
+        i = (start - 1 - k) & (VS_FDB_SIZE - 1)
+        s = &sw.fdb[i]
+        nxt = &sw.fdb[(i + 1) & (VS_FDB_SIZE - 1)]
+        if vs_load_relaxed_u64(&s.val) != 0 or vs_load_relaxed_u64(&s.key) == 0:
+            continue
+        if vs_load_acquire_u64(&nxt.key) != 0 or vs_load_acquire_u64(&nxt.val) != 0:
+            continue
+        if not vs_cas_u64(&s.val, 0, FDB_LOCKED):
+            continue
+        if vs_load_acquire_u64(&nxt.key) == 0 and vs_load_acquire_u64(&nxt.val) == 0:
+            vs_store_release_u64(&s.key, 0)
+        vs_store_release_u64(&s.val, 0)
