@@ -167,8 +167,10 @@ class Switch:
         """The FDB's aging sweep (and re-pinning for re-created ports), every second."""
         while True:
             await asyncio.sleep(FDB_TICK_S)
+            if self._reload_lock.locked():
+                continue     # ports half re-created: the reload applies the FDB when done
             try:
-                self.fdb_ctl.tick()
+                self.fdb_ctl.tick(self.config, self.ports)
             except Exception:
                 log.exception("fdb: aging sweep failed")
 

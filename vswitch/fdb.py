@@ -58,31 +58,27 @@ def wanted_statics(config: Any, ports: Mapping[str, Any]) -> dict[tuple[str, int
 
 
 class FdbControl:
-    """Keeps the datapath's FDB settings in line with the configuration."""
+    """Keeps the datapath's FDB settings in line with the configuration.
+    The daemon passes its current config and ports on every call, so that
+    nothing here outlives a reload."""
 
     def __init__(self, dp: Any) -> None:
         self.dp = dp
-        self.config: Any = None
-        self.ports: Mapping[str, Any] = {}
 
     def configure(self, config: Any, ports: Mapping[str, Any]) -> None:
         """At start and after every reload (all of it is applied in place)."""
-        self.config = config
-        self.ports = ports
         self.dp.fdb_set_aging(config.fdb.aging_time)
         self.dp.fdb_set_default_max(config.fdb.max_entries_per_port)
-        self.sync()
+        self.sync(config, ports)
 
-    def sync(self) -> None:
+    def sync(self, config: Any, ports: Mapping[str, Any]) -> None:
         """Caps and static entries, wherever each port's slot is now."""
-        if self.config is None:
-            return
-        for name, port in list(self.ports.items()):
+        for name, port in list(ports.items()):
             try:
                 self.dp.port_set_fdb_max(port.slot, port.config.fdb_max_entries)
             except Exception as exc:   # a port between two slots (being re-created)
                 log.debug("fdb: port %s: cap not set: %s", name, exc)
-        want = wanted_statics(self.config, self.ports)
+        want = wanted_statics(config, ports)
         have = {(e["mac"], e["vlan"]): e["port"] for e in self.dp.fdb_entries(static_only=True)}
         for (mac, vlan), slot in have.items():
             if (mac, vlan) not in want:
@@ -94,12 +90,12 @@ class FdbControl:
                 except Exception as exc:   # table full, or a slot that just went away
                     log.error("fdb: cannot pin %s in VLAN %d: %s", mac, vlan, exc)
 
-    def tick(self) -> None:
+    def tick(self, config: Any, ports: Mapping[str, Any]) -> None:
         """Every TICK_S: the aging sweep, and static entries of re-created ports."""
         aged = self.dp.fdb_age()
         if aged:
             log.debug("fdb: %d learned entries aged out", aged)
-        self.sync()
+        self.sync(config, ports)
 
 
 def entries_by_name(dp: Any, ports: Iterable[Any], port: str | None = None,

@@ -281,3 +281,61 @@ def test_workers_learning_in_parallel_keep_every_count_right(dp):
     for k, p in enumerate(ps[2:], start=2):
         dp.debug_fdb_learn_many(0, 0x020100000000 + k * 10000, 1000, p)
         assert dp.port_fdb_info(p)["learned"] == 1000
+
+
+# --- vswitch/fdb.py: the config's entries put into the datapath ----------------------------
+
+class _Port:
+    def __init__(self, dp, name, cfg):
+        self.name, self.config, self.dp = name, cfg, dp
+        self.slot = dp.port_add(1)
+
+
+def test_static_entries_follow_their_port_to_a_new_slot_and_leave_with_the_config(dp):
+    import types
+
+    from vswitch.config import parse_config
+    from vswitch.fdb import FdbControl, port_vlan
+    cfg = parse_config("""
+fdb:
+  aging_time: 7
+  max_entries_per_port: 50
+  static:
+    - {mac: "02:00:00:00:00:aa", port: a, vlan: 3}
+    - {mac: "02:00:00:00:00:bb", port: b}
+ports:
+  a: {type: vhost-user, mac: "02:00:00:00:00:01", fdb_max_entries: 5}
+  b: {type: tap}
+""", check_host=False)
+    dp.fdb_set_default_max(1024)
+    ports = {name: _Port(dp, name, pc) for name, pc in cfg.ports.items()}
+    ctl = FdbControl(dp)
+    ctl.configure(cfg, ports)
+    a, b = ports["a"].slot, ports["b"].slot
+    assert {(e["mac"], e["vlan"]): e["port"] for e in dp.fdb_entries()} == {
+        ("02:00:00:00:00:aa", 3): a, ("02:00:00:00:00:bb", 0): b, ("02:00:00:00:00:01", 0): a}
+    assert dp.port_fdb_info(a)["max"] == 5 and dp.port_fdb_info(b)["max"] == 50
+    assert dp.fdb_stats()["aging_time"] == 7
+    # a re-created port (new queue count at reconnection): removing the slot
+    # unpinned its entries; the next tick pins them on the new one
+    dp.port_remove(a)
+    assert dp.port_add(1) == a                 # another port takes the freed slot
+    ports["a"].slot = dp.port_add(2)
+    ctl.tick(cfg, ports)
+    new_a = ports["a"].slot
+    assert new_a != a
+    assert {(e["mac"], e["vlan"]): e["port"] for e in dp.fdb_entries()} == {
+        ("02:00:00:00:00:aa", 3): new_a, ("02:00:00:00:00:bb", 0): b, ("02:00:00:00:00:01", 0): new_a}
+    assert dp.port_fdb_info(new_a)["max"] == 5
+    # entries that leave the config are unpinned
+    cfg2 = parse_config("ports: {a: {type: vhost-user}, b: {type: tap}}\n", check_host=False)
+    for name in ports:
+        ports[name].config = cfg2.ports[name]
+    ctl.configure(cfg2, ports)
+    assert dp.fdb_entries() == [] and dp.port_fdb_info(b)["max"] == 1024
+    # the default VLAN of a port is its access VLAN, a trunk's native one, else 0
+    vlan = types.SimpleNamespace
+    assert port_vlan(types.SimpleNamespace(vlan=None)) == 0
+    assert port_vlan(types.SimpleNamespace(vlan=vlan(mode="access", id=10))) == 10
+    assert port_vlan(types.SimpleNamespace(vlan=vlan(mode="trunk", native=7, allowed=(7,)))) == 7
+    assert port_vlan(types.SimpleNamespace(vlan=vlan(mode="trunk", native=None))) == 0
