@@ -31,6 +31,9 @@ cdef extern from "vs_defs.h" nogil:
         uint16_t flags
         uint16_t idx
         vs_vring_used_elem ring[1]
+    struct vs_fdb_slot:            # fdb.pxi explains the encoding
+        uint64_t key
+        uint64_t val
     uint16_t vs_load_acquire_u16(const uint16_t *p)
     void vs_store_release_u16(uint16_t *p, uint16_t v)
     int vs_load_acquire_int(const int *p)
@@ -270,10 +273,6 @@ ctypedef struct vs_worker:
     uint8_t lin[VS_MAX_FRAME + 64]
     uint8_t segbuf[VS_MAX_FRAME + 64]
     uint8_t *tapbuf                # VS_BURST * VS_TAP_BUF bytes: frames read from TAP fds
-
-ctypedef struct vs_fdb_slot:        # fdb.pxi explains the encoding
-    uint64_t key
-    uint64_t val
 
 ctypedef struct vs_switch:
     int nworkers

@@ -70,6 +70,13 @@ static inline int vs_cas_u64(volatile uint64_t *p, uint64_t expected, uint64_t d
     return __atomic_compare_exchange_n(p, &expected, desired, 0,
                                        __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
 }
+/* One FDB slot (fdb.pxi explains the encoding): 16-byte aligned so that a
+ * slot never straddles two cache lines. */
+struct vs_fdb_slot {
+    uint64_t key;
+    uint64_t val;
+} __attribute__((aligned(16)));
+
 /* FDB (fdb.pxi): per-port counts and statistics that several workers
  * change, and the coarse clock the control plane advances. */
 static inline int vs_load_relaxed_int(const volatile int *p) {
