@@ -220,8 +220,9 @@ def test_learned_entries_age_out_and_static_ones_stay(make_switch):
 def test_traffic_keeps_an_entry_alive(make_switch):
     sw = make_switch(aging=2)
     a = connect(sw, "a")
-    end = time.monotonic() + 5
-    while time.monotonic() < end:              # a frame every half second for 5 s
+    # longer than an unrefreshed entry can live (aging_time + 3 s)
+    end = time.monotonic() + 7
+    while time.monotonic() < end:              # a frame every half second for 7 s
         send(a, [frame(BCAST, MAC_A, 1)])
         time.sleep(0.5)
         assert (0, MAC_A) in table(sw)
