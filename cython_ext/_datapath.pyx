@@ -21,6 +21,7 @@ include "vxlan.pxi"
 
 import os
 import threading
+import time
 
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset, memcpy
@@ -111,6 +112,8 @@ cdef class Datapath:
     cdef vs_worker *ctlw          # scratch for frames the control plane injects (RARP)
     cdef vs_vring *ctl_vq         # counters of those frames' ingress side
     cdef readonly tuple cpus
+    cdef uint32_t aging_s         # fdb.aging_time (0: never)
+    cdef double t0                # time.monotonic() at creation: the FDB clock's zero
 
     def __cinit__(self, int workers=1, str mode="adaptive", cpus=None):
         cdef epoll_event ev
@@ -148,6 +151,9 @@ cdef class Datapath:
         self.running = False
         # worker i runs on cpus[i % len(cpus)] (datapath.cpus in the config)
         self.cpus = tuple(cpus) if cpus else ()
+        self.aging_s = 300
+        self.sw.fdb_default_max = 1024
+        self.t0 = time.monotonic()
 
     def __dealloc__(self):
         cdef int i, p, q
@@ -323,6 +329,8 @@ cdef class Datapath:
             port.nqp = queue_pairs
             memset(port.vlan_carry, 0xff, sizeof(port.vlan_carry))   # VLAN_ALL
             port.hdr_len = 12
+            port.fdb_max_set = -1
+            port.fdb_max = self.sw.fdb_default_max
             port.kind = PORT_TAP if kind == "tap" else PORT_VXLAN if kind == "vxlan" else PORT_VHOST
             for i in range(VS_MAX_QP):
                 port.tap_fd[i] = -1
@@ -335,6 +343,8 @@ cdef class Datapath:
     def port_remove(self, int p):
         cdef vs_port *port = self._port(p)
         self.port_reset(p)
+        # Entries pinned to the slot go too: a later port may reuse the slot.
+        fdb_forget(self.sw, p, FDB_ANY, True)
         port.in_use = 0
 
     cdef void _release_port_resources(self, vs_port *port) noexcept:
@@ -471,7 +481,7 @@ cdef class Datapath:
         for i in range(VS_MAX_VRINGS):
             vs_store_release_int(&port.vq[i].started, 0)
         self._quiesce()
-        fdb_forget_port(self.sw, p)
+        fdb_forget(self.sw, p, FDB_ANY, False)
         self._release_port_resources(port)
         for i in range(VS_MAX_VRINGS):
             saved[i] = port.vq[i].c
@@ -992,33 +1002,157 @@ cdef class Datapath:
 
     # --- FDB -----------------------------------------------------------------
 
-    def fdb_entries(self, bint static=False):
-        """[(mac string, port index)] of the live entries; with static=True,
-        [(mac, port index, is_static)]."""
+    cdef uint16_t _vlan(self, vlan) except? 0xffff:
+        if not 0 <= vlan <= 4095:
+            raise DatapathError(f"VLAN {vlan} out of range (0..4095)")
+        return vlan
+
+    def fdb_entries(self, port=None, vlan=None, bint static_only=False):
+        """The live entries, optionally of one port index and/or one VLAN
+        (and only the static ones):
+        [{"mac", "vlan", "port" (index), "static", "age_s"}] in table order.
+        age_s: seconds since the entry was last refreshed (the sweep's
+        clock, so up to a second coarse); 0 for static entries."""
+        cdef int i, want_port = -1 if port is None else port
+        cdef int want_vlan = -1 if vlan is None else <int>self._vlan(vlan)
+        cdef uint64_t k, v, v2
+        cdef uint32_t now = self.sw.now_s
         out = []
-        cdef int i
-        cdef uint64_t v
         for i in range(VS_FDB_SIZE):
-            v = vs_load_relaxed_u64(&self.sw.fdb[i])
-            if v != 0 and (v & FDB_PORT_MASK):
-                mac = ":".join(f"{((v >> 16) >> s) & 0xff:02x}" for s in range(40, -8, -8))
-                port = <int>(v & FDB_PORT_MASK) - 1
-                out.append((mac, port, bool(v & FDB_STATIC)) if static else (mac, port))
+            v = vs_load_acquire_u64(&self.sw.fdb[i].val)
+            if not (v & FDB_PORT_MASK) or (static_only and not (v & FDB_STATIC)):
+                continue
+            k = vs_load_acquire_u64(&self.sw.fdb[i].key)
+            if (want_port >= 0 and fdb_val_port(v) != want_port) or \
+                    (want_vlan >= 0 and <int>((k >> 48) & 0xfff) != want_vlan):
+                continue
+            v2 = vs_load_acquire_u64(&self.sw.fdb[i].val)
+            if v2 != v:
+                continue               # changed while we looked: the next call sees it
+            mac = k & <uint64_t>0xffffffffffff
+            out.append({"mac": ":".join(f"{(mac >> s) & 0xff:02x}" for s in range(40, -8, -8)),
+                        "vlan": <int>((k >> 48) & 0xfff), "port": fdb_val_port(v),
+                        "static": bool(v & FDB_STATIC),
+                        "age_s": 0 if v & FDB_STATIC else <uint32_t>(now - <uint32_t>(v >> 32))})
         return out
 
-    def fdb_set_static(self, str mac, int p):
-        """Pin `mac` to port p (p = -1: unpin it)."""
+    def fdb_set_static(self, str mac, int p, vlan=0):
+        """Pin `mac` in `vlan` to port p (p = -1: unpin it)."""
         cdef uint64_t m = int(mac.replace(":", ""), 16)
+        cdef uint16_t vid = self._vlan(vlan)
+        cdef int rc
         if p >= 0:
             self._port(p)
-        if fdb_set_static(self.sw, m, p) < 0:
-            raise DatapathError(f"FDB full: cannot pin {mac}")
+        with nogil:
+            rc = fdb_set_static(self.sw, vid, m, p)
+        if rc < 0:
+            raise DatapathError(f"FDB full: cannot pin {mac} in VLAN {vid}")
+
+    def fdb_flush(self, port=None, vlan=None):
+        """Forget learned entries (all, of a port index, of a VLAN, or both);
+        static ones stay. Returns how many were forgotten."""
+        cdef int p = FDB_ANY if port is None else port
+        cdef int vid = FDB_ANY if vlan is None else <int>self._vlan(vlan)
+        cdef uint64_t n
+        if port is not None:
+            self._port(p)
+        with nogil:
+            n = fdb_forget(self.sw, p, vid, False)
+        return n
+
+    def fdb_set_aging(self, int seconds):
+        """fdb.aging_time: learned entries not seen for longer are forgotten
+        by fdb_age(); 0: never."""
+        if not 0 <= seconds <= 1_000_000_000:
+            raise DatapathError(f"aging time {seconds} out of range (0..1000000000 s)")
+        self.aging_s = seconds
+
+    def fdb_age(self, now=None):
+        """The periodic sweep (the daemon calls it every second): advance the
+        clock entries are stamped with, forget learned entries older than the
+        aging time. now: the clock in seconds (tests); default: seconds since
+        this datapath was created. Returns how many were forgotten."""
+        cdef uint32_t t = <uint32_t>(int(time.monotonic() - self.t0) + 1 if now is None else now)
+        cdef uint32_t aging = self.aging_s
+        cdef uint64_t n
+        with nogil:
+            n = fdb_age(self.sw, t, aging)
+        return n
+
+    def fdb_set_default_max(self, int n):
+        """fdb.max_entries_per_port (0: no cap), for every port without its own."""
+        cdef int p
+        if n < 0:
+            raise DatapathError("FDB cap must be >= 0")
+        self.sw.fdb_default_max = n
+        for p in range(VS_MAX_PORTS):
+            if self.sw.ports[p] != NULL and self.sw.ports[p].fdb_max_set < 0:
+                self.sw.ports[p].fdb_max = n
+
+    def port_set_fdb_max(self, int p, n):
+        """The port's own cap on learned MACs (0: none; None: the default).
+        Lowering it below what is learned forgets nothing: learning on the
+        port is refused until entries age out or are flushed."""
+        cdef vs_port *port = self._port(p)
+        if n is not None and not 0 <= n <= 0xffffffff:
+            raise DatapathError(f"FDB cap {n} out of range")
+        port.fdb_max_set = -1 if n is None else n
+        port.fdb_max = self.sw.fdb_default_max if n is None else n
+
+    def port_fdb_info(self, int p):
+        cdef vs_port *port = self._port(p)
+        return {"learned": vs_load_relaxed_int(&port.fdb_count), "max": port.fdb_max,
+                "limit_refused": port.fdb_limit_refused}
 
     def fdb_stats(self):
-        return {"full": self.sw.fdb_full, "static_moves_refused": self.sw.fdb_static_moves}
+        """Table-wide counters, and per port index {learned, max, limit_refused}."""
+        cdef int p, learned = 0, static = 0, dead = 0, i
+        cdef uint64_t v
+        for i in range(VS_FDB_SIZE):
+            v = vs_load_relaxed_u64(&self.sw.fdb[i].val)
+            if v & FDB_PORT_MASK:
+                if v & FDB_STATIC:
+                    static += 1
+                else:
+                    learned += 1
+            elif v == 0 and vs_load_relaxed_u64(&self.sw.fdb[i].key) != 0:
+                dead += 1
+        ports = {}
+        for p in range(VS_MAX_PORTS):
+            if self.sw.ports[p] != NULL and self.sw.ports[p].in_use:
+                ports[p] = self.port_fdb_info(p)
+        return {"learned": learned, "static": static, "full": self.sw.fdb_full,
+                "static_moves": self.sw.fdb_static_moves, "aged": self.sw.fdb_aged,
+                "aging_time": self.aging_s, "dead_keys": dead, "size": VS_FDB_SIZE, "ports": ports}
 
     def fdb_forget(self, int p):
-        fdb_forget_port(self.sw, p)
+        """Forget what port p taught the FDB (learned entries only)."""
+        fdb_forget(self.sw, p, FDB_ANY, False)
+
+    def debug_fdb_learn(self, int vlan, str mac, int p):
+        """Test hook: learn (vlan, mac) on port p as a worker would."""
+        cdef uint64_t m = int(mac.replace(":", ""), 16)
+        cdef uint16_t vid = self._vlan(vlan)
+        self._port(p)
+        fdb_learn(self.sw, vid, m, p)
+
+    def debug_fdb_learn_many(self, int vlan, uint64_t first, int count, int p, int rounds=1):
+        """Test hook: learn MACs first .. first+count-1 on port p, `rounds`
+        times, without the GIL (threads calling it run in parallel, as
+        workers do)."""
+        cdef uint16_t vid = self._vlan(vlan)
+        cdef int r, i
+        self._port(p)
+        with nogil:
+            for r in range(rounds):
+                for i in range(count):
+                    fdb_learn(self.sw, vid, (first + i) & <uint64_t>0xffffffffffff, p)
+
+    def debug_fdb_lookup(self, int vlan, str mac):
+        """Test hook: the port index a frame to (vlan, mac) goes to, or None (flood)."""
+        cdef uint64_t m = int(mac.replace(":", ""), 16)
+        cdef int d = fdb_lookup(self.sw, self._vlan(vlan), m)
+        return None if d < 0 else d
 
 
 # --- test hooks for offload.pxi ---

@@ -31,6 +31,9 @@ cdef extern from "vs_defs.h" nogil:
         uint16_t flags
         uint16_t idx
         vs_vring_used_elem ring[1]
+    struct vs_fdb_slot:            # fdb.pxi explains the encoding
+        uint64_t key
+        uint64_t val
     uint16_t vs_load_acquire_u16(const uint16_t *p)
     void vs_store_release_u16(uint16_t *p, uint16_t v)
     int vs_load_acquire_int(const int *p)
@@ -40,6 +43,11 @@ cdef extern from "vs_defs.h" nogil:
     void vs_store_release_u64(uint64_t *p, uint64_t v)
     void vs_store_relaxed_u64(uint64_t *p, uint64_t v)
     int vs_cas_u64(uint64_t *p, uint64_t expected, uint64_t desired)
+    int vs_load_relaxed_int(const int *p)
+    int vs_add_int(int *p, int v)
+    uint64_t vs_add_u64(uint64_t *p, uint64_t v)
+    uint32_t vs_load_relaxed_u32(const uint32_t *p)
+    void vs_store_relaxed_u32(uint32_t *p, uint32_t v)
     void vs_mb()
     void vs_log_page(uint8_t *log, uint64_t page)
     void vs_cpu_relax()
@@ -63,8 +71,9 @@ cdef enum:
 cdef enum:
     VS_MAX_FRAME = 65536 + 18
     VS_ETH_HLEN = 14
-    VS_FDB_SIZE = 4096             # power of two
-    VS_FDB_PROBE = 16
+    VS_FDB_BITS = 16
+    VS_FDB_SIZE = 65536            # 1 << VS_FDB_BITS slots of 16 bytes: 1 MiB
+    VS_FDB_PROBE = 32
 
 # virtio-net feature bits the datapath reads (virtio spec 5.1.3)
 cdef enum:
@@ -260,6 +269,12 @@ ctypedef struct vs_port:
     vs_gcra out_pkts
     int mirror_in                  # port index + 1 that gets a copy of frames from this port, 0: none
     int mirror_out                 # port index + 1 that gets a copy of frames to this port, 0: none
+    # FDB (fdb.pxi): learned entries pointing here, the cap on them (0: none;
+    # fdb_max_set < 0: the cap follows sw.fdb_default_max), refused learns
+    int fdb_count
+    uint32_t fdb_max
+    int64_t fdb_max_set
+    uint64_t fdb_limit_refused
     vs_vring vq[VS_MAX_VRINGS]
 
 ctypedef struct vs_frame:
@@ -342,7 +357,10 @@ ctypedef struct vs_switch:
     int mode                       # MODE_POLL / MODE_EVENT / MODE_ADAPTIVE
     int nports_hi                  # highest port slot in use + 1
     vs_port *ports[VS_MAX_PORTS]
-    uint64_t fdb[VS_FDB_SIZE]      # (mac << 16) | (port + 1); port part 0 = forgotten
+    vs_fdb_slot fdb[VS_FDB_SIZE]
     uint64_t fdb_full              # learn attempts that found no free slot
     uint64_t fdb_static_moves      # learn attempts refused by a static entry
     int mirrors                    # ports with a mirror set: the mirror pass runs only if > 0
+    uint64_t fdb_aged              # learned entries forgotten by the aging sweep
+    uint32_t now_s                 # coarse clock (s) for last-seen stamps, set by the sweep
+    uint32_t fdb_default_max       # fdb.max_entries_per_port (0: no cap)

@@ -70,6 +70,30 @@ static inline int vs_cas_u64(volatile uint64_t *p, uint64_t expected, uint64_t d
     return __atomic_compare_exchange_n(p, &expected, desired, 0,
                                        __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
 }
+/* One FDB slot (fdb.pxi explains the encoding): 16-byte aligned so that a
+ * slot never straddles two cache lines. */
+struct vs_fdb_slot {
+    uint64_t key;
+    uint64_t val;
+} __attribute__((aligned(16)));
+
+/* FDB (fdb.pxi): per-port counts and statistics that several workers
+ * change, and the coarse clock the control plane advances. */
+static inline int vs_load_relaxed_int(const volatile int *p) {
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+static inline int vs_add_int(volatile int *p, int v) {      /* returns the new value */
+    return __atomic_add_fetch(p, v, __ATOMIC_RELAXED);
+}
+static inline uint64_t vs_add_u64(volatile uint64_t *p, uint64_t v) {
+    return __atomic_add_fetch(p, v, __ATOMIC_RELAXED);
+}
+static inline uint32_t vs_load_relaxed_u32(const volatile uint32_t *p) {
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+static inline void vs_store_relaxed_u32(volatile uint32_t *p, uint32_t v) {
+    __atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
 /* Full barrier: between publishing used->idx and reading the guest's
  * used_event / avail->flags (virtio spec 2.7.10: the device must not miss
  * a notification request), and in the control plane's quiescence handshake. */

@@ -358,11 +358,11 @@ cdef void switch_burst(vs_switch *sw, vs_worker *w, int pidx, int qp, vs_vring *
                 vq.c.drops[rc] += 1
                 continue
         if not (eth[6] & 1) and src_mac != 0:
-            fdb_learn(sw, src_mac, pidx)
+            fdb_learn(sw, f.vlan, src_mac, pidx)
         if eth[0] & 1:
             d = FDB_FLOOD                  # broadcast and multicast
         else:
-            d = fdb_lookup(sw, dst_mac)    # FDB_FLOOD when unknown
+            d = fdb_lookup(sw, f.vlan, dst_mac)    # FDB_FLOOD when unknown
         if d == pidx:
             vq.c.drops[DROP_SAME_PORT] += 1
             continue

@@ -60,6 +60,10 @@ def _render_port(port: dict) -> str:
     if port.get("type") == "vxlan":
         lines.append(f"  vni {port['vni']}, mtu {port.get('mtu') or 'unlimited'}, remotes: "
                      + ", ".join(f"{r['address']} ({r['learned_macs']} MACs)" for r in port["remotes"]))
+    if port.get("fdb"):
+        f = port["fdb"]
+        cap = f["max"] if f["max"] else "no cap"
+        lines.append(f"  fdb: {f['learned']} learned MACs (cap {cap}), {f['limit_refused']} refused at the cap")
     if port.get("pending"):
         lines.append("  pending until the guest reconnects: "
                      + ", ".join(f"{k}={v}" for k, v in port["pending"].items()))
@@ -79,11 +83,24 @@ def _render_port(port: dict) -> str:
     return "\n".join(lines)
 
 
+def _render_fdb(entries: list[dict]) -> str:
+    rows = [("VLAN", "MAC", "PORT", "TYPE", "AGE")]
+    rows += [(str(e["vlan"]), e["mac"], e["port"], e["type"], "-" if e["static"] else f"{e['age_s']}s")
+             for e in entries]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.append(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}")
+    return "\n".join(lines)
+
+
 USAGE = """commands:
   show                      the daemon, its workers and every port
   port list                 one line per port
   port show NAME            one port: state, negotiated features, queues, counters, pending changes
-  fdb show                  the MAC table
+  fdb show [--port P] [--vlan V]
+                            the MAC table (VLAN, MAC, port, static or learned, age)
+  fdb flush [--port P] [--vlan V]
+                            forget learned MACs (all, of a port, of a VLAN); static ones stay
   stats                     totals per port and direction, drops by reason, workers
   config check FILE         validate a configuration file (no daemon needed)
   reload [--force]          re-read the daemon's file and apply the difference;
@@ -102,7 +119,9 @@ def _parse(words: list[str]) -> tuple[str, dict] | None:
             return "debug stall-worker", {"worker": int(words[2]), "seconds": float(words[3])}
         except ValueError:
             return None
-    if " ".join(words) in ("show", "port list", "fdb show", "stats", "reload", "version"):
+    if " ".join(words) in ("fdb show", "fdb flush"):
+        return " ".join(words), {}
+    if " ".join(words) in ("show", "port list", "stats", "reload", "version"):
         return " ".join(words), {}
     return None
 
@@ -137,8 +156,10 @@ def _render(command: str, result) -> str:
         return "\n".join(f"{p['name']:16} {p['type']:12} {p['state']:12} {p['socket'] or ''}"
                          + ("  (changes pending)" if p.get("pending") else "") for p in result)
     if command == "fdb show":
-        return "\n".join(f"{e['mac']}  {e['port']}" + ("  static" if e.get("static") else "")
-                         for e in result)
+        return _render_fdb(result)
+    if command == "fdb flush":
+        n = result["forgotten"]
+        return f"{n} learned entr{'y' if n == 1 else 'ies'} forgotten"
     if command == "stats":
         lines = []
         for name, t in result["ports"].items():
@@ -150,7 +171,10 @@ def _render(command: str, result) -> str:
         for i, w in enumerate(result["workers"]):
             lines.append(f"worker {i}: rounds {w['rounds']} sleeps {w['idle_sleeps']} "
                          f"busy {w['busy_ns'] / 1e9:.3f} s")
-        lines.append(f"fdb: {result['fdb']['entries']} entries")
+        fdb = result["fdb"]
+        lines.append(f"fdb: {fdb['entries']} entries ({fdb.get('learned', 0)} learned, "
+                     f"{fdb.get('static', 0)} static), aged {fdb.get('aged', 0)}, "
+                     f"table full {fdb.get('full', 0)}")
         return "\n".join(lines)
     if command == "reload":
         lines = [f"{name}: {what}" for name, what in result["ports"].items()]
@@ -174,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-j", "--json", action="store_true", help="print the reply as JSON")
     parser.add_argument("--force", action="store_true",
                         help="reload: restart ports whose guest-negotiated settings changed now")
+    parser.add_argument("--port", default=None, help="fdb show/flush: only this port")
+    parser.add_argument("--vlan", type=int, default=None, help="fdb show/flush: only this VLAN")
     parser.add_argument("command", nargs="+", help="see below")
     try:
         args = parser.parse_args(argv)
@@ -190,6 +216,14 @@ def main(argv: list[str] | None = None) -> int:
             print("vswitchctl: --force applies to reload only", file=sys.stderr)
             return 2
         cmd_args = {"force": True}
+    if args.port is not None or args.vlan is not None:
+        if not command.startswith("fdb "):
+            print("vswitchctl: --port and --vlan apply to fdb show and fdb flush only", file=sys.stderr)
+            return 2
+        if args.vlan is not None and not 0 <= args.vlan <= 4095:
+            print(f"vswitchctl: --vlan must be 0..4095 (got {args.vlan})", file=sys.stderr)
+            return 2
+        cmd_args = {k: v for k, v in (("port", args.port), ("vlan", args.vlan)) if v is not None}
     if command == "config check":
         return config_check(cmd_args["file"], args.json)
     runtime_dir = args.runtime_dir or os.environ.get("VSWITCH_RUNTIME_DIR", DEFAULT_RUNTIME_DIR)

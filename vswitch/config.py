@@ -78,6 +78,7 @@ mask.  User and group names are always resolved to ids.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import grp
 import ipaddress
@@ -99,8 +100,10 @@ __all__ = [
     "ConfigIssue",
     "ControlConfig",
     "DatapathConfig",
+    "FdbConfig",
     "MetricsConfig",
     "PortConfig",
+    "StaticFdbEntry",
     "VhostUserPortConfig",
     "TapPortConfig",
     "VlanConfig",
@@ -196,6 +199,17 @@ MIN_DEFAULT_PPS_BURST = 64
 
 MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 _SOCKET_MODE_RE = re.compile(r"(?:0o?)?([0-7]{3})")
+
+# FDB (issue 7): the top-level `fdb` section and the per-port cap.
+MAX_FDB_AGING = 1_000_000          # seconds (the Linux bridge's ageing_time max is ~1e6 s too)
+MAX_FDB_ENTRIES = 1_000_000
+DEFAULT_FDB_AGING, DEFAULT_FDB_MAX_ENTRIES = 300, 1024
+MIN_FDB_VLAN = 0                   # fdb.static vlan: 0 is the untagged frames of a port without VLAN settings
+_FDB_KEYS = ("aging_time", "max_entries_per_port", "static")
+_FDB_STATIC_KEYS = ("mac", "port", "vlan")
+_TOP_KEYS += ("fdb",)
+_VHOST_USER_KEYS += ("fdb_max_entries",)
+_TAP_KEYS += ("fdb_max_entries",)
 
 _NULL_TAG = "tag:yaml.org,2002:null"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -369,6 +383,7 @@ class VhostUserPortConfig:
     indirect_desc: bool = True      # offer VIRTIO_RING_F_INDIRECT_DESC
     offloads: bool = True           # offer checksum / TSO features
     memory_slots: bool = True       # offer CONFIGURE_MEM_SLOTS (ADD/REM_MEM_REG, memory hot-plug)
+    fdb_max_entries: int | None = None  # cap on learned MACs; None: fdb.max_entries_per_port
     type: str = "vhost-user"
     # Forwarding policies (POLICY_KEYS), applied in place:
     vlan: VlanConfig | None = None
@@ -402,6 +417,8 @@ class VhostUserPortConfig:
         out["offloads"] = self.offloads
         out["memory_slots"] = self.memory_slots
         out.update(_policies_to_dict(self))
+        if self.fdb_max_entries is not None:
+            out["fdb_max_entries"] = self.fdb_max_entries
         return out
 
 
@@ -415,6 +432,7 @@ class TapPortConfig:
     mtu: int | None = None      # None: keep the device's MTU
     create: bool = True         # False: attach to an existing persistent TAP only
     mac: str | None = None      # static FDB entry (the host side's MAC)
+    fdb_max_entries: int | None = None  # cap on learned MACs; None: fdb.max_entries_per_port
     type: str = "tap"
     # Forwarding policies (POLICY_KEYS), applied in place; as for vhost-user
     # ports, with "guest" read as "host side":
@@ -433,6 +451,8 @@ class TapPortConfig:
         if self.mac is not None:
             out["mac"] = self.mac
         out.update(_policies_to_dict(self))
+        if self.fdb_max_entries is not None:
+            out["fdb_max_entries"] = self.fdb_max_entries
         return out
 
 
@@ -510,6 +530,34 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class StaticFdbEntry:
+    """fdb.static: frames to `mac` in `vlan` go to `port` (a port name)."""
+
+    mac: str                    # lower case
+    port: str
+    vlan: int | None = None     # None: the port's default VLAN (vswitch.fdb.port_vlan)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mac": self.mac, "port": self.port}
+        if self.vlan is not None:
+            out["vlan"] = self.vlan
+        return out
+
+
+@dataclass(frozen=True)
+class FdbConfig:
+    """The forwarding database (top-level `fdb`)."""
+
+    aging_time: int = DEFAULT_FDB_AGING          # seconds; 0: learned entries never age
+    max_entries_per_port: int = DEFAULT_FDB_MAX_ENTRIES   # 0: no cap
+    static: tuple[StaticFdbEntry, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"aging_time": self.aging_time, "max_entries_per_port": self.max_entries_per_port,
+                "static": [e.to_dict() for e in self.static]}
+
+
+@dataclass(frozen=True)
 class Config:
     version: int
     runtime_dir: str
@@ -517,6 +565,7 @@ class Config:
     datapath: DatapathConfig
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    fdb: FdbConfig = field(default_factory=FdbConfig)
     path: str | None = None  # file it was loaded from; None for parse_config()
 
     def to_dict(self) -> dict[str, Any]:
@@ -531,6 +580,8 @@ class Config:
             "metrics": self.metrics.to_dict(),
             "datapath": self.datapath.to_dict(),
             "ports": {name: port.to_dict() for name, port in self.ports.items()},
+            # written only when set, so that files without it round-trip unchanged
+            **({"fdb": self.fdb.to_dict()} if self.fdb != FdbConfig() else {}),
         }
 
 
@@ -1433,11 +1484,15 @@ class _Validator(_PolicyChecks):
         if "ports" in top:
             ports = self.ports(top["ports"][1], runtime_dir, defaults)
 
+        fdb: FdbConfig | None = FdbConfig()
+        if "fdb" in top:
+            fdb = self.fdb(top["fdb"][1], ports, "ports" in top)
+
         if (self.issues or version is None or runtime_dir is None or datapath is None
-                or metrics is None or control is None):
+                or metrics is None or control is None or fdb is None):
             return None
         return Config(version=version, runtime_dir=runtime_dir, ports=ports,
-                      datapath=datapath, metrics=metrics, control=control, path=path)
+                      datapath=datapath, metrics=metrics, control=control, fdb=fdb, path=path)
 
     def control(self, node: Node) -> ControlConfig | None:
         entries = self.mapping(node, "control")
@@ -1509,6 +1564,7 @@ class _Validator(_PolicyChecks):
         entries = self.mapping(node, "ports")
         if entries is None:
             return {}
+        self._port_names = set(entries)     # fdb.static may name only these
         ports: dict[str, PortConfig] = {}
         uses = _Uses()
         for name, (key_node, value_node) in entries.items():
@@ -1521,6 +1577,7 @@ class _Validator(_PolicyChecks):
                     "A-Z a-z 0-9 _ . - and start with a letter or digit)",
                 )
             port = self.port(name, key_node, value_node, key, runtime_dir, name_ok, defaults, uses)
+            port = self.port_fdb_max(port, value_node, key)
             if port is not None and name_ok:
                 ports[name] = port
         self.check_conflicts(uses.sockets, "socket path", lambda u: posixpath.normpath(u.value))
@@ -1813,6 +1870,96 @@ class _Validator(_PolicyChecks):
         if workers is None or mode is None or not cpus_ok:
             return None
         return DatapathConfig(workers=workers, mode=mode, cpus=cpus)
+
+
+    # -- FDB (issue 7) -------------------------------------------------------
+
+    def port_fdb_max(self, port: PortConfig | None, node: Node, key: str) -> PortConfig | None:
+        """ports.NAME.fdb_max_entries, for any port type (read here, after the
+        port's own checks, which accept the key)."""
+        if not isinstance(node, MappingNode):
+            return port
+        for key_node, value_node in node.value:
+            if isinstance(key_node, ScalarNode) and key_node.value == "fdb_max_entries":
+                n = self.integer(value_node, f"{key}.fdb_max_entries", 0, MAX_FDB_ENTRIES)
+                if n is None:
+                    return None
+                return dataclasses.replace(port, fdb_max_entries=n) if port is not None else None
+        return port
+
+    def fdb(self, node: Node, ports: dict[str, PortConfig], ports_given: bool) -> FdbConfig | None:
+        entries = self.mapping(node, "fdb")
+        if entries is None:
+            return None
+        self.check_keys(entries, _FDB_KEYS, "fdb", node)
+        aging: int | None = DEFAULT_FDB_AGING
+        if "aging_time" in entries:
+            aging = self.integer(entries["aging_time"][1], "fdb.aging_time", 0, MAX_FDB_AGING)
+        cap: int | None = DEFAULT_FDB_MAX_ENTRIES
+        if "max_entries_per_port" in entries:
+            cap = self.integer(entries["max_entries_per_port"][1], "fdb.max_entries_per_port",
+                               0, MAX_FDB_ENTRIES)
+        static: tuple[StaticFdbEntry, ...] | None = ()
+        if "static" in entries:
+            static = self.fdb_static(entries["static"][1], ports, ports_given)
+        if aging is None or cap is None or static is None:
+            return None
+        return FdbConfig(aging_time=aging, max_entries_per_port=cap, static=static)
+
+    def fdb_static(self, node: Node, ports: dict[str, PortConfig],
+                   ports_given: bool) -> tuple[StaticFdbEntry, ...] | None:
+        from .fdb import port_vlan   # the port's default VLAN (VLAN settings are not ours)
+
+        if not isinstance(node, SequenceNode):
+            self.error(node, "fdb.static", f"must be a list of {{mac, port, vlan}} entries "
+                                           f"(got {self.describe(node)})")
+            return None
+        # (mac, vlan) -> where it is pinned already: ports' own `mac` first
+        pinned: dict[tuple[str, int], str] = {
+            (pc.mac, port_vlan(pc)): f"port {name!r} (its mac)"
+            for name, pc in ports.items() if pc.mac}
+        out: list[StaticFdbEntry] = []
+        ok = True
+        for index, item in enumerate(node.value):
+            key = f"fdb.static[{index}]"
+            entries = self.mapping(item, key)
+            if entries is None:
+                ok = False
+                continue
+            self.check_keys(entries, _FDB_STATIC_KEYS, key, item, required=("mac", "port"))
+            if "mac" not in entries or "port" not in entries:
+                ok = False
+                continue
+            mac = self.mac(entries["mac"][1], f"{key}.mac")
+            port = self.string(entries["port"][1], f"{key}.port")
+            vlan: int | None = None
+            if "vlan" in entries:
+                vlan = self.integer(entries["vlan"][1], f"{key}.vlan", MIN_FDB_VLAN, MAX_VLAN)
+                if vlan is None:
+                    ok = False
+            if mac is None or port is None:
+                ok = False
+                continue
+            if port not in ports:
+                # An invalid port was reported where it is defined.
+                names = getattr(self, "_port_names", set())
+                if ports_given and port not in names:
+                    known = ", ".join(sorted(names)) or "none"
+                    close = difflib.get_close_matches(port, sorted(names), n=1)
+                    hint = f", did you mean {close[0]!r}?" if close else ""
+                    self.error(entries["port"][1], f"{key}.port",
+                               f"no port named {port!r}{hint} (ports: {known})")
+                ok = False
+                continue
+            effective = vlan if vlan is not None else port_vlan(ports[port])
+            where = pinned.get((mac, effective))
+            if where is not None:
+                self.error(item, key, f"{mac} in VLAN {effective} is already pinned by {where}")
+                ok = False
+                continue
+            pinned[(mac, effective)] = key
+            out.append(StaticFdbEntry(mac=mac, port=port, vlan=vlan))
+        return tuple(out) if ok else None
 
 
 def _allowed_cpus() -> set[int] | None:

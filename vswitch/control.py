@@ -1,6 +1,6 @@
 """The control socket: one JSON request per line, one JSON reply per line.
 
-Request: {"command": "show" | "port list" | "port show" | "fdb show" | "stats"
+Request: {"command": "show" | "port list" | "port show" | "fdb show" | "fdb flush" | "stats"
           | "reload" | "version" | "debug stall-worker", "args": {...}}
 Reply:   {"ok": true, "result": ...} or {"ok": false, "error": "...", "result"?: ...}
 
@@ -97,9 +97,9 @@ class ControlServer:
                 port = sw.ports.get(args.get("name"))
                 if port is None:
                     return {"ok": False, "error": f"no port named {args.get('name')!r}"}
-                return {"ok": True, "result": port.show()}
-            if command == "fdb show":
-                return {"ok": True, "result": sw.fdb()}
+                return {"ok": True, "result": {**port.show(), "fdb": sw.dp.port_fdb_info(port.slot)}}
+            if command in ("fdb show", "fdb flush"):
+                return self._fdb(command, args)
             if command == "stats":
                 return {"ok": True, "result": sw.stats()}
             if command == "reload":
@@ -123,3 +123,15 @@ class ControlServer:
             log.exception("control command %r failed", command)
             return {"ok": False, "error": f"internal error: {exc}"}
         return {"ok": False, "error": f"unknown command {command!r}"}
+
+    def _fdb(self, command: str, args: dict) -> dict:
+        """fdb show / fdb flush, args {"port": name, "vlan": 0..4095}, both optional."""
+        port, vlan = args.get("port"), args.get("vlan")
+        if port is not None and (not isinstance(port, str) or port not in self.switch.ports):
+            return {"ok": False, "error": f"no port named {port!r}"}
+        if vlan is not None and (not isinstance(vlan, int) or isinstance(vlan, bool)
+                                 or not 0 <= vlan <= 4095):
+            return {"ok": False, "error": f"VLAN must be 0..4095 (got {vlan!r})"}
+        if command == "fdb show":
+            return {"ok": True, "result": self.switch.fdb(port, vlan)}
+        return {"ok": True, "result": {"forgotten": self.switch.fdb_flush(port, vlan)}}

@@ -25,6 +25,7 @@ from . import __version__
 from . import reconcile
 from .config import Config, ConfigError, TapPortConfig, VxlanPortConfig, load_config
 from .control import ControlServer
+from .fdb import TICK_S as FDB_TICK_S, FdbControl, entries_by_name
 from .metrics import MetricsServer
 from .policy import apply_mirrors
 from .port import RateLimitedLog, VhostUserPort
@@ -69,6 +70,7 @@ class Switch:
         self.notifier = notifier or Notifier()
         self.dp = Datapath(config.datapath.workers, config.datapath.mode, config.datapath.cpus)
         self.ports: dict[str, VhostUserPort | TapPort] = {}
+        self.fdb_ctl = FdbControl(self.dp)
         self.ratelog = RateLimitedLog()
         self.control = ControlServer(self, os.path.join(config.runtime_dir, CONTROL_NAME),
                                      group=config.control.group)
@@ -88,6 +90,7 @@ class Switch:
             for name, pc in self.config.ports.items():
                 self.ports[name] = self._start_port(pc)
             apply_mirrors(self.dp, self.ports)
+            self.fdb_ctl.configure(self.config, self.ports)
             await self.control.start()
             await self._start_metrics()
             log.info("vswitchd %s running: %d port(s), %d worker(s) in %s mode, runtime dir %s",
@@ -96,6 +99,7 @@ class Switch:
             # Sockets bound, TAPs opened, workers running: ready (guests come when they come).
             self.notifier.ready(self.status_line())
             tasks.append(asyncio.create_task(self._health(), name="health"))
+            tasks.append(asyncio.create_task(self._fdb_tick(), name="fdb-aging"))
             interval = self.notifier.watchdog_interval()
             if interval is not None:
                 tasks.append(asyncio.create_task(
@@ -169,6 +173,17 @@ class Switch:
                 except Exception:
                     log.exception("port %s: health check failed", port.name)
 
+    async def _fdb_tick(self) -> None:
+        """The FDB's aging sweep (and re-pinning for re-created ports), every second."""
+        while True:
+            await asyncio.sleep(FDB_TICK_S)
+            if self._reload_lock.locked():
+                continue     # ports half re-created: the reload applies the FDB when done
+            try:
+                self.fdb_ctl.tick(self.config, self.ports)
+            except Exception:
+                log.exception("fdb: aging sweep failed")
+
     # --- reload --------------------------------------------------------------------
 
     async def reload(self, force: bool = False) -> dict:
@@ -241,6 +256,7 @@ class Switch:
         if plan.control_changed:
             self.control.set_group(new.control.group)
         self.config = new
+        self.fdb_ctl.configure(new, self.ports)    # aging, caps, static entries: in place
         if plan.metrics_changed:
             if self.metrics:
                 await self.metrics.stop()
@@ -268,10 +284,30 @@ class Switch:
             "last_reload_ok": self.last_reload_ok,
         }
 
-    def fdb(self) -> list[dict]:
-        by_slot = {port.slot: port.name for port in self.ports.values()}
-        return [{"mac": mac, "port": by_slot.get(slot, f"#{slot}"), "static": static}
-                for mac, slot, static in sorted(self.dp.fdb_entries(static=True))]
+    def fdb(self, port: str | None = None, vlan: int | None = None) -> list[dict]:
+        """The MAC table, optionally of one port (name) and/or VLAN. KeyError: no such port."""
+        return entries_by_name(self.dp, self.ports.values(), port, vlan)
+
+    def fdb_flush(self, port: str | None = None, vlan: int | None = None) -> int:
+        """Forget learned entries (of a port, a VLAN, or all); returns how many."""
+        slot = None
+        if port is not None:
+            if port not in self.ports:
+                raise KeyError(port)
+            slot = self.ports[port].slot
+        n = self.dp.fdb_flush(port=slot, vlan=vlan)
+        log.info("fdb: flushed %d learned entr%s (port %s, VLAN %s)", n, "y" if n == 1 else "ies",
+                 port or "any", "any" if vlan is None else vlan)
+        return n
+
+    def fdb_stats(self) -> dict:
+        """Table counters, with the per-port ones by port name."""
+        st = self.dp.fdb_stats()
+        per_port = st.pop("ports")
+        names = {port.slot: port.name for port in self.ports.values()}
+        st["entries"] = st["learned"] + st["static"]
+        st["ports"] = {names[slot]: info for slot, info in per_port.items() if slot in names}
+        return st
 
     def stats(self) -> dict:
         """Totals per port (both directions, drops by reason), per worker, FDB."""
@@ -289,7 +325,7 @@ class Switch:
                         tot[f"{way}_drops"][reason] = tot[f"{way}_drops"].get(reason, 0) + n
             ports[port.name] = {"state": info["state"], **tot}
         return {"ports": ports, "workers": self.dp.worker_stats(),
-                "fdb": {"entries": len(self.dp.fdb_entries()), **self.dp.fdb_stats()},
+                "fdb": self.fdb_stats(),
                 "reloads": dict(self.reload_counts)}
 
 

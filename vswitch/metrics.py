@@ -217,12 +217,13 @@ class SwitchCollector:
 
         by_port = {n: 0 for n in slot_names.values()}
         for entry in sw.dp.fdb_entries():
-            slot = entry[1]
+            slot = entry["port"]
             owner = slot_names.get(slot, f"#{slot}")
             by_port[owner] = by_port.get(owner, 0) + 1
         for owner, n in sorted(by_port.items()):
             fdb.add_metric([owner], n)
         yield fdb
+        yield from self._fdb_counters(sw.dp.fdb_stats(), slot_names)
 
         yield from self._workers(sw.dp.worker_stats())
         yield from self._reloads()
@@ -231,6 +232,22 @@ class SwitchCollector:
                                  "datapath, and the Python running it (always 1).")
         build.add_metric([], self._build)
         yield build
+
+    def _fdb_counters(self, stats: dict, slot_names: dict[int, str]) -> list[Metric]:
+        aged = CounterMetricFamily(
+            "vswitch_fdb_aged",
+            "Learned FDB entries forgotten because no frame came from them for fdb.aging_time "
+            "seconds.")
+        aged.add_metric([], stats.get("aged", 0))
+        refused = CounterMetricFamily(
+            "vswitch_fdb_limit_refused",
+            "Source MACs not learned because the port already had its cap of learned MACs "
+            "(fdb_max_entries, fdb.max_entries_per_port); the frames were still forwarded.",
+            labels=["port"])
+        for slot, info in sorted((stats.get("ports") or {}).items()):
+            if slot in slot_names:
+                refused.add_metric([slot_names[slot]], info.get("limit_refused", 0))
+        return [aged, refused]
 
     def _workers(self, stats: list[dict]) -> Iterator[Metric]:
         busy = CounterMetricFamily(

@@ -20,17 +20,6 @@ def _get(cfg: Any, name: str, default: Any = None) -> Any:
     return getattr(cfg, name, default)
 
 
-def static_mac_vlan(cfg: Any) -> int:
-    """The VLAN in which a port's own `mac:` is pinned: its access VLAN, its
-    trunk's native VLAN, or 0 (untagged) for a port without VLAN config."""
-    vlan = _get(cfg, "vlan")
-    if vlan is None:
-        return 0
-    if vlan.mode == "access":
-        return vlan.id
-    return vlan.native or 0
-
-
 def allowed_source_macs(cfg: Any) -> list[str]:
     """Port security is on when `allowed_macs` is set; the port's `mac` is
     then allowed too. Without `allowed_macs` any source may enter."""

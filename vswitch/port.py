@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from ._datapath import DROP_REASONS, Datapath
 from .policy import apply_port_policy, describe as describe_policy
 from .config import VhostUserPortConfig
+from .fdb import port_vlan
 from .reconcile import port_change
 from .vhost import protocol as p
 from .vhost.session import BASE_FEATURES, BASE_PROTOCOL_FEATURES, OFFLOAD_FEATURES, Offer, Session
@@ -210,7 +211,7 @@ class VhostUserPort:
             except FileNotFoundError:
                 pass
         if self.config.mac:
-            self.dp.fdb_set_static(self.config.mac, -1)
+            self.dp.fdb_set_static(self.config.mac, -1, port_vlan(self.config))
         self.dp.port_remove(self.slot)
 
     # --- reconfiguration (reload) ------------------------------------------------
@@ -222,10 +223,11 @@ class VhostUserPort:
         self._policy = apply_port_policy(self.dp, self.slot, cfg,
                                          self._policy if old is not None else None)
         self.dp.port_set_mtu(self.slot, cfg.mtu or 0)
-        if old is not None and old.mac and old.mac != cfg.mac:
-            self.dp.fdb_set_static(old.mac, -1)
+        if old is not None and old.mac and (old.mac, port_vlan(old)) != (cfg.mac, port_vlan(cfg)):
+            self.dp.fdb_set_static(old.mac, -1, port_vlan(old))
         if cfg.mac:
-            self.dp.fdb_set_static(cfg.mac, self.slot)
+            self.dp.fdb_set_static(cfg.mac, self.slot, port_vlan(cfg))
+        self.dp.port_set_fdb_max(self.slot, cfg.fdb_max_entries)
 
     async def reconfigure(self, new: VhostUserPortConfig, force: bool = False) -> str:
         """Apply a changed config. Returns "unchanged", "applied", "restart"
@@ -279,7 +281,7 @@ class VhostUserPort:
         self.offer = offer_for(self.config)
         if self.config.queues != old.queues:
             if self.config.mac:
-                self.dp.fdb_set_static(self.config.mac, -1)
+                self.dp.fdb_set_static(self.config.mac, -1, port_vlan(self.config))
             self.dp.port_remove(self.slot)
             self.slot = self.dp.port_add(self.config.queues)
             self._apply_datapath_settings(None)

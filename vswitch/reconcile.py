@@ -51,6 +51,11 @@ TAP_IN_PLACE = TAP_IN_PLACE | POLICY_IN_PLACE
 # socket; the socket's own address and port re-bind it.
 VXLAN_IN_PLACE = frozenset({"remotes", "vni", "mtu"}) | POLICY_IN_PLACE
 VXLAN_RESTART = frozenset({"type", "local", "udp_port"})
+# FDB (issue 7): a port's cap on learned MACs changes in place. The top-level
+# `fdb` section (aging, default cap, static entries) is applied in place after
+# every reload (vswitch/fdb.py), whatever changed.
+VHOST_IN_PLACE |= {"fdb_max_entries"}
+TAP_IN_PLACE |= {"fdb_max_entries"}
 
 
 @dataclass(frozen=True)
@@ -73,13 +78,14 @@ class Plan:
     datapath_in_place: tuple[str, ...] = ()
     metrics_changed: bool = False
     control_changed: bool = False
+    fdb_changed: bool = False
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return not (self.added or self.removed or self.changed or self.datapath_in_place
-                    or self.metrics_changed or self.control_changed)
+                    or self.metrics_changed or self.control_changed or self.fdb_changed)
 
     def summary(self) -> dict:
         return {
@@ -90,6 +96,7 @@ class Plan:
                         for c in self.changed},
             "unchanged": self.unchanged,
             "datapath": list(self.datapath_in_place),
+            "fdb": self.fdb_changed,
             "warnings": self.warnings,
         }
 
@@ -143,4 +150,5 @@ def plan(old: Config, new: Config) -> Plan:
         f for f in ("mode", "cpus") if getattr(old.datapath, f) != getattr(new.datapath, f))
     result.metrics_changed = old.metrics != new.metrics
     result.control_changed = old.control != new.control
+    result.fdb_changed = old.fdb != new.fdb
     return result

@@ -17,6 +17,7 @@ import os
 from ._datapath import Datapath
 from .policy import apply_port_policy, describe as describe_policy
 from .config import TapPortConfig
+from .fdb import port_vlan
 from .reconcile import port_change
 from .tap import TapError, open_tap_queues, set_tap_mtu, tap_fd_ifname, tap_link_state
 
@@ -44,7 +45,8 @@ class TapPort:
 
     def start(self) -> None:
         if self.config.mac:
-            self.dp.fdb_set_static(self.config.mac, self.slot)
+            self.dp.fdb_set_static(self.config.mac, self.slot, port_vlan(self.config))
+        self.dp.port_set_fdb_max(self.slot, self.config.fdb_max_entries)
         self._attach()        # a failure here is reported and retried, never fatal
         self._task = asyncio.get_running_loop().create_task(self._watch(), name=f"tap-{self.name}")
 
@@ -56,7 +58,7 @@ class TapPort:
             except asyncio.CancelledError:
                 pass
         if self.config.mac:
-            self.dp.fdb_set_static(self.config.mac, -1)
+            self.dp.fdb_set_static(self.config.mac, -1, port_vlan(self.config))
         self.dp.port_remove(self.slot)     # closes the queue fds
 
     async def reconfigure(self, new: TapPortConfig, force: bool = False) -> str:
@@ -78,10 +80,11 @@ class TapPort:
         if self.attached:
             self.mtu = new.mtu or tap_link_state(new.ifname).get("mtu") or 1500
             self.dp.port_set_mtu(self.slot, self.mtu)
-        if old.mac and old.mac != new.mac:
-            self.dp.fdb_set_static(old.mac, -1)
+        if old.mac and (old.mac, port_vlan(old)) != (new.mac, port_vlan(new)):
+            self.dp.fdb_set_static(old.mac, -1, port_vlan(old))
         if new.mac:
-            self.dp.fdb_set_static(new.mac, self.slot)
+            self.dp.fdb_set_static(new.mac, self.slot, port_vlan(new))
+        self.dp.port_set_fdb_max(self.slot, new.fdb_max_entries)
         log.info("port %s: %s applied", self.name, ", ".join(change.in_place))
         return "applied"
 

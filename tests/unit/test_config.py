@@ -17,6 +17,8 @@ from vswitch.config import (
     ConfigIssue,
     ControlConfig,
     DatapathConfig,
+    FdbConfig,
+    StaticFdbEntry,
     MetricsConfig,
     MirrorConfig,
     PolicerConfig,
@@ -194,7 +196,7 @@ def test_config_error_str_lists_all_issues() -> None:
     assert str(info.value) == (
         "c.yaml:2:21: datapath.workers: must be 1..64 (got 0)\n"
         "c.yaml:3:1: x: unknown key 'x' (expected one of: "
-        "control, datapath, defaults, metrics, ports, runtime_dir, version)"
+        "control, datapath, defaults, fdb, metrics, ports, runtime_dir, version)"
     )
     assert all(isinstance(e, ConfigIssue) for e in info.value.errors)
 
@@ -267,7 +269,7 @@ def test_unknown_keys() -> None:
         + VHOST_USER_KEYS + ")",
         "c.yaml:5:24: datapath.threads: unknown key 'threads' (expected one of: cpus, mode, workers)",
         "c.yaml:6:1: portz: unknown key 'portz', did you mean 'ports'? (expected one of: "
-        "control, datapath, defaults, metrics, ports, runtime_dir, version)",
+        "control, datapath, defaults, fdb, metrics, ports, runtime_dir, version)",
     ]
 
 
@@ -1516,3 +1518,62 @@ def test_mirror_to_a_port_that_is_itself_invalid_reports_only_that_port() -> Non
           b: {type: vhost-user, queues: 0}
         """)
     assert "ports.b.queues: must be 1..64 (got 0)" in found
+
+
+# --- FDB (issue 7) -----------------------------------------------------------------
+
+def test_fdb_defaults_when_absent() -> None:
+    config = parse_config("ports: {vm1: {type: vhost-user}, up: {type: tap}}\n")
+    assert config.fdb == FdbConfig(aging_time=300, max_entries_per_port=1024, static=())
+    assert config.ports["vm1"].fdb_max_entries is None and config.ports["up"].fdb_max_entries is None
+    assert "fdb" not in config.to_dict()
+
+
+def test_fdb_section_parsed_and_round_trips() -> None:
+    config = parse_config(doc("""
+        fdb:
+          aging_time: 2
+          max_entries_per_port: 100
+          static:
+            - {mac: "52:54:00:00:00:AA", port: vm1, vlan: 10}
+            - {mac: "52:54:00:00:00:aa", port: up}
+        ports:
+          vm1: {type: vhost-user, fdb_max_entries: 0}
+          up: {type: tap, fdb_max_entries: 5000}
+        """))
+    assert config.fdb == FdbConfig(aging_time=2, max_entries_per_port=100, static=(
+        StaticFdbEntry(mac="52:54:00:00:00:aa", port="vm1", vlan=10),
+        StaticFdbEntry(mac="52:54:00:00:00:aa", port="up", vlan=None)))
+    assert (config.ports["vm1"].fdb_max_entries, config.ports["up"].fdb_max_entries) == (0, 5000)
+    assert parse_config(yaml.safe_dump(config.to_dict(), sort_keys=False)) == config
+
+
+def test_fdb_static_errors_all_at_once() -> None:
+    assert errors("""
+        fdb:
+          static:
+            - {mac: "52:54:00:00:00:01", port: vm9}
+            - {mac: "52:54:00:00:00:02", port: vm1, vlan: 7}
+            - {mac: "52:54:00:00:00:02", port: up, vlan: 7}
+            - {mac: "52:54:00:00:00:03", port: up}
+            - {port: vm1, vln: 3}
+        ports:
+          vm1: {type: vhost-user}
+          up: {type: tap, mac: "52:54:00:00:00:03"}
+        """) == [
+        "c.yaml:3:40: fdb.static[0].port: no port named 'vm9', did you mean 'vm1'? (ports: up, vm1)",
+        "c.yaml:5:7: fdb.static[2]: 52:54:00:00:00:02 in VLAN 7 is already pinned by fdb.static[1]",
+        "c.yaml:6:7: fdb.static[3]: 52:54:00:00:00:03 in VLAN 0 is already pinned by port 'up' (its mac)",
+        "c.yaml:7:7: fdb.static[4]: missing required key 'mac'",
+        "c.yaml:7:19: fdb.static[4].vln: unknown key 'vln', did you mean 'vlan'? (expected one of: "
+        "mac, port, vlan)",
+    ]
+
+
+def test_fdb_static_of_an_invalid_port_reports_the_port_only() -> None:
+    # the port is named in the file but invalid: its own error is enough
+    assert errors("""
+        fdb: {static: [{mac: "52:54:00:00:00:01", port: vm1}]}
+        ports:
+          vm1: {type: vhost-user, queues: 0}
+        """) == ["c.yaml:3:35: ports.vm1.queues: must be 1..64 (got 0)"]

@@ -255,6 +255,45 @@ VALIDATOR_ONLY = {
                         "datapath.cpus[0]: cpu 4095 is not available to this process (allowed: ", True),
 }
 
+# FDB (issue 7): the `fdb` section and the per-port cap.
+GOOD["fdb"] = """
+    fdb:
+      aging_time: 0
+      max_entries_per_port: 0
+      static:
+        - {mac: "52:54:00:00:00:10", port: vm1, vlan: 10}
+        - {mac: "52:54:00:00:00:10", port: up}
+    ports:
+      vm1: {type: vhost-user, mac: "52:54:00:00:00:01", fdb_max_entries: 256}
+      up: {type: tap, fdb_max_entries: 0}
+    """
+BAD.update({
+    "fdb-unknown-key": ("fdb: {aging: 10}\nports: {}\n", "fdb.aging: unknown key 'aging', did you mean 'aging_time'?"),
+    "fdb-aging-negative": ("fdb: {aging_time: -1}\nports: {}\n", "fdb.aging_time: must be 0..1000000 (got -1)"),
+    "fdb-cap-string": ("fdb: {max_entries_per_port: many}\nports: {}\n", "fdb.max_entries_per_port: must be an integer"),
+    "fdb-static-mapping": ("fdb: {static: {mac: '02:00:00:00:00:01'}}\nports: {}\n", "fdb.static: must be a list"),
+    "fdb-static-no-port": ("fdb: {static: [{mac: '02:00:00:00:00:01'}]}\nports: {}\n",
+                           "fdb.static[0]: missing required key 'port'"),
+    "fdb-static-multicast": ("fdb: {static: [{mac: '01:00:5e:00:00:01', port: a}]}\nports: {a: {type: tap}}\n",
+                             "fdb.static[0].mac: must be a unicast MAC"),
+    "fdb-static-vlan-4095": ("fdb: {static: [{mac: '02:00:00:00:00:01', port: a, vlan: 4095}]}\nports: {a: {type: tap}}\n",
+                             "fdb.static[0].vlan: must be 0..4094 (got 4095)"),
+    "fdb-port-cap-negative": ("ports: {a: {type: vhost-user, fdb_max_entries: -1}}\n",
+                              "ports.a.fdb_max_entries: must be 0..1000000 (got -1)"),
+    "fdb-tap-cap-bool": ("ports: {a: {type: tap, fdb_max_entries: true}}\n",
+                         "ports.a.fdb_max_entries: must be an integer"),
+})
+VALIDATOR_ONLY.update({
+    "fdb-static-no-such-port": ("fdb: {static: [{mac: '02:00:00:00:00:01', port: vm2}]}\nports: {vm1: {type: tap}}\n",
+                                "fdb.static[0].port: no port named 'vm2', did you mean 'vm1'? (ports: vm1)", False),
+    "fdb-static-twice": ("fdb:\n  static:\n  - {mac: '02:00:00:00:00:01', port: a, vlan: 5}\n"
+                         "  - {mac: '02:00:00:00:00:01', port: b, vlan: 5}\nports: {a: {type: tap}, b: {type: tap}}\n",
+                         "fdb.static[1]: 02:00:00:00:00:01 in VLAN 5 is already pinned by fdb.static[0]", False),
+    "fdb-static-port-mac": ("fdb: {static: [{mac: '02:00:00:00:00:01', port: b}]}\n"
+                            "ports: {a: {type: tap, mac: '02:00:00:00:00:01'}, b: {type: tap}}\n",
+                            "fdb.static[0]: 02:00:00:00:00:01 in VLAN 0 is already pinned by port 'a' (its mac)", False),
+})
+
 # Documents the two judge differently on purpose, with the reason.
 DIVERGENT = {
     # YAML 1.1 reads an unquoted 52:54:00:12:34:56 as a base-60 integer; the
@@ -477,6 +516,8 @@ def test_schema_and_validator_know_the_same_keys() -> None:
     assert set(props["metrics"]["properties"]) == set(cfg._METRICS_KEYS)
     assert set(props["datapath"]["properties"]) == set(cfg._DATAPATH_KEYS)
     assert set(props["defaults"]["properties"]) == set(cfg._DEFAULTS_KEYS)
+    assert set(props["fdb"]["properties"]) == set(cfg._FDB_KEYS)
+    assert set(props["fdb"]["properties"]["static"]["items"]["properties"]) == set(cfg._FDB_STATIC_KEYS)
     defs = SCHEMA["$defs"]
     assert set(defs["vhostUserPort"]["properties"]) == set(cfg._VHOST_USER_KEYS)
     assert set(defs["tapPort"]["properties"]) == set(cfg._TAP_KEYS)

@@ -79,14 +79,23 @@ class FakeDatapath:
     def __init__(self):
         self.workers = [{"rounds": 10, "idle_sleeps": 4, "wakeups": 3, "busy_ns": 2_500_000_000, "cpu": None},
                         {"rounds": 20, "idle_sleeps": 5, "wakeups": 1, "busy_ns": 0, "cpu": None}]
-        self.fdb = [("02:00:00:00:00:01", 0), ("02:00:00:00:00:02", 0), ("02:00:00:00:00:03", 2),
-                    ("02:00:00:00:00:04", 7)]
+        self.fdb = [{"mac": mac, "vlan": 0, "port": slot, "static": False, "age_s": 1}
+                    for mac, slot in (("02:00:00:00:00:01", 0), ("02:00:00:00:00:02", 0),
+                                      ("02:00:00:00:00:03", 2), ("02:00:00:00:00:04", 7))]
+        self.fdb_counters = {"learned": 4, "static": 0, "full": 0, "static_moves": 0, "aged": 12,
+                             "aging_time": 300,
+                             "ports": {0: {"learned": 2, "max": 2, "limit_refused": 40},
+                                       1: {"learned": 0, "max": 1024, "limit_refused": 0},
+                                       7: {"learned": 1, "max": 0, "limit_refused": 3}}}
 
     def worker_stats(self):
         return self.workers
 
     def fdb_entries(self):
         return self.fdb
+
+    def fdb_stats(self):
+        return self.fdb_counters
 
 
 class FakeSwitch:
@@ -179,6 +188,11 @@ def test_connection_events_fdb_workers_reloads_and_build(switch):
     assert value(s, "vswitch_fdb_entries", port="b") == 0
     assert value(s, "vswitch_fdb_entries", port="up") == 1
     assert value(s, "vswitch_fdb_entries", port="#7") == 1
+    assert value(s, "vswitch_fdb_aged_total") == 12
+    assert value(s, "vswitch_fdb_limit_refused_total", port="a") == 40
+    assert value(s, "vswitch_fdb_limit_refused_total", port="b") == 0
+    # a slot no port owns any more has no name to report its refusals under
+    assert all(dict(k)["port"] in ("a", "b", "up") for k in s["vswitch_fdb_limit_refused_total"])
     assert value(s, "vswitch_worker_busy_seconds_total", worker="0") == 2.5
     assert value(s, "vswitch_worker_rounds_total", worker="1") == 20
     assert value(s, "vswitch_worker_sleeps_total", worker="0") == 4

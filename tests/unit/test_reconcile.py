@@ -111,3 +111,13 @@ def test_policy_change_together_with_a_negotiated_field_still_waits_only_for_tha
     new = cfg({"a": {**A, "queues": 4, "vlan": {"mode": "access", "id": 5}}})
     change = port_change("a", old.ports["a"], new.ports["a"])
     assert not change.restart and change.in_place == ("vlan",) and change.at_connect == ("queues",)
+
+
+def test_fdb_cap_applies_in_place_and_the_fdb_section_is_noticed():
+    for port in (A, TAP):
+        old, new = cfg({"a": port}), cfg({"a": {**port, "fdb_max_entries": 10}})
+        change = port_change("a", old.ports["a"], new.ports["a"])
+        assert not change.restart and change.in_place == ("fdb_max_entries",), port
+    p = plan(cfg({"a": A}), cfg({"a": A}, fdb={"aging_time": 5}))
+    assert p.fdb_changed and not p.empty and p.unchanged == ["a"] and p.summary()["fdb"]
+    assert not plan(cfg({"a": A}), cfg({"a": A})).fdb_changed
