@@ -46,7 +46,7 @@ def wanted_statics(config: Any, ports: Mapping[str, Any]) -> dict[tuple[str, int
     want: dict[tuple[str, int], int] = {}
     for name, port in ports.items():
         pc = port.config
-        if pc.mac:
+        if getattr(pc, "mac", None):   # a VXLAN port has none
             want[(pc.mac, port_vlan(pc))] = port.slot
     for entry in config.fdb.static:
         port = ports.get(entry.port)
@@ -75,7 +75,7 @@ class FdbControl:
         """Caps and static entries, wherever each port's slot is now."""
         for name, port in list(ports.items()):
             try:
-                self.dp.port_set_fdb_max(port.slot, port.config.fdb_max_entries)
+                self.dp.port_set_fdb_max(port.slot, getattr(port.config, "fdb_max_entries", None))
             except Exception as exc:   # a port between two slots (being re-created)
                 log.debug("fdb: port %s: cap not set: %s", name, exc)
         want = wanted_statics(config, ports)
