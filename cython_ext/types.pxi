@@ -166,6 +166,20 @@ cdef enum:
     # read buffer of one TAP frame: virtio_net_hdr + the largest GSO frame
     VS_TAP_BUF = VS_HDR_MAX + VS_MAX_FRAME + 64
 
+# Live capture of one port (capture.pxi): a ring in two halves, workers
+# append records to the active half under `lock`, the control plane swaps the
+# halves and reads the other one. NULL in vs_port.capture: no capture.
+ctypedef struct vs_capture:
+    int lock
+    int dirmask                    # CAP_IN | CAP_OUT
+    uint32_t snaplen
+    int active                     # half workers append to
+    uint64_t half                  # bytes per half
+    uint64_t used                  # bytes of records in the active half
+    uint8_t *buf[2]
+    uint64_t captured              # records written (under lock)
+    uint64_t lost                  # records that did not fit (under lock)
+
 ctypedef struct vs_port:
     int in_use
     int kind                       # PORT_VHOST or PORT_TAP
@@ -190,6 +204,7 @@ ctypedef struct vs_port:
     size_t log_map_len
     int log_all
     uint64_t log_marks             # ranges marked (racy between workers: a statistic)
+    vs_capture *capture            # live capture, or NULL (one test per burst/frame)
     vs_vring vq[VS_MAX_VRINGS]
 
 ctypedef struct vs_frame:

@@ -238,10 +238,13 @@ cdef void switch_burst(vs_switch *sw, vs_worker *w, int pidx, int qp, vs_vring *
     cdef uint8_t eth[12]
     cdef int dests[VS_BURST]
     cdef vs_frame *f
+    cdef vs_capture *cap = sw.ports[pidx].capture
     for i in range(n):
         f = &w.frames[i]
         if f.dst != FRAME_DROPPED or f.nseg == 0:
             continue
+        if cap != NULL:     # live capture, ingress: the frame as the port sent it
+            capture_frame(cap, CAP_IN, &w.segs[f.seg0], f.nseg, f.hdr_len, f.len)
         sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len, eth, 12)
         dst_mac = mac_load(eth)
         src_mac = mac_load(eth + 6)
@@ -355,6 +358,8 @@ cdef void deliver_to_tap(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq, i
             if errno == EBADFD:
                 dport.tap_errno = EBADFD
         else:
+            if dport.capture != NULL:     # live capture, egress: what the kernel was given
+                capture_frame(dport.capture, CAP_OUT, &w.segs[f.seg0], f.nseg, f.hdr_len, f.len)
             rvq.c.packets += 1
             rvq.c.bytes += f.len
             if f.gso_type != VS_GSO_NONE:

@@ -153,4 +153,5 @@ class TapPort:
             "features": [],
             "protocol_features": [],
             "queues": queues,
+            "capture": self.dp.capture_info(self.slot),     # None: no live capture
         }
