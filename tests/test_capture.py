@@ -129,6 +129,37 @@ def test_a_capture_belongs_to_its_connection(switch2):
     second.close()
 
 
+def test_duration_ends_the_capture_with_a_valid_file(switch2, tmp_path):
+    a = connect(switch2, "a")
+    connect(switch2, "b")
+    pcap = tmp_path / "d.pcap"
+    proc = subprocess.Popen([VSWITCHCTL, "--runtime-dir", str(switch2.runtime_dir), "capture", "a",
+                             "--duration", "1.5", "--snaplen", "64", "-w", str(pcap)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while switch2.port("a")["capture"] is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    sent = [frame("b", "a", i, 200) for i in range(3)]
+    for f in sent:
+        a.tx(0).post_tx(f)
+    start = time.monotonic()
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert time.monotonic() - start < 3
+    assert "3 frames captured, 0 lost" in err
+    data = pcap.read_bytes()
+    magic, major, minor, _, _, snaplen, linktype = struct.unpack_from("<IHHiIII", data)
+    assert (magic, major, minor, snaplen, linktype) == (0xA1B23C4D, 2, 4, 64, 1)
+    off, records = 24, []
+    while off < len(data):
+        _, nsec, caplen, orig = struct.unpack_from("<IIII", data, off)
+        assert nsec < 1_000_000_000
+        records.append((orig, data[off + 16:off + 16 + caplen]))
+        off += 16 + caplen
+    assert records == [(200, f[:64]) for f in sent]
+    assert switch2.port("a")["capture"] is None
+
+
 # --- two QEMU guests, vswitchctl and tshark ---------------------------------------------
 
 IP_A, IP_B = "10.0.7.1", "10.0.7.2"
