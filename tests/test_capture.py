@@ -9,6 +9,7 @@ with tshark.
 from __future__ import annotations
 
 import base64
+import os
 import signal
 import struct
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.guests import QemuGuest, build_image, default_cache_dir
+from tests.linux.netns import NetNs, link_exists, wait_for
 from tests.switch import VENV_BIN, Vswitchd
 from tests.test_datapath import MAC, connect, frame
 from vswitch.capture_client import _Conn
@@ -158,6 +160,40 @@ def test_duration_ends_the_capture_with_a_valid_file(switch2, tmp_path):
         off += 16 + caplen
     assert records == [(200, f[:64]) for f in sent]
     assert switch2.port("a")["capture"] is None
+
+
+def test_tap_port_capture_sees_what_the_kernel_gets_and_sends(tmp_path):
+    """Both TAP hooks: an ARP request given to the kernel (out) and the
+    kernel's reply read from the TAP (in)."""
+    ifname = f"vsc{os.getpid() % 100000}"
+    kernel_mac = bytes.fromhex("02000000097e")
+    with NetNs(f"vsc{os.getpid()}") as ns, \
+            Vswitchd(tmp_path, {"up": {"type": "tap", "ifname": ifname, "queues": 1},
+                                "a": {"type": "vhost-user", "queues": 1}}) as sw:
+        assert wait_for(lambda: link_exists(ifname), 30)
+        ns.move_in(ifname)
+        ns.ip("link", "set", ifname, "address", kernel_mac.hex(":"))
+        ns.ip("addr", "add", "10.9.0.254/24", "dev", ifname)
+        ns.ip("link", "set", ifname, "up")
+        sw.wait_port("up", lambda p: p["state"] == "up", timeout=30, what="TAP attached")
+        a = connect(sw, "a")
+        conn = ctl_conn(sw)
+        ok(conn.request("capture start", {"port": "up"}))
+        request = (b"\xff" * 6 + MAC["a"] + b"\x08\x06" + bytes([0, 1, 8, 0, 6, 4, 0, 1]) + MAC["a"]
+                   + bytes([10, 9, 0, 1]) + b"\x00" * 6 + bytes([10, 9, 0, 254])).ljust(60, b"\x00")
+        a.tx(0).post_tx(request)
+        deadline = time.monotonic() + 10
+        frames: list = []
+        while time.monotonic() < deadline and not any(
+                d == "in" and base64.b64decode(x)[12:14] == b"\x08\x06" for _, d, _, x in frames):
+            frames += read_frames(conn, 1, timeout=0.5)
+        given = [base64.b64decode(x) for _, d, _, x in frames if d == "out"]
+        assert request in given
+        replies = [base64.b64decode(x) for _, d, _, x in frames
+                   if d == "in" and base64.b64decode(x)[12:14] == b"\x08\x06"]
+        assert replies and replies[0][:12] == MAC["a"] + kernel_mac and replies[0][20:22] == b"\x00\x02"
+        ok(conn.request("capture stop"))
+        conn.close()
 
 
 # --- two QEMU guests, vswitchctl and tshark ---------------------------------------------
