@@ -22,7 +22,7 @@ import pytest
 from tests.guests import QemuGuest, build_image, default_cache_dir
 from tests.linux.netns import NetNs, link_exists, wait_for
 from tests.switch import VENV_BIN, Vswitchd
-from tests.test_datapath import MAC, connect, frame
+from tests.test_datapath import BCAST, MAC, connect, frame
 from vswitch.capture_client import _Conn
 
 VSWITCHCTL = str(VENV_BIN / "vswitchctl")
@@ -131,9 +131,30 @@ def test_a_capture_belongs_to_its_connection(switch2):
     second.close()
 
 
+def test_removing_a_captured_port_ends_the_capture(switch2):
+    """A reload that removes the port frees its capture with the slot; the
+    capturing vswitchctl is told, and the switch runs on."""
+    a = connect(switch2, "a")
+    b = connect(switch2, "b")
+    conn = ctl_conn(switch2)
+    ok(conn.request("capture start", {"port": "b"}))
+    a.tx(0).post_tx(frame(BCAST, "a", 1, 64))             # flooded to b: captured out
+    assert len(read_frames(conn, 1)) == 1
+    assert len(b.rx(0).recv_frames(1, timeout=5)) == 1
+    switch2.write_config({"a": switch2.ports["a"]})
+    assert switch2.reload().returncode == 0
+    reply = conn.request("capture read")
+    assert not reply["ok"] and "removed" in reply["error"]
+    a.tx(0).post_tx(frame(BCAST, "a", 2, 64))
+    time.sleep(0.2)
+    assert switch2.alive() and switch2.port("a")["capture"] is None
+    ok(conn.request("capture start", {"port": "a"}))       # the connection may start another
+    conn.close()
+
+
 def test_duration_ends_the_capture_with_a_valid_file(switch2, tmp_path):
     a = connect(switch2, "a")
-    connect(switch2, "b")
+    b = connect(switch2, "b")     # kept: a dropped front-end disconnects
     pcap = tmp_path / "d.pcap"
     proc = subprocess.Popen([VSWITCHCTL, "--runtime-dir", str(switch2.runtime_dir), "capture", "a",
                              "--duration", "1.5", "--snaplen", "64", "-w", str(pcap)],
