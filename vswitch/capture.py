@@ -58,6 +58,8 @@ class CaptureManager:
         return None
 
     def dispatch(self, command: str, args: dict, owner: object) -> dict:
+        if owner is None:       # dispatch() called outside a connection: nobody could stop it
+            return {"ok": False, "error": "capture needs a control connection"}
         if command == "capture start":
             return self._start(args, owner)
         session = self.by_owner.get(owner)
@@ -117,6 +119,12 @@ class CaptureManager:
         session = self.by_owner.pop(owner, None)
         if session is None or not self._alive(session):
             return
-        result = self.switch.dp.capture_stop(session.slot)
+        from ._datapath import DatapathError
+        try:
+            result = self.switch.dp.capture_stop(session.slot)
+        except DatapathError as exc:
+            # usually the daemon stopping: the port (and its capture) went first
+            log.debug("capture of port %s: %s", session.port_name, exc)
+            return
         log.info("capture of port %s ended with its control connection: %d captured, %d lost",
                  session.port_name, result["captured"], result["lost"])
