@@ -152,6 +152,25 @@ def test_removing_a_captured_port_ends_the_capture(switch2):
     conn.close()
 
 
+def test_daemon_stopping_during_a_capture(tmp_path):
+    """vswitchctl says so and leaves a valid file; the daemon stops cleanly."""
+    sw = Vswitchd(tmp_path, {"a": {"type": "vhost-user", "queues": 1}}).start()
+    try:
+        pcap = tmp_path / "s.pcap"
+        proc = subprocess.Popen([VSWITCHCTL, "--runtime-dir", str(sw.runtime_dir), "capture", "a",
+                                 "-w", str(pcap)], stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 10
+        while sw.port("a")["capture"] is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        assert sw.stop() == 0
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 1 and "lost vswitchd" in err
+    assert subprocess.run(["tshark", "-r", str(pcap)], capture_output=True).returncode == 0
+    log = sw.log_path.read_text()
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+
+
 def test_duration_ends_the_capture_with_a_valid_file(switch2, tmp_path):
     a = connect(switch2, "a")
     b = connect(switch2, "b")     # kept: a dropped front-end disconnects

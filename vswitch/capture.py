@@ -68,19 +68,25 @@ class CaptureManager:
         if not self._alive(session):
             del self.by_owner[owner]
             return {"ok": False, "error": f"port {session.port_name!r} was removed or rebuilt: capture ended"}
+        from ._datapath import DatapathError
         dp = self.switch.dp
-        if command == "capture read":
-            frames = dp.capture_drain(session.slot)
-            info = dp.capture_info(session.slot)
-            return {"ok": True, "result": {"frames": _encode(frames), "captured": info["captured"],
-                                           "lost": info["lost"]}}
-        if command == "capture stop":
-            del self.by_owner[owner]
-            result = dp.capture_stop(session.slot)
-            log.info("capture of port %s stopped: %d captured, %d lost", session.port_name,
-                     result["captured"], result["lost"])
-            return {"ok": True, "result": {"frames": _encode(result["frames"]),
-                                           "captured": result["captured"], "lost": result["lost"]}}
+        try:
+            if command == "capture read":
+                frames = dp.capture_drain(session.slot)
+                info = dp.capture_info(session.slot)
+                return {"ok": True, "result": {"frames": _encode(frames), "captured": info["captured"],
+                                               "lost": info["lost"]}}
+            if command == "capture stop":
+                del self.by_owner[owner]
+                result = dp.capture_stop(session.slot)
+                log.info("capture of port %s stopped: %d captured, %d lost", session.port_name,
+                         result["captured"], result["lost"])
+                return {"ok": True, "result": {"frames": _encode(result["frames"]),
+                                               "captured": result["captured"], "lost": result["lost"]}}
+        except DatapathError as exc:
+            # the port's slot went away under us (the daemon is stopping)
+            self.by_owner.pop(owner, None)
+            return {"ok": False, "error": f"capture of port {session.port_name!r} ended: {exc}"}
         return {"ok": False, "error": f"unknown command {command!r}"}
 
     def _start(self, args: dict, owner: object) -> dict:

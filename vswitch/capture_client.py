@@ -97,9 +97,15 @@ def run_capture(path: str, port: str, out_path: str, direction: str = "both", co
         try:
             while True:
                 done = stop or (deadline is not None and time.monotonic() >= deadline)
-                reply = conn.request("capture stop" if done else "capture read")
+                try:
+                    reply = conn.request("capture stop" if done else "capture read")
+                except OSError as exc:       # vswitchd stopped: keep what we have
+                    print(f"vswitchctl: lost vswitchd: {exc.strerror or exc}; "
+                          f"{writer.frames} frames captured, {lost} lost", file=sys.stderr)
+                    return 1
                 if not reply.get("ok"):
-                    print(f"vswitchctl: {reply.get('error')}", file=sys.stderr)
+                    print(f"vswitchctl: {reply.get('error')}; {writer.frames} frames captured, {lost} lost",
+                          file=sys.stderr)
                     return 1
                 result = reply["result"]
                 lost = result["lost"]

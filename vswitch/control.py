@@ -76,6 +76,10 @@ class ControlServer:
                 await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass
+        except asyncio.CancelledError:
+            # The daemon stops with this connection open (a running capture):
+            # end quietly; re-raising makes asyncio's stream callback log an error.
+            pass
         finally:
             try:
                 self.captures.release(owner)
