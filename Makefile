@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 # Debian packages: to build (compiler, headers, venv) and to test against real peers.
 BUILD_DEBS := gcc python3-dev python3-venv
-TEST_DEBS  := qemu-system-x86 dpdk-dev busybox-static iperf3 ethtool iproute2 procps iputils-ping
+TEST_DEBS  := qemu-system-x86 dpdk-dev busybox-static iperf3 ethtool iproute2 procps iputils-ping tshark
 TEST_PIPS  := pytest hypothesis jsonschema atheris==3.0.0
 
 .PHONY: all run test bench build deps-build deps-test venv clean

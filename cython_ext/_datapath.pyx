@@ -18,6 +18,7 @@ include "offload.pxi"
 include "policy.pxi"
 include "worker.pxi"
 include "vxlan.pxi"
+include "capture.pxi"
 
 import os
 import threading
@@ -166,6 +167,7 @@ cdef class Datapath:
                 if port != NULL:
                     self._release_port_resources(port)
                     free(port.vx)
+                    capture_free(port.capture)      # workers are stopped
                     free(port)
             free(self.sw)
         free(self.ctlw)
@@ -342,9 +344,14 @@ cdef class Datapath:
 
     def port_remove(self, int p):
         cdef vs_port *port = self._port(p)
+        cdef vs_capture *cap = port.capture
         self.port_reset(p)
         # Entries pinned to the slot go too: a later port may reuse the slot.
         fdb_forget(self.sw, p, FDB_ANY, True)
+        if cap != NULL:         # a capture ends with its port (port_reset quiesced)
+            port.capture = NULL
+            self._quiesce()
+            capture_free(cap)
         port.in_use = 0
 
     cdef void _release_port_resources(self, vs_port *port) noexcept:
@@ -1153,6 +1160,67 @@ cdef class Datapath:
         cdef uint64_t m = int(mac.replace(":", ""), 16)
         cdef int d = fdb_lookup(self.sw, self._vlan(vlan), m)
         return None if d < 0 else d
+
+    # --- live capture (capture.pxi) ---------------------------------------------
+
+    def capture_start(self, int p, str direction="both", uint32_t snaplen=CAP_MAX_SNAPLEN,
+                      uint64_t ring_bytes=4 << 20):
+        """Start copying port p's frames into a new capture ring of ring_bytes
+        (two halves; a frame that does not fit in the current half is lost).
+        direction: "in" (from the port), "out" (to the port) or "both"."""
+        cdef vs_port *port = self._port(p)
+        cdef vs_capture *cap
+        if port.capture != NULL:
+            raise DatapathError(f"port {p} is already being captured")
+        if direction not in CAPTURE_DIRECTIONS:
+            raise DatapathError(f"capture direction must be in, out or both, not {direction!r}")
+        if not 1 <= snaplen <= CAP_MAX_SNAPLEN:
+            raise DatapathError(f"snaplen must be 1..{CAP_MAX_SNAPLEN}")
+        if not CAP_MIN_RING <= ring_bytes <= CAP_MAX_RING:
+            raise DatapathError(f"capture ring must be {CAP_MIN_RING}..{CAP_MAX_RING} bytes")
+        cap = capture_alloc(CAPTURE_DIRECTIONS[direction], snaplen, ring_bytes)
+        if cap == NULL:
+            raise MemoryError()
+        vs_mb()                 # the ring is initialised before workers can see it
+        port.capture = cap
+        vs_mb()
+
+    def capture_drain(self, int p):
+        """The records captured since the last drain: [(ts_ns, "in"|"out", orig_len, bytes)]."""
+        cdef vs_port *port = self._port(p)
+        if port.capture == NULL:
+            raise DatapathError(f"port {p} is not being captured")
+        return capture_collect(port.capture)
+
+    def capture_info(self, int p):
+        """None, or {direction, snaplen, ring_bytes, captured, lost} of the running capture."""
+        cdef vs_port *port = self._port(p)
+        cdef vs_capture *cap = port.capture
+        if cap == NULL:
+            return None
+        names = {v: k for k, v in CAPTURE_DIRECTIONS.items()}
+        return {"direction": names[cap.dirmask], "snaplen": cap.snaplen,
+                "ring_bytes": 2 * cap.half, "captured": cap.captured, "lost": cap.lost}
+
+    def capture_stop(self, int p):
+        """Detach and free the capture: {captured, lost, frames} where frames
+        are the records not drained yet."""
+        cdef vs_port *port = self._port(p)
+        cdef vs_capture *cap = port.capture
+        if cap == NULL:
+            raise DatapathError(f"port {p} is not being captured")
+        self._capture_detach(port)
+        frames = capture_collect(cap)
+        result = {"captured": cap.captured, "lost": cap.lost, "frames": frames}
+        capture_free(cap)
+        return result
+
+    cdef int _capture_detach(self, vs_port *port) except -1:
+        """Unpublish the port's capture and wait until no worker can hold it.
+        The caller frees it (or reads it first)."""
+        port.capture = NULL
+        self._quiesce()
+        return 0
 
 
 # --- test hooks for offload.pxi ---

@@ -225,6 +225,20 @@ ctypedef struct vs_vxlan:
     uint64_t macs[VS_VXLAN_MACS]   # (mac << 16) | (remote + 1); written by the port's RX worker only
     uint64_t macs_full             # learn attempts that found no slot (those MACs are flooded)
 
+# Live capture of one port (capture.pxi): a ring in two halves, workers
+# append records to the active half under `lock`, the control plane swaps the
+# halves and reads the other one. NULL in vs_port.capture: no capture.
+ctypedef struct vs_capture:
+    int lock
+    int dirmask                    # CAP_IN | CAP_OUT
+    uint32_t snaplen
+    int active                     # half workers append to
+    uint64_t half                  # bytes per half
+    uint64_t used                  # bytes of records in the active half
+    uint8_t *buf[2]
+    uint64_t captured              # records written (under lock)
+    uint64_t lost                  # records that did not fit (under lock)
+
 ctypedef struct vs_port:
     int in_use
     int kind                       # PORT_VHOST, PORT_TAP or PORT_VXLAN
@@ -275,6 +289,8 @@ ctypedef struct vs_port:
     uint32_t fdb_max
     int64_t fdb_max_set
     uint64_t fdb_limit_refused
+
+    vs_capture *capture            # live capture, or NULL (one test per burst/frame)
     vs_vring vq[VS_MAX_VRINGS]
 
 ctypedef struct vs_frame:

@@ -297,4 +297,6 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
         vring_put_used(vq, w.rxchains[i].head, fill)
     vq.c.packets += 1
     vq.c.bytes += flen
+    if dport.capture != NULL:     # live capture, egress: the frame as this guest got it
+        capture_frame(dport.capture, CAP_OUT, src, nsrc, src_off, flen)
     return 0

@@ -268,6 +268,8 @@ cdef void deliver_to_vxlan(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
             rvq.c.drops[DROP_BAD_OFFLOAD] += 1
             continue
         f = vf                                 # the frame as this port sends it (VLAN tag)
+        if dport.capture != NULL:              # live capture, egress: the inner frame
+            capture_frame(dport.capture, CAP_OUT, segs, f.nseg, f.hdr_len, f.len)
         remote = -1 if (eth[0] & 1) else vxlan_mac_lookup(vx, mac_load(eth))
         if f.gso_type == VS_GSO_NONE and not (f.vflags & VNET_F_NEEDS_CSUM):
             # The common case: gather the source's buffers behind the header.

@@ -331,12 +331,15 @@ cdef void switch_burst(vs_switch *sw, vs_worker *w, int pidx, int qp, vs_vring *
     cdef uint16_t tci
     cdef int dests[VS_BURST]
     cdef vs_frame *f
+    cdef vs_capture *cap = port.capture
     if port.ingress_policy:
         now = now_ns()
     for i in range(n):
         f = &w.frames[i]
         if f.dst != FRAME_DROPPED or f.nseg == 0:
             continue
+        if cap != NULL:     # live capture, ingress: the frame as the port sent it
+            capture_frame(cap, CAP_IN, &w.segs[f.seg0], f.nseg, f.hdr_len, f.len)
         sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len, eth, 14)
         tci = VS_NO_TCI
         if eth[12] == 0x81 and eth[13] == 0x00 and f.len >= 18:
@@ -491,6 +494,8 @@ cdef void deliver_to_tap(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq, i
             if errno == EBADFD:
                 dport.tap_errno = EBADFD
         else:
+            if dport.capture != NULL:     # live capture, egress: what the kernel was given
+                capture_frame(dport.capture, CAP_OUT, segs, vf.nseg, vf.hdr_len, vf.len)
             rvq.c.packets += 1
             rvq.c.bytes += vf.len
             if vf.gso_type != VS_GSO_NONE:

@@ -67,6 +67,9 @@ def _render_port(port: dict) -> str:
     if port.get("pending"):
         lines.append("  pending until the guest reconnects: "
                      + ", ".join(f"{k}={v}" for k, v in port["pending"].items()))
+    if port.get("capture"):
+        c = port["capture"]
+        lines.append(f"  capture running: direction {c['direction']}, captured {c['captured']}, lost {c['lost']}")
     if port.get("last_error"):
         lines.append(f"  last error: {port['last_error']}")
     for alert in port.get("alerts", {}).values():
@@ -106,6 +109,9 @@ USAGE = """commands:
   reload [--force]          re-read the daemon's file and apply the difference;
                             --force restarts ports whose guest-negotiated settings changed
   version                   daemon and vswitchctl versions
+  capture PORT -w FILE      live capture into a pcap file (-w -: stdout), until
+                            --count N frames, --duration S seconds or Ctrl-C;
+                            --direction in|out|both (default both), --snaplen B
 """
 
 
@@ -186,6 +192,35 @@ def _render(command: str, result) -> str:
     return json.dumps(result, indent=2)
 
 
+def _runtime_dir(args) -> str | None:
+    runtime_dir = args.runtime_dir or os.environ.get("VSWITCH_RUNTIME_DIR", DEFAULT_RUNTIME_DIR)
+    if args.config:
+        from .config import ConfigError, load_config
+        try:
+            runtime_dir = load_config(args.config).runtime_dir
+        except (ConfigError, OSError) as exc:
+            print(f"vswitchctl: {args.config}: {exc}", file=sys.stderr)
+            return None
+    return runtime_dir
+
+
+def _capture(args) -> int:
+    from .capture_client import run_capture
+    if len(args.command) != 2 or not args.write:
+        print("vswitchctl: usage: capture PORT -w FILE [--direction in|out|both] [--count N]"
+              " [--duration S] [--snaplen B]", file=sys.stderr)
+        return 2
+    if (args.count is not None and args.count < 1) or (args.duration is not None and args.duration <= 0) \
+            or not 1 <= args.snaplen <= 262144:
+        print("vswitchctl: --count and --duration must be positive, --snaplen 1..262144", file=sys.stderr)
+        return 2
+    runtime_dir = _runtime_dir(args)
+    if runtime_dir is None:
+        return 1
+    return run_capture(os.path.join(runtime_dir, "vswitchd.ctl"), args.command[1], args.write,
+                       args.direction, args.count, args.duration, args.snaplen)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vswitchctl", description="control a running vswitchd",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -201,10 +236,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", default=None, help="fdb show/flush: only this port")
     parser.add_argument("--vlan", type=int, default=None, help="fdb show/flush: only this VLAN")
     parser.add_argument("command", nargs="+", help="see below")
+    cap = parser.add_argument_group("capture")
+    cap.add_argument("-w", dest="write", metavar="FILE", help="capture: pcap file to write, - for stdout")
+    cap.add_argument("--direction", choices=("in", "out", "both"), default="both",
+                     help="capture: frames from the port (in), to it (out), or both")
+    cap.add_argument("--count", type=int, default=None, help="capture: stop after N frames")
+    cap.add_argument("--duration", type=float, default=None, help="capture: stop after S seconds")
+    cap.add_argument("--snaplen", type=int, default=262144, help="capture: bytes kept per frame")
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_intermixed_args(argv)
     except SystemExit as exc:
         return 2 if exc.code else 0
+    if args.command[0] == "capture":
+        return _capture(args)
     parsed = _parse(args.command)
     if parsed is None:
         print(f"vswitchctl: unknown command: {' '.join(args.command)} (see vswitchctl --help)",

@@ -1,7 +1,8 @@
 """The control socket: one JSON request per line, one JSON reply per line.
 
 Request: {"command": "show" | "port list" | "port show" | "fdb show" | "fdb flush" | "stats"
-          | "reload" | "version" | "debug stall-worker", "args": {...}}
+          | "reload" | "version" | "debug stall-worker"
+          | "capture start" | "capture read" | "capture stop" (capture.py), "args": {...}}
 Reply:   {"ok": true, "result": ...} or {"ok": false, "error": "...", "result"?: ...}
 
 The socket is mode 0660 in the runtime directory, group `control.group` of
@@ -18,6 +19,7 @@ import os
 from typing import TYPE_CHECKING
 
 from . import __version__
+from .capture import CaptureManager
 
 if TYPE_CHECKING:
     from .daemon import Switch
@@ -34,6 +36,7 @@ class ControlServer:
         self.path = path
         self.group = group
         self.server: asyncio.AbstractServer | None = None
+        self.captures = CaptureManager(switch)
 
     async def start(self) -> None:
         # We hold the runtime directory's lock, so any file here is stale.
@@ -66,16 +69,25 @@ class ControlServer:
                 pass
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        owner = object()     # this connection: owns the captures it starts
         try:
             while line := await reader.readline():
-                writer.write((json.dumps(await self.dispatch(line)) + "\n").encode())
+                writer.write((json.dumps(await self.dispatch(line, owner)) + "\n").encode())
                 await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass
+        except asyncio.CancelledError:
+            # The daemon stops with this connection open (a running capture):
+            # end quietly; re-raising makes asyncio's stream callback log an error.
+            pass
         finally:
+            try:
+                self.captures.release(owner)
+            except Exception:
+                log.exception("stopping the capture of a closed control connection failed")
             writer.close()
 
-    async def dispatch(self, line: bytes) -> dict:
+    async def dispatch(self, line: bytes, owner: object = None) -> dict:
         try:
             request = json.loads(line)
             command = request["command"]
@@ -110,6 +122,8 @@ class ControlServer:
                 return {"ok": True, "result": result}
             if command == "version":
                 return {"ok": True, "result": {"version": __version__}}
+            if command.startswith("capture "):
+                return self.captures.dispatch(command, args, owner)
             if command == "debug vring":
                 port = sw.ports.get(args.get("name") or args.get("port"))
                 if port is None:

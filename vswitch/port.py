@@ -476,6 +476,7 @@ class VhostUserPort:
             "dirty_log": self.dp.log_info(self.slot),
             "memory_regions": [{"gpa": gpa, "size": size} for gpa, size, _ in self.dp.memory_regions(self.slot)],
             "rarps": self.session.rarps if self.session is not None else 0,
+            "capture": self.dp.capture_info(self.slot),     # None: no live capture
             "features_offered": p.decode_bits(self.offer.features, p.Feature),
             "pending": ({f.name: getattr(self.pending, f.name) for f in dataclasses.fields(self.config)
                          if getattr(self.pending, f.name) != getattr(self.config, f.name)}

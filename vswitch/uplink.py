@@ -160,4 +160,5 @@ class TapPort:
             "protocol_features": [],
             "queues": queues,
             "policy": describe_policy(self.config),
+            "capture": self.dp.capture_info(self.slot),     # None: no live capture
         }

@@ -192,4 +192,5 @@ class VxlanPort:
             "protocol_features": [],
             "queues": queues,
             "policy": describe_policy(cfg),
+            "capture": self.dp.capture_info(self.slot),     # None: no live capture
         }
