@@ -849,9 +849,10 @@ cdef class Datapath:
         self._set_policy_bit(port, POL_STORM, bool(broadcast or multicast or unknown_unicast))
 
     def port_set_policer(self, int p, str direction, rate_bps=None, burst_bytes=None,
-                         pps=None, pps_burst=None):
+                         pps=None, pps_burst=None, str action="drop"):
         """Police frames from ("ingress") or to ("egress") the port: bits/s with
-        a burst in bytes, frames/s with a burst in frames; None: no limit."""
+        a burst in bytes, frames/s with a burst in frames; None: no limit.
+        action "hold" (ingress): frames wait in the port's TX rings for credit."""
         cdef vs_port *port = self._port(p)
         cdef vs_gcra *b
         cdef vs_gcra *k
@@ -864,8 +865,11 @@ cdef class Datapath:
         Datapath._gcra_set(b, (rate_bps or 0) / 8.0, burst_bytes or 0)
         Datapath._gcra_set(k, pps or 0, pps_burst or 0)
         on = bool(rate_bps or pps)
+        if action not in ("drop", "hold") or (action == "hold" and direction != "ingress"):
+            raise DatapathError(f"action {action!r} is not possible for {direction} policing")
         if direction == "ingress":
-            self._set_policy_bit(port, POL_POLICE, on)
+            self._set_policy_bit(port, POL_POLICE, on and action == "drop")
+            self._set_policy_bit(port, POL_SHAPE, on and action == "hold")
         else:
             vs_store_release_int(&port.egress_policy, POL_POLICE if on else 0)
 

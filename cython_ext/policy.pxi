@@ -162,24 +162,68 @@ cdef inline bint gcra_conform(vs_gcra *g, uint64_t now, uint64_t units) noexcept
 
 
 cdef inline void frame_wire_cost(vs_frame *f, uint64_t *nbytes, uint64_t *npkts) noexcept nogil:
-    """Bytes and frames this frame is on the wire: a GSO frame is charged per
-    segment it becomes, each with its own copy of the headers."""
+    """IP bytes and frames this frame is on the wire: a GSO frame is charged
+    per segment it becomes, each with its own copy of the headers. Rates
+    count L3 bytes (the Ethernet header and any VLAN tag are not charged), as
+    IP tools and cloud QoS APIs state bandwidth."""
+    cdef uint32_t l2 = VS_ETH_HLEN if f.tci == VS_NO_TCI else VS_ETH_HLEN + 4
     cdef uint32_t hl, payload, nseg
+    if f.len <= l2:
+        nbytes[0] = 0
+        npkts[0] = 1
+        return
     if f.gso_type == VS_GSO_NONE or f.gso_size == 0:
-        nbytes[0] = f.len
+        nbytes[0] = f.len - l2
         npkts[0] = 1
         return
     hl = f.vhdr_len
     if hl < <uint32_t>f.csum_start + 20:
         hl = <uint32_t>f.csum_start + 20
-    if hl >= f.len:
-        nbytes[0] = f.len
+    if hl >= f.len or hl <= l2:
+        nbytes[0] = f.len - l2
         npkts[0] = 1
         return
     payload = f.len - hl
     nseg = (payload + f.gso_size - 1) // f.gso_size
-    nbytes[0] = <uint64_t>f.len + <uint64_t>(nseg - 1) * hl
+    nbytes[0] = <uint64_t>(f.len - l2) + <uint64_t>(nseg - 1) * (hl - l2)
     npkts[0] = nseg
+
+
+cdef inline void gcra_charge(vs_gcra *g, uint64_t now, uint64_t units) noexcept nogil:
+    """Charge unconditionally (shaping: the frame was taken because the
+    bucket conformed before its burst was dequeued)."""
+    cdef uint64_t tat, cost, base
+    cdef int tries
+    if g.k_q16 == 0:
+        return
+    if units > (<uint64_t>0xffffffffffffffff) // g.k_q16:
+        cost = <uint64_t>1 << 40          # ~18 min of debt: a hostile size, bounded
+    else:
+        cost = (units * g.k_q16) >> 16
+    for tries in range(8):
+        tat = vs_load_relaxed_u64(&g.tat)
+        base = tat if tat > now else now
+        if vs_cas_u64(&g.tat, tat, base + cost):
+            return
+
+
+cdef inline uint64_t gcra_wait(vs_gcra *g, uint64_t now) noexcept nogil:
+    """Nanoseconds until g conforms again (0: it does now)."""
+    cdef uint64_t tat
+    if g.k_q16 == 0:
+        return 0
+    tat = vs_load_relaxed_u64(&g.tat)
+    if tat <= now + g.tol_ns:
+        return 0
+    return tat - now - g.tol_ns
+
+
+cdef inline uint64_t shape_wait(vs_port *p, uint64_t now) noexcept nogil:
+    """A port whose ingress limit holds frames in its TX rings: how long
+    until its rings may be read again (0: now)."""
+    cdef uint64_t a = gcra_wait(&p.in_bytes, now)
+    cdef uint64_t b = gcra_wait(&p.in_pkts, now)
+    return a if a > b else b
 
 
 cdef inline bint police(vs_gcra *bytes_b, vs_gcra *pkts_b, vs_frame *f, uint64_t now) noexcept nogil:

@@ -201,6 +201,7 @@ cdef enum:
     POL_SECURITY = 1               # vs_port.ingress_policy bits: which checks run
     POL_STORM = 2
     POL_POLICE = 4
+    POL_SHAPE = 8                  # ingress limit with action hold: rings wait for credit
 
 # VXLAN ports (vxlan.pxi): a UDP socket the control plane bound, the VNI, the
 # remote VTEPs as ready-made sockaddrs, and which remote each inner MAC was

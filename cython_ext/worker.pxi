@@ -269,8 +269,14 @@ cdef inline int ingress_policy(vs_switch *sw, vs_port *port, vs_frame *f, uint64
     before it may teach the FDB or be switched. 0 or a drop reason."""
     if port.ingress_policy & POL_SECURITY and not source_allowed(port, src_mac):
         return DROP_SPOOFED_SOURCE
+    cdef uint64_t nbytes, npkts
     if port.ingress_policy & POL_POLICE and not police(&port.in_bytes, &port.in_pkts, f, now):
         return DROP_RATE_LIMITED
+    if port.ingress_policy & POL_SHAPE:
+        # taken from the ring because the bucket had credit: charge it all
+        frame_wire_cost(f, &nbytes, &npkts)
+        gcra_charge(&port.in_bytes, now, nbytes)
+        gcra_charge(&port.in_pkts, now, npkts)
     return 0
 
 
@@ -655,6 +661,7 @@ cdef void worker_sleep(vs_switch *sw, vs_worker *w) noexcept nogil:
     then (after a full barrier, so the guest sees them before we look) every
     ring is checked once more; only if all are still empty do we sleep."""
     cdef int p, qp, n, i, nports, timeout = SLEEP_TIMEOUT_MS
+    cdef uint64_t wait
     cdef bint pending = False
     cdef vs_port *port
     cdef vs_vring *vq
@@ -685,6 +692,13 @@ cdef void worker_sleep(vs_switch *sw, vs_worker *w) noexcept nogil:
             vq = &port.vq[2 * qp + 1]
             if vs_load_acquire_int(&vq.started) and not vs_load_acquire_int(&vq.broken) and \
                     vs_load_acquire_u16(&vq.avail.idx) != vq.last_avail:
+                if port.ingress_policy & POL_SHAPE:
+                    # held for credit: sleep until the bucket has it, not a spin
+                    wait = shape_wait(port, now_ns())
+                    if wait:
+                        if <int>(wait // 1000000 + 1) < timeout:
+                            timeout = <int>(wait // 1000000 + 1)
+                        continue
                 pending = True
     if not pending:
         w.idle_sleeps += 1
@@ -727,17 +741,26 @@ cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
     cdef int p, qp, nports, work
     cdef uint32_t idle = 0
     cdef int64_t now, idle_since = 0, busy_since = 0
+    cdef uint64_t shape_now
     cdef uint32_t busy_rounds = 0
     cdef timespec ts
     cdef vs_port *port
     cdef vs_vring *vq
     while not vs_load_acquire_int(&w.quit):
         work = 0
+        shape_now = 0
         nports = vs_load_acquire_int(&sw.nports_hi)
         for p in range(nports):
             port = sw.ports[p]
             if port == NULL or not vs_load_acquire_int(&port.active):
                 continue
+            if port.ingress_policy & POL_SHAPE:
+                # ingress limit with action hold: the frames wait in the
+                # guest's own TX ring until the bucket has credit again
+                if shape_now == 0:
+                    shape_now = now_ns()
+                if shape_wait(port, shape_now):
+                    continue
             for qp in range(port.nqp):
                 if not worker_owns(sw, w, p, qp):
                     continue

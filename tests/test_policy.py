@@ -213,19 +213,20 @@ def test_ingress_policer_charges_gso_frames_per_segment(tmp_path):
 
 
 def test_byte_policer_on_ingress_and_egress(tmp_path):
-    # 80 kbit/s = 10000 B/s with a 3000-byte burst: three 1000-byte frames pass at once
+    # 80 kbit/s = 10000 B/s of IP bytes with a 3000-byte burst: three frames of
+    # 1014 bytes (1000 after the Ethernet header, which is not charged) pass at once
     ports = {"a": {"type": "vhost-user", "ingress_policing": {"rate": "80kbit", "burst": 3000}},
              "b": {"type": "vhost-user", "egress_policing": {"rate": 80000, "burst": 3000}},
              "c": {"type": "vhost-user"}}
     with Vswitchd(tmp_path, ports) as sw:
         a, b, c = (connect(sw, n) for n in "abc")
         # published at once: one burst, one clock reading, exact counts
-        a.tx(0).post_tx_frames([frame("c", "a", i, 1000) for i in range(10)])
+        a.tx(0).post_tx_frames([frame("c", "a", i, 1014) for i in range(10)])
         assert len(drain(c)) == 3
         assert sw.drops("a") == {"rate_limited": 7}
         drain(b)                  # a's frames flooded to b too (c was unknown): b's bucket paid
         time.sleep(0.5)           # ... and refills (3000 bytes at 10000 B/s)
-        c.tx(0).post_tx_frames([frame("b", "c", i, 1000) for i in range(10)])
+        c.tx(0).post_tx_frames([frame("b", "c", i, 1014) for i in range(10)])
         assert len(drain(b)) == 3
         assert sw.drops("b")["rate_limited"] >= 7       # counted at the egress port
         assert sw.drops("c") == {}
@@ -247,3 +248,24 @@ def test_mirror_copies_both_directions_as_the_port_saw_them(tmp_path):
         # a's frames as a sent them and as a received them: untagged
         assert drain(mon) == [out, back]
         assert all(sw.drops(n) == {} for n in ("a", "b", "mon"))
+
+
+def test_ingress_limit_with_hold_delays_frames_in_the_guest_ring_and_drops_none(tmp_path):
+    ports = {"a": {"type": "vhost-user",
+                   "ingress_policing": {"pps": 100, "pps_burst": 10, "action": "hold"}},
+             "b": {"type": "vhost-user"}}
+    with Vswitchd(tmp_path, ports) as sw:
+        a, b = connect(sw, "a"), connect(sw, "b")
+        sent = [frame("b", "a", i) for i in range(50)]
+        t0 = time.monotonic()
+        a.tx(0).post_tx_frames(sent)
+        got = []
+        while len(got) < 50 and time.monotonic() - t0 < 10:
+            got += [g.frame for g in b.rx(0).recv_frames(50 - len(got), timeout=0.5)]
+        elapsed = time.monotonic() - t0
+        assert got == sent                       # all of them, in order
+        assert sw.drops("a") == {} and sw.drops("b") == {}
+        # at most a burst of 32 is taken at once; the rest waits in a's ring
+        # until 100 frames/s (minus 10 of burst) have paid for it
+        assert elapsed >= 0.2, elapsed
+        assert sw.port("a")["policy"]["ingress_policing"]["action"] == "hold"

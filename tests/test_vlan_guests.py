@@ -1,21 +1,20 @@
-"""VLANs and port security with real QEMU guests and the kernel's 802.1Q.
+"""VLANs and port security with real QEMU guests and the Linux 802.1Q driver.
 
 Four guests in one IP subnet, two per VLAN on access ports (so a ping across
-VLANs fails only because the switch keeps the VLANs apart), and a TAP uplink
-as a trunk whose kernel side has VLAN devices in two network namespaces:
-up.10 and up.20. Guest a1's port allows only its own MAC.
+VLANs fails only because the switch keeps the VLANs apart), and a fifth guest
+on a trunk port carrying both VLANs, with the guest kernel's VLAN interfaces
+eth0.10 and eth0.20 (this host's kernel has no 8021q module, so the TAP
+uplink cannot be the trunk's other end here). Guest a1's port allows only its
+own MAC.
 """
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
 from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.linux.netns import NetNs, link_exists
 from tests.switch import Vswitchd
-from tests.test_uplink import wait_for
 
 BOOT_TIMEOUT = 300
 GUESTS = {  # name: (vlan, mac, ip)
@@ -35,39 +34,37 @@ def image():
 @pytest.fixture(scope="module")
 def lan(tmp_path_factory, image):
     work = tmp_path_factory.mktemp("vlan")
-    ifname = f"vsv{os.getpid() % 100000}"
     ports: dict[str, dict] = {
         name: {"type": "vhost-user", "vlan": {"mode": "access", "id": vlan}}
         for name, (vlan, _, _) in GUESTS.items()}
     ports["a1"]["allowed_macs"] = [GUESTS["a1"][1]]
-    ports["up"] = {"type": "tap", "ifname": ifname, "vlan": {"mode": "trunk", "allowed": [10, 20]}}
+    ports["t"] = {"type": "vhost-user", "vlan": {"mode": "trunk", "allowed": [10, 20]}}
     sw = Vswitchd(work / "switch", ports)
-    ns = {10: NetNs(f"vsv10-{os.getpid()}").create(), 20: NetNs(f"vsv20-{os.getpid()}").create()}
     guests: dict[str, QemuGuest] = {}
     try:
         sw.start()
-        wait_for(lambda: link_exists(ifname), 30, "TAP created")
-        ns[10].move_in(ifname)
-        ns[10].ip("link", "set", ifname, "up")
-        for vid in (10, 20):
-            ns[10].ip("link", "add", "link", ifname, "name", f"up.{vid}", "type", "vlan", "id", str(vid))
-        ns[10].ip("link", "set", "up.20", "netns", ns[20].name)
-        for vid in (10, 20):
-            ns[vid].ip("addr", "add", f"{TRUNK_IP[vid]}/24", "dev", f"up.{vid}")
-            ns[vid].ip("link", "set", f"up.{vid}", "up")
         for name, (_, mac, ip) in GUESTS.items():
             guests[name] = QemuGuest(name, image, sw.socket(name), mac=mac, ip=f"{ip}/24",
                                      workdir=work / name)
-            guests[name].start()
+        guests["t"] = QemuGuest("t", image, sw.socket("t"), mac="52:54:00:00:09:10",
+                                workdir=work / "t")
+        for g in guests.values():
+            g.start()
         for g in guests.values():
             g.wait_booted(BOOT_TIMEOUT)
-        yield sw, guests, ns
+        # The trunk guest: VLAN interfaces on eth0, one address per VLAN in the
+        # same subnet, VLAN 20's peers routed through eth0.20.
+        t = guests["t"]
+        t.check_output("ip link set eth0 up && vconfig add eth0 10 && vconfig add eth0 20")
+        t.check_output(f"ip addr add {TRUNK_IP[10]}/24 dev eth0.10 && ip link set eth0.10 up")
+        t.check_output(f"ip addr add {TRUNK_IP[20]}/32 dev eth0.20 && ip link set eth0.20 up")
+        for name in ("b1", "b2"):
+            t.check_output(f"ip route add {ip_of(name)}/32 dev eth0.20 src {TRUNK_IP[20]}")
+        yield sw, guests
     finally:
         for g in guests.values():
             g.stop()
         sw.stop()
-        for n in ns.values():
-            n.delete()
 
 
 def ip_of(name: str) -> str:
@@ -75,40 +72,44 @@ def ip_of(name: str) -> str:
 
 
 def test_pings_within_a_vlan_pass(lan):
-    sw, g, _ = lan
+    sw, g = lan
     for src, dst in (("a1", "a2"), ("b2", "b1")):
         r = g[src].ping(ip_of(dst), count=10, interval=0.2)
         assert (r.sent, r.loss_pct) == (10, 0), (src, dst, r)
 
 
 def test_pings_across_vlans_fail(lan):
-    sw, g, _ = lan
+    sw, g = lan
     for src, dst in (("a1", "b1"), ("b2", "a2")):
         r = g[src].ping(ip_of(dst), count=5, interval=0.2)
         assert r.received == 0, (src, dst, r)
     # the FDB keeps each MAC in its own VLAN
-    fdb = {(e["mac"], e.get("vlan", None)): e["port"] for e in sw.ctl("fdb show")}
+    fdb = {(e["mac"], e["vlan"]): e["port"] for e in sw.ctl("fdb show")}
     for name, (vlan, mac, _) in GUESTS.items():
-        if (mac, vlan) in fdb:
-            assert fdb[(mac, vlan)] == name
-        assert not any(m == mac and v not in (vlan, None) for m, v in fdb)
+        assert fdb.get((mac, vlan), name) == name
+        assert not any(m == mac and v != vlan for m, v in fdb), (mac, fdb)
 
 
-def test_trunk_to_kernel_vlan_devices_carries_both_vlans(lan):
-    sw, g, ns = lan
+def test_trunk_guest_with_vlan_interfaces_carries_both_vlans(lan):
+    sw, g = lan
     for name, vid in (("a1", 10), ("a2", 10), ("b1", 20), ("b2", 20)):
         r = g[name].ping(TRUNK_IP[vid], count=5, interval=0.2)
         assert (r.sent, r.loss_pct) == (5, 0), (name, r)
-        r = g[name].ping(TRUNK_IP[30 - vid], count=3, interval=0.2)
-        assert r.received == 0, (name, r)
-    # and from the kernel's side, tagged on the wire, untagged in the guests
-    out = ns[20].run(["ping", "-c", "5", "-i", "0.2", "-W", "2", ip_of("b1")]).stdout
-    assert " 0% packet loss" in out
-    assert sw.drops("up").get("vlan_filtered", 0) == 0
+    # (no cross-VLAN ping to the trunk guest's other address: its kernel
+    # answers for any of its addresses on any interface, so that would test
+    # Linux's weak host model, not the switch)
+    # and from the trunk's side: tagged on its wire, untagged in the access guests
+    r = g["t"].ping(ip_of("b1"), count=5, interval=0.2)
+    assert (r.sent, r.loss_pct) == (5, 0), r
+    # (eth0 itself sends untagged frames, IPv6 neighbour discovery: the trunk
+    # has no native VLAN, so the switch drops those as vlan_filtered)
+    fdb = {(e["mac"], e["vlan"]): e["port"] for e in sw.ctl("fdb show")}
+    # one MAC (the trunk guest's), learned in both VLANs on the trunk port
+    assert fdb.get(("52:54:00:00:09:10", 10)) == "t" and fdb.get(("52:54:00:00:09:10", 20)) == "t"
 
 
 def test_guest_that_changes_its_mac_loses_connectivity_others_keep_theirs(lan):
-    sw, g, ns = lan
+    sw, g = lan
     before = sw.drops("a1").get("spoofed_source", 0)
     g["a1"].check_output("ip link set eth0 address 52:54:00:00:09:99")
     try:
@@ -116,7 +117,7 @@ def test_guest_that_changes_its_mac_loses_connectivity_others_keep_theirs(lan):
         assert r.received == 0, r
         assert sw.drops("a1").get("spoofed_source", 0) > before
         assert "52:54:00:00:09:99" not in {e["mac"] for e in sw.ctl("fdb show")}
-        r = g["a2"].ping(TRUNK_IP[10], count=5, interval=0.2)
+        r = g["a2"].ping(TRUNK_IP[10], count=5, interval=0.2)     # a2 keeps its own
         assert r.loss_pct == 0, r
         r = g["b1"].ping(ip_of("b2"), count=5, interval=0.2)
         assert r.loss_pct == 0, r

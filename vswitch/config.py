@@ -175,7 +175,8 @@ _TAP_KEYS = (*_TAP_KEYS, *POLICY_KEYS)
 _VXLAN_KEYS = (*_VXLAN_KEYS, *POLICY_KEYS)
 _VLAN_KEYS = ("mode", "id", "allowed", "native")
 _STORM_CONTROL_KEYS = ("broadcast", "multicast", "unknown_unicast")
-_POLICER_KEYS = ("rate", "burst", "pps", "pps_burst")
+_POLICER_KEYS = ("rate", "burst", "pps", "pps_burst", "action")
+POLICER_ACTIONS = ("drop", "hold")
 _MIRROR_KEYS = ("to", "direction")
 VLAN_MODES = ("access", "trunk")
 # 802.1Q: VID 0 means "priority tag only" and 4095 is reserved.
@@ -264,10 +265,17 @@ class PolicerConfig:
     burst_bytes: int | None = None  # default max(rate_bps / 8 * 0.02, 65536)
     pps: int | None = None          # frames/s (a GSO frame counts once per on-wire segment)
     pps_burst: int | None = None    # default max(pps // 50, 64)
+    # ingress only: "drop" frames over the limit (a policer), or "hold" them
+    # in the port's own queue (the guest's TX ring) until the bucket has
+    # credit - shaping the sender without a drop, so TCP reaches the rate
+    action: str = "drop"
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in (("rate", self.rate_bps), ("burst", self.burst_bytes),
-                                  ("pps", self.pps), ("pps_burst", self.pps_burst)) if v is not None}
+        out = {k: v for k, v in (("rate", self.rate_bps), ("burst", self.burst_bytes),
+                                 ("pps", self.pps), ("pps_burst", self.pps_burst)) if v is not None}
+        if self.action != "drop":
+            out["action"] = self.action
+        return out
 
 
 @dataclass(frozen=True)
@@ -1004,9 +1012,37 @@ class _PolicyChecks:
             ok = ok and pps_burst is not None
         elif pps is not None:
             pps_burst = max(pps // PPS_BURST_DEFAULT_DIVISOR, MIN_DEFAULT_PPS_BURST)
+        action = "drop"
+        if "action" in entries:
+            anode = entries["action"][1]
+            value = self.construct(anode, f"{key}.action")
+            if key.endswith("egress_policing") and value != "drop":
+                self.error(anode, f"{key}.action", "egress policing can only drop: frames to a port "
+                           "come from many senders and the switch keeps no queue per port "
+                           f"(got {value!r})")
+                ok = False
+            elif value not in POLICER_ACTIONS:
+                self.error(anode, f"{key}.action", f"must be one of: {', '.join(POLICER_ACTIONS)} "
+                           f"(got {value!r})")
+                ok = False
+            else:
+                action = value
         if not ok:
             return None
-        return PolicerConfig(rate_bps=rate, burst_bytes=burst, pps=pps, pps_burst=pps_burst)
+        return PolicerConfig(rate_bps=rate, burst_bytes=burst, pps=pps, pps_burst=pps_burst,
+                             action=action)
+
+    def hold_needs_a_ring(self, policies: dict | None, entries: _Entries, key: str) -> bool:
+        """`action: hold` keeps frames in the sender's own queue: a guest's TX
+        ring. A TAP or VXLAN port has none the switch could leave them in."""
+        pol = (policies or {}).get("ingress_policing")
+        if pol is None or pol.action != "hold":
+            return True
+        node = self.mapping(entries["ingress_policing"][1], f"{key}.ingress_policing") or {}
+        where = node["action"][1] if "action" in node else entries["ingress_policing"][1]
+        self.error(where, f"{key}.ingress_policing.action", "'hold' needs a vhost-user port (frames "
+                   "wait in the guest's TX ring); use 'drop' here (got 'hold')")
+        return False
 
     def rate(self, node: Node, key: str) -> int | None:
         value = self.construct(node, key)
@@ -1749,6 +1785,7 @@ class _Validator(_PolicyChecks):
             else:
                 uses.macs.append(_Use(name, mac, mac_node, f"{key}.mac", derived=False))
         policies = self.port_policies(name, entries, key, mtu, uses)
+        ok = self.hold_needs_a_ring(policies, entries, key) and ok
         if not ok or ifname is None or queues is None or create is None or policies is None:
             return None
         return TapPortConfig(name=name, ifname=ifname, queues=queues, mtu=mtu, create=create, mac=mac,
@@ -1827,6 +1864,7 @@ class _Validator(_PolicyChecks):
             mtu = self.integer(entries["mtu"][1], f"{key}.mtu", MIN_MTU, MAX_MTU)
             ok = ok and mtu is not None
         policies = self.port_policies(name, entries, key, mtu, uses)
+        ok = self.hold_needs_a_ring(policies, entries, key) and ok
         if not ok or local is None or not remotes or vni is None or udp_port is None or policies is None:
             return None
         # Two ports cannot bind the same address and port (one would get EADDRINUSE).

@@ -46,8 +46,8 @@ def policy_of(cfg: Any) -> dict:
     }
     for direction in ("ingress", "egress"):
         p = _get(cfg, f"{direction}_policing")
-        pol[direction] = ((p.rate_bps, p.burst_bytes, p.pps, p.pps_burst) if p else
-                          (None, None, None, None))
+        pol[direction] = ((p.rate_bps, p.burst_bytes, p.pps, p.pps_burst, p.action) if p else
+                          (None, None, None, None, "drop"))
     return pol
 
 
@@ -107,7 +107,8 @@ def describe(cfg: Any) -> dict:
         p = _get(cfg, f"{direction}_policing")
         out[f"{direction}_policing"] = ({k: v for k, v in (("rate_bps", p.rate_bps),
                                                            ("burst_bytes", p.burst_bytes),
-                                                           ("pps", p.pps), ("pps_burst", p.pps_burst))
+                                                           ("pps", p.pps), ("pps_burst", p.pps_burst),
+                                                           ("action", p.action))
                                          if v} if p else {})
     mirror = _get(cfg, "mirror")
     out["mirror"] = {"to": mirror.to, "direction": mirror.direction} if mirror else {}

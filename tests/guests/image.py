@@ -60,6 +60,12 @@ MODULE_LOAD_ORDER: tuple[str, ...] = (
     "failover",
     "net_failover",
     "virtio_net",
+    # 802.1Q VLAN interfaces (a guest on a trunk port: tests/test_vlan_guests.py)
+    "llc",
+    "stp",
+    "garp",
+    "mrp",
+    "8021q",
 )
 
 #: Host binaries copied (with their shared libraries) into the initramfs.

@@ -1448,7 +1448,7 @@ def test_policing_errors() -> None:
         "(got '2GiB' = 2147483648 bytes)",
         "c.yaml:7:64: ports.f.egress_policing.pps_burst: only with 'pps': it sizes the frame bucket "
         "(the byte bucket's size is 'burst')",
-        "c.yaml:7:79: ports.f.egress_policing.tokens: unknown key 'tokens' (expected one of: burst, "
+        "c.yaml:7:79: ports.f.egress_policing.tokens: unknown key 'tokens' (expected one of: action, burst, "
         "pps, pps_burst, rate)",
         "c.yaml:8:43: ports.g.ingress_policing.rate: must be an integer (bits/s) or a string such as "
         "'100Mbit' (got float 1.5e+6)",
@@ -1577,3 +1577,29 @@ def test_fdb_static_of_an_invalid_port_reports_the_port_only() -> None:
         ports:
           vm1: {type: vhost-user, queues: 0}
         """) == ["c.yaml:3:35: ports.vm1.queues: must be 1..64 (got 0)"]
+
+
+def test_ingress_policer_may_hold_egress_only_drops() -> None:
+    config = parse_config(doc("""
+        ports:
+          vm1: {type: vhost-user, ingress_policing: {rate: 100Mbit, action: hold}}
+        """))
+    assert config.ports["vm1"].ingress_policing.action == "hold"
+    assert parse_config(yaml.safe_dump(config.to_dict(), sort_keys=False)) == config
+    assert errors("""
+        ports:
+          vm1: {type: vhost-user, egress_policing: {rate: 100Mbit, action: hold}}
+          vm2: {type: vhost-user, ingress_policing: {rate: 100Mbit, action: queue}}
+        """) == [
+        "c.yaml:2:68: ports.vm1.egress_policing.action: egress policing can only drop: frames to a "
+        "port come from many senders and the switch keeps no queue per port (got 'hold')",
+        "c.yaml:3:69: ports.vm2.ingress_policing.action: must be one of: drop, hold (got 'queue')",
+    ]
+
+
+def test_hold_needs_a_guest_tx_ring() -> None:
+    assert errors("""
+        ports:
+          up: {type: tap, ingress_policing: {rate: 100Mbit, action: hold}}
+        """) == ["c.yaml:2:61: ports.up.ingress_policing.action: 'hold' needs a vhost-user port (frames "
+                 "wait in the guest's TX ring); use 'drop' here (got 'hold')"]
