@@ -714,7 +714,10 @@ def prepare_baseline(ref: str, out: TextIO = sys.stdout) -> tuple[str, Path]:
     log_path = tree / ".vswitch-baseline-build.log"
     print(f"baseline {ref} = {commit[:12]}: building in {tree} (make build, log {log_path})", flush=True)
     t0 = time.monotonic()
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    # its own venv and its own make: nothing from ours (`make bench VAR=...` passes
+    # command-line variables down through MAKEFLAGS)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VIRTUAL_ENV", "PYTHONPATH", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
     with open(log_path, "w") as log:
         r = subprocess.run(["make", "build"], cwd=tree, stdin=subprocess.DEVNULL, stdout=log,
                            stderr=subprocess.STDOUT, env=env, timeout=1800)

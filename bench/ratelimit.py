@@ -54,6 +54,10 @@ IP_A, IP_B = "10.7.0.1", "10.7.0.2"
 # segment at MTU 1500 (IPv4, TCP timestamps, Linux's default) is a 1514-byte
 # frame carrying 1448 bytes: a perfect policer at N gives iperf3 0.956 N.
 WIRE_PER_PAYLOAD = 1514 / 1448
+# --udp: 1472-byte datagrams, 1514-byte frames, offered at UDP_OFFER x N
+UDP_LEN = 1472
+UDP_WIRE_PER_PAYLOAD = 1514 / UDP_LEN
+UDP_OFFER = 2
 
 
 def parse_rates(text: str) -> list[int]:
@@ -101,16 +105,24 @@ def apply_case(sw: Vswitchd, socks: dict[str, str], case: dict[str, Any]) -> Non
 
 
 def run_case(sw: Vswitchd, socks: dict[str, str], a: QemuGuest, case: dict[str, Any],
-             seconds: int, omit: int) -> dict[str, Any]:
+             seconds: int, omit: int, udp: bool = False) -> dict[str, Any]:
     apply_case(sw, socks, case)
     time.sleep(0.5)  # let the previous case's queues drain before counting
     before = rate_limited(sw)
-    r = a.iperf3_client(IP_B, seconds=seconds, extra=f"-O {omit}" if omit else "")
+    extra = f"-O {omit}" if omit else ""
+    if udp:
+        # the policer alone, without TCP's reaction to its drops: offer more than N
+        offer = f"{UDP_OFFER * case['mbit']}M" if case["mbit"] else "2G"
+        r = a.iperf3_client(IP_B, seconds=seconds, udp=True, bitrate=offer, extra=f"{extra} -l {UDP_LEN}")
+    else:
+        r = a.iperf3_client(IP_B, seconds=seconds, extra=extra)
     after = rate_limited(sw)
     out: dict[str, Any] = {
         **case,
+        "protocol": "udp" if udp else "tcp",
         "received_mbit": r.received_bps / 1e6,
-        "wire_mbit_est": r.received_bps / 1e6 * WIRE_PER_PAYLOAD,
+        "wire_mbit_est": r.received_bps / 1e6 * (UDP_WIRE_PER_PAYLOAD if udp else WIRE_PER_PAYLOAD),
+        "lost_pct": r.lost_pct,
         "sent_mbit": r.sent_bps / 1e6,
         "retransmits": r.retransmits,
         "rate_limited": {p: after[p] - before[p] for p in after},
@@ -123,8 +135,13 @@ def run_case(sw: Vswitchd, socks: dict[str, str], a: QemuGuest, case: dict[str, 
     return out
 
 
+def loss(r: dict[str, Any]) -> str:
+    """TCP: segments retransmitted; UDP: datagrams lost."""
+    return f"lost {r['lost_pct']:.1f} %" if r.get("protocol") == "udp" else str(r["retransmits"])
+
+
 def print_table(results: list[dict[str, Any]], ceiling: float | None) -> None:
-    hdr = ("case", "limit Mbit/s", "measured Mbit/s", "ratio", "on-wire ratio (est.)", "retransmits",
+    hdr = ("case", "limit Mbit/s", "measured Mbit/s", "ratio", "on-wire ratio (est.)", "retransmits/lost",
            "rate_limited a/b", "verdict")
     rows = []
     for r in results:
@@ -139,7 +156,7 @@ def print_table(results: list[dict[str, Any]], ceiling: float | None) -> None:
         rows.append((
             r["name"], str(r["mbit"] or "-"), f"{r['received_mbit']:.1f}",
             f"{r['ratio']:.3f}" if "ratio" in r else "-",
-            f"{r['wire_ratio_est']:.3f}" if "wire_ratio_est" in r else "-", str(r["retransmits"]),
+            f"{r['wire_ratio_est']:.3f}" if "wire_ratio_est" in r else "-", loss(r),
             f"{r['rate_limited']['a']}/{r['rate_limited']['b']}", verdict,
         ))
     widths = [max(len(str(x)) for x in col) for col in zip(hdr, *rows, strict=True)]
@@ -155,6 +172,8 @@ def main() -> int:
     parser.add_argument("--omit", type=int, default=2, help="iperf3 -O: seconds left out at the start (default 2)")
     parser.add_argument("--burst", default=None,
                         help="policer burst, e.g. 1MiB (default: the config's, 20 ms at the rate, >= 64 KiB)")
+    parser.add_argument("--udp", action="store_true",
+                        help=f"UDP offered at {UDP_OFFER}x the limit instead of TCP: the policer's own accuracy")
     parser.add_argument("--no-unlimited", action="store_true", help="skip the run without a policer")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -189,15 +208,15 @@ def main() -> int:
             b.iperf3_server()
             for case in cases:
                 try:
-                    res = run_case(sw, socks, a, case, args.seconds, args.omit)
+                    res = run_case(sw, socks, a, case, args.seconds, args.omit, args.udp)
                 except Exception as e:  # noqa: BLE001 - one case's failure is reported, the rest go on
                     res = {**case, "error": f"{type(e).__name__}: {e}"[:2000]}
                 results.append(res)
                 if res.get("error"):
                     print(f"{case['name']:<12} ERROR {res['error'].splitlines()[0][:200]}", flush=True)
                 else:
-                    print(f"{case['name']:<12} {res['received_mbit']:8.1f} Mbit/s  retransmits "
-                          f"{res['retransmits']}  rate_limited a {res['rate_limited']['a']} "
+                    print(f"{case['name']:<12} {res['received_mbit']:8.1f} Mbit/s  {loss(res)}  "
+                          f"rate_limited a {res['rate_limited']['a']} "
                           f"b {res['rate_limited']['b']}", flush=True)
     finally:
         sw.stop()
