@@ -148,6 +148,8 @@ cdef inline bint gcra_conform(vs_gcra *g, uint64_t now, uint64_t units) noexcept
     cdef int tries
     if g.k_q16 == 0:
         return True
+    if units > (<uint64_t>0xffffffffffffffff) // g.k_q16:
+        return False       # a cost beyond any bucket (hostile gso_size of 1, say)
     cost = (units * g.k_q16) >> 16
     for tries in range(8):
         tat = vs_load_relaxed_u64(&g.tat)

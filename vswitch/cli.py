@@ -42,6 +42,21 @@ def _render_port(port: dict) -> str:
         lines.append("  protocol features: " + " ".join(port["protocol_features"]))
     if port.get("mac"):
         lines.append(f"  static mac {port['mac']}")
+    policy = port.get("policy") or {}
+    vlan = policy.get("vlan") or {}
+    if vlan.get("mode") == "access":
+        lines.append(f"  vlan access {vlan['id']}")
+    elif vlan.get("mode") == "trunk":
+        lines.append("  vlan trunk " + ",".join(vlan["allowed"])
+                     + (f" native {vlan['native']}" if vlan.get("native") else ""))
+    if policy.get("allowed_macs"):
+        lines.append("  allowed source macs " + " ".join(policy["allowed_macs"]))
+    for key, label in (("storm_control", "storm control (frames/s)"),
+                       ("ingress_policing", "ingress policing"), ("egress_policing", "egress policing")):
+        if policy.get(key):
+            lines.append(f"  {label}: " + " ".join(f"{k}={v}" for k, v in policy[key].items()))
+    if policy.get("mirror"):
+        lines.append(f"  mirror {policy['mirror']['direction']} to {policy['mirror']['to']}")
     if port.get("pending"):
         lines.append("  pending until the guest reconnects: "
                      + ", ".join(f"{k}={v}" for k, v in port["pending"].items()))

@@ -42,6 +42,12 @@ config/vswitch.schema.json a JSON Schema of it for editors)::
         create: true           # false: attach to an existing persistent TAP only
         mac: "02:00:00:00:00:01"
 
+Every port type also takes the forwarding policies (POLICY_KEYS; see
+docs/configuration.md): ``vlan``, ``allowed_macs``, ``storm_control``,
+``ingress_policing``, ``egress_policing`` and ``mirror``, parsed into
+VlanConfig, StormControlConfig, PolicerConfig and MirrorConfig with their
+defaults filled in (rates in bits/s, bursts in bytes).
+
 The file is composed into a YAML node tree (not loaded into Python objects
 directly) so that every problem can be reported with the line and column of
 the offending node, as ``FILE:LINE:COL: dotted.key: message (got X)``, so
@@ -53,7 +59,9 @@ are accepted where an integer is expected.  An unquoted MAC address, which
 YAML 1.1 reads as a base-60 integer, is taken as written.
 
 After the per-key checks come the checks across keys: socket paths, MAC
-addresses and TAP interface names must be unique among ports, and
+addresses and TAP interface names must be unique among ports, a mirror
+names another port and forms no loop, no port may send from another port's
+``mac`` (allowed_macs), and
 socket_owner/socket_group/socket_mode belong to server-mode ports only.
 With ``check_host`` (the default) the checks that depend on the host are
 made too: runtime_dir and the directories of server-mode sockets must be
@@ -71,6 +79,7 @@ import posixpath
 import pwd
 import re
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import yaml
@@ -87,6 +96,12 @@ __all__ = [
     "PortConfig",
     "VhostUserPortConfig",
     "TapPortConfig",
+    "VlanConfig",
+    "StormControlConfig",
+    "PolicerConfig",
+    "MirrorConfig",
+    "parse_rate",
+    "parse_burst",
     "load_config",
     "parse_config",
 ]
@@ -133,6 +148,37 @@ _DATAPATH_KEYS = ("workers", "mode", "cpus")
 _METRICS_KEYS = ("enabled", "listen")
 _CONTROL_KEYS = ("group",)
 
+# Per-port forwarding policies (issue 7), accepted by every port type: VLAN
+# membership, port security, storm control, policing and mirroring.  All of
+# them are applied to a running port in place (vswitch/reconcile.py).
+POLICY_KEYS = ("vlan", "allowed_macs", "storm_control", "ingress_policing", "egress_policing",
+               "mirror")
+_VHOST_USER_KEYS = (*_VHOST_USER_KEYS, *POLICY_KEYS)
+_TAP_KEYS = (*_TAP_KEYS, *POLICY_KEYS)
+_VLAN_KEYS = ("mode", "id", "allowed", "native")
+_STORM_CONTROL_KEYS = ("broadcast", "multicast", "unknown_unicast")
+_POLICER_KEYS = ("rate", "burst", "pps", "pps_burst")
+_MIRROR_KEYS = ("to", "direction")
+VLAN_MODES = ("access", "trunk")
+# 802.1Q: VID 0 means "priority tag only" and 4095 is reserved.
+MIN_VLAN, MAX_VLAN = 1, 4094
+MIRROR_DIRECTIONS = ("ingress", "egress", "both")
+DEFAULT_MIRROR_DIRECTION = "both"
+MAX_STORM_RATE = 100_000_000          # frames/s; beyond any port's line rate
+MIN_RATE_BPS, MAX_RATE_BPS = 1_000, 400_000_000_000
+# A token bucket smaller than one full frame would drop every full frame.
+MIN_BURST_BYTES = 1514                # 1500 bytes of payload + the 14-byte Ethernet header
+ETH_HEADER_LEN = 14
+MAX_BURST_BYTES = 2**30               # 1 GiB; the default for 400 Gbit/s (1e9 bytes) fits
+MAX_PPS = 1_000_000_000
+MAX_PPS_BURST = 1_000_000_000
+# Default buckets: 20 ms at the rate, and never less than 64 KiB (one TSO
+# frame's worth) or 64 frames.
+BURST_DEFAULT_DIVISOR = 400           # rate_bps / 8 bits * 0.02 s
+MIN_DEFAULT_BURST_BYTES = 65536
+PPS_BURST_DEFAULT_DIVISOR = 50        # 20 ms of frames
+MIN_DEFAULT_PPS_BURST = 64
+
 MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 _SOCKET_MODE_RE = re.compile(r"(?:0o?)?([0-7]{3})")
 
@@ -142,6 +188,152 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 # --------------------------------------------------------------------------
 # Public data types
+
+
+@dataclass(frozen=True)
+class VlanConfig:
+    """A port's VLAN membership (absent: the port carries every VLAN, and
+    untagged frames are VLAN 0)."""
+
+    mode: str                       # "access" | "trunk"
+    id: int | None = None           # access: 1..4094; frames towards the port leave untagged
+    allowed: tuple[int, ...] = ()   # trunk: sorted unique ids 1..4094, ranges expanded
+    native: int | None = None       # trunk: untagged frames belong to it and leave untagged;
+                                    # carried even if not in `allowed`
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": self.mode}
+        if self.id is not None:
+            out["id"] = self.id
+        if self.mode == "trunk":
+            out["allowed"] = vlan_ranges(self.allowed)
+        if self.native is not None:
+            out["native"] = self.native
+        return out
+
+
+@dataclass(frozen=True)
+class StormControlConfig:
+    """Per-port caps on flooded frames received from the port, frames/s
+    (None: no cap of that kind)."""
+
+    broadcast: int | None = None
+    multicast: int | None = None
+    unknown_unicast: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in (("broadcast", self.broadcast), ("multicast", self.multicast),
+                                  ("unknown_unicast", self.unknown_unicast)) if v is not None}
+
+
+@dataclass(frozen=True)
+class PolicerConfig:
+    """A token-bucket policer: bytes, frames, or both (at least one is set).
+    The bursts are filled in with their defaults when the rate is given."""
+
+    rate_bps: int | None = None     # bits/s, 1 kbit/s .. 400 Gbit/s
+    burst_bytes: int | None = None  # default max(rate_bps / 8 * 0.02, 65536)
+    pps: int | None = None          # frames/s (a GSO frame counts once per on-wire segment)
+    pps_burst: int | None = None    # default max(pps // 50, 64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in (("rate", self.rate_bps), ("burst", self.burst_bytes),
+                                  ("pps", self.pps), ("pps_burst", self.pps_burst)) if v is not None}
+
+
+@dataclass(frozen=True)
+class MirrorConfig:
+    """Copy this port's frames to another port."""
+
+    to: str                         # another port's name
+    direction: str = DEFAULT_MIRROR_DIRECTION  # "ingress" (from the port) | "egress" (to it) | "both"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"to": self.to, "direction": self.direction}
+
+
+def _policies_to_dict(port: VhostUserPortConfig | TapPortConfig) -> dict[str, Any]:
+    """The policy keys a port sets, as they would be written in the file."""
+    out: dict[str, Any] = {}
+    if port.vlan is not None:
+        out["vlan"] = port.vlan.to_dict()
+    if port.allowed_macs:
+        out["allowed_macs"] = list(port.allowed_macs)
+    for name in ("storm_control", "ingress_policing", "egress_policing", "mirror"):
+        value = getattr(port, name)
+        if value is not None:
+            out[name] = value.to_dict()
+    return out
+
+
+def vlan_ranges(ids: tuple[int, ...]) -> list[int | str]:
+    """Sorted unique VLAN ids as written in the file: (10, 20, 21, 22) ->
+    [10, "20-22"]."""
+    out: list[int | str] = []
+    for a, b in _runs(ids):
+        out.append(a if a == b else f"{a}-{b}")
+    return out
+
+
+def _runs(values: Any) -> list[list[int]]:
+    """Sorted ints -> [[first, last], ...] of consecutive runs."""
+    runs: list[list[int]] = []
+    for value in sorted(values):
+        if runs and value == runs[-1][1] + 1:
+            runs[-1][1] = value
+        else:
+            runs.append([value, value])
+    return runs
+
+
+# Units of `rate` (bits/s; decimal, case-insensitive like tc's "mbit") and of
+# `burst` (bytes; k/M/G decimal, KiB/MiB/GiB binary).
+_RATE_PREFIXES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+_BURST_UNITS = {"": 1, "B": 1, "k": 10**3, "kB": 10**3, "KiB": 2**10, "M": 10**6, "MB": 10**6,
+                "MiB": 2**20, "G": 10**9, "GB": 10**9, "GiB": 2**30}
+_QUANTITY_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?) ?([A-Za-z/]*)")
+
+
+def _quantity(text: str) -> tuple[Decimal, str]:
+    """"2.5 Gbit" -> (Decimal("2.5"), "Gbit")."""
+    match = _QUANTITY_RE.fullmatch(text)
+    if match is None:
+        raise ValueError("must be a number with an optional unit")
+    return Decimal(match.group(1)), match.group(2)
+
+
+def parse_rate(value: int | str) -> int:
+    """A rate in bits/s: an int, or a string "<number>[k|M|G][bit[/s]]" with
+    decimal units ("100Mbit", "1G", "500k", "2.5Gbit"; the prefixes in either
+    case, as tc writes "mbit"), rounded to whole bits/s.  Raises ValueError
+    saying what is wrong; the range is the caller's to check."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError("must be an integer (bits/s) or a string such as '100Mbit'")
+    if isinstance(value, int):
+        return value
+    number, unit = _quantity(value)
+    prefix = unit.removesuffix("/s") if unit.endswith("bit/s") else unit
+    prefix = prefix.removesuffix("bit")
+    if prefix.lower() not in _RATE_PREFIXES:
+        if "B" in unit or unit.lower().endswith(("bps", "byte", "bytes")):
+            raise ValueError("rates are in bits per second: write e.g. '100Mbit' (bytes per "
+                             "second are not accepted; tc's 'mbps' means megabytes/s)")
+        raise ValueError(f"unknown unit {unit!r} (use k, M or G, optionally followed by 'bit')")
+    return int((number * _RATE_PREFIXES[prefix.lower()]).to_integral_value(ROUND_HALF_UP))
+
+
+def parse_burst(value: int | str) -> int:
+    """A size in bytes: an int, or a string "<number>[B|k|kB|KiB|M|MB|MiB|G|GB|GiB]"
+    (k/M/G decimal, KiB/MiB/GiB binary), rounded to whole bytes.  Raises
+    ValueError saying what is wrong (no range check)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError("must be an integer (bytes) or a string such as '64KiB'")
+    if isinstance(value, int):
+        return value
+    number, unit = _quantity(value)
+    if unit not in _BURST_UNITS:
+        raise ValueError(f"unknown unit {unit!r} (use B, k, kB, KiB, M, MB, MiB, G, GB or GiB)")
+    return int((number * _BURST_UNITS[unit]).to_integral_value(ROUND_HALF_UP))
 
 
 @dataclass(frozen=True)
@@ -163,6 +355,13 @@ class VhostUserPortConfig:
     offloads: bool = True           # offer checksum / TSO features
     memory_slots: bool = True       # offer CONFIGURE_MEM_SLOTS (ADD/REM_MEM_REG, memory hot-plug)
     type: str = "vhost-user"
+    # Forwarding policies (POLICY_KEYS), applied in place:
+    vlan: VlanConfig | None = None
+    allowed_macs: tuple[str, ...] = ()   # port security: lower case, unicast; `mac` is allowed too
+    storm_control: StormControlConfig | None = None
+    ingress_policing: PolicerConfig | None = None   # guest -> switch
+    egress_policing: PolicerConfig | None = None    # switch -> guest
+    mirror: MirrorConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The port as it would be written in the file (without the name)."""
@@ -187,6 +386,7 @@ class VhostUserPortConfig:
         out["indirect_desc"] = self.indirect_desc
         out["offloads"] = self.offloads
         out["memory_slots"] = self.memory_slots
+        out.update(_policies_to_dict(self))
         return out
 
 
@@ -201,6 +401,14 @@ class TapPortConfig:
     create: bool = True         # False: attach to an existing persistent TAP only
     mac: str | None = None      # static FDB entry (the host side's MAC)
     type: str = "tap"
+    # Forwarding policies (POLICY_KEYS), applied in place; as for vhost-user
+    # ports, with "guest" read as "host side":
+    vlan: VlanConfig | None = None
+    allowed_macs: tuple[str, ...] = ()
+    storm_control: StormControlConfig | None = None
+    ingress_policing: PolicerConfig | None = None
+    egress_policing: PolicerConfig | None = None
+    mirror: MirrorConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "ifname": self.ifname, "queues": self.queues,
@@ -209,6 +417,7 @@ class TapPortConfig:
             out["mtu"] = self.mtu
         if self.mac is not None:
             out["mac"] = self.mac
+        out.update(_policies_to_dict(self))
         return out
 
 
@@ -458,6 +667,8 @@ class _Uses:
     sockets: list[_Use] = field(default_factory=list)
     macs: list[_Use] = field(default_factory=list)
     ifnames: list[_Use] = field(default_factory=list)
+    allowed_macs: list[_Use] = field(default_factory=list)  # may repeat across ports
+    mirrors: list[_Use] = field(default_factory=list)       # value: the target port
 
 
 @dataclass
@@ -466,7 +677,347 @@ class _Defaults:
     bad: set[str]           # invalid ones (already reported)
 
 
-class _Validator:
+class _PolicyChecks:
+    """Checks of the per-port policy keys (POLICY_KEYS), mixed into
+    _Validator (whose generic checks they use)."""
+
+    def port_policies(self, name: str, entries: _Entries, key: str, mtu: int | None,
+                      uses: _Uses) -> dict[str, Any] | None:
+        """The port dataclass's policy fields for the keys present; None if
+        any is invalid (and reported).  ``mtu`` is the port's, if set: a
+        policer's burst must hold a full frame of it."""
+        out: dict[str, Any] = {}
+        ok = True
+        if "vlan" in entries:
+            out["vlan"] = self.vlan(entries["vlan"][1], f"{key}.vlan")
+            ok = ok and out["vlan"] is not None
+        if "allowed_macs" in entries:
+            macs = self.allowed_macs(name, entries["allowed_macs"][1], f"{key}.allowed_macs", uses)
+            ok = ok and macs is not None
+            out["allowed_macs"] = macs
+        if "storm_control" in entries:
+            out["storm_control"] = self.storm_control(entries["storm_control"][1],
+                                                      f"{key}.storm_control")
+            ok = ok and out["storm_control"] is not None
+        for direction in ("ingress_policing", "egress_policing"):
+            if direction in entries:
+                out[direction] = self.policer(entries[direction][1], f"{key}.{direction}", mtu)
+                ok = ok and out[direction] is not None
+        if "mirror" in entries:
+            out["mirror"] = self.mirror(name, entries["mirror"][1], f"{key}.mirror", uses)
+            ok = ok and out["mirror"] is not None
+        return out if ok else None
+
+    # -- vlan --------------------------------------------------------------
+
+    def vlan(self, node: Node, key: str) -> VlanConfig | None:
+        entries = self.mapping(node, key)
+        if entries is None:
+            return None
+        self.check_keys(entries, _VLAN_KEYS, key, node, required=("mode",))
+        if "mode" not in entries:
+            return None
+        mode = self.choice(entries["mode"][1], f"{key}.mode", VLAN_MODES)
+        if mode is None:
+            return None
+        ok = True
+        if mode == "access":
+            for extra in ("allowed", "native"):
+                if extra in entries:
+                    self.error(entries[extra][0], f"{key}.{extra}",
+                               "only for trunk ports: an access port carries the one VLAN "
+                               "'id', untagged")
+                    ok = False
+            if "id" not in entries:
+                self.error(node, key, f"an access port needs 'id', its VLAN "
+                                      f"({MIN_VLAN}..{MAX_VLAN})")
+                return None
+            vid = self.vlan_id(entries["id"][1], f"{key}.id")
+            if vid is None or not ok:
+                return None
+            return VlanConfig(mode="access", id=vid)
+
+        if "id" in entries:
+            self.error(entries["id"][0], f"{key}.id",
+                       "only for access ports: a trunk port lists its tagged VLANs in "
+                       "'allowed' and its untagged VLAN in 'native'")
+            ok = False
+        allowed: tuple[int, ...] | None = ()
+        if "allowed" in entries:
+            allowed = self.vlan_list(entries["allowed"][1], f"{key}.allowed")
+            ok = ok and allowed is not None
+        native: int | None = None
+        if "native" in entries:
+            native = self.vlan_id(entries["native"][1], f"{key}.native")
+            ok = ok and native is not None
+        if not ok or allowed is None:
+            return None
+        if not allowed and native is None:
+            where, where_key = (entries["allowed"][1], f"{key}.allowed") if "allowed" in entries \
+                else (node, key)
+            self.error(where, where_key,
+                       "a trunk port needs 'allowed' (the tagged VLANs it carries) or 'native' "
+                       "(its untagged VLAN), or both")
+            return None
+        return VlanConfig(mode="trunk", allowed=allowed, native=native)
+
+    def vlan_id(self, node: Node, key: str) -> int | None:
+        value = self.construct(node, key)
+        if value is _BAD:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.error(node, key, f"must be a VLAN id, an integer {MIN_VLAN}..{MAX_VLAN} "
+                                  f"(got {_describe(node, value)})")
+            return None
+        if not MIN_VLAN <= value <= MAX_VLAN:
+            self.error(node, key, f"must be {MIN_VLAN}..{MAX_VLAN}{_reserved_vlan_hint(value)} "
+                                  f"(got {value})")
+            return None
+        return value
+
+    def vlan_list(self, node: Node, key: str) -> tuple[int, ...] | None:
+        """A list of VLAN ids and "a-b" ranges -> sorted unique ids.
+        Overlaps are fine (the union is taken)."""
+        if not isinstance(node, SequenceNode):
+            self.error(node, key, f"must be a list of VLAN ids and ranges such as "
+                                  f"[10, '20-30'] (got {self.describe(node)})")
+            return None
+        ids: set[int] = set()
+        ok = True
+        for index, item in enumerate(node.value):
+            item_key = f"{key}[{index}]"
+            value = self.construct(item, item_key)
+            if value is _BAD:
+                ok = False
+                continue
+            if isinstance(value, int) and not isinstance(value, bool):
+                vid = self.vlan_id(item, item_key)
+                if vid is None:
+                    ok = False
+                else:
+                    ids.add(vid)
+                continue
+            match = _VLAN_RANGE_RE.fullmatch(value) if isinstance(value, str) else None
+            if match is None:
+                self.error(item, item_key, f"must be a VLAN id {MIN_VLAN}..{MAX_VLAN} or a range "
+                                           f"such as '20-30' (got {_describe(item, value)})")
+                ok = False
+                continue
+            first = int(match.group(1))
+            last = int(match.group(2)) if match.group(2) is not None else first
+            bad = [v for v in (first, last) if not MIN_VLAN <= v <= MAX_VLAN]
+            if bad:
+                self.error(item, item_key, f"VLAN ids must be {MIN_VLAN}..{MAX_VLAN}"
+                                           f"{_reserved_vlan_hint(bad[0])} (got {value!r})")
+                ok = False
+            elif first > last:
+                self.error(item, item_key, f"range is reversed: its first id must not be above "
+                                           f"its last; write '{last}-{first}' (got {value!r})")
+                ok = False
+            else:
+                ids.update(range(first, last + 1))
+        return tuple(sorted(ids)) if ok else None
+
+    # -- port security -----------------------------------------------------
+
+    def allowed_macs(self, name: str, node: Node, key: str, uses: _Uses) -> tuple[str, ...] | None:
+        if not isinstance(node, SequenceNode):
+            self.error(node, key, f"must be a list of MAC addresses such as "
+                                  f"['52:54:00:12:34:56'] (got {self.describe(node)})")
+            return None
+        if not node.value:
+            self.error(node, key, "must not be empty (leave 'allowed_macs' out to allow every "
+                                  "source MAC, or list the port's MAC to allow only it)")
+            return None
+        macs: list[str] = []
+        ok = True
+        for index, item in enumerate(node.value):
+            item_key = f"{key}[{index}]"
+            mac = self.mac(item, item_key)
+            if mac is None:
+                ok = False
+                continue
+            if mac in macs:
+                self.error(item, item_key, f"{mac!r} is listed twice (first at "
+                                           f"{key}[{macs.index(mac)}])")
+                ok = False
+            else:
+                uses.allowed_macs.append(_Use(name, mac, item, item_key, derived=False))
+            macs.append(mac)
+        return tuple(macs) if ok else None
+
+    def storm_control(self, node: Node, key: str) -> StormControlConfig | None:
+        entries = self.mapping(node, key)
+        if entries is None:
+            return None
+        self.check_keys(entries, _STORM_CONTROL_KEYS, key, node)
+        limits: dict[str, int] = {}
+        ok = True
+        for kind in _STORM_CONTROL_KEYS:
+            if kind in entries:
+                value = self.integer(entries[kind][1], f"{key}.{kind}", 1, MAX_STORM_RATE)
+                if value is None:
+                    ok = False
+                else:
+                    limits[kind] = value
+        if ok and not limits and not set(entries) - set(_STORM_CONTROL_KEYS):
+            self.error(node, key, f"must set at least one of: {', '.join(_STORM_CONTROL_KEYS)} "
+                                  f"(frames/s; leave 'storm_control' out for no limit)")
+            return None
+        return StormControlConfig(**limits) if ok else None
+
+    # -- policing ----------------------------------------------------------
+
+    def policer(self, node: Node, key: str, mtu: int | None) -> PolicerConfig | None:
+        entries = self.mapping(node, key)
+        if entries is None:
+            return None
+        self.check_keys(entries, _POLICER_KEYS, key, node)
+        ok = True
+        if "rate" not in entries and "pps" not in entries:
+            self.error(node, key, "needs 'rate' (bits/s) or 'pps' (frames/s), or both")
+            ok = False
+        rate: int | None = None
+        if "rate" in entries:
+            rate = self.rate(entries["rate"][1], f"{key}.rate")
+            ok = ok and rate is not None
+        burst: int | None = None
+        if "burst" in entries:
+            if "rate" not in entries:
+                self.error(entries["burst"][0], f"{key}.burst",
+                           "only with 'rate': it sizes the byte bucket (the frame bucket's "
+                           "size is 'pps_burst')")
+                ok = False
+            burst = self.burst(entries["burst"][1], f"{key}.burst", mtu)
+            ok = ok and burst is not None
+        elif rate is not None:
+            burst = max((rate + BURST_DEFAULT_DIVISOR // 2) // BURST_DEFAULT_DIVISOR,
+                        MIN_DEFAULT_BURST_BYTES)
+        pps: int | None = None
+        if "pps" in entries:
+            pps = self.integer(entries["pps"][1], f"{key}.pps", 1, MAX_PPS)
+            ok = ok and pps is not None
+        pps_burst: int | None = None
+        if "pps_burst" in entries:
+            if "pps" not in entries:
+                self.error(entries["pps_burst"][0], f"{key}.pps_burst",
+                           "only with 'pps': it sizes the frame bucket (the byte bucket's "
+                           "size is 'burst')")
+                ok = False
+            pps_burst = self.integer(entries["pps_burst"][1], f"{key}.pps_burst", 1, MAX_PPS_BURST)
+            ok = ok and pps_burst is not None
+        elif pps is not None:
+            pps_burst = max(pps // PPS_BURST_DEFAULT_DIVISOR, MIN_DEFAULT_PPS_BURST)
+        if not ok:
+            return None
+        return PolicerConfig(rate_bps=rate, burst_bytes=burst, pps=pps, pps_burst=pps_burst)
+
+    def rate(self, node: Node, key: str) -> int | None:
+        value = self.construct(node, key)
+        if value is _BAD:
+            return None
+        try:
+            bps = parse_rate(value)
+        except ValueError as exc:
+            self.error(node, key, f"{exc} (got {_describe(node, value)})")
+            return None
+        if not MIN_RATE_BPS <= bps <= MAX_RATE_BPS:
+            got = f"{value!r} = {bps} bit/s" if isinstance(value, str) else f"{bps}"
+            self.error(node, key, f"must be 1kbit..400Gbit, {MIN_RATE_BPS}..{MAX_RATE_BPS} "
+                                  f"bits/s (got {got})")
+            return None
+        return bps
+
+    def burst(self, node: Node, key: str, mtu: int | None) -> int | None:
+        value = self.construct(node, key)
+        if value is _BAD:
+            return None
+        try:
+            size = parse_burst(value)
+        except ValueError as exc:
+            self.error(node, key, f"{exc} (got {_describe(node, value)})")
+            return None
+        got = f"{value!r} = {size} bytes" if isinstance(value, str) else f"{size}"
+        least = MIN_BURST_BYTES
+        why = f"a full {MIN_BURST_BYTES}-byte frame"
+        if mtu is not None and mtu + ETH_HEADER_LEN > least:
+            least = mtu + ETH_HEADER_LEN
+            why = f"a full frame of the port's mtu {mtu} ({least} bytes with the Ethernet header)"
+        if size < least:
+            self.error(node, key, f"must be at least {least} bytes so that {why} fits "
+                                  f"(got {got})")
+            return None
+        if size > MAX_BURST_BYTES:
+            self.error(node, key, f"must be at most 1GiB, {MAX_BURST_BYTES} bytes (got {got})")
+            return None
+        return size
+
+    # -- mirroring ---------------------------------------------------------
+
+    def mirror(self, name: str, node: Node, key: str, uses: _Uses) -> MirrorConfig | None:
+        entries = self.mapping(node, key)
+        if entries is None:
+            return None
+        self.check_keys(entries, _MIRROR_KEYS, key, node, required=("to",))
+        to: str | None = None
+        if "to" in entries:
+            to_node = entries["to"][1]
+            to = self.string(to_node, f"{key}.to")
+            if to == name:
+                self.error(to_node, f"{key}.to", f"a port cannot mirror to itself (got {to!r})")
+                to = None
+            elif to is not None:
+                uses.mirrors.append(_Use(name, to, to_node, f"{key}.to", derived=False))
+        direction: str | None = DEFAULT_MIRROR_DIRECTION
+        if "direction" in entries:
+            direction = self.choice(entries["direction"][1], f"{key}.direction", MIRROR_DIRECTIONS)
+        if to is None or direction is None:
+            return None
+        return MirrorConfig(to=to, direction=direction)
+
+    # -- across ports ------------------------------------------------------
+
+    def check_policy_references(self, port_names: set[str], uses: _Uses) -> None:
+        """Mirror targets exist and form no loop; no port is allowed to send
+        from another port's static MAC."""
+        static = {}
+        for use in uses.macs:
+            static.setdefault(use.value, use.port)
+        for use in uses.allowed_macs:
+            owner = static.get(use.value)
+            if owner is not None and owner != use.port:
+                self.error(use.node, use.key,
+                           f"{use.value!r} is the mac of port {owner!r} (its static FDB "
+                           f"entry): port {use.port!r} may not send from it")
+        targets: dict[str, _Use] = {}
+        for use in uses.mirrors:
+            if use.value not in port_names:
+                close = difflib.get_close_matches(use.value, sorted(port_names), n=1)
+                hint = f", did you mean {close[0]!r}?" if close else ""
+                self.error(use.node, use.key, f"no port named {use.value!r}{hint}")
+            else:
+                targets[use.port] = use
+        # Each port mirrors to at most one port: follow the chain from each.
+        for start, use in targets.items():
+            path = [start]
+            current = use.value
+            while current in targets and current not in path:
+                path.append(current)
+                current = targets[current].value
+            if current == start:
+                loop = " -> ".join([*path, start])
+                self.error(use.node, use.key,
+                           f"mirror loop: port {path[-1]!r} mirrors back to {start!r} ({loop})")
+
+
+def _reserved_vlan_hint(value: int) -> str:
+    return " (802.1Q reserves 0 and 4095)" if value in (0, 4095) else ""
+
+
+_VLAN_RANGE_RE = re.compile(r"(0|[1-9][0-9]{0,4})(?:-(0|[1-9][0-9]{0,4}))?")
+
+
+class _Validator(_PolicyChecks):
     """Walks the composed node tree, collecting every problem found."""
 
     def __init__(self, filename: str, check_host: bool = True) -> None:
@@ -930,6 +1481,7 @@ class _Validator:
         self.check_conflicts(uses.sockets, "socket path", lambda u: posixpath.normpath(u.value))
         self.check_conflicts(uses.macs, "MAC address", lambda u: u.value)
         self.check_conflicts(uses.ifnames, "interface name", lambda u: u.value)
+        self.check_policy_references(set(entries), uses)
         if self.check_host and runtime_dir is not None:
             for use in uses.sockets:
                 directory = posixpath.dirname(posixpath.normpath(use.value))
@@ -1048,9 +1600,11 @@ class _Validator:
                 socket_use.server = False  # no point checking its directory
                 socket = None
 
-        if not ok or mode is None or socket is None:
+        policies = self.port_policies(name, entries, key, settings.get("mtu"), uses)
+        if not ok or mode is None or socket is None or policies is None:
             return None
-        return VhostUserPortConfig(name=name, mode=mode, socket=socket, mac=mac, **settings)
+        return VhostUserPortConfig(name=name, mode=mode, socket=socket, mac=mac, **settings,
+                                   **policies)
 
     def tap_port(self, name: str, entries: _Entries, node: Node, key: str,
                  uses: _Uses) -> TapPortConfig | None:
@@ -1089,9 +1643,11 @@ class _Validator:
                 ok = False
             else:
                 uses.macs.append(_Use(name, mac, mac_node, f"{key}.mac", derived=False))
-        if not ok or ifname is None or queues is None or create is None:
+        policies = self.port_policies(name, entries, key, mtu, uses)
+        if not ok or ifname is None or queues is None or create is None or policies is None:
             return None
-        return TapPortConfig(name=name, ifname=ifname, queues=queues, mtu=mtu, create=create, mac=mac)
+        return TapPortConfig(name=name, ifname=ifname, queues=queues, mtu=mtu, create=create, mac=mac,
+                             **policies)
 
     def check_conflicts(self, uses: list[_Use], what: str, normalize) -> None:
         """Report every value (socket path, MAC, ...) used by more than one

@@ -6,7 +6,9 @@ Ports are compared by name. A port whose configuration is equal is not
 touched at all. For a changed port every differing field falls in one class:
 
 * in place: applied to the running port without disturbing a connected guest
-  (socket ownership and mode, the static MAC, the MTU the switch enforces);
+  (socket ownership and mode, the static MAC, the MTU the switch enforces,
+  and the forwarding policies: vlan, allowed_macs, storm_control,
+  ingress_policing, egress_policing, mirror);
 * at connect: what a guest negotiated when it connected (queue pairs offered,
   the virtio features offered). Changing it under a running driver would
   break the guest's NIC, so it waits for the guest's next connection and is
@@ -26,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .config import Config, TapPortConfig, VhostUserPortConfig
+from .config import POLICY_KEYS, Config, TapPortConfig, VhostUserPortConfig
 
 PortConfig = VhostUserPortConfig | TapPortConfig
 
@@ -38,6 +40,13 @@ VHOST_RESTART = frozenset({"type", "mode", "socket"})
 # A TAP has no negotiation with a guest: re-opening it is the only disruption.
 TAP_IN_PLACE = frozenset({"mac", "mtu"})
 TAP_RESTART = frozenset({"type", "ifname", "queues", "create"})
+# Forwarding policies (VLAN, port security, storm control, policing,
+# mirroring): the datapath reads them from the port's slot on every frame, so
+# a new value is written there with the guest connected and nothing else is
+# disturbed.  Any port type.
+POLICY_IN_PLACE = frozenset(POLICY_KEYS)
+VHOST_IN_PLACE = VHOST_IN_PLACE | POLICY_IN_PLACE
+TAP_IN_PLACE = TAP_IN_PLACE | POLICY_IN_PLACE
 
 
 @dataclass(frozen=True)

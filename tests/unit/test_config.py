@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -17,10 +18,20 @@ from vswitch.config import (
     ControlConfig,
     DatapathConfig,
     MetricsConfig,
+    MirrorConfig,
+    PolicerConfig,
+    StormControlConfig,
     VhostUserPortConfig,
+    VlanConfig,
     load_config,
     parse_config,
 )
+
+
+# The keys a port takes, as listed in "unknown key" messages (every feature
+# adds some).
+VHOST_USER_KEYS = ", ".join(sorted(config_module._VHOST_USER_KEYS))
+TAP_KEYS = ", ".join(sorted(config_module._TAP_KEYS))
 
 
 def doc(text: str) -> str:
@@ -253,7 +264,7 @@ def test_unknown_keys() -> None:
         portz: {}
         """) == [
         "c.yaml:4:5: ports.vm1.queus: unknown key 'queus', did you mean 'queues'? (expected one of: "
-        "event_idx, indirect_desc, mac, memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket, socket_group, socket_mode, socket_owner, type)",
+        + VHOST_USER_KEYS + ")",
         "c.yaml:5:24: datapath.threads: unknown key 'threads' (expected one of: cpus, mode, workers)",
         "c.yaml:6:1: portz: unknown key 'portz', did you mean 'ports'? (expected one of: "
         "control, datapath, defaults, metrics, ports, runtime_dir, version)",
@@ -478,7 +489,7 @@ def test_all_errors_reported_at_once_in_file_order() -> None:
         "c.yaml:5:11: ports.vm1.mode: must be one of: server, client (got 'sever')",
         "c.yaml:6:13: ports.vm1.queues: must be 1..64 (got 0)",
         "c.yaml:7:5: ports.vm1.sockt: unknown key 'sockt', did you mean 'socket'? (expected one of: "
-        "event_idx, indirect_desc, mac, memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket, socket_group, socket_mode, socket_owner, type)",
+        + VHOST_USER_KEYS + ")",
         "c.yaml:8:3: ports.-bad: invalid port name '-bad' (must be 1..32 characters from "
         "A-Z a-z 0-9 _ . - and start with a letter or digit)",
         "c.yaml:9:35: ports.vm2.socket: socket path '/x.sock' is also used by port 'vm3'",
@@ -1153,5 +1164,355 @@ def test_new_keys_all_errors_at_once() -> None:
         "'%' or whitespace (got 'way-too-long-name0', 18 bytes)",
         "c.yaml:13:52: ports.up.mac: MAC address '52:54:00:00:00:01' is also used by port 'vm2'",
         "c.yaml:13:73: ports.up.queus: unknown key 'queus', did you mean 'queues'? (expected one of: "
-        "create, ifname, mac, mtu, queues, type)",
+        + TAP_KEYS + ")",
     ]
+
+
+# --------------------------------------------------------------------------
+# Forwarding policies (issue 7): vlan, allowed_macs, storm_control,
+# ingress_policing, egress_policing, mirror
+
+
+@pytest.mark.parametrize("text, bps", [
+    (1000, 1000), ("1000", 1000), ("1000bit", 1000), ("500k", 500_000), ("500kbit", 500_000),
+    ("100Mbit", 100_000_000), ("100mbit", 100_000_000), ("100 Mbit", 100_000_000),
+    ("1G", 1_000_000_000), ("2.5Gbit", 2_500_000_000), ("1.5Kbit/s", 1500), ("0.0015M", 1500),
+    ("1.0005k", 1001),   # rounded to whole bits/s, halves up
+])
+def test_parse_rate(text: object, bps: int) -> None:
+    assert config_module.parse_rate(text) == bps
+
+
+@pytest.mark.parametrize("text, message", [
+    ("100MBps", "rates are in bits per second"), ("10mbps", "tc's 'mbps' means megabytes/s"),
+    ("1MB", "rates are in bits per second"), ("5T", "unknown unit 'T' (use k, M or G"),
+    ("1kk", "unknown unit 'kk'"), ("Mbit", "must be a number with an optional unit"),
+    ("-5M", "must be a number"), ("1,5M", "must be a number"), ("", "must be a number"),
+    ("1e6", "must be a number"), (1.5, "must be an integer (bits/s) or a string such as '100Mbit'"),
+    (True, "must be an integer"), (None, "must be an integer"),
+])
+def test_parse_rate_rejects(text: object, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config_module.parse_rate(text)
+
+
+@pytest.mark.parametrize("text, size", [
+    (1514, 1514), ("1514", 1514), ("1514B", 1514), ("64KiB", 65536), ("64k", 64000), ("64kB", 64000),
+    ("1.5MiB", 1_572_864), ("2M", 2_000_000), ("2MB", 2_000_000), ("1GiB", 2**30), ("1G", 10**9),
+    ("1.5 KiB", 1536), ("1.0001KiB", 1024),
+])
+def test_parse_burst(text: object, size: int) -> None:
+    assert config_module.parse_burst(text) == size
+
+
+@pytest.mark.parametrize("text, message", [
+    ("64K", "unknown unit 'K' (use B, k, kB, KiB, M, MB, MiB, G, GB or GiB)"),
+    ("64KB", "unknown unit 'KB'"), ("1kiB", "unknown unit 'kiB'"), ("8kbit", "unknown unit 'kbit'"),
+    ("KiB", "must be a number"), (2.5, "must be an integer (bytes) or a string such as '64KiB'"),
+])
+def test_parse_burst_rejects(text: object, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config_module.parse_burst(text)
+
+
+def test_vlan_ranges_compress_sorted_ids() -> None:
+    assert config_module.vlan_ranges((1, 10, 20, 21, 22, 4094)) == [1, 10, "20-22", 4094]
+    assert config_module.vlan_ranges(()) == []
+
+
+POLICIES = """
+ports:
+  vm1:
+    type: vhost-user
+    mac: "52:54:00:00:00:01"
+    vlan: {mode: access, id: 10}
+    allowed_macs: ["52:54:00:00:00:AA", "02:00:00:00:00:02"]
+    storm_control: {broadcast: 1000, multicast: 2000, unknown_unicast: 3000}
+    ingress_policing: {rate: "100Mbit", burst: "64KiB", pps: 20000, pps_burst: 64}
+    egress_policing: {rate: 1G}
+    mirror: {to: tap0, direction: egress}
+  vm2:
+    type: vhost-user
+    vlan: {mode: trunk, allowed: [30, "20-25", "22-26", 4094, "7"], native: 1}
+    ingress_policing: {pps: 100000}
+    mirror: {to: vm1}
+  tap0:
+    type: tap
+    vlan: {mode: trunk, native: 5}
+    allowed_macs: ["02:00:00:00:00:02"]
+    storm_control: {unknown_unicast: 1}
+    egress_policing: {rate: 10Mbit}
+    ingress_policing: {rate: 400Gbit, pps: 100}
+"""
+
+
+def test_every_policy_key() -> None:
+    config = parse_config(doc(POLICIES))
+    vm1, vm2, tap0 = config.ports["vm1"], config.ports["vm2"], config.ports["tap0"]
+    assert vm1.vlan == VlanConfig(mode="access", id=10)
+    assert vm1.allowed_macs == ("52:54:00:00:00:aa", "02:00:00:00:00:02")
+    assert vm1.storm_control == StormControlConfig(broadcast=1000, multicast=2000, unknown_unicast=3000)
+    assert vm1.ingress_policing == PolicerConfig(rate_bps=100_000_000, burst_bytes=65536, pps=20000,
+                                                 pps_burst=64)
+    # Default bursts: 20 ms at the rate, at least 64 KiB / 64 frames.
+    assert vm1.egress_policing == PolicerConfig(rate_bps=10**9, burst_bytes=2_500_000)
+    assert vm1.mirror == MirrorConfig(to="tap0", direction="egress")
+    assert vm2.vlan == VlanConfig(mode="trunk", allowed=(7, *range(20, 27), 30, 4094), native=1)
+    assert vm2.ingress_policing == PolicerConfig(pps=100000, pps_burst=2000)
+    assert vm2.mirror == MirrorConfig(to="vm1", direction="both")
+    assert (vm2.allowed_macs, vm2.storm_control, vm2.egress_policing) == ((), None, None)
+    assert tap0 == TapPortConfig(
+        name="tap0", ifname="tap0", queues=1, vlan=VlanConfig(mode="trunk", native=5),
+        allowed_macs=("02:00:00:00:00:02",), storm_control=StormControlConfig(unknown_unicast=1),
+        egress_policing=PolicerConfig(rate_bps=10_000_000, burst_bytes=65536),
+        ingress_policing=PolicerConfig(rate_bps=400 * 10**9, burst_bytes=10**9, pps=100, pps_burst=64))
+
+
+def test_policies_default_to_off() -> None:
+    config = parse_config("ports: {vm1: {type: vhost-user}, up: {type: tap}}\n")
+    for port in config.ports.values():
+        assert (port.vlan, port.allowed_macs, port.storm_control, port.ingress_policing,
+                port.egress_policing, port.mirror) == (None, (), None, None, None, None)
+    assert VhostUserPortConfig(name="p", mode="server", socket="/s", queues=1).vlan is None
+    assert TapPortConfig(name="t", ifname="t", queues=1).allowed_macs == ()
+    assert "vlan" not in config.ports["vm1"].to_dict()
+
+
+def test_policies_round_trip_through_to_dict() -> None:
+    config = parse_config(doc(POLICIES))
+    as_dict = config.to_dict()
+    assert as_dict["ports"]["vm2"]["vlan"] == {"mode": "trunk", "allowed": [7, "20-26", 30, 4094],
+                                               "native": 1}
+    assert as_dict["ports"]["vm1"]["egress_policing"] == {"rate": 10**9, "burst": 2_500_000}
+    assert parse_config(yaml.safe_dump(as_dict, sort_keys=False)) == config
+
+
+def test_policy_burst_defaults_follow_the_rate() -> None:
+    def policer(text: str) -> PolicerConfig:
+        port = parse_config("ports: {p: {type: tap, ingress_policing: %s}}\n" % text).ports["p"]
+        return port.ingress_policing
+
+    assert policer("{rate: 1k}").burst_bytes == 65536
+    assert policer("{rate: 26214400}").burst_bytes == 65536           # exactly 64 KiB per 20 ms
+    assert policer("{rate: 26214600}").burst_bytes == 65537           # rounded: 65536.5 -> 65537
+    assert policer("{rate: 2.5G}").burst_bytes == 6_250_000
+    assert policer("{pps: 1}").pps_burst == 64
+    assert policer("{pps: 1000000}").pps_burst == 20000
+    assert policer("{pps: 1000}") == PolicerConfig(pps=1000, pps_burst=64)
+
+
+def test_vlan_errors() -> None:
+    assert errors("""
+        ports:
+          a: {type: vhost-user, vlan: {mode: access}}
+          b: {type: vhost-user, vlan: {mode: access, id: 4095, allowed: [1], native: 2}}
+          c: {type: vhost-user, vlan: {mode: trunk}}
+          d: {type: vhost-user, vlan: {mode: trunk, allowed: []}}
+          e: {type: vhost-user, vlan: {mode: trunk, id: 5, native: 0}}
+          f: {type: vhost-user, vlan: {id: 5, mode: hybrid}}
+          g: {type: vhost-user, vlan: {id: 5}}
+          h: {type: tap, vlan: [10]}
+          i: {type: tap, vlan: {mode: trunk, allowed: ["30-20", "0-9", 4095, "5-4096", x, 1.5, true, "010"]}}
+          j: {type: tap, vlan: {mode: trunk, allowed: 10, nativ: 3}}
+        """) == [
+        "c.yaml:2:31: ports.a.vlan: an access port needs 'id', its VLAN (1..4094)",
+        "c.yaml:3:50: ports.b.vlan.id: must be 1..4094 (802.1Q reserves 0 and 4095) (got 4095)",
+        "c.yaml:3:56: ports.b.vlan.allowed: only for trunk ports: an access port carries the one VLAN "
+        "'id', untagged",
+        "c.yaml:3:70: ports.b.vlan.native: only for trunk ports: an access port carries the one VLAN "
+        "'id', untagged",
+        "c.yaml:4:31: ports.c.vlan: a trunk port needs 'allowed' (the tagged VLANs it carries) or "
+        "'native' (its untagged VLAN), or both",
+        "c.yaml:5:54: ports.d.vlan.allowed: a trunk port needs 'allowed' (the tagged VLANs it carries) "
+        "or 'native' (its untagged VLAN), or both",
+        "c.yaml:6:45: ports.e.vlan.id: only for access ports: a trunk port lists its tagged VLANs in "
+        "'allowed' and its untagged VLAN in 'native'",
+        "c.yaml:6:60: ports.e.vlan.native: must be 1..4094 (802.1Q reserves 0 and 4095) (got 0)",
+        "c.yaml:7:45: ports.f.vlan.mode: must be one of: access, trunk (got 'hybrid')",
+        "c.yaml:8:31: ports.g.vlan: missing required key 'mode'",
+        "c.yaml:9:24: ports.h.vlan: must be a mapping (got a list)",
+        "c.yaml:10:48: ports.i.vlan.allowed[0]: range is reversed: its first id must not be above "
+        "its last; write '20-30' (got '30-20')",
+        "c.yaml:10:57: ports.i.vlan.allowed[1]: VLAN ids must be 1..4094 (802.1Q reserves 0 and 4095) "
+        "(got '0-9')",
+        "c.yaml:10:64: ports.i.vlan.allowed[2]: must be 1..4094 (802.1Q reserves 0 and 4095) (got 4095)",
+        "c.yaml:10:70: ports.i.vlan.allowed[3]: VLAN ids must be 1..4094 (got '5-4096')",
+        "c.yaml:10:80: ports.i.vlan.allowed[4]: must be a VLAN id 1..4094 or a range such as '20-30' "
+        "(got string 'x')",
+        "c.yaml:10:83: ports.i.vlan.allowed[5]: must be a VLAN id 1..4094 or a range such as '20-30' "
+        "(got float 1.5)",
+        "c.yaml:10:88: ports.i.vlan.allowed[6]: must be a VLAN id 1..4094 or a range such as '20-30' "
+        "(got boolean true)",
+        "c.yaml:10:94: ports.i.vlan.allowed[7]: must be a VLAN id 1..4094 or a range such as '20-30' "
+        "(got string '010')",
+        "c.yaml:11:47: ports.j.vlan.allowed: must be a list of VLAN ids and ranges such as "
+        "[10, '20-30'] (got integer 10)",
+        "c.yaml:11:51: ports.j.vlan.nativ: unknown key 'nativ', did you mean 'native'? "
+        "(expected one of: allowed, id, mode, native)",
+    ]
+
+
+def test_trunk_native_alone_and_empty_allowed_with_native() -> None:
+    config = parse_config("ports: {a: {type: tap, vlan: {mode: trunk, allowed: [], native: 4094}}}\n")
+    assert config.ports["a"].vlan == VlanConfig(mode="trunk", allowed=(), native=4094)
+
+
+def test_allowed_macs_errors() -> None:
+    assert errors("""
+        ports:
+          a: {type: vhost-user, mac: "52:54:00:00:00:01", allowed_macs: []}
+          b: {type: vhost-user, allowed_macs: "52:54:00:00:00:02"}
+          c: {type: vhost-user, allowed_macs: ["52:54:00:00:00:0A", "52:54:00:00:00:0a", "33:33:00:00:00:01", "00:00:00:00:00:00", "52-54-00-00-00-03"]}
+          d: {type: tap, allowed_macs: ["52:54:00:00:00:01", "52:54:00:00:00:0a"]}
+        """) == [
+        "c.yaml:2:65: ports.a.allowed_macs: must not be empty (leave 'allowed_macs' out to allow every "
+        "source MAC, or list the port's MAC to allow only it)",
+        "c.yaml:3:39: ports.b.allowed_macs: must be a list of MAC addresses such as "
+        "['52:54:00:12:34:56'] (got string '52:54:00:00:00:02')",
+        "c.yaml:4:61: ports.c.allowed_macs[1]: '52:54:00:00:00:0a' is listed twice (first at "
+        "ports.c.allowed_macs[0])",
+        "c.yaml:4:82: ports.c.allowed_macs[2]: must be a unicast MAC address (the first byte's lowest "
+        "bit is the multicast bit) (got '33:33:00:00:00:01')",
+        "c.yaml:4:103: ports.c.allowed_macs[3]: must not be the all-zero MAC address "
+        "(got '00:00:00:00:00:00')",
+        "c.yaml:4:124: ports.c.allowed_macs[4]: must be a MAC address of 6 hex bytes separated by ':', "
+        "such as '52:54:00:12:34:56' (got '52-54-00-00-00-03')",
+        # Another port's static MAC: allowing it would let this port take that port's traffic.
+        "c.yaml:5:33: ports.d.allowed_macs[0]: '52:54:00:00:00:01' is the mac of port 'a' (its static "
+        "FDB entry): port 'd' may not send from it",
+    ]
+
+
+def test_allowed_macs_may_repeat_the_own_mac_and_be_shared() -> None:
+    # A MAC that moves between two guests (a failover pair) may be allowed on both.
+    config = parse_config(doc("""
+        ports:
+          a: {type: vhost-user, mac: "52:54:00:00:00:01", allowed_macs: ["52:54:00:00:00:01", "02:00:00:00:00:99"]}
+          b: {type: vhost-user, allowed_macs: ["02:00:00:00:00:99"]}
+        """))
+    assert config.ports["b"].allowed_macs == ("02:00:00:00:00:99",)
+
+
+def test_storm_control_errors() -> None:
+    assert errors("""
+        ports:
+          a: {type: vhost-user, storm_control: {}}
+          b: {type: vhost-user, storm_control: {broadcast: 0, multicast: 100000001, unknown_unicast: 1.0}}
+          c: {type: tap, storm_control: {unknown-unicast: 10}}
+          d: {type: tap, storm_control: 100}
+        """) == [
+        "c.yaml:2:40: ports.a.storm_control: must set at least one of: broadcast, multicast, "
+        "unknown_unicast (frames/s; leave 'storm_control' out for no limit)",
+        "c.yaml:3:52: ports.b.storm_control.broadcast: must be 1..100000000 (got 0)",
+        "c.yaml:3:66: ports.b.storm_control.multicast: must be 1..100000000 (got 100000001)",
+        "c.yaml:3:94: ports.b.storm_control.unknown_unicast: must be an integer 1..100000000 "
+        "(got float 1.0)",
+        "c.yaml:4:34: ports.c.storm_control.unknown-unicast: unknown key 'unknown-unicast', did you "
+        "mean 'unknown_unicast'? (expected one of: broadcast, multicast, unknown_unicast)",
+        "c.yaml:5:33: ports.d.storm_control: must be a mapping (got integer 100)",
+    ]
+
+
+def test_policing_errors() -> None:
+    assert errors("""
+        ports:
+          a: {type: vhost-user, ingress_policing: {burst: 2000}}
+          b: {type: vhost-user, ingress_policing: {rate: 999, pps: 0, pps_burst: 0}}
+          c: {type: vhost-user, ingress_policing: {rate: 401G, burst: 1KiB}}
+          d: {type: vhost-user, mtu: 9000, egress_policing: {rate: 1G, burst: 9013}}
+          e: {type: tap, mtu: 9000, egress_policing: {rate: 1G, burst: "8KiB"}}
+          f: {type: tap, egress_policing: {rate: 100MBps, burst: 2GiB, pps_burst: 10, tokens: 1}}
+          g: {type: tap, ingress_policing: {rate: 1.5e+6, burst: 1.5}}
+        """) == [
+        "c.yaml:2:43: ports.a.ingress_policing: needs 'rate' (bits/s) or 'pps' (frames/s), or both",
+        "c.yaml:2:44: ports.a.ingress_policing.burst: only with 'rate': it sizes the byte bucket "
+        "(the frame bucket's size is 'pps_burst')",
+        "c.yaml:3:50: ports.b.ingress_policing.rate: must be 1kbit..400Gbit, 1000..400000000000 bits/s "
+        "(got 999)",
+        "c.yaml:3:60: ports.b.ingress_policing.pps: must be 1..1000000000 (got 0)",
+        "c.yaml:3:74: ports.b.ingress_policing.pps_burst: must be 1..1000000000 (got 0)",
+        "c.yaml:4:50: ports.c.ingress_policing.rate: must be 1kbit..400Gbit, 1000..400000000000 bits/s "
+        "(got '401G' = 401000000000 bit/s)",
+        "c.yaml:4:63: ports.c.ingress_policing.burst: must be at least 1514 bytes so that a full "
+        "1514-byte frame fits (got '1KiB' = 1024 bytes)",
+        "c.yaml:5:71: ports.d.egress_policing.burst: must be at least 9014 bytes so that a full frame "
+        "of the port's mtu 9000 (9014 bytes with the Ethernet header) fits (got 9013)",
+        "c.yaml:6:64: ports.e.egress_policing.burst: must be at least 9014 bytes so that a full frame "
+        "of the port's mtu 9000 (9014 bytes with the Ethernet header) fits (got '8KiB' = 8192 bytes)",
+        "c.yaml:7:42: ports.f.egress_policing.rate: rates are in bits per second: write e.g. "
+        "'100Mbit' (bytes per second are not accepted; tc's 'mbps' means megabytes/s) "
+        "(got string '100MBps')",
+        "c.yaml:7:58: ports.f.egress_policing.burst: must be at most 1GiB, 1073741824 bytes "
+        "(got '2GiB' = 2147483648 bytes)",
+        "c.yaml:7:64: ports.f.egress_policing.pps_burst: only with 'pps': it sizes the frame bucket "
+        "(the byte bucket's size is 'burst')",
+        "c.yaml:7:79: ports.f.egress_policing.tokens: unknown key 'tokens' (expected one of: burst, "
+        "pps, pps_burst, rate)",
+        "c.yaml:8:43: ports.g.ingress_policing.rate: must be an integer (bits/s) or a string such as "
+        "'100Mbit' (got float 1.5e+6)",
+        "c.yaml:8:58: ports.g.ingress_policing.burst: must be an integer (bytes) or a string such as "
+        "'64KiB' (got float 1.5)",
+    ]
+
+
+def test_policing_mtu_from_defaults() -> None:
+    [found] = errors("""
+        defaults: {mtu: 4000}
+        ports: {a: {type: vhost-user, ingress_policing: {rate: 1G, burst: 4000}}}
+        """)
+    assert "ports.a.ingress_policing.burst: must be at least 4014 bytes" in found
+
+
+def test_mirror_errors() -> None:
+    assert errors("""
+        ports:
+          a: {type: vhost-user, mirror: {to: a}}
+          b: {type: vhost-user, mirror: {to: cc, direction: in}}
+          c: {type: vhost-user, mirror: {direction: both}}
+          d: {type: tap, mirror: {to: 5}}
+          e: {type: tap, mirror: sniffer}
+        """) == [
+        "c.yaml:2:38: ports.a.mirror.to: a port cannot mirror to itself (got 'a')",
+        "c.yaml:3:38: ports.b.mirror.to: no port named 'cc', did you mean 'c'?",
+        "c.yaml:3:53: ports.b.mirror.direction: must be one of: ingress, egress, both (got 'in')",
+        "c.yaml:4:33: ports.c.mirror: missing required key 'to'",
+        "c.yaml:5:31: ports.d.mirror.to: must be a string (got integer 5)",
+        "c.yaml:6:26: ports.e.mirror: must be a mapping (got string 'sniffer')",
+    ]
+
+
+def test_mirror_loops_name_the_ports() -> None:
+    assert errors("""
+        ports:
+          a: {type: vhost-user, mirror: {to: b, direction: ingress}}
+          b: {type: vhost-user, mirror: {to: a, direction: egress}}
+          c: {type: tap, mirror: {to: d}}
+          d: {type: tap, mirror: {to: e}}
+          e: {type: tap, mirror: {to: c}}
+        """) == [
+        "c.yaml:2:38: ports.a.mirror.to: mirror loop: port 'b' mirrors back to 'a' (a -> b -> a)",
+        "c.yaml:3:38: ports.b.mirror.to: mirror loop: port 'a' mirrors back to 'b' (b -> a -> b)",
+        "c.yaml:4:31: ports.c.mirror.to: mirror loop: port 'e' mirrors back to 'c' (c -> d -> e -> c)",
+        "c.yaml:5:31: ports.d.mirror.to: mirror loop: port 'c' mirrors back to 'd' (d -> e -> c -> d)",
+        "c.yaml:6:31: ports.e.mirror.to: mirror loop: port 'd' mirrors back to 'e' (e -> c -> d -> e)",
+    ]
+
+
+def test_mirror_chains_and_fan_in_are_fine() -> None:
+    config = parse_config(doc("""
+        ports:
+          a: {type: vhost-user, mirror: {to: b}}
+          b: {type: vhost-user, mirror: {to: sniffer}}
+          c: {type: vhost-user, mirror: {to: sniffer, direction: ingress}}
+          sniffer: {type: tap}
+        """))
+    assert [p.mirror.to for p in config.ports.values() if p.mirror] == ["b", "sniffer", "sniffer"]
+
+
+def test_mirror_to_a_port_that_is_itself_invalid_reports_only_that_port() -> None:
+    [found] = errors("""
+        ports:
+          a: {type: vhost-user, mirror: {to: b}}
+          b: {type: vhost-user, queues: 0}
+        """)
+    assert "ports.b.queues: must be 1..64 (got 0)" in found

@@ -264,6 +264,141 @@ DIVERGENT = {
 }
 
 
+# -- forwarding policies (issue 7): vlan, allowed_macs, storm_control,
+# ingress_policing, egress_policing, mirror; on every port type.
+
+def _port(settings: str, port_type: str = "vhost-user", others: str = "") -> str:
+    return f"ports:\n  p: {{type: {port_type}, {settings}}}\n{others}"
+
+
+POLICY_GOOD = {
+    "policies-every-key": """
+        ports:
+          vm1:
+            type: vhost-user
+            mac: "52:54:00:00:00:01"
+            vlan: {mode: access, id: 10}
+            allowed_macs: ["52:54:00:00:00:AA", "02:00:00:00:00:02"]
+            storm_control: {broadcast: 1000, multicast: 2000, unknown_unicast: 3000}
+            ingress_policing: {rate: "100Mbit", burst: "64KiB", pps: 20000, pps_burst: 64}
+            egress_policing: {rate: 1G}
+            mirror: {to: up, direction: egress}
+          vm2:
+            type: vhost-user
+            vlan: {mode: trunk, allowed: [1, "20-30", "25-4094", "7"], native: 1}
+            mirror: {to: vm1}
+          up:
+            type: tap
+            vlan: {mode: trunk, native: 4094}
+            allowed_macs: ["02:00:00:00:00:02"]
+            storm_control: {unknown_unicast: 1}
+            ingress_policing: {pps: 1000000000, pps_burst: 1000000000}
+            egress_policing: {rate: 400000000000, burst: 1073741824}
+        """,
+    "vlan-trunk-empty-allowed-with-native": _port("vlan: {mode: trunk, allowed: [], native: 3}", "tap"),
+    "rate-and-burst-forms": """
+        ports:
+          a: {type: tap, ingress_policing: {rate: "1000", burst: "1514"}}
+          b: {type: tap, ingress_policing: {rate: 2.5Gbit, burst: 1.5 MiB}}
+          c: {type: tap, ingress_policing: {rate: 100 mbit, burst: 2MB}}
+          d: {type: tap, ingress_policing: {rate: 1.5kbit/s, burst: 1514B}}
+          e: {type: tap, ingress_policing: {rate: 400G, burst: 1GiB}}
+          f: {type: tap, ingress_policing: {rate: 10M, burst: 64kB}, mtu: 9000}
+        """,
+}
+
+POLICY_BAD = {
+    "vlan-not-mapping": (_port("vlan: 10"), "ports.p.vlan: must be a mapping"),
+    "vlan-no-mode": (_port("vlan: {id: 10}"), "ports.p.vlan: missing required key 'mode'"),
+    "vlan-mode": (_port("vlan: {mode: hybrid, id: 10}"), "ports.p.vlan.mode: must be one of: access, trunk"),
+    "vlan-unknown-key": (_port("vlan: {mode: access, id: 10, tag: 10}"), "ports.p.vlan.tag: unknown key"),
+    "vlan-access-no-id": (_port("vlan: {mode: access}"), "ports.p.vlan: an access port needs 'id'"),
+    "vlan-access-allowed": (_port("vlan: {mode: access, id: 3, allowed: [4]}"),
+                            "ports.p.vlan.allowed: only for trunk ports"),
+    "vlan-access-native": (_port("vlan: {mode: access, id: 3, native: 4}"),
+                           "ports.p.vlan.native: only for trunk ports"),
+    "vlan-id-0": (_port("vlan: {mode: access, id: 0}"), "must be 1..4094 (802.1Q reserves 0 and 4095) (got 0)"),
+    "vlan-id-4095": (_port("vlan: {mode: access, id: 4095}"), "ports.p.vlan.id: must be 1..4094"),
+    "vlan-id-string": (_port("vlan: {mode: access, id: '10'}"), "ports.p.vlan.id: must be a VLAN id"),
+    "vlan-trunk-nothing": (_port("vlan: {mode: trunk}", "tap"), "a trunk port needs 'allowed'"),
+    "vlan-trunk-empty": (_port("vlan: {mode: trunk, allowed: []}"), "a trunk port needs 'allowed'"),
+    "vlan-trunk-id": (_port("vlan: {mode: trunk, id: 3, native: 3}"), "ports.p.vlan.id: only for access ports"),
+    "vlan-trunk-native-0": (_port("vlan: {mode: trunk, native: 0}"), "ports.p.vlan.native: must be 1..4094"),
+    "vlan-allowed-not-list": (_port("vlan: {mode: trunk, allowed: '10-20'}"), "must be a list of VLAN ids"),
+    "vlan-allowed-4095": (_port("vlan: {mode: trunk, allowed: [4095]}"), "ports.p.vlan.allowed[0]: must be 1..4094"),
+    "vlan-allowed-range-0": (_port("vlan: {mode: trunk, allowed: ['0-10']}"), "VLAN ids must be 1..4094"),
+    "vlan-allowed-range-big": (_port("vlan: {mode: trunk, allowed: ['10-5000']}"), "VLAN ids must be 1..4094"),
+    "vlan-allowed-word": (_port("vlan: {mode: trunk, allowed: [all]}"), "or a range such as '20-30'"),
+    "vlan-allowed-spaces": (_port("vlan: {mode: trunk, allowed: ['10 - 20']}"), "or a range such as '20-30'"),
+    "vlan-allowed-float": (_port("vlan: {mode: trunk, allowed: [1.5]}"), "(got float 1.5)"),
+    "allowed-macs-string": (_port("allowed_macs: '52:54:00:00:00:01'"), "ports.p.allowed_macs: must be a list"),
+    "allowed-macs-empty": (_port("allowed_macs: []"), "ports.p.allowed_macs: must not be empty"),
+    "allowed-macs-multicast": (_port("allowed_macs: ['01:00:5e:00:00:01']", "tap"),
+                               "ports.p.allowed_macs[0]: must be a unicast MAC"),
+    "allowed-macs-zero": (_port("allowed_macs: ['00:00:00:00:00:00']"), "must not be the all-zero MAC"),
+    "allowed-macs-twice": (_port("allowed_macs: ['52:54:00:00:00:01', '52:54:00:00:00:01']"),
+                           "ports.p.allowed_macs[1]: '52:54:00:00:00:01' is listed twice"),
+    "storm-empty": (_port("storm_control: {}"), "ports.p.storm_control: must set at least one of"),
+    "storm-zero": (_port("storm_control: {broadcast: 0}"), "ports.p.storm_control.broadcast: must be 1..100000000"),
+    "storm-too-big": (_port("storm_control: {multicast: 100000001}", "tap"), "must be 1..100000000"),
+    "storm-unknown-key": (_port("storm_control: {unicast: 5}"), "ports.p.storm_control.unicast: unknown key"),
+    "storm-string": (_port("storm_control: {broadcast: '1k'}"), "must be an integer 1..100000000"),
+    "policer-empty": (_port("ingress_policing: {}"), "needs 'rate' (bits/s) or 'pps' (frames/s)"),
+    "policer-burst-only": (_port("egress_policing: {burst: 64KiB}"), "egress_policing.burst: only with 'rate'"),
+    "policer-pps-burst-without-pps": (_port("ingress_policing: {rate: 1G, pps_burst: 64}"),
+                                      "ingress_policing.pps_burst: only with 'pps'"),
+    "policer-unknown-key": (_port("ingress_policing: {rate: 1G, ceil: 2G}", "tap"), "ingress_policing.ceil: unknown key"),
+    "rate-999": (_port("ingress_policing: {rate: 999}"), "must be 1kbit..400Gbit"),
+    "rate-too-big": (_port("ingress_policing: {rate: 400000000001}"), "must be 1kbit..400Gbit"),
+    "rate-bytes": (_port("ingress_policing: {rate: 10MBps}"), "rates are in bits per second"),
+    "rate-unit": (_port("ingress_policing: {rate: 10Tbit}"), "unknown unit 'Tbit'"),
+    "rate-float": (_port("ingress_policing: {rate: 1500.5}"), "must be an integer (bits/s)"),
+    "rate-negative": (_port("ingress_policing: {rate: -1000}"), "must be 1kbit..400Gbit"),
+    "burst-1513": (_port("ingress_policing: {rate: 1G, burst: 1513}"), "must be at least 1514 bytes"),
+    "burst-too-big": (_port("ingress_policing: {rate: 1G, burst: 1073741825}"), "must be at most 1GiB"),
+    "burst-unit": (_port("ingress_policing: {rate: 1G, burst: 64KB}"), "unknown unit 'KB'"),
+    "pps-0": (_port("ingress_policing: {pps: 0}"), "ingress_policing.pps: must be 1..1000000000"),
+    "pps-burst-0": (_port("ingress_policing: {pps: 10, pps_burst: 0}"), "pps_burst: must be 1..1000000000"),
+    "mirror-not-mapping": (_port("mirror: q", others="  q: {type: tap}\n"), "ports.p.mirror: must be a mapping"),
+    "mirror-no-to": (_port("mirror: {direction: both}"), "ports.p.mirror: missing required key 'to'"),
+    "mirror-direction": (_port("mirror: {to: q, direction: rx}", others="  q: {type: tap}\n"),
+                         "ports.p.mirror.direction: must be one of: ingress, egress, both"),
+    "mirror-unknown-key": (_port("mirror: {to: q, truncate: 64}", others="  q: {type: tap}\n"),
+                           "ports.p.mirror.truncate: unknown key"),
+    "mirror-to-int": (_port("mirror: {to: 5}", others="  '5': {type: tap}\n"), "ports.p.mirror.to: must be a string"),
+}
+
+POLICY_VALIDATOR_ONLY = {
+    "vlan-range-reversed": (_port("vlan: {mode: trunk, allowed: ['30-20']}"),
+                            "ports.p.vlan.allowed[0]: range is reversed", False),
+    "allowed-macs-twice-in-other-case": (_port("allowed_macs: ['52:54:00:00:00:AA', '52:54:00:00:00:aa']"),
+                                         "'52:54:00:00:00:aa' is listed twice", False),
+    "allowed-macs-another-ports-mac": (_port("allowed_macs: ['52:54:00:00:00:01']",
+                                             others="  q: {type: tap, mac: '52:54:00:00:00:01'}\n"),
+                                       "ports.p.allowed_macs[0]: '52:54:00:00:00:01' is the mac of port 'q'",
+                                       False),
+    "rate-string-too-low": (_port("ingress_policing: {rate: 500bit}"), "(got '500bit' = 500 bit/s)", False),
+    "rate-string-too-high": (_port("egress_policing: {rate: 401G}"), "(got '401G' = 401000000000 bit/s)",
+                             False),
+    "burst-string-too-small": (_port("ingress_policing: {rate: 1G, burst: 1KiB}"),
+                               "must be at least 1514 bytes so that a full 1514-byte frame fits", False),
+    "burst-string-too-big": (_port("ingress_policing: {rate: 1G, burst: 2GiB}"), "must be at most 1GiB", False),
+    "burst-below-jumbo-frame": (_port("mtu: 9000, ingress_policing: {rate: 1G, burst: 9000}"),
+                                "must be at least 9014 bytes so that a full frame of the port's mtu 9000", False),
+    "mirror-to-missing-port": (_port("mirror: {to: sniffer}", others="  sniffer0: {type: tap}\n"),
+                               "ports.p.mirror.to: no port named 'sniffer', did you mean 'sniffer0'?", False),
+    # JSON Schema's "integer" includes 1.0e+9; YAML says it is a float.
+    "rate-integral-float": (_port("ingress_policing: {rate: 1.0e+9}"), "(got float 1.0e+9)", False),
+    "mirror-to-itself": (_port("mirror: {to: p}"), "ports.p.mirror.to: a port cannot mirror to itself", False),
+    "mirror-loop": (_port("mirror: {to: q, direction: ingress}", others="  q: {type: tap, mirror: {to: p}}\n"),
+                    "ports.p.mirror.to: mirror loop: port 'q' mirrors back to 'p' (p -> q -> p)", False),
+}
+
+GOOD.update(POLICY_GOOD)
+BAD.update(POLICY_BAD)
+VALIDATOR_ONLY.update(POLICY_VALIDATOR_ONLY)
+
+
 def _docs_examples() -> dict[str, str]:
     """The full configuration files shown in docs/configuration.md."""
     text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
@@ -364,3 +499,16 @@ def test_every_schema_property_has_a_description() -> None:
     walk(SCHEMA, "")
     for name, sub in SCHEMA["$defs"]["portSettings"].items():
         assert "description" in sub, name
+
+
+def test_schema_knows_the_policy_keys() -> None:
+    defs = SCHEMA["$defs"]
+    for port in ("vhostUserPort", "tapPort"):
+        assert set(cfg.POLICY_KEYS) <= set(defs[port]["properties"])
+    assert set(defs["vlan"]["properties"]) == set(cfg._VLAN_KEYS)
+    assert set(defs["stormControl"]["properties"]) == set(cfg._STORM_CONTROL_KEYS)
+    assert set(defs["policer"]["properties"]) == set(cfg._POLICER_KEYS)
+    assert set(defs["mirror"]["properties"]) == set(cfg._MIRROR_KEYS)
+    assert defs["vlan"]["properties"]["mode"]["enum"] == list(cfg.VLAN_MODES)
+    assert defs["mirror"]["properties"]["direction"]["enum"] == list(cfg.MIRROR_DIRECTIONS)
+    assert (defs["vlanId"]["minimum"], defs["vlanId"]["maximum"]) == (cfg.MIN_VLAN, cfg.MAX_VLAN)

@@ -75,3 +75,39 @@ def test_defaults_change_reaches_every_port_that_inherits_it():
     new = cfg({"a": A, "b": {"type": "vhost-user"}}, defaults={"queues": 3})
     p = plan(old, new)
     assert [c.name for c in p.changed] == ["b"] and p.changed[0].at_connect == ("queues",)
+
+
+# Forwarding policies (issue 7): every one of them, set, changed or removed,
+# is applied to the running port; neither port type restarts or waits.
+POLICIES = {
+    "vlan": ({"mode": "access", "id": 10}, {"mode": "trunk", "allowed": [10, "20-30"], "native": 1}),
+    "allowed_macs": (["52:54:00:00:00:aa"], ["52:54:00:00:00:aa", "52:54:00:00:00:bb"]),
+    "storm_control": ({"broadcast": 1000}, {"broadcast": 1000, "unknown_unicast": 50}),
+    "ingress_policing": ({"rate": "100Mbit"}, {"rate": "100Mbit", "pps": 20000}),
+    "egress_policing": ({"rate": "1G", "burst": "1MiB"}, {"rate": "1G"}),
+    "mirror": ({"to": "other"}, {"to": "other", "direction": "ingress"}),
+}
+
+
+def test_forwarding_policies_apply_in_place_on_both_port_types():
+    other = {"type": "vhost-user"}
+    for base in (A, TAP):
+        for key, (first, second) in POLICIES.items():
+            plain = cfg({"p": base, "other": other})
+            one = cfg({"p": {**base, key: first}, "other": other})
+            two = cfg({"p": {**base, key: second}, "other": other})
+            for old, new in ((plain, one), (one, two), (two, plain)):
+                p = plan(old, new)
+                assert p.unchanged == ["other"] and [c.name for c in p.changed] == ["p"], key
+                change = p.changed[0]
+                assert change.fields == (key,), (key, change.fields)
+                assert not change.restart and change.in_place == (key,) and change.at_connect == (), \
+                    (base["type"], key)
+                assert p.summary()["changed"]["p"]["in_place"] == [key]
+
+
+def test_policy_change_together_with_a_negotiated_field_still_waits_only_for_that_field():
+    old = cfg({"a": A})
+    new = cfg({"a": {**A, "queues": 4, "vlan": {"mode": "access", "id": 5}}})
+    change = port_change("a", old.ports["a"], new.ports["a"])
+    assert not change.restart and change.in_place == ("vlan",) and change.at_connect == ("queues",)
