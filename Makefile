@@ -2,7 +2,8 @@
 #
 #   make run    virtualenv + build + vswitchd on config/vswitch.yaml
 #   make test   every Debian and Python package the suite needs, build, run the suite
-#   make bench  loopback, uplink and VM-to-VM benchmarks against DPDK, one at a time
+#   make bench  loopback (against DPDK and the release before), uplink, VM-to-VM and
+#               rate-limit benchmarks, one at a time
 #
 # Targets install what they need; on a fresh Debian 12 only `make` itself
 # must be installed first (apt-get install -y make).
@@ -64,12 +65,19 @@ test: deps-test build
 	$(PY) -m pip install -q $(TEST_PIPS)
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
+# The loopback benchmark interleaves DPDK, the release before issue 7
+# (BENCH_BASELINE, built once in a worktree under /tmp) and this tree with the
+# issue-7 features off and in BENCH_VARIANTS (see bench/loopback.py).
+BENCH_BASELINE ?= cefd30a
+BENCH_VARIANTS ?= off,policing,all
+
 bench: deps-test build
 	$(PY) -m pip install -q matplotlib
-	$(PY) bench/loopback.py
+	$(PY) bench/loopback.py --baseline $(BENCH_BASELINE) --variants $(BENCH_VARIANTS)
 	$(PY) bench/plot.py
 	$(PY) bench/uplink.py
 	$(PY) bench/iperf.py
+	$(PY) bench/ratelimit.py
 
 clean:
 	rm -rf build *.egg-info vswitch/*.so cython_ext/*.c cython_ext/*.html

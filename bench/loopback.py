@@ -21,6 +21,20 @@ benchmark's own processes from /proc/PID/stat) are flagged and left out of
 the medians (``--keep-noisy`` keeps them). The ratio is per pair
 (vswitch / reference of the same config and pair), summarised by its median.
 
+``--baseline REF`` adds a third system, "baseline": vswitchd of an earlier
+commit (built once in a throw-away git worktree under /tmp with its own
+``make build``, reused while it is at REF), interleaved as dpdk, baseline,
+vswitch for each pair and config; each vswitch system is then also reported
+as a per-pair ratio to the baseline (issue 7: with every feature off the
+switch stays within 5 % of the release before it, ``--baseline cefd30a``).
+
+``--variants off,policing,...`` runs the current vswitch once per variant, a
+named YAML fragment applied to both ports (see VARIANTS): "off" is the plain
+config; the others turn issue-7 features on with limits above what the loop
+can reach, so the figure is their cost, not their effect. A variant's ratio
+to "off" of the same pair is its cost. The generator's ports have fixed MACs
+(GEN_MACS) so that "security" can allow exactly the sources it sends from.
+
 1518-byte frames are 1504 bytes of payload: over a 1500 MTU. DPDK's vhost
 and virtio-user PMDs do not enforce MTU; a switch that does must allow more
 for that config (vswitch's YAML has no MTU setting today). A run that moves
@@ -31,6 +45,7 @@ a lock file enforces it)::
 
     .venv/bin/python bench/loopback.py [--pairs 5] [--configs 64x1,1518x1,64x2,1518x2]
         [--seconds 10] [--warmup 5] [--only dpdk|vswitch|both]
+        [--baseline cefd30a] [--variants off,policing,vlan,security,all]
 
 Results: a table on stdout and a JSON file under bench/results/.
 """
@@ -74,6 +89,87 @@ DEFAULT_CONFIGS = "64x1,1518x1,64x2,1518x2"
 LOCK_PATH = Path("/tmp/vswitch-bench.lock")
 KINDS = ("dpdk", "vswitch")
 MIN_PPS = 1000.0  # below this median a run is an error: nothing circulates
+BASELINE_TOLERANCE = 0.95  # issue 7: all features off stays within 5 % of the baseline
+
+# The generator's port MACs (net_virtio_user0 on socket a, 1 on b). Fixed, so
+# that port security can allow them; locally administered, and never testpmd's
+# default peer addresses (02:00:00:00:00:0N), which are the frames'
+# destinations: they stay unknown unicast, flooded to the other port, as
+# before. A frame sent on gen port i enters the switch on port i and, after
+# one trip through the loop, is sent on gen port i again, so port i only ever
+# sees source GEN_MACS[i].
+GEN_MACS = ("02:76:73:62:00:0a", "02:76:73:62:00:0b")
+
+# Far above what one port carries here (1518 B loop: < 60 Gbit/s per port and
+# direction; 64 B: < 15 Mframes/s), so that no frame is held back: the figure
+# is the cost of checking.
+_NO_LIMIT_RATE = "100Gbit"
+_NO_LIMIT_FPS = 100_000_000  # the config's maximum storm-control rate
+
+
+def _variant_off(port: int) -> dict[str, Any]:
+    return {}
+
+
+def _variant_policing(port: int) -> dict[str, Any]:
+    return {"ingress_policing": {"rate": _NO_LIMIT_RATE}}
+
+
+def _variant_vlan(port: int) -> dict[str, Any]:
+    # untagged in, VLAN 10 inside, untagged out: classification + membership check
+    return {"vlan": {"mode": "access", "id": 10}}
+
+
+def _variant_security(port: int) -> dict[str, Any]:
+    return {"allowed_macs": [GEN_MACS[port]]}
+
+
+def _variant_all(port: int) -> dict[str, Any]:
+    # everything a port can have except a mirror (that needs a third port)
+    return {
+        **_variant_vlan(port),
+        **_variant_security(port),
+        "storm_control": {"broadcast": _NO_LIMIT_FPS, "multicast": _NO_LIMIT_FPS,
+                          "unknown_unicast": _NO_LIMIT_FPS},
+        "ingress_policing": {"rate": _NO_LIMIT_RATE},
+        "egress_policing": {"rate": _NO_LIMIT_RATE},
+    }
+
+
+# variant name -> the YAML fragment merged into port i (0: a, 1: b)
+VARIANTS = {
+    "off": _variant_off,
+    "policing": _variant_policing,
+    "vlan": _variant_vlan,
+    "security": _variant_security,
+    "all": _variant_all,
+}
+
+
+@dataclass(frozen=True)
+class System:
+    """One switch under test: DPDK, or a vswitchd binary with a port fragment."""
+
+    name: str            # "dpdk", "baseline", "vswitch" (variant off), "vswitch+VARIANT"
+    kind: str            # "dpdk" | "vswitch"
+    vswitchd: Path | None = None
+    variant: str = "off"
+
+    def port_extra(self, port: int) -> dict[str, Any]:
+        return VARIANTS[self.variant](port)
+
+
+def parse_variants(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown or not names:
+        raise SystemExit(f"--variants: unknown {', '.join(unknown) or '(empty list)'}; "
+                         f"known: {', '.join(VARIANTS)}")
+    return list(dict.fromkeys(names))  # keep the order, drop repeats
+
+
+def variant_system(variant: str, vswitchd: Path) -> System:
+    return System("vswitch" if variant == "off" else f"vswitch+{variant}", "vswitch", vswitchd, variant)
 
 
 # --------------------------------------------------------------------------
@@ -239,13 +335,15 @@ class VSwitch(SwitchUnderTest):
     kind = "vswitch"
 
     def __init__(
-        self, run_dir: Path, cpu: int, queues: int, socks: tuple[Path, Path], vswitchd: Path
+        self, run_dir: Path, cpu: int, queues: int, socks: tuple[Path, Path], vswitchd: Path,
+        port_extra: Sequence[dict[str, Any]] = ({}, {}),
     ) -> None:
         self.run_dir = run_dir
         self.cpu = cpu
         self.queues = queues
         self.socks = socks
         self.vswitchd = vswitchd
+        self.port_extra = port_extra  # YAML fragment merged into port a, port b
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = run_dir / "sut-vswitch.log"
         self.config_path = run_dir / "vswitch.yaml"
@@ -254,13 +352,12 @@ class VSwitch(SwitchUnderTest):
     def config_text(self) -> str:
         d = self.run_dir
         q = self.queues
-        return (
-            f"runtime_dir: {d}\n"
-            "ports:\n"
-            f"  a: {{type: vhost-user, mode: server, socket: {self.socks[0]}, queues: {q}}}\n"
-            f"  b: {{type: vhost-user, mode: server, socket: {self.socks[1]}, queues: {q}}}\n"
-            "datapath: {workers: 1}\n"
-        )
+        ports = ""
+        for i, name in enumerate(("a", "b")):
+            port = {"type": "vhost-user", "mode": "server", "socket": str(self.socks[i]), "queues": q,
+                    **self.port_extra[i]}
+            ports += f"  {name}: {json.dumps(port)}\n"  # JSON is YAML (flow style)
+        return f"runtime_dir: {d}\nports:\n{ports}datapath: {{workers: 1}}\n"
 
     def start(self) -> None:
         if not (self.vswitchd.exists() and os.access(self.vswitchd, os.X_OK)):
@@ -346,7 +443,7 @@ class Config:
 
 @dataclass
 class RunResult:
-    kind: str
+    kind: str  # the system's name: dpdk, baseline, vswitch, vswitch+VARIANT
     size: int
     queues: int
     pair: int
@@ -360,6 +457,8 @@ class RunResult:
     rx_per_queue: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     run_dir: str = ""
+    variant: str = "off"
+    vswitchd: str = ""
 
     @property
     def usable(self) -> bool:
@@ -374,26 +473,29 @@ class Options:
     gen_cpu: int
     sut_cpu: int
     max_foreign: float
-    vswitchd: Path
     workdir: Path
     gen_mbufs: int | None
 
 
-def run_once(kind: str, cfg: Config, pair: int, opt: Options, log: TextIO) -> RunResult:
-    """One run of *kind* ("dpdk" | "vswitch") for *cfg*; never raises."""
-    res = RunResult(kind=kind, size=cfg.size, queues=cfg.queues, pair=pair)
-    run_dir = opt.workdir / f"p{pair}-{cfg.size}x{cfg.queues}-{kind}"
+def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) -> RunResult:
+    """One run of *system* for *cfg*; never raises."""
+    res = RunResult(kind=system.name, size=cfg.size, queues=cfg.queues, pair=pair,
+                    variant=system.variant, vswitchd=str(system.vswitchd or ""))
+    run_dir = opt.workdir / f"p{pair}-{cfg.size}x{cfg.queues}-{system.name}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     res.run_dir = str(run_dir)
     socks = (run_dir / "a.sock", run_dir / "b.sock")
     sut: SwitchUnderTest
-    if kind == "dpdk":
+    if system.kind == "dpdk":
         sut = DpdkSwitch(run_dir, opt.sut_cpu, cfg.queues, socks)
     else:
-        sut = VSwitch(run_dir, opt.sut_cpu, cfg.queues, socks, opt.vswitchd)
+        assert system.vswitchd is not None
+        sut = VSwitch(run_dir, opt.sut_cpu, cfg.queues, socks, system.vswitchd,
+                      (system.port_extra(0), system.port_extra(1)))
     gen = TestPmd(
-        [virtio_user_vdev(0, socks[0], queues=cfg.queues), virtio_user_vdev(1, socks[1], queues=cfg.queues)],
+        [virtio_user_vdev(0, socks[0], queues=cfg.queues, mac=GEN_MACS[0]),
+         virtio_user_vdev(1, socks[1], queues=cfg.queues, mac=GEN_MACS[1])],
         rxq=cfg.queues, cpus=[opt.gen_cpu], forward_mode="io", burst=32, txpkts=cfg.size,
         total_mbufs=opt.gen_mbufs, workdir=run_dir, name="gen",
     )
@@ -476,7 +578,18 @@ def _stats(values: list[float]) -> dict[str, float] | None:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def summarize(runs: list[RunResult], configs: list[Config], keep_noisy: bool) -> list[dict[str, Any]]:
+def _pair_ratios(num: list[RunResult], den: list[RunResult]) -> list[float]:
+    """num/den per pair, for the pairs where both runs are usable."""
+    den_by_pair = {r.pair: r.median_pps for r in den if r.median_pps}
+    return [r.median_pps / den_by_pair[r.pair] for r in num
+            if r.median_pps is not None and den_by_pair.get(r.pair)]
+
+
+def summarize(runs: list[RunResult], configs: list[Config], keep_noisy: bool,
+              systems: Sequence[str] = KINDS) -> list[dict[str, Any]]:
+    """Per config: every system's Mframes/s, and per-pair ratios of each
+    vswitch system to DPDK, to the baseline and to vswitch with features off.
+    The keys of the two-system benchmark (dpdk_mpps, vswitch_mpps, ratio) stay."""
     out = []
     for cfg in configs:
         mine = [r for r in runs if (r.size, r.queues) == (cfg.size, cfg.queues)]
@@ -484,26 +597,38 @@ def summarize(runs: list[RunResult], configs: list[Config], keep_noisy: bool) ->
         def ok(r: RunResult) -> bool:
             return r.usable and (keep_noisy or r.flagged is None)
 
-        by_kind = {k: [r for r in mine if r.kind == k] for k in KINDS}
-        mpps = {k: [r.median_pps / 1e6 for r in v if ok(r) and r.median_pps] for k, v in by_kind.items()}
-        ratios = []
-        pairs = sorted({r.pair for r in mine})
-        for p in pairs:
-            a = [r for r in by_kind["dpdk"] if r.pair == p and ok(r)]
-            b = [r for r in by_kind["vswitch"] if r.pair == p and ok(r)]
-            if a and b and a[0].median_pps:
-                ratios.append((b[0].median_pps or 0.0) / a[0].median_pps)
-        out.append({
+        by_kind = {k: [r for r in mine if r.kind == k] for k in systems}
+        good = {k: [r for r in v if ok(r)] for k, v in by_kind.items()}
+        mpps = {k: [r.median_pps / 1e6 for r in v if r.median_pps] for k, v in good.items()}
+        per_system: dict[str, dict[str, Any]] = {}
+        for k in systems:
+            entry: dict[str, Any] = {"mpps": _stats(mpps[k])}
+            if k != "dpdk":
+                entry["ratio_dpdk"] = _stats(_pair_ratios(good[k], good.get("dpdk", [])))
+            if k not in ("dpdk", "baseline") and "baseline" in good:
+                entry["ratio_baseline"] = _stats(_pair_ratios(good[k], good["baseline"]))
+            if k.startswith("vswitch+") and "vswitch" in good:
+                entry["ratio_off"] = _stats(_pair_ratios(good[k], good["vswitch"]))
+            per_system[k] = entry
+        row = {
             "config": cfg.label,
             "size": cfg.size,
             "queues": cfg.queues,
-            "dpdk_mpps": _stats(mpps["dpdk"]),
-            "vswitch_mpps": _stats(mpps["vswitch"]),
-            "ratio": _stats(ratios),
+            "dpdk_mpps": _stats(mpps.get("dpdk", [])),
+            "vswitch_mpps": _stats(mpps.get("vswitch", [])),
+            "ratio": _stats(_pair_ratios(good.get("vswitch", []), good.get("dpdk", []))),
+            "systems": per_system,
             "errors": {k: [r.error for r in v if r.error] for k, v in by_kind.items()},
             "flagged": {k: sum(1 for r in v if r.usable and r.flagged) for k, v in by_kind.items()},
             "runs": {k: len(v) for k, v in by_kind.items()},
-        })
+        }
+        if "baseline" in systems:
+            row["baseline_mpps"] = _stats(mpps["baseline"])
+            row["ratio_baseline"] = _stats(_pair_ratios(good.get("vswitch", []), good["baseline"]))
+            rb = row["ratio_baseline"]
+            # the issue's criterion: median per-pair ratio of "off" to the baseline
+            row["within_5pct_of_baseline"] = None if rb is None else rb["median"] >= BASELINE_TOLERANCE
+        out.append(row)
     return out
 
 
@@ -514,25 +639,94 @@ def _fmt(s: dict[str, float] | None, digits: int = 2) -> str:
 
 
 def print_table(summary: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
-    hdr = ("config", "DPDK Mpps med [min..max]", "vswitch Mpps med [min..max]",
-           "ratio med [min..max]", "Gbit/s (dpdk/vsw)", "flagged", "errors")
+    """One row per config and system; ratios are medians of per-pair ratios."""
+    hdr = ("config", "system", "Mpps med [min..max]", "Gbit/s", "/DPDK med [min..max]",
+           "/baseline med [min..max]", "/off med [min..max]", "flagged", "errors")
     rows = []
     for s in summary:
-        gb = []
-        for k in ("dpdk_mpps", "vswitch_mpps"):
-            gb.append(f"{s[k]['median'] * s['size'] * 8 / 1e3:.2f}" if s[k] else "-")
-        nerr = {k: len(v) for k, v in s["errors"].items() if v}
-        rows.append((
-            s["config"], _fmt(s["dpdk_mpps"]), _fmt(s["vswitch_mpps"]), _fmt(s["ratio"], 3),
-            "/".join(gb), ",".join(f"{k}:{v}" for k, v in s["flagged"].items() if v) or "-",
-            ",".join(f"{k}:{v}" for k, v in nerr.items()) or "-",
-        ))
+        systems = s.get("systems") or {
+            k: {"mpps": s[f"{k}_mpps"], **({"ratio_dpdk": s["ratio"]} if k == "vswitch" else {})}
+            for k in KINDS}
+        for k, e in systems.items():
+            gb = f"{e['mpps']['median'] * s['size'] * 8 / 1e3:.2f}" if e["mpps"] else "-"
+            nerr = len(s["errors"].get(k, []))
+            rows.append((
+                s["config"], k, _fmt(e["mpps"]), gb,
+                _fmt(e.get("ratio_dpdk"), 3) if k != "dpdk" else "",
+                _fmt(e.get("ratio_baseline"), 3) if "ratio_baseline" in e else "",
+                _fmt(e.get("ratio_off"), 3) if "ratio_off" in e else "",
+                str(s["flagged"].get(k, 0) or "-"), str(nerr or "-"),
+            ))
     widths = [max(len(str(x)) for x in col) for col in zip(hdr, *rows, strict=True)]
     for r in (hdr, *rows):
-        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)), file=out)
+        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)).rstrip(), file=out)
+    for s in summary:
+        if "within_5pct_of_baseline" in s:
+            verdict = {None: "no usable pair", True: "within 5 %", False: "MORE THAN 5 % BELOW"}[
+                s["within_5pct_of_baseline"]]
+            print(f"{s['config']}: vswitch (features off) / baseline = {_fmt(s['ratio_baseline'], 3)}: "
+                  f"{verdict}", file=out)
     errs = {(s["config"], k, e) for s in summary for k, v in s["errors"].items() for e in v}
     for cfg, k, e in sorted(errs):
         print(f"error {cfg} {k}: {e.splitlines()[0][:300]}", file=out)
+
+
+# --------------------------------------------------------------------------
+# The baseline: an earlier commit, built in a worktree of its own
+# --------------------------------------------------------------------------
+
+
+def _git(*args: str, cwd: Path = REPO) -> str:
+    r = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} (in {cwd}) failed: {r.stderr.strip()}")
+    return r.stdout.strip()
+
+
+def prepare_baseline(ref: str, out: TextIO = sys.stdout) -> tuple[str, Path]:
+    """Build *ref* in /tmp/vswitch-baseline-<commit> (a detached git worktree
+    with its own .venv, `make build`) unless it is already built there at that
+    commit; returns (commit, its vswitchd)."""
+    try:
+        commit = _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    except RuntimeError:
+        raise SystemExit(f"--baseline {ref}: no such commit in {REPO} (a shallow clone? "
+                         f"git fetch --unshallow)") from None
+    tree = Path(tempfile.gettempdir()) / f"vswitch-baseline-{commit[:12]}"
+    vswitchd = tree / ".venv" / "bin" / "vswitchd"
+    stamp = tree / ".vswitch-baseline-built"  # written after a successful build of `commit`
+    try:
+        head = _git("rev-parse", "HEAD", cwd=tree) if tree.is_dir() else ""
+    except RuntimeError:
+        head = ""
+    if head == commit and vswitchd.exists() and stamp.exists() and stamp.read_text().strip() == commit:
+        print(f"baseline {ref} = {commit[:12]}: reusing {tree}", flush=True)
+        return commit, vswitchd
+    if tree.exists() and head != commit:
+        # not (or no longer) a worktree at that commit: start again
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(tree, ignore_errors=True)
+    if not tree.exists():
+        _git("worktree", "prune")
+        _git("worktree", "add", "--detach", str(tree), commit)
+    stamp.unlink(missing_ok=True)
+    log_path = tree / ".vswitch-baseline-build.log"
+    print(f"baseline {ref} = {commit[:12]}: building in {tree} (make build, log {log_path})", flush=True)
+    t0 = time.monotonic()
+    # its own venv and its own make: nothing from ours (`make bench VAR=...` passes
+    # command-line variables down through MAKEFLAGS)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VIRTUAL_ENV", "PYTHONPATH", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    with open(log_path, "w") as log:
+        r = subprocess.run(["make", "build"], cwd=tree, stdin=subprocess.DEVNULL, stdout=log,
+                           stderr=subprocess.STDOUT, env=env, timeout=1800)
+    if r.returncode != 0 or not vswitchd.exists():
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"baseline {ref}: make build failed in {tree} (exit {r.returncode}):\n{tail}")
+    stamp.write_text(commit + "\n")
+    print(f"baseline built in {time.monotonic() - t0:.0f}s", flush=True)
+    return commit, vswitchd
 
 
 # --------------------------------------------------------------------------
@@ -587,7 +781,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=int, default=10, help="sampling seconds per run (default 10)")
     ap.add_argument("--warmup", type=float, default=5.0, help="warm-up seconds per run (default 5)")
     ap.add_argument("--settle", type=float, default=1.0, help="pause after links up before tx_first (default 1)")
-    ap.add_argument("--only", choices=("both", *KINDS), default="both", help="run only one kind of switch")
+    ap.add_argument("--only", choices=("both", *KINDS), default="both",
+                    help="run only DPDK, or only the vswitch systems (baseline and variants)")
+    ap.add_argument("--baseline", metavar="REF", default=None,
+                    help="also run vswitchd built from this commit (e.g. cefd30a), interleaved")
+    ap.add_argument("--variants", default="off",
+                    help=f"vswitch variants, comma-separated, from {','.join(VARIANTS)} (default off)")
     ap.add_argument("--gen-cpu", type=int, default=0)
     ap.add_argument("--sut-cpu", type=int, default=1)
     ap.add_argument("--max-foreign", type=float, default=0.05,
@@ -611,17 +810,28 @@ def main(argv: list[str] | None = None) -> int:
         print("dpdk-testpmd not found (apt-get install dpdk-dev)", file=sys.stderr)
         return 2
     configs = Config.parse(args.configs)
-    kinds = KINDS if args.only == "both" else (args.only,)
+    variants = parse_variants(args.variants)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vswitch-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     opt = Options(
         seconds=args.seconds, warmup=args.warmup, settle=args.settle, gen_cpu=args.gen_cpu,
-        sut_cpu=args.sut_cpu, max_foreign=args.max_foreign, vswitchd=args.vswitchd,
+        sut_cpu=args.sut_cpu, max_foreign=args.max_foreign,
         workdir=workdir, gen_mbufs=args.gen_mbufs,
     )
     started = dt.datetime.now().astimezone()
     runs: list[RunResult] = []
+    baseline_info: dict[str, str] | None = None
     with single_instance():
+        # the order within a pair: dpdk, baseline, vswitch, vswitch+VARIANT...
+        systems: list[System] = []
+        if args.only in ("both", "dpdk"):
+            systems.append(System("dpdk", "dpdk"))
+        if args.only in ("both", "vswitch"):
+            if args.baseline:
+                commit, baseline_vswitchd = prepare_baseline(args.baseline)
+                systems.append(System("baseline", "vswitch", baseline_vswitchd))
+                baseline_info = {"ref": args.baseline, "commit": commit, "vswitchd": str(baseline_vswitchd)}
+            systems.extend(variant_system(v, args.vswitchd) for v in variants)
         idle = idle_check([opt.gen_cpu, opt.sut_cpu])
         print(f"workdir {workdir}; CPUs {opt.gen_cpu},{opt.sut_cpu} busy before start: {idle:.1%} of a CPU",
               flush=True)
@@ -631,21 +841,21 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for pair in range(args.pairs):
                 for cfg in configs:
-                    for kind in kinds:
+                    for system in systems:
                         t0 = time.monotonic()
-                        r = run_once(kind, cfg, pair, opt, err_log)
+                        r = run_once(system, cfg, pair, opt, err_log)
                         runs.append(r)
                         what = (f"{r.median_pps / 1e6:6.2f} Mpps" if r.median_pps is not None else "   -  ")
                         note = f" ERROR {r.error.splitlines()[0][:160]}" if r.error else ""
                         note += f" FLAGGED {r.flagged}" if r.flagged else ""
-                        print(f"pair {pair} {cfg.label:<10} {kind:<8} {what}  foreign "
+                        print(f"pair {pair} {cfg.label:<10} {system.name:<16} {what}  foreign "
                               f"{r.cpu.get('foreign', float('nan')):.1%}  {time.monotonic() - t0:5.1f}s{note}",
                               flush=True)
         except KeyboardInterrupt:
             print("interrupted: summarising the runs so far", flush=True)
         finally:
             err_log.close()
-    summary = summarize(runs, configs, args.keep_noisy)
+    summary = summarize(runs, configs, args.keep_noisy, [x.name for x in systems])
     print()
     print_table(summary)
     args.results.mkdir(parents=True, exist_ok=True)
@@ -657,6 +867,10 @@ def main(argv: list[str] | None = None) -> int:
         "host": host_info(),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "idle_before_start": idle,
+        "systems": [x.name for x in systems],
+        "baseline": baseline_info,
+        "variants": {v: [VARIANTS[v](0), VARIANTS[v](1)] for v in variants},
+        "gen_macs": list(GEN_MACS),
         "summary": summary,
         "runs": [dataclasses.asdict(r) for r in runs],
     }

@@ -1,5 +1,6 @@
 """Plot a loopback benchmark result: frames/s per configuration for DPDK's
-vhost PMD and vswitch side by side, and the vswitch/DPDK ratio.
+vhost PMD, the baseline (--baseline) and each vswitch variant side by side,
+and each vswitch system's ratio to the baseline (or, without one, to DPDK).
 
     .venv/bin/python bench/plot.py [RESULT.json]     # default: the newest in bench/results
 
@@ -27,35 +28,65 @@ def newest() -> Path:
     return files[-1]
 
 
+def systems_of(row: dict) -> dict[str, dict]:
+    """A summary row's systems; results written before --baseline/--variants
+    have only dpdk_mpps, vswitch_mpps and ratio (vswitch / DPDK)."""
+    if row.get("systems"):
+        return row["systems"]
+    return {"dpdk": {"mpps": row.get("dpdk_mpps")},
+            "vswitch": {"mpps": row.get("vswitch_mpps"), "ratio_dpdk": row.get("ratio")}}
+
+
+LABELS = {"dpdk": "DPDK 22.11 vhost PMD", "vswitch": "vswitch (features off)"}
+
+
+def _errbars(stats: list[dict | None]) -> tuple[list[float], list[list[float]]]:
+    med = [s["median"] if s else 0.0 for s in stats]
+    lo = [s["median"] - s["min"] if s else 0.0 for s in stats]
+    hi = [s["max"] - s["median"] if s else 0.0 for s in stats]
+    return med, [lo, hi]
+
+
 def plot(path: Path) -> Path:
     data = json.loads(path.read_text())
-    rows = [s for s in data["summary"] if s.get("dpdk_mpps") and s.get("vswitch_mpps")]
+    rows = [s for s in data["summary"] if any(e.get("mpps") for e in systems_of(s).values())]
     if not rows:
-        sys.exit(f"{path}: no configuration has figures for both switches")
+        sys.exit(f"{path}: no configuration has figures")
+    names = list(data.get("systems") or systems_of(rows[0]))
+    baseline = data.get("baseline")
     labels = [s["config"] for s in rows]
     x = range(len(rows))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    width = 0.38
-    for offset, key, name in ((-width / 2, "dpdk_mpps", "DPDK 22.11 vhost PMD"),
-                              (width / 2, "vswitch_mpps", "vswitch")):
-        med = [s[key]["median"] for s in rows]
-        lo = [s[key]["median"] - s[key]["min"] for s in rows]
-        hi = [s[key]["max"] - s[key]["median"] for s in rows]
-        ax1.bar([i + offset for i in x], med, width, yerr=[lo, hi], capsize=3, label=name)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(6 + 1.2 * len(names) * len(rows) / 2, 4.6))
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        med, err = _errbars([systems_of(s).get(name, {}).get("mpps") for s in rows])
+        label = LABELS.get(name) or (f"baseline {baseline['commit'][:8]}" if name == "baseline" and baseline
+                                     else name)
+        ax1.bar([i - 0.4 + width * (j + 0.5) for i in x], med, width, yerr=err, capsize=2, label=label)
     ax1.set_xticks(list(x), labels)
     ax1.set_ylabel("Mframes/s delivered (median, min..max)")
     ax1.set_title("Loopback: testpmd virtio-user on CPU 0, switch on CPU 1")
-    ax1.legend()
-    ratio = [s["ratio"]["median"] for s in rows]
-    rlo = [s["ratio"]["median"] - s["ratio"]["min"] for s in rows]
-    rhi = [s["ratio"]["max"] - s["ratio"]["median"] for s in rows]
-    ax2.bar(list(x), ratio, 0.5, yerr=[rlo, rhi], capsize=3, color="tab:green")
+    ax1.legend(fontsize="small")
+    # right: each vswitch system against the baseline when there is one, else against DPDK
+    key, ref = ("ratio_baseline", "baseline") if baseline else ("ratio_dpdk", "DPDK")
+    vs = [n for n in names if n.startswith("vswitch")]
+    rw = 0.8 / max(len(vs), 1)
+    for j, name in enumerate(vs):
+        stats = [systems_of(s).get(name, {}).get(key) for s in rows]
+        med, err = _errbars(stats)
+        xs = [i - 0.4 + rw * (j + 0.5) for i in x]
+        ax2.bar(xs, med, rw, yerr=err, capsize=2, label=LABELS.get(name, name))
+        for xi, st in zip(xs, stats):
+            if st:
+                ax2.text(xi, st["median"] + 0.02, f"{st['median']:.2f}", ha="center", fontsize="x-small")
     ax2.axhline(1.0, color="black", linewidth=0.8)
+    if baseline:
+        ax2.axhline(0.95, color="tab:red", linewidth=0.8, linestyle="--", label="-5 %")
     ax2.set_xticks(list(x), labels)
-    ax2.set_ylabel("vswitch / DPDK (median of interleaved pairs)")
-    ax2.set_title(f"Ratio, {data['args']['pairs']} pairs, git {data['host'].get('git', '?')}")
-    for i, r in enumerate(ratio):
-        ax2.text(i, r + 0.02, f"{r:.2f}", ha="center")
+    ax2.set_ylabel(f"vswitch / {ref} (median of interleaved pairs)")
+    ax2.set_title(f"Ratio to {ref}, {data['args']['pairs']} pairs, git {data['host'].get('git', '?')}")
+    if len(vs) > 1 or baseline:
+        ax2.legend(fontsize="small")
     fig.tight_layout()
     out = path.with_suffix(".png")
     fig.savefig(out, dpi=110)

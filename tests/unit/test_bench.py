@@ -1,0 +1,93 @@
+"""The loopback benchmark's own logic: each variant is a config vswitch
+accepts and turns on exactly the features it is named after, on both ports;
+the summary compares systems pair by pair and gives the 5 % verdict from the
+median of those per-pair ratios."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from vswitch.config import parse_config
+from vswitch.policy import policy_of
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import loopback  # noqa: E402
+
+OFF = {"vlan": ("all", 0, (), 0), "allowed_macs": (), "storm": (None, None, None)}
+NO_POLICER = (None, None, None, None)
+
+
+def port_policies(tmp_path: Path, variant: str) -> list[dict]:
+    system = loopback.variant_system(variant, Path("/nonexistent/vswitchd"))
+    sw = loopback.VSwitch(tmp_path, 1, 2, (tmp_path / "a.sock", tmp_path / "b.sock"), system.vswitchd,
+                          (system.port_extra(0), system.port_extra(1)))
+    cfg = parse_config(sw.config_text(), "bench.yaml", check_host=False)
+    return [policy_of(cfg.ports[name]) for name in ("a", "b")]
+
+
+def test_variant_off_is_the_plain_config(tmp_path):
+    for pol in port_policies(tmp_path, "off"):
+        assert pol == {**OFF, "ingress": NO_POLICER, "egress": NO_POLICER}
+
+
+def test_variant_policing_polices_ingress_above_line_rate_only(tmp_path):
+    for pol in port_policies(tmp_path, "policing"):
+        assert pol["ingress"][0] == 100_000_000_000
+        assert pol["egress"] == NO_POLICER
+        assert {k: pol[k] for k in OFF} == OFF
+
+
+def test_variant_vlan_puts_both_ports_in_access_vlan_10(tmp_path):
+    for pol in port_policies(tmp_path, "vlan"):
+        assert pol["vlan"] == ("access", 10, (), 0)
+        assert pol["allowed_macs"] == () and pol["ingress"] == NO_POLICER
+
+
+def test_variant_security_allows_exactly_the_generator_port_behind_each_port(tmp_path):
+    a, b = port_policies(tmp_path, "security")
+    assert a["allowed_macs"] == (loopback.GEN_MACS[0],)
+    assert b["allowed_macs"] == (loopback.GEN_MACS[1],)
+    # testpmd sends to 02:00:00:00:00:0N: a source MAC equal to one would be
+    # learned and turn the flooded loop into same-port drops
+    assert not any(m.startswith("02:00:00:00:00:") for m in loopback.GEN_MACS)
+
+
+def test_variant_all_turns_every_port_feature_on(tmp_path):
+    for i, pol in enumerate(port_policies(tmp_path, "all")):
+        assert pol["vlan"] == ("access", 10, (), 0)
+        assert pol["allowed_macs"] == (loopback.GEN_MACS[i],)
+        assert pol["storm"] == (100_000_000,) * 3
+        assert pol["ingress"][0] == pol["egress"][0] == 100_000_000_000
+
+
+def test_unknown_variant_is_refused_with_the_known_ones():
+    with pytest.raises(SystemExit, match="unknown vlna; known: off, policing, vlan, security, all"):
+        loopback.parse_variants("off,vlna")
+
+
+def run(kind: str, pair: int, mpps: float, flagged: str | None = None) -> loopback.RunResult:
+    return loopback.RunResult(kind=kind, size=64, queues=1, pair=pair, median_pps=mpps * 1e6,
+                              flagged=flagged)
+
+
+def test_baseline_verdict_is_the_median_of_per_pair_ratios():
+    # Pair 0 in the machine's fast state, pair 1 in its slow one. The medians
+    # of the Mframes/s (6.0 and 5.7) are exactly 5 % apart, but within each
+    # pair vswitch loses 2.5 % and 10 %: the per-pair median is 0.9375.
+    runs = [run("dpdk", 0, 10), run("baseline", 0, 8), run("vswitch", 0, 7.8), run("vswitch+all", 0, 7.0),
+            run("dpdk", 1, 5), run("baseline", 1, 4), run("vswitch", 1, 3.6), run("vswitch+all", 1, 3.6),
+            run("baseline", 2, 9), run("vswitch", 2, 1, flagged="foreign CPU")]  # noisy: left out
+    names = ["dpdk", "baseline", "vswitch", "vswitch+all"]
+    (row,) = loopback.summarize(runs, loopback.Config.parse("64x1"), keep_noisy=False, systems=names)
+    assert row["ratio_baseline"]["median"] == pytest.approx(0.9375)
+    assert row["ratio_baseline"]["n"] == 2
+    assert row["within_5pct_of_baseline"] is False
+    assert row["ratio"]["median"] == pytest.approx((0.78 + 0.72) / 2)       # vswitch / DPDK, as before
+    assert row["systems"]["vswitch+all"]["ratio_off"]["max"] == pytest.approx(1.0)
+    assert row["systems"]["vswitch+all"]["ratio_baseline"]["min"] == pytest.approx(0.875)
+    assert row["flagged"]["vswitch"] == 1
+    (noisy,) = loopback.summarize(runs, loopback.Config.parse("64x1"), keep_noisy=True, systems=names)
+    assert noisy["ratio_baseline"]["n"] == 3
