@@ -11,8 +11,10 @@ policers change in place, the guests stay connected):
 
 * "unlimited": no policer, the guests' own ceiling (TCG guests here: if it
   is not well above N, a measurement at N says nothing about the policer);
-* "ingress N": `ingress_policing: {rate: "<N>Mbit"}` on port a (guest A's
-  frames into the switch), for each N of --rates;
+* "ingress N hold|drop": `ingress_policing: {rate: "<N>Mbit", action: ...}`
+  on port a (guest A's frames into the switch), for each N of --rates and
+  each action of --actions: "hold" leaves frames in A's TX ring until the
+  bucket has credit (shaping: TCP sees delay, no loss), "drop" polices;
 * "egress N": `egress_policing: {rate: "<N>Mbit"}` on port b (frames from the
   switch to guest B), for each N of --egress-rates.
 
@@ -23,7 +25,7 @@ negotiated features), so A hands the switch up to 64 KiB TSO frames and the
 policer charges them per on-wire segment. The figure is iperf3's receiver
 rate with the first --omit seconds (slow start, the first bucket) left out;
 with it: the ratio to N, an estimate of the on-wire ratio (the policer counts
-Ethernet bytes, iperf3 TCP payload: x 1514/1448), TCP retransmits, and the
+IP bytes, iperf3 TCP payload: x 1500/1448), TCP retransmits, and the
 switch's rate_limited drops on each port over the case. Prints a table and writes
 bench/results/ratelimit-*.json.
 """
@@ -50,13 +52,13 @@ TOLERANCE = 0.05  # the issue's figure: N +- 5 %
 # TSO on: A hands the switch TSO frames, B takes them whole
 TSO_FEATURES = {"a": "NET_HOST_TSO4", "b": "NET_GUEST_TSO4"}
 IP_A, IP_B = "10.7.0.1", "10.7.0.2"
-# The policer counts Ethernet frames; iperf3 counts TCP payload. A full-size
-# segment at MTU 1500 (IPv4, TCP timestamps, Linux's default) is a 1514-byte
-# frame carrying 1448 bytes: a perfect policer at N gives iperf3 0.956 N.
-WIRE_PER_PAYLOAD = 1514 / 1448
-# --udp: 1472-byte datagrams, 1514-byte frames, offered at UDP_OFFER x N
+# The limit counts IP bytes; iperf3 counts TCP payload. A full-size segment
+# at MTU 1500 (IPv4, TCP timestamps, Linux's default) is a 1500-byte packet
+# carrying 1448 bytes: a perfect limit at N gives iperf3 0.965 N.
+WIRE_PER_PAYLOAD = 1500 / 1448
+# --udp: 1472-byte datagrams, 1500-byte packets, offered at UDP_OFFER x N
 UDP_LEN = 1472
-UDP_WIRE_PER_PAYLOAD = 1514 / UDP_LEN
+UDP_WIRE_PER_PAYLOAD = 1500 / UDP_LEN
 UDP_OFFER = 2
 
 
@@ -74,6 +76,8 @@ def ports_config(socks: dict[str, str], case: dict[str, Any]) -> dict[str, dict]
     """The switch's ports for one case: a policer on one port, or none."""
     ports: dict[str, dict] = {name: {"type": "vhost-user", "socket": sock} for name, sock in socks.items()}
     policer = {"rate": f"{case.get('mbit')}Mbit"}
+    if case.get("action", "drop") != "drop":
+        policer["action"] = case["action"]
     if case.get("burst"):
         policer["burst"] = case["burst"]
     if case["direction"] == "ingress":
@@ -174,14 +178,16 @@ def main() -> int:
                         help="policer burst, e.g. 1MiB (default: the config's, 20 ms at the rate, >= 64 KiB)")
     parser.add_argument("--udp", action="store_true",
                         help=f"UDP offered at {UDP_OFFER}x the limit instead of TCP: the policer's own accuracy")
+    parser.add_argument("--actions", default="hold,drop", help="ingress actions to measure (hold, drop)")
     parser.add_argument("--no-unlimited", action="store_true", help="skip the run without a policer")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     cases: list[dict[str, Any]] = []
     if not args.no_unlimited:
         cases.append({"name": "unlimited", "direction": None, "mbit": None})
-    cases += [{"name": f"ingress {n}", "direction": "ingress", "mbit": n, "burst": args.burst}
-              for n in parse_rates(args.rates)]
+    cases += [{"name": f"ingress {n} {action}", "direction": "ingress", "mbit": n, "burst": args.burst,
+               "action": action}
+              for n in parse_rates(args.rates) for action in args.actions.split(",") if action]
     cases += [{"name": f"egress {n}", "direction": "egress", "mbit": n, "burst": args.burst}
               for n in parse_rates(args.egress_rates)]
 
