@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import loopback  # noqa: E402
 
 OFF = {"vlan": ("all", 0, (), 0), "allowed_macs": (), "storm": (None, None, None)}
-NO_POLICER = (None, None, None, None)
+NO_POLICER = (None, None, None, None, "drop")
 
 
 def port_policies(tmp_path: Path, variant: str) -> list[dict]:
