@@ -29,6 +29,7 @@ import pytest
 from tests.guests import QemuGuest, build_image, default_cache_dir
 from tests.linux.netns import NetNs, link_exists
 from tests.switch import VENV_BIN, Vswitchd
+from tests.test_uplink import snmp, wait_for
 
 BOOT_TIMEOUT = 240
 GUEST_IP, PEER_IP, TAP_IP, PEER2_IP = "10.78.0.1", "10.78.0.2", "10.78.0.3", "10.78.0.4"
@@ -36,20 +37,6 @@ HOST_UNDERLAY, PEER_UNDERLAY, STRANGER_UNDERLAY = "192.0.2.1", "192.0.2.2", "192
 PEER2_UNDERLAY = "192.0.2.3"
 GUEST_MAC, PEER_MAC, PEER2_MAC = "52:54:00:00:78:01", "02:00:00:00:78:02", "02:00:00:00:78:04"
 VNI = 100
-
-
-def snmp(text: str, proto: str, field: str) -> int:
-    lines = [line.split() for line in text.splitlines() if line.startswith(f"{proto}:")]
-    return int(lines[1][lines[0].index(field)])
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.1)
-    return value
 
 
 def vxlan_ports(vni: int = VNI, remotes: list[str] | None = None) -> dict[str, dict]:

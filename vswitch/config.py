@@ -373,8 +373,21 @@ def parse_burst(value: int | str) -> int:
     return int((number * _BURST_UNITS[unit]).to_integral_value(ROUND_HALF_UP))
 
 
+@dataclass(frozen=True, kw_only=True)
+class PortPolicies:
+    """The forwarding policies every port type takes (POLICY_KEYS), applied
+    in place. Keyword-only, so each port type's own fields come first."""
+
+    vlan: VlanConfig | None = None
+    allowed_macs: tuple[str, ...] = ()   # port security: lower case, unicast; `mac` is allowed too
+    storm_control: StormControlConfig | None = None
+    ingress_policing: PolicerConfig | None = None   # port -> switch
+    egress_policing: PolicerConfig | None = None    # switch -> port
+    mirror: MirrorConfig | None = None
+
+
 @dataclass(frozen=True)
-class VhostUserPortConfig:
+class VhostUserPortConfig(PortPolicies):
     """A vhost-user port (a QEMU guest's virtio-net device)."""
 
     name: str
@@ -394,12 +407,6 @@ class VhostUserPortConfig:
     fdb_max_entries: int | None = None  # cap on learned MACs; None: fdb.max_entries_per_port
     type: str = "vhost-user"
     # Forwarding policies (POLICY_KEYS), applied in place:
-    vlan: VlanConfig | None = None
-    allowed_macs: tuple[str, ...] = ()   # port security: lower case, unicast; `mac` is allowed too
-    storm_control: StormControlConfig | None = None
-    ingress_policing: PolicerConfig | None = None   # guest -> switch
-    egress_policing: PolicerConfig | None = None    # switch -> guest
-    mirror: MirrorConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The port as it would be written in the file (without the name)."""
@@ -431,7 +438,7 @@ class VhostUserPortConfig:
 
 
 @dataclass(frozen=True)
-class TapPortConfig:
+class TapPortConfig(PortPolicies):
     """The uplink to the host kernel: a multiqueue TAP device."""
 
     name: str
@@ -442,14 +449,6 @@ class TapPortConfig:
     mac: str | None = None      # static FDB entry (the host side's MAC)
     fdb_max_entries: int | None = None  # cap on learned MACs; None: fdb.max_entries_per_port
     type: str = "tap"
-    # Forwarding policies (POLICY_KEYS), applied in place; as for vhost-user
-    # ports, with "guest" read as "host side":
-    vlan: VlanConfig | None = None
-    allowed_macs: tuple[str, ...] = ()
-    storm_control: StormControlConfig | None = None
-    ingress_policing: PolicerConfig | None = None
-    egress_policing: PolicerConfig | None = None
-    mirror: MirrorConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "ifname": self.ifname, "queues": self.queues,
@@ -465,7 +464,7 @@ class TapPortConfig:
 
 
 @dataclass(frozen=True)
-class VxlanPortConfig:
+class VxlanPortConfig(PortPolicies):
     """A VXLAN tunnel endpoint (RFC 7348): the switch's frames carried over
     UDP to peer VTEPs (other hosts' switches, Linux vxlan devices)."""
 
@@ -476,13 +475,6 @@ class VxlanPortConfig:
     udp_port: int = DEFAULT_VXLAN_PORT
     mtu: int | None = None          # largest L3 size sent through the tunnel; None: no limit
     type: str = "vxlan"
-    # Forwarding policies (POLICY_KEYS), applied in place, as for any port
-    vlan: VlanConfig | None = None
-    allowed_macs: tuple[str, ...] = ()
-    storm_control: StormControlConfig | None = None
-    ingress_policing: PolicerConfig | None = None
-    egress_policing: PolicerConfig | None = None
-    mirror: MirrorConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "local": self.local, "remotes": list(self.remotes),
