@@ -779,6 +779,17 @@ cdef class Datapath:
     def port_set_mtu(self, int p, unsigned int mtu):
         self._port(p).mtu = mtu
 
+    def pause(self):
+        """Hold every worker between rounds (frames wait in their rings) until
+        resume(): a set of changes to several ports then takes effect at once."""
+        vs_store_release_int(&self.sw.paused, 1)
+        if self.running:
+            self._quiesce()
+
+    def resume(self):
+        vs_store_release_int(&self.sw.paused, 0)
+        self._wake()
+
     # --- issue 7 policy -----------------------------------------------------------
     # Settings a worker reads per frame are written while it may run: each is a
     # set of aligned words whose intermediate states are harmless (a frame or

@@ -378,6 +378,7 @@ ctypedef struct vs_switch:
     uint64_t fdb_full              # learn attempts that found no free slot
     uint64_t fdb_static_moves      # learn attempts refused by a static entry
     int mirrors                    # ports with a mirror set: the mirror pass runs only if > 0
+    int paused                     # control plane applying a reload: workers wait between rounds
     uint64_t fdb_aged              # learned entries forgotten by the aging sweep
     uint32_t now_s                 # coarse clock (s) for last-seen stamps, set by the sweep
     uint32_t fdb_default_max       # fdb.max_entries_per_port (0: no cap)

@@ -36,6 +36,9 @@ cdef enum:
     # A ring without a kick fd (SET_VRING_KICK with the no-fd flag) must be
     # polled: its worker naps at most this long.
     NOKICK_SLEEP_MS = 1
+    # While the control plane holds the workers (Datapath.pause) they nap
+    # this long between looks: a reload's changes take well under a second.
+    PAUSE_NAP_NS = 20000
 
 
 cdef inline void prefetch_frame_head(vs_seg *segs, int nseg, uint32_t off) noexcept nogil:
@@ -747,6 +750,15 @@ cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
     cdef vs_port *port
     cdef vs_vring *vq
     while not vs_load_acquire_int(&w.quit):
+        if vs_load_acquire_int(&sw.paused):
+            # A reload applies its in-place changes to every port at once:
+            # no frame is switched by half of them. Rounds still end (epoch),
+            # so the control plane's quiescence waits keep working.
+            vs_store_release_u64(&w.epoch, w.epoch + 1)
+            ts.tv_sec = 0
+            ts.tv_nsec = PAUSE_NAP_NS
+            nanosleep(&ts, NULL)
+            continue
         work = 0
         shape_now = 0
         nports = vs_load_acquire_int(&sw.nports_hi)

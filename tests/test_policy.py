@@ -12,7 +12,8 @@ import time
 import pytest
 
 from tests.frontend import VirtioNetHdr
-from tests.test_datapath import ETHERTYPE, FULL, OFFLOADS_RX, OFFLOADS_TX, connect
+from tests.test_datapath import ETHERTYPE, FULL, OFFLOADS_RX, OFFLOADS_TX
+from tests.test_datapath import connect as _connect
 from tests.unit.test_offload import l4_ok, partial, tcp_frame
 from tests.switch import Vswitchd
 
@@ -29,6 +30,27 @@ def frame(dst: str | bytes, src: str, seq: int, size: int = 64) -> bytes:
 
 def addressed(f: bytes, dst: str, src: str) -> bytes:
     return MAC[dst] + MAC[src] + f[12:]
+
+
+_open_devices: list = []
+
+
+def connect(sw: Vswitchd, name: str, **kw):
+    """A started test device on port `name`, closed after the test: six per
+    test would otherwise pile up fds (select() cannot take fds >= 1024)."""
+    dev = _connect(sw, name, **kw)
+    _open_devices.append(dev)
+    return dev
+
+
+@pytest.fixture(autouse=True)
+def _close_devices():
+    yield
+    while _open_devices:
+        try:
+            _open_devices.pop().close()
+        except OSError:
+            pass
 
 
 def tag(f: bytes, vid: int, pcp: int = 0) -> bytes:

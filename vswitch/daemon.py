@@ -222,16 +222,26 @@ class Switch:
             await self.ports.pop(name).stop()
             outcome[name] = "removed"
             log.info("reload: port %s removed", name)
+        # In-place changes to all ports take effect together: the workers wait
+        # between rounds meanwhile, so no frame is switched by half of them
+        # (two ports moved to a new VLAN in one reload lose nothing between).
+        results: dict[str, str] = {}
+        self.dp.pause()
+        try:
+            for change in plan.changed:
+                try:
+                    results[change.name] = await self.ports[change.name].reconfigure(change.new,
+                                                                                      force=force)
+                except Exception as exc:   # one port's trouble: restart it alone
+                    log.exception("reload: port %s: reconfigure failed", change.name)
+                    results[change.name] = "restart"
+                    outcome[change.name] = f"restart after error: {exc}"
+        finally:
+            self.dp.resume()
         for change in plan.changed:
-            port = self.ports[change.name]
-            try:
-                result = await port.reconfigure(change.new, force=force)
-            except Exception as exc:   # one port's trouble: restart it alone
-                log.exception("reload: port %s: reconfigure failed", change.name)
-                result = "restart"
-                outcome[change.name] = f"restart after error: {exc}"
+            result = results[change.name]
             if result == "restart":
-                await port.stop()
+                await self.ports[change.name].stop()
                 self.ports[change.name] = self._start_port(change.new)
                 log.info("reload: port %s restarted (%s changed)", change.name, ", ".join(change.fields))
             outcome.setdefault(change.name, {"restart": "restarted"}.get(result, result))
