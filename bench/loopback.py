@@ -15,7 +15,8 @@ are up, ``--warmup`` seconds, then one sample per second for ``--seconds``
 
 S is either DPDK 22.11's vhost PMD (``dpdk-testpmd``, io forward: the
 reference) or vswitch (``vswitchd --config FILE``, under ``taskset``), run
-alternately: for each pair, for each config, reference then vswitch. Runs in
+alternately: for each pair, for each config, reference then vswitch (odd pairs
+in the reverse order, so that a drift favours neither). Runs in
 which other processes used the two CPUs (busy time in /proc/stat minus the
 benchmark's own processes from /proc/PID/stat) are flagged and left out of
 the medians (``--keep-noisy`` keeps them). The ratio is per pair
@@ -24,7 +25,7 @@ the medians (``--keep-noisy`` keeps them). The ratio is per pair
 ``--baseline REF`` adds a third system, "baseline": vswitchd of an earlier
 commit (built once in a throw-away git worktree under /tmp with its own
 ``make build``, reused while it is at REF), interleaved as dpdk, baseline,
-vswitch for each pair and config; each vswitch system is then also reported
+vswitch for each pair and config (odd pairs reversed); each vswitch system is then also reported
 as a per-pair ratio to the baseline (issue 7: with every feature off the
 switch stays within 5 % of the release before it, ``--baseline cefd30a``).
 
@@ -850,6 +851,12 @@ def single_instance(path: Path = LOCK_PATH) -> Iterator[None]:
         os.close(fd)
 
 
+def pair_order(systems: Sequence[System], pair: int) -> list[System]:
+    """Even pairs in the given order, odd pairs reversed (A B C, C B A, ...):
+    a slow drift of the machine's speed then favours no system's position."""
+    return list(systems) if pair % 2 == 0 else list(systems)[::-1]
+
+
 def host_info() -> dict[str, Any]:
     info: dict[str, Any] = {"hostname": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count()}
     try:
@@ -944,7 +951,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for pair in range(args.pairs):
                 for cfg in configs:
-                    for system in systems:
+                    for system in pair_order(systems, pair):
                         t0 = time.monotonic()
                         r = run_once(system, cfg, pair, opt, err_log)
                         runs.append(r)

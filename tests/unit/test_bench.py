@@ -178,3 +178,10 @@ def test_pair_ratios_pair_runs_of_the_same_pair_only():
     assert row["ratio_baseline"] == {"median": pytest.approx(1.0), "min": pytest.approx(0.95),
                                      "max": pytest.approx(1.05), "n": 2}
     assert row["within_5pct_of_baseline"] is True
+
+
+def test_odd_pairs_run_the_systems_in_reverse_order():
+    systems = [loopback.System("dpdk", "dpdk"), *(loopback.variant_system(v, Path("/x")) for v in ("off", "all"))]
+    assert [s.name for s in loopback.pair_order(systems, 0)] == ["dpdk", "vswitch", "vswitch+all"]
+    assert [s.name for s in loopback.pair_order(systems, 1)] == ["vswitch+all", "vswitch", "dpdk"]
+    assert loopback.pair_order(systems, 2) == systems
