@@ -185,3 +185,32 @@ def test_odd_pairs_run_the_systems_in_reverse_order():
     assert [s.name for s in loopback.pair_order(systems, 0)] == ["dpdk", "vswitch", "vswitch+all"]
     assert [s.name for s in loopback.pair_order(systems, 1)] == ["vswitch+all", "vswitch", "dpdk"]
     assert loopback.pair_order(systems, 2) == systems
+
+
+def test_best_run_ratio_ignores_pairs_split_across_the_machines_speed_states():
+    # every run is either ~9 (fast state) or ~3.6 (slow); vswitch is 2 % slower
+    runs = [run("baseline", 0, 9.0), run("vswitch", 0, 3.6),
+            run("baseline", 1, 3.6), run("vswitch", 1, 8.8),
+            run("baseline", 2, 3.7), run("vswitch", 2, 3.6)]
+    (row,) = loopback.summarize(runs, loopback.Config.parse("64x1"), keep_noisy=False,
+                                systems=["baseline", "vswitch"])
+    assert row["ratio_baseline"]["min"] == pytest.approx(0.4)
+    assert row["ratio_baseline"]["max"] == pytest.approx(8.8 / 3.6)
+    assert row["best_ratio_baseline"] == pytest.approx(8.8 / 9.0)
+
+
+def test_resummarize_rewrites_the_summary_from_the_runs(tmp_path):
+    import dataclasses
+    import io
+    import json
+    runs = [run("baseline", 0, 9.0), run("vswitch", 0, 8.1)]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"args": {"configs": "64x1", "keep_noisy": False},
+                                "systems": ["baseline", "vswitch"], "summary": [],
+                                "runs": [dataclasses.asdict(r) for r in runs]}))
+    out = io.StringIO()
+    loopback.resummarize(path, out)
+    doc = json.loads(path.read_text())
+    assert doc["summary"][0]["ratio_baseline"]["median"] == pytest.approx(0.9)
+    assert doc["summary"][0]["within_5pct_of_baseline"] is False
+    assert "MORE THAN 5 % BELOW; best run / best run 0.900" in out.getvalue()
