@@ -36,11 +36,16 @@ can reach, so the figure is their cost, not their effect. A variant's ratio
 to "off" of the same pair is its cost. The generator's ports have fixed MACs
 (GEN_MACS) so that "security" can allow exactly the sources it sends from.
 
-``--topology oneway`` (the steady figure; ``loop`` stays the default): the
-loop's rate is bimodal on this machine -- the same build gives ~3.6 or ~9.3
-Mframes/s from one run to the next, because the population of circulating
-frames is whatever survived the start -- so a few percent cannot be judged
-with it. In oneway nothing circulates::
+``--topology oneway`` (``loop`` stays the default): the loop's rate is
+bimodal on this machine -- the same build gives ~3.6 or ~9.3 Mframes/s from
+one run to the next. Oneway was meant to rule out the circulation (a
+population of frames shrunk by early losses) as the cause; it does: nothing
+circulates there, yet the same states remain (result
+loopback-oneway-20261126-011743: 64 B, baseline and vswitch alike ~3.5-4 or
+~8-10.5 Mframes/s, mostly steady for a whole run, sometimes switching within
+one; DPDK at 1518 B ~2.2 or ~5.5). The states belong to the machine, not to
+the topology, and a per-pair ratio straddling two states is 0.4 or 2.5. In
+oneway::
 
     CPU gen: G, one dpdk-testpmd, mac forward, --port-topology=chained
       net_null0 (endless source) -> P0 net_virtio_user0 --- a.sock --- port a
@@ -497,6 +502,9 @@ class RunResult:
     # oneway: frames/s P0 handed to the switch (per sample), frames P0 had to
     # drop because port a's ring was full, and P1 RX / P0 TX over the run
     offered_pps: list[float] = field(default_factory=list)
+    # oneway: frames/s net_null0 produced (the generator's own speed: with
+    # the switch the bottleneck, it falls only when CPU gen does)
+    source_pps: list[float] = field(default_factory=list)
     gen_tx_dropped: int | None = None
     delivered_fraction: float | None = None
 
@@ -527,9 +535,9 @@ def null_vdev(size: int) -> str:
     return f"{NULL_PORT},size={size}"
 
 
-def setup_oneway_generator(gen: TestPmd) -> tuple[int, int]:
+def setup_oneway_generator(gen: TestPmd) -> tuple[int, int, int]:
     """Chain the ports as null -> P0, P0 -> P1, P1 -> null and address P0's
-    frames to GEN_MACS[1]; returns the port ids of P0 and P1. The stream
+    frames to GEN_MACS[1]; returns the port ids of P0, P1 and the source. The stream
     P0 -> P1 carries only what the switch would send back out of port a
     (nothing, with b's MAC known)."""
     ids = {s.name: s.port for s in gen.ports().values()}
@@ -540,7 +548,7 @@ def setup_oneway_generator(gen: TestPmd) -> tuple[int, int]:
     gen.set_portlist([null, p0, p1])
     # the mac engine writes peer_eth_addrs[tx port] as destination, the TX port's MAC as source
     gen.cmd(f"set eth-peer {p0} {GEN_MACS[1]}", check=True)
-    return p0, p1
+    return p0, p1, null
 
 
 def oneway_check(res: RunResult, fwd: Any, p0: int, p1: int) -> str | None:
@@ -585,7 +593,7 @@ def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) 
             virtio, rxq=cfg.queues, cpus=[opt.gen_cpu], forward_mode="io", burst=32, txpkts=cfg.size,
             total_mbufs=opt.gen_mbufs, workdir=run_dir, name="gen",
         )
-    p0, p1 = 0, 1  # the generator's port ids on a and b (oneway: looked up)
+    p0, p1, src = 0, 1, -1  # the generator's port ids on a and b, source (oneway: looked up)
     t = time.monotonic()
 
     def mark(name: str) -> None:
@@ -600,7 +608,7 @@ def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) 
         gen.start(timeout=90)
         mark("gen_start")
         if oneway:
-            p0, p1 = setup_oneway_generator(gen)
+            p0, p1, src = setup_oneway_generator(gen)
         gen.wait_links_up([p0, p1], 20)
         sut.after_links_up(cfg.queues)
         time.sleep(opt.settle)
@@ -626,6 +634,7 @@ def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) 
             if oneway:
                 res.samples_pps.append(float(st[p1].rx_pps) if p1 in st else 0.0)
                 res.offered_pps.append(float(st[p0].tx_pps) if p0 in st else 0.0)
+                res.source_pps.append(float(st[src].rx_pps) if src in st else 0.0)
             else:
                 res.samples_pps.append(float(sum(s.rx_pps for p, s in st.items() if p in (0, 1))))
             res.foreign_per_sample.append(round(sec.stop()["foreign"], 3))
@@ -691,7 +700,9 @@ def _best_ratio(num: list[RunResult], den: list[RunResult]) -> float | None:
     slow state (e.g. 3.6 instead of 9.3 Mframes/s, steady within the run, for
     DPDK, the baseline and vswitch alike); a pair where only one of the two
     runs is slow gives a ratio of 0.4 or 2.5 that says nothing about the
-    code. The best runs are (with enough pairs) both in the fast state."""
+    code. The best runs are (with enough pairs) both in the fast state. A
+    second view, not the criterion: the fast state itself varies by +-10 %
+    here (1518 B: 5-7.5 Mframes/s), so neither figure resolves 5 %."""
     a = [r.median_pps for r in num if r.median_pps]
     b = [r.median_pps for r in den if r.median_pps]
     return max(a) / max(b) if a and b else None

@@ -141,7 +141,7 @@ class FakeGen:
 
 def test_oneway_generator_chains_null_to_a_and_b_to_null_addressed_to_port_b():
     gen = FakeGen({0: "net_virtio_user1", 1: "net_null0", 2: "net_virtio_user0"})
-    assert loopback.setup_oneway_generator(gen) == (2, 0)
+    assert loopback.setup_oneway_generator(gen) == (2, 0, 1)
     assert gen.commands == ["set portlist 1,2,0", f"set eth-peer 2 {loopback.GEN_MACS[1]}"]
     assert loopback.null_vdev(1518) == "net_null0,size=1518"
 
