@@ -91,3 +91,126 @@ def test_baseline_verdict_is_the_median_of_per_pair_ratios():
     assert row["flagged"]["vswitch"] == 1
     (noisy,) = loopback.summarize(runs, loopback.Config.parse("64x1"), keep_noisy=True, systems=names)
     assert noisy["ratio_baseline"]["n"] == 3
+
+
+# --- the oneway topology -----------------------------------------------------
+
+
+def oneway_config(tmp_path: Path, variant: str, topology: str = "oneway"):
+    system = loopback.variant_system(variant, Path("/nonexistent/vswitchd"))
+    sw = loopback.VSwitch(tmp_path, 1, 1, (tmp_path / "a.sock", tmp_path / "b.sock"), system.vswitchd,
+                          loopback.port_extras(system, topology))
+    return parse_config(sw.config_text(), "bench.yaml", check_host=False)
+
+
+@pytest.mark.parametrize("variant", list(loopback.VARIANTS))
+def test_oneway_switch_knows_the_generators_destination_on_port_b(tmp_path, variant):
+    # the generator's frames go to GEN_MACS[1], which never sends: without the
+    # static entry they would be unknown unicast (flooded), not a -> b forwarding
+    cfg = oneway_config(tmp_path, variant)
+    assert cfg.ports["b"].mac == loopback.GEN_MACS[1]
+    assert cfg.ports["a"].mac is None
+    a, b = (policy_of(cfg.ports[n]) for n in ("a", "b"))
+    want = [policy_of(p) for p in oneway_config(tmp_path, variant, "loop").ports.values()]
+    assert [a, b] == want  # the variant's features are the same as in the loop
+
+
+def test_loop_topology_config_is_unchanged(tmp_path):
+    cfg = oneway_config(tmp_path, "all", "loop")
+    assert cfg.ports["a"].mac is None and cfg.ports["b"].mac is None
+
+
+class FakeGen:
+    """The generator's commands, recorded; ports listed out of vdev order."""
+
+    def __init__(self, names: dict[int, str]) -> None:
+        self.names = names
+        self.commands: list[str] = []
+
+    def ports(self):
+        from tests.peers.testpmd import PortSummary
+        return {p: PortSummary(p, "00:00:00:00:00:00", n, "x", "up") for p, n in self.names.items()}
+
+    def set_portlist(self, ports):
+        self.commands.append("set portlist " + ",".join(map(str, ports)))
+
+    def cmd(self, text, timeout=10.0, *, check=False):
+        self.commands.append(text)
+        return ""
+
+
+def test_oneway_generator_chains_null_to_a_and_b_to_null_addressed_to_port_b():
+    gen = FakeGen({0: "net_virtio_user1", 1: "net_null0", 2: "net_virtio_user0"})
+    assert loopback.setup_oneway_generator(gen) == (2, 0, 1)
+    assert gen.commands == ["set portlist 1,2,0", f"set eth-peer 2 {loopback.GEN_MACS[1]}"]
+    assert loopback.null_vdev(1518) == "net_null0,size=1518"
+
+
+def test_oneway_generator_missing_port_is_an_error():
+    with pytest.raises(loopback.TestPmdError, match="net_null0"):
+        loopback.setup_oneway_generator(FakeGen({0: "net_virtio_user0", 1: "net_virtio_user1"}))
+
+
+def fwd_stats(sent: int, dropped: int, got: int):
+    from tests.peers.testpmd import FwdPortStats, FwdStats
+    return FwdStats(streams=(), total=None, ports={
+        0: FwdPortStats(0, tx_packets=sent, tx_dropped=dropped),
+        1: FwdPortStats(1, rx_packets=got)})
+
+
+def test_oneway_run_where_the_switch_took_every_frame_is_flagged_generator_bound():
+    r = run("vswitch", 0, 5.0)
+    assert loopback.oneway_check(r, fwd_stats(1000, 0, 1000), 0, 1).startswith("generator-bound")
+    r = run("vswitch", 0, 5.0)
+    assert loopback.oneway_check(r, fwd_stats(1000, 3000, 990), 0, 1) is None
+    assert r.gen_tx_dropped == 3000
+    assert r.delivered_fraction == pytest.approx(0.99)
+
+
+def test_pair_ratios_pair_runs_of_the_same_pair_only():
+    # pair 1's baseline failed: vswitch's pair-1 run has nothing to compare with
+    base = [run("baseline", 0, 8.0), run("baseline", 2, 4.0)]
+    base.append(loopback.RunResult(kind="baseline", size=64, queues=1, pair=1, error="died"))
+    vs = [run("vswitch", 0, 7.6), run("vswitch", 1, 9.0), run("vswitch", 2, 4.2)]
+    runs = base + vs
+    (row,) = loopback.summarize(runs, loopback.Config.parse("64x1"), keep_noisy=False,
+                                systems=["baseline", "vswitch"])
+    assert row["ratio_baseline"] == {"median": pytest.approx(1.0), "min": pytest.approx(0.95),
+                                     "max": pytest.approx(1.05), "n": 2}
+    assert row["within_5pct_of_baseline"] is True
+
+
+def test_odd_pairs_run_the_systems_in_reverse_order():
+    systems = [loopback.System("dpdk", "dpdk"), *(loopback.variant_system(v, Path("/x")) for v in ("off", "all"))]
+    assert [s.name for s in loopback.pair_order(systems, 0)] == ["dpdk", "vswitch", "vswitch+all"]
+    assert [s.name for s in loopback.pair_order(systems, 1)] == ["vswitch+all", "vswitch", "dpdk"]
+    assert loopback.pair_order(systems, 2) == systems
+
+
+def test_best_run_ratio_ignores_pairs_split_across_the_machines_speed_states():
+    # every run is either ~9 (fast state) or ~3.6 (slow); vswitch is 2 % slower
+    runs = [run("baseline", 0, 9.0), run("vswitch", 0, 3.6),
+            run("baseline", 1, 3.6), run("vswitch", 1, 8.8),
+            run("baseline", 2, 3.7), run("vswitch", 2, 3.6)]
+    (row,) = loopback.summarize(runs, loopback.Config.parse("64x1"), keep_noisy=False,
+                                systems=["baseline", "vswitch"])
+    assert row["ratio_baseline"]["min"] == pytest.approx(0.4)
+    assert row["ratio_baseline"]["max"] == pytest.approx(8.8 / 3.6)
+    assert row["best_ratio_baseline"] == pytest.approx(8.8 / 9.0)
+
+
+def test_resummarize_rewrites_the_summary_from_the_runs(tmp_path):
+    import dataclasses
+    import io
+    import json
+    runs = [run("baseline", 0, 9.0), run("vswitch", 0, 8.1)]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"args": {"configs": "64x1", "keep_noisy": False},
+                                "systems": ["baseline", "vswitch"], "summary": [],
+                                "runs": [dataclasses.asdict(r) for r in runs]}))
+    out = io.StringIO()
+    loopback.resummarize(path, out)
+    doc = json.loads(path.read_text())
+    assert doc["summary"][0]["ratio_baseline"]["median"] == pytest.approx(0.9)
+    assert doc["summary"][0]["within_5pct_of_baseline"] is False
+    assert "MORE THAN 5 % BELOW; best run / best run 0.900" in out.getvalue()
