@@ -708,6 +708,21 @@ def _best_ratio(num: list[RunResult], den: list[RunResult]) -> float | None:
     return max(a) / max(b) if a and b else None
 
 
+# A run is in the machine's fast state when it reaches this fraction of the
+# config's fastest run: the slow state is 0.35-0.45 of the fast one here,
+# the fast state itself spreads by about +-10 %.
+FAST_STATE_FRACTION = 0.7
+
+
+def _fast_pair_ratios(num: list[RunResult], den: list[RunResult], fastest: float) -> list[float]:
+    """num/den per pair, only for pairs whose two runs are both in the fast
+    state: the comparison the machine's speed states leave meaningful."""
+    floor = FAST_STATE_FRACTION * fastest
+    den_by_pair = {r.pair: r.median_pps for r in den if r.median_pps and r.median_pps >= floor}
+    return [r.median_pps / den_by_pair[r.pair] for r in num
+            if r.median_pps is not None and r.median_pps >= floor and den_by_pair.get(r.pair)]
+
+
 def summarize(runs: list[RunResult], configs: list[Config], keep_noisy: bool,
               systems: Sequence[str] = KINDS) -> list[dict[str, Any]]:
     """Per config: every system's Mframes/s, and per-pair ratios of each
@@ -753,6 +768,15 @@ def summarize(runs: list[RunResult], configs: list[Config], keep_noisy: bool,
             # the issue's criterion: median per-pair ratio of "off" to the baseline
             row["within_5pct_of_baseline"] = None if rb is None else rb["median"] >= BASELINE_TOLERANCE
             row["best_ratio_baseline"] = _best_ratio(good.get("vswitch", []), good["baseline"])
+            both = [r.median_pps for r in good.get("vswitch", []) + good["baseline"] if r.median_pps]
+            if both:
+                row["fast_ratio_baseline"] = _stats(_fast_pair_ratios(good.get("vswitch", []),
+                                                                      good["baseline"], max(both)))
+                for k in systems:
+                    if k.startswith("vswitch+") and "vswitch" in good:
+                        per_system[k]["fast_ratio_off"] = _stats(_fast_pair_ratios(
+                            good[k], good["vswitch"], max(both + [r.median_pps for r in good[k]
+                                                                  if r.median_pps])))
         out.append(row)
     return out
 
@@ -792,6 +816,13 @@ def print_table(summary: list[dict[str, Any]], out: TextIO = sys.stdout) -> None
             best = s.get("best_ratio_baseline")
             print(f"{s['config']}: vswitch (features off) / baseline = {_fmt(s['ratio_baseline'], 3)}: "
                   f"{verdict}" + ("" if best is None else f"; best run / best run {best:.3f}"), file=out)
+            if s.get("fast_ratio_baseline"):
+                print(f"{s['config']}: pairs with both runs in the fast state (>= {FAST_STATE_FRACTION} of "
+                      f"the fastest): off / baseline = {_fmt(s['fast_ratio_baseline'], 3)}", file=out)
+            for k, e in (s.get("systems") or {}).items():
+                if e.get("fast_ratio_off"):
+                    print(f"{s['config']}: fast-state pairs: {k} / off = {_fmt(e['fast_ratio_off'], 3)}",
+                          file=out)
     errs = {(s["config"], k, e) for s in summary for k, v in s["errors"].items() for e in v}
     for cfg, k, e in sorted(errs):
         print(f"error {cfg} {k}: {e.splitlines()[0][:300]}", file=out)
