@@ -116,12 +116,14 @@ cdef class Datapath:
     cdef uint32_t aging_s         # fdb.aging_time (0: never)
     cdef double t0                # time.monotonic() at creation: the FDB clock's zero
 
-    def __cinit__(self, int workers=1, str mode="adaptive", cpus=None):
+    def __cinit__(self, int workers=1, str mode="adaptive", cpus=None, str tap_io="io_uring"):
         cdef epoll_event ev
         if not 1 <= workers <= 64:
             raise ValueError("workers must be 1..64")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
+        if tap_io not in ("io_uring", "write"):
+            raise ValueError("tap_io must be io_uring or write")
         self.sw = <vs_switch *>calloc(1, sizeof(vs_switch))
         self.workers = <vs_worker **>calloc(workers, sizeof(vs_worker *))
         if self.sw == NULL or self.workers == NULL:
@@ -137,6 +139,13 @@ cdef class Datapath:
             self.workers[i].tapbuf = <uint8_t *>calloc(VS_BURST, VS_TAP_BUF)
             if self.workers[i].tapbuf == NULL:
                 raise MemoryError()
+            self.workers[i].tapout = <uint8_t *>calloc(VS_BURST, TAP_OUT_SLOT)
+            if self.workers[i].tapout == NULL:
+                raise MemoryError()
+            if tap_io == "io_uring":
+                # no io_uring (old kernel, sysctl kernel.io_uring_disabled,
+                # a seccomp filter): one write(2) per frame, as before
+                self.workers[i].uring_errno = vs_uring_init(&self.workers[i].uring)
             self.workers[i].wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
             self.workers[i].epfd = epoll_create1(EPOLL_CLOEXEC)
             if self.workers[i].wake_fd < 0 or self.workers[i].epfd < 0:
@@ -178,6 +187,8 @@ cdef class Datapath:
                     close(self.workers[i].wake_fd)
                     close(self.workers[i].epfd)
                     free(self.workers[i].tapbuf)
+                    free(self.workers[i].tapout)
+                    vs_uring_exit(&self.workers[i].uring)
                     free(self.workers[i])
             free(self.workers)
 
@@ -259,8 +270,21 @@ cdef class Datapath:
     def worker_stats(self):
         return [{"rounds": self.workers[i].rounds, "idle_sleeps": self.workers[i].idle_sleeps,
                  "wakeups": self.workers[i].wakeups, "busy_ns": self.workers[i].busy_ns,
-                 "cpu": self.cpus[i % len(self.cpus)] if self.cpus else None}
+                 "cpu": self.cpus[i % len(self.cpus)] if self.cpus else None,
+                 "tap_io": self._tap_io(self.workers[i]),
+                 "tap_batches": self.workers[i].uring.enters,
+                 "tap_batched_writes": self.workers[i].uring.submitted}
                 for i in range(self.nworkers)]
+
+    cdef str _tap_io(self, vs_worker *w):
+        """How the worker writes into TAP queues: "io_uring" (a burst per
+        syscall) or "write" (one syscall per frame), with the reason when
+        io_uring was wanted but is not used."""
+        if w.uring.enabled:
+            return "io_uring"
+        if w.uring_errno:
+            return f"write (io_uring: {os.strerror(w.uring_errno)})"
+        return "write"
 
     def set_mode(self, str mode):
         """poll / event / adaptive, live: workers read it every round."""

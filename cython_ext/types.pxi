@@ -6,7 +6,7 @@
 # load of `started`. Counters of a TX ring are written only by the worker that
 # owns that ring; counters of an RX ring only under the ring's spinlock.
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 
 cdef extern from "vs_defs.h" nogil:
     enum:
@@ -177,11 +177,27 @@ ctypedef struct vs_vring:
     int avail_moved
     vs_counters c
 
+# Batched writes into TAP queues (vs_uring.h): one io_uring per worker.
+cdef extern from "vs_uring.h" nogil:
+    struct vs_uring:
+        int enabled
+        uint64_t enters
+        uint64_t submitted
+    int vs_uring_init(vs_uring *r)
+    void vs_uring_exit(vs_uring *r)
+    void vs_uring_queue_write(vs_uring *r, int fd, const void *buf, uint32_t len, uint64_t tag)
+    int vs_uring_flush(vs_uring *r, int32_t *res)
+
 cdef enum:
     PORT_VHOST = 0
     PORT_TAP = 1
     # read buffer of one TAP frame: virtio_net_hdr + the largest GSO frame
     VS_TAP_BUF = VS_HDR_MAX + VS_MAX_FRAME + 64
+    # frames up to this size go to the kernel as one buffer (header + frame
+    # copied together): a write of one buffer costs the kernel less than
+    # importing an iovec array, by far more than copying <= 256 bytes
+    TAP_SMALL_FRAME = 256
+    TAP_OUT_SLOT = VS_HDR_MAX + TAP_SMALL_FRAME + 4   # + 4: 16-byte aligned slots
 
 # A policer or storm cap: GCRA (the virtual-scheduling form of a token
 # bucket) in one u64, so workers sharing a port update it with a CAS and no
@@ -368,6 +384,14 @@ ctypedef struct vs_worker:
     uint8_t lin[VS_MAX_FRAME + 64]
     uint8_t segbuf[VS_MAX_FRAME + 64]
     uint8_t *tapbuf                # VS_BURST * VS_TAP_BUF bytes: frames read from TAP fds
+    # writes into TAP queues: small frames are staged in tapout (header +
+    # frame, one buffer each) and go to the kernel a burst per io_uring_enter
+    vs_uring uring                 # enabled == 0: one write(2) per frame
+    int uring_errno                # why the ring is not used (0: it is, or not wanted)
+    uint8_t *tapout                # VS_BURST * TAP_OUT_SLOT bytes
+    int32_t tapres[VS_BURST]       # result of each queued write
+    uint32_t taplen[VS_BURST]      # its frame's length (counters)
+    uint8_t tapkind[VS_BURST]      # its offload: 0, csum or gso passthrough
 
 ctypedef struct vs_switch:
     int nworkers

@@ -429,21 +429,60 @@ cdef inline bint frame_fits_mtu(vs_port *dport, vs_frame *f, const uint8_t *eth_
     return f.len <= dport.mtu + l2
 
 
+cdef enum:
+    TAP_SENT_PLAIN = 0
+    TAP_SENT_CSUM = 1
+    TAP_SENT_GSO = 2
+
+
+cdef inline void tap_sent(vs_port *dport, vs_vring *rvq, ssize_t rc, uint32_t flen,
+                          uint8_t kind) noexcept nogil:
+    """Account one write into a TAP queue: rc is its result (bytes or -errno)."""
+    if rc < 0:
+        rvq.c.drops[DROP_TAP_WRITE] += 1
+        if rc == -EBADFD:
+            dport.tap_errno = EBADFD    # deleted under us: the control plane re-creates it
+        return
+    rvq.c.packets += 1
+    rvq.c.bytes += flen
+    if kind == TAP_SENT_GSO:
+        rvq.c.gso_passthrough += 1
+    elif kind == TAP_SENT_CSUM:
+        rvq.c.csum_passthrough += 1
+
+
+cdef inline void tap_flush(vs_worker *w, vs_port *dport, vs_vring *rvq, int *nq) noexcept nogil:
+    """Hand the writes queued on the worker's ring to the kernel, in order, and
+    account each when it completed (vs_uring_flush waits for all of them)."""
+    cdef int i, err
+    if nq[0] == 0:
+        return
+    err = vs_uring_flush(&w.uring, w.tapres)
+    if err:
+        w.uring_errno = err     # the ring is disabled: write(2) from now on
+    for i in range(nq[0]):
+        tap_sent(dport, rvq, w.tapres[i], w.taplen[i], w.tapkind[i])
+    nq[0] = 0
+
+
 cdef void deliver_to_tap(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq, int qp, int n,
                          int view) noexcept nogil:
     cdef vs_port *dport = sw.ports[d]
-    cdef int q, i, k, fd, cnt, tag
+    cdef int q, i, k, fd, cnt, tag, nq = 0
     cdef vs_vring *rvq
     cdef vs_frame *f
     cdef vs_frame *vf
     cdef vs_seg *segs
     cdef vs_seg *seg
-    cdef uint8_t hdr[VS_HDR_MAX]
+    cdef uint8_t one[TAP_OUT_SLOT]
+    cdef uint8_t *hdr
     cdef uint8_t eth_type[2]
+    cdef uint8_t kind
     cdef uint32_t skip
     cdef iovec iov[VS_MAX_SEGS + 4]
     cdef ssize_t rc
     cdef uint64_t now = 0
+    cdef bint batch, small
     q = qp % dport.nqp
     fd = dport.tap_fd[q]
     rvq = &dport.vq[2 * q]          # counters of "towards the kernel" on queue q
@@ -455,6 +494,8 @@ cdef void deliver_to_tap(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq, i
         return
     if dport.egress_policy and view == VIEW_NORMAL:
         now = now_ns()
+    # A live capture records each frame after its write: one at a time then.
+    batch = w.uring.enabled and dport.capture == NULL
     vs_spin_lock(&rvq.lock)
     for i in range(n):
         f = &w.frames[i]
@@ -472,45 +513,58 @@ cdef void deliver_to_tap(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq, i
         if vf == NULL:
             rvq.c.drops[DROP_BAD_OFFLOAD] += 1
             continue
+        small = vf.len <= TAP_SMALL_FRAME
+        hdr = w.tapout + <size_t>nq * TAP_OUT_SLOT if batch and small else one
         # The offload request travels as is: the kernel finishes checksums and
         # segments GSO frames itself (it validated nothing of ours yet, but
         # parse_offload checked csum_start/offset against the frame length).
         memset(hdr, 0, VS_HDR_MAX)
+        kind = TAP_SENT_PLAIN
         hdr[0] = vf.vflags & VNET_F_NEEDS_CSUM
         if hdr[0]:
             put_le16(hdr + 6, vf.csum_start)
             put_le16(hdr + 8, vf.csum_offset)
+            kind = TAP_SENT_CSUM
         if vf.gso_type != VS_GSO_NONE:
             hdr[1] = vf.gso_type
             put_le16(hdr + 2, vf.vhdr_len)
             put_le16(hdr + 4, vf.gso_size)
-        iov[0].iov_base = hdr
-        iov[0].iov_len = VS_HDR_MAX
-        cnt = 1
-        skip = vf.hdr_len
-        for k in range(vf.nseg):
-            seg = &segs[k]
-            if skip >= seg.len:
-                skip -= seg.len
+            kind = TAP_SENT_GSO
+        if small:
+            # one buffer: the header, then the frame
+            sg_read(segs, vf.nseg, vf.hdr_len, hdr + VS_HDR_MAX, vf.len)
+            if batch:
+                w.taplen[nq] = vf.len
+                w.tapkind[nq] = kind
+                vs_uring_queue_write(&w.uring, fd, hdr, VS_HDR_MAX + vf.len, nq)
+                nq += 1
                 continue
-            iov[cnt].iov_base = seg.p + skip
-            iov[cnt].iov_len = seg.len - skip
-            skip = 0
-            cnt += 1
-        rc = writev(fd, iov, cnt)
-        if rc < 0:
-            rvq.c.drops[DROP_TAP_WRITE] += 1
-            if errno == EBADFD:
-                dport.tap_errno = EBADFD
+            rc = write(fd, hdr, VS_HDR_MAX + vf.len)
         else:
-            if dport.capture != NULL:     # live capture, egress: what the kernel was given
-                capture_frame(dport.capture, CAP_OUT, segs, vf.nseg, vf.hdr_len, vf.len)
-            rvq.c.packets += 1
-            rvq.c.bytes += vf.len
-            if vf.gso_type != VS_GSO_NONE:
-                rvq.c.gso_passthrough += 1
-            elif vf.vflags & VNET_F_NEEDS_CSUM:
-                rvq.c.csum_passthrough += 1
+            # a large frame is written from the guest's buffers (the one copy
+            # is the kernel's); frames queued before it go first
+            tap_flush(w, dport, rvq, &nq)
+            batch = batch and w.uring.enabled
+            iov[0].iov_base = hdr
+            iov[0].iov_len = VS_HDR_MAX
+            cnt = 1
+            skip = vf.hdr_len
+            for k in range(vf.nseg):
+                seg = &segs[k]
+                if skip >= seg.len:
+                    skip -= seg.len
+                    continue
+                iov[cnt].iov_base = seg.p + skip
+                iov[cnt].iov_len = seg.len - skip
+                skip = 0
+                cnt += 1
+            rc = writev(fd, iov, cnt)
+        if rc < 0:
+            rc = -errno
+        elif dport.capture != NULL:     # live capture, egress: what the kernel was given
+            capture_frame(dport.capture, CAP_OUT, segs, vf.nseg, vf.hdr_len, vf.len)
+        tap_sent(dport, rvq, rc, vf.len, kind)
+    tap_flush(w, dport, rvq, &nq)
     vs_spin_unlock(&rvq.lock)
 
 

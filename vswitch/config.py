@@ -130,6 +130,8 @@ MIN_WORKERS, MAX_WORKERS, DEFAULT_WORKERS = 1, 64, 1
 # while busy, sleep after a short idle spell.
 DATAPATH_MODES = ("poll", "event", "adaptive")
 DEFAULT_DATAPATH_MODE = "adaptive"
+TAP_IO_METHODS = ("io_uring", "write")
+DEFAULT_TAP_IO = "io_uring"
 DEFAULT_SOCKET_MODE = 0o660
 DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT = "127.0.0.1", 9479
 # sizeof(sockaddr_un.sun_path) is 108 on Linux; one byte goes to the NUL.
@@ -161,7 +163,7 @@ _VHOST_USER_KEYS = ("type", "mode", "socket", "queues", "mtu", "mac",
                     *SOCKET_PERMISSION_KEYS, *FEATURE_KEYS)
 _TAP_KEYS = ("type", "ifname", "queues", "mtu", "create", "mac")
 _VXLAN_KEYS = ("type", "local", "remotes", "vni", "udp_port", "mtu")
-_DATAPATH_KEYS = ("workers", "mode", "cpus")
+_DATAPATH_KEYS = ("workers", "mode", "cpus", "tap_io")
 _METRICS_KEYS = ("enabled", "listen")
 _CONTROL_KEYS = ("group",)
 
@@ -493,9 +495,12 @@ class DatapathConfig:
     workers: int = DEFAULT_WORKERS
     mode: str = DEFAULT_DATAPATH_MODE
     cpus: tuple[int, ...] | None = None  # worker i runs on cpus[i % len(cpus)]
+    # how workers write frames into TAP queues: a burst per io_uring_enter, or
+    # one write(2) per frame (also what io_uring's absence falls back to)
+    tap_io: str = DEFAULT_TAP_IO
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"workers": self.workers, "mode": self.mode}
+        out: dict[str, Any] = {"workers": self.workers, "mode": self.mode, "tap_io": self.tap_io}
         if self.cpus is not None:
             out["cpus"] = list(self.cpus)
         return out
@@ -1897,9 +1902,12 @@ class _Validator(_PolicyChecks):
         if "cpus" in entries:
             cpus = self.cpus(entries["cpus"][1], "datapath.cpus")
             cpus_ok = cpus is not None
-        if workers is None or mode is None or not cpus_ok:
+        tap_io: str | None = DEFAULT_TAP_IO
+        if "tap_io" in entries:
+            tap_io = self.choice(entries["tap_io"][1], "datapath.tap_io", TAP_IO_METHODS)
+        if workers is None or mode is None or not cpus_ok or tap_io is None:
             return None
-        return DatapathConfig(workers=workers, mode=mode, cpus=cpus)
+        return DatapathConfig(workers=workers, mode=mode, cpus=cpus, tap_io=tap_io)
 
 
     # -- FDB (issue 7) -------------------------------------------------------

@@ -68,7 +68,12 @@ class Switch:
 
         self.config = config
         self.notifier = notifier or Notifier()
-        self.dp = Datapath(config.datapath.workers, config.datapath.mode, config.datapath.cpus)
+        self.dp = Datapath(config.datapath.workers, config.datapath.mode, config.datapath.cpus,
+                           config.datapath.tap_io)
+        for i, stats in enumerate(self.dp.worker_stats()):
+            if stats["tap_io"] != config.datapath.tap_io:
+                log.warning("worker %d writes into TAP queues one frame per syscall: %s",
+                            i, stats["tap_io"])
         self.ports: dict[str, VhostUserPort | TapPort] = {}
         self.fdb_ctl = FdbControl(self.dp)
         self.ratelog = RateLimitedLog()

@@ -267,6 +267,15 @@ class SwitchCollector:
             "vswitch_worker_wakeups",
             "Sleeps that ended with an event (a guest kick, a TAP frame or a control-plane "
             "command) rather than the timeout.", labels=["worker"])
+        batches = CounterMetricFamily(
+            "vswitch_worker_tap_batches",
+            "io_uring_enter calls that handed a burst of frames to TAP queues; "
+            "vswitch_worker_tap_batched_writes / this = frames per system call.", labels=["worker"])
+        batched = CounterMetricFamily(
+            "vswitch_worker_tap_batched_writes",
+            "Frames written into TAP queues through the worker's io_uring (the rest, large "
+            "frames or all of them with datapath.tap_io: write, take one syscall each).",
+            labels=["worker"])
         for i, s in enumerate(stats):
             w = str(i)
             if s.get("busy_ns") is not None:
@@ -274,7 +283,9 @@ class SwitchCollector:
             rounds.add_metric([w], s.get("rounds", 0))
             sleeps.add_metric([w], s.get("idle_sleeps", 0))
             wakeups.add_metric([w], s.get("wakeups", 0))
-        return [busy, rounds, sleeps, wakeups]
+            batches.add_metric([w], s.get("tap_batches", 0))
+            batched.add_metric([w], s.get("tap_batched_writes", 0))
+        return [busy, rounds, sleeps, wakeups, batches, batched]
 
     def _reloads(self) -> Iterator[Metric]:
         sw = self.switch

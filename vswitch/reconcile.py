@@ -142,10 +142,11 @@ def plan(old: Config, new: Config) -> Plan:
         else:
             result.changed.append(change)
     result.removed = [name for name in old.ports if name not in new.ports]
-    if old.datapath.workers != new.datapath.workers:
-        result.warnings.append(
-            f"datapath.workers: {old.datapath.workers} -> {new.datapath.workers} takes effect "
-            "at the next start of the daemon")
+    for setting in ("workers", "tap_io"):
+        before, after = getattr(old.datapath, setting), getattr(new.datapath, setting)
+        if before != after:
+            result.warnings.append(
+                f"datapath.{setting}: {before} -> {after} takes effect at the next start of the daemon")
     result.datapath_in_place = tuple(
         f for f in ("mode", "cpus") if getattr(old.datapath, f) != getattr(new.datapath, f))
     result.metrics_changed = old.metrics != new.metrics

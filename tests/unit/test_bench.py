@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vswitch.config import parse_config
 from vswitch.policy import policy_of
@@ -214,3 +215,27 @@ def test_resummarize_rewrites_the_summary_from_the_runs(tmp_path):
     assert doc["summary"][0]["ratio_baseline"]["median"] == pytest.approx(0.9)
     assert doc["summary"][0]["within_5pct_of_baseline"] is False
     assert "MORE THAN 5 % BELOW; best run / best run 0.900" in out.getvalue()
+
+
+# --- the uplink benchmark ------------------------------------------------------------------
+
+import uplink  # noqa: E402
+
+
+@pytest.mark.parametrize("kind,tap_io", [("vswitch", "io_uring"), ("vswitch-write", "write")])
+def test_uplink_systems_are_configs_that_differ_only_in_tap_io(tmp_path: Path, kind: str, tap_io: str) -> None:
+    ports, extra = uplink.switch_config(kind, str(tmp_path / "gen.sock"), "vsb1")
+    cfg = parse_config(yaml.safe_dump({"runtime_dir": str(tmp_path), "ports": ports, **extra}),
+                       "bench.yaml", check_host=False)
+    assert cfg.datapath.tap_io == tap_io and cfg.datapath.workers == 1
+    assert [p.type for p in cfg.ports.values()] == ["vhost-user", "tap"]
+
+
+def test_uplink_summary_ratios_are_per_pair() -> None:
+    runs = {"dpdk": [1.0, 2.0, 4.0], "vswitch": [1.5, 2.0, 2.0], "vswitch-write": [1.0, 1.0, 4.0]}
+    s = uplink.summarize(runs)
+    assert s["vswitch/dpdk"] == {"median": 1.0, "min": 0.5, "max": 1.5}
+    assert s["vswitch-write/dpdk"] == {"median": 1.0, "min": 0.5, "max": 1.0}
+    assert s["vswitch/vswitch-write"] == {"median": 1.5, "min": 0.5, "max": 2.0}
+    assert s["dpdk"]["median"] == 2.0
+    assert uplink.pair_order(["a", "b", "c"], 1) == ["c", "b", "a"]

@@ -155,7 +155,7 @@ def test_to_dict_round_trips() -> None:
             "vm2": {"type": "vhost-user", "mode": "client", "socket": "/run/vs/vm2.sock", "queues": 1,
                     **features},
         },
-        "datapath": {"workers": 4, "mode": "adaptive"},
+        "datapath": {"workers": 4, "mode": "adaptive", "tap_io": "io_uring"},
     }
     assert parse_config(yaml.safe_dump(as_dict, sort_keys=False)) == config
 
@@ -267,7 +267,7 @@ def test_unknown_keys() -> None:
         """) == [
         "c.yaml:4:5: ports.vm1.queus: unknown key 'queus', did you mean 'queues'? (expected one of: "
         + VHOST_USER_KEYS + ")",
-        "c.yaml:5:24: datapath.threads: unknown key 'threads' (expected one of: cpus, mode, workers)",
+        "c.yaml:5:24: datapath.threads: unknown key 'threads' (expected one of: cpus, mode, tap_io, workers)",
         "c.yaml:6:1: portz: unknown key 'portz', did you mean 'ports'? (expected one of: "
         "control, datapath, defaults, fdb, metrics, ports, runtime_dir, version)",
     ]
@@ -719,7 +719,7 @@ def test_full_config_round_trips_through_to_dict() -> None:
     as_dict = config.to_dict()
     assert as_dict["control"] == {"group": 0}
     assert as_dict["metrics"] == {"enabled": True, "listen": "[2001:db8::1]:9100"}
-    assert as_dict["datapath"] == {"workers": 1, "mode": "adaptive", "cpus": [1, 0]}
+    assert as_dict["datapath"] == {"workers": 1, "mode": "adaptive", "tap_io": "io_uring", "cpus": [1, 0]}
     assert as_dict["ports"]["vm1"] == {
         "type": "vhost-user", "mode": "server", "socket": "/run/vswitch/vm1.sock", "queues": 3,
         "mtu": 1500, "mac": "52:54:00:12:34:56", "socket_owner": 0, "socket_mode": 0o640,
@@ -1603,3 +1603,16 @@ def test_hold_needs_a_guest_tx_ring() -> None:
           up: {type: tap, ingress_policing: {rate: 100Mbit, action: hold}}
         """) == ["c.yaml:2:61: ports.up.ingress_policing.action: 'hold' needs a vhost-user port (frames "
                  "wait in the guest's TX ring); use 'drop' here (got 'hold')"]
+
+
+def test_tap_io_defaults_to_io_uring_and_accepts_write() -> None:
+    assert parse_config("ports: {}\n").datapath.tap_io == "io_uring"
+    config = parse_config("ports: {}\ndatapath: {tap_io: write}\n")
+    assert config.datapath.tap_io == "write"
+    assert parse_config(yaml.safe_dump(config.to_dict(), sort_keys=False)) == config
+
+
+def test_tap_io_rejects_other_methods_with_its_position() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("ports: {}\ndatapath:\n  tap_io: aio\n", "c.yaml")
+    assert str(info.value) == "c.yaml:3:11: datapath.tap_io: must be one of: io_uring, write (got 'aio')"

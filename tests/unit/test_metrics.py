@@ -77,7 +77,8 @@ class BrokenPort:
 
 class FakeDatapath:
     def __init__(self):
-        self.workers = [{"rounds": 10, "idle_sleeps": 4, "wakeups": 3, "busy_ns": 2_500_000_000, "cpu": None},
+        self.workers = [{"rounds": 10, "idle_sleeps": 4, "wakeups": 3, "busy_ns": 2_500_000_000, "cpu": None,
+                         "tap_io": "io_uring", "tap_batches": 7, "tap_batched_writes": 150},
                         {"rounds": 20, "idle_sleeps": 5, "wakeups": 1, "busy_ns": 0, "cpu": None}]
         self.fdb = [{"mac": mac, "vlan": 0, "port": slot, "static": False, "age_s": 1}
                     for mac, slot in (("02:00:00:00:00:01", 0), ("02:00:00:00:00:02", 0),
@@ -197,6 +198,9 @@ def test_connection_events_fdb_workers_reloads_and_build(switch):
     assert value(s, "vswitch_worker_rounds_total", worker="1") == 20
     assert value(s, "vswitch_worker_sleeps_total", worker="0") == 4
     assert value(s, "vswitch_worker_wakeups_total", worker="0") == 3
+    assert value(s, "vswitch_worker_tap_batches_total", worker="0") == 7
+    assert value(s, "vswitch_worker_tap_batched_writes_total", worker="0") == 150
+    assert value(s, "vswitch_worker_tap_batched_writes_total", worker="1") == 0
     assert value(s, "vswitch_config_reloads_total", result="success") == 2
     assert value(s, "vswitch_config_reloads_total", result="failure") == 1
     assert value(s, "vswitch_config_last_reload_successful") == 0

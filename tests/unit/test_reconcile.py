@@ -121,3 +121,9 @@ def test_fdb_cap_applies_in_place_and_the_fdb_section_is_noticed():
     p = plan(cfg({"a": A}), cfg({"a": A}, fdb={"aging_time": 5}))
     assert p.fdb_changed and not p.empty and p.unchanged == ["a"] and p.summary()["fdb"]
     assert not plan(cfg({"a": A}), cfg({"a": A})).fdb_changed
+
+
+def test_tap_io_change_is_a_warning_for_the_next_start():
+    p = plan(cfg({"a": A}), cfg({"a": A}, datapath={"tap_io": "write"}))
+    assert p.warnings == ["datapath.tap_io: io_uring -> write takes effect at the next start of the daemon"]
+    assert p.datapath_in_place == () and p.unchanged == ["a"]
