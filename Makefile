@@ -75,7 +75,7 @@ bench: deps-test build
 	$(PY) -m pip install -q matplotlib
 	$(PY) bench/loopback.py --baseline $(BENCH_BASELINE) --variants $(BENCH_VARIANTS)
 	$(PY) bench/plot.py
-	$(PY) bench/uplink.py
+	$(PY) bench/uplink.py --sizes 64,1514
 	$(PY) bench/iperf.py
 	$(PY) bench/ratelimit.py
 

@@ -4,7 +4,7 @@ between a vhost port and a TAP (its net_tap PMD), interleaved in one run;
 plus the kernel's own ceiling: testpmd's net_tap PMD writing into a TAP as
 fast as it can (txonly) on the switch's CPU.
 
-    .venv/bin/python bench/uplink.py [--pairs 3] [--seconds 8] [--sizes 64,1518]
+    .venv/bin/python bench/uplink.py [--pairs 3] [--seconds 8] [--sizes 64,1514]
                                      [--systems dpdk,vswitch,vswitch-write]
 
 Systems: "dpdk" (testpmd: vhost PMD -> net_tap PMD, one writev per frame),

@@ -140,7 +140,8 @@ cdef class Datapath:
             if self.workers[i].tapbuf == NULL:
                 raise MemoryError()
             self.workers[i].tapout = <uint8_t *>calloc(VS_BURST, TAP_OUT_SLOT)
-            if self.workers[i].tapout == NULL:
+            self.workers[i].tapiov = <iovec *>calloc(VS_BURST * TAP_IOV_MAX, sizeof(iovec))
+            if self.workers[i].tapout == NULL or self.workers[i].tapiov == NULL:
                 raise MemoryError()
             if tap_io == "io_uring":
                 # no io_uring (old kernel, sysctl kernel.io_uring_disabled,
@@ -188,6 +189,7 @@ cdef class Datapath:
                     close(self.workers[i].epfd)
                     free(self.workers[i].tapbuf)
                     free(self.workers[i].tapout)
+                    free(self.workers[i].tapiov)
                     vs_uring_exit(&self.workers[i].uring)
                     free(self.workers[i])
             free(self.workers)

@@ -177,6 +177,12 @@ ctypedef struct vs_vring:
     int avail_moved
     vs_counters c
 
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+    ssize_t writev(int fd, const iovec *iov, int iovcnt)
+
 # Batched writes into TAP queues (vs_uring.h): one io_uring per worker.
 cdef extern from "vs_uring.h" nogil:
     struct vs_uring:
@@ -186,6 +192,7 @@ cdef extern from "vs_uring.h" nogil:
     int vs_uring_init(vs_uring *r)
     void vs_uring_exit(vs_uring *r)
     void vs_uring_queue_write(vs_uring *r, int fd, const void *buf, uint32_t len, uint64_t tag)
+    void vs_uring_queue_writev(vs_uring *r, int fd, const iovec *iov, uint32_t cnt, uint64_t tag)
     int vs_uring_flush(vs_uring *r, int32_t *res)
 
 cdef enum:
@@ -198,6 +205,9 @@ cdef enum:
     # importing an iovec array, by far more than copying <= 256 bytes
     TAP_SMALL_FRAME = 256
     TAP_OUT_SLOT = VS_HDR_MAX + TAP_SMALL_FRAME + 4   # + 4: 16-byte aligned slots
+    # pieces of a larger frame written from the source's buffers: the
+    # header, the source's segments and up to 3 more of a VLAN re-tagged view
+    TAP_IOV_MAX = VS_MAX_SEGS + 4
 
 # A policer or storm cap: GCRA (the virtual-scheduling form of a token
 # bucket) in one u64, so workers sharing a port update it with a CAS and no
@@ -384,11 +394,13 @@ ctypedef struct vs_worker:
     uint8_t lin[VS_MAX_FRAME + 64]
     uint8_t segbuf[VS_MAX_FRAME + 64]
     uint8_t *tapbuf                # VS_BURST * VS_TAP_BUF bytes: frames read from TAP fds
-    # writes into TAP queues: small frames are staged in tapout (header +
-    # frame, one buffer each) and go to the kernel a burst per io_uring_enter
+    # writes into TAP queues, a burst per io_uring_enter: small frames are
+    # staged in tapout (header + frame, one buffer each), larger ones are
+    # written from the source's buffers (header in tapout, pieces in tapiov)
     vs_uring uring                 # enabled == 0: one write(2) per frame
     int uring_errno                # why the ring is not used (0: it is, or not wanted)
     uint8_t *tapout                # VS_BURST * TAP_OUT_SLOT bytes
+    iovec *tapiov                  # VS_BURST * TAP_IOV_MAX
     int32_t tapres[VS_BURST]       # result of each queued write
     uint32_t taplen[VS_BURST]      # its frame's length (counters)
     uint8_t tapkind[VS_BURST]      # its offload: 0, csum or gso passthrough

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include <linux/io_uring.h>
 
@@ -141,6 +142,24 @@ static inline void vs_uring_queue_write(struct vs_uring *r, int fd, const void *
     sqe->addr = (uint64_t)(uintptr_t)buf;
     sqe->len = len;
     sqe->off = (uint64_t)-1;      /* the file's position: a character device has none */
+    sqe->user_data = tag;
+    r->sq_tail_local++;
+    r->pending++;
+}
+
+/* Queue writev(fd, iov, cnt): the kernel reads the iovec array (and the
+ * buffers) during vs_uring_flush(), so both stay untouched until then. */
+static inline void vs_uring_queue_writev(struct vs_uring *r, int fd, const struct iovec *iov,
+                                         uint32_t cnt, uint64_t tag)
+{
+    unsigned slot = r->sq_tail_local & *r->sq_mask;
+    struct io_uring_sqe *sqe = &r->sqes[slot];
+    memset(sqe, 0, sizeof(*sqe));
+    sqe->opcode = IORING_OP_WRITEV;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)iov;
+    sqe->len = cnt;
+    sqe->off = (uint64_t)-1;
     sqe->user_data = tag;
     r->sq_tail_local++;
     r->pending++;

@@ -14,11 +14,6 @@ cdef extern from "<unistd.h>" nogil:
 cdef extern from * nogil:
     void __builtin_prefetch(const void *p, int rw, int locality)
 
-cdef extern from "<sys/uio.h>" nogil:
-    struct iovec:
-        void *iov_base
-        size_t iov_len
-    ssize_t writev(int fd, const iovec *iov, int iovcnt)
 
 cdef enum:
     # Adaptive mode sleeps after this long without a frame. Counted in time,
@@ -479,10 +474,11 @@ cdef void deliver_to_tap(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq, i
     cdef uint8_t eth_type[2]
     cdef uint8_t kind
     cdef uint32_t skip
-    cdef iovec iov[VS_MAX_SEGS + 4]
+    cdef iovec iov1[TAP_IOV_MAX]
+    cdef iovec *iov
     cdef ssize_t rc
     cdef uint64_t now = 0
-    cdef bint batch, small
+    cdef bint batch
     q = qp % dport.nqp
     fd = dport.tap_fd[q]
     rvq = &dport.vq[2 * q]          # counters of "towards the kernel" on queue q
@@ -513,8 +509,7 @@ cdef void deliver_to_tap(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq, i
         if vf == NULL:
             rvq.c.drops[DROP_BAD_OFFLOAD] += 1
             continue
-        small = vf.len <= TAP_SMALL_FRAME
-        hdr = w.tapout + <size_t>nq * TAP_OUT_SLOT if batch and small else one
+        hdr = w.tapout + <size_t>nq * TAP_OUT_SLOT if batch else one
         # The offload request travels as is: the kernel finishes checksums and
         # segments GSO frames itself (it validated nothing of ours yet, but
         # parse_offload checked csum_start/offset against the frame length).
@@ -530,21 +525,15 @@ cdef void deliver_to_tap(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq, i
             put_le16(hdr + 2, vf.vhdr_len)
             put_le16(hdr + 4, vf.gso_size)
             kind = TAP_SENT_GSO
-        if small:
+        if vf.len <= TAP_SMALL_FRAME:
             # one buffer: the header, then the frame
             sg_read(segs, vf.nseg, vf.hdr_len, hdr + VS_HDR_MAX, vf.len)
             if batch:
-                w.taplen[nq] = vf.len
-                w.tapkind[nq] = kind
                 vs_uring_queue_write(&w.uring, fd, hdr, VS_HDR_MAX + vf.len, nq)
-                nq += 1
-                continue
-            rc = write(fd, hdr, VS_HDR_MAX + vf.len)
         else:
-            # a large frame is written from the guest's buffers (the one copy
-            # is the kernel's); frames queued before it go first
-            tap_flush(w, dport, rvq, &nq)
-            batch = batch and w.uring.enabled
+            # a larger frame is written from the source's buffers (the one
+            # copy is the kernel's)
+            iov = w.tapiov + <size_t>nq * TAP_IOV_MAX if batch else iov1
             iov[0].iov_base = hdr
             iov[0].iov_len = VS_HDR_MAX
             cnt = 1
@@ -556,8 +545,24 @@ cdef void deliver_to_tap(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq, i
                     continue
                 iov[cnt].iov_base = seg.p + skip
                 iov[cnt].iov_len = seg.len - skip
+                if batch and seg.p == w.vtag:
+                    # the VLAN tag of a re-tagged view lives in the worker
+                    # until the next frame's view: give it the slot's room
+                    memcpy(hdr + VS_HDR_MAX, w.vtag + skip, 4 - skip)
+                    iov[cnt].iov_base = hdr + VS_HDR_MAX
                 skip = 0
                 cnt += 1
+            if batch:
+                vs_uring_queue_writev(&w.uring, fd, iov, cnt, nq)
+        if batch:
+            # accounted when the ring reports its result (tap_flush)
+            w.taplen[nq] = vf.len
+            w.tapkind[nq] = kind
+            nq += 1
+            continue
+        if vf.len <= TAP_SMALL_FRAME:
+            rc = write(fd, hdr, VS_HDR_MAX + vf.len)
+        else:
             rc = writev(fd, iov, cnt)
         if rc < 0:
             rc = -errno

@@ -70,10 +70,9 @@ class Switch:
         self.notifier = notifier or Notifier()
         self.dp = Datapath(config.datapath.workers, config.datapath.mode, config.datapath.cpus,
                            config.datapath.tap_io)
-        for i, stats in enumerate(self.dp.worker_stats()):
-            if stats["tap_io"] != config.datapath.tap_io:
-                log.warning("worker %d writes into TAP queues one frame per syscall: %s",
-                            i, stats["tap_io"])
+        fallback = sorted({w["tap_io"] for w in self.dp.worker_stats()} - {config.datapath.tap_io})
+        if fallback:  # io_uring asked for, not available: said once, not once per worker
+            log.warning("workers write into TAP queues one frame per syscall: %s", ", ".join(fallback))
         self.ports: dict[str, VhostUserPort | TapPort] = {}
         self.fdb_ctl = FdbControl(self.dp)
         self.ratelog = RateLimitedLog()
