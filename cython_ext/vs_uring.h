@@ -129,17 +129,18 @@ fail:
     }
 }
 
-/* Queue write(fd, buf, len); tag comes back with its result. The caller
- * flushes before more than VS_URING_ENTRIES are queued (a burst is <= 32). */
-static inline void vs_uring_queue_write(struct vs_uring *r, int fd, const void *buf,
-                                        uint32_t len, uint64_t tag)
+/* Queue one read/write-family request on fd; tag comes back with its result.
+ * The caller flushes before more than VS_URING_ENTRIES are queued (a burst
+ * is <= 32). */
+static inline void vs_uring_queue_rw(struct vs_uring *r, uint8_t opcode, int fd, const void *addr,
+                                     uint32_t len, uint64_t tag)
 {
     unsigned slot = r->sq_tail_local & *r->sq_mask;
     struct io_uring_sqe *sqe = &r->sqes[slot];
     memset(sqe, 0, sizeof(*sqe));
-    sqe->opcode = IORING_OP_WRITE;
+    sqe->opcode = opcode;
     sqe->fd = fd;
-    sqe->addr = (uint64_t)(uintptr_t)buf;
+    sqe->addr = (uint64_t)(uintptr_t)addr;
     sqe->len = len;
     sqe->off = (uint64_t)-1;      /* the file's position: a character device has none */
     sqe->user_data = tag;
@@ -147,22 +148,19 @@ static inline void vs_uring_queue_write(struct vs_uring *r, int fd, const void *
     r->pending++;
 }
 
-/* Queue writev(fd, iov, cnt): the kernel reads the iovec array (and the
- * buffers) during vs_uring_flush(), so both stay untouched until then. */
+/* write(fd, buf, len) */
+static inline void vs_uring_queue_write(struct vs_uring *r, int fd, const void *buf,
+                                        uint32_t len, uint64_t tag)
+{
+    vs_uring_queue_rw(r, IORING_OP_WRITE, fd, buf, len, tag);
+}
+
+/* writev(fd, iov, cnt): the kernel reads the iovec array (and the buffers)
+ * during vs_uring_flush(), so both stay untouched until then. */
 static inline void vs_uring_queue_writev(struct vs_uring *r, int fd, const struct iovec *iov,
                                          uint32_t cnt, uint64_t tag)
 {
-    unsigned slot = r->sq_tail_local & *r->sq_mask;
-    struct io_uring_sqe *sqe = &r->sqes[slot];
-    memset(sqe, 0, sizeof(*sqe));
-    sqe->opcode = IORING_OP_WRITEV;
-    sqe->fd = fd;
-    sqe->addr = (uint64_t)(uintptr_t)iov;
-    sqe->len = cnt;
-    sqe->off = (uint64_t)-1;
-    sqe->user_data = tag;
-    r->sq_tail_local++;
-    r->pending++;
+    vs_uring_queue_rw(r, IORING_OP_WRITEV, fd, iov, cnt, tag);
 }
 
 /* Submit what is queued and wait until all of it has completed; res[tag] gets
