@@ -76,6 +76,11 @@ cdef enum:
     F_VERSION_1 = 32
 
 
+def memory_guard_info():
+    """The SIGBUS guard of guest memory: mappings guarded, faults absorbed."""
+    return {"mappings": vs_guard_in_use(), "faults": vs_guard_total()}
+
+
 class DatapathError(Exception):
     """A request the datapath cannot honour (bad address, size, index)."""
 
@@ -83,6 +88,7 @@ class DatapathError(Exception):
 cdef void _unmap_all(vs_memtable *m) noexcept nogil:
     cdef int i
     for i in range(m.n):
+        vs_guard_remove(m.r[i].guard)      # unguarded first: then it is gone
         if m.r[i].map_base != NULL:
             munmap(m.r[i].map_base, m.r[i].map_len)
     memset(m, 0, sizeof(vs_memtable))
@@ -124,6 +130,10 @@ cdef class Datapath:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
         if tap_io not in ("io_uring", "write"):
             raise ValueError("tap_io must be io_uring or write")
+        # A guest that shrinks its memory file under us costs its port only.
+        err = vs_guard_install()
+        if err:
+            raise OSError(err, "cannot install the SIGBUS handler for guest memory")
         self.sw = <vs_switch *>calloc(1, sizeof(vs_switch))
         self.workers = <vs_worker **>calloc(workers, sizeof(vs_worker *))
         if self.sw == NULL or self.workers == NULL:
@@ -403,9 +413,12 @@ cdef class Datapath:
             port.vq[i].call_fd = -1
             port.vq[i].err_fd = -1
         _unmap_all(&port.mem)
+        port.mem_faults_ok = vs_load_relaxed_u64(&port.mem_faults)
         port.log = NULL
         port.log_all = 0
         if port.log_map_base != NULL:
+            vs_guard_remove(port.log_guard)
+            port.log_guard = 0
             munmap(port.log_map_base, port.log_map_len)
             port.log_map_base = NULL
             port.log_map_len = 0
@@ -430,6 +443,7 @@ cdef class Datapath:
         cdef void *base
         cdef void *old_base
         cdef size_t old_len
+        cdef int old_guard
         if size == 0 or size > (1 << 40) or offset > 0xFFFFFFFFFFFFFFFF - size:
             raise DatapathError(f"log size {size:#x} at offset {offset:#x} is not valid")
         if fstat(fd, &st) != 0:
@@ -443,7 +457,8 @@ cdef class Datapath:
         # reply, so workers keep logging into it until they all see the new one.
         # Workers read the pointer and the size separately: until all of them
         # passed a quiescent point, the size must suit both bitmaps.
-        old_base, old_len = port.log_map_base, port.log_map_len
+        old_base, old_len, old_guard = port.log_map_base, port.log_map_len, port.log_guard
+        port.log_guard = vs_guard_add(base, offset + size, &port.mem_faults)
         if old_base != NULL and port.log_size > size:
             port.log_size = size
         vs_mb()
@@ -455,6 +470,7 @@ cdef class Datapath:
         self._quiesce()        # every worker now logs into the new bitmap
         port.log_size = size
         if old_base != NULL:
+            vs_guard_remove(old_guard)
             munmap(old_base, old_len)
 
     def log_info(self, int p):
@@ -592,6 +608,7 @@ cdef class Datapath:
                 r.map_base = base
                 r.map_len = off + size
                 r.host = <uint8_t *>base + off
+                r.guard = vs_guard_add(base, off + size, &port.mem_faults)
                 newm.n += 1
         except BaseException:
             _unmap_all(&newm)
@@ -606,9 +623,17 @@ cdef class Datapath:
             if port.vq[i].started and _translate_ring(&port.mem, &port.vq[i]) != 0:
                 vs_store_release_int(&port.vq[i].started, 0)
                 broken.append(i)
+        port.mem_faults_ok = vs_load_relaxed_u64(&port.mem_faults)   # this memory is whole
         vs_store_release_int(&port.active, 1)
         _unmap_all(&oldm)
         return broken
+
+    def memory_faults(self, int p):
+        """SIGBUS faults taken in port p's guest memory (a monotonic count).
+        Each replaced the mapping it hit with zero pages (vs_memguard.h):
+        workers leave the port alone until a new memory table is set, and the
+        control plane ends its connection."""
+        return vs_load_relaxed_u64(&self._port(p).mem_faults)
 
     def memory_regions(self, int p):
         cdef vs_port *port = self._port(p)

@@ -140,6 +140,7 @@ ctypedef struct vs_region:
     uint8_t *host                  # our mapping of gpa
     void *map_base
     size_t map_len
+    int guard                      # vs_memguard.h token of the mapping (0: none)
 
 ctypedef struct vs_memtable:
     int n
@@ -182,6 +183,14 @@ cdef extern from "<sys/uio.h>" nogil:
         void *iov_base
         size_t iov_len
     ssize_t writev(int fd, const iovec *iov, int iovcnt)
+
+# SIGBUS in guest memory costs its port only (vs_memguard.h).
+cdef extern from "vs_memguard.h" nogil:
+    int vs_guard_install()
+    int vs_guard_add(void *base, size_t length, uint64_t *faults)
+    void vs_guard_remove(int token)
+    uint64_t vs_guard_total()
+    int vs_guard_in_use()
 
 # Batched writes into TAP queues (vs_uring.h): one io_uring per worker.
 cdef extern from "vs_uring.h" nogil:
@@ -289,6 +298,9 @@ ctypedef struct vs_port:
     uint64_t log_size              # bytes
     void *log_map_base
     size_t log_map_len
+    int log_guard                  # vs_memguard.h token of the log mapping
+    uint64_t mem_faults            # SIGBUS taken in this port's guest memory (vs_memguard.h)
+    uint64_t mem_faults_ok         # mem_faults when the memory now mapped was installed
     int log_all
     uint64_t log_marks             # ranges marked (racy between workers: a statistic)
     # --- issue 7 policy; each part is skipped by one test when unset ---

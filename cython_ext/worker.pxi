@@ -54,6 +54,17 @@ cdef inline void put_le16(uint8_t *p, uint16_t v) noexcept nogil:
     p[1] = <uint8_t>(v >> 8)
 
 
+cdef inline bint mem_lost(vs_port *port) noexcept nogil:
+    """A SIGBUS in the port's guest memory put zero pages in place of a
+    mapping (vs_memguard.h): nothing there is the guest's any more, until the
+    control plane installs a new memory table or ends the connection."""
+    return vs_load_relaxed_u64(&port.mem_faults) != port.mem_faults_ok
+
+
+cdef inline bint port_usable(vs_port *port) noexcept nogil:
+    return vs_load_acquire_int(&port.active) and not mem_lost(port)
+
+
 cdef inline bint has_feature(vs_port *port, int bit) noexcept nogil:
     return (port.features >> bit) & 1
 
@@ -212,7 +223,7 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
         if q < dport.nqp:
             rvq = &dport.vq[2 * q]
     if rvq == NULL or not vs_load_acquire_int(&rvq.started) or \
-            not vs_load_acquire_int(&rvq.enabled) or rvq.broken:
+            not vs_load_acquire_int(&rvq.enabled) or rvq.broken or mem_lost(dport):
         # Only a frame addressed to this port counts; floods just pass it by.
         if view == VIEW_NORMAL:
             for i in range(n):
@@ -336,6 +347,14 @@ cdef void switch_burst(vs_switch *sw, vs_worker *w, int pidx, int qp, vs_vring *
     cdef int dests[VS_BURST]
     cdef vs_frame *f
     cdef vs_capture *cap = port.capture
+    if mem_lost(port):
+        # a frame of this burst hit memory the guest took away: what was read
+        # of the burst is zero pages now, so none of it goes anywhere
+        for i in range(n):
+            if w.frames[i].dst == FRAME_DROPPED and w.frames[i].nseg != 0:
+                w.frames[i].nseg = 0
+                vq.c.drops[DROP_BAD_ADDRESS] += 1
+        return
     if port.ingress_policy:
         now = now_ns()
     for i in range(n):
@@ -731,7 +750,7 @@ cdef void worker_sleep(vs_switch *sw, vs_worker *w) noexcept nogil:
     nports = vs_load_acquire_int(&sw.nports_hi)
     for p in range(nports):
         port = sw.ports[p]
-        if port == NULL or not vs_load_acquire_int(&port.active):
+        if port == NULL or not port_usable(port):
             continue
         for qp in range(port.nqp):
             if not worker_owns(sw, w, p, qp):
@@ -746,7 +765,7 @@ cdef void worker_sleep(vs_switch *sw, vs_worker *w) noexcept nogil:
     vs_mb()
     for p in range(nports):
         port = sw.ports[p]
-        if port == NULL or not vs_load_acquire_int(&port.active):
+        if port == NULL or not port_usable(port):
             continue
         for qp in range(port.nqp):
             if not worker_owns(sw, w, p, qp):
@@ -777,7 +796,7 @@ cdef void worker_sleep(vs_switch *sw, vs_worker *w) noexcept nogil:
             w.wakeups += 1
     for p in range(nports):
         port = sw.ports[p]
-        if port == NULL or not vs_load_acquire_int(&port.active):
+        if port == NULL or not port_usable(port):
             continue
         for qp in range(port.nqp):
             if not worker_owns(sw, w, p, qp):
@@ -823,7 +842,7 @@ cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
         nports = vs_load_acquire_int(&sw.nports_hi)
         for p in range(nports):
             port = sw.ports[p]
-            if port == NULL or not vs_load_acquire_int(&port.active):
+            if port == NULL or not port_usable(port):
                 continue
             if port.ingress_policy & POL_SHAPE:
                 # ingress limit with action hold: the frames wait in the

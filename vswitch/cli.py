@@ -34,7 +34,8 @@ def _render_port(port: dict) -> str:
     where = port["socket"] or port.get("ifname") or port.get("local")
     lines = [f"port {port['name']} ({port['type']}, {port['mode']}, {where}): {port['state']}",
              f"  connections {port['connections']}, disconnects {port['disconnects']}, "
-             f"protocol errors {port['protocol_errors']}",
+             f"protocol errors {port['protocol_errors']}"
+             + (f", memory faults {port['memory_faults']}" if port.get("memory_faults") else ""),
              f"  queues offered {port['queues_offered']}, enabled {port['queues_enabled']}"]
     if port.get("features"):
         lines.append("  features: " + " ".join(port["features"]))

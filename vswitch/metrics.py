@@ -154,7 +154,9 @@ class SwitchCollector:
             "vswitch_vhost_connections",
             "vhost-user connection events by port: connect (a session started), disconnect "
             "(it ended, for any reason), protocol_error (ended by a malformed or refused "
-            "message), refused (a second front-end turned away while one was connected).",
+            "message), refused (a second front-end turned away while one was connected), "
+            "memory_fault (ended because the guest's memory vanished under the switch: a memory "
+            "file it shared was shrunk).",
             labels=["port", "event"])
         tap_events = CounterMetricFamily(
             "vswitch_tap_events",
@@ -211,7 +213,8 @@ class SwitchCollector:
                 tap_events.add_metric([name, "detach"], int(show.get("disconnects") or 0))
             else:
                 for event, key in (("connect", "connections"), ("disconnect", "disconnects"),
-                                   ("protocol_error", "protocol_errors"), ("refused", "refused")):
+                                   ("protocol_error", "protocol_errors"), ("refused", "refused"),
+                                   ("memory_fault", "memory_faults")):
                     conns.add_metric([name, event], int(show.get(key) or 0))
         yield from (rx_pkts, rx_bytes, tx_pkts, tx_bytes, drops, up, info, queues, mtu, conns, tap_events)
 

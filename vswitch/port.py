@@ -153,6 +153,7 @@ class PortStatus:
     disconnects: int = 0
     refused: int = 0           # second connections refused while one is active
     protocol_errors: int = 0
+    memory_faults: int = 0     # connections ended because the guest's memory vanished (SIGBUS)
     last_error: str | None = None
     connected_since: float | None = None
     # Problems seen on the running connection, e.g. "guest memory not shared".
@@ -179,6 +180,8 @@ class VhostUserPort:
         self._listener: socket.socket | None = None
         self._conn: Connection | None = None
         self._ring_seen: dict[int, float] = {}
+        self._end_reason: str | None = None     # why we cancelled the connection task
+        self._faults_seen = dp.memory_faults(self.slot)
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -284,6 +287,7 @@ class VhostUserPort:
                 self.dp.fdb_set_static(self.config.mac, -1, port_vlan(self.config))
             self.dp.port_remove(self.slot)
             self.slot = self.dp.port_add(self.config.queues)
+            self._faults_seen = self.dp.memory_faults(self.slot)
             self._apply_datapath_settings(None)
 
     # --- socket roles ----------------------------------------------------------
@@ -365,7 +369,7 @@ class VhostUserPort:
             self.ratelog.warning(f"{self.name}:protocol", "port %s: %s; closing the connection",
                                  self.name, reason)
         except asyncio.CancelledError:
-            reason = "port stopped"
+            reason = self._end_reason or "port stopped"
             raise
         except Exception as exc:  # a bug must cost this connection, not the daemon
             self.status.protocol_errors += 1
@@ -373,6 +377,7 @@ class VhostUserPort:
             self.status.last_error = reason
             log.exception("port %s: closing the connection", self.name)
         finally:
+            self._end_reason = None
             if self._conn is not None:
                 self._disconnect(reason)
 
@@ -397,8 +402,31 @@ class VhostUserPort:
     def connected(self) -> bool:
         return self._conn is not None
 
+    def _check_memory_faults(self) -> None:
+        """A SIGBUS in the guest's memory (its file shrank under us, or
+        hugetlbfs had no page) was absorbed by the datapath, which put zero
+        pages in place of that mapping (cython_ext/vs_memguard.h): what the
+        port maps is no longer the guest's memory, so its connection ends.
+        The front-end may connect again with memory that stays."""
+        faults = self.dp.memory_faults(self.slot)
+        if faults == self._faults_seen:
+            return
+        self._faults_seen = faults
+        msg = ("guest memory vanished under the switch (SIGBUS: the front-end shrank a memory "
+               "file it had shared); closing the connection")
+        self.status.alerts["memory_fault"] = msg
+        self.status.last_error = msg
+        log.error("port %s: %s", self.name, msg)
+        task = self._conn_task
+        if self.connected and task is not None and not task.done():
+            self.status.memory_faults += 1
+            self._end_reason = "guest memory vanished"
+            task.cancel()
+
     def check_health(self) -> None:
-        """Periodic: report broken rings and memory the guest does not share."""
+        """Periodic: report broken rings, memory the guest does not share
+        and memory that vanished."""
+        self._check_memory_faults()
         if self.session is None or not self.connected:
             return
         now = time.monotonic()
@@ -463,6 +491,7 @@ class VhostUserPort:
             "disconnects": self.status.disconnects,
             "refused": self.status.refused,
             "protocol_errors": self.status.protocol_errors,
+            "memory_faults": self.status.memory_faults,
             "last_error": self.status.last_error,
             "alerts": dict(self.status.alerts),
             "features": p.decode_bits(info.features, p.Feature) if info else [],
