@@ -121,6 +121,7 @@ cdef class Datapath:
     cdef readonly tuple cpus
     cdef uint32_t aging_s         # fdb.aging_time (0: never)
     cdef double t0                # time.monotonic() at creation: the FDB clock's zero
+    cdef uint8_t fixed_used[VS_URING_FILES]   # registered-file slots given to TAP queues
 
     def __cinit__(self, int workers=1, str mode="adaptive", cpus=None, str tap_io="io_uring"):
         cdef epoll_event ev
@@ -372,6 +373,7 @@ cdef class Datapath:
             port.kind = PORT_TAP if kind == "tap" else PORT_VXLAN if kind == "vxlan" else PORT_VHOST
             for i in range(VS_MAX_QP):
                 port.tap_fd[i] = -1
+                port.tap_fixed[i] = -1
             port.in_use = 1
             if p + 1 > self.sw.nports_hi:
                 vs_store_release_int(&self.sw.nports_hi, p + 1)
@@ -396,6 +398,8 @@ cdef class Datapath:
             if port.tap_fd[i] >= 0:
                 self._unwatch_fd(port.vq[2 * i + 1].kick_epfd, port.tap_fd[i])
                 port.vq[2 * i + 1].kick_epfd = -1
+                self._fixed_file_remove(port.tap_fixed[i])   # else the rings keep the device
+                port.tap_fixed[i] = -1
                 close(port.tap_fd[i])
                 port.tap_fd[i] = -1
         port.tap_errno = 0
@@ -722,12 +726,48 @@ cdef class Datapath:
         port.tap_errno = 0
         for q in range(port.nqp):
             port.tap_fd[q] = fds[q]
+            port.tap_fixed[q] = self._fixed_file_add(fds[q])
             epfd = self.workers[(p + q) % self.nworkers].epfd
             ev.events = EPOLLIN
             ev.data.ptr = &port.vq[2 * q + 1]     # kick_fd -1: woken, nothing to drain
             if epoll_ctl(epfd, EPOLL_CTL_ADD, port.tap_fd[q], &ev) == 0:
                 port.vq[2 * q + 1].kick_epfd = epfd
         vs_store_release_int(&port.active, 1)
+
+    cdef int _fixed_file_add(self, int fd) noexcept:
+        """A registered-file slot that holds fd in every worker's ring (the
+        same index in each: a queue's frames may be written by any worker),
+        or -1: the queue is written through its plain fd."""
+        cdef int idx, i, j
+        for idx in range(VS_URING_FILES):
+            if not self.fixed_used[idx]:
+                break
+        else:
+            return -1
+        for i in range(self.nworkers):
+            if not self.workers[i].uring.enabled or not self.workers[i].uring.fixed or \
+                    vs_uring_set_file(&self.workers[i].uring, idx, fd) != 0:
+                for j in range(i):
+                    vs_uring_set_file(&self.workers[j].uring, idx, -1)
+                return -1
+        self.fixed_used[idx] = 1
+        return idx
+
+    cdef void _fixed_file_remove(self, int idx) noexcept:
+        """Empty slot idx in every ring; the caller has quiesced the workers
+        (no request on it is in flight) and closes the fd afterwards."""
+        cdef int i
+        if idx < 0:
+            return
+        for i in range(self.nworkers):
+            if self.workers[i] != NULL:
+                vs_uring_set_file(&self.workers[i].uring, idx, -1)
+        self.fixed_used[idx] = 0
+
+    def tap_fixed_files(self, int p):
+        """Registered-file slot of each TAP queue (-1: written by plain fd)."""
+        cdef vs_port *port = self._port(p)
+        return [port.tap_fixed[q] for q in range(port.nqp)]
 
     def tap_errno(self, int p):
         """A fatal errno a worker saw on this TAP (EBADFD: the device was deleted), or 0."""

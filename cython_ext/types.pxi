@@ -194,14 +194,19 @@ cdef extern from "vs_memguard.h" nogil:
 
 # Batched writes into TAP queues (vs_uring.h): one io_uring per worker.
 cdef extern from "vs_uring.h" nogil:
+    enum:
+        VS_URING_FILES
     struct vs_uring:
         int enabled
+        int fixed
         uint64_t enters
         uint64_t submitted
     int vs_uring_init(vs_uring *r)
     void vs_uring_exit(vs_uring *r)
-    void vs_uring_queue_write(vs_uring *r, int fd, const void *buf, uint32_t len, uint64_t tag)
-    void vs_uring_queue_writev(vs_uring *r, int fd, const iovec *iov, uint32_t cnt, uint64_t tag)
+    int vs_uring_set_file(vs_uring *r, unsigned index, int fd)
+    void vs_uring_queue_write(vs_uring *r, int fd, int fixed, const void *buf, uint32_t len, uint64_t tag)
+    void vs_uring_queue_writev(vs_uring *r, int fd, int fixed, const iovec *iov, uint32_t cnt,
+                               uint64_t tag)
     int vs_uring_flush(vs_uring *r, int32_t *res)
 
 cdef enum:
@@ -280,6 +285,7 @@ ctypedef struct vs_port:
     int kind                       # PORT_VHOST, PORT_TAP or PORT_VXLAN
     uint32_t mtu                   # egress limit on the L3 size; 0: none
     int tap_fd[VS_MAX_QP]          # TAP: one fd per queue (IFF_MULTI_QUEUE)
+    int tap_fixed[VS_MAX_QP]       # its registered-file slot in every worker's ring, or -1
     int tap_errno                  # TAP: a fatal errno seen by a worker (EBADFD: device deleted)
     vs_vxlan *vx                   # VXLAN: socket, VNI, remotes (NULL until the first attach)
     int active                     # memory mapped, session up: workers may look at it

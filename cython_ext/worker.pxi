@@ -548,7 +548,7 @@ cdef void deliver_to_tap(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq, i
             # one buffer: the header, then the frame
             sg_read(segs, vf.nseg, vf.hdr_len, hdr + VS_HDR_MAX, vf.len)
             if batch:
-                vs_uring_queue_write(&w.uring, fd, hdr, VS_HDR_MAX + vf.len, nq)
+                vs_uring_queue_write(&w.uring, fd, dport.tap_fixed[q], hdr, VS_HDR_MAX + vf.len, nq)
         else:
             # a larger frame is written from the source's buffers (the one
             # copy is the kernel's)
@@ -572,7 +572,7 @@ cdef void deliver_to_tap(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq, i
                 skip = 0
                 cnt += 1
             if batch:
-                vs_uring_queue_writev(&w.uring, fd, iov, cnt, nq)
+                vs_uring_queue_writev(&w.uring, fd, dport.tap_fixed[q], iov, cnt, nq)
         if batch:
             # accounted when the ring reports its result (tap_flush)
             w.taplen[nq] = vf.len
