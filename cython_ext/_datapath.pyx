@@ -39,6 +39,7 @@ cdef extern from "<sys/mman.h>" nogil:
 cdef extern from "<sys/stat.h>" nogil:
     struct stat:
         long st_size
+        long st_blksize
     int fstat(int fd, stat *buf)
 
 cdef extern from "<sys/eventfd.h>" nogil:
@@ -78,11 +79,22 @@ cdef enum:
 
 def memory_guard_info():
     """The SIGBUS guard of guest memory: mappings guarded, faults absorbed."""
-    return {"mappings": vs_guard_in_use(), "faults": vs_guard_total()}
+    return {"mappings": vs_guard_in_use(), "faults": vs_guard_total(),
+            "unguarded": vs_guard_refused()}
 
 
 class DatapathError(Exception):
     """A request the datapath cannot honour (bad address, size, index)."""
+
+
+cdef inline size_t _mapped_len(size_t length, long blksize) noexcept nogil:
+    """The length the kernel maps: a hugetlbfs file (st_blksize = its huge
+    page size) is mapped in whole huge pages, and the SIGBUS guard must cover
+    (and may only replace) whole pages of the mapping."""
+    cdef size_t page = <size_t>blksize
+    if blksize < 4096 or (page & (page - 1)) != 0:
+        page = 4096
+    return (length + page - 1) & ~(page - 1)
 
 
 cdef void _unmap_all(vs_memtable *m) noexcept nogil:
@@ -417,7 +429,6 @@ cdef class Datapath:
             port.vq[i].call_fd = -1
             port.vq[i].err_fd = -1
         _unmap_all(&port.mem)
-        port.mem_faults_ok = vs_load_relaxed_u64(&port.mem_faults)
         port.log = NULL
         port.log_all = 0
         if port.log_map_base != NULL:
@@ -427,6 +438,8 @@ cdef class Datapath:
             port.log_map_base = NULL
             port.log_map_len = 0
             port.log_size = 0
+        # nothing of the guest's is mapped any more: a new connection starts whole
+        port.mem_faults_ok = vs_load_relaxed_u64(&port.mem_faults)
 
     # --- dirty logging (live migration) ---------------------------------------
 
@@ -462,7 +475,7 @@ cdef class Datapath:
         # Workers read the pointer and the size separately: until all of them
         # passed a quiescent point, the size must suit both bitmaps.
         old_base, old_len, old_guard = port.log_map_base, port.log_map_len, port.log_guard
-        port.log_guard = vs_guard_add(base, offset + size, &port.mem_faults)
+        port.log_guard = vs_guard_add(base, _mapped_len(offset + size, st.st_blksize), &port.mem_faults)
         if old_base != NULL and port.log_size > size:
             port.log_size = size
         vs_mb()
@@ -612,7 +625,7 @@ cdef class Datapath:
                 r.map_base = base
                 r.map_len = off + size
                 r.host = <uint8_t *>base + off
-                r.guard = vs_guard_add(base, off + size, &port.mem_faults)
+                r.guard = vs_guard_add(base, _mapped_len(off + size, st.st_blksize), &port.mem_faults)
                 newm.n += 1
         except BaseException:
             _unmap_all(&newm)
@@ -627,7 +640,9 @@ cdef class Datapath:
             if port.vq[i].started and _translate_ring(&port.mem, &port.vq[i]) != 0:
                 vs_store_release_int(&port.vq[i].started, 0)
                 broken.append(i)
-        port.mem_faults_ok = vs_load_relaxed_u64(&port.mem_faults)   # this memory is whole
+        # A fault stays until the connection ends (_release_port_resources),
+        # even with a new table: the dirty log, or a region this front-end
+        # sends again, may be what vanished.
         vs_store_release_int(&port.active, 1)
         _unmap_all(&oldm)
         return broken

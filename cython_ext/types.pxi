@@ -190,6 +190,7 @@ cdef extern from "vs_memguard.h" nogil:
     int vs_guard_add(void *base, size_t length, uint64_t *faults)
     void vs_guard_remove(int token)
     uint64_t vs_guard_total()
+    uint64_t vs_guard_refused()
     int vs_guard_in_use()
 
 # Batched writes into TAP queues (vs_uring.h): one io_uring per worker.

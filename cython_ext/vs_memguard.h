@@ -34,7 +34,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#define VS_GUARD_SLOTS 16384   /* 256 ports x (32 regions + log) x 2 (old and new table) */
+#define VS_GUARD_SLOTS 17408   /* 256 ports x (32 regions + log) x 2 (old and new table) + room */
 
 struct vs_guard_slot {
     uintptr_t start;           /* 0: free */
@@ -44,6 +44,7 @@ struct vs_guard_slot {
 
 static struct vs_guard_slot vs_guard_slots[VS_GUARD_SLOTS];
 static uint64_t vs_guard_faults_total;
+static uint64_t vs_guard_unguarded;                /* registrations refused: table full */
 static unsigned vs_guard_hint;                     /* where the next free-slot search starts */
 static int vs_guard_installed;
 static struct sigaction vs_guard_previous;
@@ -58,12 +59,20 @@ static void vs_guard_handler(int sig, siginfo_t *si, void *uctx)
         for (i = 0; i < VS_GUARD_SLOTS; i++) {
             uintptr_t s = __atomic_load_n(&vs_guard_slots[i].start, __ATOMIC_ACQUIRE);
             size_t len;
+            uint64_t *faults;
             if (s == 0 || a < s)
                 continue;
             len = __atomic_load_n(&vs_guard_slots[i].len, __ATOMIC_RELAXED);
+            faults = __atomic_load_n(&vs_guard_slots[i].faults, __ATOMIC_RELAXED);
+            /* a slot retired and reused while we read it: not this one */
+            if (__atomic_load_n(&vs_guard_slots[i].start, __ATOMIC_ACQUIRE) != s)
+                continue;
             if (a - s >= len)
                 continue;
             {
+                /* mmap is not on POSIX's async-signal-safe list, but on Linux
+                 * it is a plain system call (no lock in libc): Wayland
+                 * compositors rely on the same for clients' shm pools */
                 int saved = errno;
                 void *p = mmap((void *)s, len, PROT_READ | PROT_WRITE,
                                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
@@ -71,7 +80,7 @@ static void vs_guard_handler(int sig, siginfo_t *si, void *uctx)
                 if (p == MAP_FAILED)
                     break;          /* cannot repair: die as we would have */
             }
-            __atomic_add_fetch(vs_guard_slots[i].faults, 1, __ATOMIC_RELAXED);
+            __atomic_add_fetch(faults, 1, __ATOMIC_RELAXED);
             __atomic_add_fetch(&vs_guard_faults_total, 1, __ATOMIC_RELAXED);
             return;                 /* the access runs again, on zero pages */
         }
@@ -130,6 +139,7 @@ static inline int vs_guard_add(void *base, size_t len, uint64_t *faults)
             return (int)i + 1;
         }
     }
+    vs_guard_unguarded++;
     return 0;
 }
 
@@ -145,6 +155,11 @@ static inline void vs_guard_remove(int token)
 static inline uint64_t vs_guard_total(void)
 {
     return __atomic_load_n(&vs_guard_faults_total, __ATOMIC_RELAXED);
+}
+
+static inline uint64_t vs_guard_refused(void)
+{
+    return vs_guard_unguarded;
 }
 
 static inline int vs_guard_in_use(void)

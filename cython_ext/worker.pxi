@@ -236,7 +236,8 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
     old_used = rvq.used_idx
     navail = vring_avail_count(rvq, &avail_idx)
     if navail < 0:
-        vring_mark_broken(rvq)
+        if not mem_lost(dport):     # zero pages in place of the ring are not a wild index
+            vring_mark_broken(rvq)
         vs_spin_unlock(&rvq.lock)
         return
     # Prefetch the RX descriptors this burst will use, as on the TX side.
@@ -398,6 +399,14 @@ cdef void switch_burst(vs_switch *sw, vs_worker *w, int pidx, int qp, vs_vring *
                 continue
             flood = True
         f.dst = d
+    if mem_lost(port):
+        # the fault hit a header read just now: the classification above
+        # read zero pages, so the burst goes nowhere
+        for i in range(n):
+            if w.frames[i].dst != FRAME_DROPPED:
+                w.frames[i].dst = FRAME_DROPPED
+                vq.c.drops[DROP_BAD_ADDRESS] += 1
+        return
     # Distinct unicast destinations of the burst, each delivered once.
     for i in range(n):
         d = w.frames[i].dst
@@ -655,7 +664,8 @@ cdef int tx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int qp,
     cdef uint8_t vhdr[VS_HDR_MAX]
     cdef vs_frame *f
     if n < 0:
-        vring_mark_broken(vq)
+        if not mem_lost(port):      # zero pages in place of the ring are not a wild index
+            vring_mark_broken(vq)
         return 0
     if n == 0:
         return 0

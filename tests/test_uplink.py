@@ -16,12 +16,14 @@ import time
 
 import pytest
 
+from tests.frontend import Feature, VirtioNetHdr, bits
 from tests.guests import QemuGuest, build_image, default_cache_dir
 from tests.linux.netns import NetNs, link_exists
 from tests.peers.testpmd import TestPmd, virtio_user_vdev
 from tests.switch import Vswitchd
-from tests.test_datapath import ETHERTYPE
+from tests.test_datapath import ETHERTYPE, FULL
 from tests.test_datapath import connect as connect_device
+from tests.unit.test_offload import partial, tcp_frame
 
 BOOT_TIMEOUT = 240
 GUEST_IP, HOST_IP = "10.8.0.1", "10.8.0.254"
@@ -294,6 +296,43 @@ def test_a_burst_of_mixed_sizes_reaches_the_kernel_whole_and_in_order(tap_only):
         assert after["tap_batched_writes"] == 0
         assert "workers write into TAP queues one frame per syscall: write (io_uring: " \
                "Operation not permitted)" in sw.log_path.read_text()
+
+
+def test_mtu_counts_the_ethernet_and_vlan_header_and_judges_gso_by_segment(tap_only):
+    """MTU 1500: 1514 bytes untagged and 1518 with an 802.1Q tag reach the
+    kernel, one byte more is dropped as mtu_exceeded; a TSO frame of 2 x 1448
+    bytes of payload (2950 bytes in all) passes: its segments fit."""
+    sw, ns, ifname, _ = tap_only
+
+    def sized(n: int, tagged: bool = False) -> bytes:
+        head = TAP_MAC + FE_MAC + (b"\x81\x00\x00\x05" if tagged else b"") + ETHERTYPE
+        return head + bytes(n - len(head))
+
+    payload = bytes(range(256)) * 11 + bytes(2896 - 2816)
+    tso = TAP_MAC + FE_MAC + partial(tcp_frame(payload), 14, 34, False, 6, 16)[12:]
+    tso_hdr = VirtioNetHdr(flags=1, gso_type=1, hdr_len=54, gso_size=1448, csum_start=34,
+                           csum_offset=16)
+    kernel_rx = f"/sys/class/net/{ifname}/statistics/rx_packets"
+    rx_before = int(ns.run(["cat", kernel_rx]).stdout)
+    drops_before = sw.drops("up").get("mtu_exceeded", 0)
+    gso_before = sum(q["rx"]["offload"]["gso_passthrough"] for q in sw.port("up")["queues"])
+    dev = connect_device(sw, "fe", rx_buffers=64,
+                         features=FULL | bits(Feature.CSUM, Feature.HOST_TSO4))
+    try:
+        tx = dev.tx(0)
+        for f in (sized(1514), sized(1515), sized(1518, True), sized(1519, True)):
+            tx.post_tx(f, publish=False, kick=False)
+        tx.post_tx(tso, hdr=tso_hdr, publish=False, kick=False)
+        tx.publish(kick=True)
+        wait_for(lambda: tx.pending_used() == 5, 10, "frames consumed")
+        tx.reap()
+        wait_for(lambda: int(ns.run(["cat", kernel_rx]).stdout) - rx_before >= 3, 10, "kernel rx")
+    finally:
+        dev.close()
+    time.sleep(0.2)
+    assert int(ns.run(["cat", kernel_rx]).stdout) - rx_before == 3
+    assert sw.drops("up").get("mtu_exceeded", 0) - drops_before == 2
+    assert sum(q["rx"]["offload"]["gso_passthrough"] for q in sw.port("up")["queues"]) - gso_before == 1
 
 
 def test_a_burst_pushed_to_a_trunk_reaches_the_kernel_with_each_frames_tag(tmp_path):

@@ -182,6 +182,7 @@ class VhostUserPort:
         self._ring_seen: dict[int, float] = {}
         self._end_reason: str | None = None     # why we cancelled the connection task
         self._faults_seen = dp.memory_faults(self.slot)
+        self._conn_faulted = False              # the running connection's fault is reported
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -352,6 +353,8 @@ class VhostUserPort:
         self.status.connected_since = time.time()
         self.status.alerts.clear()
         self._ring_seen.clear()
+        self._conn_faulted = False
+        self._faults_seen = self.dp.memory_faults(self.slot)   # nothing is mapped yet
         self.ratelog.info(f"{self.name}:connected", "port %s: front-end connected", self.name)
         reason = "front-end closed the connection"
         try:
@@ -386,6 +389,9 @@ class VhostUserPort:
             self.session.close()
         if self._conn is not None:
             self._conn.close()
+        # the guest's memory is unmapped now: a fault it took is its own, reported
+        # before the slot may be re-created below
+        self._check_memory_faults(ending=True)
         self._conn = None
         self.status.disconnects += 1
         self.status.connected_since = None
@@ -402,26 +408,33 @@ class VhostUserPort:
     def connected(self) -> bool:
         return self._conn is not None
 
-    def _check_memory_faults(self) -> None:
+    def _check_memory_faults(self, *, ending: bool = False) -> None:
         """A SIGBUS in the guest's memory (its file shrank under us, or
         hugetlbfs had no page) was absorbed by the datapath, which put zero
         pages in place of that mapping (cython_ext/vs_memguard.h): what the
         port maps is no longer the guest's memory, so its connection ends.
-        The front-end may connect again with memory that stays."""
+        The front-end may connect again with memory that stays. `ending`:
+        called as the connection ends anyway (its fault is reported against
+        it, never against the next one)."""
         faults = self.dp.memory_faults(self.slot)
         if faults == self._faults_seen:
             return
         self._faults_seen = faults
+        if self._conn_faulted:
+            return                      # this connection's fault is reported already
+        self._conn_faulted = True
+        self.status.memory_faults += 1
         msg = ("guest memory vanished under the switch (SIGBUS: the front-end shrank a memory "
-               "file it had shared); closing the connection")
+               "file it had shared)")
         self.status.alerts["memory_fault"] = msg
         self.status.last_error = msg
-        log.error("port %s: %s", self.name, msg)
         task = self._conn_task
-        if self.connected and task is not None and not task.done():
-            self.status.memory_faults += 1
+        if not ending and self.connected and task is not None and not task.done():
+            log.error("port %s: %s; closing the connection", self.name, msg)
             self._end_reason = "guest memory vanished"
             task.cancel()
+        else:
+            log.error("port %s: %s", self.name, msg)
 
     def check_health(self) -> None:
         """Periodic: report broken rings, memory the guest does not share
