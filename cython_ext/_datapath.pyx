@@ -11,6 +11,7 @@ then touches the ring, the memory map or the fds it used.
 from libc.errno cimport errno, EAGAIN, EBADFD, EIO, EINTR
 
 include "types.pxi"
+include "notify.pxi"
 include "mem.pxi"
 include "vring.pxi"
 include "fdb.pxi"
@@ -69,6 +70,9 @@ MAX_REGIONS = VS_MAX_REGIONS
 BURST = VS_BURST
 
 # Feature bits the datapath itself interprets.
+# The longest the control plane waits for every worker to finish a round.
+cdef uint64_t QUIESCE_TIMEOUT_NS = 5000000000ULL
+
 cdef enum:
     F_MRG_RXBUF = 15
     F_LOG_ALL = 26
@@ -170,6 +174,9 @@ cdef class Datapath:
                 # no io_uring (old kernel, sysctl kernel.io_uring_disabled,
                 # a seccomp filter): one write(2) per frame, as before
                 self.workers[i].uring_errno = vs_uring_init(&self.workers[i].uring)
+            # notifications never block a worker (notify.pxi)
+            self.workers[i].nring_errno = vs_uring_init_ring(&self.workers[i].nring,
+                                                             VS_NRING_ENTRIES, 0)
             self.workers[i].wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
             self.workers[i].epfd = epoll_create1(EPOLL_CLOEXEC)
             if self.workers[i].wake_fd < 0 or self.workers[i].epfd < 0:
@@ -177,10 +184,16 @@ cdef class Datapath:
             ev.events = EPOLLIN
             ev.data.ptr = NULL
             epoll_ctl(self.workers[i].epfd, EPOLL_CTL_ADD, self.workers[i].wake_fd, &ev)
+            if self.workers[i].nring.enabled:
+                # a sleeping worker wakes when a late notification write completes
+                ev.data.ptr = &self.workers[i].nring
+                epoll_ctl(self.workers[i].epfd, EPOLL_CTL_ADD, self.workers[i].nring.fd, &ev)
         self.ctlw = <vs_worker *>calloc(1, sizeof(vs_worker))
         self.ctl_vq = <vs_vring *>calloc(1, sizeof(vs_vring))
         if self.ctlw == NULL or self.ctl_vq == NULL:
             raise MemoryError()
+        # frames the control plane injects notify their destinations too
+        self.ctlw.nring_errno = vs_uring_init_ring(&self.ctlw.nring, VS_NRING_ENTRIES, 0)
         self.threads = []
         self.running = False
         # worker i runs on cpus[i % len(cpus)] (datapath.cpus in the config)
@@ -203,6 +216,8 @@ cdef class Datapath:
                     capture_free(port.capture)      # workers are stopped
                     free(port)
             free(self.sw)
+        if self.ctlw != NULL:
+            vs_uring_exit(&self.ctlw.nring)
         free(self.ctlw)
         free(self.ctl_vq)
         if self.workers != NULL:
@@ -214,6 +229,7 @@ cdef class Datapath:
                     free(self.workers[i].tapout)
                     free(self.workers[i].tapiov)
                     vs_uring_exit(&self.workers[i].uring)
+                    vs_uring_exit(&self.workers[i].nring)    # cancels what is in flight
                     free(self.workers[i])
             free(self.workers)
 
@@ -267,7 +283,7 @@ cdef class Datapath:
         cdef int i
         cdef bint done
         cdef timespec ts
-        cdef long waited_us = 0
+        cdef uint64_t deadline
         if not self.running:
             return 0
         vs_mb()
@@ -276,20 +292,24 @@ cdef class Datapath:
         self._wake()
         ts.tv_sec = 0
         ts.tv_nsec = 20000
+        # On the clock, not in counted naps: a nap on a loaded machine lasts
+        # far longer than asked. A round is bounded (no worker waits on a
+        # front-end's fd), so this only fails on a bug or a starved CPU.
+        deadline = now_ns() + QUIESCE_TIMEOUT_NS
         with nogil:
             while True:
                 done = True
                 for i in range(self.nworkers):
                     if vs_load_acquire_u64(&self.workers[i].epoch) == snap[i]:
                         done = False
-                if done:
+                if done or now_ns() > deadline:
                     break
                 nanosleep(&ts, NULL)
-                waited_us += 20
-                if waited_us > 10000000:
-                    break
         if not done:
-            raise DatapathError("workers did not reach a quiescent point in 10 s")
+            stuck = [i for i in range(self.nworkers)
+                     if vs_load_acquire_u64(&self.workers[i].epoch) == snap[i]]
+            raise DatapathError(f"worker(s) {stuck} did not finish their round in "
+                                f"{QUIESCE_TIMEOUT_NS // 1000000000} s")
         return 0
 
     def worker_stats(self):
@@ -297,9 +317,17 @@ cdef class Datapath:
                  "wakeups": self.workers[i].wakeups, "busy_ns": self.workers[i].busy_ns,
                  "cpu": self.cpus[i % len(self.cpus)] if self.cpus else None,
                  "tap_io": self._tap_io(self.workers[i]),
+                 "notify_io": self._notify_io(self.workers[i]),
                  "tap_batches": self.workers[i].uring.enters,
                  "tap_batched_writes": self.workers[i].uring.submitted}
                 for i in range(self.nworkers)]
+
+    cdef str _notify_io(self, vs_worker *w):
+        """How the worker writes guests' call eventfds: "io_uring" (never
+        blocks) or "write" with why (a blocked fd can stall the worker)."""
+        if w.nring.enabled:
+            return "io_uring"
+        return f"write (io_uring: {os.strerror(w.nring_errno) if w.nring_errno else 'failed'})"
 
     cdef str _tap_io(self, vs_worker *w):
         """How the worker writes into TAP queues: "io_uring" (a burst per
@@ -536,6 +564,7 @@ cdef class Datapath:
         # Delivery takes each destination ring's lock, as a worker does.
         with nogil:
             switch_burst(self.sw, w, p, 0, self.ctl_vq, 1)
+            notify_flush(w)
 
     def port_reset(self, int p):
         """Disconnect or RESET_DEVICE: stop every ring, forget the FDB entries,
@@ -543,16 +572,22 @@ cdef class Datapath:
         cdef vs_port *port = self._port(p)
         cdef int i
         cdef vs_counters saved[VS_MAX_VRINGS]
+        cdef uint32_t gen
         vs_store_release_int(&port.active, 0)
         for i in range(VS_MAX_VRINGS):
             vs_store_release_int(&port.vq[i].started, 0)
         self._quiesce()
         fdb_forget(self.sw, p, FDB_ANY, False)
+        for i in range(VS_MAX_VRINGS):
+            self._notify_forget(&port.vq[i])
+        self._quiesce()         # a write re-queued meanwhile has been submitted
         self._release_port_resources(port)
         for i in range(VS_MAX_VRINGS):
             saved[i] = port.vq[i].c
+            gen = port.vq[i].notify_gen     # kept: completions of older writes stay stale
             memset(&port.vq[i], 0, sizeof(vs_vring))
             port.vq[i].c = saved[i]
+            port.vq[i].notify_gen = gen
             port.vq[i].kick_fd = -1
             port.vq[i].kick_epfd = -1
             port.vq[i].call_fd = -1
@@ -1019,32 +1054,85 @@ cdef class Datapath:
             "mirror_ingress_to": port.mirror_in - 1, "mirror_egress_to": port.mirror_out - 1,
         }
 
-    cdef int _swap_fd(self, vs_vring *vq, int *slot, int fd) except -1:
+    cdef int _swap_fd(self, vs_vring *vq, int *slot, int fd, bint notified) except -1:
+        """Put fd in a ring's fd slot and close the old one once no worker
+        can use it. `notified`: a call/err fd, which workers write even while
+        the ring is stopped (a notification re-queued when an earlier write
+        completes): its writes in flight are forgotten and cancelled."""
         cdef int old = slot[0]
         slot[0] = fd
+        if notified:
+            self._notify_forget(vq)
         if old >= 0:
-            if vq.started:
+            if vq.started or notified:
                 self._quiesce()     # a worker may be about to write the old fd
             close(old)
         return 0
 
+    cdef void _post_cancel(self, uint64_t tag) noexcept:
+        """Have every worker cancel the notification write tagged `tag` (the
+        one that queued it has it): an io-wq thread blocked in it returns."""
+        cdef int i, posted
+        cdef vs_worker *w
+        for i in range(self.nworkers + 1):
+            w = self.workers[i] if i < self.nworkers else self.ctlw
+            posted = 0
+            while not posted:
+                vs_spin_lock(&w.cancel_lock)
+                if w.ncancel < VS_NOTIFY_CANCELS:
+                    w.cancel_tags[w.ncancel] = tag
+                    vs_store_release_int(&w.ncancel, w.ncancel + 1)
+                    posted = 1
+                vs_spin_unlock(&w.cancel_lock)
+                if w == self.ctlw:
+                    notify_cancels(w)           # the control plane is its worker
+                elif not posted:
+                    if not self.running:
+                        break
+                    try:
+                        self._quiesce()         # every worker empties its mailbox each round
+                    except DatapathError:
+                        break
+
+    cdef void _notify_forget(self, vs_vring *vq) noexcept:
+        """The ring's fds change (or its port resets): completions of writes
+        queued before are ignored from now on, writes still in flight are
+        cancelled, and the next notification is written at once."""
+        cdef int which
+        cdef uint64_t tags[2]
+        cdef int busy[2]
+        for which in range(2):
+            tags[which] = notify_tag(vq, which)
+            busy[which] = vs_load_seq_int(&vq.notify_busy[which])
+        vq.notify_gen += 1
+        for which in range(2):
+            vs_store_seq_int(&vq.notify_again[which], 0)
+            vs_store_seq_int(&vq.notify_busy[which], 0)
+        for which in range(2):
+            if busy[which]:
+                self._post_cancel(tags[which])
+
     def vring_set_kick(self, int p, int idx, int fd):
         cdef vs_vring *vq = self._vring(p, idx)
-        if fd >= 0:
-            # workers drain kicks with read(): it must never block
-            os.set_blocking(fd, False)
+        # No O_NONBLOCK here: the front-end shares the open file description
+        # and can clear it any time; workers read kicks with RWF_NOWAIT.
         self._unwatch_kick(vq)
-        self._swap_fd(vq, &vq.kick_fd, fd)
+        self._swap_fd(vq, &vq.kick_fd, fd, False)
         if vq.started:
             self._watch_kick(p, idx, vq)
 
     def vring_set_call(self, int p, int idx, int fd):
         cdef vs_vring *vq = self._vring(p, idx)
-        self._swap_fd(vq, &vq.call_fd, fd)
+        self._swap_fd(vq, &vq.call_fd, fd, True)
 
     def vring_set_err(self, int p, int idx, int fd):
         cdef vs_vring *vq = self._vring(p, idx)
-        self._swap_fd(vq, &vq.err_fd, fd)
+        self._swap_fd(vq, &vq.err_fd, fd, True)
+
+    def reap_notifications(self):
+        """Account the control plane's own notification writes (those of
+        frames it injected) that completed late; called periodically."""
+        notify_reap(self.ctlw)
 
     def vring_start(self, int p, int idx):
         """Start a configured ring: translate its addresses and let workers
@@ -1105,6 +1193,7 @@ cdef class Datapath:
             "last_avail": vq.last_avail, "used_idx": vq.used_idx,
             "avail_moved": bool(vq.avail_moved), "start_avail": vq.start_avail,
             "kick_fd": vq.kick_fd, "call_fd": vq.call_fd,
+            "notify_busy": bool(vs_load_seq_int(&vq.notify_busy[NOTIFY_CALL])),
             "log_used_gpa": vq.log_used_gpa if vq.log_used else None,
         }
         cdef uint64_t gpa
@@ -1120,6 +1209,8 @@ cdef class Datapath:
             "packets": vq.c.packets, "bytes": vq.c.bytes,
             "notifications": vq.c.notifications,
             "notify_suppressed": vq.c.notify_suppressed,
+            "notify_merged": vq.c.notify_merged,
+            "notify_failed": vq.c.notify_failed,
             "kicks": vq.c.kicks,
             "offload": {"csum_passthrough": vq.c.csum_passthrough,
                         "gso_passthrough": vq.c.gso_passthrough,

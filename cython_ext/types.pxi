@@ -43,6 +43,9 @@ cdef extern from "vs_defs.h" nogil:
     void vs_store_release_u64(uint64_t *p, uint64_t v)
     void vs_store_relaxed_u64(uint64_t *p, uint64_t v)
     int vs_cas_u64(uint64_t *p, uint64_t expected, uint64_t desired)
+    int vs_cas_int(int *p, int expected, int desired)
+    void vs_store_seq_int(int *p, int v)
+    int vs_load_seq_int(const int *p)
     int vs_load_relaxed_int(const int *p)
     int vs_add_int(int *p, int v)
     uint64_t vs_add_u64(uint64_t *p, uint64_t v)
@@ -124,6 +127,8 @@ ctypedef struct vs_counters:
     uint64_t bytes
     uint64_t notifications         # call eventfd writes
     uint64_t notify_suppressed     # bursts where the guest asked for no interrupt
+    uint64_t notify_merged         # asked for while a write to the call fd was in flight
+    uint64_t notify_failed         # call/err writes the kernel refused or that were cancelled
     uint64_t kicks                 # kick eventfd reads (event/adaptive mode)
     # RX side: how frames that asked for an offload reached this guest
     uint64_t csum_passthrough      # partial checksum handed on (guest has GUEST_CSUM)
@@ -171,6 +176,10 @@ ctypedef struct vs_vring:
     int kick_epfd                  # epoll set the kick fd is registered in, or -1
     int call_fd
     int err_fd
+    # notification writes (notify.pxi): [NOTIFY_CALL], [NOTIFY_ERR]
+    int notify_busy[2]             # a write is in flight (claimed by CAS)
+    int notify_again[2]            # asked for meanwhile: one more write when it completes
+    uint32_t notify_gen            # bumped when the fds change: older completions are ignored
     # --- datapath state ---
     uint16_t last_avail            # next avail index to process
     uint16_t used_idx              # shadow of used->idx
@@ -200,15 +209,25 @@ cdef extern from "vs_uring.h" nogil:
     struct vs_uring:
         int enabled
         int fixed
+        int fd
+        unsigned pending
         uint64_t enters
         uint64_t submitted
     int vs_uring_init(vs_uring *r)
+    int vs_uring_init_ring(vs_uring *r, unsigned entries, int files)
+    unsigned vs_uring_space(const vs_uring *r)
+    void vs_uring_queue_cancel(vs_uring *r, uint64_t target, uint64_t tag)
+    int vs_uring_submit(vs_uring *r)
+    int vs_uring_pop(vs_uring *r, uint64_t *tag, int32_t *res)
     void vs_uring_exit(vs_uring *r)
     int vs_uring_set_file(vs_uring *r, unsigned index, int fd)
     void vs_uring_queue_write(vs_uring *r, int fd, int fixed, const void *buf, uint32_t len, uint64_t tag)
     void vs_uring_queue_writev(vs_uring *r, int fd, int fixed, const iovec *iov, uint32_t cnt,
                                uint64_t tag)
     int vs_uring_flush(vs_uring *r, int32_t *res)
+
+cdef enum:
+    VS_NOTIFY_CANCELS = 64         # cancel requests a worker's mailbox holds
 
 cdef enum:
     PORT_VHOST = 0
@@ -421,6 +440,14 @@ ctypedef struct vs_worker:
     uint8_t *tapout                # VS_BURST * TAP_OUT_SLOT bytes
     iovec *tapiov                  # VS_BURST * TAP_IOV_MAX
     int32_t tapres[VS_BURST]       # result of each queued write
+    # notifications (notify.pxi): call/err eventfd writes go through their own
+    # ring, never waited for; the control plane posts cancels of writes that
+    # are stuck in the kernel to every worker's mailbox
+    vs_uring nring
+    int nring_errno                # why there is no notification ring (0: there is)
+    int cancel_lock
+    int ncancel
+    uint64_t cancel_tags[VS_NOTIFY_CANCELS]
     uint32_t taplen[VS_BURST]      # its frame's length (counters)
     uint8_t tapkind[VS_BURST]      # its offload: 0, csum or gso passthrough
 

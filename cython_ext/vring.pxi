@@ -130,13 +130,13 @@ cdef inline void sg_write(vs_seg *dst, int ndst, uint32_t doff, const uint8_t *s
     sg_copy(dst, ndst, doff, &one, 1, 0, n)
 
 
-cdef inline void vring_notify(vs_vring *vq, int event_idx, uint16_t old_used) noexcept nogil:
+cdef inline void vring_notify(vs_worker *w, vs_vring *vq, int event_idx, uint16_t old_used) noexcept nogil:
     """Signal the guest after publishing used entries, unless it asked not to.
     virtio spec 2.7.10: with EVENT_IDX, notify iff used idx passed used_event;
-    otherwise unless avail->flags has NO_INTERRUPT."""
+    otherwise unless avail->flags has NO_INTERRUPT. The write is queued on
+    the worker's notification ring (notify.pxi), sent after the burst."""
     cdef uint16_t new_used = vq.used_idx
     cdef uint16_t used_event
-    cdef uint64_t one = 1
     cdef bint need
     vs_mb()
     if event_idx:
@@ -145,7 +145,7 @@ cdef inline void vring_notify(vs_vring *vq, int event_idx, uint16_t old_used) no
     else:
         need = not ((<volatile uint16_t *>&vq.avail.flags)[0] & VRING_AVAIL_F_NO_INTERRUPT)
     if need and vq.call_fd >= 0:
-        write(vq.call_fd, &one, 8)
+        notify_request(w, vq, NOTIFY_CALL)
         vq.c.notifications += 1
     else:
         vq.c.notify_suppressed += 1
@@ -214,18 +214,13 @@ cdef inline int vring_avail_count(vs_vring *vq, uint16_t *avail_idx) noexcept no
     return n
 
 
-cdef inline void vring_mark_broken(vs_vring *vq) noexcept nogil:
+cdef inline void vring_mark_broken(vs_worker *w, vs_vring *vq) noexcept nogil:
     vq.c.drops[DROP_RING_BROKEN] += 1
     vs_store_release_int(&vq.broken, 1)
     if vq.err_fd >= 0:
         # SPEC SET_VRING_ERR: "Set the event file descriptor to signal when
         # error occurs" - let the front-end know the ring stopped.
-        vring_err_signal(vq.err_fd)
-
-
-cdef inline void vring_err_signal(int fd) noexcept nogil:
-    cdef uint64_t one = 1
-    write(fd, &one, 8)
+        notify_request(w, vq, NOTIFY_ERR)
 
 
 cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_idx,
@@ -271,7 +266,7 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
             if head < vq.num:
                 vring_put_used(vq, head, 0)
             else:
-                vring_mark_broken(vq)
+                vring_mark_broken(w, vq)
             return DROP_RX_BAD_CHAIN
         w.rxchains[nchains].head = head
         w.rxchains[nchains].seg0 = nseg_total

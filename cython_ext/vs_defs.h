@@ -70,6 +70,19 @@ static inline int vs_cas_u64(volatile uint64_t *p, uint64_t expected, uint64_t d
     return __atomic_compare_exchange_n(p, &expected, desired, 0,
                                        __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
 }
+/* Notifications (notify.pxi): who may write a ring's call fd. Sequentially
+ * consistent, because the protocol is store(again) -> CAS(busy) on one side
+ * and store(busy) -> load(again) on the other. */
+static inline int vs_cas_int(volatile int *p, int expected, int desired) {
+    return __atomic_compare_exchange_n(p, &expected, desired, 0,
+                                       __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+static inline void vs_store_seq_int(volatile int *p, int v) {
+    __atomic_store_n(p, v, __ATOMIC_SEQ_CST);
+}
+static inline int vs_load_seq_int(const volatile int *p) {
+    return __atomic_load_n(p, __ATOMIC_SEQ_CST);
+}
 /* One FDB slot (fdb.pxi explains the encoding): 16-byte aligned so that a
  * slot never straddles two cache lines. */
 struct vs_fdb_slot {

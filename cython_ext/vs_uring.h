@@ -63,8 +63,10 @@ static inline void vs_uring_exit(struct vs_uring *r)
     memset(r, 0, sizeof(*r));
 }
 
-/* 0, or an errno (ENOSYS: no io_uring; EPERM: disabled by sysctl or seccomp). */
-static inline int vs_uring_init(struct vs_uring *r)
+/* A ring of `entries` SQEs; with `files`, VS_URING_FILES empty registered-file
+ * slots. 0, or an errno (ENOSYS: no io_uring; EPERM: disabled by sysctl or
+ * seccomp). */
+static inline int vs_uring_init_ring(struct vs_uring *r, unsigned entries, int files)
 {
     struct io_uring_params p;
     unsigned i;
@@ -73,10 +75,10 @@ static inline int vs_uring_init(struct vs_uring *r)
     memset(&p, 0, sizeof(p));
     /* SUBMIT_ALL: one bad SQE does not stop the rest of the burst (5.18+) */
     p.flags = IORING_SETUP_SUBMIT_ALL;
-    fd = (int)syscall(__NR_io_uring_setup, VS_URING_ENTRIES, &p);
+    fd = (int)syscall(__NR_io_uring_setup, entries, &p);
     if (fd < 0 && errno == EINVAL) {
         memset(&p, 0, sizeof(p));
-        fd = (int)syscall(__NR_io_uring_setup, VS_URING_ENTRIES, &p);
+        fd = (int)syscall(__NR_io_uring_setup, entries, &p);
     }
     if (fd < 0)
         return errno;
@@ -126,7 +128,7 @@ static inline int vs_uring_init(struct vs_uring *r)
         r->sq_array[i] = i;
     r->sq_tail_local = *r->sq_tail;
     r->enabled = 1;
-    {
+    if (files) {
         /* an empty table: -1 entries are slots to fill later (5.5+); a
          * kernel or RLIMIT_NOFILE that refuses it leaves plain fds in use */
         int empty[VS_URING_FILES];
@@ -143,6 +145,12 @@ fail:
         vs_uring_exit(r);
         return err;
     }
+}
+
+/* The workers' TAP write ring: a burst per submit, registered TAP queues. */
+static inline int vs_uring_init(struct vs_uring *r)
+{
+    return vs_uring_init_ring(r, VS_URING_ENTRIES, 1);
 }
 
 /* Put fd in registered-file slot `index` (-1: empty it). The control plane
@@ -246,6 +254,81 @@ static inline int vs_uring_flush(struct vs_uring *r, int32_t *res)
     }
     r->submitted += n;
     return 0;
+}
+
+/* --- requests that may not complete at once (notification writes) ---------
+ * The flush above waits for every request; these do not: a request the
+ * kernel cannot finish inline (an eventfd write that would block, handed to
+ * io_uring's io-wq thread) stays in flight while the worker goes on, and its
+ * completion is popped in a later round. */
+
+/* Free SQEs (the caller submits when there are none left). */
+static inline unsigned vs_uring_space(const struct vs_uring *r)
+{
+    return r->sq_entries - (r->sq_tail_local - __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE));
+}
+
+/* ASYNC_CANCEL of the in-flight request whose tag is `target` (5.5+): an
+ * io-wq thread blocked in it is interrupted. Its own completion has `tag`. */
+static inline void vs_uring_queue_cancel(struct vs_uring *r, uint64_t target, uint64_t tag)
+{
+    unsigned slot = r->sq_tail_local & *r->sq_mask;
+    struct io_uring_sqe *sqe = &r->sqes[slot];
+    memset(sqe, 0, sizeof(*sqe));
+    sqe->opcode = IORING_OP_ASYNC_CANCEL;
+    sqe->fd = -1;
+    sqe->addr = target;
+    sqe->user_data = tag;
+    r->sq_tail_local++;
+    r->pending++;
+}
+
+/* Hand what is queued to the kernel without waiting for any completion.
+ * 0, or an errno when the ring itself failed (then it is disabled). */
+static inline int vs_uring_submit(struct vs_uring *r)
+{
+    unsigned to_submit = r->pending;
+    int rc, tries = 0;
+    if (to_submit == 0)
+        return 0;
+    __atomic_store_n(r->sq_tail, r->sq_tail_local, __ATOMIC_RELEASE);
+    while (to_submit > 0) {
+        rc = (int)syscall(__NR_io_uring_enter, r->fd, to_submit, 0, 0, NULL, 0);
+        r->enters++;
+        if (rc < 0) {
+            /* EAGAIN/EBUSY: the kernel is short of memory for requests or the
+             * completion queue overflowed; EINTR: a signal. Bounded retries:
+             * what is not submitted now goes with the next submit. */
+            if ((errno == EINTR || errno == EAGAIN || errno == EBUSY) && ++tries < 4)
+                continue;
+            if (errno == EINTR || errno == EAGAIN || errno == EBUSY)
+                break;
+            rc = errno;
+            r->enabled = 0;
+            r->pending = 0;
+            return rc;
+        }
+        if (rc == 0)
+            break;
+        to_submit -= (unsigned)rc <= to_submit ? (unsigned)rc : to_submit;
+        r->submitted += (unsigned)rc;
+    }
+    r->pending = to_submit;
+    return 0;
+}
+
+/* The next completion, if there is one: 1 and its tag and result, or 0. */
+static inline int vs_uring_pop(struct vs_uring *r, uint64_t *tag, int32_t *res)
+{
+    unsigned head = *r->cq_head;
+    struct io_uring_cqe *cqe;
+    if (head == __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE))
+        return 0;
+    cqe = &r->cqes[head & *r->cq_mask];
+    *tag = cqe->user_data;
+    *res = cqe->res;
+    __atomic_store_n(r->cq_head, head + 1, __ATOMIC_RELEASE);
+    return 1;
 }
 
 #endif

@@ -237,7 +237,7 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
     navail = vring_avail_count(rvq, &avail_idx)
     if navail < 0:
         if not mem_lost(dport):     # zero pages in place of the ring are not a wild index
-            vring_mark_broken(rvq)
+            vring_mark_broken(w, rvq)
         vs_spin_unlock(&rvq.lock)
         return
     # Prefetch the RX descriptors this burst will use, as on the TX side.
@@ -269,7 +269,7 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
             rvq.c.drops[rc] += 1
     if rvq.used_idx != old_used:
         vring_publish(dport, rvq)
-        vring_notify(rvq, dport.event_idx, old_used)
+        vring_notify(w, rvq, dport.event_idx, old_used)
     vs_spin_unlock(&rvq.lock)
 
 
@@ -665,7 +665,7 @@ cdef int tx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int qp,
     cdef vs_frame *f
     if n < 0:
         if not mem_lost(port):      # zero pages in place of the ring are not a wild index
-            vring_mark_broken(vq)
+            vring_mark_broken(w, vq)
         return 0
     if n == 0:
         return 0
@@ -722,7 +722,7 @@ cdef int tx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int qp,
     for i in range(nused):
         vring_put_used(vq, w.tx_used[i].id, 0)
     vring_publish(port, vq)
-    vring_notify(vq, port.event_idx, old_used)
+    vring_notify(w, vq, port.event_idx, old_used)
     return n
 
 
@@ -798,9 +798,10 @@ cdef void worker_sleep(vs_switch *sw, vs_worker *w) noexcept nogil:
             vq = <vs_vring *>w.events[i].data.ptr
             if vq == NULL:
                 read(w.wake_fd, &value, 8)
+            elif <void *>vq == <void *>&w.nring:
+                notify_reap(w)          # a notification write completed late
             elif vq.kick_fd >= 0:
-                # kick fds are non-blocking (set by the control plane)
-                if read(vq.kick_fd, &value, 8) == 8:
+                if kick_drain(vq):
                     vq.c.kicks += 1
         if n > 0:
             w.wakeups += 1
@@ -849,6 +850,9 @@ cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
             continue
         work = 0
         shape_now = 0
+        if vs_load_relaxed_int(&w.ncancel):
+            notify_cancels(w)
+        notify_reap(w)              # writes that completed late (a blocked fd)
         nports = vs_load_acquire_int(&sw.nports_hi)
         for p in range(nports):
             port = sw.ports[p]
@@ -874,6 +878,12 @@ cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
                 if not vs_load_acquire_int(&vq.started) or vs_load_acquire_int(&vq.broken):
                     continue
                 work += tx_burst(sw, w, p, port, qp, vq)
+                if w.nring.pending:
+                    # the burst's notifications (the source's and its
+                    # destinations'), out of every ring lock, in one submit
+                    notify_flush(w)
+        if w.nring.pending:
+            notify_flush(w)         # those of TAP and VXLAN bursts
         w.rounds += 1
         # End of a round: nothing from before this point is still in use.
         vs_store_release_u64(&w.epoch, w.epoch + 1)

@@ -73,6 +73,11 @@ class Switch:
         fallback = sorted({w["tap_io"] for w in self.dp.worker_stats()} - {config.datapath.tap_io})
         if fallback:  # io_uring asked for, not available: said once, not once per worker
             log.warning("workers write into TAP queues one frame per syscall: %s", ", ".join(fallback))
+        notify_io = sorted({w["notify_io"] for w in self.dp.worker_stats()} - {"io_uring"})
+        if notify_io:
+            log.warning("workers notify guests with write(2) (%s): a front-end that blocks its "
+                        "call eventfd can stall a worker and every port it serves "
+                        "(docs/security.md)", ", ".join(notify_io))
         self.ports: dict[str, VhostUserPort | TapPort] = {}
         self.fdb_ctl = FdbControl(self.dp)
         self.ratelog = RateLimitedLog()
@@ -169,6 +174,7 @@ class Switch:
             # A port that re-created its slot (queues changed at reconnect)
             # is found again by the mirrors that point at it.
             apply_mirrors(self.dp, self.ports)
+            self.dp.reap_notifications()
             for port in self.ports.values():
                 if not isinstance(port, VhostUserPort):
                     continue      # a TAP port watches its device in its own task

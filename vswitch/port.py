@@ -35,6 +35,10 @@ ACCEPT_RETRY_S = 0.1
 # A started ring whose guest kicked but whose avail index never moved for
 # this long is looking at memory the guest does not share with us.
 UNSHARED_MEMORY_AFTER_S = 3.0
+# A notification write still in flight after this long: the front-end's call
+# eventfd does not take writes (its counter is full and it cleared O_NONBLOCK,
+# or it never reads). Its interrupts are merged until it does.
+NOTIFY_BLOCKED_AFTER_S = 2.0
 
 
 def offer_for(config: VhostUserPortConfig) -> Offer:
@@ -180,6 +184,7 @@ class VhostUserPort:
         self._listener: socket.socket | None = None
         self._conn: Connection | None = None
         self._ring_seen: dict[int, float] = {}
+        self._notify_busy_since: dict[int, float] = {}
         self._end_reason: str | None = None     # why we cancelled the connection task
         self._faults_seen = dp.memory_faults(self.slot)
         self._conn_faulted = False              # the running connection's fault is reported
@@ -353,6 +358,7 @@ class VhostUserPort:
         self.status.connected_since = time.time()
         self.status.alerts.clear()
         self._ring_seen.clear()
+        self._notify_busy_since.clear()
         self._conn_faulted = False
         self._faults_seen = self.dp.memory_faults(self.slot)   # nothing is mapped yet
         self.ratelog.info(f"{self.name}:connected", "port %s: front-end connected", self.name)
@@ -448,6 +454,7 @@ class VhostUserPort:
                 self._ring_seen.pop(index, None)
                 continue
             info = self.dp.vring_info(self.slot, index)
+            self._check_notifications(index, info, now)
             if info["broken"] and f"vring{index}" not in self.status.alerts:
                 msg = (f"vring {index} stopped: the guest's avail index jumped by more than the "
                        "ring size; it stays stopped until RESET_DEVICE or a reconnect")
@@ -477,6 +484,21 @@ class VhostUserPort:
                 self.status.alerts["memory"] = msg
                 self.status.last_error = msg
                 log.error("port %s: %s", self.name, msg)
+
+    def _check_notifications(self, index: int, info: dict, now: float) -> None:
+        """Alert once when a ring's call eventfd stops taking writes: the
+        workers merge its interrupts (counted as notify_merged) and go on."""
+        if not info["notify_busy"]:
+            self._notify_busy_since.pop(index, None)
+            return
+        since = self._notify_busy_since.setdefault(index, now)
+        key = f"notify{index}"
+        if now - since >= NOTIFY_BLOCKED_AFTER_S and key not in self.status.alerts:
+            msg = (f"vring {index}: the front-end's call eventfd does not take writes (a full "
+                   "counter, O_NONBLOCK cleared); its interrupts are held until it reads")
+            self.status.alerts[key] = msg
+            self.status.last_error = msg
+            self.ratelog.warning(f"{self.name}:notify", "port %s: %s", self.name, msg)
 
     def show(self) -> dict:
         self.check_health()      # so that a problem shows the moment it happens
