@@ -69,6 +69,11 @@ cdef enum:
     VS_MAX_SEGS = 64               # guest buffer pieces per frame
     VS_MAX_RX_CHAINS = 64          # MRG_RXBUF chains per frame
     VS_HDR_MAX = 12                # virtio_net_hdr_v1 (VERSION_1 or MRG_RXBUF)
+    # Bytes of a guest's frame copied out of its memory once, before anything
+    # is decided about it: the Ethernet header and one 802.1Q tag (18), with
+    # the virtio-net header in front, in a 32-byte slot.
+    VS_L2_COPY = 20
+    VS_FHEAD = VS_HDR_MAX + VS_L2_COPY
 # Largest frame accepted from a guest, header excluded: 64 KiB (the largest
 # GSO frame) plus an Ethernet and a VLAN header.
 cdef enum:
@@ -241,7 +246,7 @@ cdef enum:
     TAP_OUT_SLOT = VS_HDR_MAX + TAP_SMALL_FRAME + 4   # + 4: 16-byte aligned slots
     # pieces of a larger frame written from the source's buffers: the
     # header, the source's segments and up to 3 more of a VLAN re-tagged view
-    TAP_IOV_MAX = VS_MAX_SEGS + 4
+    TAP_IOV_MAX = VS_MAX_SEGS + 6
 
 # A policer or storm cap: GCRA (the virtual-scheduling form of a token
 # bucket) in one u64, so workers sharing a port update it with a CAS and no
@@ -419,14 +424,15 @@ ctypedef struct vs_worker:
     int stall_ms                   # test hook: sleep this long once (watchdog tests)
     epoll_event events[VS_EPOLL_BATCH]
     vs_frame frames[VS_BURST]
-    vs_seg segs[VS_BURST * VS_MAX_SEGS]
+    vs_seg segs[VS_BURST * (VS_MAX_SEGS + 1)]   # + 1: each frame's private header copy
+    uint8_t fhead[VS_BURST][VS_FHEAD]           # those copies (take_headers)
     vs_seg rxsegs[VS_MAX_RX_CHAINS * VS_MAX_SEGS]
     vs_rx_chain rxchains[VS_MAX_RX_CHAINS]
     vs_vring_used_elem tx_used[VS_BURST]
     # a frame as one port sees it (VLAN tag pushed, popped or rewritten):
     # slices of the source's segments around a 4-byte tag
     vs_frame view
-    vs_seg vsegs[VS_MAX_SEGS + 3]
+    vs_seg vsegs[VS_MAX_SEGS + 5]
     uint8_t vtag[4]
     # software offload fallback: the frame made linear, and one segment
     uint8_t lin[VS_MAX_FRAME + 64]

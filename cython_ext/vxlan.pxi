@@ -256,16 +256,17 @@ cdef void deliver_to_vxlan(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
         tag = egress_select(sw, dport, d, f, view, src_vq)
         if tag < 0:
             continue
-        sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len, eth, 14)
-        if dport.mtu and not frame_fits_mtu(dport, f, eth + 12):
+        vf = frame_view(w, f, w.segs, tag, &segs)
+        if vf == NULL:
+            rvq.c.drops[DROP_BAD_OFFLOAD] += 1
+            continue
+        # the Ethernet header of the frame as delivered (a tag pushed or popped)
+        sg_read(segs, vf.nseg, vf.hdr_len, eth, 14)
+        if dport.mtu and not frame_fits_mtu(dport, vf, eth + 12):
             rvq.c.drops[DROP_MTU_EXCEEDED] += 1
             continue
         if now and not police(&dport.out_bytes, &dport.out_pkts, f, now):
             rvq.c.drops[DROP_RATE_LIMITED] += 1
-            continue
-        vf = frame_view(w, f, w.segs, tag, &segs)
-        if vf == NULL:
-            rvq.c.drops[DROP_BAD_OFFLOAD] += 1
             continue
         f = vf                                 # the frame as this port sends it (VLAN tag)
         if dport.capture != NULL:              # live capture, egress: the inner frame

@@ -252,17 +252,18 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
         tag = egress_select(sw, dport, d, f, view, src_vq)
         if tag < 0:
             continue
+        vf = frame_view(w, f, w.segs, tag, &segs)
+        if vf == NULL:
+            rvq.c.drops[DROP_BAD_OFFLOAD] += 1
+            continue
         if dport.mtu:      # the port's configured mtu (0: none): one branch when unset
-            sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len + 12, eth_type, 2)
-            if not frame_fits_mtu(dport, f, eth_type):
+            # the EtherType of the frame as delivered (a tag pushed or popped)
+            sg_read(segs, vf.nseg, vf.hdr_len + 12, eth_type, 2)
+            if not frame_fits_mtu(dport, vf, eth_type):
                 rvq.c.drops[DROP_MTU_EXCEEDED] += 1
                 continue
         if now and not police(&dport.out_bytes, &dport.out_pkts, f, now):
             rvq.c.drops[DROP_RATE_LIMITED] += 1
-            continue
-        vf = frame_view(w, f, w.segs, tag, &segs)
-        if vf == NULL:
-            rvq.c.drops[DROP_BAD_OFFLOAD] += 1
             continue
         rc = deliver_frame(w, dport, rvq, avail_idx, vf, segs)
         if rc:
@@ -526,16 +527,17 @@ cdef void deliver_to_tap(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq, i
         tag = egress_select(sw, dport, d, f, view, src_vq)
         if tag < 0:
             continue
-        sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len + 12, eth_type, 2)
-        if not frame_fits_mtu(dport, f, eth_type):
+        vf = frame_view(w, f, w.segs, tag, &segs)
+        if vf == NULL:
+            rvq.c.drops[DROP_BAD_OFFLOAD] += 1
+            continue
+        # the EtherType of the frame as delivered (a tag pushed or popped)
+        sg_read(segs, vf.nseg, vf.hdr_len + 12, eth_type, 2)
+        if not frame_fits_mtu(dport, vf, eth_type):
             rvq.c.drops[DROP_MTU_EXCEEDED] += 1
             continue
         if now and not police(&dport.out_bytes, &dport.out_pkts, f, now):
             rvq.c.drops[DROP_RATE_LIMITED] += 1
-            continue
-        vf = frame_view(w, f, w.segs, tag, &segs)
-        if vf == NULL:
-            rvq.c.drops[DROP_BAD_OFFLOAD] += 1
             continue
         hdr = w.tapout + <size_t>nq * TAP_OUT_SLOT if batch else one
         # The offload request travels as is: the kernel finishes checksums and
@@ -653,6 +655,33 @@ cdef int tap_rx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int 
     return n
 
 
+cdef inline void take_headers(vs_worker *w, vs_frame *f, int i) noexcept nogil:
+    """Copy the virtio-net header and the L2 header (Ethernet + one 802.1Q
+    tag) of frame i out of guest memory into w.fhead[i], once, and make that
+    private copy the frame's first segment: every decision (offload, VLAN,
+    port security, FDB, MTU, policing) and every delivery (vhost, TAP, VXLAN,
+    mirror, capture) reads the same bytes, whatever a second vCPU writes into
+    the guest's buffer meanwhile. On entry the frame's nseg segments start at
+    f.seg0 + 1 and f.seg0 is free; the rest of the frame stays in place."""
+    cdef vs_seg *segs = &w.segs[f.seg0]
+    cdef uint32_t nh = f.hdr_len + (f.len if f.len < VS_L2_COPY else VS_L2_COPY)
+    cdef uint32_t skip = nh
+    cdef int k = 1, out = 1
+    sg_read(segs + 1, f.nseg, 0, w.fhead[i], nh)
+    while k <= f.nseg and skip >= segs[k].len:
+        skip -= segs[k].len
+        k += 1
+    while k <= f.nseg:
+        segs[out].p = segs[k].p + skip
+        segs[out].len = segs[k].len - skip
+        skip = 0
+        out += 1
+        k += 1
+    segs[0].p = w.fhead[i]
+    segs[0].len = nh
+    f.nseg = out
+
+
 cdef int tx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int qp,
                   vs_vring *vq) noexcept nogil:
     """Dequeue up to VS_BURST frames from a guest TX ring and switch them."""
@@ -661,7 +690,6 @@ cdef int tx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int qp,
     cdef int i, rc, nseg, nused = 0, pool = 0
     cdef uint64_t total
     cdef bint discard
-    cdef uint8_t vhdr[VS_HDR_MAX]
     cdef vs_frame *f
     if n < 0:
         if not mem_lost(port):      # zero pages in place of the ring are not a wild index
@@ -692,7 +720,8 @@ cdef int tx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int qp,
         if discard:
             vq.c.drops[DROP_RING_DISABLED] += 1
             continue
-        rc = walk_chain(port, vq, head, False, &w.segs[pool], VS_MAX_SEGS, &nseg, &total)
+        # segs[pool] stays free for the private copy of the headers
+        rc = walk_chain(port, vq, head, False, &w.segs[pool + 1], VS_MAX_SEGS, &nseg, &total)
         if rc == 0 and total < port.hdr_len + VS_ETH_HLEN:
             rc = DROP_RUNT
         if rc:
@@ -702,20 +731,25 @@ cdef int tx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int qp,
         f.nseg = nseg
         f.hdr_len = port.hdr_len
         f.len = <uint32_t>(total - port.hdr_len)
-        sg_read(&w.segs[pool], nseg, 0, vhdr, port.hdr_len)
-        rc = parse_offload(port, f, vhdr)
+        pool += nseg + 1
+        # The guest's core wrote this frame: its first line is a cache miss.
+        # Start every frame's miss now and copy the headers in a second pass,
+        # so the misses of a burst overlap instead of queueing one by one.
+        prefetch_frame_head(&w.segs[pool - nseg], nseg, 0)
+        prefetch_frame_head(&w.segs[pool - nseg], nseg, f.hdr_len)
+    vq.last_avail += <uint16_t>n
+    for i in range(n):
+        f = &w.frames[i]
+        if f.nseg == 0:
+            continue
+        take_headers(w, f, i)
+        rc = parse_offload(port, f, w.fhead[i])
         if rc:
             vq.c.drops[rc] += 1
             f.nseg = 0
             continue
-        pool += nseg
         vq.c.packets += 1
         vq.c.bytes += f.len
-        # The guest's core wrote this frame: its first line is a cache miss.
-        # Start every frame's miss now and parse them in a second pass, so
-        # the misses of a burst overlap instead of queueing one by one.
-        prefetch_frame_head(&w.segs[f.seg0], nseg, f.hdr_len)
-    vq.last_avail += <uint16_t>n
     switch_burst(sw, w, pidx, qp, vq, n)
     # Only now give the source its buffers back: the frames have been copied.
     old_used = vq.used_idx
