@@ -60,6 +60,7 @@ DROP_REASONS = (
     "ring_broken", "bad_offload", "mtu_exceeded", "tap_write_failed",
     "spoofed_source", "storm_control", "rate_limited", "vlan_filtered",
     "vxlan_bad_header", "vxlan_wrong_vni", "vxlan_unknown_remote", "vxlan_send_failed",
+    "over_budget",
 )
 assert len(DROP_REASONS) == DROP_MAX
 
@@ -562,6 +563,7 @@ cdef class Datapath:
         f.csum_start = 0
         f.csum_offset = 0
         # Delivery takes each destination ring's lock, as a worker does.
+        w.budget = VS_PORT_WORK
         with nogil:
             switch_burst(self.sw, w, p, 0, self.ctl_vq, 1)
             notify_flush(w)

@@ -211,6 +211,8 @@ cdef int tso_plan(const uint8_t *frame, uint32_t len, uint8_t gso_type,
     plan.nsegs = plen // gso_size + (1 if plen % gso_size else 0)   # no overflow
     if plan.nsegs == 0:
         plan.nsegs = 1                     # header-only super-frame: one frame
+    if plan.nsegs > VS_GSO_MAX_SEGS:
+        return OFFLOAD_BAD                 # bounded work: a cut costs at most this many copies
     plan.ecn = 1 if (gso_type & VS_GSO_ECN) else 0
     return 0
 

@@ -82,6 +82,23 @@ cdef enum:
     VS_FDB_BITS = 16
     VS_FDB_SIZE = 65536            # 1 << VS_FDB_BITS slots of 16 bytes: 1 MiB
     VS_FDB_PROBE = 32
+    # Bounded work: no guest can make a worker walk, copy or cut without end.
+    # A descriptor chain has at most 256 descriptors, zero-length and
+    # indirect ones counted (DPDK's vhost library: BUF_VECTOR_MAX 256; Linux
+    # drivers use MAX_SKB_FRAGS + 2 = 19).
+    VS_MAX_CHAIN_DESCS = 256
+    # A TSO request the switch may have to cut in software: gso_size at least
+    # 64 bytes, so at most 1024 segments (Linux accepts any TCP gso_size but
+    # 0xFFFF; the floor is ours: no real stack sends segments that small).
+    VS_GSO_MIN_SIZE = 64
+    VS_GSO_MAX_SEGS = 1024
+    # Work a port's frames may cost a worker in one round: one unit per
+    # descriptor walked, per frame or software segment copied into a
+    # destination and per datagram sent. A legal burst (32 frames flooded to
+    # 64 ports, or cut into 45 segments each for a few ports) stays below it;
+    # beyond it the burst's remaining deliveries are dropped (over_budget).
+    # At ~100 ns a unit (a 1.5 KB copy) it bounds a port to ~2 ms a round.
+    VS_PORT_WORK = 16384
 
 # virtio-net feature bits the datapath reads (virtio spec 5.1.3)
 cdef enum:
@@ -125,7 +142,8 @@ cdef enum:
     DROP_VXLAN_WRONG_VNI = 24      # VXLAN: a VNI other than the port's
     DROP_VXLAN_UNKNOWN_REMOTE = 25 # VXLAN: from an address that is not one of the port's remotes
     DROP_VXLAN_SEND = 26           # VXLAN: the kernel refused the datagram (socket buffer full, no route)
-    DROP_MAX = 27
+    DROP_OVER_BUDGET = 27          # the ingress port's work budget for this round was spent
+    DROP_MAX = 28
 
 ctypedef struct vs_counters:
     uint64_t packets
@@ -455,6 +473,12 @@ ctypedef struct vs_worker:
     int ncancel
     uint64_t cancel_tags[VS_NOTIFY_CANCELS]
     uint32_t taplen[VS_BURST]      # its frame's length (counters)
+    # bounded work (VS_PORT_WORK): what the port being served may still cost
+    # this round, and the RX chains found bad in the current delivery (not
+    # walked again for the next frame)
+    int64_t budget
+    int nbad_heads
+    uint16_t bad_heads[8]
     uint8_t tapkind[VS_BURST]      # its offload: 0, csum or gso passthrough
 
 ctypedef struct vs_switch:

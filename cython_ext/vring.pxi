@@ -10,13 +10,17 @@ cdef extern from "<unistd.h>" nogil:
 
 
 cdef inline int walk_chain(vs_port *port, vs_vring *vq, uint16_t head, bint device_writes,
-                           vs_seg *segs, int maxseg, int *nseg, uint64_t *total) noexcept nogil:
+                           vs_seg *segs, int maxseg, int *nseg, uint64_t *total,
+                           int64_t *budget) noexcept nogil:
     """Collect the buffers of the chain starting at `head` into segs.
 
     `device_writes`: RX chains must be all device-writable, TX chains all
     device-readable (virtio-net never mixes them). Returns 0 or a drop reason.
     A chain is bounded by the size of the table it lives in (virtio spec
-    2.7.5.3.1: the driver must not create a loop), which stops loops."""
+    2.7.5.3.1: the driver must not create a loop), which stops loops, and by
+    VS_MAX_CHAIN_DESCS, every descriptor counted (a zero-length one too), so
+    no chain costs more than that to walk; each one is charged to `budget`."""
+    cdef uint32_t walked = 0
     cdef vs_vring_desc *table = vq.desc
     cdef uint32_t table_len = vq.num
     cdef uint32_t idx = head
@@ -31,7 +35,13 @@ cdef inline int walk_chain(vs_port *port, vs_vring *vq, uint16_t head, bint devi
     total[0] = 0
     if idx >= table_len:
         return DROP_BAD_HEAD
+    if budget[0] <= 0:
+        return DROP_OVER_BUDGET
     while True:
+        walked += 1
+        budget[0] -= 1
+        if walked > VS_MAX_CHAIN_DESCS:
+            return DROP_BAD_CHAIN
         addr = table[idx].addr
         length = table[idx].len
         flags = table[idx].flags
@@ -252,10 +262,23 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
             return DROP_RX_BUFFER_TOO_SMALL
         head = vq.avail.ring[vq.last_avail & (vq.num - 1)]
         vq.last_avail += 1
-        rc = walk_chain(dport, vq, head, True, &w.rxsegs[nseg_total],
-                        VS_MAX_RX_CHAINS * VS_MAX_SEGS - nseg_total, &nseg, &chain_len)
-        if rc == 0 and chain_len == 0:
-            rc = DROP_RX_BAD_CHAIN
+        rc = DROP_RX_BAD_CHAIN
+        for i in range(w.nbad_heads):
+            if w.bad_heads[i] == head:
+                break           # found bad already in this delivery: not walked again
+        else:
+            rc = walk_chain(dport, vq, head, True, &w.rxsegs[nseg_total],
+                            VS_MAX_RX_CHAINS * VS_MAX_SEGS - nseg_total, &nseg, &chain_len,
+                            &w.budget)
+            if rc == 0 and chain_len == 0:
+                rc = DROP_RX_BAD_CHAIN
+            if rc == DROP_OVER_BUDGET:
+                # the sender's work is spent, not the receiver's buffer: keep it
+                vq.last_avail = saved_avail
+                return rc
+            if rc and w.nbad_heads < 8:
+                w.bad_heads[w.nbad_heads] = head
+                w.nbad_heads += 1
         if rc:
             # A bad buffer is the guest's loss: return it and the buffers
             # already reserved for this frame empty (Linux counts them as
@@ -292,6 +315,7 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
         vring_put_used(vq, w.rxchains[i].head, fill)
     vq.c.packets += 1
     vq.c.bytes += flen
+    w.budget -= 1                 # the copy
     if dport.capture != NULL:     # live capture, egress: the frame as this guest got it
         capture_frame(dport.capture, CAP_OUT, src, nsrc, src_off, flen)
     return 0

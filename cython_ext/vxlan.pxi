@@ -127,7 +127,7 @@ cdef int vxlan_rx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port) no
     cdef uint32_t len, vni
     cdef uint8_t *buf
     cdef vs_frame *f
-    if vx == NULL or vx.fd < 0:
+    if vx == NULL or vx.fd < 0 or w.budget <= 0:
         return 0
     if vq.tap_skip:
         # After an empty read, look again only every few rounds (a syscall each).
@@ -194,7 +194,7 @@ cdef int vxlan_rx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port) no
     return n
 
 
-cdef inline int vxlan_send(vs_vxlan *vx, vs_vring *rvq, iovec *iov, int cnt, int remote,
+cdef inline int vxlan_send(vs_worker *w, vs_vxlan *vx, vs_vring *rvq, iovec *iov, int cnt, int remote,
                            uint32_t len) noexcept nogil:
     """Send one datagram (iov[0] is the VXLAN header) to `remote`, or to
     every remote when it is < 0. Counts on rvq; returns the datagrams sent."""
@@ -207,6 +207,7 @@ cdef inline int vxlan_send(vs_vxlan *vx, vs_vring *rvq, iovec *iov, int cnt, int
     m.msg_iov = iov
     m.msg_iovlen = cnt
     for i in range(first, last):
+        w.budget -= 1
         m.msg_name = vx.remotes[i].sa
         m.msg_namelen = vx.remotes[i].salen
         if sendmsg(vx.fd, &m, MSG_DONTWAIT) < 0:
@@ -256,6 +257,9 @@ cdef void deliver_to_vxlan(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
         tag = egress_select(sw, dport, d, f, view, src_vq)
         if tag < 0:
             continue
+        if w.budget <= 0:
+            src_vq.c.drops[DROP_OVER_BUDGET] += 1
+            continue
         vf = frame_view(w, f, w.segs, tag, &segs)
         if vf == NULL:
             rvq.c.drops[DROP_BAD_OFFLOAD] += 1
@@ -285,7 +289,7 @@ cdef void deliver_to_vxlan(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
                 iov[cnt].iov_len = seg.len - skip
                 skip = 0
                 cnt += 1
-            vxlan_send(vx, rvq, iov, cnt, remote, f.len)
+            vxlan_send(w, vx, rvq, iov, cnt, remote, f.len)
             continue
         # An offload request: finish it here (offload.pxi), as deliver_frame
         # does for a guest that did not negotiate it.
@@ -296,17 +300,20 @@ cdef void deliver_to_vxlan(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
                 continue
             iov[1].iov_base = w.lin
             iov[1].iov_len = f.len
-            vxlan_send(vx, rvq, iov, 2, remote, f.len)
+            vxlan_send(w, vx, rvq, iov, 2, remote, f.len)
             rvq.c.sw_csum += 1
             continue
         if tso_plan(w.lin, f.len, f.gso_type, f.gso_size, &plan):
             rvq.c.drops[DROP_BAD_OFFLOAD] += 1
             continue
         for s in range(plan.nsegs):
+            if w.budget <= 0:
+                src_vq.c.drops[DROP_OVER_BUDGET] += 1
+                break
             seglen = tso_segment(w.lin, &plan, f.gso_size, s, w.segbuf)
             iov[1].iov_base = w.segbuf
             iov[1].iov_len = seglen
-            vxlan_send(vx, rvq, iov, 2, remote, seglen)
+            vxlan_send(w, vx, rvq, iov, 2, remote, seglen)
         rvq.c.sw_gso += 1
         rvq.c.sw_gso_segments += plan.nsegs
     vs_spin_unlock(&rvq.lock)

@@ -98,7 +98,7 @@ cdef int parse_offload(vs_port *port, vs_frame *f, const uint8_t *hdr) noexcept 
             return DROP_BAD_OFFLOAD      # UFO/USO are not offered
         if (f.gso_type & VS_GSO_ECN) and not has_feature(port, F_NET_HOST_ECN):
             return DROP_BAD_OFFLOAD
-        if f.gso_size == 0 or not (f.vflags & VNET_F_NEEDS_CSUM):
+        if f.gso_size < VS_GSO_MIN_SIZE or not (f.vflags & VNET_F_NEEDS_CSUM):
             return DROP_BAD_OFFLOAD
     return 0
 
@@ -160,12 +160,20 @@ cdef int deliver_frame(vs_worker *w, vs_port *dport, vs_vring *rvq, uint16_t ava
     if tso_plan(w.lin, f.len, f.gso_type, f.gso_size, &plan):
         return DROP_BAD_OFFLOAD
     for i in range(plan.nsegs):
-        seglen = tso_segment(w.lin, &plan, f.gso_size, i, w.segbuf)
-        one.p = w.segbuf
-        one.len = seglen
-        rc = rx_enqueue(w, dport, rvq, avail_idx, &one, 1, 0, seglen, hdr)
+        if w.budget <= 0:
+            rc = DROP_OVER_BUDGET
+        else:
+            seglen = tso_segment(w.lin, &plan, f.gso_size, i, w.segbuf)
+            one.p = w.segbuf
+            one.len = seglen
+            rc = rx_enqueue(w, dport, rvq, avail_idx, &one, 1, 0, seglen, hdr)
         if rc:
-            rvq.c.drops[rc] += 1
+            # The ring refused one segment (or the work is spent): the rest
+            # would meet the same, and a frame with a hole is lost anyway.
+            if rc == DROP_OVER_BUDGET:
+                return rc
+            rvq.c.drops[rc] += plan.nsegs - i
+            break
     rvq.c.sw_gso += 1
     rvq.c.sw_gso_segments += plan.nsegs
     return 0
@@ -233,6 +241,7 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
     if dport.egress_policy and view == VIEW_NORMAL:
         now = now_ns()
     vs_spin_lock(&rvq.lock)
+    w.nbad_heads = 0
     old_used = rvq.used_idx
     navail = vring_avail_count(rvq, &avail_idx)
     if navail < 0:
@@ -252,6 +261,9 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
         tag = egress_select(sw, dport, d, f, view, src_vq)
         if tag < 0:
             continue
+        if w.budget <= 0:
+            src_vq.c.drops[DROP_OVER_BUDGET] += 1
+            continue
         vf = frame_view(w, f, w.segs, tag, &segs)
         if vf == NULL:
             rvq.c.drops[DROP_BAD_OFFLOAD] += 1
@@ -266,7 +278,9 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
             rvq.c.drops[DROP_RATE_LIMITED] += 1
             continue
         rc = deliver_frame(w, dport, rvq, avail_idx, vf, segs)
-        if rc:
+        if rc == DROP_OVER_BUDGET:
+            src_vq.c.drops[rc] += 1
+        elif rc:
             rvq.c.drops[rc] += 1
     if rvq.used_idx != old_used:
         vring_publish(dport, rvq)
@@ -527,6 +541,10 @@ cdef void deliver_to_tap(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq, i
         tag = egress_select(sw, dport, d, f, view, src_vq)
         if tag < 0:
             continue
+        if w.budget <= 0:
+            src_vq.c.drops[DROP_OVER_BUDGET] += 1
+            continue
+        w.budget -= 1
         vf = frame_view(w, f, w.segs, tag, &segs)
         if vf == NULL:
             rvq.c.drops[DROP_BAD_OFFLOAD] += 1
@@ -615,7 +633,7 @@ cdef int tap_rx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int 
     cdef ssize_t got
     cdef uint8_t *buf
     cdef vs_frame *f
-    if fd < 0 or port.tap_errno:
+    if fd < 0 or port.tap_errno or w.budget <= 0:
         return 0
     if vq.tap_skip:
         # After an empty read, look again only every few rounds: an empty
@@ -708,6 +726,9 @@ cdef int tx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int qp,
         if head < vq.num:
             __builtin_prefetch(&vq.desc[head], 0, 3)
     for i in range(n):
+        if w.budget <= 0:
+            n = i           # the port's work for this round is spent: the rest waits
+            break
         head = vq.avail.ring[<uint16_t>(vq.last_avail + i) & (vq.num - 1)]
         f = &w.frames[i]
         f.head = head
@@ -721,7 +742,8 @@ cdef int tx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int qp,
             vq.c.drops[DROP_RING_DISABLED] += 1
             continue
         # segs[pool] stays free for the private copy of the headers
-        rc = walk_chain(port, vq, head, False, &w.segs[pool + 1], VS_MAX_SEGS, &nseg, &total)
+        rc = walk_chain(port, vq, head, False, &w.segs[pool + 1], VS_MAX_SEGS, &nseg, &total,
+                        &w.budget)
         if rc == 0 and total < port.hdr_len + VS_ETH_HLEN:
             rc = DROP_RUNT
         if rc:
@@ -899,6 +921,7 @@ cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
                     shape_now = now_ns()
                 if shape_wait(port, shape_now):
                     continue
+            w.budget = VS_PORT_WORK     # what this port's frames may cost this round
             for qp in range(port.nqp):
                 if not worker_owns(sw, w, p, qp):
                     continue

@@ -428,6 +428,23 @@ def _bad_offload(sw, stack):
     return "a", "receive"
 
 
+def _over_budget(sw, stack):
+    """b's RX buffers are chains of 255 one-byte descriptors (legal, and
+    costly to walk): 32 frames of 1000 bytes from a need 4 chains each, more
+    descriptor walks than a's frames may cost the worker in one round."""
+    b = stack.enter_context(connected(sw, "b", rx_buffers=0))
+    a = stack.enter_context(connected(sw, "a"))
+    ring = b.rx(0)
+    h = Hostile(ring)
+    for _ in range(160):
+        g = h._buf(255)
+        table = [Desc(g + i, 1, 2 | (1 if i < 254 else 0), i + 1 if i < 254 else 0) for i in range(255)]
+        h._indirect(table, publish=False, kick=False)
+    ring.publish(kick=True)
+    a.tx(0).post_tx_frames([frame("b", "a", i, 1000) for i in range(32)])
+    return "a", "receive"
+
+
 def _mtu_exceeded(sw, stack):
     m = stack.enter_context(connected(sw, "m"))         # mtu: 1500 in the config
     a = stack.enter_context(connected(sw, "a"))
@@ -497,6 +514,7 @@ DROP_RECIPES = {
                                        + frame(BCAST, "x")),
     "vxlan_unknown_remote": _vxlan_datagram("127.0.0.1", VXLAN_OK + frame(BCAST, "x")),
     "vxlan_send_failed": _vxlan_send_failed,
+    "over_budget": _over_budget,
     "spoofed_source": _from_port("p", [frame(BCAST, "x")]),
     "rate_limited": _from_port("p", [frame(BCAST, "p", i) for i in range(3)]),
     "storm_control": _from_port("q", [frame(BCAST, "q", i) for i in range(3)]),
