@@ -8,6 +8,7 @@ chown, truncate or unlink something else. Here the swaps are made for real
 
 * socket owner/group/mode are never applied through a symlink, at start or
   at reload; a socket path that is no longer ours is left alone and reported;
+* the runtime lock file is never opened through a symlink;
 * the control socket and port sockets are only unlinked when they are ours
   (same inode) or dead sockets; never a file, never a live foreign socket.
 """
@@ -202,3 +203,30 @@ def test_stop_unlinks_our_own_sockets(tmp_path):
     sw = Vswitchd(tmp_path / "sw", {"p1": {"type": "vhost-user"}}).start()
     assert sw.stop(signal.SIGTERM) == 0
     assert not Path(sw.socket("p1")).exists() and not (sw.runtime_dir / "vswitchd.ctl").exists()
+
+
+# --- the runtime lock ------------------------------------------------------------------
+
+
+def test_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    sw = Vswitchd(tmp_path / "sw", {})
+    sw.runtime_dir.mkdir(mode=0o755)
+    (sw.runtime_dir / "vswitchd.lock").symlink_to(victim)
+    out = start_refused(sw)
+    assert victim.read_text() == "precious\n", "the lock was opened through the symlink"
+    assert out.returncode == 1, out
+    assert "vswitchd.lock" in out.stderr and "symbolic link" in out.stderr, out.stderr
+    assert not (sw.runtime_dir / "vswitchd.ctl").exists()
+
+
+def test_lock_file_that_is_a_hard_link_is_refused_and_not_truncated(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    sw = Vswitchd(tmp_path / "sw", {})
+    sw.runtime_dir.mkdir(mode=0o755)
+    os.link(victim, sw.runtime_dir / "vswitchd.lock")
+    out = start_refused(sw)
+    assert victim.read_text() == "precious\n", "the lock truncated a file linked elsewhere"
+    assert out.returncode == 1 and "vswitchd.lock" in out.stderr, out

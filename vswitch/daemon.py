@@ -29,7 +29,7 @@ from .fdb import TICK_S as FDB_TICK_S, FdbControl, entries_by_name
 from .metrics import MetricsServer
 from .policy import apply_mirrors
 from .port import RateLimitedLog, VhostUserPort
-from .safefiles import UnsafePath
+from .safefiles import UnsafePath, open_lock_file
 from .sdnotify import Notifier
 from .uplink import TapPort
 from .vxlan import VxlanPort
@@ -47,10 +47,12 @@ class AlreadyRunning(Exception):
 
 
 def take_runtime_lock(runtime_dir: str) -> int:
-    """Create the runtime directory and hold its lock for the daemon's life."""
+    """Create the runtime directory and hold its lock for the daemon's life.
+    UnsafePath if the lock file is not ours (a symbolic or hard link to
+    another file)."""
     os.makedirs(runtime_dir, mode=0o755, exist_ok=True)
     path = os.path.join(runtime_dir, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = open_lock_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
