@@ -10,7 +10,8 @@ chown, truncate or unlink something else. Here the swaps are made for real
   at reload; a socket path that is no longer ours is left alone and reported;
 * the runtime lock file is never opened through a symlink;
 * the control socket and port sockets are only unlinked when they are ours
-  (same inode) or dead sockets; never a file, never a live foreign socket.
+  (same inode) or dead sockets; never a file, never a live foreign socket;
+* a socket directory others can write into is refused, with what to do.
 """
 
 from __future__ import annotations
@@ -230,3 +231,63 @@ def test_lock_file_that_is_a_hard_link_is_refused_and_not_truncated(tmp_path):
     out = start_refused(sw)
     assert victim.read_text() == "precious\n", "the lock truncated a file linked elsewhere"
     assert out.returncode == 1 and "vswitchd.lock" in out.stderr, out
+
+
+# --- socket directories ------------------------------------------------------------------
+
+
+def test_world_writable_socket_directory_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    sw = Vswitchd(tmp_path / "sw", {"vm": {"type": "vhost-user", "socket": str(shared / "vm.sock")}})
+    out = start_refused(sw)
+    assert not (shared / "vm.sock").exists()
+    assert out.returncode == 2, out
+    assert (f"ports.vm.socket: {shared} is mode 0777: writable by group or others (and not sticky)"
+            in out.stderr), out.stderr
+    assert "chmod go-w" in out.stderr
+
+
+def test_world_writable_runtime_dir_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    run.chmod(0o757)
+    out = start_refused(Vswitchd(tmp_path / "sw", {}, runtime_dir=run))
+    assert out.returncode == 2, out
+    assert f"runtime_dir: {run} is mode 0757: writable by group or others" in out.stderr, out.stderr
+    assert not (run / "vswitchd.lock").exists()
+
+
+def test_socket_directory_owned_by_another_user_is_refused(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, NOBODY, NOBODY)
+    sw = Vswitchd(tmp_path / "sw", {"vm": {"type": "vhost-user", "socket": str(theirs / "vm.sock")}})
+    out = start_refused(sw)
+    assert out.returncode == 2, out
+    assert f"ports.vm.socket: {theirs} is owned by uid {NOBODY}" in out.stderr, out.stderr
+
+
+def test_reload_into_an_unsafe_directory_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o770)
+    with Vswitchd(tmp_path / "sw", {"p1": {"type": "vhost-user"}}) as sw:
+        sw.write_config({"p1": {"type": "vhost-user"},
+                         "p2": {"type": "vhost-user", "socket": str(shared / "p2.sock")}})
+        out = sw.reload()
+        assert out.returncode == 1, out
+        assert f"{shared} is mode 0770: writable by group or others" in out.stderr, out.stderr
+        assert [p["name"] for p in sw.ctl("port list")] == ["p1"]
+        assert not (shared / "p2.sock").exists()
+
+
+def test_sticky_world_writable_directory_is_allowed(tmp_path):
+    """Like /tmp: others may create entries but not remove or rename ours."""
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    with Vswitchd(tmp_path / "sw", {"vm": {"type": "vhost-user", "socket": str(sticky / "vm.sock")}}) as sw:
+        port = sw.port("vm")
+        assert port["state"] == "listening" and port["last_error"] is None, port

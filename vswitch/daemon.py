@@ -29,7 +29,7 @@ from .fdb import TICK_S as FDB_TICK_S, FdbControl, entries_by_name
 from .metrics import MetricsServer
 from .policy import apply_mirrors
 from .port import RateLimitedLog, VhostUserPort
-from .safefiles import UnsafePath, open_lock_file
+from .safefiles import UnsafePath, check_directory, open_lock_file
 from .sdnotify import Notifier
 from .uplink import TapPort
 from .vxlan import VxlanPort
@@ -48,8 +48,9 @@ class AlreadyRunning(Exception):
 
 def take_runtime_lock(runtime_dir: str) -> int:
     """Create the runtime directory and hold its lock for the daemon's life.
-    UnsafePath if the lock file is not ours (a symbolic or hard link to
-    another file)."""
+    UnsafePath if others could write into the directory, or the lock file
+    is not ours (a symbolic or hard link to another file)."""
+    check_directory(runtime_dir)
     os.makedirs(runtime_dir, mode=0o755, exist_ok=True)
     path = os.path.join(runtime_dir, LOCK_NAME)
     fd = open_lock_file(path)
@@ -141,7 +142,11 @@ class Switch:
         port = VhostUserPort(pc, self.dp, self.ratelog)
         try:
             if pc.mode == "server":
-                os.makedirs(os.path.dirname(pc.socket), mode=0o755, exist_ok=True)
+                # The config check refused such a directory already; this is
+                # for one that changed since (or was made) before the start.
+                directory = os.path.dirname(pc.socket)
+                check_directory(directory)
+                os.makedirs(directory, mode=0o755, exist_ok=True)
             port.start()
         except OSError as exc:
             # One port's trouble never stops another port.
