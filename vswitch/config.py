@@ -72,8 +72,9 @@ names another port and forms no loop, no port may send from another port's
 socket_owner/socket_group/socket_mode belong to server-mode ports only.
 With ``check_host`` (the default) the checks that depend on the host are
 made too: runtime_dir and the directories of server-mode sockets must be
-creatable by this process, and datapath.cpus must be in its CPU affinity
-mask.  User and group names are always resolved to ids.
+creatable by this process and writable by nobody else (safefiles), and
+datapath.cpus must be in its CPU affinity mask.  User and group names are
+always resolved to ids.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ from typing import Any
 import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .safefiles import directory_problem
 
 __all__ = [
     "Config",
@@ -633,7 +636,8 @@ def load_config(path: str | os.PathLike[str], *, check_host: bool = True) -> Con
     Raises ConfigError for every failure, including an unreadable file.
     With ``check_host`` (the default) the checks that depend on this host
     and process are made too: that runtime_dir and the server sockets'
-    directories can be created, and that datapath.cpus are available.
+    directories can be created, and only by this process (or root), and that
+    datapath.cpus are available.
     User and group names are always resolved (the Config holds ids).
     """
     filename = os.fsdecode(path)
@@ -1441,15 +1445,27 @@ class _Validator(_PolicyChecks):
 
     def check_creatable(self, path: str, directory: str, node: Node, key: str) -> None:
         """Report if ``path`` (in ``directory``, which may not exist yet)
-        cannot be created by this process."""
+        cannot be created by this process, or not safely: where others may
+        write, they could replace it with a link elsewhere (safefiles)."""
         nearest = posixpath.normpath(directory)
         while not os.path.exists(nearest) and nearest != "/":
             nearest = posixpath.dirname(nearest)
         if not os.path.isdir(nearest):
             self.error(node, key, f"cannot create {path}: {nearest} is not a directory")
+        elif (problem := self.directory_problem(directory)) is not None:
+            self.error(node, key, problem)
         elif not os.access(nearest, os.W_OK | os.X_OK):
             self.error(node, key, f"cannot create {path}: {nearest} is not writable "
                                   f"by this process (uid {os.geteuid()})")
+
+    @staticmethod
+    def directory_problem(directory: str) -> str | None:
+        try:
+            return directory_problem(directory)
+        except OSError:
+            # Not searchable by whoever runs the check (not the daemon's
+            # user): the daemon checks again as itself before using it.
+            return None
 
     # -- the schema --------------------------------------------------------
 

@@ -8,6 +8,9 @@ Reply:   {"ok": true, "result": ...} or {"ok": false, "error": "...", "result"?:
 The socket is mode 0660 in the runtime directory, group `control.group` of
 the config: who may reach it is decided by the file system, like a QEMU
 monitor socket. `config check` needs no daemon and runs in vswitchctl itself.
+The socket file is made and removed the way port sockets are
+(vswitch/safefiles.py): a dead daemon's socket is replaced, never a file or
+a socket someone else listens on, and only our own socket file is removed.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from typing import TYPE_CHECKING
 
 from . import __version__
 from .capture import CaptureManager
+from .safefiles import NotOurSocket, SocketFile, bind_unix_socket
 
 if TYPE_CHECKING:
     from .daemon import Switch
@@ -36,37 +39,50 @@ class ControlServer:
         self.path = path
         self.group = group
         self.server: asyncio.AbstractServer | None = None
+        self.file: SocketFile | None = None
         self.captures = CaptureManager(switch)
 
     async def start(self) -> None:
-        # We hold the runtime directory's lock, so any file here is stale.
+        """Listen. We hold the runtime directory's lock, so a socket file
+        here is a dead daemon's; anything else raises UnsafePath."""
+        sock, self.file = bind_unix_socket(self.path, SOCKET_MODE)
         try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        self.server = await asyncio.start_unix_server(self._client, path=self.path, limit=MAX_REQUEST)
-        self.set_group(self.group)
+            self.set_group(self.group)      # before listen(2): nobody gets in early
+            self.server = await asyncio.start_unix_server(self._client, sock=sock, limit=MAX_REQUEST)
+        except BaseException:
+            sock.close()
+            self.file.remove()
+            self.file = None
+            raise
 
-    def set_group(self, group: int | None) -> None:
-        """Admin group of the socket (config control.group); mode 0660."""
+    def set_group(self, group: int | None) -> str | None:
+        """Admin group of the socket (config control.group); mode 0660.
+        Returns why it could not be set, if so (the daemon runs on)."""
         self.group = group
-        os.chmod(self.path, SOCKET_MODE)
-        if group is not None:
-            try:
-                os.chown(self.path, -1, group)
-            except OSError as exc:
-                # Root keeps access; the admins of the group do not. Say so, run on.
-                log.error("control socket %s: cannot give it to group %d: %s", self.path, group,
-                          exc.strerror or exc)
+        if self.file is None:
+            return None
+        try:
+            self.file.set_permissions(SOCKET_MODE, gid=group)
+        except NotOurSocket as exc:
+            log.error("control socket: %s", exc.strerror)
+            return f"control socket: {exc.strerror}"
+        except OSError as exc:
+            # Root keeps access; the admins of the group do not. Say so, run on.
+            log.error("control socket %s: cannot give it to group %s: %s", self.path, group,
+                      exc.strerror or exc)
+            return f"control socket {self.path}: cannot give it to group {group}: {exc.strerror or exc}"
+        return None
 
     async def stop(self) -> None:
         if self.server:
             self.server.close()
             await self.server.wait_closed()
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+        if self.file is not None:
+            now = self.file.remove()        # only if the path still names our socket
+            self.file = None
+            if now is not None:
+                log.warning("control socket %s is no longer ours (it is now %s): left in place",
+                            self.path, now)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         owner = object()     # this connection: owns the captures it starts

@@ -29,6 +29,7 @@ from .fdb import TICK_S as FDB_TICK_S, FdbControl, entries_by_name
 from .metrics import MetricsServer
 from .policy import apply_mirrors
 from .port import RateLimitedLog, VhostUserPort
+from .safefiles import UnsafePath, check_directory, open_lock_file
 from .sdnotify import Notifier
 from .uplink import TapPort
 from .vxlan import VxlanPort
@@ -46,10 +47,13 @@ class AlreadyRunning(Exception):
 
 
 def take_runtime_lock(runtime_dir: str) -> int:
-    """Create the runtime directory and hold its lock for the daemon's life."""
+    """Create the runtime directory and hold its lock for the daemon's life.
+    UnsafePath if others could write into the directory, or the lock file
+    is not ours (a symbolic or hard link to another file)."""
+    check_directory(runtime_dir)
     os.makedirs(runtime_dir, mode=0o755, exist_ok=True)
     path = os.path.join(runtime_dir, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = open_lock_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -143,7 +147,11 @@ class Switch:
         port = VhostUserPort(pc, self.dp, self.ratelog)
         try:
             if pc.mode == "server":
-                os.makedirs(os.path.dirname(pc.socket), mode=0o755, exist_ok=True)
+                # The config check refused such a directory already; this is
+                # for one that changed since (or was made) before the start.
+                directory = os.path.dirname(pc.socket)
+                check_directory(directory)
+                os.makedirs(directory, mode=0o755, exist_ok=True)
             port.start()
         except OSError as exc:
             # One port's trouble never stops another port.
@@ -227,6 +235,7 @@ class Switch:
                 log.error("reload: %s; nothing changed", e)
             return {"ok": False, "errors": plan.errors}
         outcome: dict[str, str] = {}
+        warnings = list(plan.warnings)
         # Removed first, so that a socket path or MAC moved to another port is free.
         for name in plan.removed:
             await self.ports.pop(name).stop()
@@ -255,6 +264,9 @@ class Switch:
                 self.ports[change.name] = self._start_port(change.new)
                 log.info("reload: port %s restarted (%s changed)", change.name, ", ".join(change.fields))
             outcome.setdefault(change.name, {"restart": "restarted"}.get(result, result))
+            alert = getattr(self.ports[change.name], "socket_alert", None)
+            if alert and {"socket_owner", "socket_group", "socket_mode"} & set(change.fields):
+                warnings.append(f"port {change.name}: {alert}")
         if force:
             # Changes that an earlier reload left pending, forced through now.
             for name in list(plan.unchanged):
@@ -274,7 +286,9 @@ class Switch:
         if "cpus" in plan.datapath_in_place:
             self.dp.set_cpus(new.datapath.cpus)
         if plan.control_changed:
-            self.control.set_group(new.control.group)
+            problem = self.control.set_group(new.control.group)
+            if problem:
+                warnings.append(problem)
         self.config = new
         self.fdb_ctl.configure(new, self.ports)    # aging, caps, static entries: in place
         if plan.metrics_changed:
@@ -282,12 +296,12 @@ class Switch:
                 await self.metrics.stop()
                 self.metrics = None
             await self._start_metrics()
-        for w in plan.warnings:
+        for w in warnings:
             log.warning("reload: %s", w)
         log.info("reload: %s applied (%d added, %d removed, %d changed, %d untouched)", path,
                  len(plan.added), len(plan.removed), len(plan.changed), len(plan.unchanged))
         return {"ok": True, "ports": outcome, "unchanged": plan.unchanged,
-                "warnings": plan.warnings, "plan": plan.summary()}
+                "warnings": warnings, "plan": plan.summary()}
 
     # --- queries ---------------------------------------------------------------------
 
@@ -388,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         runner(amain())
+    except UnsafePath as exc:
+        # the control socket's path holds something that is not ours to replace
+        print(f"vswitchd: {exc.strerror}; refusing to start", file=sys.stderr)
+        return 1
     finally:
         os.close(lock_fd)
     return 0

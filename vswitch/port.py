@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import select
 import socket
 import time
@@ -22,6 +21,7 @@ from .policy import apply_port_policy, describe as describe_policy
 from .config import VhostUserPortConfig
 from .fdb import port_vlan
 from .reconcile import port_change
+from .safefiles import NotOurSocket, SocketFile
 from .vhost import protocol as p
 from .vhost.session import BASE_FEATURES, BASE_PROTOCOL_FEATURES, OFFLOAD_FEATURES, Offer, Session
 from .vhost.transport import Connection, PeerClosed, bind_listener
@@ -60,15 +60,9 @@ def offer_for(config: VhostUserPortConfig) -> Offer:
     return Offer(queue_pairs=config.queues, features=features, protocol_features=protocol_features)
 
 
-def apply_socket_permissions(path: str, config: VhostUserPortConfig) -> None:
-    """Owner, group and mode of a server socket (connect(2) needs write
-    permission on it): how a QEMU run by libvirt as another user gets in."""
-    # chmod first: once the socket belongs to someone else, changing its mode
-    # would need CAP_FOWNER, which the service does not have.
-    os.chmod(path, config.socket_mode)
-    if config.socket_owner is not None or config.socket_group is not None:
-        os.chown(path, -1 if config.socket_owner is None else config.socket_owner,
-                 -1 if config.socket_group is None else config.socket_group)
+# Alerts about the port itself, which outlive a connection (the others are
+# about the running connection, and are cleared when a new one begins).
+PORT_ALERTS = ("socket",)
 
 
 class RateLimitedLog:
@@ -160,7 +154,8 @@ class PortStatus:
     memory_faults: int = 0     # connections ended because the guest's memory vanished (SIGBUS)
     last_error: str | None = None
     connected_since: float | None = None
-    # Problems seen on the running connection, e.g. "guest memory not shared".
+    # Problems seen on the running connection, e.g. "guest memory not shared",
+    # and those of the port (PORT_ALERTS), e.g. its socket file was replaced.
     alerts: dict[str, str] = field(default_factory=dict)
 
 
@@ -182,6 +177,7 @@ class VhostUserPort:
         self._task: asyncio.Task | None = None
         self._conn_task: asyncio.Task | None = None
         self._listener: socket.socket | None = None
+        self._socket_file: SocketFile | None = None     # what bind(2) made at config.socket
         self._conn: Connection | None = None
         self._ring_seen: dict[int, float] = {}
         self._notify_busy_since: dict[int, float] = {}
@@ -194,8 +190,11 @@ class VhostUserPort:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.config.mode == "server":
-            self._listener = bind_listener(self.config.socket,
-                                           lambda path: apply_socket_permissions(path, self.config))
+            # Owner, group and mode of a server socket (connect(2) needs write
+            # permission on it): how a QEMU run by libvirt as another user gets in.
+            self._listener, self._socket_file = bind_listener(
+                self.config.socket, self.config.socket_mode, self.config.socket_owner,
+                self.config.socket_group)
             self._task = loop.create_task(self._serve(), name=f"port-{self.name}")
         else:
             self._task = loop.create_task(self._connect_loop(), name=f"port-{self.name}")
@@ -215,10 +214,11 @@ class VhostUserPort:
             self._disconnect("port stopped")
         if self._listener:
             self._listener.close()
-            try:
-                os.unlink(self.config.socket)
-            except FileNotFoundError:
-                pass
+        if self._socket_file is not None:
+            now = self._socket_file.remove()     # only if the path still names our socket
+            if now is not None:
+                log.warning("port %s: %s is no longer its socket (it is now %s): left in place",
+                            self.name, self.config.socket, now)
         if self.config.mac:
             self.dp.fdb_set_static(self.config.mac, -1, port_vlan(self.config))
         self.dp.port_remove(self.slot)
@@ -280,9 +280,32 @@ class VhostUserPort:
         return "applied"
 
     def _apply_in_place(self, old: VhostUserPortConfig, fields: tuple[str, ...]) -> None:
-        if {"socket_owner", "socket_group", "socket_mode"} & set(fields) and self._listener:
-            apply_socket_permissions(self.config.socket, self.config)
+        socket_fields = {"socket_owner", "socket_group", "socket_mode"} & set(fields)
+        if socket_fields and self._socket_file is not None:
+            self._apply_socket_permissions()
         self._apply_datapath_settings(old)
+
+    def _apply_socket_permissions(self) -> None:
+        """The configured owner, group and mode, to our socket file only: if
+        its path names something else now (the socket's owner may rename it
+        in a sticky directory and put a link there), nothing is changed and
+        the port says why, in an alert that stays until a reload succeeds."""
+        assert self._socket_file is not None
+        try:
+            self._socket_file.set_permissions(self.config.socket_mode, self.config.socket_owner,
+                                              self.config.socket_group)
+        except NotOurSocket as exc:
+            msg = exc.strerror
+            self.status.alerts["socket"] = msg
+            self.status.last_error = msg
+            log.error("port %s: %s", self.name, msg)
+            return
+        self.status.alerts.pop("socket", None)
+
+    @property
+    def socket_alert(self) -> str | None:
+        """Why the port's socket file was not changed as configured, if so."""
+        return self.status.alerts.get("socket")
 
     def _apply_connect_time(self, old: VhostUserPortConfig) -> None:
         """Only while no guest is connected: a new offer, a new slot for a new
@@ -356,7 +379,7 @@ class VhostUserPort:
         self.session = Session(self.offer, PortBackend(self.dp, self.slot))
         self.status.connections += 1
         self.status.connected_since = time.time()
-        self.status.alerts.clear()
+        self.status.alerts = {k: v for k, v in self.status.alerts.items() if k in PORT_ALERTS}
         self._ring_seen.clear()
         self._notify_busy_since.clear()
         self._conn_faulted = False

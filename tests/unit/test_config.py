@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pwd
 import re
 import textwrap
 from pathlib import Path
@@ -1116,6 +1117,36 @@ def test_runtime_dir_must_be_creatable(tmp_path: Path, monkeypatch: pytest.Monke
     ]
     # check_host=False skips what depends on this host and process.
     parse_config(f"runtime_dir: {tmp_path}/run\nports: {{}}\n", check_host=False)
+
+
+def test_socket_directories_must_be_writable_by_nobody_else(tmp_path: Path) -> None:
+    """Where others may write, they could swap a socket or the lock for a
+    link elsewhere (vswitch/safefiles.py): refused, with what to do."""
+    shared, theirs, sticky = tmp_path / "shared", tmp_path / "theirs", tmp_path / "sticky"
+    for directory, mode in ((shared, 0o777), (theirs, 0o755), (sticky, 0o1777)):
+        directory.mkdir()
+        directory.chmod(mode)
+    config_module.os.chown(theirs, 65534, 65534)
+    try:
+        nobody = f" ({pwd.getpwuid(65534).pw_name})"
+    except KeyError:
+        nobody = ""
+    assert errors(f"""
+        runtime_dir: {shared}/run
+        ports:
+          a: {{type: vhost-user, socket: {theirs}/a.sock}}
+          b: {{type: vhost-user, mode: client, socket: {shared}/b.sock}}
+          c: {{type: vhost-user, socket: {sticky}/c.sock}}
+        """) == [
+        f"c.yaml:1:14: runtime_dir: {shared} (on the way to {shared}/run) is mode 0777: writable "
+        "by group or others (and not sticky), who could replace the files vswitchd creates in it; "
+        f"run chmod go-w {shared}, or use a directory only root can write",
+        f"c.yaml:3:33: ports.a.socket: {theirs} is owned by uid 65534{nobody}, not by root: that "
+        "user could replace the files vswitchd creates in it; "
+        f"run chown root {theirs}, or use another directory",
+    ]   # b: QEMU creates a client port's socket; c: sticky, like /tmp
+    # check_host=False skips what depends on this host and process.
+    parse_config(f"runtime_dir: {shared}/run\nports: {{}}\n", check_host=False)
 
 
 def test_load_config_check_host_flag(tmp_path: Path) -> None:

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import array
 import asyncio
-import errno
 import os
 import socket
-import stat
-from typing import Callable
 
 from . import protocol as p
+from ..safefiles import SocketFile, bind_unix_socket
 
 _FD_SIZE = array.array("i").itemsize
 # Room for more fds than anyone may send, so surplus fds are seen (and closed)
@@ -115,50 +113,22 @@ class Connection:
             pass
 
 
-def socket_is_live(path: str) -> bool:
-    """True if a process accepts connections on the AF_UNIX socket at path."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
+def bind_listener(path: str, mode: int, uid: int | None = None,
+                  gid: int | None = None) -> tuple[socket.socket, SocketFile]:
+    """Listen on path: a stale socket file left by a dead process is
+    replaced, never a socket a live process listens on, nor a file that is
+    not a socket (safefiles.bind_unix_socket). The file has its mode from
+    bind(2) on, and its owner and group (None: ours) before listen(2), so
+    no one can connect before the socket has its final permissions. The
+    SocketFile is how to change them later, and remove the socket."""
+    sock, file = bind_unix_socket(path, mode)
     try:
-        probe.connect(path)
-        return True
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except OSError as exc:
-        # EAGAIN: the listener's backlog is full - it is alive.
-        return exc.errno in (errno.EAGAIN,)
-    finally:
-        probe.close()
-
-
-def bind_listener(path: str, prepare: Callable[[str], None] | None = None) -> socket.socket:
-    """Listen on path, replacing a stale socket file left by a dead process,
-    but never one that a live process listens on, nor a non-socket file.
-    `prepare(path)` runs between bind and listen (ownership, mode), so no one
-    can connect before the socket has its final permissions."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
-        if socket_is_live(path):
-            raise OSError(errno.EADDRINUSE, f"{path}: another process is listening on it")
-        os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        if prepare is not None:
-            prepare(path)
+        if uid is not None or gid is not None:
+            file.set_permissions(uid=uid, gid=gid)
         sock.listen(4)
         sock.setblocking(False)
     except BaseException:
         sock.close()
-        try:
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)    # ours: bound above, never listened on
-        except OSError:
-            pass
+        file.remove()     # ours: bound above, never listened on
         raise
-    return sock
+    return sock, file
