@@ -1,13 +1,16 @@
 """The control socket: one JSON request per line, one JSON reply per line.
 
 Request: {"command": "show" | "port list" | "port show" | "fdb show" | "fdb flush" | "stats"
-          | "reload" | "version" | "debug stall-worker"
+          | "reload" | "version" | "debug stall-worker" | "debug seccomp-probe"
           | "capture start" | "capture read" | "capture stop" (capture.py), "args": {...}}
 Reply:   {"ok": true, "result": ...} or {"ok": false, "error": "...", "result"?: ...}
 
 The socket is mode 0660 in the runtime directory, group `control.group` of
 the config: who may reach it is decided by the file system, like a QEMU
 monitor socket. `config check` needs no daemon and runs in vswitchctl itself.
+
+`debug seccomp-probe` exists for the tests of the seccomp filter and answers
+only when the configuration says `debug: true`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 from typing import TYPE_CHECKING
 
 from . import __version__
+from . import seccomp
 from .capture import CaptureManager
 
 if TYPE_CHECKING:
@@ -133,6 +137,13 @@ class ControlServer:
                 # For the watchdog tests: make a worker stop making progress.
                 sw.dp.debug_stall_worker(int(args.get("worker", 0)), float(args.get("seconds", 5)))
                 return {"ok": True, "result": {}}
+            if command == "debug seccomp-probe":
+                if not sw.config.debug:
+                    return {"ok": False, "error": "debug seccomp-probe is for test systems: it "
+                            "answers only with `debug: true` in the configuration"}
+                # Denied calls chosen to be harmless without the filter too.
+                return {"ok": True, "result": {"calls": seccomp.probe(sw.config.runtime_dir),
+                                               **seccomp.status()}}
         except Exception as exc:  # never let a query take the daemon down
             log.exception("control command %r failed", command)
             return {"ok": False, "error": f"internal error: {exc}"}
