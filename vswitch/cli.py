@@ -159,7 +159,7 @@ def _render(command: str, result) -> str:
         lines = [f"vswitchd {result['version']} pid {result['pid']} config {result['config']}"]
         sec = result.get("security")
         if sec:
-            lines.append(f"security: seccomp {sec['seccomp']}")
+            lines.append(f"security: seccomp {sec['seccomp']}; {sec['privileges']}")
         lines += [_render_port(port) for port in result["ports"]]
         return "\n".join(lines)
     if command == "port show":

@@ -60,7 +60,8 @@ class ControlServer:
                 os.chown(self.path, -1, group)
             except OSError as exc:
                 # Root keeps access; the admins of the group do not. Say so, run on.
-                log.error("control socket %s: cannot give it to group %d: %s", self.path, group,
+                log.error("control socket %s: cannot give it to group %d: %s (needs CAP_CHOWN, "
+                          "unless the daemon's user is a member of the group)", self.path, group,
                           exc.strerror or exc)
 
     async def stop(self) -> None:

@@ -25,6 +25,7 @@ import sys
 import time
 
 from . import __version__
+from . import privileges
 from . import reconcile
 from . import seccomp
 from .config import Config, ConfigError, TapPortConfig, VxlanPortConfig, load_config
@@ -320,7 +321,7 @@ class Switch:
             "ports": [port.show() for port in self.ports.values()],
             "reloads": dict(self.reload_counts),
             "last_reload_ok": self.last_reload_ok,
-            "security": {"seccomp": self.seccomp_state},
+            "security": {"seccomp": self.seccomp_state, "privileges": privileges.describe()},
         }
 
     def fdb(self, port: str | None = None, vlan: int | None = None) -> list[dict]:
@@ -390,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"vswitchd: runtime directory {config.runtime_dir}: {exc.strerror}", file=sys.stderr)
         return 1
+    log.info("vswitchd %s: %s", __version__, privileges.describe())
     try:
         seccomp_state = confine(config)
     except seccomp.SeccompError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
 import select
@@ -63,8 +64,18 @@ def apply_socket_permissions(path: str, config: VhostUserPortConfig) -> None:
     # would need CAP_FOWNER, which the service does not have.
     os.chmod(path, config.socket_mode)
     if config.socket_owner is not None or config.socket_group is not None:
-        os.chown(path, -1 if config.socket_owner is None else config.socket_owner,
-                 -1 if config.socket_group is None else config.socket_group)
+        try:
+            os.chown(path, -1 if config.socket_owner is None else config.socket_owner,
+                     -1 if config.socket_group is None else config.socket_group)
+        except PermissionError as exc:
+            # An unprivileged daemon (docs/service.md) may give its sockets to a
+            # group it is a member of; anything else needs CAP_CHOWN.
+            who = ", ".join(f"{what} {ident}" for what, ident in
+                            (("user", config.socket_owner), ("group", config.socket_group))
+                            if ident is not None)
+            raise PermissionError(exc.errno, f"cannot give the socket to {who}: {exc.strerror} "
+                                  f"(needs CAP_CHOWN, unless the owner is the daemon's own user "
+                                  f"and the group one the daemon's user is a member of)") from exc
 
 
 class RateLimitedLog:
@@ -333,8 +344,13 @@ class VhostUserPort:
             except OSError as exc:
                 if sock is not None:
                     sock.close()
+                reason = exc.strerror or str(exc)
+                if exc.errno == errno.EACCES:
+                    reason += (" (connecting needs write permission on the socket and search "
+                               "permission on its directories: run the daemon in QEMU's group, "
+                               "or give it CAP_DAC_OVERRIDE)")
                 self.ratelog.warning(f"{self.name}:connect", "port %s: connect to %s failed: %s; retry in %.1fs",
-                                     self.name, self.config.socket, exc.strerror or exc, delay)
+                                     self.name, self.config.socket, reason, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_S)
                 continue
