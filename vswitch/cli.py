@@ -160,6 +160,9 @@ def _render(command: str, result) -> str:
         sec = result.get("security")
         if sec:
             lines.append(f"security: seccomp {sec['seccomp']}; {sec['privileges']}")
+            if "fds_needed" in sec:
+                lines.append(f"file descriptors: up to {sec['fds_needed']} needed, limit "
+                             f"{sec['nofile_soft']} (hard {sec['nofile_hard']})")
         lines += [_render_port(port) for port in result["ports"]]
         return "\n".join(lines)
     if command == "port show":
