@@ -107,6 +107,9 @@ class Switch:
         self.notifier = notifier or Notifier()
         self.seccomp_state = seccomp_state
         self.nofile = nofile
+        # Once: the user and capabilities do not change, and a name lookup (NSS)
+        # may be slow - not something for every `show` on the event loop.
+        self.privileges = privileges.describe()
         self.dp = Datapath(config.datapath.workers, config.datapath.mode, config.datapath.cpus,
                            config.datapath.tap_io)
         fallback = sorted({w["tap_io"] for w in self.dp.worker_stats()} - {config.datapath.tap_io})
@@ -343,7 +346,7 @@ class Switch:
             "ports": [port.show() for port in self.ports.values()],
             "reloads": dict(self.reload_counts),
             "last_reload_ok": self.last_reload_ok,
-            "security": {"seccomp": self.seccomp_state, "privileges": privileges.describe(),
+            "security": {"seccomp": self.seccomp_state, "privileges": self.privileges,
                          **({"fds_needed": self.nofile.needed, "nofile_soft": self.nofile.soft,
                              "nofile_hard": self.nofile.hard} if self.nofile else {})},
         }
