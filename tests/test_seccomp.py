@@ -1,7 +1,7 @@
 """vswitchd confines itself with a seccomp filter (security.seccomp), in every thread.
 
 Started by hand, as here, not by systemd: the daemon's own filter is what
-holds. `debug seccomp-probe` (answered only with `debug: true`) makes two
+holds; and under an outer filter that denies seccomp(2), as the unit's does. `debug seccomp-probe` (answered only with `debug: true`) makes two
 denied calls that are harmless even without the filter: mount(2) of a file
 system type that does not exist onto a path that does not exist, and
 unshare(0).
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -93,3 +94,26 @@ def test_without_the_filter_the_same_calls_get_past_seccomp(tmp_path):
         sw.write_config({"a": VHOST}, extra={"debug": True})
         out = sw.reload()
         assert "security.seccomp: false -> true takes effect at the next start" in out.stdout
+
+
+# Installs a filter that denies seccomp(2) - as the unit's SystemCallFilter= does -
+# then becomes the daemon (the filter stays across execve).
+OUTER_FILTER = ("import os, sys\n"
+                "from vswitch import seccomp as sc\n"
+                "sc.install(sc.build_filter({'seccomp': sc.NR_SECCOMP}))\n"
+                "os.execvp(sys.argv[1], sys.argv[1:])\n")
+
+
+def test_under_a_supervisor_that_denies_seccomp_itself(tmp_path):
+    """systemd's @system-service has no seccomp(2): the daemon installs its
+    filter with prctl(2) before its first thread, and every thread has both."""
+    wrapper = [sys.executable, "-c", OUTER_FILTER]
+    with Vswitchd(tmp_path, {"a": VHOST, "b": VHOST}, workers=2, extra={"debug": True},
+                  wrapper=wrapper) as sw:
+        assert "seccomp: filter installed by prctl(PR_SET_SECCOMP)" in sw.log_tail(100)
+        threads = thread_status(sw.proc.pid)
+        assert len(threads) >= 3
+        assert all((t["Seccomp"], t["Seccomp_filters"]) == (2, 2) for t in threads), threads
+        assert sw.ctl("debug seccomp-probe")["calls"] == {"mount": "EPERM", "unshare": "EPERM"}
+        a, b = connect(sw, "a"), connect(sw, "b")
+        exchange(a, b, "a", "b")
