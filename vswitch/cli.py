@@ -126,6 +126,8 @@ def _parse(words: list[str]) -> tuple[str, dict] | None:
             return "debug stall-worker", {"worker": int(words[2]), "seconds": float(words[3])}
         except ValueError:
             return None
+    if words == ["debug", "seccomp-probe"]:
+        return "debug seccomp-probe", {}
     if " ".join(words) in ("fdb show", "fdb flush"):
         return " ".join(words), {}
     if " ".join(words) in ("show", "port list", "stats", "reload", "version"):
@@ -155,6 +157,12 @@ def config_check(path: str, as_json: bool) -> int:
 def _render(command: str, result) -> str:
     if command == "show":
         lines = [f"vswitchd {result['version']} pid {result['pid']} config {result['config']}"]
+        sec = result.get("security")
+        if sec:
+            lines.append(f"security: seccomp {sec['seccomp']}; {sec['privileges']}")
+            if "fds_needed" in sec:
+                lines.append(f"file descriptors: up to {sec['fds_needed']} needed, limit "
+                             f"{sec['nofile_soft']} (hard {sec['nofile_hard']})")
         lines += [_render_port(port) for port in result["ports"]]
         return "\n".join(lines)
     if command == "port show":

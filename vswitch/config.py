@@ -48,6 +48,9 @@ config/vswitch.schema.json a JSON Schema of it for editors)::
         vni: 100               # 1..16777215
         udp_port: 4789         # default 4789 (IANA)
         mtu: 1450              # default: no limit; frames with a larger L3 size are dropped
+    security:
+      seccomp: true            # default true: the daemon confines itself with a seccomp filter
+    debug: false               # default false: true enables control commands meant for tests
 
 Every port type also takes the forwarding policies (POLICY_KEYS; see
 docs/configuration.md): ``vlan``, ``allowed_macs``, ``storm_control``,
@@ -104,6 +107,7 @@ __all__ = [
     "ControlConfig",
     "DatapathConfig",
     "FdbConfig",
+    "SecurityConfig",
     "MetricsConfig",
     "PortConfig",
     "StaticFdbEntry",
@@ -216,6 +220,11 @@ _FDB_STATIC_KEYS = ("mac", "port", "vlan")
 _TOP_KEYS += ("fdb",)
 _VHOST_USER_KEYS += ("fdb_max_entries",)
 _TAP_KEYS += ("fdb_max_entries",)
+
+# How the daemon confines itself (vswitch/seccomp.py), and the switch that
+# enables the control commands meant for tests only (`debug ...`).
+_SECURITY_KEYS = ("seccomp",)
+_TOP_KEYS += ("security", "debug")
 
 _NULL_TAG = "tag:yaml.org,2002:null"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -566,6 +575,18 @@ class FdbConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    """How the daemon confines itself (top-level `security`)."""
+
+    # a seccomp filter that denies the system calls a switch never makes,
+    # installed by the daemon itself before it serves anything
+    seccomp: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seccomp": self.seccomp}
+
+
+@dataclass(frozen=True)
 class Config:
     version: int
     runtime_dir: str
@@ -574,6 +595,9 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     fdb: FdbConfig = field(default_factory=FdbConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    # control commands that exist for tests (`debug seccomp-probe`) answer only with this
+    debug: bool = False
     path: str | None = None  # file it was loaded from; None for parse_config()
 
     def to_dict(self) -> dict[str, Any]:
@@ -590,6 +614,8 @@ class Config:
             "ports": {name: port.to_dict() for name, port in self.ports.items()},
             # written only when set, so that files without it round-trip unchanged
             **({"fdb": self.fdb.to_dict()} if self.fdb != FdbConfig() else {}),
+            **({"security": self.security.to_dict()} if self.security != SecurityConfig() else {}),
+            **({"debug": self.debug} if self.debug else {}),
         }
 
 
@@ -1537,11 +1563,33 @@ class _Validator(_PolicyChecks):
         if "fdb" in top:
             fdb = self.fdb(top["fdb"][1], ports, "ports" in top)
 
+        security: SecurityConfig | None = SecurityConfig()
+        if "security" in top:
+            security = self.security(top["security"][1])
+
+        debug: bool | None = False
+        if "debug" in top:
+            debug = self.boolean(top["debug"][1], "debug")
+
         if (self.issues or version is None or runtime_dir is None or datapath is None
-                or metrics is None or control is None or fdb is None):
+                or metrics is None or control is None or fdb is None or security is None
+                or debug is None):
             return None
         return Config(version=version, runtime_dir=runtime_dir, ports=ports,
-                      datapath=datapath, metrics=metrics, control=control, fdb=fdb, path=path)
+                      datapath=datapath, metrics=metrics, control=control, fdb=fdb,
+                      security=security, debug=debug, path=path)
+
+    def security(self, node: Node) -> SecurityConfig | None:
+        entries = self.mapping(node, "security")
+        if entries is None:
+            return None
+        self.check_keys(entries, _SECURITY_KEYS, "security", node)
+        seccomp: bool | None = True
+        if "seccomp" in entries:
+            seccomp = self.boolean(entries["seccomp"][1], "security.seccomp")
+        if seccomp is None:
+            return None
+        return SecurityConfig(seccomp=seccomp)
 
     def control(self, node: Node) -> ControlConfig | None:
         entries = self.mapping(node, "control")

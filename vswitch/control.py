@@ -1,7 +1,7 @@
 """The control socket: one JSON request per line, one JSON reply per line.
 
 Request: {"command": "show" | "port list" | "port show" | "fdb show" | "fdb flush" | "stats"
-          | "reload" | "version" | "debug stall-worker"
+          | "reload" | "version" | "debug stall-worker" | "debug seccomp-probe"
           | "capture start" | "capture read" | "capture stop" (capture.py), "args": {...}}
 Reply:   {"ok": true, "result": ...} or {"ok": false, "error": "...", "result"?: ...}
 
@@ -11,6 +11,9 @@ monitor socket. `config check` needs no daemon and runs in vswitchctl itself.
 The socket file is made and removed the way port sockets are
 (vswitch/safefiles.py): a dead daemon's socket is replaced, never a file or
 a socket someone else listens on, and only our own socket file is removed.
+
+`debug seccomp-probe` exists for the tests of the seccomp filter and answers
+only when the configuration says `debug: true`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from . import __version__
+from . import seccomp
 from .capture import CaptureManager
 from .safefiles import NotOurSocket, SocketFile, bind_unix_socket
 
@@ -68,7 +72,8 @@ class ControlServer:
             return f"control socket: {exc.strerror}"
         except OSError as exc:
             # Root keeps access; the admins of the group do not. Say so, run on.
-            log.error("control socket %s: cannot give it to group %s: %s", self.path, group,
+            log.error("control socket %s: cannot give it to group %s: %s (needs CAP_CHOWN, "
+                      "unless the daemon's user is a member of the group)", self.path, group,
                       exc.strerror or exc)
             return f"control socket {self.path}: cannot give it to group {group}: {exc.strerror or exc}"
         return None
@@ -149,6 +154,13 @@ class ControlServer:
                 # For the watchdog tests: make a worker stop making progress.
                 sw.dp.debug_stall_worker(int(args.get("worker", 0)), float(args.get("seconds", 5)))
                 return {"ok": True, "result": {}}
+            if command == "debug seccomp-probe":
+                if not sw.config.debug:
+                    return {"ok": False, "error": "debug seccomp-probe is for test systems: it "
+                            "answers only with `debug: true` in the configuration"}
+                # Denied calls chosen to be harmless without the filter too.
+                return {"ok": True, "result": {"calls": seccomp.probe(sw.config.runtime_dir),
+                                               **seccomp.status()}}
         except Exception as exc:  # never let a query take the daemon down
             log.exception("control command %r failed", command)
             return {"ok": False, "error": f"internal error: {exc}"}

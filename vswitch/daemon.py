@@ -8,6 +8,10 @@ the difference (vswitch/reconcile.py). A second daemon on the same runtime
 directory refuses to start instead of stealing the first one's sockets (a
 lock file is held). Under systemd (Type=notify) it reports READY/RELOADING/
 STOPPING and pings the watchdog only while every worker makes progress.
+
+Before it starts a thread or serves anything, it raises its soft
+RLIMIT_NOFILE to what the configuration may need (vswitch/limits.py) and
+confines itself with a seccomp filter (vswitch/seccomp.py, security.seccomp).
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ import sys
 import time
 
 from . import __version__
+from . import privileges
 from . import reconcile
+from . import seccomp
 from .config import Config, ConfigError, TapPortConfig, VxlanPortConfig, load_config
 from .control import ControlServer
 from .fdb import TICK_S as FDB_TICK_S, FdbControl, entries_by_name
+from .limits import NofileCheck, ensure_nofile
 from .metrics import MetricsServer
 from .policy import apply_mirrors
 from .port import RateLimitedLog, VhostUserPort
@@ -64,14 +71,49 @@ def take_runtime_lock(runtime_dir: str) -> int:
     return fd
 
 
+def check_nofile(config: Config) -> NofileCheck:
+    """RLIMIT_NOFILE against the configuration's worst case, raised if it can be."""
+    check = ensure_nofile(config)
+    if check.raised:
+        log.info("RLIMIT_NOFILE: soft limit raised from %d to %d (the configuration may hold up "
+                 "to %d file descriptors)", check.soft_before, check.soft, check.needed)
+    if check.warning:
+        log.warning("%s", check.warning)
+    return check
+
+
+def confine(config: Config) -> str:
+    """Install the seccomp filter unless security.seccomp is off; returns its
+    state for `show`. Raises seccomp.SeccompError if it was asked for and the
+    kernel refuses it. Called while the daemon has one thread."""
+    if not config.security.seccomp:
+        log.warning("seccomp: no filter (security.seccomp is false)")
+        return "off"
+    reason = seccomp.unsupported_reason()
+    if reason is not None:
+        # A filter with another architecture's numbers would deny the wrong calls.
+        log.warning("seccomp: no filter: %s", reason)
+        return f"unsupported: {reason}"
+    how = seccomp.install()
+    log.info("seccomp: filter installed by %s: %d system calls that a switch never makes "
+             "fail with EPERM, in every thread", how, len(seccomp.DENIED))
+    return "on"
+
+
 class Switch:
     """The running switch: datapath, ports, control socket, metrics."""
 
-    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: Config, notifier: Notifier | None = None,
+                 seccomp_state: str = "off", nofile: NofileCheck | None = None) -> None:
         from ._datapath import Datapath  # the extension: imported once we run
 
         self.config = config
         self.notifier = notifier or Notifier()
+        self.seccomp_state = seccomp_state
+        self.nofile = nofile
+        # Once: the user and capabilities do not change, and a name lookup (NSS)
+        # may be slow - not something for every `show` on the event loop.
+        self.privileges = privileges.describe()
         self.dp = Datapath(config.datapath.workers, config.datapath.mode, config.datapath.cpus,
                            config.datapath.tap_io)
         fallback = sorted({w["tap_io"] for w in self.dp.worker_stats()} - {config.datapath.tap_io})
@@ -234,6 +276,14 @@ class Switch:
             for e in plan.errors:
                 log.error("reload: %s; nothing changed", e)
             return {"ok": False, "errors": plan.errors}
+        # Before new ports open their fds. A low limit is worth a warning, not a refusal:
+        # the worst case needs every guest to use every queue and memory slot.
+        self.nofile = ensure_nofile(new)
+        if self.nofile.raised:
+            log.info("reload: RLIMIT_NOFILE: soft limit raised from %d to %d", self.nofile.soft_before,
+                     self.nofile.soft)
+        if self.nofile.warning:
+            plan.warnings.append(self.nofile.warning)
         outcome: dict[str, str] = {}
         warnings = list(plan.warnings)
         # Removed first, so that a socket path or MAC moved to another port is free.
@@ -316,6 +366,9 @@ class Switch:
             "ports": [port.show() for port in self.ports.values()],
             "reloads": dict(self.reload_counts),
             "last_reload_ok": self.last_reload_ok,
+            "security": {"seccomp": self.seccomp_state, "privileges": self.privileges,
+                         **({"fds_needed": self.nofile.needed, "nofile_soft": self.nofile.soft,
+                             "nofile_hard": self.nofile.hard} if self.nofile else {})},
         }
 
     def fdb(self, port: str | None = None, vlan: int | None = None) -> list[dict]:
@@ -385,6 +438,16 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"vswitchd: runtime directory {config.runtime_dir}: {exc.strerror}", file=sys.stderr)
         return 1
+    log.info("vswitchd %s: %s", __version__, privileges.describe())
+    nofile = check_nofile(config)
+    try:
+        seccomp_state = confine(config)
+    except seccomp.SeccompError as exc:
+        print(f"vswitchd: security.seccomp: cannot install the seccomp filter: {exc.strerror}; "
+              "refusing to run unconfined (set security.seccomp: false to run without it)",
+              file=sys.stderr)
+        os.close(lock_fd)
+        return 1
     try:
         import uvloop
         runner = uvloop.run
@@ -392,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.run
 
     async def amain() -> None:
-        switch = Switch(config)
+        switch = Switch(config, seccomp_state=seccomp_state, nofile=nofile)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, switch.stop)

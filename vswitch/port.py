@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import select
 import socket
@@ -361,8 +362,13 @@ class VhostUserPort:
             except OSError as exc:
                 if sock is not None:
                     sock.close()
+                reason = exc.strerror or str(exc)
+                if exc.errno == errno.EACCES:
+                    reason += (" (connecting needs write permission on the socket and search "
+                               "permission on its directories: run the daemon in QEMU's group, "
+                               "or give it CAP_DAC_OVERRIDE)")
                 self.ratelog.warning(f"{self.name}:connect", "port %s: connect to %s failed: %s; retry in %.1fs",
-                                     self.name, self.config.socket, exc.strerror or exc, delay)
+                                     self.name, self.config.socket, reason, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_S)
                 continue

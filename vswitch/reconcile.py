@@ -18,7 +18,9 @@ touched at all. For a changed port every differing field falls in one class:
 
 Daemon-wide settings: `datapath.mode` and `datapath.cpus`, `metrics` and the
 control socket's group apply in place; `datapath.workers` takes effect at the
-next start of the daemon (reported as a warning); `runtime_dir` cannot change
+next start of the daemon (reported as a warning), and so does `security.seccomp`
+(a filter, once installed, stays for the life of the process); `debug` is
+read by each control command, so it applies at once; `runtime_dir` cannot change
 under a running daemon, which holds its lock and control socket there (the
 reload is refused and nothing changes).
 """
@@ -147,6 +149,10 @@ def plan(old: Config, new: Config) -> Plan:
         if before != after:
             result.warnings.append(
                 f"datapath.{setting}: {before} -> {after} takes effect at the next start of the daemon")
+    if old.security.seccomp != new.security.seccomp:
+        result.warnings.append(
+            f"security.seccomp: {str(old.security.seccomp).lower()} -> "
+            f"{str(new.security.seccomp).lower()} takes effect at the next start of the daemon")
     result.datapath_in_place = tuple(
         f for f in ("mode", "cpus") if getattr(old.datapath, f) != getattr(new.datapath, f))
     result.metrics_changed = old.metrics != new.metrics

@@ -253,6 +253,12 @@ class SocketFile:
         except FileNotFoundError:
             raise OSError(errno.ENOENT, "cannot change it through its descriptor: "
                                         "/proc is not mounted", self.path) from None
+        except PermissionError as exc:
+            # An unprivileged daemon (docs/service.md) may give its sockets to
+            # a group it is a member of; anything else needs CAP_CHOWN.
+            raise PermissionError(exc.errno, f"{exc.strerror} (giving a socket to another user "
+                                  "or group needs CAP_CHOWN, unless the group is one the "
+                                  "daemon's user is a member of)", self.path) from None
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, self.path) from None
 

@@ -130,6 +130,11 @@ def validate_ifname(name: str) -> str | None:
 
 # --- small ioctl helpers --------------------------------------------------------
 
+def _net_admin_hint(err: int) -> str | None:
+    """The detail for a device ioctl refused with EPERM: the capability it needs."""
+    return "not permitted (needs CAP_NET_ADMIN)" if err == errno.EPERM else None
+
+
 def _ifr_name(ifname: str) -> bytes:
     return ifname.encode("ascii")
 
@@ -382,14 +387,16 @@ def open_tap_queues(ifname: str, queues: int, *, create: bool = True, mtu: int |
                 try:
                     fcntl.ioctl(s.fileno(), SIOCSIFMTU, _IFR_INT.pack(_ifr_name(ifname), mtu))
                 except OSError as e:
-                    raise TapError(ifname, f"set MTU {mtu} (SIOCSIFMTU)", e.errno) from e
+                    raise TapError(ifname, f"set MTU {mtu} (SIOCSIFMTU)", e.errno,
+                                   _net_admin_hint(e.errno)) from e
             try:
                 flags = _get_flags(s, ifname)
                 if not flags & IFF_UP:
                     fcntl.ioctl(s.fileno(), SIOCSIFFLAGS,
                                 _IFR_FLAGS.pack(_ifr_name(ifname), flags | IFF_UP))
             except OSError as e:
-                raise TapError(ifname, "bring link up (SIOCSIFFLAGS IFF_UP)", e.errno) from e
+                raise TapError(ifname, "bring link up (SIOCSIFFLAGS IFF_UP)", e.errno,
+                               _net_admin_hint(e.errno)) from e
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -406,4 +413,4 @@ def set_tap_mtu(ifname: str, mtu: int) -> None:
         try:
             fcntl.ioctl(s.fileno(), SIOCSIFMTU, _IFR_INT.pack(_ifr_name(ifname), mtu))
         except OSError as e:
-            raise TapError(ifname, f"set MTU {mtu} (SIOCSIFMTU)", e.errno) from e
+            raise TapError(ifname, f"set MTU {mtu} (SIOCSIFMTU)", e.errno, _net_admin_hint(e.errno)) from e

@@ -197,7 +197,7 @@ def test_config_error_str_lists_all_issues() -> None:
     assert str(info.value) == (
         "c.yaml:2:21: datapath.workers: must be 1..64 (got 0)\n"
         "c.yaml:3:1: x: unknown key 'x' (expected one of: "
-        "control, datapath, defaults, fdb, metrics, ports, runtime_dir, version)"
+        "control, datapath, debug, defaults, fdb, metrics, ports, runtime_dir, security, version)"
     )
     assert all(isinstance(e, ConfigIssue) for e in info.value.errors)
 
@@ -270,7 +270,7 @@ def test_unknown_keys() -> None:
         + VHOST_USER_KEYS + ")",
         "c.yaml:5:24: datapath.threads: unknown key 'threads' (expected one of: cpus, mode, tap_io, workers)",
         "c.yaml:6:1: portz: unknown key 'portz', did you mean 'ports'? (expected one of: "
-        "control, datapath, defaults, fdb, metrics, ports, runtime_dir, version)",
+        "control, datapath, debug, defaults, fdb, metrics, ports, runtime_dir, security, version)",
     ]
 
 
