@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from . import __version__
@@ -72,10 +73,10 @@ class ControlServer:
             return f"control socket: {exc.strerror}"
         except OSError as exc:
             # Root keeps access; the admins of the group do not. Say so, run on.
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
             log.error("control socket %s: cannot give it to group %s: %s (needs CAP_CHOWN, "
-                      "unless the daemon's user is a member of the group)", self.path, group,
-                      exc.strerror or exc)
-            return f"control socket {self.path}: cannot give it to group {group}: {exc.strerror or exc}"
+                      "unless the daemon's user is a member of the group)", self.path, group, reason)
+            return f"control socket {self.path}: cannot give it to group {group}: {reason}"
         return None
 
     async def stop(self) -> None:

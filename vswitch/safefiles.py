@@ -256,9 +256,12 @@ class SocketFile:
         except PermissionError as exc:
             # An unprivileged daemon (docs/service.md) may give its sockets to
             # a group it is a member of; anything else needs CAP_CHOWN.
-            raise PermissionError(exc.errno, f"{exc.strerror} (giving a socket to another user "
-                                  "or group needs CAP_CHOWN, unless the group is one the "
-                                  "daemon's user is a member of)", self.path) from None
+            who = ", ".join(f"{what} {ident}" for what, ident in (("user", uid), ("group", gid))
+                            if ident is not None)
+            raise PermissionError(exc.errno, f"cannot give the socket to {who}: {exc.strerror} "
+                                  "(needs CAP_CHOWN, unless the owner is the daemon's own user "
+                                  "and the group one the daemon's user is a member of)",
+                                  self.path) from None
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, self.path) from None
 
