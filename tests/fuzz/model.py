@@ -10,7 +10,13 @@
   at and beyond region edges, memory tables with 0..9 overlapping or
   overflowing regions, log offsets that overflow (CVE-2020-10722 class),
   kick/call fds with and without the no-fd bit - and a random one otherwise.
-  The fds to attach are described, not opened: ``open_fds`` makes real ones.
+  The fds to attach are described, not opened: ``open_fds`` makes real ones,
+  of every kind and state a hostile front-end can pass (``FD_KINDS``): an
+  eventfd in blocking mode whose counter is one below its maximum (a write
+  would block), a full pipe's write end (blocking) or read end, an O_PATH fd,
+  a regular file on a disk filesystem (/var/tmp) or on tmpfs, a memfd, a
+  socket, /dev/null - in the slots that expect an eventfd and in those that
+  expect memory.
 * ``ModelBackend``: a ``Backend`` that behaves like the Cython datapath
   (same refusals) and checks what the session asks of it: a ring is started
   only with a size, fresh addresses and a memory table; no SET_VRING_NUM or
@@ -24,8 +30,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import signal
+import socket
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from vswitch.vhost import protocol as p
@@ -100,8 +110,47 @@ class FdpChooser(Chooser):
 
 @dataclass
 class FdSpec:
-    kind: str            # eventfd, pipe, memfd, devnull, socket
-    size: int = 0        # memfd: file size
+    kind: str            # one of FD_KINDS
+    size: int = 0        # memfd, shm_file, disk_file, opath_file: file size
+
+
+# What open_fds can make. A session must take any of them in any fd slot of
+# any message without leaking it, blocking on it or raising anything but
+# ProtocolError: whether it refuses a kind (kick/call/err must be eventfds,
+# memory must be shared memory) or lets the datapath fail on it is its call.
+FD_KINDS = [
+    "eventfd",          # O_NONBLOCK, counter 0: what QEMU sends
+    "eventfd_full",     # blocking, counter 0xfffffffffffffffe: a write of 1 blocks
+    "pipe",             # read end, write end closed
+    "pipe_full_w",      # write end of a full pipe, blocking, reader kept open: a write blocks
+    "pipe_full_r",      # read end of a full pipe whose writer stays open
+    "devnull",
+    "socket",           # one end of a stream socketpair, the other closed
+    "udp",              # an unbound UDP socket
+    "opath",            # O_PATH on a directory
+    "opath_file",       # O_PATH on a regular file of `size` bytes: fstat works, mmap does not
+    "memfd",            # of `size` bytes
+    "shm_file",         # unnamed regular file on tmpfs (/dev/shm) of `size` bytes
+    "disk_file",        # unnamed regular file on a disk filesystem (/var/tmp) of `size` bytes
+]
+# fds for slots that expect an eventfd (kick/call/err/log fd): mostly eventfds
+VRING_FD_KINDS = ["eventfd"] * 10 + [k for k in FD_KINDS if k != "eventfd"]
+# fds for slots that expect guest memory or a log: mostly memfds
+MEM_FD_KINDS = ["memfd"] * 12 + [k for k in FD_KINDS if k != "memfd"]
+DISK_DIR = "/var/tmp"
+SHM_DIR = "/dev/shm"
+
+
+def gen_vring_fd(ch: Chooser, hostile_percent: int = 100) -> FdSpec:
+    if not ch.chance(hostile_percent):
+        return FdSpec("eventfd")
+    return FdSpec(ch.choice(VRING_FD_KINDS), 0x1000)
+
+
+def gen_mem_fd(ch: Chooser, size: int, hostile_percent: int = 100) -> FdSpec:
+    if not ch.chance(hostile_percent):
+        return FdSpec("memfd", size)
+    return FdSpec(ch.choice(MEM_FD_KINDS), size)
 
 
 @dataclass
@@ -155,7 +204,7 @@ def gen_region(ch: Chooser) -> tuple[tuple[int, int, int, int], FdSpec]:
     if ch.chance(50):
         # the regions the prologue and ADD_MEM_REG install: removable, re-addable
         size = ch.choice([1 << 20, 1 << 20, 0x10000])
-        return (k << 32, size, UBASE + k * USTEP, 0), FdSpec("memfd", size)
+        return (k << 32, size, UBASE + k * USTEP, 0), gen_mem_fd(ch, size, 30)
     size = gen_u64(ch, REGION_SIZES * 3)
     gpa = gen_u64(ch, [0, k << 32, 1 << 20, k * USTEP, U64 - 0xFFF])
     uaddr = gen_u64(ch, [UBASE + k * USTEP] * 4 + [UBASE])   # same uaddr twice: overlap
@@ -163,7 +212,7 @@ def gen_region(ch: Chooser) -> tuple[tuple[int, int, int, int], FdSpec]:
     need = off + size
     fsize = ch.choice([need, need, need - 0x1000, 0, 0x1000])
     fsize = fsize if 0 <= fsize <= MAX_FILE else 1 << 20
-    return (gpa, size, uaddr, off), FdSpec("memfd", fsize)
+    return (gpa, size, uaddr, off), gen_mem_fd(ch, fsize)
 
 
 def gen_ring_addr(ch: Chooser, num: int) -> int:
@@ -197,7 +246,7 @@ def gen_protocol_features(ch: Chooser, offer: Offer) -> int:
 def _fd_for_vring(ch: Chooser, value: int) -> list[FdSpec]:
     if value & p.VRING_NOFD_MASK:
         return []
-    return [FdSpec(ch.choice(["eventfd", "eventfd", "eventfd", "pipe", "devnull", "socket"]))]
+    return [gen_vring_fd(ch)]
 
 
 def _natural(ch: Chooser, req: int, offer: Offer, nvrings: int) -> tuple[bytes, list[FdSpec]]:
@@ -253,11 +302,11 @@ def _natural(ch: Chooser, req: int, offer: Offer, nvrings: int) -> tuple[bytes, 
         size = gen_u64(ch, [0x1000, 0x2000, 1 << 20, 0])
         off = gen_u64(ch, [0, 0x1000, U64 - 0xFFF, U64 - size + 1])
         fsize = size + off if 0 <= size + off <= MAX_FILE else 0x1000
-        return struct.pack("=QQ", size & U64, off & U64), [FdSpec("memfd", fsize)]
+        return struct.pack("=QQ", size & U64, off & U64), [gen_mem_fd(ch, fsize)]
     if name == "SET_LOG_FD":
-        return b"", [FdSpec("eventfd")]
+        return b"", [gen_vring_fd(ch)]
     if name in ("SET_BACKEND_REQ_FD", "SET_INFLIGHT_FD", "GPU_SET_SOCKET"):
-        return _u64(0) if ch.chance(50) else b"", [FdSpec(ch.choice(["socket", "memfd"]), 0x1000)]
+        return _u64(0) if ch.chance(50) else b"", [FdSpec(ch.choice(FD_KINDS), 0x1000)]
     if name.startswith("GET_") or name in ("SET_OWNER", "RESET_OWNER", "RESET_DEVICE", "POSTCOPY_ADVISE",
                                            "POSTCOPY_LISTEN", "POSTCOPY_END"):
         return ch.choice([b"", b"", b"", _u64(0)]), []
@@ -297,7 +346,7 @@ def gen_message(ch: Chooser, offer: Offer, nvrings: int, hostility: int = 2) -> 
         payload = ch.bytes(300)                                       # anything
     roll = ch.int(0, 99)
     if roll < 2 * m:
-        fds = fds + [FdSpec(ch.choice(["eventfd", "pipe", "memfd", "devnull"]), 0x1000)
+        fds = fds + [FdSpec(ch.choice(FD_KINDS), 0x1000)
                      for _ in range(ch.int(1, 9 - min(len(fds), 8)))]   # surplus fds
     elif roll < 3 * m and fds:
         fds = fds[:ch.int(0, len(fds) - 1)]                           # missing fds
@@ -324,7 +373,7 @@ def gen_sequence(ch: Chooser, offer: Offer, max_len: int = 40) -> list[MsgSpec]:
             size = ch.choice([1 << 20, 0x10000])
             reg = _u64(0) + struct.pack("=QQQQ", k << 32, size, UBASE + k * USTEP, 0)
             ops = [_msg(R.REM_MEM_REG, reg, need_reply=ch.chance(50)),
-                   _msg(R.ADD_MEM_REG, reg, [FdSpec("memfd", size)], need_reply=ch.chance(50))]
+                   _msg(R.ADD_MEM_REG, reg, [gen_mem_fd(ch, size, 15)], need_reply=ch.chance(50))]
             out += ops if ch.chance(70) else ops[::-1]
         else:
             out.append(gen_message(ch, offer, nvrings, hostility))
@@ -343,7 +392,7 @@ def _prologue(ch: Chooser, offer: Offer) -> list[MsgSpec]:
     k = 0 if ch.chance(80) else ch.int(0, 3)
     size = 1 << 20 if ch.chance(80) else ch.choice(REGION_SIZES)
     out.append(_msg(R.SET_MEM_TABLE, struct.pack("=IIQQQQ", 1, 0, k << 32, size, UBASE + k * USTEP, 0),
-                    [FdSpec("memfd", size)], need_reply=ch.chance(50)))
+                    [gen_mem_fd(ch, size, 15)], need_reply=ch.chance(50)))
     return out
 
 
@@ -359,7 +408,8 @@ def _ring_setup(ch: Chooser, offer: Offer, nvrings: int) -> list[MsgSpec]:
         desc, avail, used = (gen_ring_addr(ch, num) for _ in range(3))
     msgs = [_msg(R.SET_VRING_NUM, _state(i, num)), _msg(R.SET_VRING_BASE, _state(i, ch.choice([0, 0, 5, 0xFFFF]))),
             _msg(R.SET_VRING_ADDR, struct.pack("=IIQQQQ", i, 0, desc, used, avail, 0), need_reply=ch.chance(50)),
-            _msg(R.SET_VRING_KICK, _u64(i), [FdSpec("eventfd")]), _msg(R.SET_VRING_CALL, _u64(i), [FdSpec("eventfd")])]
+            _msg(R.SET_VRING_KICK, _u64(i), [gen_vring_fd(ch, 15)]),
+            _msg(R.SET_VRING_CALL, _u64(i), [gen_vring_fd(ch, 15)])]
     if ch.chance(50):
         msgs.append(_msg(R.SET_VRING_ENABLE, _state(i, 1)))
     # a random permutation
@@ -369,34 +419,130 @@ def _ring_setup(ch: Chooser, offer: Offer, nvrings: int) -> list[MsgSpec]:
     return out
 
 
-def open_fds(specs: list[FdSpec]) -> list[int]:
+def _fill(fd: int) -> None:
+    """Write into a non-blocking pipe until it is full."""
+    chunk = bytes(65536)
+    while True:
+        try:
+            os.write(fd, chunk)
+        except BlockingIOError:
+            try:                    # the last page may still take a byte or a few
+                while True:
+                    os.write(fd, b"x")
+            except BlockingIOError:
+                return
+
+
+def _unnamed_file(directory: str, size: int) -> int:
+    """A regular file without a name (O_TMPFILE) in `directory`, `size` bytes (sparse)."""
+    fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_fd(spec: FdSpec, partners: list[int]) -> int:
+    """A real fd of kind spec.kind. Fds that must stay open for it to keep its
+    state (the reader of a full pipe, the writer of a full pipe) go to `partners`."""
+    k = spec.kind
+    if k == "eventfd":
+        return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    if k == "eventfd_full":
+        fd = os.eventfd(0, os.EFD_CLOEXEC)              # blocking
+        os.eventfd_write(fd, 0xFFFF_FFFF_FFFF_FFFE)      # the largest count: any write blocks
+        return fd
+    if k in ("pipe", "pipe_full_w", "pipe_full_r"):
+        r, w = os.pipe2(os.O_CLOEXEC | (os.O_NONBLOCK if k != "pipe" else 0))
+        if k == "pipe":
+            os.close(w)
+            return r
+        _fill(w)
+        os.set_blocking(w, True)
+        os.set_blocking(r, True)
+        if k == "pipe_full_w":
+            partners.append(r)
+            return w
+        partners.append(w)
+        return r
+    if k == "memfd":
+        fd = os.memfd_create("fuzz", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, spec.size)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    if k == "shm_file":
+        if not os.path.isdir(SHM_DIR):
+            return open_fd(FdSpec("memfd", spec.size), partners)
+        return _unnamed_file(SHM_DIR, spec.size)
+    if k == "disk_file":
+        return _unnamed_file(DISK_DIR, spec.size)
+    if k == "opath_file":
+        tmp = _unnamed_file(DISK_DIR, spec.size)
+        try:
+            return os.open(f"/proc/self/fd/{tmp}", os.O_PATH | os.O_CLOEXEC)
+        finally:
+            os.close(tmp)
+    if k == "opath":
+        return os.open(DISK_DIR, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    if k == "devnull":
+        return os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    if k == "socket":
+        a, b = socket.socketpair()
+        b.close()
+        return a.detach()
+    if k == "udp":
+        return socket.socket(socket.AF_INET, socket.SOCK_DGRAM).detach()
+    raise ValueError(k)  # pragma: no cover
+
+
+def open_fds(specs: list[FdSpec], partners: list[int] | None = None) -> list[int]:
+    """Real fds for `specs`. `partners` collects the fds that keep them in
+    their state (close them when done); without it they are closed at once
+    (a full pipe then has no reader or no writer any more)."""
     fds: list[int] = []
+    keep: list[int] = []
     try:
         for s in specs:
-            if s.kind == "eventfd":
-                fds.append(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
-            elif s.kind == "pipe":
-                r, w = os.pipe2(os.O_CLOEXEC)
-                os.close(w)
-                fds.append(r)
-            elif s.kind == "memfd":
-                fd = os.memfd_create("fuzz", os.MFD_CLOEXEC)
-                fds.append(fd)
-                os.ftruncate(fd, s.size)
-            elif s.kind == "devnull":
-                fds.append(os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC))
-            elif s.kind == "socket":
-                import socket
-                a, b = socket.socketpair()
-                fds.append(a.detach())
-                b.close()
-            else:  # pragma: no cover
-                raise ValueError(s.kind)
+            fds.append(open_fd(s, keep))
     except BaseException:
-        for fd in fds:
+        for fd in fds + keep:
             os.close(fd)
         raise
+    if partners is None:
+        for fd in keep:
+            os.close(fd)
+    else:
+        partners.extend(keep)
     return fds
+
+
+def is_opath(fd: int) -> bool:
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_PATH)
+
+
+class Hang(AssertionError):
+    """The session (or the datapath under it) blocked on a message."""
+
+
+@contextmanager
+def no_hang(seconds: float, what: str = ""):
+    """Raise Hang in this (main) thread if the block takes longer than `seconds`:
+    a blocking write on a hostile fd is interrupted (EINTR) and fails the test
+    instead of hanging it."""
+    def on_alarm(signum, frame):
+        raise Hang(f"blocked for {seconds}s {what}")
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def open_fd_count() -> int:
@@ -493,6 +639,8 @@ class ModelBackend:
                 raise DatapathError("region overflows")
             if os.fstat(fd).st_size < off + size:
                 raise DatapathError("file too small")
+            if is_opath(fd):
+                raise DatapathError("mmap: EBADF (O_PATH)")
             for g, s, _ in new:
                 if gpa < g + s and g < gpa + size:
                     raise DatapathError("overlap")
@@ -530,6 +678,8 @@ class ModelBackend:
             raise DatapathError("log size/offset")
         if os.fstat(fd).st_size < offset + size:
             raise DatapathError("log file too small")
+        if is_opath(fd):
+            raise DatapathError("mmap: EBADF (O_PATH)")
         self.calls.append(("log", size, offset))
 
     def send_rarp(self, mac):
@@ -660,6 +810,8 @@ class Runner:
         self.stats = Stats()
         self.known = set(KNOWN_BUGS) if known is None else set(known)
         self.tripped: dict[str, int] = {}
+        # the other ends of full pipes: open until finish(), so those pipes stay full
+        self.partners: list[int] = []
 
     def _reconnect(self) -> None:
         self.session.close()
@@ -673,7 +825,7 @@ class Runner:
 
     def feed(self, m: MsgSpec) -> bytes | None:
         self.stats.messages += 1
-        fds = open_fds(m.fds)
+        fds = open_fds(m.fds, self.partners)
         ids = [_identity(fd) for fd in fds]
         try:
             header = p.decode_header(m.header_bytes())
@@ -775,6 +927,11 @@ class Runner:
         self.stats.started += sum(1 for vr in s.vrings if vr.started)
 
     def finish(self) -> None:
-        self.session.close()
+        try:
+            self.session.close()
+        finally:
+            for fd in self.partners:
+                os.close(fd)
+            self.partners = []
         if self.model is not None and (self.model.owned or self.model.extra_owned):
             raise Violation(f"fds still owned after close: {self.model.owned} {self.model.extra_owned}")

@@ -14,7 +14,17 @@ slot. After every message (tests/fuzz/model.py ``Runner``):
 * the session and the datapath agree on which rings run, and a ring that
   has a size, addresses inside memory, a kick and a memory table runs;
 * at the end, after closing the session, the process has exactly the fds it
-  had before (counted in /proc/self/fd) - no CVE-2019-14818-style leak.
+  had before (counted in /proc/self/fd) - no CVE-2019-14818-style leak;
+* no message blocks (an alarm fails the example instead of hanging it).
+
+The fds attached are of every kind and state a hostile front-end can pass
+(tests/fuzz/model.py FD_KINDS: a blocking eventfd one below its maximum
+count, full pipes, O_PATH, regular files on disk and on tmpfs, memfds,
+sockets, /dev/null) in the slots that expect eventfds and in those that
+expect memory; `test_every_fd_kind_in_every_fd_slot` puts each kind in each
+slot once. Whether the session refuses a kind itself or lets the datapath
+fail on it, it must do so cleanly: a reply or a ProtocolError, no leak, and
+the next front-end on that datapath slot gets running rings.
 
 Two backends: a model of the datapath that also asserts the session's
 obligations (never SET_VRING_NUM/BASE on a running ring, never start a ring
@@ -32,7 +42,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz.model import (
-    KNOWN_BUGS, FdSpec, HypothesisChooser, ModelBackend, MsgSpec, Runner, UBASE, gen_sequence, open_fd_count,
+    FD_KINDS, KNOWN_BUGS, FdSpec, HypothesisChooser, ModelBackend, MsgSpec, Runner, UBASE, gen_sequence,
+    no_hang, open_fd_count,
 )
 from vswitch.vhost import protocol as p
 from vswitch.vhost.protocol import ProtocolFeature as PF
@@ -40,6 +51,7 @@ from vswitch.vhost.protocol import Request as R
 from vswitch.vhost.session import BASE_FEATURES, Offer
 
 SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+HANG_S = 20.0           # one example takes well under a second
 OFFERS = [Offer(queue_pairs=1), Offer(queue_pairs=2)]
 
 
@@ -50,9 +62,10 @@ def test_random_message_orders_against_a_model_datapath(data):
     before = open_fd_count()
     model = ModelBackend(2 * offer.queue_pairs)
     runner = Runner(offer, model, model=model)
-    for m in gen_sequence(HypothesisChooser(data), offer):
-        runner.feed(m)
-    runner.finish()
+    with no_hang(HANG_S, "in a session"):
+        for m in gen_sequence(HypothesisChooser(data), offer):
+            runner.feed(m)
+        runner.finish()
     assert open_fd_count() == before
 
 
@@ -72,13 +85,87 @@ def test_random_message_orders_against_the_real_datapath(datapath, data):
     try:
         runner = Runner(offer, PortBackend(datapath, slot),
                         vring_info=lambda i: datapath.vring_info(slot, i))
-        for m in gen_sequence(HypothesisChooser(data), offer):
-            runner.feed(m)
-        runner.finish()
+        with no_hang(HANG_S, "in a session"):
+            for m in gen_sequence(HypothesisChooser(data), offer):
+                runner.feed(m)
+            runner.finish()
         assert not datapath.memory_regions(slot)
     finally:
         datapath.port_remove(slot)
     assert open_fd_count() == before
+
+
+# --- every fd kind in every fd slot -----------------------------------------------------------
+
+FD_SLOTS = ["kick", "call", "err", "mem_table", "add_mem_reg", "log_base", "log_fd", "surplus"]
+
+
+def _slot_messages(slot: str, kind: str) -> list[MsgSpec]:
+    """A QEMU-like start with `kind` in `slot` (NEED_REPLY everywhere: a refusal is answered)."""
+    fd = FdSpec(kind, 0x10000)
+    msgs = _prologue()
+    if slot == "mem_table":
+        msgs[-1] = _msg(R.SET_MEM_TABLE, struct.pack("=IIQQQQ", 1, 0, 0, 0x10000, UBASE, 0), [fd],
+                        need_reply=True)
+    ring = _ring(0, UBASE)
+    if slot in ("kick", "call", "err"):
+        request = {"kick": R.SET_VRING_KICK, "call": R.SET_VRING_CALL, "err": R.SET_VRING_ERR}[slot]
+        msgs += ring[:2] + [_msg(request, _u64(0), [fd], need_reply=True)]
+        if slot != "kick":
+            msgs.append(ring[2])
+    else:
+        msgs += ring
+    if slot == "add_mem_reg":
+        reg = struct.pack("=QQQQQ", 0, 1 << 32, 0x10000, UBASE + (1 << 26), 0)
+        msgs.append(_msg(R.ADD_MEM_REG, reg, [fd], need_reply=True))
+    elif slot == "log_base":
+        msgs.append(_msg(R.SET_LOG_BASE, struct.pack("=QQ", 0x1000, 0), [FdSpec(kind, 0x1000)]))
+    elif slot == "log_fd":
+        msgs.append(_msg(R.SET_LOG_FD, b"", [fd], need_reply=True))
+    elif slot == "surplus":
+        msgs.append(_msg(R.SET_VRING_ENABLE, _state(0, 1), [fd, FdSpec(kind, 0x10000)], need_reply=True))
+    return msgs
+
+
+def _then_a_good_frontend(runner: Runner) -> None:
+    """A new, well-behaved front-end on the same slot: its ring 0 must run."""
+    runner._reconnect()
+    for m in _prologue() + _ring(0, UBASE):
+        runner.feed(m)
+    assert runner.session.vrings[0].started, "a good front-end after the hostile fd got no running ring"
+
+
+@pytest.mark.parametrize("kind", FD_KINDS)
+def test_every_fd_kind_in_every_fd_slot(kind):
+    """Each fd kind (and state) in each fd slot, against the model and the real
+    datapath: accepted or refused, never leaked, never blocking, never anything
+    but a reply or ProtocolError (the Runner checks each message); a good
+    front-end afterwards runs."""
+    from vswitch._datapath import Datapath
+    from vswitch.port import PortBackend
+    offer = Offer(queue_pairs=1)
+    dp = Datapath(workers=1)
+    for slot in FD_SLOTS:
+        before = open_fd_count()
+        with no_hang(HANG_S, f"on a {kind} fd as {slot}"):
+            model = ModelBackend(2)
+            r = Runner(offer, model, model=model, known=())
+            for m in _slot_messages(slot, kind):
+                r.feed(m)
+            _then_a_good_frontend(r)
+            r.finish()
+            p_ = dp.port_add(1)
+            try:
+                r = Runner(offer, PortBackend(dp, p_), known=(), vring_info=lambda i: dp.vring_info(p_, i))
+                for m in _slot_messages(slot, kind):
+                    r.feed(m)
+                _then_a_good_frontend(r)
+                assert dp.vring_info(p_, 0)["started"]
+                r.finish()
+                assert not dp.memory_regions(p_)
+            finally:
+                dp.port_remove(p_)
+        assert open_fd_count() == before, f"{kind} fd as {slot}: fds leaked"
 
 
 # --- regressions: bugs these fuzzers found (fixed in session.py) ---------------------------------------------------------
