@@ -277,7 +277,7 @@ cdef class Datapath:
         for i in range(self.nworkers):
             write(self.workers[i].wake_fd, &one, 8)
 
-    cdef int _quiesce(self) except -1:
+    cdef int _quiesce(self, uint64_t timeout_ns=QUIESCE_TIMEOUT_NS) except -1:
         """Wait until every worker has finished the round it was in: after
         this, no worker holds a pointer it read before the call."""
         cdef uint64_t snap[64]
@@ -296,7 +296,7 @@ cdef class Datapath:
         # On the clock, not in counted naps: a nap on a loaded machine lasts
         # far longer than asked. A round is bounded (no worker waits on a
         # front-end's fd), so this only fails on a bug or a starved CPU.
-        deadline = now_ns() + QUIESCE_TIMEOUT_NS
+        deadline = now_ns() + timeout_ns
         with nogil:
             while True:
                 done = True
@@ -310,7 +310,7 @@ cdef class Datapath:
             stuck = [i for i in range(self.nworkers)
                      if vs_load_acquire_u64(&self.workers[i].epoch) == snap[i]]
             raise DatapathError(f"worker(s) {stuck} did not finish their round in "
-                                f"{QUIESCE_TIMEOUT_NS // 1000000000} s")
+                                f"{timeout_ns / 1e9:g} s")
         return 0
 
     def worker_stats(self):
@@ -568,9 +568,11 @@ cdef class Datapath:
             switch_burst(self.sw, w, p, 0, self.ctl_vq, 1)
             notify_flush(w)
 
-    def port_reset(self, int p):
+    def port_reset(self, int p, double timeout_s=QUIESCE_TIMEOUT_NS / 1e9):
         """Disconnect or RESET_DEVICE: stop every ring, forget the FDB entries,
-        unmap memory, close fds, clear counters of nothing (they live on)."""
+        unmap memory, close fds, clear counters of nothing (they live on).
+        DatapathError, and nothing released, if the workers do not finish
+        their round within timeout_s: call again later."""
         cdef vs_port *port = self._port(p)
         cdef int i
         cdef vs_counters saved[VS_MAX_VRINGS]
@@ -578,7 +580,7 @@ cdef class Datapath:
         vs_store_release_int(&port.active, 0)
         for i in range(VS_MAX_VRINGS):
             vs_store_release_int(&port.vq[i].started, 0)
-        self._quiesce()
+        self._quiesce(<uint64_t>(timeout_s * 1e9))
         fdb_forget(self.sw, p, FDB_ANY, False)
         for i in range(VS_MAX_VRINGS):
             self._notify_forget(&port.vq[i])

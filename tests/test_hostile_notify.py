@@ -214,3 +214,31 @@ def test_full_pipe_as_call_fd_costs_only_its_port(sw):
         os.close(w)
     recovers(sw)
     assert sw.alive()
+
+
+def test_a_worker_that_misses_the_quiescence_wait_costs_the_port_a_delay_only(sw):
+    """A worker that does not finish its round (a bug; here the debug stall
+    hook, 8 s) while a front-end leaves: the wait for it gives up on the
+    clock (5 s), the connection ends anyway, the port says why and takes no
+    new front-end while the old one's memory is still mapped; once the worker
+    is back the health check releases it and the port works again."""
+    bad = connect(sw, "bad")
+    sw.ctl("debug stall-worker", worker=0, seconds=8)
+    t0 = time.monotonic()
+    bad.close()
+    port = sw.wait_port("bad", lambda p: p["alerts"].get("release"), timeout=20,
+                        what="the release alert")
+    assert port["state"] == "listening"
+    assert "did not finish their round in 5 s" in port["alerts"]["release"]
+    assert time.monotonic() - t0 < 7          # given up on the clock
+    # a front-end that comes now is refused until the release succeeds
+    late = VhostUserFrontend(sw.socket("bad"))
+    with pytest.raises((OSError, VhostUserError)):
+        late.setup_net_device(1, 256, NO_EVENT_IDX)
+    late.close()
+    sw.wait_port("bad", lambda p: "release" not in p["alerts"], timeout=30,
+                 what="the release after the stall")
+    assert time.monotonic() - t0 < 30
+    assert "resources of the last connection released" in sw.log_path.read_text()
+    recovers(sw)
+    assert sw.alive()

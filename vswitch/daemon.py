@@ -229,6 +229,7 @@ class Switch:
                 if not isinstance(port, VhostUserPort):
                     continue      # a TAP port watches its device in its own task
                 try:
+                    port.retry_release()
                     port.check_health()
                 except Exception:
                     log.exception("port %s: health check failed", port.name)

@@ -17,7 +17,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from ._datapath import DROP_REASONS, Datapath
+from ._datapath import DROP_REASONS, Datapath, DatapathError
 from .policy import apply_port_policy, describe as describe_policy
 from .config import VhostUserPortConfig
 from .fdb import port_vlan
@@ -40,6 +40,9 @@ UNSHARED_MEMORY_AFTER_S = 3.0
 # eventfd does not take writes (its counter is full and it cleared O_NONBLOCK,
 # or it never reads). Its interrupts are merged until it does.
 NOTIFY_BLOCKED_AFTER_S = 2.0
+# How long a retried release waits for the workers (the first one waits the
+# datapath's full quiescence timeout).
+RELEASE_RETRY_WAIT_S = 0.05
 
 
 def offer_for(config: VhostUserPortConfig) -> Offer:
@@ -185,6 +188,7 @@ class VhostUserPort:
         self._end_reason: str | None = None     # why we cancelled the connection task
         self._faults_seen = dp.memory_faults(self.slot)
         self._conn_faulted = False              # the running connection's fault is reported
+        self._release_pending = False           # a reset failed: the slot still holds a guest's memory
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -345,6 +349,12 @@ class VhostUserPort:
                                      "while one is active", self.name)
                 sock.close()
                 continue
+            if not self.retry_release():
+                self.status.refused += 1
+                self.ratelog.warning(f"{self.name}:release", "port %s: refusing a connection: "
+                                     "the last one's resources are not released yet", self.name)
+                sock.close()
+                continue
             self._conn = Connection(sock, loop)
             self._conn_task = loop.create_task(self._run_connection(), name=f"conn-{self.name}")
 
@@ -371,6 +381,10 @@ class VhostUserPort:
                                      self.name, self.config.socket, reason, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
+            if not self.retry_release():
+                sock.close()
+                await asyncio.sleep(delay)
                 continue
             delay = RECONNECT_MIN_S
             self._conn = Connection(sock, loop)
@@ -421,7 +435,10 @@ class VhostUserPort:
 
     def _disconnect(self, reason: str) -> None:
         if self.session is not None:
-            self.session.close()
+            try:
+                self.session.close()
+            except DatapathError as exc:
+                self._release_failed(exc)
         if self._conn is not None:
             self._conn.close()
         # the guest's memory is unmapped now: a fault it took is its own, reported
@@ -436,6 +453,31 @@ class VhostUserPort:
             old, self.config, self.pending = self.config, self.pending, None
             self._apply_connect_time(old)
             log.info("port %s: pending configuration applied", self.name)
+
+    def _release_failed(self, exc: Exception) -> None:
+        """The workers did not finish their round in time, so the guest's
+        memory and fds cannot be released yet (a worker may still use them).
+        The connection ends anyway; the port takes no new front-end until the
+        release succeeds (retried by the daemon every second and at each accept)."""
+        self._release_pending = True
+        msg = f"datapath resources of the last connection not released yet: {exc}"
+        self.status.alerts["release"] = msg
+        self.status.last_error = msg
+        log.error("port %s: %s; retrying", self.name, msg)
+
+    def retry_release(self) -> bool:
+        """True when nothing of an earlier connection is held any more."""
+        if not self._release_pending:
+            return True
+        try:
+            # a short wait: the health check and accept run on the event loop
+            self.dp.port_reset(self.slot, timeout_s=RELEASE_RETRY_WAIT_S)
+        except DatapathError:
+            return False
+        self._release_pending = False
+        self.status.alerts.pop("release", None)
+        log.info("port %s: datapath resources of the last connection released", self.name)
+        return True
 
     # --- observation -------------------------------------------------------------
 

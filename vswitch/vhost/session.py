@@ -161,11 +161,15 @@ class Session:
                 os.close(fd)
 
     def close(self) -> None:
-        """The connection is gone: stop everything, release memory and fds."""
-        self.backend.reset()
-        self._drop_regions()
+        """The connection is gone: stop everything, release memory and fds.
+        The region fds are ours and closed whatever happens; if the back-end
+        cannot reset (its error propagates), what it maps stays its own."""
         for vr in self.vrings:
             vr.started = False
+        try:
+            self.backend.reset()
+        finally:
+            self._drop_regions()
 
     def _drop_regions(self) -> None:
         for _, fd in self.regions:
