@@ -187,7 +187,8 @@ def _render(command: str, result) -> str:
             lines.append(f"worker {i}: rounds {w['rounds']} sleeps {w['idle_sleeps']} "
                          f"busy {w['busy_ns'] / 1e9:.3f} s, TAP writes via {w['tap_io']}"
                          + (f" ({w['tap_batched_writes']} in {w['tap_batches']} batches)"
-                            if w.get("tap_batches") else ""))
+                            if w.get("tap_batches") else "")
+                         + f", notifications via {w.get('notify_io', '?')}")
         fdb = result["fdb"]
         lines.append(f"fdb: {fdb['entries']} entries ({fdb.get('learned', 0)} learned, "
                      f"{fdb.get('static', 0)} static), aged {fdb.get('aged', 0)}, "
