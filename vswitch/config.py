@@ -17,7 +17,7 @@ config/vswitch.schema.json a JSON Schema of it for editors)::
       cpus: [2, 3]             # pin worker i to cpus[i % len(cpus)]; default unpinned
     defaults:                  # for every vhost-user port that does not set them:
       queues: 2                # mode queues mtu socket_owner socket_group socket_mode
-      socket_group: kvm        # mrg_rxbuf event_idx indirect_desc offloads
+      socket_group: kvm        # mrg_rxbuf event_idx indirect_desc offloads allow_file_memory
     ports:                     # required (may be {}); mapping name -> port
       vm1:
         type: vhost-user       # required: vhost-user | tap | vxlan
@@ -34,6 +34,7 @@ config/vswitch.schema.json a JSON Schema of it for editors)::
         indirect_desc: true    # offer VIRTIO_RING_F_INDIRECT_DESC (default true)
         offloads: true         # offer checksum/TSO features (default true)
         memory_slots: true     # offer CONFIGURE_MEM_SLOTS (ADD/REM_MEM_REG; default true)
+        allow_file_memory: false  # map guest memory in files outside memfd/tmpfs/hugetlbfs
       uplink:
         type: tap
         ifname: vsw-up0        # at most 15 bytes; default the port name
@@ -156,11 +157,15 @@ MAX_VXLAN_REMOTES = 64
 FEATURE_KEYS = ("mrg_rxbuf", "event_idx", "indirect_desc", "offloads", "memory_slots")
 # Only for server-mode vhost-user ports: in client mode QEMU owns the socket.
 SOCKET_PERMISSION_KEYS = ("socket_owner", "socket_group", "socket_mode")
+# Per-port switches that widen what a front-end may hand the switch; off by
+# default. allow_file_memory: guest memory in files on any filesystem, not
+# only memfd, tmpfs and hugetlbfs (vswitch/vhost/fdkind.py says why).
+TRUST_KEYS = ("allow_file_memory",)
 
 _TOP_KEYS = ("version", "runtime_dir", "control", "metrics", "datapath", "defaults", "ports")
-_DEFAULTS_KEYS = ("mode", "queues", "mtu", *SOCKET_PERMISSION_KEYS, *FEATURE_KEYS)
+_DEFAULTS_KEYS = ("mode", "queues", "mtu", *SOCKET_PERMISSION_KEYS, *FEATURE_KEYS, *TRUST_KEYS)
 _VHOST_USER_KEYS = ("type", "mode", "socket", "queues", "mtu", "mac",
-                    *SOCKET_PERMISSION_KEYS, *FEATURE_KEYS)
+                    *SOCKET_PERMISSION_KEYS, *FEATURE_KEYS, *TRUST_KEYS)
 _TAP_KEYS = ("type", "ifname", "queues", "mtu", "create", "mac")
 _VXLAN_KEYS = ("type", "local", "remotes", "vni", "udp_port", "mtu")
 _DATAPATH_KEYS = ("workers", "mode", "cpus", "tap_io")
@@ -406,6 +411,7 @@ class VhostUserPortConfig(PortPolicies):
     indirect_desc: bool = True      # offer VIRTIO_RING_F_INDIRECT_DESC
     offloads: bool = True           # offer checksum / TSO features
     memory_slots: bool = True       # offer CONFIGURE_MEM_SLOTS (ADD/REM_MEM_REG, memory hot-plug)
+    allow_file_memory: bool = False  # map guest memory in files outside memfd/tmpfs/hugetlbfs
     fdb_max_entries: int | None = None  # cap on learned MACs; None: fdb.max_entries_per_port
     type: str = "vhost-user"
     # Forwarding policies (POLICY_KEYS), applied in place:
@@ -433,6 +439,7 @@ class VhostUserPortConfig(PortPolicies):
         out["indirect_desc"] = self.indirect_desc
         out["offloads"] = self.offloads
         out["memory_slots"] = self.memory_slots
+        out["allow_file_memory"] = self.allow_file_memory
         out.update(_policies_to_dict(self))
         if self.fdb_max_entries is not None:
             out["fdb_max_entries"] = self.fdb_max_entries
@@ -1569,7 +1576,7 @@ class _Validator(_PolicyChecks):
             return self.group(node, key)
         if name == "socket_mode":
             return self.socket_mode(node, key)
-        assert name in FEATURE_KEYS, name
+        assert name in FEATURE_KEYS or name in TRUST_KEYS, name
         return self.boolean(node, key)
 
     def defaults(self, node: Node) -> _Defaults:

@@ -77,13 +77,18 @@ class RateLimitedLog:
     def warning(self, key: str, msg: str, *args) -> None:
         self._log(logging.WARNING, key, msg, *args)
 
+    def exception(self, key: str, msg: str, *args) -> None:
+        """An error with its traceback: a bug a peer can trigger at will
+        must not write a traceback per connection either."""
+        self._log(logging.ERROR, key, msg, *args, exc_info=True)
+
     def info(self, key: str, msg: str, *args) -> None:
         # Connection lines too: a peer that connects and sends garbage in a
         # loop must not write two log lines per attempt (issue 6, item 6);
         # the port's counters carry the totals.
         self._log(logging.INFO, key, msg, *args)
 
-    def _log(self, level: int, key: str, msg: str, *args) -> None:
+    def _log(self, level: int, key: str, msg: str, *args, exc_info: bool = False) -> None:
         now = time.monotonic()
         start, n, suppressed = self.state.get(key, (now, 0, 0))
         if now - start > self.period:
@@ -91,7 +96,7 @@ class RateLimitedLog:
                 log.log(level, "%s: %d similar messages suppressed", key, suppressed)
             start, n, suppressed = now, 0, 0
         if n < self.burst:
-            log.log(level, msg, *args)
+            log.log(level, msg, *args, exc_info=exc_info)
             n += 1
         else:
             suppressed += 1
@@ -277,6 +282,9 @@ class VhostUserPort:
     def _apply_in_place(self, old: VhostUserPortConfig, fields: tuple[str, ...]) -> None:
         if {"socket_owner", "socket_group", "socket_mode"} & set(fields) and self._listener:
             apply_socket_permissions(self.config.socket, self.config)
+        if self.session is not None:
+            # memory already mapped stays; the next memory table is judged anew
+            self.session.allow_file_memory = self.config.allow_file_memory
         self._apply_datapath_settings(old)
 
     def _apply_connect_time(self, old: VhostUserPortConfig) -> None:
@@ -348,7 +356,9 @@ class VhostUserPort:
 
     async def _run_connection(self) -> None:
         assert self._conn is not None
-        self.session = Session(self.offer, PortBackend(self.dp, self.slot))
+        self.session = Session(self.offer, PortBackend(self.dp, self.slot),
+                               allow_file_memory=self.config.allow_file_memory,
+                               on_refused=self._refused)
         self.status.connections += 1
         self.status.connected_since = time.time()
         self.status.alerts.clear()
@@ -378,11 +388,19 @@ class VhostUserPort:
             self.status.protocol_errors += 1
             reason = f"internal error: {exc!r}"
             self.status.last_error = reason
-            log.exception("port %s: closing the connection", self.name)
+            self.ratelog.exception(f"{self.name}:internal", "port %s: closing the connection",
+                                   self.name)
         finally:
             self._end_reason = None
             if self._conn is not None:
                 self._disconnect(reason)
+
+    def _refused(self, reason: str) -> None:
+        """A request answered with a failure (the front-end asked for a
+        reply): the connection stays; the reason goes to the log and
+        `port show`, for the operator whose guest cannot get its memory in."""
+        self.status.last_error = reason
+        self.ratelog.warning(f"{self.name}:refused", "port %s: refused %s", self.name, reason)
 
     def _disconnect(self, reason: str) -> None:
         if self.session is not None:

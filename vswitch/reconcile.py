@@ -33,7 +33,9 @@ from .config import POLICY_KEYS, Config, TapPortConfig, VhostUserPortConfig, Vxl
 PortConfig = VhostUserPortConfig | TapPortConfig | VxlanPortConfig
 
 # Fields of a vhost-user port, by how a change is applied.
-VHOST_IN_PLACE = frozenset({"socket_owner", "socket_group", "socket_mode", "mac", "mtu"})
+VHOST_IN_PLACE = frozenset({"socket_owner", "socket_group", "socket_mode", "mac", "mtu",
+                            # judged at each memory message: the guest's next table
+                            "allow_file_memory"})
 VHOST_AT_CONNECT = frozenset({"queues", "mrg_rxbuf", "event_idx", "indirect_desc", "offloads",
                               "memory_slots"})
 VHOST_RESTART = frozenset({"type", "mode", "socket"})

@@ -143,7 +143,7 @@ def test_to_dict_round_trips() -> None:
     config = parse_config(doc(GOOD))
     as_dict = config.to_dict()
     features = {"mrg_rxbuf": True, "event_idx": True, "indirect_desc": True, "offloads": True,
-                "memory_slots": True}
+                "memory_slots": True, "allow_file_memory": False}
     assert as_dict == {
         "version": 1,
         "runtime_dir": "/run/vs",
@@ -724,7 +724,7 @@ def test_full_config_round_trips_through_to_dict() -> None:
         "type": "vhost-user", "mode": "server", "socket": "/run/vswitch/vm1.sock", "queues": 3,
         "mtu": 1500, "mac": "52:54:00:12:34:56", "socket_owner": 0, "socket_mode": 0o640,
         "mrg_rxbuf": True, "event_idx": True, "indirect_desc": True, "offloads": False,
-        "memory_slots": True,
+        "memory_slots": True, "allow_file_memory": False,
     }
     # A client port has no socket_* keys (they would be an error).
     assert not any(k.startswith("socket_") for k in as_dict["ports"]["vm2"])
@@ -791,10 +791,12 @@ def test_defaults_errors() -> None:
           offloads: 'no'
         ports: {}
         """) == [
-        "c.yaml:2:3: defaults.socket: unknown key 'socket', did you mean 'socket_mode'? (expected one of: event_idx, indirect_desc, "
-        "memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket_group, socket_mode, socket_owner)",
-        "c.yaml:3:3: defaults.type: unknown key 'type' (expected one of: event_idx, indirect_desc, "
-        "memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket_group, socket_mode, socket_owner)",
+        "c.yaml:2:3: defaults.socket: unknown key 'socket', did you mean 'socket_mode'? (expected one of: allow_file_memory, event_idx, "
+        "indirect_desc, memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket_group, socket_mode, "
+        "socket_owner)",
+        "c.yaml:3:3: defaults.type: unknown key 'type' (expected one of: allow_file_memory, event_idx, "
+        "indirect_desc, memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket_group, socket_mode, "
+        "socket_owner)",
         "c.yaml:4:13: defaults.offloads: must be true or false (got string 'no')",
     ]
     assert one_error("defaults: [1]\nports: {}\n") == "c.yaml:1:11: defaults: must be a mapping (got a list)"
@@ -1616,3 +1618,19 @@ def test_tap_io_rejects_other_methods_with_its_position() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config("ports: {}\ndatapath:\n  tap_io: aio\n", "c.yaml")
     assert str(info.value) == "c.yaml:3:11: datapath.tap_io: must be one of: io_uring, write (got 'aio')"
+
+
+# -- allow_file_memory ---------------------------------------------------
+
+
+def test_allow_file_memory_from_defaults_and_per_port() -> None:
+    config = parse_config(doc("""
+        defaults: {allow_file_memory: true}
+        ports:
+          a: {type: vhost-user}
+          b: {type: vhost-user, allow_file_memory: false}
+          up: {type: tap}
+        """))
+    assert (config.ports["a"].allow_file_memory, config.ports["b"].allow_file_memory) == (True, False)
+    assert one_error("ports: {a: {type: vhost-user, allow_file_memory: 'no'}}\n") == (
+        "c.yaml:1:50: ports.a.allow_file_memory: must be true or false (got string 'no')")

@@ -433,6 +433,22 @@ POLICY_VALIDATOR_ONLY = {
                     "ports.p.mirror.to: mirror loop: port 'q' mirrors back to 'p' (p -> q -> p)", False),
 }
 
+# Guest memory in files outside memfd/tmpfs/hugetlbfs: allow_file_memory.
+GOOD["allow-file-memory"] = """
+    defaults: {allow_file_memory: true}
+    ports:
+      vm1: {type: vhost-user, allow_file_memory: false}
+      vm2: {type: vhost-user}
+    """
+BAD.update({
+    "allow-file-memory-string": ("ports: {vm1: {type: vhost-user, allow_file_memory: 'yes'}}\n",
+                                 "ports.vm1.allow_file_memory: must be true or false"),
+    "allow-file-memory-default": ("defaults: {allow_file_memory: 1}\nports: {}\n",
+                                  "defaults.allow_file_memory: must be true or false"),
+    "allow-file-memory-tap": ("ports: {up: {type: tap, allow_file_memory: true}}\n",
+                              "ports.up.allow_file_memory: unknown key"),
+})
+
 GOOD.update(POLICY_GOOD)
 BAD.update(POLICY_BAD)
 VALIDATOR_ONLY.update(POLICY_VALIDATOR_ONLY)
