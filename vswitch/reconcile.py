@@ -16,8 +16,9 @@ touched at all. For a changed port every differing field falls in one class:
 * restart: the port's identity (type, socket path, socket role, TAP device):
   the port is closed and opened again, alone.
 
-Daemon-wide settings: `datapath.mode` and `datapath.cpus`, `metrics` and the
-control socket's group apply in place; `datapath.workers` takes effect at the
+Daemon-wide settings: `datapath.mode` and `datapath.cpus`, `metrics`, the
+control socket's group and `limits` apply in place (`limits` to what comes
+next: memory mapped already stays mapped); `datapath.workers` takes effect at the
 next start of the daemon (reported as a warning); `runtime_dir` cannot change
 under a running daemon, which holds its lock and control socket there (the
 reload is refused and nothing changes).
@@ -81,13 +82,15 @@ class Plan:
     metrics_changed: bool = False
     control_changed: bool = False
     fdb_changed: bool = False
+    limits_changed: bool = False
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return not (self.added or self.removed or self.changed or self.datapath_in_place
-                    or self.metrics_changed or self.control_changed or self.fdb_changed)
+                    or self.metrics_changed or self.control_changed or self.fdb_changed
+                    or self.limits_changed)
 
     def summary(self) -> dict:
         return {
@@ -99,6 +102,7 @@ class Plan:
             "unchanged": self.unchanged,
             "datapath": list(self.datapath_in_place),
             "fdb": self.fdb_changed,
+            "limits": self.limits_changed,
             "warnings": self.warnings,
         }
 
@@ -154,4 +158,5 @@ def plan(old: Config, new: Config) -> Plan:
     result.metrics_changed = old.metrics != new.metrics
     result.control_changed = old.control != new.control
     result.fdb_changed = old.fdb != new.fdb
+    result.limits_changed = old.limits != new.limits
     return result

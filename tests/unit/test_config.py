@@ -196,7 +196,7 @@ def test_config_error_str_lists_all_issues() -> None:
     assert str(info.value) == (
         "c.yaml:2:21: datapath.workers: must be 1..64 (got 0)\n"
         "c.yaml:3:1: x: unknown key 'x' (expected one of: "
-        "control, datapath, defaults, fdb, metrics, ports, runtime_dir, version)"
+        "control, datapath, defaults, fdb, limits, metrics, ports, runtime_dir, version)"
     )
     assert all(isinstance(e, ConfigIssue) for e in info.value.errors)
 
@@ -269,7 +269,7 @@ def test_unknown_keys() -> None:
         + VHOST_USER_KEYS + ")",
         "c.yaml:5:24: datapath.threads: unknown key 'threads' (expected one of: cpus, mode, tap_io, workers)",
         "c.yaml:6:1: portz: unknown key 'portz', did you mean 'ports'? (expected one of: "
-        "control, datapath, defaults, fdb, metrics, ports, runtime_dir, version)",
+        "control, datapath, defaults, fdb, limits, metrics, ports, runtime_dir, version)",
     ]
 
 
@@ -1620,7 +1620,49 @@ def test_tap_io_rejects_other_methods_with_its_position() -> None:
     assert str(info.value) == "c.yaml:3:11: datapath.tap_io: must be one of: io_uring, write (got 'aio')"
 
 
-# -- allow_file_memory ---------------------------------------------------
+# -- limits and allow_file_memory ---------------------------------------------------
+
+
+def test_limits_default_to_10_s_1_tib_per_port_and_32_tib_in_all() -> None:
+    config = parse_config("ports: {a: {type: vhost-user}}\n")
+    assert config.limits == config_module.LimitsConfig(10.0, 1 << 40, 32 << 40)
+    assert config.ports["a"].allow_file_memory is False
+    assert "limits" not in config.to_dict()       # a file without it round-trips unchanged
+
+
+def test_limits_take_seconds_and_sizes_with_binary_units() -> None:
+    config = parse_config(doc("""
+        limits:
+          message_timeout: 0.25
+          guest_memory_per_port: 1.5 GiB
+          guest_memory_total: 2TiB
+        ports: {}
+        """))
+    assert config.limits == config_module.LimitsConfig(0.25, 3 << 29, 2 << 40)
+    assert parse_config(yaml.safe_dump(config.to_dict())) == config
+    assert parse_config("limits: {message_timeout: 30, guest_memory_per_port: 1048576}\nports: {}\n").limits \
+        == config_module.LimitsConfig(30.0, 1 << 20, 32 << 40)
+    assert config_module.parse_size("4KiB") == 4096 and config_module.parse_size(7) == 7
+    with pytest.raises(ValueError, match="unknown unit 'GB'"):
+        config_module.parse_size("1GB")
+
+
+def test_limits_errors_are_positioned() -> None:
+    assert errors("""
+        limits:
+          message_timeout: 0.01
+          guest_memory_per_port: 2TiB
+          guest_memory_total: 1TiB
+        ports: {}
+        """) == [
+        "c.yaml:2:20: limits.message_timeout: must be 0.1..3600 seconds (got 0.01)",
+        "c.yaml:4:23: limits.guest_memory_total: must be at least limits.guest_memory_per_port "
+        "(2199023255552 bytes) (got 1099511627776)",
+    ]
+    assert one_error("limits: {guest_memory_per_port: lots}\nports: {}\n") == (
+        "c.yaml:1:33: limits.guest_memory_per_port: must be a number with an optional unit (got string 'lots')")
+    assert one_error("limits: {message_timeout: 5 s}\nports: {}\n") == (
+        "c.yaml:1:27: limits.message_timeout: must be a number of seconds 0.1..3600 (got string '5 s')")
 
 
 def test_allow_file_memory_from_defaults_and_per_port() -> None:
