@@ -70,6 +70,7 @@ class Switch:
         self.notifier = notifier or Notifier()
         self.dp = Datapath(config.datapath.workers, config.datapath.mode, config.datapath.cpus,
                            config.datapath.tap_io)
+        self.dp.set_memory_limits(config.limits.guest_memory_per_port, config.limits.guest_memory_total)
         fallback = sorted({w["tap_io"] for w in self.dp.worker_stats()} - {config.datapath.tap_io})
         if fallback:  # io_uring asked for, not available: said once, not once per worker
             log.warning("workers write into TAP queues one frame per syscall: %s", ", ".join(fallback))
@@ -269,6 +270,9 @@ class Switch:
             self.dp.set_cpus(new.datapath.cpus)
         if plan.control_changed:
             self.control.set_group(new.control.group)
+        if plan.limits_changed:
+            # Applied to what comes next: memory mapped already stays mapped.
+            self.dp.set_memory_limits(new.limits.guest_memory_per_port, new.limits.guest_memory_total)
         self.config = new
         self.fdb_ctl.configure(new, self.ports)    # aging, caps, static entries: in place
         if plan.metrics_changed:
@@ -296,6 +300,7 @@ class Switch:
             "ports": [port.show() for port in self.ports.values()],
             "reloads": dict(self.reload_counts),
             "last_reload_ok": self.last_reload_ok,
+            "guest_memory": {"mapped": self.dp.mapped_bytes(), **self.dp.memory_limits()},
         }
 
     def fdb(self, port: str | None = None, vlan: int | None = None) -> list[dict]:

@@ -535,6 +535,7 @@ class VhostUserPort:
             "policy": describe_policy(self.config),
             "dirty_log": self.dp.log_info(self.slot),
             "memory_regions": [{"gpa": gpa, "size": size} for gpa, size, _ in self.dp.memory_regions(self.slot)],
+            "memory_mapped": self.dp.mapped_bytes(self.slot),      # bytes, dirty log included
             "rarps": self.session.rarps if self.session is not None else 0,
             "capture": self.dp.capture_info(self.slot),     # None: no live capture
             "features_offered": p.decode_bits(self.offer.features, p.Feature),
