@@ -42,7 +42,8 @@ def _render_port(port: dict) -> str:
     lines = [f"port {port['name']} ({port['type']}, {port['mode']}, {where}): {port['state']}",
              f"  connections {port['connections']}, disconnects {port['disconnects']}, "
              f"protocol errors {port['protocol_errors']}"
-             + (f", memory faults {port['memory_faults']}" if port.get("memory_faults") else ""),
+             + (f", memory faults {port['memory_faults']}" if port.get("memory_faults") else "")
+             + (f", message timeouts {port['message_timeouts']}" if "message_timeouts" in port else ""),
              f"  queues offered {port['queues_offered']}, enabled {port['queues_enabled']}"]
     if port.get("memory_mapped"):
         lines.append(f"  guest memory mapped {_size(port['memory_mapped'])}")

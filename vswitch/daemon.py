@@ -136,7 +136,7 @@ class Switch:
             vx = VxlanPort(pc, self.dp)
             vx.start()
             return vx
-        port = VhostUserPort(pc, self.dp, self.ratelog)
+        port = VhostUserPort(pc, self.dp, self.ratelog, self.config.limits)
         try:
             if pc.mode == "server":
                 os.makedirs(os.path.dirname(pc.socket), mode=0o755, exist_ok=True)
@@ -273,6 +273,9 @@ class Switch:
         if plan.limits_changed:
             # Applied to what comes next: memory mapped already stays mapped.
             self.dp.set_memory_limits(new.limits.guest_memory_per_port, new.limits.guest_memory_total)
+        for port in self.ports.values():
+            if isinstance(port, VhostUserPort):
+                port.limits = new.limits
         self.config = new
         self.fdb_ctl.configure(new, self.ports)    # aging, caps, static entries: in place
         if plan.metrics_changed:

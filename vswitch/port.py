@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 
 from ._datapath import DROP_REASONS, Datapath
 from .policy import apply_port_policy, describe as describe_policy
-from .config import VhostUserPortConfig
+from .config import LimitsConfig, VhostUserPortConfig
 from .fdb import port_vlan
 from .reconcile import port_change
 from .vhost import protocol as p
 from .vhost.session import BASE_FEATURES, BASE_PROTOCOL_FEATURES, OFFLOAD_FEATURES, Offer, Session
-from .vhost.transport import Connection, PeerClosed, bind_listener
+from .vhost.transport import Connection, MessageTimeout, PeerClosed, bind_listener
 
 log = logging.getLogger("vswitch.port")
 
@@ -159,6 +159,7 @@ class PortStatus:
     refused: int = 0           # second connections refused while one is active
     protocol_errors: int = 0
     memory_faults: int = 0     # connections ended because the guest's memory vanished (SIGBUS)
+    message_timeouts: int = 0  # connections ended because a message was not completed in time
     last_error: str | None = None
     connected_since: float | None = None
     # Problems seen on the running connection, e.g. "guest memory not shared".
@@ -167,10 +168,12 @@ class PortStatus:
 
 class VhostUserPort:
     def __init__(self, config: VhostUserPortConfig, dp: Datapath,
-                 ratelog: RateLimitedLog | None = None) -> None:
+                 ratelog: RateLimitedLog | None = None, limits: LimitsConfig | None = None) -> None:
         self.config = config
         self.name = config.name
         self.dp = dp
+        # Daemon-wide; the daemon replaces it on reload (read per message).
+        self.limits = limits or LimitsConfig()
         self.slot = dp.port_add(config.queues)
         self.offer = offer_for(config)
         # A new config whose connect-time fields wait for the guest to reconnect.
@@ -367,14 +370,23 @@ class VhostUserPort:
         self._faults_seen = self.dp.memory_faults(self.slot)   # nothing is mapped yet
         self.ratelog.info(f"{self.name}:connected", "port %s: front-end connected", self.name)
         reason = "front-end closed the connection"
+        first = True
         try:
             while True:
-                header, payload, fds = await self._conn.read_message()
+                header, payload, fds = await self._conn.read_message(self.limits.message_timeout, first)
+                first = False
                 reply = self.session.handle(header, payload, fds)
                 if reply is not None:
                     self._conn.send(reply)
         except PeerClosed:
             pass
+        except MessageTimeout as exc:
+            # It held the port (one front-end at a time) and what it sent so far.
+            self.status.message_timeouts += 1
+            reason = f"incomplete message: {exc}"
+            self.status.last_error = reason
+            self.ratelog.warning(f"{self.name}:timeout", "port %s: %s; closing the connection",
+                                 self.name, reason)
         except p.ProtocolError as exc:
             self.status.protocol_errors += 1
             reason = f"protocol error: {exc}"
@@ -523,6 +535,7 @@ class VhostUserPort:
             "refused": self.status.refused,
             "protocol_errors": self.status.protocol_errors,
             "memory_faults": self.status.memory_faults,
+            "message_timeouts": self.status.message_timeouts,
             "last_error": self.status.last_error,
             "alerts": dict(self.status.alerts),
             "features": p.decode_bits(info.features, p.Feature) if info else [],
