@@ -31,17 +31,26 @@ from libc.string cimport memset, memcpy
 cdef extern from "<sys/mman.h>" nogil:
     void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
     int munmap(void *addr, size_t length)
+    int madvise(void *addr, size_t length, int advice)
     enum:
         PROT_READ
         PROT_WRITE
         MAP_SHARED
+        MADV_DONTDUMP
     void *MAP_FAILED
 
 cdef extern from "<sys/stat.h>" nogil:
     struct stat:
+        unsigned int st_mode
         long st_size
         long st_blksize
     int fstat(int fd, stat *buf)
+    bint S_ISREG(unsigned int mode)
+
+cdef extern from "<sys/vfs.h>" nogil:
+    struct statfs:
+        long f_type
+    int fstatfs(int fd, statfs *buf)
 
 cdef extern from "<sys/eventfd.h>" nogil:
     int eventfd(unsigned int initval, int flags)
@@ -88,18 +97,103 @@ def memory_guard_info():
             "unguarded": vs_guard_refused()}
 
 
+cdef extern from "vs_memguard.h" nogil:
+    struct vs_guard_slot:
+        size_t start
+        size_t len
+    vs_guard_slot vs_guard_slots[]
+    enum:
+        VS_GUARD_SLOTS
+
+
+def memory_guard_ranges():
+    """(start, length) of every mapping the SIGBUS guard covers, sorted: the
+    tests compare them with the mappings the kernel reports."""
+    cdef int i
+    return sorted((vs_guard_slots[i].start, vs_guard_slots[i].len)
+                  for i in range(VS_GUARD_SLOTS) if vs_guard_slots[i].start != 0)
+
+
 class DatapathError(Exception):
     """A request the datapath cannot honour (bad address, size, index)."""
 
 
-cdef inline size_t _mapped_len(size_t length, long blksize) noexcept nogil:
-    """The length the kernel maps: a hugetlbfs file (st_blksize = its huge
-    page size) is mapped in whole huge pages, and the SIGBUS guard must cover
-    (and may only replace) whole pages of the mapping."""
-    cdef size_t page = <size_t>blksize
-    if blksize < 4096 or (page & (page - 1)) != 0:
-        page = 4096
-    return (length + page - 1) & ~(page - 1)
+# --- mapping guest memory ------------------------------------------------------
+#
+# A front-end's memory table names byte ranges of files it passes; it may
+# point anywhere in a file of any size (a sparse memfd of 128 TiB costs it
+# nothing). So each range is mapped alone - from its offset rounded down to
+# the file's page, to its end rounded up - never the file from offset 0; the
+# bytes a port maps, and all ports together, are capped (config `limits`);
+# and every mapping is left out of core dumps (the default coredump_filter
+# includes shared memfd mappings: a core would hold every tenant's RAM).
+
+# config `limits`: guest_memory_per_port and guest_memory_total (bytes)
+DEFAULT_GUEST_MEMORY_PER_PORT = 1 << 40
+DEFAULT_GUEST_MEMORY_TOTAL = 32 << 40
+
+cdef size_t _PAGE = os.sysconf("SC_PAGE_SIZE")
+cdef enum:
+    HUGETLBFS_MAGIC = 0x958458f6
+# The largest huge page a hugetlbfs st_blksize may claim (x86 has 2 MiB and
+# 1 GiB, arm64 up to 16 GiB).
+cdef size_t _MAX_HUGE_PAGE = 1 << 34
+
+
+cdef size_t _map_page(int fd, long blksize) except 0:
+    """The unit fd is mapped in: on hugetlbfs its huge page size (st_blksize;
+    mmap offsets and lengths must be multiples of it, and munmap of part of
+    a huge page fails), else the base page."""
+    cdef statfs fs
+    if fstatfs(fd, &fs) != 0:
+        raise DatapathError(f"fstatfs of fd {fd}: {os.strerror(errno)}")
+    if <uint32_t>fs.f_type != HUGETLBFS_MAGIC:
+        return _PAGE
+    if blksize < <long>_PAGE or blksize > <long>_MAX_HUGE_PAGE or (blksize & (blksize - 1)) != 0:
+        raise DatapathError(f"hugetlbfs file with a page size of {blksize} bytes")
+    return <size_t>blksize
+
+
+cdef void *_map_guest(int fd, uint64_t map_off, size_t map_len, str what) except NULL:
+    """Map [map_off, map_off + map_len) of fd, shared, left out of core dumps."""
+    cdef void *base = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, <long>map_off)
+    cdef int err
+    if base == MAP_FAILED:
+        raise DatapathError(f"mmap of {what} ({map_len} bytes at offset {map_off:#x}) failed: "
+                            f"{os.strerror(errno)}")
+    if madvise(base, map_len, MADV_DONTDUMP) != 0:
+        err = errno
+        munmap(base, map_len)
+        raise DatapathError(f"madvise(MADV_DONTDUMP) of {what} failed: {os.strerror(err)}")
+    return base
+
+
+cdef int _map_span(uint64_t off, uint64_t size, size_t page, uint64_t *map_off, uint64_t *lead,
+                   uint64_t *map_len) noexcept nogil:
+    """The pages [off, off + size) touches: map_off (off rounded down),
+    lead (where off falls in the first page), map_len (whole pages). The
+    caller checked off + size against the file's size, so nothing wraps."""
+    map_off[0] = off - off % page
+    lead[0] = off - map_off[0]
+    map_len[0] = (lead[0] + size + page - 1) // page * page
+    return 0
+
+
+cdef uint64_t _port_mapped(vs_port *port) noexcept nogil:
+    """Bytes of guest memory the port maps: its regions and its dirty log."""
+    cdef uint64_t total = port.log_map_len
+    cdef int i
+    for i in range(port.mem.n):
+        total += port.mem.r[i].map_len
+    return total
+
+
+def _human_size(n: int) -> str:
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            value = n / (1 << shift)
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.2f} {unit}"
+    return f"{n} bytes"
 
 
 cdef void _unmap_all(vs_memtable *m) noexcept nogil:
@@ -139,6 +233,8 @@ cdef class Datapath:
     cdef uint32_t aging_s         # fdb.aging_time (0: never)
     cdef double t0                # time.monotonic() at creation: the FDB clock's zero
     cdef uint8_t fixed_used[VS_URING_FILES]   # registered-file slots given to TAP queues
+    cdef uint64_t mem_cap_port    # limits.guest_memory_per_port (0: the default)
+    cdef uint64_t mem_cap_total   # limits.guest_memory_total (0: the default)
 
     def __cinit__(self, int workers=1, str mode="adaptive", cpus=None, str tap_io="io_uring"):
         cdef epoll_event ev
@@ -477,41 +573,48 @@ cdef class Datapath:
         The caller quiesces (or has): workers see the new pointer next round."""
         cdef uint8_t *log = NULL
         if port.log_all and port.log_map_base != NULL:
-            log = <uint8_t *>port.log_map_base + (port.log_map_len - port.log_size)
+            log = <uint8_t *>port.log_map_base + port.log_lead
         port.log = log
         vs_mb()
 
     def set_log_base(self, int p, int fd, uint64_t size, uint64_t offset):
-        """SET_LOG_BASE: map the dirty bitmap (size bytes at offset of fd).
-        Sizes are checked without overflow against the file (CVE-2020-10722)."""
+        """SET_LOG_BASE: map the dirty bitmap (size bytes at offset of fd), and
+        only those pages of the file. Sizes are checked without overflow
+        against the file (CVE-2020-10722), and against the memory caps."""
         cdef vs_port *port = self._port(p)
         cdef stat st
         cdef void *base
         cdef void *old_base
-        cdef size_t old_len
+        cdef size_t old_len, page
         cdef int old_guard
+        cdef uint64_t map_off, lead, map_len
         if size == 0 or size > (1 << 40) or offset > 0xFFFFFFFFFFFFFFFF - size:
             raise DatapathError(f"log size {size:#x} at offset {offset:#x} is not valid")
         if fstat(fd, &st) != 0:
             raise DatapathError(f"log fd {fd}: {os.strerror(errno)}")
+        if not S_ISREG(st.st_mode):
+            raise DatapathError("the log fd is not a regular file")
         if <uint64_t>st.st_size < offset + size:
             raise DatapathError(f"log needs {offset + size} bytes of its file, which has {st.st_size}")
-        base = mmap(NULL, offset + size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        if base == MAP_FAILED:
-            raise DatapathError(f"mmap of the {size}-byte log failed")
+        page = _map_page(fd, st.st_blksize)
+        _map_span(offset, size, page, &map_off, &lead, &map_len)
+        # the new log replaces the old one
+        self._check_memory_caps(port, _port_mapped(port) - port.log_map_len + map_len, "the dirty log")
+        base = _map_guest(fd, map_off, map_len, "the dirty log")
         # QEMU resizes the log while migrating: it reads the old one after our
         # reply, so workers keep logging into it until they all see the new one.
         # Workers read the pointer and the size separately: until all of them
         # passed a quiescent point, the size must suit both bitmaps.
         old_base, old_len, old_guard = port.log_map_base, port.log_map_len, port.log_guard
-        port.log_guard = vs_guard_add(base, _mapped_len(offset + size, st.st_blksize), &port.mem_faults)
+        port.log_guard = vs_guard_add(base, map_len, &port.mem_faults)
         if old_base != NULL and port.log_size > size:
             port.log_size = size
         vs_mb()
         port.log_map_base = base
-        port.log_map_len = offset + size
+        port.log_map_len = map_len
+        port.log_lead = lead
         if port.log_all:
-            port.log = <uint8_t *>base + offset
+            port.log = <uint8_t *>base + lead
         vs_mb()
         self._quiesce()        # every worker now logs into the new bitmap
         port.log_size = size
@@ -626,45 +729,58 @@ cdef class Datapath:
         """Map the front-end's memory. regions: [(gpa, size, uaddr, mmap_offset, fd)].
         Replaces a previous table while rings run: the port is paused for one
         worker round, rings are re-pointed, the old mappings are unmapped.
+        A region maps the pages of its file it covers, nothing before its
+        offset; the table is refused before anything is mapped if the port,
+        or the daemon, would map more than its cap (set_memory_limits).
         The caller keeps ownership of the fds (mappings outlive them)."""
         cdef vs_port *port = self._port(p)
         cdef vs_memtable newm
         cdef vs_memtable oldm
         cdef vs_region *r
         cdef stat st
-        cdef uint64_t gpa, size, uaddr, off
-        cdef int fd, i, j
+        cdef uint64_t gpa, size, uaddr, off, map_off, lead, map_len, total
+        cdef size_t page
+        cdef int fd, i
         cdef void *base
         # An empty table is the last REM_MEM_REG: running rings stop (they
         # keep their configuration and start again when memory returns).
         if not 0 <= len(regions) <= VS_MAX_REGIONS:
             raise DatapathError(f"{len(regions)} memory regions (0..{VS_MAX_REGIONS})")
+        # Every check first, then the caps on the table as a whole, then the mappings.
+        spans = []
+        total = port.log_map_len           # the dirty log stays
+        for (gpa, size, uaddr, off, fd) in regions:
+            if size == 0 or gpa + size < gpa or uaddr + size < uaddr or off + size < off:
+                raise DatapathError(f"region gpa={gpa:#x} size={size:#x} overflows")
+            if fstat(fd, &st) != 0:
+                raise DatapathError(f"region fd {fd}: {os.strerror(errno)}")
+            if not S_ISREG(st.st_mode):
+                raise DatapathError(f"region gpa={gpa:#x}: its fd is not a regular file")
+            # Touching a page past the end of the file would raise SIGBUS
+            # in a worker: refuse a region the file does not back.
+            if <uint64_t>st.st_size < off + size:
+                raise DatapathError(
+                    f"region gpa={gpa:#x} needs {off + size} bytes of its file, which has {st.st_size}")
+            for other_gpa, other_size, *_ in spans:
+                if gpa < other_gpa + other_size and other_gpa < gpa + size:
+                    raise DatapathError(f"region gpa={gpa:#x} overlaps another region")
+            page = _map_page(fd, st.st_blksize)
+            _map_span(off, size, page, &map_off, &lead, &map_len)
+            total += map_len
+            spans.append((gpa, size, uaddr, fd, map_off, lead, map_len))
+        self._check_memory_caps(port, total, "the memory table")
         memset(&newm, 0, sizeof(vs_memtable))
         try:
-            for (gpa, size, uaddr, off, fd) in regions:
-                if size == 0 or gpa + size < gpa or uaddr + size < uaddr or off + size < off:
-                    raise DatapathError(f"region gpa={gpa:#x} size={size:#x} overflows")
-                if fstat(fd, &st) != 0:
-                    raise DatapathError(f"region fd {fd}: {os.strerror(errno)}")
-                # Touching a page past the end of the file would raise SIGBUS
-                # in a worker: refuse a region the file does not back.
-                if <uint64_t>st.st_size < off + size:
-                    raise DatapathError(
-                        f"region gpa={gpa:#x} needs {off + size} bytes of its file, which has {st.st_size}")
-                for j in range(newm.n):
-                    if gpa < newm.r[j].gpa + newm.r[j].size and newm.r[j].gpa < gpa + size:
-                        raise DatapathError(f"region gpa={gpa:#x} overlaps another region")
-                base = mmap(NULL, off + size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-                if base == MAP_FAILED:
-                    raise DatapathError(f"mmap of region gpa={gpa:#x} size={size:#x} failed")
+            for (gpa, size, uaddr, fd, map_off, lead, map_len) in spans:
+                base = _map_guest(fd, map_off, map_len, f"region gpa={gpa:#x} size={size:#x}")
                 r = &newm.r[newm.n]
                 r.gpa = gpa
                 r.size = size
                 r.uaddr = uaddr
                 r.map_base = base
-                r.map_len = off + size
-                r.host = <uint8_t *>base + off
-                r.guard = vs_guard_add(base, _mapped_len(off + size, st.st_blksize), &port.mem_faults)
+                r.map_len = map_len
+                r.host = <uint8_t *>base + lead
+                r.guard = vs_guard_add(base, map_len, &port.mem_faults)
                 newm.n += 1
         except BaseException:
             _unmap_all(&newm)
@@ -685,6 +801,54 @@ cdef class Datapath:
         vs_store_release_int(&port.active, 1)
         _unmap_all(&oldm)
         return broken
+
+    # --- how much guest memory is mapped -------------------------------------------
+
+    def set_memory_limits(self, uint64_t per_port, uint64_t total):
+        """Caps on the guest memory mapped (regions and dirty logs), bytes: by
+        one port, and by all ports together. Checked when a port maps more;
+        what is mapped already stays."""
+        if per_port == 0 or total == 0:
+            raise DatapathError("memory caps must be positive")
+        self.mem_cap_port = per_port
+        self.mem_cap_total = total
+
+    def memory_limits(self):
+        return {"per_port": self.mem_cap_port or DEFAULT_GUEST_MEMORY_PER_PORT,
+                "total": self.mem_cap_total or DEFAULT_GUEST_MEMORY_TOTAL}
+
+    def mapped_bytes(self, p=None):
+        """Guest memory mapped by port p (regions and dirty log), or by all ports."""
+        if p is not None:
+            return _port_mapped(self._port(p))
+        return self._mapped_total()
+
+    cdef uint64_t _mapped_total(self):
+        cdef uint64_t total = 0
+        cdef int q
+        for q in range(self.sw.nports_hi):
+            if self.sw.ports[q] != NULL and self.sw.ports[q].in_use:
+                total += _port_mapped(self.sw.ports[q])
+        return total
+
+    cdef int _check_memory_caps(self, vs_port *port, uint64_t port_total, str what) except -1:
+        """Refuse a mapping that would leave the port with port_total bytes
+        mapped, if that is over its cap or takes the daemon over its own.
+        A front-end names any range of any file (sparse ones cost it
+        nothing): without the caps six 128 TiB regions fill the address
+        space, and the next guest's memory cannot be mapped at all."""
+        limits = self.memory_limits()
+        others = self._mapped_total() - _port_mapped(port)
+        if port_total > limits["per_port"]:
+            raise DatapathError(
+                f"{what} would map {_human_size(port_total)} of guest memory for this port, over its "
+                f"cap of {_human_size(limits['per_port'])} (limits.guest_memory_per_port)")
+        if others + port_total > limits["total"]:
+            raise DatapathError(
+                f"{what} ({_human_size(port_total)}) would take the guest memory mapped by the daemon "
+                f"to {_human_size(others + port_total)}, over its cap of "
+                f"{_human_size(limits['total'])} (limits.guest_memory_total)")
+        return 0
 
     def memory_faults(self, int p):
         """SIGBUS faults taken in port p's guest memory (a monotonic count).

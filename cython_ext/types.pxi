@@ -346,7 +346,8 @@ ctypedef struct vs_port:
     uint8_t *log
     uint64_t log_size              # bytes
     void *log_map_base
-    size_t log_map_len
+    size_t log_map_len             # the whole mapping, in pages of the log's file
+    size_t log_lead                # where the bitmap starts in the mapping (its offset's page offset)
     int log_guard                  # vs_memguard.h token of the log mapping
     uint64_t mem_faults            # SIGBUS taken in this port's guest memory (vs_memguard.h)
     uint64_t mem_faults_ok         # mem_faults when the memory now mapped was installed

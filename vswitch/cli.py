@@ -30,13 +30,23 @@ def request(path: str, command: str, args: dict | None = None, timeout: float = 
     return json.loads(buf)
 
 
+def _size(n: int) -> str:
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.4g} {unit}"
+    return f"{n} bytes"
+
+
 def _render_port(port: dict) -> str:
     where = port["socket"] or port.get("ifname") or port.get("local")
     lines = [f"port {port['name']} ({port['type']}, {port['mode']}, {where}): {port['state']}",
              f"  connections {port['connections']}, disconnects {port['disconnects']}, "
              f"protocol errors {port['protocol_errors']}"
-             + (f", memory faults {port['memory_faults']}" if port.get("memory_faults") else ""),
+             + (f", memory faults {port['memory_faults']}" if port.get("memory_faults") else "")
+             + (f", message timeouts {port['message_timeouts']}" if "message_timeouts" in port else ""),
              f"  queues offered {port['queues_offered']}, enabled {port['queues_enabled']}"]
+    if port.get("memory_mapped"):
+        lines.append(f"  guest memory mapped {_size(port['memory_mapped'])}")
     if port.get("features"):
         lines.append("  features: " + " ".join(port["features"]))
     if port.get("protocol_features"):

@@ -15,9 +15,13 @@ config/vswitch.schema.json a JSON Schema of it for editors)::
       workers: 1               # 1..64, default 1
       mode: adaptive           # poll | event | adaptive (default)
       cpus: [2, 3]             # pin worker i to cpus[i % len(cpus)]; default unpinned
+    limits:                    # what a front-end may make the daemon hold
+      message_timeout: 10      # s to complete a message once begun (and the first one); 0.1..3600
+      guest_memory_per_port: 1TiB   # guest memory one port may map; bytes or "<n>[KMGT]iB"
+      guest_memory_total: 32TiB     # all ports together; at least guest_memory_per_port
     defaults:                  # for every vhost-user port that does not set them:
       queues: 2                # mode queues mtu socket_owner socket_group socket_mode
-      socket_group: kvm        # mrg_rxbuf event_idx indirect_desc offloads
+      socket_group: kvm        # mrg_rxbuf event_idx indirect_desc offloads allow_file_memory
     ports:                     # required (may be {}); mapping name -> port
       vm1:
         type: vhost-user       # required: vhost-user | tap | vxlan
@@ -34,6 +38,7 @@ config/vswitch.schema.json a JSON Schema of it for editors)::
         indirect_desc: true    # offer VIRTIO_RING_F_INDIRECT_DESC (default true)
         offloads: true         # offer checksum/TSO features (default true)
         memory_slots: true     # offer CONFIGURE_MEM_SLOTS (ADD/REM_MEM_REG; default true)
+        allow_file_memory: false  # map guest memory in files outside memfd/tmpfs/hugetlbfs
       uplink:
         type: tap
         ifname: vsw-up0        # at most 15 bytes; default the port name
@@ -108,6 +113,7 @@ __all__ = [
     "DatapathConfig",
     "FdbConfig",
     "SecurityConfig",
+    "LimitsConfig",
     "MetricsConfig",
     "PortConfig",
     "StaticFdbEntry",
@@ -119,6 +125,7 @@ __all__ = [
     "MirrorConfig",
     "parse_rate",
     "parse_burst",
+    "parse_size",
     "VxlanPortConfig",
     "load_config",
     "parse_config",
@@ -163,16 +170,39 @@ MAX_VXLAN_REMOTES = 64
 FEATURE_KEYS = ("mrg_rxbuf", "event_idx", "indirect_desc", "offloads", "memory_slots")
 # Only for server-mode vhost-user ports: in client mode QEMU owns the socket.
 SOCKET_PERMISSION_KEYS = ("socket_owner", "socket_group", "socket_mode")
+# Per-port switches that widen what a front-end may hand the switch; off by
+# default. allow_file_memory: guest memory in files on any filesystem, not
+# only memfd, tmpfs and hugetlbfs (vswitch/vhost/fdkind.py says why).
+TRUST_KEYS = ("allow_file_memory",)
 
-_TOP_KEYS = ("version", "runtime_dir", "control", "metrics", "datapath", "defaults", "ports")
-_DEFAULTS_KEYS = ("mode", "queues", "mtu", *SOCKET_PERMISSION_KEYS, *FEATURE_KEYS)
+_TOP_KEYS = ("version", "runtime_dir", "control", "metrics", "datapath", "limits", "defaults",
+             "ports")
+_DEFAULTS_KEYS = ("mode", "queues", "mtu", *SOCKET_PERMISSION_KEYS, *FEATURE_KEYS, *TRUST_KEYS)
 _VHOST_USER_KEYS = ("type", "mode", "socket", "queues", "mtu", "mac",
-                    *SOCKET_PERMISSION_KEYS, *FEATURE_KEYS)
+                    *SOCKET_PERMISSION_KEYS, *FEATURE_KEYS, *TRUST_KEYS)
 _TAP_KEYS = ("type", "ifname", "queues", "mtu", "create", "mac")
 _VXLAN_KEYS = ("type", "local", "remotes", "vni", "udp_port", "mtu")
 _DATAPATH_KEYS = ("workers", "mode", "cpus", "tap_io")
 _METRICS_KEYS = ("enabled", "listen")
 _CONTROL_KEYS = ("group",)
+
+# `limits`: what a front-end (anyone who can connect to a port socket) can
+# make the daemon hold. A message is read in one go once it has begun:
+# QEMU writes each one with a single sendmsg, so a well-behaved front-end
+# completes it at once, and the first one as soon as it connects (also with
+# -S or -incoming); between complete messages it may wait for ever. A
+# daemon-wide setting: it is about the protocol, not about a guest.
+_LIMITS_KEYS = ("message_timeout", "guest_memory_per_port", "guest_memory_total")
+DEFAULT_MESSAGE_TIMEOUT = 10.0
+MIN_MESSAGE_TIMEOUT, MAX_MESSAGE_TIMEOUT = 0.1, 3600.0
+# Guest memory mapped (regions and dirty logs; sparse files cost a front-end
+# nothing, address space costs the daemon). x86-64 gives a process 128 TiB of
+# address space: the total cap keeps a quarter of it at most for guests, so
+# the daemon's own mappings always fit, and 1 TiB per port is more than the
+# RAM of nearly any VM (raise it for larger ones).
+DEFAULT_GUEST_MEMORY_PER_PORT = 1 << 40
+DEFAULT_GUEST_MEMORY_TOTAL = 32 << 40
+MIN_GUEST_MEMORY, MAX_GUEST_MEMORY = 1 << 20, 1 << 47
 
 # Per-port forwarding policies (issue 7), accepted by every port type: VLAN
 # membership, port security, storm control, policing and mirroring.  All of
@@ -343,6 +373,8 @@ _RATE_PREFIXES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 _BURST_UNITS = {"": 1, "B": 1, "k": 10**3, "kB": 10**3, "KiB": 2**10, "M": 10**6, "MB": 10**6,
                 "MiB": 2**20, "G": 10**9, "GB": 10**9, "GiB": 2**30}
 _QUANTITY_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?) ?([A-Za-z/]*)")
+# Sizes of memory: binary units only (memory comes in pages).
+_SIZE_UNITS = {"": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 
 
 def _quantity(text: str) -> tuple[Decimal, str]:
@@ -387,6 +419,20 @@ def parse_burst(value: int | str) -> int:
     return int((number * _BURST_UNITS[unit]).to_integral_value(ROUND_HALF_UP))
 
 
+def parse_size(value: int | str) -> int:
+    """A memory size in bytes: an int, or a string "<number>[B|KiB|MiB|GiB|TiB]"
+    ("1TiB", "1.5 GiB"), rounded to whole bytes.  Raises ValueError saying
+    what is wrong (no range check)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError("must be an integer (bytes) or a string such as '1TiB'")
+    if isinstance(value, int):
+        return value
+    number, unit = _quantity(value)
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"unknown unit {unit!r} (use B, KiB, MiB, GiB or TiB)")
+    return int((number * _SIZE_UNITS[unit]).to_integral_value(ROUND_HALF_UP))
+
+
 @dataclass(frozen=True, kw_only=True)
 class PortPolicies:
     """The forwarding policies every port type takes (POLICY_KEYS), applied
@@ -418,6 +464,7 @@ class VhostUserPortConfig(PortPolicies):
     indirect_desc: bool = True      # offer VIRTIO_RING_F_INDIRECT_DESC
     offloads: bool = True           # offer checksum / TSO features
     memory_slots: bool = True       # offer CONFIGURE_MEM_SLOTS (ADD/REM_MEM_REG, memory hot-plug)
+    allow_file_memory: bool = False  # map guest memory in files outside memfd/tmpfs/hugetlbfs
     fdb_max_entries: int | None = None  # cap on learned MACs; None: fdb.max_entries_per_port
     type: str = "vhost-user"
     # Forwarding policies (POLICY_KEYS), applied in place:
@@ -445,6 +492,7 @@ class VhostUserPortConfig(PortPolicies):
         out["indirect_desc"] = self.indirect_desc
         out["offloads"] = self.offloads
         out["memory_slots"] = self.memory_slots
+        out["allow_file_memory"] = self.allow_file_memory
         out.update(_policies_to_dict(self))
         if self.fdb_max_entries is not None:
             out["fdb_max_entries"] = self.fdb_max_entries
@@ -587,6 +635,20 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """What a front-end can make the daemon hold (top-level `limits`)."""
+
+    message_timeout: float = DEFAULT_MESSAGE_TIMEOUT   # s to complete a message once begun
+    guest_memory_per_port: int = DEFAULT_GUEST_MEMORY_PER_PORT   # bytes mapped by one port
+    guest_memory_total: int = DEFAULT_GUEST_MEMORY_TOTAL         # bytes mapped by all ports
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"message_timeout": self.message_timeout,
+                "guest_memory_per_port": self.guest_memory_per_port,
+                "guest_memory_total": self.guest_memory_total}
+
+
+@dataclass(frozen=True)
 class Config:
     version: int
     runtime_dir: str
@@ -595,6 +657,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     fdb: FdbConfig = field(default_factory=FdbConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     # control commands that exist for tests (`debug seccomp-probe`) answer only with this
     debug: bool = False
@@ -616,6 +679,7 @@ class Config:
             **({"fdb": self.fdb.to_dict()} if self.fdb != FdbConfig() else {}),
             **({"security": self.security.to_dict()} if self.security != SecurityConfig() else {}),
             **({"debug": self.debug} if self.debug else {}),
+            **({"limits": self.limits.to_dict()} if self.limits != LimitsConfig() else {}),
         }
 
 
@@ -1571,13 +1635,17 @@ class _Validator(_PolicyChecks):
         if "debug" in top:
             debug = self.boolean(top["debug"][1], "debug")
 
+        limits: LimitsConfig | None = LimitsConfig()
+        if "limits" in top:
+            limits = self.limits(top["limits"][1])
+
         if (self.issues or version is None or runtime_dir is None or datapath is None
                 or metrics is None or control is None or fdb is None or security is None
-                or debug is None):
+                or debug is None or limits is None):
             return None
         return Config(version=version, runtime_dir=runtime_dir, ports=ports,
                       datapath=datapath, metrics=metrics, control=control, fdb=fdb,
-                      security=security, debug=debug, path=path)
+                      security=security, debug=debug, limits=limits, path=path)
 
     def security(self, node: Node) -> SecurityConfig | None:
         entries = self.mapping(node, "security")
@@ -1590,6 +1658,67 @@ class _Validator(_PolicyChecks):
         if seccomp is None:
             return None
         return SecurityConfig(seccomp=seccomp)
+
+    def limits(self, node: Node) -> LimitsConfig | None:
+        entries = self.mapping(node, "limits")
+        if entries is None:
+            return None
+        self.check_keys(entries, _LIMITS_KEYS, "limits", node)
+        timeout: float | None = DEFAULT_MESSAGE_TIMEOUT
+        if "message_timeout" in entries:
+            timeout = self.seconds(entries["message_timeout"][1], "limits.message_timeout",
+                                   MIN_MESSAGE_TIMEOUT, MAX_MESSAGE_TIMEOUT)
+        sizes: dict[str, int | None] = {"guest_memory_per_port": DEFAULT_GUEST_MEMORY_PER_PORT,
+                                        "guest_memory_total": DEFAULT_GUEST_MEMORY_TOTAL}
+        for name in sizes:
+            if name in entries:
+                sizes[name] = self.memory_size(entries[name][1], f"limits.{name}")
+        per_port, total = sizes["guest_memory_per_port"], sizes["guest_memory_total"]
+        if per_port is not None and total is not None and total < per_port:
+            # a guest could never have what its port allows
+            if "guest_memory_total" in entries:
+                self.error(entries["guest_memory_total"][1], "limits.guest_memory_total",
+                           f"must be at least limits.guest_memory_per_port ({per_port} bytes) "
+                           f"(got {total})")
+            else:
+                self.error(entries["guest_memory_per_port"][1], "limits.guest_memory_per_port",
+                           f"must not be more than limits.guest_memory_total (default {total} bytes) "
+                           f"(got {per_port})")
+            return None
+        if timeout is None or per_port is None or total is None:
+            return None
+        return LimitsConfig(message_timeout=timeout, guest_memory_per_port=per_port,
+                            guest_memory_total=total)
+
+    def seconds(self, node: Node, key: str, lo: float, hi: float) -> float | None:
+        """A duration: an int or a float (YAML 1.1: "0.5", "10"), lo..hi."""
+        value = self.construct(node, key)
+        if value is _BAD:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.error(node, key, f"must be a number of seconds {lo:g}..{hi:g} "
+                                  f"(got {_describe(node, value)})")
+            return None
+        if not lo <= value <= hi:       # NaN fails this too
+            self.error(node, key, f"must be {lo:g}..{hi:g} seconds (got {value:g})")
+            return None
+        return float(value)
+
+    def memory_size(self, node: Node, key: str) -> int | None:
+        value = self.construct(node, key)
+        if value is _BAD:
+            return None
+        try:
+            size = parse_size(value)
+        except ValueError as exc:
+            self.error(node, key, f"{exc} (got {_describe(node, value)})")
+            return None
+        if not MIN_GUEST_MEMORY <= size <= MAX_GUEST_MEMORY:
+            got = f"{value!r} = {size} bytes" if isinstance(value, str) else f"{size}"
+            self.error(node, key, f"must be 1MiB..128TiB, {MIN_GUEST_MEMORY}..{MAX_GUEST_MEMORY} "
+                                  f"bytes (got {got})")
+            return None
+        return size
 
     def control(self, node: Node) -> ControlConfig | None:
         entries = self.mapping(node, "control")
@@ -1633,7 +1762,7 @@ class _Validator(_PolicyChecks):
             return self.group(node, key)
         if name == "socket_mode":
             return self.socket_mode(node, key)
-        assert name in FEATURE_KEYS, name
+        assert name in FEATURE_KEYS or name in TRUST_KEYS, name
         return self.boolean(node, key)
 
     def defaults(self, node: Node) -> _Defaults:

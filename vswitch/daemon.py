@@ -116,6 +116,7 @@ class Switch:
         self.privileges = privileges.describe()
         self.dp = Datapath(config.datapath.workers, config.datapath.mode, config.datapath.cpus,
                            config.datapath.tap_io)
+        self.dp.set_memory_limits(config.limits.guest_memory_per_port, config.limits.guest_memory_total)
         fallback = sorted({w["tap_io"] for w in self.dp.worker_stats()} - {config.datapath.tap_io})
         if fallback:  # io_uring asked for, not available: said once, not once per worker
             log.warning("workers write into TAP queues one frame per syscall: %s", ", ".join(fallback))
@@ -186,7 +187,7 @@ class Switch:
             vx = VxlanPort(pc, self.dp)
             vx.start()
             return vx
-        port = VhostUserPort(pc, self.dp, self.ratelog)
+        port = VhostUserPort(pc, self.dp, self.ratelog, self.config.limits)
         try:
             if pc.mode == "server":
                 # The config check refused such a directory already; this is
@@ -340,6 +341,12 @@ class Switch:
             problem = self.control.set_group(new.control.group)
             if problem:
                 warnings.append(problem)
+        if plan.limits_changed:
+            # Applied to what comes next: memory mapped already stays mapped.
+            self.dp.set_memory_limits(new.limits.guest_memory_per_port, new.limits.guest_memory_total)
+        for port in self.ports.values():
+            if isinstance(port, VhostUserPort):
+                port.limits = new.limits
         self.config = new
         self.fdb_ctl.configure(new, self.ports)    # aging, caps, static entries: in place
         if plan.metrics_changed:
@@ -370,6 +377,7 @@ class Switch:
             "security": {"seccomp": self.seccomp_state, "privileges": self.privileges,
                          **({"fds_needed": self.nofile.needed, "nofile_soft": self.nofile.soft,
                              "nofile_hard": self.nofile.hard} if self.nofile else {})},
+            "guest_memory": {"mapped": self.dp.mapped_bytes(), **self.dp.memory_limits()},
         }
 
     def fdb(self, port: str | None = None, vlan: int | None = None) -> list[dict]:

@@ -156,7 +156,8 @@ class SwitchCollector:
             "(it ended, for any reason), protocol_error (ended by a malformed or refused "
             "message), refused (a second front-end turned away while one was connected), "
             "memory_fault (ended because the guest's memory vanished under the switch: a memory "
-            "file it shared was shrunk).",
+            "file it shared was shrunk), message_timeout (ended because a message was begun, or "
+            "the first one awaited, and not complete within limits.message_timeout).",
             labels=["port", "event"])
         tap_events = CounterMetricFamily(
             "vswitch_tap_events",
@@ -214,7 +215,8 @@ class SwitchCollector:
             else:
                 for event, key in (("connect", "connections"), ("disconnect", "disconnects"),
                                    ("protocol_error", "protocol_errors"), ("refused", "refused"),
-                                   ("memory_fault", "memory_faults")):
+                                   ("memory_fault", "memory_faults"),
+                                   ("message_timeout", "message_timeouts")):
                     conns.add_metric([name, event], int(show.get(key) or 0))
         yield from (rx_pkts, rx_bytes, tx_pkts, tx_bytes, drops, up, info, queues, mtu, conns, tap_events)
 

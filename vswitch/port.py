@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 
 from ._datapath import DROP_REASONS, Datapath, DatapathError
 from .policy import apply_port_policy, describe as describe_policy
-from .config import VhostUserPortConfig
+from .config import LimitsConfig, VhostUserPortConfig
 from .fdb import port_vlan
 from .reconcile import port_change
 from .safefiles import NotOurSocket, SocketFile
 from .vhost import protocol as p
 from .vhost.session import BASE_FEATURES, BASE_PROTOCOL_FEATURES, OFFLOAD_FEATURES, Offer, Session
-from .vhost.transport import Connection, PeerClosed, bind_listener
+from .vhost.transport import Connection, MessageTimeout, PeerClosed, bind_listener
 
 log = logging.getLogger("vswitch.port")
 
@@ -79,13 +79,18 @@ class RateLimitedLog:
     def warning(self, key: str, msg: str, *args) -> None:
         self._log(logging.WARNING, key, msg, *args)
 
+    def exception(self, key: str, msg: str, *args) -> None:
+        """An error with its traceback: a bug a peer can trigger at will
+        must not write a traceback per connection either."""
+        self._log(logging.ERROR, key, msg, *args, exc_info=True)
+
     def info(self, key: str, msg: str, *args) -> None:
         # Connection lines too: a peer that connects and sends garbage in a
         # loop must not write two log lines per attempt (issue 6, item 6);
         # the port's counters carry the totals.
         self._log(logging.INFO, key, msg, *args)
 
-    def _log(self, level: int, key: str, msg: str, *args) -> None:
+    def _log(self, level: int, key: str, msg: str, *args, exc_info: bool = False) -> None:
         now = time.monotonic()
         start, n, suppressed = self.state.get(key, (now, 0, 0))
         if now - start > self.period:
@@ -93,7 +98,7 @@ class RateLimitedLog:
                 log.log(level, "%s: %d similar messages suppressed", key, suppressed)
             start, n, suppressed = now, 0, 0
         if n < self.burst:
-            log.log(level, msg, *args)
+            log.log(level, msg, *args, exc_info=exc_info)
             n += 1
         else:
             suppressed += 1
@@ -156,6 +161,7 @@ class PortStatus:
     refused: int = 0           # second connections refused while one is active
     protocol_errors: int = 0
     memory_faults: int = 0     # connections ended because the guest's memory vanished (SIGBUS)
+    message_timeouts: int = 0  # connections ended because a message was not completed in time
     last_error: str | None = None
     connected_since: float | None = None
     # Problems seen on the running connection, e.g. "guest memory not shared",
@@ -165,10 +171,12 @@ class PortStatus:
 
 class VhostUserPort:
     def __init__(self, config: VhostUserPortConfig, dp: Datapath,
-                 ratelog: RateLimitedLog | None = None) -> None:
+                 ratelog: RateLimitedLog | None = None, limits: LimitsConfig | None = None) -> None:
         self.config = config
         self.name = config.name
         self.dp = dp
+        # Daemon-wide; the daemon replaces it on reload (read per message).
+        self.limits = limits or LimitsConfig()
         self.slot = dp.port_add(config.queues)
         self.offer = offer_for(config)
         # A new config whose connect-time fields wait for the guest to reconnect.
@@ -288,6 +296,9 @@ class VhostUserPort:
         socket_fields = {"socket_owner", "socket_group", "socket_mode"} & set(fields)
         if socket_fields and self._socket_file is not None:
             self._apply_socket_permissions()
+        if self.session is not None:
+            # memory already mapped stays; the next memory table is judged anew
+            self.session.allow_file_memory = self.config.allow_file_memory
         self._apply_datapath_settings(old)
 
     def _apply_socket_permissions(self) -> None:
@@ -396,7 +407,9 @@ class VhostUserPort:
 
     async def _run_connection(self) -> None:
         assert self._conn is not None
-        self.session = Session(self.offer, PortBackend(self.dp, self.slot))
+        self.session = Session(self.offer, PortBackend(self.dp, self.slot),
+                               allow_file_memory=self.config.allow_file_memory,
+                               on_refused=self._refused)
         self.status.connections += 1
         self.status.connected_since = time.time()
         self.status.alerts = {k: v for k, v in self.status.alerts.items() if k in PORT_ALERTS}
@@ -406,14 +419,23 @@ class VhostUserPort:
         self._faults_seen = self.dp.memory_faults(self.slot)   # nothing is mapped yet
         self.ratelog.info(f"{self.name}:connected", "port %s: front-end connected", self.name)
         reason = "front-end closed the connection"
+        first = True
         try:
             while True:
-                header, payload, fds = await self._conn.read_message()
+                header, payload, fds = await self._conn.read_message(self.limits.message_timeout, first)
+                first = False
                 reply = self.session.handle(header, payload, fds)
                 if reply is not None:
                     self._conn.send(reply)
         except PeerClosed:
             pass
+        except MessageTimeout as exc:
+            # It held the port (one front-end at a time) and what it sent so far.
+            self.status.message_timeouts += 1
+            reason = f"incomplete message: {exc}"
+            self.status.last_error = reason
+            self.ratelog.warning(f"{self.name}:timeout", "port %s: %s; closing the connection",
+                                 self.name, reason)
         except p.ProtocolError as exc:
             self.status.protocol_errors += 1
             reason = f"protocol error: {exc}"
@@ -427,11 +449,19 @@ class VhostUserPort:
             self.status.protocol_errors += 1
             reason = f"internal error: {exc!r}"
             self.status.last_error = reason
-            log.exception("port %s: closing the connection", self.name)
+            self.ratelog.exception(f"{self.name}:internal", "port %s: closing the connection",
+                                   self.name)
         finally:
             self._end_reason = None
             if self._conn is not None:
                 self._disconnect(reason)
+
+    def _refused(self, reason: str) -> None:
+        """A request answered with a failure (the front-end asked for a
+        reply): the connection stays; the reason goes to the log and
+        `port show`, for the operator whose guest cannot get its memory in."""
+        self.status.last_error = reason
+        self.ratelog.warning(f"{self.name}:refused", "port %s: refused %s", self.name, reason)
 
     def _disconnect(self, reason: str) -> None:
         if self.session is not None:
@@ -598,6 +628,7 @@ class VhostUserPort:
             "refused": self.status.refused,
             "protocol_errors": self.status.protocol_errors,
             "memory_faults": self.status.memory_faults,
+            "message_timeouts": self.status.message_timeouts,
             "last_error": self.status.last_error,
             "alerts": dict(self.status.alerts),
             "features": p.decode_bits(info.features, p.Feature) if info else [],
@@ -610,6 +641,7 @@ class VhostUserPort:
             "policy": describe_policy(self.config),
             "dirty_log": self.dp.log_info(self.slot),
             "memory_regions": [{"gpa": gpa, "size": size} for gpa, size, _ in self.dp.memory_regions(self.slot)],
+            "memory_mapped": self.dp.mapped_bytes(self.slot),      # bytes, dirty log included
             "rarps": self.session.rarps if self.session is not None else 0,
             "capture": self.dp.capture_info(self.slot),     # None: no live capture
             "features_offered": p.decode_bits(self.offer.features, p.Feature),

@@ -16,11 +16,13 @@ touched at all. For a changed port every differing field falls in one class:
 * restart: the port's identity (type, socket path, socket role, TAP device):
   the port is closed and opened again, alone.
 
-Daemon-wide settings: `datapath.mode` and `datapath.cpus`, `metrics` and the
-control socket's group apply in place; `datapath.workers` takes effect at the
-next start of the daemon (reported as a warning), and so does `security.seccomp`
-(a filter, once installed, stays for the life of the process); `debug` is
-read by each control command, so it applies at once; `runtime_dir` cannot change
+Daemon-wide settings: `datapath.mode` and `datapath.cpus`, `metrics`, the
+control socket's group and `limits` apply in place (`limits` to what comes
+next: memory mapped already stays mapped); `datapath.workers` takes effect at
+the next start of the daemon (reported as a warning), and so does
+`security.seccomp` (a filter, once installed, stays for the life of the
+process); `debug` is read by each control command, so it applies at once;
+`runtime_dir` cannot change
 under a running daemon, which holds its lock and control socket there (the
 reload is refused and nothing changes).
 """
@@ -35,7 +37,9 @@ from .config import POLICY_KEYS, Config, TapPortConfig, VhostUserPortConfig, Vxl
 PortConfig = VhostUserPortConfig | TapPortConfig | VxlanPortConfig
 
 # Fields of a vhost-user port, by how a change is applied.
-VHOST_IN_PLACE = frozenset({"socket_owner", "socket_group", "socket_mode", "mac", "mtu"})
+VHOST_IN_PLACE = frozenset({"socket_owner", "socket_group", "socket_mode", "mac", "mtu",
+                            # judged at each memory message: the guest's next table
+                            "allow_file_memory"})
 VHOST_AT_CONNECT = frozenset({"queues", "mrg_rxbuf", "event_idx", "indirect_desc", "offloads",
                               "memory_slots"})
 VHOST_RESTART = frozenset({"type", "mode", "socket"})
@@ -81,13 +85,15 @@ class Plan:
     metrics_changed: bool = False
     control_changed: bool = False
     fdb_changed: bool = False
+    limits_changed: bool = False
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return not (self.added or self.removed or self.changed or self.datapath_in_place
-                    or self.metrics_changed or self.control_changed or self.fdb_changed)
+                    or self.metrics_changed or self.control_changed or self.fdb_changed
+                    or self.limits_changed)
 
     def summary(self) -> dict:
         return {
@@ -99,6 +105,7 @@ class Plan:
             "unchanged": self.unchanged,
             "datapath": list(self.datapath_in_place),
             "fdb": self.fdb_changed,
+            "limits": self.limits_changed,
             "warnings": self.warnings,
         }
 
@@ -158,4 +165,5 @@ def plan(old: Config, new: Config) -> Plan:
     result.metrics_changed = old.metrics != new.metrics
     result.control_changed = old.control != new.control
     result.fdb_changed = old.fdb != new.fdb
+    result.limits_changed = old.limits != new.limits
     return result

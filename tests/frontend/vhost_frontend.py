@@ -319,11 +319,16 @@ class VhostMemRegion(NamedTuple):
 
 
 class _Backing:
-    """One memfd, mapped once in full in our address space."""
+    """One memfd (or, with ``directory``, an unnamed file there, as QEMU's
+    memory-backend-file with a directory as mem-path), mapped once in full in
+    our address space."""
 
-    def __init__(self, name: str, size: int) -> None:
+    def __init__(self, name: str, size: int, directory: str | None = None) -> None:
         self.size = size
-        self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        if directory is None:
+            self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        else:
+            self.fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
         try:
             os.ftruncate(self.fd, size)
             self.mm = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -379,10 +384,12 @@ class GuestMemory:
 
     ``alloc``/``free`` is a first-fit allocator (a bump allocator that can
     take memory back) used for rings, buffers and indirect tables.
+    ``directory``: back the regions with unnamed files in that directory
+    (``/dev/shm``, a disk) instead of memfds.
     """
 
     def __init__(self, size: int | None = None, regions: Sequence[RegionSpec] | None = None,
-                 *, name: str = "vhost-frontend-guest") -> None:
+                 *, name: str = "vhost-frontend-guest", directory: str | None = None) -> None:
         if regions is None:
             if size is None:
                 raise ValueError("give size or regions")
@@ -407,7 +414,7 @@ class GuestMemory:
         self.regions: list[MemRegion] = []
         try:
             for items in layout.values():
-                backing = _Backing(name, max(off + spec.size for spec, off in items))
+                backing = _Backing(name, max(off + spec.size for spec, off in items), directory)
                 self._backings.append(backing)
                 for spec, off in items:
                     uaddr = spec.uaddr if spec.uaddr is not None else backing.address + off

@@ -144,7 +144,7 @@ def test_to_dict_round_trips() -> None:
     config = parse_config(doc(GOOD))
     as_dict = config.to_dict()
     features = {"mrg_rxbuf": True, "event_idx": True, "indirect_desc": True, "offloads": True,
-                "memory_slots": True}
+                "memory_slots": True, "allow_file_memory": False}
     assert as_dict == {
         "version": 1,
         "runtime_dir": "/run/vs",
@@ -197,7 +197,7 @@ def test_config_error_str_lists_all_issues() -> None:
     assert str(info.value) == (
         "c.yaml:2:21: datapath.workers: must be 1..64 (got 0)\n"
         "c.yaml:3:1: x: unknown key 'x' (expected one of: "
-        "control, datapath, debug, defaults, fdb, metrics, ports, runtime_dir, security, version)"
+        "control, datapath, debug, defaults, fdb, limits, metrics, ports, runtime_dir, security, version)"
     )
     assert all(isinstance(e, ConfigIssue) for e in info.value.errors)
 
@@ -270,7 +270,7 @@ def test_unknown_keys() -> None:
         + VHOST_USER_KEYS + ")",
         "c.yaml:5:24: datapath.threads: unknown key 'threads' (expected one of: cpus, mode, tap_io, workers)",
         "c.yaml:6:1: portz: unknown key 'portz', did you mean 'ports'? (expected one of: "
-        "control, datapath, debug, defaults, fdb, metrics, ports, runtime_dir, security, version)",
+        "control, datapath, debug, defaults, fdb, limits, metrics, ports, runtime_dir, security, version)",
     ]
 
 
@@ -725,7 +725,7 @@ def test_full_config_round_trips_through_to_dict() -> None:
         "type": "vhost-user", "mode": "server", "socket": "/run/vswitch/vm1.sock", "queues": 3,
         "mtu": 1500, "mac": "52:54:00:12:34:56", "socket_owner": 0, "socket_mode": 0o640,
         "mrg_rxbuf": True, "event_idx": True, "indirect_desc": True, "offloads": False,
-        "memory_slots": True,
+        "memory_slots": True, "allow_file_memory": False,
     }
     # A client port has no socket_* keys (they would be an error).
     assert not any(k.startswith("socket_") for k in as_dict["ports"]["vm2"])
@@ -792,10 +792,12 @@ def test_defaults_errors() -> None:
           offloads: 'no'
         ports: {}
         """) == [
-        "c.yaml:2:3: defaults.socket: unknown key 'socket', did you mean 'socket_mode'? (expected one of: event_idx, indirect_desc, "
-        "memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket_group, socket_mode, socket_owner)",
-        "c.yaml:3:3: defaults.type: unknown key 'type' (expected one of: event_idx, indirect_desc, "
-        "memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket_group, socket_mode, socket_owner)",
+        "c.yaml:2:3: defaults.socket: unknown key 'socket', did you mean 'socket_mode'? (expected one of: allow_file_memory, event_idx, "
+        "indirect_desc, memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket_group, socket_mode, "
+        "socket_owner)",
+        "c.yaml:3:3: defaults.type: unknown key 'type' (expected one of: allow_file_memory, event_idx, "
+        "indirect_desc, memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket_group, socket_mode, "
+        "socket_owner)",
         "c.yaml:4:13: defaults.offloads: must be true or false (got string 'no')",
     ]
     assert one_error("defaults: [1]\nports: {}\n") == "c.yaml:1:11: defaults: must be a mapping (got a list)"
@@ -1647,3 +1649,61 @@ def test_tap_io_rejects_other_methods_with_its_position() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config("ports: {}\ndatapath:\n  tap_io: aio\n", "c.yaml")
     assert str(info.value) == "c.yaml:3:11: datapath.tap_io: must be one of: io_uring, write (got 'aio')"
+
+
+# -- limits and allow_file_memory ---------------------------------------------------
+
+
+def test_limits_default_to_10_s_1_tib_per_port_and_32_tib_in_all() -> None:
+    config = parse_config("ports: {a: {type: vhost-user}}\n")
+    assert config.limits == config_module.LimitsConfig(10.0, 1 << 40, 32 << 40)
+    assert config.ports["a"].allow_file_memory is False
+    assert "limits" not in config.to_dict()       # a file without it round-trips unchanged
+
+
+def test_limits_take_seconds_and_sizes_with_binary_units() -> None:
+    config = parse_config(doc("""
+        limits:
+          message_timeout: 0.25
+          guest_memory_per_port: 1.5 GiB
+          guest_memory_total: 2TiB
+        ports: {}
+        """))
+    assert config.limits == config_module.LimitsConfig(0.25, 3 << 29, 2 << 40)
+    assert parse_config(yaml.safe_dump(config.to_dict())) == config
+    assert parse_config("limits: {message_timeout: 30, guest_memory_per_port: 1048576}\nports: {}\n").limits \
+        == config_module.LimitsConfig(30.0, 1 << 20, 32 << 40)
+    assert config_module.parse_size("4KiB") == 4096 and config_module.parse_size(7) == 7
+    with pytest.raises(ValueError, match="unknown unit 'GB'"):
+        config_module.parse_size("1GB")
+
+
+def test_limits_errors_are_positioned() -> None:
+    assert errors("""
+        limits:
+          message_timeout: 0.01
+          guest_memory_per_port: 2TiB
+          guest_memory_total: 1TiB
+        ports: {}
+        """) == [
+        "c.yaml:2:20: limits.message_timeout: must be 0.1..3600 seconds (got 0.01)",
+        "c.yaml:4:23: limits.guest_memory_total: must be at least limits.guest_memory_per_port "
+        "(2199023255552 bytes) (got 1099511627776)",
+    ]
+    assert one_error("limits: {guest_memory_per_port: lots}\nports: {}\n") == (
+        "c.yaml:1:33: limits.guest_memory_per_port: must be a number with an optional unit (got string 'lots')")
+    assert one_error("limits: {message_timeout: 5 s}\nports: {}\n") == (
+        "c.yaml:1:27: limits.message_timeout: must be a number of seconds 0.1..3600 (got string '5 s')")
+
+
+def test_allow_file_memory_from_defaults_and_per_port() -> None:
+    config = parse_config(doc("""
+        defaults: {allow_file_memory: true}
+        ports:
+          a: {type: vhost-user}
+          b: {type: vhost-user, allow_file_memory: false}
+          up: {type: tap}
+        """))
+    assert (config.ports["a"].allow_file_memory, config.ports["b"].allow_file_memory) == (True, False)
+    assert one_error("ports: {a: {type: vhost-user, allow_file_memory: 'no'}}\n") == (
+        "c.yaml:1:50: ports.a.allow_file_memory: must be true or false (got string 'no')")

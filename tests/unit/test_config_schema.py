@@ -433,6 +433,60 @@ POLICY_VALIDATOR_ONLY = {
                     "ports.p.mirror.to: mirror loop: port 'q' mirrors back to 'p' (p -> q -> p)", False),
 }
 
+# What a front-end can make the daemon hold: the `limits` section, and the
+# per-port (and default) allow_file_memory.
+GOOD["allow-file-memory"] = """
+    defaults: {allow_file_memory: true}
+    ports:
+      vm1: {type: vhost-user, allow_file_memory: false}
+      vm2: {type: vhost-user}
+    """
+GOOD["limits"] = """
+    limits:
+      message_timeout: 0.5
+      guest_memory_per_port: 256GiB
+      guest_memory_total: 2199023255552
+    defaults: {allow_file_memory: true}
+    ports:
+      vm1: {type: vhost-user, allow_file_memory: false}
+      vm2: {type: vhost-user}
+    """
+GOOD["limits-forms"] = """
+    limits: {message_timeout: 3600, guest_memory_per_port: 1.5 GiB, guest_memory_total: 128TiB}
+    ports: {}
+    """
+BAD.update({
+    "limits-not-mapping": ("limits: 10\nports: {}\n", "limits: must be a mapping"),
+    "limits-unknown-key": ("limits: {timeout: 10}\nports: {}\n", "limits.timeout: unknown key"),
+    "message-timeout-0": ("limits: {message_timeout: 0}\nports: {}\n",
+                          "limits.message_timeout: must be 0.1..3600 seconds (got 0)"),
+    "message-timeout-big": ("limits: {message_timeout: 3601}\nports: {}\n", "must be 0.1..3600 seconds"),
+    "message-timeout-string": ("limits: {message_timeout: 10s}\nports: {}\n",
+                               "limits.message_timeout: must be a number of seconds"),
+    "message-timeout-bool": ("limits: {message_timeout: true}\nports: {}\n", "must be a number of seconds"),
+    "guest-memory-small": ("limits: {guest_memory_per_port: 4096}\nports: {}\n",
+                           "limits.guest_memory_per_port: must be 1MiB..128TiB"),
+    "guest-memory-unit": ("limits: {guest_memory_total: 4TB}\nports: {}\n",
+                          "limits.guest_memory_total: unknown unit 'TB'"),
+    "guest-memory-negative": ("limits: {guest_memory_total: -1}\nports: {}\n", "must be 1MiB..128TiB"),
+    "allow-file-memory-string": ("ports: {vm1: {type: vhost-user, allow_file_memory: 'yes'}}\n",
+                                 "ports.vm1.allow_file_memory: must be true or false"),
+    "allow-file-memory-default": ("defaults: {allow_file_memory: 1}\nports: {}\n",
+                                  "defaults.allow_file_memory: must be true or false"),
+    "allow-file-memory-tap": ("ports: {up: {type: tap, allow_file_memory: true}}\n",
+                              "ports.up.allow_file_memory: unknown key"),
+})
+VALIDATOR_ONLY.update({
+    "guest-memory-string-too-big": ("limits: {guest_memory_total: 129TiB}\nports: {}\n",
+                                    "limits.guest_memory_total: must be 1MiB..128TiB", False),
+    "guest-memory-total-below-per-port": (
+        "limits: {guest_memory_per_port: 2TiB, guest_memory_total: 1TiB}\nports: {}\n",
+        "limits.guest_memory_total: must be at least limits.guest_memory_per_port", False),
+    "guest-memory-per-port-above-default-total": (
+        "limits: {guest_memory_per_port: 64TiB}\nports: {}\n",
+        "limits.guest_memory_per_port: must not be more than limits.guest_memory_total", False),
+})
+
 GOOD.update(POLICY_GOOD)
 BAD.update(POLICY_BAD)
 VALIDATOR_ONLY.update(POLICY_VALIDATOR_ONLY)
@@ -517,6 +571,7 @@ def test_schema_and_validator_know_the_same_keys() -> None:
     assert set(props["datapath"]["properties"]) == set(cfg._DATAPATH_KEYS)
     assert set(props["defaults"]["properties"]) == set(cfg._DEFAULTS_KEYS)
     assert set(props["fdb"]["properties"]) == set(cfg._FDB_KEYS)
+    assert set(props["limits"]["properties"]) == set(cfg._LIMITS_KEYS)
     assert set(props["fdb"]["properties"]["static"]["items"]["properties"]) == set(cfg._FDB_STATIC_KEYS)
     defs = SCHEMA["$defs"]
     assert set(defs["vhostUserPort"]["properties"]) == set(cfg._VHOST_USER_KEYS)

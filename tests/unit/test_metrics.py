@@ -39,7 +39,7 @@ class FakeVhostPort:
             "name": name, "type": "vhost-user", "mode": "server", "socket": f"/run/vswitch/{name}.sock",
             "queues_offered": queues, "state": "connected" if connected else "listening",
             "connections": 3, "disconnects": 2, "refused": 1, "protocol_errors": 1,
-            "memory_faults": 1, "last_error": None, "alerts": {},
+            "memory_faults": 1, "message_timeouts": 2, "last_error": None, "alerts": {},
             "features": ["MRG_RXBUF", "EVENT_IDX", "VERSION_1"] if connected else [],
             "protocol_features": [], "mtu": 1500 if connected else None,
             "queues_enabled": enabled if connected else 0,
@@ -181,7 +181,7 @@ def test_port_state_info_queues_and_mtu(switch):
 def test_connection_events_fdb_workers_reloads_and_build(switch):
     s = scrape(switch)["samples"]
     for event, n in (("connect", 3), ("disconnect", 2), ("refused", 1), ("protocol_error", 1),
-                     ("memory_fault", 1)):
+                     ("memory_fault", 1), ("message_timeout", 2)):
         assert value(s, "vswitch_vhost_connections_total", port="a", event=event) == n
     assert not any(dict(k)["port"] == "up" for k in s["vswitch_vhost_connections_total"])
     assert value(s, "vswitch_tap_events_total", port="up", event="attach") == 4

@@ -127,3 +127,12 @@ def test_tap_io_change_is_a_warning_for_the_next_start():
     p = plan(cfg({"a": A}), cfg({"a": A}, datapath={"tap_io": "write"}))
     assert p.warnings == ["datapath.tap_io: io_uring -> write takes effect at the next start of the daemon"]
     assert p.datapath_in_place == () and p.unchanged == ["a"]
+
+
+def test_allow_file_memory_applies_in_place_and_limits_are_noticed():
+    old, new = cfg({"a": A}), cfg({"a": {**A, "allow_file_memory": True}})
+    change = port_change("a", old.ports["a"], new.ports["a"])
+    assert not change.restart and change.in_place == ("allow_file_memory",) and change.at_connect == ()
+    p = plan(cfg({"a": A}), cfg({"a": A}, limits={"message_timeout": 2}))
+    assert p.limits_changed and not p.empty and p.unchanged == ["a"] and p.summary()["limits"]
+    assert not plan(cfg({"a": A}), cfg({"a": A})).limits_changed

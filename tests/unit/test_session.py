@@ -12,7 +12,9 @@ import struct
 
 import pytest
 
+from vswitch.vhost import fdkind
 from vswitch.vhost import protocol as p
+from vswitch.vhost import session as session_module
 from vswitch.vhost.protocol import Feature as F
 from vswitch.vhost.protocol import ProtocolError
 from vswitch.vhost.protocol import ProtocolFeature as PF
@@ -311,7 +313,7 @@ def test_memory_slots_are_added_and_removed_as_whole_tables(session):
         assert reply_u64(send(s, R.ADD_MEM_REG, one_region(i), [memfd()], need_reply=True)) == 0
     # each ADD hands the datapath the whole table (it remaps everything at once)
     assert [c for c in backend.calls if c[0] == "mem"] == [("mem", 1), ("mem", 2), ("mem", 3)]
-    assert s.info().mem_regions == 3 and open_fds() == before + 3   # one dup per region kept
+    assert s.info().mem_regions == 3 and open_fds() == before + 3   # one fd per region kept
     # REM: identified by gpa, user address and size; a stray fd is closed
     assert reply_u64(send(s, R.REM_MEM_REG, one_region(1), [memfd()], need_reply=True)) == 0
     assert backend.calls[-1] == ("mem", 2) and open_fds() == before + 2
@@ -358,3 +360,124 @@ def test_send_rarp_announces_the_guest_mac(session):
     assert backend.calls[-1] == ("rarp", mac) and s.rarps == 1
     with pytest.raises(ProtocolError, match="unicast"):
         send(s, R.SEND_RARP, bytes.fromhex("ffffffffffff") + b"\0\0")
+
+
+# --- fds: each is stored or closed, and of the kind its message needs -----------------
+
+def is_closed(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+
+def disk_fd() -> int:
+    """A file on a disk filesystem (not memfd, tmpfs or hugetlbfs)."""
+    fd = os.open("/var/tmp", os.O_TMPFILE | os.O_RDWR, 0o600)
+    os.ftruncate(fd, 1 << 20)
+    if fdkind.fs_magic(fd) in fdkind.MEMORY_FILESYSTEMS:
+        os.close(fd)
+        pytest.skip("/var/tmp is on a memory filesystem here")
+    return fd
+
+
+@pytest.mark.parametrize("request_", [R.SET_VRING_KICK, R.SET_VRING_CALL, R.SET_VRING_ERR])
+def test_a_vring_fd_that_is_not_an_eventfd_is_refused_and_closed(session, request_):
+    s, backend = session
+    refusals: list[str] = []
+    s.on_refused = refusals.append
+    negotiate(s)
+    r, w = os.pipe()
+    try:
+        assert reply_u64(send(s, request_, u64(0), [r], need_reply=True)) == 1
+        assert is_closed(r) and backend.fds == {}
+        assert refusals == [f"{request_.name}: the fd is not an eventfd (it is a pipe)"]
+        m = memfd()
+        with pytest.raises(ProtocolError, match="not an eventfd"):    # no reply asked: closed
+            send(s, request_, u64(1), [m])
+        assert is_closed(m)
+    finally:
+        os.close(w)
+    # the "no fd" flag stays allowed, and an eventfd is taken
+    assert reply_u64(send(s, request_, u64(0x100), need_reply=True)) == 0
+    ev = eventfd()
+    assert reply_u64(send(s, request_, u64(1), [ev], need_reply=True)) == 0
+    assert not is_closed(ev) and ev in backend.fds.values()
+
+
+def test_a_vring_fd_the_datapath_does_not_take_is_closed(session):
+    s, backend = session
+    negotiate(s)
+
+    def refuse(index, fd):
+        raise OSError(9, "Bad file descriptor")
+    backend.set_vring_kick = refuse
+    ev = eventfd()
+    assert reply_u64(send(s, R.SET_VRING_KICK, u64(0), [ev], need_reply=True)) == 1
+    assert is_closed(ev)
+    ev = eventfd()
+    with pytest.raises(ProtocolError, match="SET_VRING_KICK: .*Bad file descriptor"):
+        send(s, R.SET_VRING_KICK, u64(0), [ev])
+    assert is_closed(ev)
+
+
+def test_guest_memory_on_a_disk_filesystem_is_refused_unless_the_port_allows_it(session):
+    s, backend = session
+    negotiate(s, 1 << PF.REPLY_ACK | 1 << PF.CONFIGURE_MEM_SLOTS | 1 << PF.LOG_SHMFD)
+    before = open_fds()
+    for request_, payload in ((R.SET_MEM_TABLE, region_table(1)), (R.ADD_MEM_REG, one_region(0))):
+        fd = disk_fd()
+        assert reply_u64(send(s, request_, payload, [fd], need_reply=True)) == 1
+        assert is_closed(fd)
+    fd = disk_fd()
+    with pytest.raises(ProtocolError, match="SET_LOG_BASE: guest memory in a file on .*allow_file_memory"):
+        send(s, R.SET_LOG_BASE, struct.pack("=QQ", 4096, 0), [fd])
+    assert is_closed(fd)
+    assert not [c for c in backend.calls if c[0] in ("mem", "log")] and open_fds() == before
+    s.allow_file_memory = True
+    assert reply_u64(send(s, R.SET_MEM_TABLE, region_table(1), [disk_fd()], need_reply=True)) == 0
+    assert backend.calls[-1] == ("mem", 1) and open_fds() == before + 1
+    s.close()
+    assert open_fds() == before
+
+
+def test_a_table_that_cannot_be_kept_leaves_no_fd_behind(session, monkeypatch):
+    s, backend = session
+    negotiate(s)
+    before = open_fds()
+    real_dup, calls = os.dup, []
+
+    def dup_then_run_out(fd: int) -> int:
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(24, "Too many open files")
+        return real_dup(fd)
+    monkeypatch.setattr(session_module.os, "dup", dup_then_run_out)
+    fds = [memfd(), memfd()]
+    assert reply_u64(send(s, R.SET_MEM_TABLE, region_table(2), fds, need_reply=True)) == 1
+    monkeypatch.undo()
+    assert all(is_closed(fd) for fd in fds) and open_fds() == before
+    assert not [c for c in backend.calls if c[0] == "mem"]      # never handed to the datapath
+
+    def refuse(regions):
+        raise RuntimeError("cannot map")
+    backend.set_mem_table = refuse
+    assert reply_u64(send(s, R.SET_MEM_TABLE, region_table(2), [memfd(), memfd()], need_reply=True)) == 1
+    assert open_fds() == before and s.info().mem_regions == 0
+
+
+def test_the_table_is_released_even_if_the_datapath_reset_fails(session):
+    s, backend = session
+    negotiate(s)
+    before = open_fds()
+    send(s, R.SET_MEM_TABLE, region_table(2), [memfd(), memfd()])
+    assert open_fds() == before + 2
+
+    def broken():
+        raise RuntimeError("reset failed")
+    backend.reset = broken
+    with pytest.raises(RuntimeError):
+        s.close()
+    assert open_fds() == before
+    del backend.reset                   # the fixture's teardown resets for real

@@ -16,14 +16,20 @@ Rules from vhost-user.rst and from others' bugs (anchors.md §4) kept here:
 * NEED_REPLY is honoured whenever REPLY_ACK was negotiated.
 * What we offer depends only on the port configuration, never on runtime
   state, so it is identical across reconnects.
+* Every fd that comes with a message is either stored (by the datapath, or
+  here for the memory table) or closed, on every path; kick/call/err fds
+  must be eventfds and memory fds files on memfd/tmpfs/hugetlbfs
+  (vhost/fdkind.py), checked before the datapath sees them.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from . import fdkind
 from . import protocol as p
 from .protocol import Feature as F
 from .protocol import ProtocolError
@@ -37,7 +43,10 @@ class RequestFailed(Exception):
 
 
 class Backend(Protocol):
-    """What a session needs from the datapath, for one port."""
+    """What a session needs from the datapath, for one port.
+
+    set_vring_kick/call/err take ownership of the fd only when they return;
+    if they raise, the fd is still the caller's (and is closed)."""
 
     def set_features(self, features: int) -> None: ...
     def set_mem_table(self, regions: list[tuple[int, int, int, int, int]]) -> list[int]: ...
@@ -123,9 +132,16 @@ _ONE_FD = (R.SET_MEM_TABLE, R.SET_LOG_BASE, R.SET_LOG_FD, R.ADD_MEM_REG, R.REM_M
 
 
 class Session:
-    def __init__(self, offer: Offer, backend: Backend) -> None:
+    def __init__(self, offer: Offer, backend: Backend, *, allow_file_memory: bool = False,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         self.offer = offer
         self.backend = backend
+        # Guest memory in files outside memfd/tmpfs/hugetlbfs (the port's
+        # allow_file_memory; read at each memory message, so a reload applies).
+        self.allow_file_memory = allow_file_memory
+        # Told why, each time a request is answered with a failure (the
+        # front-end asked for a reply): the connection stays, the port logs it.
+        self.on_refused = on_refused
         self.features = 0
         self.features_set = False
         self.protocol_features = 0
@@ -154,6 +170,8 @@ class Session:
             return reply
         except RequestFailed as exc:
             if header.need_reply and self._reply_ack and header.request not in _REPLYING:
+                if self.on_refused is not None:
+                    self.on_refused(str(exc))
                 return p.encode_u64_reply(header.request, 1)
             raise ProtocolError(str(exc)) from exc
         finally:
@@ -261,19 +279,35 @@ class Session:
         regions = p.decode_mem_table(payload)
         if len(fds) != len(regions):
             raise ProtocolError(f"SET_MEM_TABLE: {len(regions)} regions but {len(fds)} fds")
+        self._check_memory_fds(fds, "SET_MEM_TABLE")
         self._install_regions(list(zip(regions, fds)), "SET_MEM_TABLE")
         return None
 
+    def _check_memory_fds(self, fds: list[int], what: str) -> None:
+        for fd in fds:
+            try:
+                fdkind.check_memory_fd(fd, self.allow_file_memory)
+            except fdkind.FdRefused as exc:
+                raise RequestFailed(f"{what}: {exc}") from None
+
     def _install_regions(self, table: list[tuple[p.MemRegion, int]], what: str) -> None:
         """Hand the datapath a complete table; keep a dup of every fd that
-        backs it (the caller's fds are closed by handle())."""
+        backs it (the caller's fds are closed by handle()). Taken before the
+        datapath maps anything, so that running out of fds refuses the table
+        instead of leaving dups behind."""
+        kept: list[tuple[p.MemRegion, int]] = []
         try:
+            for r, fd in table:
+                kept.append((r, os.dup(fd)))
             dropped = self.backend.set_mem_table(
                 [(r.guest_phys_addr, r.memory_size, r.userspace_addr, r.mmap_offset, fd)
                  for r, fd in table])
-        except Exception as exc:
-            raise RequestFailed(f"{what}: {exc}") from exc
-        kept = [(r, os.dup(fd)) for r, fd in table]
+        except BaseException as exc:
+            for _, fd in kept:
+                os.close(fd)
+            if isinstance(exc, Exception):
+                raise RequestFailed(f"{what}: {exc}") from exc
+            raise
         self._drop_regions()
         self.regions = kept
         self.has_mem = bool(table)
@@ -296,6 +330,7 @@ class Session:
         region = p.decode_single_mem_region(payload, "ADD_MEM_REG")
         if len(fds) != 1:
             raise ProtocolError(f"ADD_MEM_REG: {len(fds)} fds, expected 1")
+        self._check_memory_fds(fds, "ADD_MEM_REG")
         key = (region.guest_phys_addr, region.userspace_addr, region.memory_size)
         if any((r.guest_phys_addr, r.userspace_addr, r.memory_size) == key for r, _ in self.regions):
             # QEMU before ADD/REM_MEM_REG became per-device requests sends them
@@ -328,6 +363,7 @@ class Session:
         size, offset = p.decode_log(payload)
         if len(fds) != 1:
             raise ProtocolError(f"SET_LOG_BASE: {len(fds)} fds, expected 1")
+        self._check_memory_fds(fds, "SET_LOG_BASE")
         try:
             self.backend.set_log_base(fds[0], size, offset)
         except Exception as exc:
@@ -417,11 +453,24 @@ class Session:
         vr = self._vring_index(index, request.name)
         if len(fds) != (0 if nofd else 1):
             raise ProtocolError(f"{request.name}: {len(fds)} fds with no-fd flag {nofd}")
-        fd = -1 if nofd else fds.pop()
+        fd = -1
+        if not nofd:
+            # vhost-user.rst: "an event file descriptor"; the no-fd flag
+            # (a polled ring, no call/err notifications) stays allowed.
+            try:
+                fdkind.check_eventfd(fds[0])
+            except fdkind.FdRefused as exc:
+                raise RequestFailed(f"{request.name}: {exc}") from None
+            fd = fds[0]
         setter = {R.SET_VRING_KICK: self.backend.set_vring_kick,
                   R.SET_VRING_CALL: self.backend.set_vring_call,
                   R.SET_VRING_ERR: self.backend.set_vring_err}[request]
-        setter(index, fd)
+        try:
+            setter(index, fd)
+        except Exception as exc:
+            # not taken: the fd is still in fds, and handle() closes it
+            raise RequestFailed(f"{request.name}: {exc}") from exc
+        fds.clear()                      # the datapath owns it now
         if request == R.SET_VRING_KICK:
             # vhost-user.rst: the ring starts on a kick; with no fd we poll.
             vr.kicked = True
@@ -452,8 +501,10 @@ class Session:
         # internal state to the initial state (disable all vrings, ...)".
         # Ownership and the negotiated protocol features survive.
         self._expect_empty(h, payload)
-        self.backend.reset()
-        self._drop_regions()
+        try:
+            self.backend.reset()
+        finally:
+            self._drop_regions()
         self.features = 0
         self.features_set = False
         self.has_mem = False

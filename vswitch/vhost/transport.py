@@ -4,6 +4,13 @@ A message is read as its 12-byte header with recvmsg (the fds travel as
 SCM_RIGHTS on the first byte of the front-end's sendmsg), then exactly
 `size` payload bytes. Reading the header alone keeps fds attached to the
 message they came with.
+
+Once a message has begun it must be complete within a timeout (and the first
+one of a connection within that time of the connect): a peer that sends half
+a message, or nothing, would otherwise hold the port - it takes one
+front-end at a time - and the fds it sent, for ever. Between complete
+messages there is no limit: QEMU started with -S or -incoming is silent on
+purpose, for as long as it likes.
 """
 
 from __future__ import annotations
@@ -26,6 +33,33 @@ class PeerClosed(Exception):
     """The other side closed the connection."""
 
 
+class MessageTimeout(Exception):
+    """A message did not arrive whole in time; the connection must close."""
+
+
+class _MessageClock:
+    """The deadline of the message being read: it starts with its first
+    byte, or at once for the first message of a connection."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float | None, started: bool) -> None:
+        self.loop = loop
+        self.timeout = timeout
+        self.deadline: float | None = None
+        self.got = 0                       # bytes of the message so far
+        if started:
+            self.start()
+
+    def start(self) -> None:
+        if self.timeout is not None and self.deadline is None:
+            self.deadline = self.loop.time() + self.timeout
+
+    def remaining(self) -> float | None:
+        """Seconds left, or None: no limit (the message has not begun)."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - self.loop.time())
+
+
 def _fds_from_ancdata(ancdata) -> list[int]:
     fds: list[int] = []
     for level, kind, data in ancdata:
@@ -43,16 +77,24 @@ class Connection:
         self.sock = sock
         self.loop = loop
 
-    async def _wait_readable(self) -> None:
+    async def _wait_readable(self, timeout: float | None) -> bool:
+        """Wait until the socket is readable; False if timeout passed first."""
         fut = self.loop.create_future()
         fd = self.sock.fileno()
-        self.loop.add_reader(fd, fut.set_result, None)
+        self.loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
         try:
-            await fut
+            if timeout is None:
+                await fut
+            else:
+                await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return False
         finally:
             self.loop.remove_reader(fd)
+        return True
 
-    async def _recv_exact(self, n: int, want_fds: bool) -> tuple[bytes, list[int]]:
+    async def _recv_exact(self, n: int, want_fds: bool, clock: _MessageClock,
+                          what: str) -> tuple[bytes, list[int]]:
         buf = bytearray()
         fds: list[int] = []
         try:
@@ -66,29 +108,40 @@ class Connection:
                     else:
                         data = self.sock.recv(n - len(buf))
                 except (BlockingIOError, InterruptedError):
-                    await self._wait_readable()
+                    if not await self._wait_readable(clock.remaining()):
+                        got = (f"{len(buf)} of the {n} bytes of {what}" if clock.got
+                               else "nothing")
+                        raise MessageTimeout(f"{got} received in {clock.timeout:g} s") from None
                     continue
                 except ConnectionResetError:
                     raise PeerClosed() from None
                 if not data:
                     raise PeerClosed()
                 buf += data
+                clock.got += len(data)
+                clock.start()
         except BaseException:
             for fd in fds:
                 os.close(fd)
             raise
         return bytes(buf), fds
 
-    async def read_message(self) -> tuple[p.Header, bytes, list[int]]:
-        """Next message; raises PeerClosed or ProtocolError (fds closed)."""
-        raw, fds = await self._recv_exact(p.HEADER_SIZE, want_fds=True)
+    async def read_message(self, timeout: float | None = None,
+                           first: bool = False) -> tuple[p.Header, bytes, list[int]]:
+        """Next message; raises PeerClosed, ProtocolError or MessageTimeout
+        (fds closed). `timeout`: seconds the message may take from its first
+        byte on (None: no limit); `first`: from now on, for the first
+        message of a connection, which must come at once."""
+        clock = _MessageClock(self.loop, timeout, started=first)
+        raw, fds = await self._recv_exact(p.HEADER_SIZE, True, clock, "a header")
         try:
             header = p.decode_header(raw)
             if len(fds) > p.MAX_FDS:
                 raise p.ProtocolError(f"{len(fds)} fds attached (at most {p.MAX_FDS})")
             payload = b""
             if header.size:
-                payload, more = await self._recv_exact(header.size, want_fds=False)
+                payload, _ = await self._recv_exact(
+                    header.size, False, clock, f"the payload of {p.request_name(header.request)}")
         except BaseException:
             for fd in fds:
                 os.close(fd)
