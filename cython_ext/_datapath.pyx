@@ -569,12 +569,20 @@ cdef class Datapath:
     # --- dirty logging (live migration) ---------------------------------------
 
     cdef void _update_log(self, vs_port *port) noexcept:
-        """Logging is on while VHOST_F_LOG_ALL is negotiated and a log is mapped.
-        The caller quiesces (or has): workers see the new pointer next round."""
-        cdef uint8_t *log = NULL
-        if port.log_all and port.log_map_base != NULL:
-            log = <uint8_t *>port.log_map_base + port.log_lead
-        port.log = log
+        """Logging is on while VHOST_F_LOG_ALL is negotiated and a log is
+        mapped: publish the bitmap and its size as one pointer. The caller
+        has quiesced since the last publish (the slot written here may have
+        been in use until then); workers see the new log next round."""
+        cdef int i = 1 - port.log_cur
+        if not (port.log_all and port.log_map_base != NULL):
+            port.log = NULL
+            vs_mb()
+            return
+        port.logs[i].bits = <uint8_t *>port.log_map_base + port.log_lead
+        port.logs[i].size = port.log_size
+        vs_mb()
+        port.log = &port.logs[i]
+        port.log_cur = i
         vs_mb()
 
     def set_log_base(self, int p, int fd, uint64_t size, uint64_t offset):
@@ -602,22 +610,23 @@ cdef class Datapath:
         self._check_memory_caps(port, _port_mapped(port) - port.log_map_len + map_len, "the dirty log")
         base = _map_guest(fd, map_off, map_len, "the dirty log")
         # QEMU resizes the log while migrating: it reads the old one after our
-        # reply, so workers keep logging into it until they all see the new one.
-        # Workers read the pointer and the size separately: until all of them
-        # passed a quiescent point, the size must suit both bitmaps.
+        # reply, so workers keep logging into it until they all see the new
+        # one. The bitmap and its size are published together (_update_log).
         old_base, old_len, old_guard = port.log_map_base, port.log_map_len, port.log_guard
         port.log_guard = vs_guard_add(base, map_len, &port.mem_faults)
-        if old_base != NULL and port.log_size > size:
-            port.log_size = size
-        vs_mb()
+        try:
+            self._quiesce()    # the log slot _update_log writes is free
+        except BaseException:
+            vs_guard_remove(port.log_guard)
+            port.log_guard = old_guard
+            munmap(base, map_len)
+            raise
         port.log_map_base = base
         port.log_map_len = map_len
         port.log_lead = lead
-        if port.log_all:
-            port.log = <uint8_t *>base + lead
-        vs_mb()
-        self._quiesce()        # every worker now logs into the new bitmap
         port.log_size = size
+        self._update_log(port)
+        self._quiesce()        # every worker now logs into the new bitmap
         if old_base != NULL:
             vs_guard_remove(old_guard)
             munmap(old_base, old_len)

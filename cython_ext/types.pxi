@@ -44,6 +44,7 @@ cdef extern from "vs_defs.h" nogil:
     void vs_store_relaxed_u64(uint64_t *p, uint64_t v)
     int vs_cas_u64(uint64_t *p, uint64_t expected, uint64_t desired)
     int vs_cas_int(int *p, int expected, int desired)
+    void *vs_load_acquire_ptr(void **p)
     void vs_store_seq_int(int *p, int v)
     int vs_load_seq_int(const int *p)
     int vs_load_relaxed_int(const int *p)
@@ -323,6 +324,10 @@ ctypedef struct vs_capture:
     uint64_t captured              # records written (under lock)
     uint64_t lost                  # records that did not fit (under lock)
 
+ctypedef struct vs_dirty_log:
+    uint8_t *bits
+    uint64_t size                  # bytes
+
 ctypedef struct vs_port:
     int in_use
     int kind                       # PORT_VHOST, PORT_TAP or PORT_VXLAN
@@ -342,9 +347,15 @@ ctypedef struct vs_port:
     uint16_t rx_enabled[VS_MAX_QP] # enabled RX queue pairs, for spreading
     vs_memtable mem
     # Dirty log for live migration (SET_LOG_BASE + VHOST_F_LOG_ALL): `log` is
-    # NULL unless both are set; one bit per 4 KiB guest page.
-    uint8_t *log
-    uint64_t log_size              # bytes
+    # NULL unless both are set; one bit per 4 KiB guest page. Workers read
+    # the bitmap and its size through this one pointer, published whole (a
+    # worker never sees a new bitmap with the old size): it points to one of
+    # `logs`, and the control plane writes the other only after a quiescent
+    # point has passed since it last published.
+    vs_dirty_log *log
+    vs_dirty_log logs[2]
+    int log_cur                    # the one of logs[] published last
+    uint64_t log_size              # bytes (the control plane's record)
     void *log_map_base
     size_t log_map_len             # the whole mapping, in pages of the log's file
     size_t log_lead                # where the bitmap starts in the mapping (its offset's page offset)

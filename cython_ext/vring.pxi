@@ -168,13 +168,14 @@ cdef inline void vring_notify(vs_worker *w, vs_vring *vq, int event_idx, uint16_
 
 cdef inline void log_gpa_range(vs_port *port, uint64_t gpa, uint64_t length) noexcept nogil:
     cdef uint64_t page, last
-    if length == 0 or gpa > (~(<uint64_t>0)) - (length - 1):
+    cdef vs_dirty_log *lg = <vs_dirty_log *>vs_load_acquire_ptr(<void **>&port.log)   # bitmap and size together
+    if lg == NULL or length == 0 or gpa > (~(<uint64_t>0)) - (length - 1):
         return
     page = gpa >> 12
     last = (gpa + (length - 1)) >> 12
     port.log_marks += 1
-    while page <= last and (page >> 3) < port.log_size:
-        vs_log_page(port.log, page)
+    while page <= last and (page >> 3) < lg.size:
+        vs_log_page(lg.bits, page)
         page += 1
 
 

@@ -70,6 +70,10 @@ static inline int vs_cas_u64(volatile uint64_t *p, uint64_t expected, uint64_t d
     return __atomic_compare_exchange_n(p, &expected, desired, 0,
                                        __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
 }
+/* A pointer the control plane publishes whole (the dirty log's descriptor). */
+static inline void *vs_load_acquire_ptr(void *const *p) {
+    return __atomic_load_n((void *const volatile *)p, __ATOMIC_ACQUIRE);
+}
 /* Notifications (notify.pxi): who may write a ring's call fd. Sequentially
  * consistent, because the protocol is store(again) -> CAS(busy) on one side
  * and store(busy) -> load(again) on the other. */
