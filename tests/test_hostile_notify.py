@@ -20,7 +20,6 @@ a new front-end afterwards.
 from __future__ import annotations
 
 import os
-import struct
 import threading
 import time
 
@@ -28,7 +27,7 @@ import pytest
 
 from tests.frontend import Feature as F
 from tests.frontend import VhostUserError, VhostUserFrontend, bits
-from tests.peers.testpmd import verify_delivery, virtio_user_vdev
+from tests.helpers.traffic import exchange, healthy_delivery, wait_until
 from tests.switch import Vswitchd
 
 # No EVENT_IDX: the attacker asks for an interrupt after every used entry.
@@ -50,14 +49,6 @@ def sw(request, tmp_path_factory):
                   workers=request.param, cpus="1") as sw:
         sw.work = work
         yield sw
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 def connect(sw: Vswitchd, port: str, features: int = NO_EVENT_IDX, rx_buffers: int = 128):
@@ -117,32 +108,6 @@ class ControlProbe:
         assert not self._thread.is_alive(), "a vswitchctl request never returned"
 
 
-def healthy_delivery(sw: Vswitchd, name: str, count: int = 2000):
-    def ready() -> None:
-        for port in ("in", "out"):
-            sw.wait_port(port, lambda p: p["state"] == "connected" and p["queues_enabled"] == 1,
-                         timeout=30, what="enabled")
-    result = verify_delivery(virtio_user_vdev(0, sw.socket("in")), virtio_user_vdev(1, sw.socket("out")),
-                             count=count, dst_mac=UNKNOWN_DST, workdir=sw.work / name, cpus=(0,),
-                             timeout=90, ready=ready, name=name)
-    assert result.ok, result.describe()
-    assert sum(result.sent.values()) == count and sum(result.received.values()) == count
-
-
-def exchange(src, dst, src_mac: bytes, dst_mac: bytes, n: int = 16) -> None:
-    sent = [dst_mac + src_mac + b"\x88\xb5" + struct.pack("!I", i) + bytes(range(46)) for i in range(n)]
-    src.tx(0).post_tx_frames(sent)
-    got = []
-    deadline = time.monotonic() + 15
-    while len(got) < n and time.monotonic() < deadline:
-        for f in dst.rx(0).recv_frames(n - len(got), timeout=0.2):
-            dst.rx(0).post_rx(1, 2048)
-            if f.frame[6:12] == src_mac:
-                got.append(f.frame)
-    src.tx(0).reap()
-    assert got == sent
-
-
 def recovers(sw: Vswitchd) -> None:
     """After the attacker is gone the port takes a new front-end, which
     forwards both ways."""
@@ -165,7 +130,7 @@ def test_blocked_call_and_err_eventfds_cost_only_their_port(sw):
         # its own TX ring's notification blocks too: a frame from the attacker
         bad.tx(0).post_tx_frames([PEER_MAC + BAD_MAC + b"\x88\xb5" + bytes(50)])
         with ControlProbe(sw) as probe:
-            healthy_delivery(sw, f"eventfd-{sw.workers}")
+            healthy_delivery(sw, f"eventfd-{sw.workers}", 2000)
             # the flood filled the attacker's RX ring: its interrupts were
             # asked for and held back, and the port says so
             port = wait_until(lambda: (p := sw.port("bad"))["alerts"].get("notify0") and p,
@@ -204,7 +169,7 @@ def test_full_pipe_as_call_fd_costs_only_its_port(sw):
         except (OSError, VhostUserError):
             pass                    # refused
         with ControlProbe(sw) as probe:
-            healthy_delivery(sw, f"pipe-{sw.workers}")
+            healthy_delivery(sw, f"pipe-{sw.workers}", 2000)
         assert probe.slowest < CTL_LATENCY_MAX_S, probe.slowest
         assert probe.requests > 5
         assert sw.drops("in") == {} and sw.drops("out") == {}

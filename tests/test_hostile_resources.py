@@ -35,6 +35,7 @@ import pytest
 
 from tests.frontend import Feature as F
 from tests.frontend import GuestMemory, ProtocolFeature as PF, VhostMemRegion, VhostUserFrontend, bits
+from tests.helpers.traffic import exchange, wait_until
 from tests.switch import VENV_BIN, Vswitchd
 
 FULL = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX)
@@ -85,14 +86,6 @@ def sw(tmp_path_factory):
         yield sw
 
 
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-    return value
-
-
 def log_lines(sw: Vswitchd) -> int:
     return len(sw.log_path.read_bytes().splitlines())
 
@@ -136,20 +129,6 @@ def connect(sw: Vswitchd, port: str, mem: GuestMemory | None = None):
     sw.wait_port(port, lambda p: p["state"] == "connected" and p["queues_enabled"] == 1,
                  timeout=30, what="connected")
     return dev
-
-
-def exchange(src, dst, src_mac: bytes, dst_mac: bytes, n: int = 16) -> None:
-    sent = [dst_mac + src_mac + b"\x88\xb5" + struct.pack("!I", i) + bytes(range(46)) for i in range(n)]
-    src.tx(0).post_tx_frames(sent)
-    got = []
-    deadline = time.monotonic() + 15
-    while len(got) < n and time.monotonic() < deadline:
-        for f in dst.rx(0).recv_frames(n - len(got), timeout=0.2):
-            dst.rx(0).post_rx(1, 2048)
-            if f.frame[6:12] == src_mac:
-                got.append(f.frame)
-    src.tx(0).reap()
-    assert got == sent
 
 
 def assert_port_forwards(sw: Vswitchd, port: str, mem: GuestMemory | None = None) -> None:

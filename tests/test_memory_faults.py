@@ -26,7 +26,7 @@ import pytest
 
 from tests.frontend import Feature as F
 from tests.frontend import GuestMemory, RegionSpec, VhostUserFrontend, bits
-from tests.peers.testpmd import verify_delivery, virtio_user_vdev
+from tests.helpers.traffic import healthy_delivery, wait_until
 from tests.switch import Vswitchd
 
 FULL = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX)
@@ -42,14 +42,6 @@ def sw(tmp_path_factory):
     with Vswitchd(work / "switch", {n: {"type": "vhost-user"} for n in PORTS}, cpus="1") as sw:
         sw.work = work
         yield sw
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 def connect(sw: Vswitchd, port: str, rx_buffers: int = 0):
@@ -115,19 +107,6 @@ def assert_port_works_again(sw: Vswitchd, watch) -> None:
     finally:
         dev.close(close_memory=True)
     sw.wait_port("shrink", lambda p: p["state"] == "listening", timeout=30, what="closed")
-
-
-def healthy_delivery(sw: Vswitchd, name: str, count: int):
-    def ready() -> None:
-        for port in ("in", "out"):
-            sw.wait_port(port, lambda p: p["state"] == "connected" and p["queues_enabled"] == 1,
-                         timeout=30, what="enabled")
-    result = verify_delivery(virtio_user_vdev(0, sw.socket("in")), virtio_user_vdev(1, sw.socket("out")),
-                             count=count, dst_mac=UNKNOWN_DST, workdir=sw.work / name, cpus=(0,),
-                             timeout=120, ready=ready, name=name)
-    assert result.ok, result.describe()
-    assert sum(result.sent.values()) == count and sum(result.received.values()) == count
-    return result
 
 
 @pytest.fixture

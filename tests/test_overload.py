@@ -33,6 +33,7 @@ import pytest
 from tests.frontend import Feature as F
 from tests.frontend import Hostile, VhostUserFrontend, bits
 from tests.peers.testpmd import verify_delivery, virtio_user_vdev
+from tests.helpers.traffic import exchange, healthy_delivery, wait_until
 from tests.switch import Vswitchd
 from vswitch.cli import request
 
@@ -58,14 +59,6 @@ def log_lines(sw: Vswitchd) -> int:
     return len(sw.log_path.read_bytes().splitlines())
 
 
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
-
-
 def connect(sw: Vswitchd, port: str, rx_buffers: int):
     dev = VhostUserFrontend(sw.socket(port)).setup_net_device(1, 256, FULL)
     if rx_buffers:
@@ -73,16 +66,6 @@ def connect(sw: Vswitchd, port: str, rx_buffers: int):
     sw.wait_port(port, lambda p: p["state"] == "connected" and p["queues_enabled"] == 1,
                  timeout=30, what="connected")
     return dev
-
-
-def healthy_delivery(sw: Vswitchd, name: str, count: int):
-    def ready() -> None:
-        for port in ("in", "out"):
-            sw.wait_port(port, lambda p: p["state"] == "connected" and p["queues_enabled"] == 1,
-                         timeout=30, what="enabled")
-    return verify_delivery(virtio_user_vdev(0, sw.socket("in")), virtio_user_vdev(1, sw.socket("out")),
-                           count=count, dst_mac=UNKNOWN_DST, workdir=sw.work / name, cpus=(0,),
-                           timeout=120, ready=ready, name=name)
 
 
 def test_guest_without_rx_buffers_costs_the_healthy_pair_nothing(sw):
@@ -104,20 +87,6 @@ def test_guest_without_rx_buffers_costs_the_healthy_pair_nothing(sw):
 
 
 MAC1, MAC2 = b"\x02\x00\x00\x00\x06\x01", b"\x02\x00\x00\x00\x06\x02"
-
-
-def exchange(src, dst, src_mac: bytes, dst_mac: bytes, n: int = 16) -> None:
-    sent = [dst_mac + src_mac + b"\x88\xb5" + struct.pack("!I", i) + bytes(range(46)) for i in range(n)]
-    src.tx(0).post_tx_frames(sent)
-    got = []
-    deadline = time.monotonic() + 15
-    while len(got) < n and time.monotonic() < deadline:
-        for f in dst.rx(0).recv_frames(n - len(got), timeout=0.2):
-            dst.rx(0).post_rx(1, 2048)
-            if f.frame[6:12] == src_mac:
-                got.append(f.frame)
-    src.tx(0).reap()
-    assert got == sent
 
 
 def test_extra_connections_are_refused_counted_and_leak_nothing(sw):
