@@ -93,6 +93,8 @@ cdef void notify_reap(vs_worker *w) noexcept nogil:
     cdef int32_t res
     cdef int which
     cdef vs_vring *vq
+    if not w.nring.enabled:
+        return                  # no ring (write(2) fallback), or it failed: nothing to pop
     while vs_uring_pop(&w.nring, &tag, &res):
         which = <int>(tag & 3)
         if which == NOTIFY_CANCEL:
