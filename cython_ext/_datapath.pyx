@@ -1249,12 +1249,16 @@ cdef class Datapath:
     cdef void _post_cancel(self, uint64_t tag) noexcept:
         """Have every worker cancel the notification write tagged `tag` (the
         one that queued it has it): an io-wq thread blocked in it returns."""
-        cdef int i, posted
+        cdef int i, posted, tries
         cdef vs_worker *w
         for i in range(self.nworkers + 1):
             w = self.workers[i] if i < self.nworkers else self.ctlw
             posted = 0
-            while not posted:
+            tries = 0
+            # a full mailbox empties at the worker's next round; give up
+            # after a few (the write stays in flight until the ring closes)
+            while not posted and tries < 8:
+                tries += 1
                 vs_spin_lock(&w.cancel_lock)
                 if w.ncancel < VS_NOTIFY_CANCELS:
                     w.cancel_tags[w.ncancel] = tag

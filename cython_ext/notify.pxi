@@ -62,6 +62,8 @@ cdef inline void notify_queue(vs_worker *w, vs_vring *vq, int which) noexcept no
     if fd >= 0 and vs_uring_space(&w.nring) == 0:
         vs_uring_submit(&w.nring)
     if fd < 0 or not w.nring.enabled or vs_uring_space(&w.nring) == 0:
+        if fd >= 0:
+            vs_add_u64(&vq.c.notify_failed, 1)     # the kernel took no request: lost
         vs_store_seq_int(&vq.notify_busy[which], 0)
         return
     vs_uring_queue_write(&w.nring, fd, -1, &NOTIFY_ONE, 8, notify_tag(vq, which))

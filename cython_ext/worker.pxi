@@ -898,7 +898,12 @@ cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
         if vs_load_acquire_int(&sw.paused):
             # A reload applies its in-place changes to every port at once:
             # no frame is switched by half of them. Rounds still end (epoch),
-            # so the control plane's quiescence waits keep working.
+            # so the control plane's quiescence waits keep working, and so
+            # does the notification ring (cancels posted meanwhile, late
+            # completions).
+            if vs_load_relaxed_int(&w.ncancel):
+                notify_cancels(w)
+            notify_reap(w)
             vs_store_release_u64(&w.epoch, w.epoch + 1)
             ts.tv_sec = 0
             ts.tv_nsec = PAUSE_NAP_NS
