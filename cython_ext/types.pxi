@@ -72,9 +72,11 @@ cdef enum:
     VS_HDR_MAX = 12                # virtio_net_hdr_v1 (VERSION_1 or MRG_RXBUF)
     # Bytes of a guest's frame copied out of its memory once, before anything
     # is decided about it: the Ethernet header and one 802.1Q tag (18), with
-    # the virtio-net header in front, in a 32-byte slot.
+    # the virtio-net header in front; a frame of up to VS_SMALL_COPY bytes is
+    # copied whole (one segment, nothing left in guest memory).
     VS_L2_COPY = 20
-    VS_FHEAD = VS_HDR_MAX + VS_L2_COPY
+    VS_SMALL_COPY = 128
+    VS_FHEAD = VS_HDR_MAX + VS_SMALL_COPY
 # Largest frame accepted from a guest, header excluded: 64 KiB (the largest
 # GSO frame) plus an Ethernet and a VLAN header.
 cdef enum:

@@ -90,6 +90,9 @@ cdef inline void sg_read(vs_seg *segs, int nseg, uint32_t off, uint8_t *out, uin
     headers). The caller guarantees the segments hold off + n bytes."""
     cdef int i = 0
     cdef uint32_t take
+    if nseg > 0 and off + n <= segs[0].len:
+        memcpy(out, segs[0].p + off, n)     # all in the first piece: the usual case
+        return
     while i < nseg and off >= segs[i].len:
         off -= segs[i].len
         i += 1
@@ -109,6 +112,10 @@ cdef inline void sg_copy(vs_seg *dst, int ndst, uint32_t doff,
     """The one copy of a frame: scatter-gather to scatter-gather."""
     cdef int di = 0, si = 0
     cdef uint32_t take, droom, sroom
+    if ndst > 0 and nsrc > 0 and doff + n <= dst[0].len and soff + n <= src[0].len:
+        # one piece to one piece (a small frame into one RX buffer): no walk
+        memcpy(dst[0].p + doff, src[0].p + soff, n)
+        return
     while di < ndst and doff >= dst[di].len:
         doff -= dst[di].len
         di += 1
