@@ -73,14 +73,19 @@ baseline (--baseline REV) extracted with git archive to
 /tmp/vswitch-callgrind-<commit>; each is rebuilt only when its sources, the
 flags or the tool versions changed. `--variants` adds runs of the current
 build with one of bench/loopback.py's port config variants (features on).
-`--patch FILE` (repeatable) adds a run of the current tree with FILE applied
-(git apply): a way to measure a proposed datapath change without committing
-it.
+`--patch FILE[,FILE...]` (repeatable) adds a run of the current tree with
+those patches applied (git apply): a way to measure a proposed datapath
+change without committing it; `--patch baseline:FILE,...` patches a copy of
+the baseline instead (the same optimisation on both sides). Each current
+system is compared with the baseline, and with each patched baseline whose
+patches it has too (like for like). bench/callgrind-patches/ holds the
+proposals measured for issue 13.
 
 Usage (root, from the repository root; one benchmark at a time)::
 
     .venv/bin/python bench/callgrind.py [--baseline 705ace4] [--frames 20000]
-        [--phases quiet,notify] [--variants off,all] [--patch FILE] [--annotate take_headers,sg_copy]
+        [--phases quiet,notify] [--variants off,all] [--patch [baseline:]FILE[,FILE]]
+        [--annotate take_headers,sg_copy]
 
 Results: a table on stdout and bench/results/callgrind-<date>.json.
 """
@@ -598,8 +603,9 @@ def prepare_current(cflags: str, patches: Sequence[Path] = (), log: TextIO = sys
     return Build(name, tree, rev, "HEAD", _git("rev-parse", f"{commit}:cython_ext") if clean else "")
 
 
-def prepare_baseline(ref: str, cflags: str, log: TextIO = sys.stdout) -> Build:
-    """REF extracted with git archive into /tmp/vswitch-callgrind-<commit> and built."""
+def prepare_baseline(ref: str, cflags: str, patches: Sequence[Path] = (), log: TextIO = sys.stdout) -> Build:
+    """REF extracted with git archive into /tmp/vswitch-callgrind-<commit> and
+    built; with patches, a copy of it (-<hash of the patches>) patched and built."""
     try:
         commit = _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
     except RuntimeError:
@@ -616,8 +622,24 @@ def prepare_baseline(ref: str, cflags: str, log: TextIO = sys.stdout) -> Build:
         shutil.rmtree(tree, ignore_errors=True)
         tmp.rename(tree)
     print(f"baseline {ref} = {commit[:12]} -> {tree}", file=log, flush=True)
+    if patches:
+        # a copy of the extracted tree per set of patches, patched once
+        digest = hashlib.sha1(b"".join(p.read_bytes() for p in patches)).hexdigest()[:8]
+        patched = tree.with_name(f"{tree.name}-{digest}")
+        marker = patched / ".vswitch-callgrind-patched"
+        if not marker.exists():
+            shutil.rmtree(patched, ignore_errors=True)
+            shutil.copytree(tree, patched, symlinks=True, ignore=shutil.ignore_patterns(
+                "*.so", "build", ".vswitch-callgrind-*", "_datapath.c", "*.html"))
+            for p in patches:
+                _run(["git", "apply", str(p.resolve())], cwd=patched, timeout=60)
+            marker.write_text("".join(f"{p}\n" for p in patches))
+        tree = patched
+        print(f"baseline+{'+'.join(p.stem for p in patches)} -> {tree}", file=log, flush=True)
     build_tree(tree, cflags, log)
-    return Build("baseline", tree, commit, ref, _git("rev-parse", f"{commit}:cython_ext"))
+    name = "baseline" + "".join(f"+{p.stem}" for p in patches)
+    rev = commit + "".join(f"+{p.name}" for p in patches)
+    return Build(name, tree, rev, ref, "" if patches else _git("rev-parse", f"{commit}:cython_ext"))
 
 
 # --------------------------------------------------------------------------
@@ -1078,6 +1100,37 @@ def print_annotation(outcomes: Sequence[RunOutcome], atts: dict[str, dict[str, A
     return doc
 
 
+def parse_patch_spec(spec: str) -> tuple[str, list[Path]]:
+    """'[baseline:]a.patch,b.patch' -> ("baseline" | "current", [paths])."""
+    which = "current"
+    if spec.startswith("baseline:"):
+        which, spec = "baseline", spec[len("baseline:"):]
+    files = [Path(f) for f in spec.split(",") if f.strip()]
+    missing = [str(f) for f in files if not f.is_file()]
+    if not files or missing:
+        raise SystemExit(f"--patch {spec}: no such file {', '.join(missing)}")
+    return which, files
+
+
+def compare_all(outcomes: Sequence[RunOutcome], tolerance: float = TOLERANCE) -> dict[str, dict[str, Any]]:
+    """Every current system against "baseline"; and against each patched
+    baseline whose patches it has too (the same change on both sides)."""
+    def patches(name: str) -> set[str]:
+        return set(name.split("+")[1:])
+    bases = [o for o in outcomes if o.system.split("+")[0] == "baseline"]
+    out: dict[str, dict[str, Any]] = {}
+    for o in outcomes:
+        if o.system.split("+")[0] == "baseline":
+            continue
+        for b in bases:
+            if b.system != "baseline" and not patches(b.system) <= patches(o.system):
+                continue
+            for phase in o.phases:
+                if phase in b.phases:
+                    out[f"{o.system} / {b.system}, {phase}"] = compare(b.phases[phase], o.phases[phase], tolerance)
+    return out
+
+
 def valgrind_version() -> str | None:
     try:
         return subprocess.run(["valgrind", "--version"], capture_output=True, text=True, timeout=20).stdout.strip()
@@ -1093,8 +1146,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phases", default=",".join(PHASES), help=f"from {','.join(PHASES)} (default: both)")
     ap.add_argument("--variants", default="off",
                     help=f"port config variants of the current build, from {','.join(loopback.VARIANTS)} (default off)")
-    ap.add_argument("--patch", type=Path, action="append", default=[],
-                    help="also measure the current tree with this patch applied (repeatable: one run each)")
+    ap.add_argument("--patch", metavar="[baseline:]FILE[,FILE...]", action="append", default=[],
+                    help="also measure the current tree (or with 'baseline:' the baseline) with these "
+                         "patches applied together (git apply); repeatable: one system each")
     ap.add_argument("--cflags", default=os.environ.get("BENCH_CFLAGS", BENCH_CFLAGS),
                     help=f"CFLAGS of the bench builds (default {BENCH_CFLAGS}: valgrind has no AVX-512)")
     ap.add_argument("--annotate", default="take_headers,sg_copy,sg_read,notify_request,notify_flush,notify_reap",
@@ -1129,8 +1183,14 @@ def main(argv: list[str] | None = None) -> int:
         current = prepare_current(args.cflags)
         for v in variants:
             systems.append(("current" if v == "off" else f"current+{v}", current, v))
-        for p in args.patch:
-            b = prepare_current(args.cflags, [p])
+        for spec in args.patch:
+            which, files = parse_patch_spec(spec)
+            if which == "baseline":
+                if not args.baseline:
+                    raise SystemExit(f"--patch {spec}: no --baseline to patch")
+                b = prepare_baseline(args.baseline, args.cflags, files)
+            else:
+                b = prepare_current(args.cflags, files)
             systems.append((b.name, b, "off"))
         print(f"workdir {workdir}; {args.frames} frames per phase, phases {','.join(phases)}", flush=True)
         try:
@@ -1140,16 +1200,7 @@ def main(argv: list[str] | None = None) -> int:
                 atts[name] = a
         except KeyboardInterrupt:
             print("interrupted: reporting the runs so far", flush=True)
-    by_name = {o.system: o for o in outcomes if not o.error}
-    comparisons: dict[str, dict[str, Any]] = {}
-    if "baseline" in by_name:
-        for o in outcomes:
-            if o.error or o.system == "baseline":
-                continue
-            for phase in o.phases:
-                if phase in by_name["baseline"].phases:
-                    comparisons[f"{o.system} / baseline, {phase}"] = compare(
-                        by_name["baseline"].phases[phase], o.phases[phase], args.tolerance)
+    comparisons = compare_all([o for o in outcomes if not o.error], args.tolerance)
     print_report(outcomes, comparisons)
     fns = [f.strip() for f in args.annotate.split(",") if f.strip()]
     annotation = print_annotation(outcomes, atts, fns) if fns else {}

@@ -241,3 +241,24 @@ def test_daemon_config_is_valid_for_this_tree(tmp_path, variant):
         assert (a["allowed_macs"], b["allowed_macs"]) == ((callgrind.SRC_MAC_TEXT,), (callgrind.DST_MAC_TEXT,))
     else:
         assert a["allowed_macs"] == b["allowed_macs"] == ()
+
+
+def test_patch_specs_and_like_for_like_comparisons(tmp_path):
+    a, b = tmp_path / "p1.patch", tmp_path / "p4.patch"
+    a.write_text("")
+    b.write_text("")
+    assert callgrind.parse_patch_spec(f"{a},{b}") == ("current", [a, b])
+    assert callgrind.parse_patch_spec(f"baseline:{b}") == ("baseline", [b])
+    with pytest.raises(SystemExit, match="no such file"):
+        callgrind.parse_patch_spec(str(tmp_path / "nope.patch"))
+
+    def outcome(name: str, ir: float) -> callgrind.RunOutcome:
+        fig = {"ir_per_frame": ir, "frames": 1, "functions_all": {}, "symbols": {}}
+        return callgrind.RunOutcome(name, name, "r", "off", phases={"quiet": fig})
+
+    runs = [outcome("baseline", 100.0), outcome("baseline+p4", 80.0), outcome("current", 110.0),
+            outcome("current+p1+p4", 82.0), outcome("current+p1", 101.0)]
+    got = {k: round(v["ratio"], 3) for k, v in callgrind.compare_all(runs).items()}
+    # every current system against the baseline; against baseline+p4 only those that have p4
+    assert got == {"current / baseline, quiet": 1.1, "current+p1+p4 / baseline, quiet": 0.82,
+                   "current+p1+p4 / baseline+p4, quiet": 1.025, "current+p1 / baseline, quiet": 1.01}
