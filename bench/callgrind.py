@@ -751,13 +751,14 @@ class BulkRing:
 # --------------------------------------------------------------------------
 
 
-def daemon_config(build: Build, run_dir: Path, variant: str) -> str:
+def daemon_config(build: Build, sock_dir: Path, variant: str) -> str:
+    """Ports a and b with their sockets in sock_dir, the runtime dir under it."""
     ports = {}
     for i, name in enumerate(("a", "b")):
-        ports[name] = {"type": "vhost-user", "mode": "server", "socket": str(run_dir / f"{name}.sock"),
+        ports[name] = {"type": "vhost-user", "mode": "server", "socket": str(sock_dir / f"{name}.sock"),
                        "queues": 1, **loopback.VARIANTS[variant](i)}
     doc: dict[str, Any] = {
-        "runtime_dir": str(run_dir / "run"),
+        "runtime_dir": str(sock_dir / "run"),
         "ports": ports,
         "datapath": {"workers": 1, "mode": "event"},
         "fdb": {"aging_time": 0},
@@ -778,7 +779,9 @@ class CallgrindDaemon:
         self.variant = variant
         self.out_dir = run_dir / "callgrind"
         self.log_path = run_dir / "vswitchd.log"
-        self.ctl_path = run_dir / "run" / "vswitchd.ctl"
+        # sockets where their paths are short (AF_UNIX: 107 bytes), whatever the workdir
+        self.sock_dir = Path(tempfile.mkdtemp(prefix="vscg-", dir="/tmp"))
+        self.ctl_path = self.sock_dir / "run" / "vswitchd.ctl"
         self.proc: subprocess.Popen[bytes] | None = None
         self.trigger = ""
 
@@ -797,7 +800,7 @@ class CallgrindDaemon:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.out_dir.mkdir(exist_ok=True)
         cfg = self.run_dir / "vswitch.yaml"
-        cfg.write_text(daemon_config(self.build, self.run_dir, self.variant))
+        cfg.write_text(daemon_config(self.build, self.sock_dir, self.variant))
         self.trigger = self.trigger_symbol()
         argv = ["valgrind", "--tool=callgrind", "--separate-threads=yes",
                 f"--callgrind-out-file={self.out_dir}/callgrind.out.%p",
@@ -878,19 +881,22 @@ class CallgrindDaemon:
         except OSError:
             return ""
 
+    def socket(self, port: str) -> str:
+        return str(self.sock_dir / f"{port}.sock")
+
     def stop(self) -> None:
         p = self.proc
-        if p is None:
-            return
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(180)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        self._log.close()
-        self.proc = None
+        if p is not None:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(180)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+            self._log.close()
+            self.proc = None
+        shutil.rmtree(self.sock_dir, ignore_errors=True)
 
 
 def _counters(info: dict[str, Any]) -> dict[str, Any]:
@@ -927,7 +933,7 @@ def run_system(system: str, build: Build, variant: str, frames: int, phases: Seq
     from tests.frontend import VhostUserFrontend, bits
 
     t0 = time.monotonic()
-    run_dir = Path(tempfile.mkdtemp(prefix=f"{system}-", dir=workdir))
+    run_dir = Path(tempfile.mkdtemp(prefix=re.sub(r"[^\w.-]+", "_", system)[:40] + "-", dir=workdir))
     outcome = RunOutcome(system, build.name, build.revision, variant, build.datapath_tree, run_dir=str(run_dir))
     atts: dict[str, Attribution] = {}
     maps = SourceMaps.of_tree(build.tree)
@@ -937,10 +943,10 @@ def run_system(system: str, build: Build, variant: str, frames: int, phases: Seq
         daemon.start()
         print(f"  {system}: vswitchd up under callgrind after {time.monotonic() - t0:.0f}s", file=out, flush=True)
         features = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC)
-        fa = VhostUserFrontend(str(run_dir / "a.sock"), timeout=120)
+        fa = VhostUserFrontend(daemon.socket("a"), timeout=120)
         a = fa.setup_net_device(1, RING_SIZE, features, mem_size=64 << 20)
         devs.append(a)
-        fb = VhostUserFrontend(str(run_dir / "b.sock"), timeout=120)
+        fb = VhostUserFrontend(daemon.socket("b"), timeout=120)
         b = fb.setup_net_device(1, RING_SIZE, features,
                                 mem_size=((max(frames, WARMUP) * RX_BUF_LEN >> 20) + 32) << 20)
         devs.append(b)
