@@ -77,8 +77,8 @@ BENCH_VARIANTS ?= off,policing,all
 
 # Instructions per frame (bench/callgrind.py): deterministic, unlike the
 # rates above on this machine. CALLGRIND_BASELINE is built once under /tmp
-# (main before the security work of issue 13, whose datapath may cost at
-# most 3 % more than it).
+# (main before the hostile-guest hardening, docs/security.md, whose
+# datapath may cost at most 3 % more than it).
 CALLGRIND_BASELINE ?= 705ace4
 CALLGRIND_ARGS ?=
 

@@ -78,8 +78,7 @@ those patches applied (git apply): a way to measure a proposed datapath
 change without committing it; `--patch baseline:FILE,...` patches a copy of
 the baseline instead (the same optimisation on both sides). Each current
 system is compared with the baseline, and with each patched baseline whose
-patches it has too (like for like). bench/callgrind-patches/ holds the
-proposals measured for issue 13.
+patches it has too (like for like).
 
 Usage (root, from the repository root; one benchmark at a time)::
 
