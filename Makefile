@@ -2,8 +2,9 @@
 #
 #   make run    virtualenv + build + vswitchd on config/vswitch.yaml
 #   make test   every Debian and Python package the suite needs, build, run the suite
-#   make bench  loopback (against DPDK and the release before), uplink, VM-to-VM and
-#               rate-limit benchmarks, one at a time
+#   make bench  loopback (against DPDK and the release before), uplink, VM-to-VM,
+#               rate-limit and attack (a hostile guest beside a healthy pair)
+#               benchmarks, one at a time
 #
 # Targets install what they need; on a fresh Debian 12 only `make` itself
 # must be installed first (apt-get install -y make).
@@ -72,12 +73,14 @@ BENCH_BASELINE ?= cefd30a
 BENCH_VARIANTS ?= off,policing,all
 
 bench: deps-test build
-	$(PY) -m pip install -q matplotlib
+	@# bench/attacks.py imports the attacks from the tests (they import pytest, hypothesis)
+	$(PY) -m pip install -q matplotlib pytest hypothesis
 	$(PY) bench/loopback.py --baseline $(BENCH_BASELINE) --variants $(BENCH_VARIANTS)
 	$(PY) bench/plot.py
 	$(PY) bench/uplink.py --sizes 64,1514
 	$(PY) bench/iperf.py
 	$(PY) bench/ratelimit.py
+	$(PY) bench/attacks.py
 
 clean:
 	rm -rf build *.egg-info vswitch/*.so cython_ext/*.c cython_ext/*.html
