@@ -58,7 +58,10 @@ under attack includes the CPU the attacker took from the generator and the
 latency pair, not only what it cost the switch. The output and the JSON say
 so, and give per phase the CPU shares of the switch, the generator and the
 rest (attacker, racer, this process) during the throughput window, so that
-the two can be told apart.
+the two can be told apart: with the generator short of CPU, port a's ring
+runs dry now and then and the switch's CPU idles, so the table also gives
+the throughput per CPU the switch used ("/sw CPU"), the closer figure for
+what the attack cost the switch itself.
 
 Why testpmd and not a Python front-end for throughput: testpmd's
 virtio-user is a C poll-mode driver that offers more than the switch can
@@ -217,6 +220,15 @@ def cpu_shares(wall: float, busy: float, switch: float, generator: float) -> dic
             "others": round(max(0.0, busy - switch - generator) / wall, 3)}
 
 
+def per_cpu(mpps: float | None, share: float | None) -> float | None:
+    """Mframes/s per CPU the switch used: what it forwarded for the healthy
+    pair per second of its own CPU time (its CPU idles when a starved
+    generator cannot keep port a's ring filled)."""
+    if mpps is None or not share:
+        return None
+    return round(mpps / share, 3)
+
+
 def latency_summary(rtts: Sequence[float]) -> dict[str, Any]:
     """p50, p99 and max of round trips (seconds in, milliseconds out)."""
     if not rtts:
@@ -292,7 +304,8 @@ def format_table(phases: Sequence[dict[str, Any]]) -> str:
     base = next((p for p in phases if p["attack"] == "none" and not p.get("error")), None)
     base_mpps = base["throughput"].get("mpps") if base else None
     base_p99 = base["latency"].get("p99_ms") if base else None
-    hdr = ("phase", "Mpps b<-a", "gen-bound", "p50 ms", "p99 ms", "max ms", "RTTs", "lost",
+    base_eff = base["throughput"].get("mpps_per_switch_cpu") if base else None
+    hdr = ("phase", "Mpps b<-a", "/sw CPU", "gen-bound", "p50 ms", "p99 ms", "max ms", "RTTs", "lost",
            "attack fps", "CPU sw/gen/oth", "steal", "evidence")
     rows = [hdr]
     for p in phases:
@@ -301,6 +314,8 @@ def format_table(phases: Sequence[dict[str, Any]]) -> str:
         rows.append((
             p["phase"],
             _f(t.get("mpps"), ".2f") + ("" if p is base else _pct(relative(t.get("mpps"), base_mpps))),
+            _f(t.get("mpps_per_switch_cpu"), ".2f")
+            + ("" if p is base else _pct(relative(t.get("mpps_per_switch_cpu"), base_eff))),
             "yes" if t.get("generator_bound") else ("-" if t.get("mpps") is None else "no"),
             _f(lat.get("p50_ms"), ".3f"),
             _f(lat.get("p99_ms"), ".3f") + ("" if p is base else _pct(relative(lat.get("p99_ms"), base_p99))),
@@ -491,8 +506,10 @@ class Generator:
         r = loopback.RunResult(kind="attacks", size=FRAME_SIZE, queues=1, pair=0, topology="oneway")
         flag = loopback.oneway_check(r, fwd, self.p0, self.p1)
         med = statistics.median(samples) if samples else None
+        mpps = None if med is None else round(med / 1e6, 4)
         return {
-            "mpps": None if med is None else round(med / 1e6, 4),
+            "mpps": mpps,
+            "mpps_per_switch_cpu": per_cpu(mpps, cpu["switch"]),
             "samples_mpps": [round(s / 1e6, 4) for s in samples],
             "offered_mpps": [round(s / 1e6, 4) for s in offered],
             "generator_bound": flag is not None,
@@ -686,6 +703,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"throughput: testpmd oneway {FRAME_SIZE} B, port a -> b, median of {opt.seconds} x 1 s "
           f"(relative to the first 'none'); latency: h1 -> h2 -> h1 single frames, {opt.latency_seconds:g} s")
     print(format_table(phases))
+    print("Mpps b<-a: frames/s port b delivered; /sw CPU: the same per CPU the switch used (its CPU idles\n"
+          "when the generator, short of CPU, cannot keep port a's ring filled); gen-bound: port a's ring\n"
+          "never filled; CPU sw/gen/oth: CPUs used during the throughput window by the switch, testpmd and\n"
+          "the rest (attacker, racer, this process); attack fps: frames the switch took from the attackers;\n"
+          "evidence: the attack's traces in the switch's counters (drops by reason, merged interrupts, alerts)")
     opt.results.mkdir(parents=True, exist_ok=True)
     path = opt.results / f"attacks-{started.strftime('%Y%m%d-%H%M%S')}.json"
     doc = {

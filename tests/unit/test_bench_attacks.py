@@ -106,6 +106,7 @@ def test_counters_delta_and_evidence():
 def phase(label, attack, mpps, p99, **kw):
     return {"phase": label, "attack": attack,
             "throughput": {"mpps": mpps, "generator_bound": False,
+                           "mpps_per_switch_cpu": attacks.per_cpu(mpps, kw.pop("sw", 1.0)),
                            "cpu": {"switch": 1.0, "generator": 0.5, "others": 0.5}},
             "latency": {"n": 1000, "p50_ms": 0.1, "p99_ms": p99, "max_ms": 2.0, "lost": 0},
             "steal_percent": 0.25, **kw}
@@ -113,7 +114,7 @@ def phase(label, attack, mpps, p99, **kw):
 
 def test_table_compares_each_phase_with_the_first_baseline():
     rows = [phase("none", "none", 8.0, 0.2),
-            phase("tiny_gso", "tiny_gso", 6.0, 0.3, attack_fps=1234.4,
+            phase("tiny_gso", "tiny_gso", 6.0, 0.3, attack_fps=1234.4, sw=0.75,
                   switch_counters={"drops": {"bad_offload": 9}, "alerts": []}),
             phase("racing_writer", "racing_writer", None, None, error="RuntimeError: boom\nmore"),
             phase("none-after", "none", 8.8, 0.2)]
@@ -121,6 +122,7 @@ def test_table_compares_each_phase_with_the_first_baseline():
     assert lines[0].split()[:3] == ["phase", "Mpps", "b<-a"]
     assert lines[1].split()[1] == "8.00" and "%" not in lines[1].split()[1]
     assert "6.00 (-25%)" in lines[2] and "0.300 (+50%)" in lines[2]
+    assert "8.00 (+0%)" in lines[2]                    # 6 Mpps on 0.75 of a CPU: as fast per CPU
     assert "1234" in lines[2] and "bad_offload 9" in lines[2] and "1.00/0.50/0.50" in lines[2]
     assert "ERROR RuntimeError: boom" in lines[3] and "more" not in lines[3]
     assert "8.80 (+10%)" in lines[4] and "0.2%" in lines[4]
@@ -133,4 +135,5 @@ def test_phases_start_and_end_without_attack_and_unknown_attacks_are_refused():
     with pytest.raises(SystemExit, match="unknown tiny; known: blocked_call"):
         attacks.parse_attacks("tiny")
     assert attacks.relative(6.0, 8.0) == pytest.approx(-0.25)
+    assert attacks.per_cpu(6.0, 0.75) == 8.0 and attacks.per_cpu(6.0, 0.0) is None
     assert attacks.relative(None, 8.0) is None and attacks.relative(1.0, 0.0) is None
