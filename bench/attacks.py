@@ -4,7 +4,7 @@ Informational (no pass/fail): the healthy pair's throughput and round-trip
 latency while each attack of the hostile-guest tests runs on other ports of
 the same switch, next to the same figures with no attack, in one run::
 
-    phases: none, blocked_call, tiny_gso, zero_length_chains, racing_writer, none-after
+    phases: none, blocked_call, tiny_gso, zero_length_chains, racing_writer, cpu_hog, none-after
 
 One vswitchd (one worker, pinned like the tests: ``--sut-cpu``, 1) carries
 three groups of ports in three VLANs that share nothing but the switch:
@@ -18,17 +18,24 @@ tests/test_hostile_work.py, so that it shares no GIL with the measuring
 process) and sets itself up; then, one after the other, so that neither
 disturbs the other's figure,
 
-1. throughput: testpmd forwards for ``--warmup`` + ``--seconds`` (1 + 5 s),
-   64-byte frames, the "oneway" topology of bench/loopback.py: net_null0
-   makes frames at full speed, the mac engine sends them on port a to
-   port b's static MAC (known unicast a -> b), what b delivers is freed. The
-   figure is port b's RX rate (testpmd's "Rx-pps since last show", one
-   sample a second, median). A run in which port a's ring never filled is
-   flagged "generator-bound": the generator, not the switch, set the pace
-   (bench/loopback.py's oneway_check);
+1. throughput: testpmd forwards 64-byte frames in the "oneway" topology of
+   bench/loopback.py: net_null0 makes frames at full speed, the mac engine
+   sends them on port a to port b's static MAC (known unicast a -> b), what
+   b delivers is freed. The figure is port b's RX rate (testpmd's "Rx-pps
+   since last show") over 1 s windows after ``--warmup`` (1 s): ``--seconds``
+   (5) windows without an attack; under an attack 5 pairs of windows, one
+   with the attack running and one with the attacker paused (SIGSTOP to its
+   process group, the racer included; its ports stay connected), in the order
+   ABBA..., 0.2 s after each pause or resume. The machine's own speed
+   changes by a factor of 2 between states that last seconds (below), so
+   the figure that says something is the ratio running / paused of two
+   adjacent windows, the median over the pairs. A run in which port a's ring
+   never filled is flagged "generator-bound" (bench/loopback.py's
+   oneway_check);
 2. latency: single-frame round trips h1 -> h2 -> h1 for ``--latency-seconds``
-   (5 s; tests/test_hostile_work.py's round_trips): p50, p99, max. A lost
-   frame is counted, the pair resynchronised, and the measurement goes on.
+   (5 s, the attack running; tests/test_hostile_work.py's round_trips): p50,
+   p99, max. A lost frame is counted, the pair resynchronised, and the
+   measurement goes on.
 
 then the attack is stopped (SIGTERM) and its ports must be listening again
 before the next phase. The attacks (their code is the tests'):
@@ -48,7 +55,12 @@ before the next phase. The attacks (their code is the tests'):
   tests/helpers/racer.c flipping the source MAC and the EtherType/802.1Q
   tag in every one of its 128 TX buffers while the attacker re-posts them as
   fast as the switch hands them back (allowed_macs [A], access VLAN 20, a
-  receiver re-posting its RX buffers).
+  receiver re-posting its RX buffers);
+* cpu_hog: no attack, the control: a busy loop on the attacker's CPU and no
+  port. What sharing a CPU with a busy process costs the healthy pair; an
+  attack's figures beyond these are what it costs through the switch. (The
+  racing writer is two busy processes, the others one; blocked_call is
+  paced.)
 
 CPUs: the switch alone on ``--sut-cpu``; testpmd, the latency pair (this
 process) on ``--gen-cpu``; the attacker (and the racer) on a CPU of its own
@@ -74,8 +86,10 @@ started/stopped per phase, as bench/loopback.py reads its rates.
 
 The two "none" phases (first and last) show how far the machine itself
 drifts within a run: this VM has a slow and a fast state (bench/loopback.py:
-~3.6 or ~9.5 Mframes/s at 64 B for the same build); a throughput change
-smaller than the difference between the two baselines says nothing.
+~3.6 or ~9.5 Mframes/s at 64 B for the same build), and here they change
+within seconds (the first run of this benchmark: 4.1 Mframes/s in every
+window of the first "none", 9.1, 9.0, 8.9, 8.7 and then 6.0 in the last).
+Hence the paired windows: a throughput compared across phases says nothing.
 
 Usage (root, from the repository root; never two benchmarks at once: the
 lock of bench/loopback.py is taken)::
@@ -121,11 +135,13 @@ from tests.helpers.racer import Racer  # noqa: E402
 from tests.peers.testpmd import TestPmd, TestPmdError, testpmd_available, virtio_user_vdev  # noqa: E402
 from tests.switch import Vswitchd  # noqa: E402
 
-ATTACKS = ("blocked_call", "tiny_gso", "zero_length_chains", "racing_writer")
+ATTACKS = ("blocked_call", "tiny_gso", "zero_length_chains", "racing_writer", "cpu_hog")
 THROUGHPUT_VLAN, LATENCY_VLAN, ATTACK_VLAN = 10, 11, 20
 FRAME_SIZE = 64
 ATTACK_MAX_S = 90.0          # an attacker (and the racer) ends by itself after this, whatever happens
 BLOCKED_BATCH, BLOCKED_PACE_S = 32, 0.001
+WINDOW_S = 1.0               # one throughput sample
+WINDOW_SETTLE_S = 0.2        # after pausing or resuming the attacker, before a window
 RACE_RING = 1024             # the racing writer's receiver: RX buffers re-posted as they come back
 
 # The attackers' ports (all in ATTACK_VLAN); the first of each list runs the attack.
@@ -134,6 +150,7 @@ ATTACK_PORTS: dict[str, tuple[str, ...]] = {
     "tiny_gso": ("atk", "sink"),
     "zero_length_chains": ("flood", "trap0", "trap1", "trap2", "trap3"),
     "racing_writer": ("att", "rsink"),
+    "cpu_hog": (),               # the control: no port, a busy loop on the attacker's CPU
 }
 BAD_MAC, PEER_MAC = notify.BAD_MAC, notify.PEER_MAC
 
@@ -220,6 +237,41 @@ def cpu_shares(wall: float, busy: float, switch: float, generator: float) -> dic
             "others": round(max(0.0, busy - switch - generator) / wall, 3)}
 
 
+def window_plan(seconds: int, paired: bool) -> list[str]:
+    """The throughput windows' conditions: "none" x seconds without an attack;
+    with one, `seconds` pairs of "attack" and "paused" windows, ABBA... so
+    that neither condition always comes first after a switch."""
+    if not paired:
+        return ["none"] * seconds
+    out: list[str] = []
+    for k in range(seconds):
+        out += ["attack", "paused"] if k % 2 == 0 else ["paused", "attack"]
+    return out
+
+
+def summarize_windows(plan: Sequence[str], mpps: Sequence[float]) -> dict[str, Any]:
+    """Medians per condition and, for paired plans, the median of the per-pair
+    ratios attack / paused (each pair: two adjacent windows, usually in the
+    same state of the machine)."""
+    by: dict[str, list[float]] = {}
+    for c, x in zip(plan, mpps, strict=True):
+        by.setdefault(c, []).append(x)
+
+    def med(c: str) -> float | None:
+        return round(statistics.median(by[c]), 4) if by.get(c) else None
+    out: dict[str, Any] = {"mpps": med("attack") if "attack" in by else med("none")}
+    if "paused" in by:
+        out["paused_mpps"] = med("paused")
+        ratios = []
+        for k in range(0, len(plan) - 1, 2):
+            pair = dict(zip(plan[k:k + 2], mpps[k:k + 2], strict=True))
+            if pair.get("paused"):
+                ratios.append(pair["attack"] / pair["paused"])
+        out["pair_ratios"] = [round(r, 4) for r in ratios]
+        out["ratio"] = round(statistics.median(ratios), 4) if ratios else None
+    return out
+
+
 def per_cpu(mpps: float | None, share: float | None) -> float | None:
     """Mframes/s per CPU the switch used: what it forwarded for the healthy
     pair per second of its own CPU time (its CPU idles when a starved
@@ -300,30 +352,29 @@ def _pct(v: float | None) -> str:
 
 
 def format_table(phases: Sequence[dict[str, Any]]) -> str:
-    """One line per phase; throughput and p99 also relative to the first "none"."""
+    """One line per phase: throughput with the attack running, in the windows
+    where it was paused, their ratio (median of adjacent pairs); p99 also
+    relative to the first "none"."""
     base = next((p for p in phases if p["attack"] == "none" and not p.get("error")), None)
-    base_mpps = base["throughput"].get("mpps") if base else None
     base_p99 = base["latency"].get("p99_ms") if base else None
-    base_eff = base["throughput"].get("mpps_per_switch_cpu") if base else None
-    hdr = ("phase", "Mpps b<-a", "/sw CPU", "gen-bound", "p50 ms", "p99 ms", "max ms", "RTTs", "lost",
-           "attack fps", "CPU sw/gen/oth", "steal", "evidence")
+    hdr = ("phase", "Mpps", "paused", "ratio", "CPU sw/gen/oth", "p50 ms", "p99 ms", "max ms", "RTTs",
+           "lost", "attack fps", "steal", "evidence")
     rows = [hdr]
     for p in phases:
         t, lat = p.get("throughput", {}), p.get("latency", {})
-        cpu = t.get("cpu") or {}
+        cpu = (t.get("cpu") or {}).get("none" if p["attack"] == "none" else "attack") or {}
         rows.append((
             p["phase"],
-            _f(t.get("mpps"), ".2f") + ("" if p is base else _pct(relative(t.get("mpps"), base_mpps))),
-            _f(t.get("mpps_per_switch_cpu"), ".2f")
-            + ("" if p is base else _pct(relative(t.get("mpps_per_switch_cpu"), base_eff))),
-            "yes" if t.get("generator_bound") else ("-" if t.get("mpps") is None else "no"),
+            _f(t.get("mpps"), ".2f"),
+            _f(t.get("paused_mpps"), ".2f") if p["attack"] != "none" else "",
+            _f(t.get("ratio"), ".3f") if p["attack"] != "none" else "",
+            "/".join(_f(cpu.get(k), ".2f") for k in ("switch", "generator", "others")) if cpu else "-",
             _f(lat.get("p50_ms"), ".3f"),
             _f(lat.get("p99_ms"), ".3f") + ("" if p is base else _pct(relative(lat.get("p99_ms"), base_p99))),
             _f(lat.get("max_ms"), ".1f"),
             str(lat.get("n", "-")),
             str(lat.get("lost", "-")),
             _f(p.get("attack_fps"), ".0f") if p["attack"] != "none" else "",
-            "/".join(_f(cpu.get(k), ".2f") for k in ("switch", "generator", "others")) if cpu else "-",
             _f(p.get("steal_percent"), ".1f") + "%" if p.get("steal_percent") is not None else "-",
             ("ERROR " + p["error"].splitlines()[0][:80]) if p.get("error") else evidence_text(p.get("switch_counters")),
         ))
@@ -419,6 +470,16 @@ def _racing_writer(path_att: str, path_sink: str, seconds: float, ready, sent) -
     sink.close()
 
 
+def _cpu_hog(seconds: float, ready, sent) -> None:
+    """Not an attack: a busy loop on the attacker's CPU, no port. What CPU
+    sharing alone costs the healthy pair."""
+    ready.set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for _ in range(100_000):
+            pass
+
+
 def attack_spec(attack: str, sw: Vswitchd) -> tuple[Callable[..., None], tuple[Any, ...]]:
     """The child's function and its arguments before (seconds, ready, sent)."""
     sock = sw.socket
@@ -430,11 +491,14 @@ def attack_spec(attack: str, sw: Vswitchd) -> tuple[Callable[..., None], tuple[A
         return work._zero_length_chains, (sock("flood"), [sock(f"trap{i}") for i in range(4)])
     if attack == "racing_writer":
         return _racing_writer, (sock("att"), sock("rsink"))
+    if attack == "cpu_hog":
+        return _cpu_hog, ()
     raise ValueError(attack)
 
 
 def _attack_child(target: Callable[..., None], cpu: int, args: tuple[Any, ...], ready, sent) -> None:
     os.sched_setaffinity(0, {cpu})
+    os.setpgid(0, 0)             # a process group of its own (the racer joins it): paused as one
     # SIGTERM ends the attack through its finally/with blocks (the racer is stopped)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the parent's to handle
@@ -444,6 +508,13 @@ def _attack_child(target: Callable[..., None], cpu: int, args: tuple[Any, ...], 
 # --------------------------------------------------------------------------
 # Measurements
 # --------------------------------------------------------------------------
+
+
+def pauser(pgid: int) -> Callable[[bool], None]:
+    """pause(True) stops the attacker's process group, pause(False) resumes it."""
+    def pause(stop: bool) -> None:
+        os.killpg(pgid, signal.SIGSTOP if stop else signal.SIGCONT)
+    return pause
 
 
 def port_counters(sw: Vswitchd, names: Sequence[str]) -> dict[str, Any]:
@@ -482,42 +553,59 @@ class Generator:
             self.sw.wait_port(port, lambda p: p["state"] == "connected" and p["queues_enabled"] == 1,
                               timeout=30, what=f"{port} connected")
 
-    def measure(self, warmup: float, seconds: int, sw_pid: int, cpus: Sequence[int]) -> dict[str, Any]:
+    def measure(self, warmup: float, seconds: int, sw_pid: int, cpus: Sequence[int],
+                pause: Callable[[bool], None] | None = None) -> dict[str, Any]:
+        """Port b's RX rate over 1 s windows after `warmup`: `seconds` windows;
+        with `pause` (an attack to pause and resume), `seconds` pairs of
+        windows, one with the attack running and one with it paused, in the
+        order ABBA... (see window_plan)."""
         tp = self.tp
+        gen_pid = tp.pid or 0
+        plan = window_plan(seconds, pause is not None)
+        rates: list[float] = []
+        offered: list[float] = []
+        acc: dict[str, list[float]] = {}           # condition -> [wall, busy, switch, generator]
+        st_first = st_last = None
         tp.start_fwd()
         try:
             time.sleep(warmup)
-            tp.port_stats()                     # the rates' starting point
-            gen_pid = tp.pid or 0
-            st0, sw0, g0, t0 = read_proc_stat(), loopback.read_proc_cpu(sw_pid), loopback.read_proc_cpu(gen_pid), \
-                time.monotonic()
-            samples, offered = [], []
-            for i in range(seconds):
-                time.sleep(max(0.0, t0 + i + 1 - time.monotonic()))
+            for cond in plan:
+                if pause is not None:
+                    pause(cond == "paused")
+                    time.sleep(WINDOW_SETTLE_S)    # the attack resumed or the switch's backlog gone
+                tp.port_stats()                    # the window's rates start here
+                st0, sw0, g0, t0 = (read_proc_stat(), loopback.read_proc_cpu(sw_pid),
+                                    loopback.read_proc_cpu(gen_pid), time.monotonic())
+                time.sleep(WINDOW_S)
                 st = tp.port_stats()
-                samples.append(float(st[self.p1].rx_pps) if self.p1 in st else 0.0)
+                wall, st1 = time.monotonic() - t0, read_proc_stat()
+                a = acc.setdefault(cond, [0.0, 0.0, 0.0, 0.0])
+                a[0] += wall
+                a[1] += busy_seconds(st0, st1, cpus, loopback.CLK_TCK)
+                a[2] += loopback.read_proc_cpu(sw_pid) - sw0
+                a[3] += loopback.read_proc_cpu(gen_pid) - g0
+                rates.append(float(st[self.p1].rx_pps) if self.p1 in st else 0.0)
                 offered.append(float(st[self.p0].tx_pps) if self.p0 in st else 0.0)
-            wall = time.monotonic() - t0
-            st1 = read_proc_stat()
-            cpu = cpu_shares(wall, busy_seconds(st0, st1, cpus, loopback.CLK_TCK),
-                             loopback.read_proc_cpu(sw_pid) - sw0, loopback.read_proc_cpu(gen_pid) - g0)
+                st_first, st_last = st_first or st0, st1
         finally:
+            if pause is not None:
+                pause(False)                       # never leave the attacker stopped
             fwd = tp.stop_fwd()
         r = loopback.RunResult(kind="attacks", size=FRAME_SIZE, queues=1, pair=0, topology="oneway")
         flag = loopback.oneway_check(r, fwd, self.p0, self.p1)
-        med = statistics.median(samples) if samples else None
-        mpps = None if med is None else round(med / 1e6, 4)
-        return {
-            "mpps": mpps,
-            "mpps_per_switch_cpu": per_cpu(mpps, cpu["switch"]),
-            "samples_mpps": [round(s / 1e6, 4) for s in samples],
-            "offered_mpps": [round(s / 1e6, 4) for s in offered],
+        out = summarize_windows(plan, [x / 1e6 for x in rates])
+        out.update({
+            "windows": [{"condition": c, "mpps": round(x / 1e6, 4), "offered_mpps": round(o / 1e6, 4)}
+                        for c, x, o in zip(plan, rates, offered, strict=True)],
+            "cpu": {c: cpu_shares(*a) for c, a in acc.items()},
             "generator_bound": flag is not None,
             "gen_tx_dropped": r.gen_tx_dropped,
             "delivered_fraction": r.delivered_fraction,
-            "cpu": cpu,
-            "steal_percent": steal_percent(st0, st1),
-        }
+            "steal_percent": steal_percent(st_first, st_last) if st_first else None,
+        })
+        main = out["cpu"].get(plan[0], {})
+        out["mpps_per_switch_cpu"] = per_cpu(out["mpps"], main.get("switch"))
+        return out
 
     def stop(self) -> None:
         self.tp.stop()
@@ -582,15 +670,18 @@ def run_phase(label: str, attack: str, sw: Vswitchd, gen: Generator, h1, h2,
                 raise RuntimeError("the attacker did not get ready in 60 s")
             res["attack_setup_s"] = round(time.monotonic() - t_start, 2)
             time.sleep(opt.settle)
-            before, sent0, t0 = port_counters(sw, names), sent.value, time.monotonic()
-        res["throughput"] = gen.measure(opt.warmup, opt.seconds, sw.proc.pid, cpus)
+            before = port_counters(sw, names)
+        pause = None if proc is None else pauser(proc.pid)
+        res["throughput"] = gen.measure(opt.warmup, opt.seconds, sw.proc.pid, cpus, pause)
+        if proc is not None:      # the attack's rate: while the latency is measured, never paused
+            mid, sent1, t1 = port_counters(sw, names), sent.value, time.monotonic()
         res["latency"] = measure_latency(h1, h2, opt.latency_seconds)
         if proc is not None:
-            elapsed = time.monotonic() - t0
-            delta = counters_delta(before, port_counters(sw, names))
-            res["switch_counters"] = delta
-            res["attack_fps"] = round(delta["taken"] / elapsed, 1)      # frames the switch took from the attackers
-            res["attacker_sent_fps"] = round((sent.value - sent0) / elapsed, 1) if sent.value else None
+            end, elapsed = port_counters(sw, names), time.monotonic() - t1
+            res["switch_counters"] = counters_delta(before, end)          # the whole phase
+            # frames the switch took from the attackers' TX rings, a second
+            res["attack_fps"] = round(counters_delta(mid, end)["taken"] / elapsed, 1)
+            res["attacker_sent_fps"] = round((sent.value - sent1) / elapsed, 1) if sent.value else None
             if not proc.is_alive():
                 res["error"] = f"the attacker ended early (exit code {proc.exitcode})"
         if not sw.alive():
@@ -600,11 +691,19 @@ def run_phase(label: str, attack: str, sw: Vswitchd, gen: Generator, h1, h2,
         traceback.print_exc()
     finally:
         if proc is not None:
+            try:
+                os.killpg(proc.pid, signal.SIGCONT)       # a stopped process does not see SIGTERM
+            except ProcessLookupError:
+                pass
             proc.terminate()
             proc.join(20)
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)       # anything left of it (a racer)
+            except ProcessLookupError:
+                pass
             if sw.alive():
                 try:
                     err = wait_listening(sw, names)
@@ -677,7 +776,9 @@ def main(argv: list[str] | None = None) -> int:
                 phases.append(r)
                 t, lat = r["throughput"], r["latency"]
                 bound = " (generator-bound)" if t.get("generator_bound") else ""
-                print(f"{label:<20} {_f(t.get('mpps'), '.2f'):>6} Mpps{bound}"
+                paired = (f" (paused {_f(t.get('paused_mpps'), '.2f')}, ratio {_f(t.get('ratio'), '.3f')})"
+                          if attack != "none" else "")
+                print(f"{label:<20} {_f(t.get('mpps'), '.2f'):>6} Mpps{paired}{bound}"
                       f"  p50 {_f(lat.get('p50_ms'), '.3f')} ms  p99 {_f(lat.get('p99_ms'), '.3f')} ms"
                       f"  {r['duration_s']:.0f}s" + (f"  ERROR {r['error']}" if r.get("error") else ""), flush=True)
                 if not sw.alive():
@@ -700,14 +801,18 @@ def main(argv: list[str] | None = None) -> int:
           f"steal {_f(run_steal, '.1f')}% of the run; switch {switch_revision()['describe']}; "
           f"{duration:.0f} s")
     print(f"CPU layout: {layout['note']}")
-    print(f"throughput: testpmd oneway {FRAME_SIZE} B, port a -> b, median of {opt.seconds} x 1 s "
-          f"(relative to the first 'none'); latency: h1 -> h2 -> h1 single frames, {opt.latency_seconds:g} s")
+    print(f"throughput: testpmd oneway {FRAME_SIZE} B, port a -> b, medians of 1 s windows ({opt.seconds} "
+          f"per phase; under an attack {opt.seconds} with it running and {opt.seconds} with it paused); "
+          f"latency: h1 -> h2 -> h1 single frames, {opt.latency_seconds:g} s, attack running")
     print(format_table(phases))
-    print("Mpps b<-a: frames/s port b delivered; /sw CPU: the same per CPU the switch used (its CPU idles\n"
-          "when the generator, short of CPU, cannot keep port a's ring filled); gen-bound: port a's ring\n"
-          "never filled; CPU sw/gen/oth: CPUs used during the throughput window by the switch, testpmd and\n"
-          "the rest (attacker, racer, this process); attack fps: frames the switch took from the attackers;\n"
-          "evidence: the attack's traces in the switch's counters (drops by reason, merged interrupts, alerts)")
+    print("Mpps: frames/s port b delivered (median; under attack: the windows with it running); paused:\n"
+          "the windows of the same phase with the attacker stopped (SIGSTOP), its ports still connected;\n"
+          "ratio: median over adjacent window pairs of running / paused (the machine's own speed changes\n"
+          "by 2x between states that last seconds: compare within a pair, not across phases); CPU\n"
+          "sw/gen/oth: CPUs used in the running windows by the switch, testpmd and the rest (attacker,\n"
+          "racer, this process); p99 relative to the first 'none'; attack fps: frames the switch took from\n"
+          "the attackers a second; evidence: the attack's traces in the switch's counters; cpu_hog is no\n"
+          "attack: a busy loop on the attacker's CPU, what CPU sharing alone costs")
     opt.results.mkdir(parents=True, exist_ok=True)
     path = opt.results / f"attacks-{started.strftime('%Y%m%d-%H%M%S')}.json"
     doc = {

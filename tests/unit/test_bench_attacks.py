@@ -103,29 +103,43 @@ def test_counters_delta_and_evidence():
     assert attacks.evidence_text(None) == "-"
 
 
-def phase(label, attack, mpps, p99, **kw):
+def phase(label, attack, mpps, p99, paused=None, ratio=None, **kw):
+    cond = "none" if attack == "none" else "attack"
     return {"phase": label, "attack": attack,
-            "throughput": {"mpps": mpps, "generator_bound": False,
-                           "mpps_per_switch_cpu": attacks.per_cpu(mpps, kw.pop("sw", 1.0)),
-                           "cpu": {"switch": 1.0, "generator": 0.5, "others": 0.5}},
+            "throughput": {"mpps": mpps, "paused_mpps": paused, "ratio": ratio, "generator_bound": False,
+                           "cpu": {cond: {"switch": 1.0, "generator": 0.5, "others": 0.5},
+                                   "paused": {"switch": 1.0, "generator": 1.0, "others": 0.0}}},
             "latency": {"n": 1000, "p50_ms": 0.1, "p99_ms": p99, "max_ms": 2.0, "lost": 0},
             "steal_percent": 0.25, **kw}
 
 
-def test_table_compares_each_phase_with_the_first_baseline():
+def test_table_gives_running_paused_and_their_ratio_and_p99_against_the_first_baseline():
     rows = [phase("none", "none", 8.0, 0.2),
-            phase("tiny_gso", "tiny_gso", 6.0, 0.3, attack_fps=1234.4, sw=0.75,
+            phase("tiny_gso", "tiny_gso", 6.0, 0.3, paused=8.5, ratio=0.7123, attack_fps=1234.4,
                   switch_counters={"drops": {"bad_offload": 9}, "alerts": []}),
             phase("racing_writer", "racing_writer", None, None, error="RuntimeError: boom\nmore"),
             phase("none-after", "none", 8.8, 0.2)]
     lines = attacks.format_table(rows).splitlines()
-    assert lines[0].split()[:3] == ["phase", "Mpps", "b<-a"]
-    assert lines[1].split()[1] == "8.00" and "%" not in lines[1].split()[1]
-    assert "6.00 (-25%)" in lines[2] and "0.300 (+50%)" in lines[2]
-    assert "8.00 (+0%)" in lines[2]                    # 6 Mpps on 0.75 of a CPU: as fast per CPU
-    assert "1234" in lines[2] and "bad_offload 9" in lines[2] and "1.00/0.50/0.50" in lines[2]
+    assert lines[0].split()[:4] == ["phase", "Mpps", "paused", "ratio"]
+    assert lines[1].split()[:2] == ["none", "8.00"] and "(+" not in lines[1]
+    assert lines[2].split()[:5] == ["tiny_gso", "6.00", "8.50", "0.712", "1.00/0.50/0.50"]
+    assert "0.300 (+50%)" in lines[2] and "1234" in lines[2] and "bad_offload 9" in lines[2]
     assert "ERROR RuntimeError: boom" in lines[3] and "more" not in lines[3]
-    assert "8.80 (+10%)" in lines[4] and "0.2%" in lines[4]
+    assert lines[4].split()[:3] == ["none-after", "8.80", "1.00/0.50/0.50"] and "0.2%" in lines[4]
+
+
+def test_windows_alternate_abba_and_the_ratio_is_the_median_of_adjacent_pairs():
+    assert attacks.window_plan(3, paired=False) == ["none"] * 3
+    plan = attacks.window_plan(3, paired=True)
+    assert plan == ["attack", "paused", "paused", "attack", "attack", "paused"]
+    # the machine changes state (x2) between the pairs: the pair ratios stay 0.9
+    s = attacks.summarize_windows(plan, [3.6, 4.0, 9.0, 8.1, 4.5, 5.0])
+    assert s["pair_ratios"] == [0.9, 0.9, 0.9]
+    assert s["ratio"] == pytest.approx(0.9)
+    assert s["mpps"] == 4.5 and s["paused_mpps"] == 5.0          # medians per condition
+    assert attacks.summarize_windows(["none"] * 3, [1.0, 3.0, 2.0]) == {"mpps": 2.0}
+    # a paused window that moved nothing gives no ratio
+    assert attacks.summarize_windows(["attack", "paused"], [1.0, 0.0])["ratio"] is None
 
 
 def test_phases_start_and_end_without_attack_and_unknown_attacks_are_refused():
