@@ -69,11 +69,15 @@ attacker, the healthy pair and the generator therefore share a CPU: a figure
 under attack includes the CPU the attacker took from the generator and the
 latency pair, not only what it cost the switch. The output and the JSON say
 so, and give per phase the CPU shares of the switch, the generator and the
-rest (attacker, racer, this process) during the throughput window, so that
-the two can be told apart: with the generator short of CPU, port a's ring
-runs dry now and then and the switch's CPU idles, so the table also gives
-the throughput per CPU the switch used ("/sw CPU"), the closer figure for
-what the attack cost the switch itself.
+rest (attacker, racer, this process) in the running and the paused windows,
+so that the two can be told apart: with the generator short of CPU, port
+a's ring runs dry now and then and the switch's CPU idles (the JSON also
+gives mpps_per_switch_cpu, throughput per CPU the switch used); and the
+cpu_hog control says what the CPU sharing alone costs. The first run
+(bench/results/attacks-20261206-050424.json): every attack's ratio and p99
+were the hog's (0.62-0.76 against 0.67; 4.2 ms, the racing writer's two
+busy processes 8.1 ms), p50 unchanged, nothing lost - the figures cannot
+resolve a cost to the switch smaller than the CPU sharing on 2 cores.
 
 Why testpmd and not a Python front-end for throughput: testpmd's
 virtio-user is a C poll-mode driver that offers more than the switch can
