@@ -99,7 +99,7 @@ Usage (root, from the repository root; never two benchmarks at once: the
 lock of bench/loopback.py is taken)::
 
     .venv/bin/python bench/attacks.py [--seconds 5] [--latency-seconds 5]
-        [--attacks blocked_call,tiny_gso,zero_length_chains,racing_writer]
+        [--attacks blocked_call,tiny_gso,zero_length_chains,racing_writer,cpu_hog]
 
 Results: a table on stdout and bench/results/attacks-<date>.json (CPU model,
 kernel, steal percentage of the run and per phase from /proc/stat, the
@@ -734,7 +734,9 @@ def switch_revision() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated, from {','.join(ATTACKS)}")
-    ap.add_argument("--seconds", type=int, default=5, help="throughput samples (1 s each) per phase (default 5)")
+    ap.add_argument("--seconds", type=int, default=5,
+                    help="throughput windows (1 s) per phase; under an attack that many running/paused pairs "
+                         "(default 5)")
     ap.add_argument("--warmup", type=float, default=1.0, help="forwarding before the samples (default 1)")
     ap.add_argument("--latency-seconds", type=float, default=5.0, help="round trips per phase (default 5)")
     ap.add_argument("--settle", type=float, default=0.5, help="pause after the attacker is ready (default 0.5)")
