@@ -2,8 +2,9 @@
 #
 #   make run    virtualenv + build + vswitchd on config/vswitch.yaml
 #   make test   every Debian and Python package the suite needs, build, run the suite
-#   make bench  loopback (against DPDK and the release before), uplink, VM-to-VM and
-#               rate-limit benchmarks, one at a time, then bench-callgrind
+#   make bench  loopback (against DPDK and the release before), uplink, VM-to-VM,
+#               rate-limit and attack (a hostile guest beside a healthy pair)
+#               benchmarks, one at a time, then bench-callgrind
 #   make bench-callgrind  instructions per 64-byte frame of the datapath under
 #               callgrind, this tree against CALLGRIND_BASELINE (about a minute)
 #
@@ -86,12 +87,14 @@ deps-bench: deps-build
 	$(call apt_install,$(BENCH_DEBS))
 
 bench: deps-test deps-bench build
-	$(PY) -m pip install -q matplotlib
+	@# bench/attacks.py imports the attacks from the tests (they import pytest, hypothesis)
+	$(PY) -m pip install -q matplotlib pytest hypothesis
 	$(PY) bench/loopback.py --baseline $(BENCH_BASELINE) --variants $(BENCH_VARIANTS)
 	$(PY) bench/plot.py
 	$(PY) bench/uplink.py --sizes 64,1514
 	$(PY) bench/iperf.py
 	$(PY) bench/ratelimit.py
+	$(PY) bench/attacks.py
 	$(MAKE) --no-print-directory bench-callgrind
 
 bench-callgrind: deps-bench build
