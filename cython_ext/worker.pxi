@@ -668,6 +668,12 @@ cdef int tap_rx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int 
         if got < VS_HDR_MAX + VS_ETH_HLEN:
             vq.c.drops[DROP_RUNT] += 1
             continue
+        if got > VS_HDR_MAX + VS_MAX_FRAME:
+            # larger than any frame from a guest (or cut by the read): its
+            # delivery could need 4 bytes more for a pushed VLAN tag than
+            # the worker's linear buffer holds
+            vq.c.drops[DROP_BAD_LENGTH] += 1
+            continue
         w.segs[n - 1].p = buf
         w.segs[n - 1].len = <uint32_t>got
         f.seg0 = n - 1
