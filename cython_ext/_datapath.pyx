@@ -290,6 +290,7 @@ cdef class Datapath:
         if self.ctlw == NULL or self.ctl_vq == NULL:
             raise MemoryError()
         # frames the control plane injects notify their destinations too
+        self.ctlw.id = -1               # not a worker: never write(2) a guest's fd from here
         self.ctlw.nring_errno = vs_uring_init_ring(&self.ctlw.nring, VS_NRING_ENTRIES, 0)
         self.threads = []
         self.running = False
@@ -1244,6 +1245,12 @@ cdef class Datapath:
             if vq.started or notified:
                 self._quiesce()     # a worker may be about to write the old fd
             close(old)
+        if notified and slot == &vq.call_fd and fd >= 0 and vq.started:
+            # A notification merged into a write on the old fd was forgotten
+            # with it: one on the new fd covers it (a spurious interrupt is
+            # harmless; a missing one can stall the ring for good).
+            notify_request(self.ctlw, vq, NOTIFY_CALL)
+            notify_flush(self.ctlw)
         return 0
 
     cdef void _post_cancel(self, uint64_t tag) noexcept:
@@ -1312,8 +1319,15 @@ cdef class Datapath:
 
     def reap_notifications(self):
         """Account the control plane's own notification writes (those of
-        frames it injected) that completed late; called periodically."""
-        notify_reap(self.ctlw)
+        frames it injected, or sent after a call fd changed) and submit what
+        their completion re-queued; called when control_notify_fd is
+        readable, and periodically."""
+        notify_flush(self.ctlw)
+
+    @property
+    def control_notify_fd(self):
+        """The control plane's notification ring (readable: completions), or -1."""
+        return self.ctlw.nring.fd if self.ctlw.nring.enabled else -1
 
     def vring_start(self, int p, int idx):
         """Start a configured ring: translate its addresses and let workers

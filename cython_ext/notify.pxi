@@ -7,10 +7,11 @@
 # if it never does. Reads can be made non-blocking per call (preadv2 with
 # RWF_NOWAIT, see worker_sleep), writes cannot: eventfd has no write_iter,
 # so pwritev2(RWF_NOWAIT) is refused. So each worker writes through an
-# io_uring of its own that it never waits on: a write that can complete does
-# so inline during the submit (the normal case: QEMU's and DPDK's eventfds
-# are non-blocking and drained), one that would block is handed by the kernel
-# to an io-wq thread and blocks there, not in the worker.
+# io_uring of its own that it never waits on, every write marked IOSQE_ASYNC:
+# io_uring's io-wq kernel threads run it, never the worker. (Without that
+# flag a write is first tried inline, and a front-end that toggles
+# O_NONBLOCK can make eventfd_write() sleep in the worker between io_uring's
+# check of the flag and eventfd's own.)
 #
 # At most one write per fd is in flight: the worker that wants to notify sets
 # `notify_again`, then claims `notify_busy` with a CAS; whoever holds the
@@ -66,7 +67,7 @@ cdef inline void notify_queue(vs_worker *w, vs_vring *vq, int which) noexcept no
             vs_add_u64(&vq.c.notify_failed, 1)     # the kernel took no request: lost
         vs_store_seq_int(&vq.notify_busy[which], 0)
         return
-    vs_uring_queue_write(&w.nring, fd, -1, &NOTIFY_ONE, 8, notify_tag(vq, which))
+    vs_uring_queue_write_async(&w.nring, fd, &NOTIFY_ONE, 8, notify_tag(vq, which))
 
 
 cdef inline void notify_request(vs_worker *w, vs_vring *vq, int which) noexcept nogil:
@@ -75,8 +76,10 @@ cdef inline void notify_request(vs_worker *w, vs_vring *vq, int which) noexcept 
     flight, or - without io_uring - written at once."""
     cdef int fd
     if not w.nring.enabled:
+        # No io_uring: write(2), which a hostile front-end can block - never
+        # on the control plane's own thread (w.id < 0: injected frames).
         fd = vq.call_fd if which == NOTIFY_CALL else vq.err_fd
-        if fd >= 0:
+        if fd >= 0 and w.id >= 0:
             write(fd, &NOTIFY_ONE, 8)
         return
     vs_store_seq_int(&vq.notify_again[which], 1)
@@ -114,18 +117,19 @@ cdef void notify_reap(vs_worker *w) noexcept nogil:
 
 
 cdef void notify_flush(vs_worker *w) noexcept nogil:
-    """Submit the queued writes (no waiting) and reap what completed; a
-    write re-queued by the reaping goes out too, a few rounds at most."""
+    """Reap what completed and submit what is queued (no waiting), until
+    nothing is left queued: a write queued in a round is in the kernel's
+    hands before the round ends (its fd number is only valid until then)."""
     cdef int i
     if not w.nring.enabled:
         return
-    for i in range(4):
+    notify_reap(w)
+    for i in range(16):
         if w.nring.pending == 0:
-            break
+            return
         if vs_uring_submit(&w.nring):
             return              # the ring failed: write(2) from now on (enabled == 0)
         notify_reap(w)
-    notify_reap(w)
 
 
 cdef void notify_cancels(vs_worker *w) noexcept nogil:

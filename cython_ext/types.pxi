@@ -102,6 +102,9 @@ cdef enum:
     # beyond it the burst's remaining deliveries are dropped (over_budget).
     # At ~100 ns a unit (a 1.5 KB copy) it bounds a port to ~2 ms a round.
     VS_PORT_WORK = 16384
+    # Descriptors walked to place one frame in a receiver's RX buffers
+    # (MRG_RXBUF: up to 64 chains); a receiver needing more is too small.
+    VS_MAX_RX_WALK = 1024
 
 # virtio-net feature bits the datapath reads (virtio spec 5.1.3)
 cdef enum:
@@ -241,6 +244,7 @@ cdef extern from "vs_uring.h" nogil:
         uint64_t submitted
     int vs_uring_init(vs_uring *r)
     int vs_uring_init_ring(vs_uring *r, unsigned entries, int files)
+    void vs_uring_queue_write_async(vs_uring *r, int fd, const void *buf, uint32_t len, uint64_t tag)
     unsigned vs_uring_space(const vs_uring *r)
     void vs_uring_queue_cancel(vs_uring *r, uint64_t target, uint64_t tag)
     int vs_uring_submit(vs_uring *r)

@@ -258,6 +258,7 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
     cdef uint16_t head
     cdef uint16_t saved_avail = vq.last_avail
     cdef uint32_t written, fill, doff, soff
+    cdef int64_t budget_at_start = w.budget
     while cap < need:
         if vq.last_avail == avail_idx:
             vq.last_avail = saved_avail
@@ -265,7 +266,11 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
         if nchains == 1 and not dport.mrg_rxbuf:
             vq.last_avail = saved_avail
             return DROP_RX_BUFFER_TOO_SMALL
-        if nchains == VS_MAX_RX_CHAINS:
+        # Bounded per frame: buffers that take more than VS_MAX_RX_WALK
+        # descriptors to hold one frame (legal chains of zero-length pieces)
+        # are too small for it - the receiver's choice must not spend the
+        # sender's work budget.
+        if nchains == VS_MAX_RX_CHAINS or budget_at_start - w.budget > VS_MAX_RX_WALK:
             vq.last_avail = saved_avail
             return DROP_RX_BUFFER_TOO_SMALL
         head = vq.avail.ring[vq.last_avail & (vq.num - 1)]

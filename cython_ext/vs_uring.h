@@ -203,6 +203,19 @@ static inline void vs_uring_queue_write(struct vs_uring *r, int fd, int fixed, c
     vs_uring_queue_rw(r, IORING_OP_WRITE, fd, fixed, buf, len, tag);
 }
 
+/* write(fd, buf, len), always run by an io-wq kernel thread (IOSQE_ASYNC),
+ * never inline in the submitting thread. For a file whose flags another
+ * process controls (an eventfd a front-end shares): an inline attempt checks
+ * O_NONBLOCK once, eventfd_write() checks it again, and a flag cleared in
+ * between puts the submitter to sleep; a write parked on io_uring's poll is
+ * retried as task_work in the submitter too. Only io-wq may block on it. */
+static inline void vs_uring_queue_write_async(struct vs_uring *r, int fd, const void *buf,
+                                              uint32_t len, uint64_t tag)
+{
+    vs_uring_queue_rw(r, IORING_OP_WRITE, fd, -1, buf, len, tag);
+    r->sqes[(r->sq_tail_local - 1) & *r->sq_mask].flags |= IOSQE_ASYNC;
+}
+
 /* writev(fd, iov, cnt): the kernel reads the iovec array (and the buffers)
  * during vs_uring_flush(), so both stay untouched until then. */
 static inline void vs_uring_queue_writev(struct vs_uring *r, int fd, int fixed,

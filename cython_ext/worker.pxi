@@ -77,6 +77,11 @@ cdef inline bint port_usable(vs_port *port) noexcept nogil:
     return vs_load_acquire_int(&port.active) and not mem_lost(port)
 
 
+cdef inline bint is_vlan_type(uint8_t hi, uint8_t lo) noexcept nogil:
+    """802.1Q (0x8100), 802.1ad (0x88a8) or the old QinQ 0x9100."""
+    return (hi == 0x81 and lo == 0x00) or (hi == 0x88 and lo == 0xa8) or (hi == 0x91 and lo == 0x00)
+
+
 cdef inline bint has_feature(vs_port *port, int bit) noexcept nogil:
     return (port.features >> bit) & 1
 
@@ -228,6 +233,11 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
     cdef vs_seg *segs
     cdef uint8_t eth_type[2]
     cdef uint64_t now = 0
+    # The smallest frame this ring could not take in this delivery, and why:
+    # frames as large are dropped for the same reason without walking its
+    # buffers again (a receiver's buffers cost its senders one walk a burst).
+    cdef uint32_t refused_len = 0xffffffff
+    cdef int refused_rc = 0
     if dport == NULL or not vs_load_acquire_int(&dport.active):
         return
     if dport.kind != PORT_VHOST:
@@ -289,11 +299,18 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
         if now and not police(&dport.out_bytes, &dport.out_pkts, f, now):
             rvq.c.drops[DROP_RATE_LIMITED] += 1
             continue
+        if vf.len >= refused_len and vf.gso_type == VS_GSO_NONE:
+            rvq.c.drops[refused_rc] += 1
+            continue
         rc = deliver_frame(w, dport, rvq, avail_idx, vf, segs)
         if rc == DROP_OVER_BUDGET:
             src_vq.c.drops[rc] += 1
         elif rc:
             rvq.c.drops[rc] += 1
+            if (rc == DROP_NO_RX_BUFFER or rc == DROP_RX_BUFFER_TOO_SMALL) and \
+                    vf.gso_type == VS_GSO_NONE and vf.len < refused_len:
+                refused_len = vf.len
+                refused_rc = rc
     if rvq.used_idx != old_used:
         vring_publish(dport, rvq)
         vring_notify(w, rvq, dport.event_idx, old_used)
@@ -370,7 +387,7 @@ cdef void switch_burst(vs_switch *sw, vs_worker *w, int pidx, int qp, vs_vring *
     cdef int i, d, ndest = 0, rc
     cdef bint flood = False
     cdef uint64_t dst_mac, src_mac, now = 0
-    cdef uint8_t eth[16]
+    cdef uint8_t eth[18]
     cdef uint16_t tci
     cdef int dests[VS_BURST]
     cdef vs_frame *f
@@ -394,8 +411,14 @@ cdef void switch_burst(vs_switch *sw, vs_worker *w, int pidx, int qp, vs_vring *
         sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len, eth, 14)
         tci = VS_NO_TCI
         if eth[12] == 0x81 and eth[13] == 0x00 and f.len >= 18:
-            sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len + 14, eth + 14, 2)
+            sg_read(&w.segs[f.seg0], f.nseg, f.hdr_len + 14, eth + 14, 4 if f.len >= 20 else 2)
             tci = <uint16_t>((eth[14] << 8) | eth[15])
+            if (tci & 0xfff) == 0 and f.len >= 20 and is_vlan_type(eth[16], eth[17]):
+                # A priority tag (VID 0, "untagged") around another tag: the
+                # egress pop of the priority tag would uncover the inner one
+                # (VLAN hopping out of an access port). No driver sends this.
+                vq.c.drops[DROP_VLAN_FILTERED] += 1
+                continue
         if tci == VS_NO_TCI and port.vlan_mode == VLAN_ALL:
             f.vlan = 0                     # the common case: no VLAN anywhere
             f.tci = VS_NO_TCI
@@ -875,13 +898,14 @@ cdef void worker_sleep(vs_switch *sw, vs_worker *w) noexcept nogil:
                 pending = True
     if not pending:
         w.idle_sleeps += 1
+        notify_flush(w)             # nothing queued stays behind while we sleep
         n = epoll_wait(w.epfd, w.events, VS_EPOLL_BATCH, timeout)
         for i in range(n):
             vq = <vs_vring *>w.events[i].data.ptr
             if vq == NULL:
                 read(w.wake_fd, &value, 8)
             elif <void *>vq == <void *>&w.nring:
-                notify_reap(w)          # a notification write completed late
+                notify_flush(w)         # a notification write completed (io-wq)
             elif vq.kick_fd >= 0:
                 if kick_drain(vq):
                     vq.c.kicks += 1
@@ -929,7 +953,7 @@ cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
             # completions).
             if vs_load_relaxed_int(&w.ncancel):
                 notify_cancels(w)
-            notify_reap(w)
+            notify_flush(w)
             vs_store_release_u64(&w.epoch, w.epoch + 1)
             ts.tv_sec = 0
             ts.tv_nsec = PAUSE_NAP_NS
@@ -939,7 +963,7 @@ cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
         shape_now = 0
         if vs_load_relaxed_int(&w.ncancel):
             notify_cancels(w)
-        notify_reap(w)              # writes that completed late (a blocked fd)
+        notify_flush(w)             # writes that completed (io-wq), and what they re-queued
         nports = vs_load_acquire_int(&sw.nports_hi)
         for p in range(nports):
             port = sw.ports[p]

@@ -19,6 +19,7 @@ a new front-end afterwards.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 import time
@@ -60,9 +61,17 @@ def connect(sw: Vswitchd, port: str, features: int = NO_EVENT_IDX, rx_buffers: i
     return dev
 
 
+def bad_drain(fd: int) -> None:
+    try:
+        os.eventfd_read(fd)
+    except BlockingIOError:
+        pass
+
+
 def block_eventfd(fd: int) -> None:
     """The counter at its maximum and O_NONBLOCK cleared on the open file
     description the switch shares: the next write of 1 blocks."""
+    bad_drain(fd)
     os.eventfd_write(fd, EVENTFD_MAX)
     os.set_blocking(fd, True)
 
@@ -150,6 +159,53 @@ def test_blocked_call_and_err_eventfds_cost_only_their_port(sw):
             healthy_delivery(sw, f"broken-{sw.workers}", count=500)
         assert probe.slowest < CTL_LATENCY_MAX_S, probe.slowest
     finally:
+        bad.close()
+    recovers(sw)
+    assert sw.alive()
+
+
+def _toggle_nonblock(fds: list[int], seconds: float) -> None:
+    """Flip O_NONBLOCK on the shared open file descriptions as fast as a loop
+    can, and now and then drain and refill the counter: a write that checked
+    the flag while it was set finds it cleared inside eventfd_write, and a
+    write parked on io_uring's poll is retried when the counter drains."""
+    deadline = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < deadline:
+        for fd in fds:
+            os.set_blocking(fd, i % 2 == 0)
+        i += 1
+        if i % 512 == 0:
+            for fd in fds:
+                os.set_blocking(fd, False)
+                bad_drain(fd)
+                try:
+                    os.eventfd_write(fd, EVENTFD_MAX)
+                except BlockingIOError:
+                    pass            # a notification came in between
+
+
+def test_call_eventfd_whose_o_nonblock_flips_costs_only_its_port(sw):
+    """The counter full and O_NONBLOCK flipping under the switch: no check
+    of the flag before a write can be trusted; workers never write inline."""
+    bad = connect(sw, "bad")
+    fds = [ring.call_fd for ring in (bad.rx(0), bad.tx(0))]
+    for fd in fds:
+        bad_drain(fd)
+        os.eventfd_write(fd, EVENTFD_MAX)
+    toggler = multiprocessing.get_context("fork").Process(target=_toggle_nonblock, args=(fds, 60),
+                                                          daemon=True)
+    toggler.start()
+    try:
+        bad.tx(0).post_tx_frames([PEER_MAC + BAD_MAC + b"\x88\xb5" + bytes(50)])
+        with ControlProbe(sw) as probe:
+            healthy_delivery(sw, f"toggle-{sw.workers}", 2000)
+        assert probe.slowest < CTL_LATENCY_MAX_S, probe.slowest
+        assert sw.drops("in") == {} and sw.drops("out") == {}
+        assert sw.port("bad")["queues"][0]["rx"]["packets"] > 0
+    finally:
+        toggler.kill()
+        toggler.join()
         bad.close()
     recovers(sw)
     assert sw.alive()

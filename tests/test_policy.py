@@ -111,6 +111,23 @@ def test_access_ports_switch_untagged_within_their_vlan_only(vlans):
     assert all(drain(dev[n]) == [] for n in "cdef")
 
 
+def test_a_priority_tag_around_another_tag_does_not_hop_vlans(vlans):
+    """A priority tag (VID 0) counts as untagged, so an access port takes the
+    frame into its VLAN; popping it on the way out would uncover the tag
+    inside (VID 20) at an access port of VLAN 10, or give a trunk a double
+    tag. Such a frame is refused where it enters."""
+    sw, dev = vlans
+    f = frame(BCAST, "a", 4, 100)
+    for outer in (0x8100, 0x88A8):
+        hop = f[:12] + b"\x81\x00\x00\x00" + outer.to_bytes(2, "big") + b"\x00\x14" + f[12:]
+        dev["a"].tx(0).post_tx(hop)
+    got = {name: drain(d) for name, d in dev.items() if name != "a"}
+    assert all(frames == [] for frames in got.values()), got
+    assert sw.drops("a") == {"vlan_filtered": 2}
+    dev["a"].tx(0).post_tx(tag(f, 0))            # a plain priority tag still passes, popped
+    assert drain(dev["b"]) == [f]
+
+
 def test_trunk_tags_select_the_vlan_and_are_popped_for_access_ports(vlans):
     sw, dev = vlans
     f = frame(BCAST, "d", 3, 200)

@@ -141,6 +141,11 @@ class Switch:
 
     async def run(self) -> None:
         self.dp.start()
+        if self.dp.control_notify_fd >= 0:
+            # the control plane's own notification writes (injected frames)
+            # complete in io_uring's threads: account them, submit what follows
+            asyncio.get_running_loop().add_reader(self.dp.control_notify_fd,
+                                                  self.dp.reap_notifications)
         tasks: list[asyncio.Task] = []
         try:
             for name, pc in self.config.ports.items():
@@ -171,6 +176,8 @@ class Switch:
             await self.control.stop()
             for port in self.ports.values():
                 await port.stop()
+            if self.dp.control_notify_fd >= 0:
+                asyncio.get_running_loop().remove_reader(self.dp.control_notify_fd)
             self.dp.stop()
             log.info("vswitchd stopped")
 
