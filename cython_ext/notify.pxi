@@ -94,12 +94,24 @@ cdef inline void notify_request(vs_worker *w, vs_vring *vq, int which) noexcept 
 
 cdef void notify_reap(vs_worker *w) noexcept nogil:
     """Account the completed writes; a ring asked for meanwhile gets one more."""
+    cdef int rounds
+    if not w.nring.enabled:
+        return                  # no ring (write(2) fallback), or it failed: nothing to pop
+    notify_pop_all(w)
+    for rounds in range(3):
+        # more completions than the CQ holds (many rings' writes finishing at
+        # once): the kernel keeps them, and every later one too, until asked -
+        # ask, or the rings they belong to stay claimed for good
+        if not vs_uring_flush_overflow(&w.nring):
+            return
+        notify_pop_all(w)
+
+
+cdef void notify_pop_all(vs_worker *w) noexcept nogil:
     cdef uint64_t tag
     cdef int32_t res
     cdef int which
     cdef vs_vring *vq
-    if not w.nring.enabled:
-        return                  # no ring (write(2) fallback), or it failed: nothing to pop
     while vs_uring_pop(&w.nring, &tag, &res):
         which = <int>(tag & 3)
         if which == NOTIFY_CANCEL:

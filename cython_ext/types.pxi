@@ -249,6 +249,7 @@ cdef extern from "vs_uring.h" nogil:
     void vs_uring_queue_cancel(vs_uring *r, uint64_t target, uint64_t tag)
     int vs_uring_submit(vs_uring *r)
     int vs_uring_pop(vs_uring *r, uint64_t *tag, int32_t *res)
+    int vs_uring_flush_overflow(vs_uring *r)
     void vs_uring_exit(vs_uring *r)
     int vs_uring_set_file(vs_uring *r, unsigned index, int fd)
     void vs_uring_queue_write(vs_uring *r, int fd, int fixed, const void *buf, uint32_t len, uint64_t tag)

@@ -40,7 +40,7 @@ struct vs_uring {
     unsigned sq_entries;
     unsigned sq_tail_local;   /* our copy of the SQ tail (we are its only writer) */
     unsigned pending;         /* SQEs queued since the last flush */
-    unsigned *sq_head, *sq_tail, *sq_mask, *sq_array;
+    unsigned *sq_head, *sq_tail, *sq_mask, *sq_array, *sq_flags;
     unsigned *cq_head, *cq_tail, *cq_mask;
     struct io_uring_sqe *sqes;
     struct io_uring_cqe *cqes;
@@ -118,6 +118,7 @@ static inline int vs_uring_init_ring(struct vs_uring *r, unsigned entries, int f
     r->sq_head = (unsigned *)((char *)r->sq_ring + p.sq_off.head);
     r->sq_tail = (unsigned *)((char *)r->sq_ring + p.sq_off.tail);
     r->sq_mask = (unsigned *)((char *)r->sq_ring + p.sq_off.ring_mask);
+    r->sq_flags = (unsigned *)((char *)r->sq_ring + p.sq_off.flags);
     r->sq_array = (unsigned *)((char *)r->sq_ring + p.sq_off.array);
     r->cq_head = (unsigned *)((char *)r->cq_ring + p.cq_off.head);
     r->cq_tail = (unsigned *)((char *)r->cq_ring + p.cq_off.tail);
@@ -328,6 +329,18 @@ static inline int vs_uring_submit(struct vs_uring *r)
     }
     r->pending = to_submit;
     return 0;
+}
+
+/* Completions that did not fit the CQ wait in the kernel (IORING_FEAT_NODROP)
+ * and, since Linux 6.1, so does every later one until a GETEVENTS enter
+ * flushes them into the CQ: do that when the kernel says it has some. */
+static inline int vs_uring_flush_overflow(struct vs_uring *r)
+{
+    if (!(__atomic_load_n(r->sq_flags, __ATOMIC_ACQUIRE) & IORING_SQ_CQ_OVERFLOW))
+        return 0;
+    syscall(__NR_io_uring_enter, r->fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0);
+    r->enters++;
+    return 1;
 }
 
 /* The next completion, if there is one: 1 and its tag and result, or 0. */
