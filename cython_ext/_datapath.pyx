@@ -235,6 +235,7 @@ cdef class Datapath:
     cdef uint8_t fixed_used[VS_URING_FILES]   # registered-file slots given to TAP queues
     cdef uint64_t mem_cap_port    # limits.guest_memory_per_port (0: the default)
     cdef uint64_t mem_cap_total   # limits.guest_memory_total (0: the default)
+    cdef unsigned long control_thread   # the one thread allowed to change us (0: any)
 
     def __cinit__(self, int workers=1, str mode="adaptive", cpus=None, str tap_io="io_uring"):
         cdef epoll_event ev
@@ -374,6 +375,19 @@ cdef class Datapath:
         for i in range(self.nworkers):
             write(self.workers[i].wake_fd, &one, 8)
 
+    def bind_control_thread(self, unsigned long ident):
+        """From now on only thread `ident` may make changes that wait for the
+        workers or use the control plane's notification ring: the daemon's
+        control thread (vswitch/dpcontrol.py), so that the event loop never
+        waits. Unbound (tests driving a Datapath directly), any thread may."""
+        self.control_thread = ident
+
+    cdef int _check_control_thread(self) except -1:
+        if self.control_thread != 0 and <unsigned long>threading.get_ident() != self.control_thread:
+            raise DatapathError("datapath change outside its control thread "
+                                "(it would wait for the workers on the caller's thread)")
+        return 0
+
     cdef int _quiesce(self, uint64_t timeout_ns=QUIESCE_TIMEOUT_NS) except -1:
         """Wait until every worker has finished the round it was in: after
         this, no worker holds a pointer it read before the call."""
@@ -382,6 +396,7 @@ cdef class Datapath:
         cdef bint done
         cdef timespec ts
         cdef uint64_t deadline
+        self._check_control_thread()
         if not self.running:
             return 0
         vs_mb()
@@ -649,6 +664,7 @@ cdef class Datapath:
         cdef vs_frame *f = &w.frames[0]
         cdef uint8_t frame[60]
         cdef int i
+        self._check_control_thread()        # the control plane's ring has one user
         if len(mac) != 6:
             raise DatapathError("a MAC is 6 bytes")
         memset(frame, 0, 60)
@@ -1322,6 +1338,7 @@ cdef class Datapath:
         frames it injected, or sent after a call fd changed) and submit what
         their completion re-queued; called when control_notify_fd is
         readable, and periodically."""
+        self._check_control_thread()
         notify_flush(self.ctlw)
 
     @property

@@ -57,11 +57,11 @@ class CaptureManager:
                 return s
         return None
 
-    def dispatch(self, command: str, args: dict, owner: object) -> dict:
+    async def dispatch(self, command: str, args: dict, owner: object) -> dict:
         if owner is None:       # dispatch() called outside a connection: nobody could stop it
             return {"ok": False, "error": "capture needs a control connection"}
         if command == "capture start":
-            return self._start(args, owner)
+            return await self._start(args, owner)
         session = self.by_owner.get(owner)
         if session is None:
             return {"ok": False, "error": "no capture running on this connection"}
@@ -78,7 +78,7 @@ class CaptureManager:
                                                "lost": info["lost"]}}
             if command == "capture stop":
                 del self.by_owner[owner]
-                result = dp.capture_stop(session.slot)
+                result = await self.switch.ctl.call(dp.capture_stop, session.slot)
                 log.info("capture of port %s stopped: %d captured, %d lost", session.port_name,
                          result["captured"], result["lost"])
                 return {"ok": True, "result": {"frames": _encode(result["frames"]),
@@ -89,7 +89,7 @@ class CaptureManager:
             return {"ok": False, "error": f"capture of port {session.port_name!r} ended: {exc}"}
         return {"ok": False, "error": f"unknown command {command!r}"}
 
-    def _start(self, args: dict, owner: object) -> dict:
+    async def _start(self, args: dict, owner: object) -> dict:
         name = args.get("port")
         port = self.switch.ports.get(name) if isinstance(name, str) else None
         if port is None:
@@ -113,21 +113,22 @@ class CaptureManager:
             return {"ok": False, "error": f"snaplen must be 1..{DEFAULT_SNAPLEN} bytes"}
         from ._datapath import DatapathError
         try:
-            self.switch.dp.capture_start(port.slot, direction, snaplen, ring_bytes)
+            await self.switch.ctl.call(self.switch.dp.capture_start, port.slot, direction, snaplen,
+                                       ring_bytes)
         except (DatapathError, OverflowError) as exc:
             return {"ok": False, "error": f"port {name!r}: {exc}"}
         self.by_owner[owner] = CaptureSession(name, port, port.slot, direction, snaplen)
         log.info("capture of port %s started (direction %s, snaplen %d)", name, direction, snaplen)
         return {"ok": True, "result": {"port": name, "direction": direction, "snaplen": snaplen}}
 
-    def release(self, owner: object) -> None:
+    async def release(self, owner: object) -> None:
         """The owner's connection closed: stop its capture, if any."""
         session = self.by_owner.pop(owner, None)
         if session is None or not self._alive(session):
             return
         from ._datapath import DatapathError
         try:
-            result = self.switch.dp.capture_stop(session.slot)
+            result = await self.switch.ctl.call(self.switch.dp.capture_stop, session.slot)
         except DatapathError as exc:
             # usually the daemon stopping: the port (and its capture) went first
             log.debug("capture of port %s: %s", session.port_name, exc)

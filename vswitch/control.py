@@ -104,7 +104,7 @@ class ControlServer:
             pass
         finally:
             try:
-                self.captures.release(owner)
+                await self.captures.release(owner)
             except Exception:
                 log.exception("stopping the capture of a closed control connection failed")
             writer.close()
@@ -133,7 +133,7 @@ class ControlServer:
                     return {"ok": False, "error": f"no port named {args.get('name')!r}"}
                 return {"ok": True, "result": {**port.show(), "fdb": sw.dp.port_fdb_info(port.slot)}}
             if command in ("fdb show", "fdb flush"):
-                return self._fdb(command, args)
+                return await self._fdb(command, args)
             if command == "stats":
                 return {"ok": True, "result": sw.stats()}
             if command == "reload":
@@ -145,7 +145,7 @@ class ControlServer:
             if command == "version":
                 return {"ok": True, "result": {"version": __version__}}
             if command.startswith("capture "):
-                return self.captures.dispatch(command, args, owner)
+                return await self.captures.dispatch(command, args, owner)
             if command == "debug vring":
                 port = sw.ports.get(args.get("name") or args.get("port"))
                 if port is None:
@@ -167,7 +167,7 @@ class ControlServer:
             return {"ok": False, "error": f"internal error: {exc}"}
         return {"ok": False, "error": f"unknown command {command!r}"}
 
-    def _fdb(self, command: str, args: dict) -> dict:
+    async def _fdb(self, command: str, args: dict) -> dict:
         """fdb show / fdb flush, args {"port": name, "vlan": 0..4095}, both optional."""
         port, vlan = args.get("port"), args.get("vlan")
         if port is not None and (not isinstance(port, str) or port not in self.switch.ports):
@@ -177,4 +177,4 @@ class ControlServer:
             return {"ok": False, "error": f"VLAN must be 0..4095 (got {vlan!r})"}
         if command == "fdb show":
             return {"ok": True, "result": self.switch.fdb(port, vlan)}
-        return {"ok": True, "result": {"forgotten": self.switch.fdb_flush(port, vlan)}}
+        return {"ok": True, "result": {"forgotten": await self.switch.fdb_flush(port, vlan)}}

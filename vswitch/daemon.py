@@ -31,6 +31,7 @@ from . import reconcile
 from . import seccomp
 from .config import Config, ConfigError, TapPortConfig, VxlanPortConfig, load_config
 from .control import ControlServer
+from .dpcontrol import DatapathControl
 from .fdb import TICK_S as FDB_TICK_S, FdbControl, entries_by_name
 from .limits import NofileCheck, ensure_nofile
 from .metrics import MetricsServer
@@ -117,6 +118,11 @@ class Switch:
         self.dp = Datapath(config.datapath.workers, config.datapath.mode, config.datapath.cpus,
                            config.datapath.tap_io)
         self.dp.set_memory_limits(config.limits.guest_memory_per_port, config.limits.guest_memory_total)
+        # From here every change to the datapath runs on its control thread:
+        # the event loop never waits for the workers (vswitch/dpcontrol.py).
+        self.ctl = DatapathControl()
+        self.dp.bind_control_thread(self.ctl.ident)
+        self._reap_posted = False
         fallback = sorted({w["tap_io"] for w in self.dp.worker_stats()} - {config.datapath.tap_io})
         if fallback:  # io_uring asked for, not available: said once, not once per worker
             log.warning("workers write into TAP queues one frame per syscall: %s", ", ".join(fallback))
@@ -144,14 +150,12 @@ class Switch:
         if self.dp.control_notify_fd >= 0:
             # the control plane's own notification writes (injected frames)
             # complete in io_uring's threads: account them, submit what follows
-            asyncio.get_running_loop().add_reader(self.dp.control_notify_fd,
-                                                  self.dp.reap_notifications)
+            asyncio.get_running_loop().add_reader(self.dp.control_notify_fd, self._reap_notifications)
         tasks: list[asyncio.Task] = []
         try:
             for name, pc in self.config.ports.items():
-                self.ports[name] = self._start_port(pc)
-            apply_mirrors(self.dp, self.ports)
-            self.fdb_ctl.configure(self.config, self.ports)
+                self.ports[name] = await self._start_port(pc)
+            await self.ctl.call(self._apply_switch_settings, self.config)
             await self.control.start()
             await self._start_metrics()
             log.info("vswitchd %s running: %d port(s), %d worker(s) in %s mode, runtime dir %s",
@@ -178,23 +182,46 @@ class Switch:
                 await port.stop()
             if self.dp.control_notify_fd >= 0:
                 asyncio.get_running_loop().remove_reader(self.dp.control_notify_fd)
-            self.dp.stop()
+            await self.ctl.call(self.dp.stop)
+            self.ctl.close()
             log.info("vswitchd stopped")
 
     def stop(self) -> None:
         self._stopping.set()
 
-    def _start_port(self, pc) -> VhostUserPort | TapPort:
+    def _reap_notifications(self) -> None:
+        """The control ring has completions: reap them on the control thread
+        (its one user). Not watched meanwhile, so that a readable fd does not
+        post a reap per loop iteration."""
+        loop = asyncio.get_running_loop()
+        fd = self.dp.control_notify_fd
+        loop.remove_reader(fd)
+
+        def reap() -> None:
+            try:
+                self.dp.reap_notifications()
+            finally:
+                if not self._stopping.is_set():
+                    loop.call_soon_threadsafe(loop.add_reader, fd, self._reap_notifications)
+        self.ctl.post(reap)
+
+    def _apply_switch_settings(self, config: Config) -> None:
+        """On the control thread: mirrors (they name slots) and the FDB's
+        aging, caps and static entries."""
+        apply_mirrors(self.dp, self.ports)
+        self.fdb_ctl.configure(config, self.ports)
+
+    async def _start_port(self, pc) -> VhostUserPort | TapPort | VxlanPort:
         """Create and start one port; its failure is reported, never fatal."""
         if isinstance(pc, TapPortConfig):
-            tap = TapPort(pc, self.dp)
-            tap.start()
+            tap = TapPort(pc, self.dp, self.ctl)
+            await tap.start()
             return tap
         if isinstance(pc, VxlanPortConfig):
-            vx = VxlanPort(pc, self.dp)
-            vx.start()
+            vx = VxlanPort(pc, self.dp, self.ctl)
+            await vx.start()
             return vx
-        port = VhostUserPort(pc, self.dp, self.ratelog, self.config.limits)
+        port = VhostUserPort(pc, self.dp, self.ctl, self.ratelog, self.config.limits)
         try:
             if pc.mode == "server":
                 # The config check refused such a directory already; this is
@@ -202,7 +229,7 @@ class Switch:
                 directory = os.path.dirname(pc.socket)
                 check_directory(directory)
                 os.makedirs(directory, mode=0o755, exist_ok=True)
-            port.start()
+            await port.start()
         except OSError as exc:
             # One port's trouble never stops another port.
             log.error("port %s: cannot listen on %s: %s", pc.name, pc.socket, exc.strerror or exc)
@@ -231,13 +258,13 @@ class Switch:
             await asyncio.sleep(HEALTH_PERIOD_S)
             # A port that re-created its slot (queues changed at reconnect)
             # is found again by the mirrors that point at it.
-            apply_mirrors(self.dp, self.ports)
-            self.dp.reap_notifications()
-            for port in self.ports.values():
+            await self.ctl.call(apply_mirrors, self.dp, dict(self.ports))
+            await self.ctl.call(self.dp.reap_notifications)
+            for port in list(self.ports.values()):
                 if not isinstance(port, VhostUserPort):
                     continue      # a TAP port watches its device in its own task
                 try:
-                    port.retry_release()
+                    await port.retry_release()
                     port.check_health()
                 except Exception:
                     log.exception("port %s: health check failed", port.name)
@@ -249,7 +276,7 @@ class Switch:
             if self._reload_lock.locked():
                 continue     # ports half re-created: the reload applies the FDB when done
             try:
-                self.fdb_ctl.tick(self.config, self.ports)
+                await self.ctl.call(self.fdb_ctl.tick, self.config, dict(self.ports))
             except Exception:
                 log.exception("fdb: aging sweep failed")
 
@@ -304,7 +331,7 @@ class Switch:
         # between rounds meanwhile, so no frame is switched by half of them
         # (two ports moved to a new VLAN in one reload lose nothing between).
         results: dict[str, str] = {}
-        self.dp.pause()
+        await self.ctl.call(self.dp.pause)
         try:
             for change in plan.changed:
                 try:
@@ -315,12 +342,12 @@ class Switch:
                     results[change.name] = "restart"
                     outcome[change.name] = f"restart after error: {exc}"
         finally:
-            self.dp.resume()
+            await self.ctl.call(self.dp.resume)
         for change in plan.changed:
             result = results[change.name]
             if result == "restart":
                 await self.ports[change.name].stop()
-                self.ports[change.name] = self._start_port(change.new)
+                self.ports[change.name] = await self._start_port(change.new)
                 log.info("reload: port %s restarted (%s changed)", change.name, ", ".join(change.fields))
             outcome.setdefault(change.name, {"restart": "restarted"}.get(result, result))
             alert = getattr(self.ports[change.name], "socket_alert", None)
@@ -334,28 +361,29 @@ class Switch:
                     outcome[name] = await port.reconfigure(new.ports[name], force=True)
                     plan.unchanged.remove(name)
         for name in plan.added:
-            self.ports[name] = self._start_port(new.ports[name])
+            self.ports[name] = await self._start_port(new.ports[name])
             outcome[name] = "added"
             log.info("reload: port %s added", name)
         # Keep the file order of the new config (show, metrics, port list).
         self.ports = {name: self.ports[name] for name in new.ports}
-        apply_mirrors(self.dp, self.ports)
+        await self.ctl.call(apply_mirrors, self.dp, dict(self.ports))
         if "mode" in plan.datapath_in_place:
-            self.dp.set_mode(new.datapath.mode)
+            await self.ctl.call(self.dp.set_mode, new.datapath.mode)
         if "cpus" in plan.datapath_in_place:
-            self.dp.set_cpus(new.datapath.cpus)
+            await self.ctl.call(self.dp.set_cpus, new.datapath.cpus)
         if plan.control_changed:
             problem = self.control.set_group(new.control.group)
             if problem:
                 warnings.append(problem)
         if plan.limits_changed:
             # Applied to what comes next: memory mapped already stays mapped.
-            self.dp.set_memory_limits(new.limits.guest_memory_per_port, new.limits.guest_memory_total)
+            await self.ctl.call(self.dp.set_memory_limits, new.limits.guest_memory_per_port,
+                                new.limits.guest_memory_total)
         for port in self.ports.values():
             if isinstance(port, VhostUserPort):
                 port.limits = new.limits
         self.config = new
-        self.fdb_ctl.configure(new, self.ports)    # aging, caps, static entries: in place
+        await self.ctl.call(self.fdb_ctl.configure, new, dict(self.ports))   # aging, caps, static entries: in place
         if plan.metrics_changed:
             if self.metrics:
                 await self.metrics.stop()
@@ -391,14 +419,14 @@ class Switch:
         """The MAC table, optionally of one port (name) and/or VLAN. KeyError: no such port."""
         return entries_by_name(self.dp, self.ports.values(), port, vlan)
 
-    def fdb_flush(self, port: str | None = None, vlan: int | None = None) -> int:
+    async def fdb_flush(self, port: str | None = None, vlan: int | None = None) -> int:
         """Forget learned entries (of a port, a VLAN, or all); returns how many."""
         slot = None
         if port is not None:
             if port not in self.ports:
                 raise KeyError(port)
             slot = self.ports[port].slot
-        n = self.dp.fdb_flush(port=slot, vlan=vlan)
+        n = await self.ctl.call(self.dp.fdb_flush, port=slot, vlan=vlan)
         log.info("fdb: flushed %d learned entr%s (port %s, VLAN %s)", n, "y" if n == 1 else "ies",
                  port or "any", "any" if vlan is None else vlan)
         return n

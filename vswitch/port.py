@@ -4,6 +4,11 @@ One port's trouble never reaches another: every failure of a connection -
 malformed message, datapath refusal, peer gone - ends in `_disconnect`, which
 resets this port's datapath slot only, and the port goes back to listening
 (server) or reconnecting with backoff (client).
+
+Every change to the datapath - each message's effect (`Session.handle`), the
+slot's creation, reset and removal - runs on the datapath's control thread
+(`DatapathControl`), awaited here: those changes wait for the workers, and
+the event loop that serves every other port must not wait with them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 from ._datapath import DROP_REASONS, Datapath, DatapathError
 from .policy import apply_port_policy, describe as describe_policy
 from .config import LimitsConfig, VhostUserPortConfig
+from .dpcontrol import DatapathControl
 from .fdb import port_vlan
 from .reconcile import port_change
 from .safefiles import NotOurSocket, SocketFile
@@ -170,19 +176,19 @@ class PortStatus:
 
 
 class VhostUserPort:
-    def __init__(self, config: VhostUserPortConfig, dp: Datapath,
+    def __init__(self, config: VhostUserPortConfig, dp: Datapath, ctl: DatapathControl,
                  ratelog: RateLimitedLog | None = None, limits: LimitsConfig | None = None) -> None:
         self.config = config
         self.name = config.name
         self.dp = dp
+        self.ctl = ctl
         # Daemon-wide; the daemon replaces it on reload (read per message).
         self.limits = limits or LimitsConfig()
-        self.slot = dp.port_add(config.queues)
+        self.slot = -1                  # allocated by start()
         self.offer = offer_for(config)
         # A new config whose connect-time fields wait for the guest to reconnect.
         self.pending: VhostUserPortConfig | None = None
         self._policy: dict | None = None
-        self._apply_datapath_settings(None)
         self.session: Session | None = None
         self.status = PortStatus()
         self.ratelog = ratelog or RateLimitedLog()
@@ -194,14 +200,17 @@ class VhostUserPort:
         self._ring_seen: dict[int, float] = {}
         self._notify_busy_since: dict[int, float] = {}
         self._end_reason: str | None = None     # why we cancelled the connection task
-        self._faults_seen = dp.memory_faults(self.slot)
+        self._faults_seen = 0
+        self._ending = False                    # the connection is being released
         self._conn_faulted = False              # the running connection's fault is reported
         self._release_pending = False           # a reset failed: the slot still holds a guest's memory
 
     # --- lifecycle ---------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.slot < 0:
+            await self.ctl.call(self._create_slot)
         if self.config.mode == "server":
             # Owner, group and mode of a server socket (connect(2) needs write
             # permission on it): how a QEMU run by libvirt as another user gets in.
@@ -224,7 +233,7 @@ class VhostUserPort:
                 except asyncio.CancelledError:
                     pass
         if self._conn:
-            self._disconnect("port stopped")
+            await self._disconnect("port stopped")
         if self._listener:
             self._listener.close()
         if self._socket_file is not None:
@@ -232,9 +241,20 @@ class VhostUserPort:
             if now is not None:
                 log.warning("port %s: %s is no longer its socket (it is now %s): left in place",
                             self.name, self.config.socket, now)
+        await self.ctl.call(self._remove_slot)
+
+    def _create_slot(self) -> None:
+        """On the control thread: a datapath slot with this config's settings."""
+        self.slot = self.dp.port_add(self.config.queues)
+        self._faults_seen = self.dp.memory_faults(self.slot)
+        self._apply_datapath_settings(None)
+
+    def _remove_slot(self) -> None:
+        """On the control thread: the static MAC unpinned, the slot freed."""
         if self.config.mac:
             self.dp.fdb_set_static(self.config.mac, -1, port_vlan(self.config))
         self.dp.port_remove(self.slot)
+        self.slot = -1
 
     # --- reconfiguration (reload) ------------------------------------------------
 
@@ -271,7 +291,7 @@ class VhostUserPort:
             # In-place fields now, the rest when the guest reconnects.
             self.config = dataclasses.replace(old, **{f: getattr(new, f) for f in in_place})
             self.pending = new
-            self._apply_in_place(old, in_place)
+            await self._apply_in_place(old, in_place)
             if not force:
                 log.info("port %s: %s applied; %s pending until the guest reconnects", self.name,
                          ", ".join(in_place) or "nothing", ", ".join(at_connect))
@@ -286,20 +306,20 @@ class VhostUserPort:
             return "applied"
         self.pending = None
         self.config = new
-        self._apply_in_place(old, in_place)
+        await self._apply_in_place(old, in_place)
         if at_connect:
-            self._apply_connect_time(old)
+            await self._apply_connect_time(old)
         log.info("port %s: %s applied", self.name, ", ".join(in_place + at_connect))
         return "applied"
 
-    def _apply_in_place(self, old: VhostUserPortConfig, fields: tuple[str, ...]) -> None:
+    async def _apply_in_place(self, old: VhostUserPortConfig, fields: tuple[str, ...]) -> None:
         socket_fields = {"socket_owner", "socket_group", "socket_mode"} & set(fields)
         if socket_fields and self._socket_file is not None:
             self._apply_socket_permissions()
         if self.session is not None:
             # memory already mapped stays; the next memory table is judged anew
             self.session.allow_file_memory = self.config.allow_file_memory
-        self._apply_datapath_settings(old)
+        await self.ctl.call(self._apply_datapath_settings, old)
 
     def _apply_socket_permissions(self) -> None:
         """The configured owner, group and mode, to our socket file only: if
@@ -323,17 +343,16 @@ class VhostUserPort:
         """Why the port's socket file was not changed as configured, if so."""
         return self.status.alerts.get("socket")
 
-    def _apply_connect_time(self, old: VhostUserPortConfig) -> None:
+    async def _apply_connect_time(self, old: VhostUserPortConfig) -> None:
         """Only while no guest is connected: a new offer, a new slot for a new
         number of queue pairs (slots are sized at creation)."""
         self.offer = offer_for(self.config)
         if self.config.queues != old.queues:
-            if self.config.mac:
-                self.dp.fdb_set_static(self.config.mac, -1, port_vlan(self.config))
-            self.dp.port_remove(self.slot)
-            self.slot = self.dp.port_add(self.config.queues)
-            self._faults_seen = self.dp.memory_faults(self.slot)
-            self._apply_datapath_settings(None)
+            await self.ctl.call(self._recreate_slot)
+
+    def _recreate_slot(self) -> None:
+        self._remove_slot()
+        self._create_slot()
 
     # --- socket roles ----------------------------------------------------------
 
@@ -352,6 +371,10 @@ class VhostUserPort:
                                      self.name, exc.strerror or exc)
                 await asyncio.sleep(ACCEPT_RETRY_S)
                 continue
+            if self._conn is not None and self._ending and self._conn_task is not None:
+                # The last connection is being released (its guest went away a
+                # moment ago): this is likely its successor; wait for the release.
+                await asyncio.wait({self._conn_task})
             if self._conn is not None:
                 # One front-end per port: a second one is refused at once,
                 # the first keeps running undisturbed.
@@ -360,7 +383,7 @@ class VhostUserPort:
                                      "while one is active", self.name)
                 sock.close()
                 continue
-            if not self.retry_release():
+            if not await self.retry_release():
                 self.status.refused += 1
                 self.ratelog.warning(f"{self.name}:release", "port %s: refusing a connection: "
                                      "the last one's resources are not released yet", self.name)
@@ -393,7 +416,7 @@ class VhostUserPort:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_S)
                 continue
-            if not self.retry_release():
+            if not await self.retry_release():
                 sock.close()
                 await asyncio.sleep(delay)
                 continue
@@ -424,7 +447,9 @@ class VhostUserPort:
             while True:
                 header, payload, fds = await self._conn.read_message(self.limits.message_timeout, first)
                 first = False
-                reply = self.session.handle(header, payload, fds)
+                # The message's effect on the datapath may wait for the workers:
+                # on the control thread, never on this loop.
+                reply = await self.ctl.call(self.session.handle, header, payload, fds)
                 if reply is not None:
                     self._conn.send(reply)
         except PeerClosed:
@@ -454,7 +479,7 @@ class VhostUserPort:
         finally:
             self._end_reason = None
             if self._conn is not None:
-                self._disconnect(reason)
+                await self._disconnect(reason)
 
     def _refused(self, reason: str) -> None:
         """A request answered with a failure (the front-end asked for a
@@ -463,10 +488,17 @@ class VhostUserPort:
         self.status.last_error = reason
         self.ratelog.warning(f"{self.name}:refused", "port %s: refused %s", self.name, reason)
 
-    def _disconnect(self, reason: str) -> None:
+    async def _disconnect(self, reason: str) -> None:
+        self._ending = True
+        try:
+            await self._release_connection(reason)
+        finally:
+            self._ending = False
+
+    async def _release_connection(self, reason: str) -> None:
         if self.session is not None:
             try:
-                self.session.close()
+                await self.ctl.call(self.session.close)
             except DatapathError as exc:
                 self._release_failed(exc)
         if self._conn is not None:
@@ -481,7 +513,7 @@ class VhostUserPort:
         if self.pending is not None:
             # The guest is gone: what waited for its next connection applies now.
             old, self.config, self.pending = self.config, self.pending, None
-            self._apply_connect_time(old)
+            await self._apply_connect_time(old)
             log.info("port %s: pending configuration applied", self.name)
 
     def _release_failed(self, exc: Exception) -> None:
@@ -495,13 +527,13 @@ class VhostUserPort:
         self.status.last_error = msg
         log.error("port %s: %s; retrying", self.name, msg)
 
-    def retry_release(self) -> bool:
+    async def retry_release(self) -> bool:
         """True when nothing of an earlier connection is held any more."""
         if not self._release_pending:
             return True
         try:
-            # a short wait: the health check and accept run on the event loop
-            self.dp.port_reset(self.slot, timeout_s=RELEASE_RETRY_WAIT_S)
+            # a short wait: it holds up the port's accept and every other change
+            await self.ctl.call(self.dp.port_reset, self.slot, timeout_s=RELEASE_RETRY_WAIT_S)
         except DatapathError:
             return False
         self._release_pending = False

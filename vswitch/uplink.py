@@ -15,6 +15,7 @@ import logging
 import os
 
 from ._datapath import Datapath
+from .dpcontrol import DatapathControl
 from .policy import apply_port_policy, describe as describe_policy
 from .config import TapPortConfig
 from .fdb import port_vlan
@@ -29,12 +30,13 @@ CHECK_PERIOD_S = 0.5
 
 
 class TapPort:
-    def __init__(self, config: TapPortConfig, dp: Datapath) -> None:
+    def __init__(self, config: TapPortConfig, dp: Datapath, ctl: DatapathControl) -> None:
         self.config = config
         self.name = config.name
         self.dp = dp
-        self.slot = dp.port_add(config.queues, "tap")
-        self._policy = apply_port_policy(dp, self.slot, config)
+        self.ctl = ctl              # every change to the datapath runs there
+        self.slot = -1              # allocated by start()
+        self._policy: dict | None = None
         self.attached = False
         self.attaches = 0
         self.losses = 0
@@ -43,11 +45,9 @@ class TapPort:
         self._fd0 = -1
         self._task: asyncio.Task | None = None
 
-    def start(self) -> None:
-        if self.config.mac:
-            self.dp.fdb_set_static(self.config.mac, self.slot, port_vlan(self.config))
-        self.dp.port_set_fdb_max(self.slot, self.config.fdb_max_entries)
-        self._attach()        # a failure here is reported and retried, never fatal
+    async def start(self) -> None:
+        await self.ctl.call(self._create_slot)
+        await self._attach()        # a failure here is reported and retried, never fatal
         self._task = asyncio.get_running_loop().create_task(self._watch(), name=f"tap-{self.name}")
 
     async def stop(self) -> None:
@@ -57,6 +57,17 @@ class TapPort:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        await self.ctl.call(self._remove_slot)
+
+    def _create_slot(self) -> None:
+        """On the control thread: the slot, its policy, its static MAC."""
+        self.slot = self.dp.port_add(self.config.queues, "tap")
+        self._policy = apply_port_policy(self.dp, self.slot, self.config)
+        if self.config.mac:
+            self.dp.fdb_set_static(self.config.mac, self.slot, port_vlan(self.config))
+        self.dp.port_set_fdb_max(self.slot, self.config.fdb_max_entries)
+
+    def _remove_slot(self) -> None:
         if self.config.mac:
             self.dp.fdb_set_static(self.config.mac, -1, port_vlan(self.config))
         self.dp.port_remove(self.slot)     # closes the queue fds
@@ -70,7 +81,6 @@ class TapPort:
         if change.restart:
             return "restart"
         old, self.config = self.config, new
-        self._policy = apply_port_policy(self.dp, self.slot, new, self._policy)
         if "mtu" in change.in_place and new.mtu is not None and self.attached:
             try:
                 set_tap_mtu(new.ifname, new.mtu)
@@ -79,16 +89,23 @@ class TapPort:
                 log.error("port %s: %s", self.name, exc)
         if self.attached:
             self.mtu = new.mtu or tap_link_state(new.ifname).get("mtu") or 1500
+        await self.ctl.call(self._apply_datapath_settings, old)
+        log.info("port %s: %s applied", self.name, ", ".join(change.in_place))
+        return "applied"
+
+    def _apply_datapath_settings(self, old: TapPortConfig) -> None:
+        """On the control thread: policy, enforced MTU, static MAC, FDB cap."""
+        new = self.config
+        self._policy = apply_port_policy(self.dp, self.slot, new, self._policy)
+        if self.attached:
             self.dp.port_set_mtu(self.slot, self.mtu)
         if old.mac and (old.mac, port_vlan(old)) != (new.mac, port_vlan(new)):
             self.dp.fdb_set_static(old.mac, -1, port_vlan(old))
         if new.mac:
             self.dp.fdb_set_static(new.mac, self.slot, port_vlan(new))
         self.dp.port_set_fdb_max(self.slot, new.fdb_max_entries)
-        log.info("port %s: %s applied", self.name, ", ".join(change.in_place))
-        return "applied"
 
-    def _attach(self) -> bool:
+    async def _attach(self) -> bool:
         cfg = self.config
         try:
             fds = open_tap_queues(cfg.ifname, cfg.queues, create=cfg.create, mtu=cfg.mtu)
@@ -97,7 +114,7 @@ class TapPort:
             return False
         # MTU enforced on frames towards the kernel: the configured one, or the device's.
         self.mtu = cfg.mtu or tap_link_state(cfg.ifname).get("mtu") or 1500
-        self.dp.tap_attach(self.slot, fds, self.mtu)
+        await self.ctl.call(self.dp.tap_attach, self.slot, fds, self.mtu)
         self._fd0 = fds[0]
         self.attached = True
         self.attaches += 1
@@ -121,11 +138,11 @@ class TapPort:
                     self.attached = False
                     self.last_error = f"TAP {self.config.ifname} disappeared"
                     log.error("port %s: %s; re-creating it", self.name, self.last_error)
-                    self.dp.port_reset(self.slot)      # stops forwarding to it, closes the fds
+                    await self.ctl.call(self.dp.port_reset, self.slot)  # stops forwarding to it, closes the fds
                     self._fd0 = -1
                     delay = RETRY_MIN_S
             else:
-                if self._attach():
+                if await self._attach():
                     delay = RETRY_MIN_S
                     continue
                 log.warning("port %s: cannot open TAP %s: %s; retry in %.1fs",

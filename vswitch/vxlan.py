@@ -22,6 +22,7 @@ import socket
 import struct
 
 from ._datapath import Datapath
+from .dpcontrol import DatapathControl
 from .policy import apply_port_policy, describe as describe_policy
 from .config import VxlanPortConfig
 from .reconcile import port_change
@@ -88,12 +89,13 @@ def open_vxlan_socket(local: str, port: int) -> socket.socket:
 
 
 class VxlanPort:
-    def __init__(self, config: VxlanPortConfig, dp: Datapath) -> None:
+    def __init__(self, config: VxlanPortConfig, dp: Datapath, ctl: DatapathControl) -> None:
         self.config = config
         self.name = config.name
         self.dp = dp
-        self.slot = dp.port_add(1, "vxlan")
-        self._policy = apply_port_policy(dp, self.slot, config)
+        self.ctl = ctl              # every change to the datapath runs there
+        self.slot = -1              # allocated by start()
+        self._policy: dict | None = None
         self.attached = False
         self.attaches = 0
         self.last_error: str | None = None
@@ -102,8 +104,9 @@ class VxlanPort:
     def _remotes(self, cfg: VxlanPortConfig) -> list[bytes]:
         return [pack_sockaddr(r, cfg.udp_port) for r in cfg.remotes]
 
-    def start(self) -> None:
-        if not self._attach():     # reported and retried, never fatal
+    async def start(self) -> None:
+        await self.ctl.call(self._create_slot)
+        if not await self._attach():     # reported and retried, never fatal
             self._task = asyncio.get_running_loop().create_task(self._retry(), name=f"vxlan-{self.name}")
 
     async def stop(self) -> None:
@@ -113,7 +116,11 @@ class VxlanPort:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        self.dp.port_remove(self.slot)     # closes the socket
+        await self.ctl.call(self.dp.port_remove, self.slot)     # closes the socket
+
+    def _create_slot(self) -> None:
+        self.slot = self.dp.port_add(1, "vxlan")
+        self._policy = apply_port_policy(self.dp, self.slot, self.config)
 
     async def reconfigure(self, new: VxlanPortConfig, force: bool = False) -> str:
         """Remotes, VNI and MTU change in place; the local address or UDP port
@@ -124,18 +131,23 @@ class VxlanPort:
         if change.restart:
             return "restart"
         self.config = new
-        self._policy = apply_port_policy(self.dp, self.slot, new, self._policy)
-        if self.attached:
-            if "remotes" in change.in_place:
-                self.dp.vxlan_set_remotes(self.slot, self._remotes(new))
-            if "vni" in change.in_place:
-                self.dp.vxlan_set_vni(self.slot, new.vni)
-            if "mtu" in change.in_place:
-                self.dp.port_set_mtu(self.slot, new.mtu or 0)
+        await self.ctl.call(self._apply_datapath_settings, change.in_place)
         log.info("port %s: %s applied", self.name, ", ".join(change.in_place))
         return "applied"
 
-    def _attach(self) -> bool:
+    def _apply_datapath_settings(self, fields: tuple[str, ...]) -> None:
+        """On the control thread: policy, remotes, VNI, enforced MTU."""
+        new = self.config
+        self._policy = apply_port_policy(self.dp, self.slot, new, self._policy)
+        if self.attached:
+            if "remotes" in fields:
+                self.dp.vxlan_set_remotes(self.slot, self._remotes(new))
+            if "vni" in fields:
+                self.dp.vxlan_set_vni(self.slot, new.vni)
+            if "mtu" in fields:
+                self.dp.port_set_mtu(self.slot, new.mtu or 0)
+
+    async def _attach(self) -> bool:
         cfg = self.config
         try:
             sock = open_vxlan_socket(cfg.local, cfg.udp_port)
@@ -143,7 +155,8 @@ class VxlanPort:
             self.last_error = str(exc)
             return False
         # From here the datapath owns the fd (it closes it on reset/remove).
-        self.dp.vxlan_attach(self.slot, sock.detach(), cfg.vni, self._remotes(cfg), cfg.mtu or 0)
+        await self.ctl.call(self.dp.vxlan_attach, self.slot, sock.detach(), cfg.vni,
+                            self._remotes(cfg), cfg.mtu or 0)
         self.attached = True
         self.attaches += 1
         self.last_error = None
@@ -154,7 +167,7 @@ class VxlanPort:
 
     async def _retry(self) -> None:
         delay = RETRY_MIN_S
-        while not self._attach():
+        while not await self._attach():
             log.warning("port %s: %s; retry in %.1fs", self.name, self.last_error, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
