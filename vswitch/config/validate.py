@@ -119,6 +119,7 @@ from .model import (
     VlanConfig,
     VxlanPortConfig,
     port_vlan,
+    static_mac,
 )
 from .units import parse_burst, parse_rate, parse_size
 from .yamlnodes import (
@@ -1345,9 +1346,10 @@ class _Validator(_PolicyChecks):
     # -- FDB -----------------------------------------------------------------
 
     def port_fdb_max(self, port: PortConfig | None, node: Node, key: str) -> PortConfig | None:
-        """ports.NAME.fdb_max_entries, for any port type (read here, after the
-        port's own checks, which accept the key)."""
-        if not isinstance(node, MappingNode):
+        """ports.NAME.fdb_max_entries of a vhost-user or TAP port (read here,
+        after the port's own checks, which accept the key; a VXLAN port's
+        checks report it as an unknown key)."""
+        if not isinstance(node, MappingNode) or isinstance(port, VxlanPortConfig):
             return port
         for key_node, value_node in node.value:
             if isinstance(key_node, ScalarNode) and key_node.value == "fdb_max_entries":
@@ -1384,8 +1386,8 @@ class _Validator(_PolicyChecks):
             return None
         # (mac, vlan) -> where it is pinned already: ports' own `mac` first
         pinned: dict[tuple[str, int], str] = {
-            (pc.mac, port_vlan(pc)): f"port {name!r} (its mac)"
-            for name, pc in ports.items() if pc.mac}
+            (mac, port_vlan(pc)): f"port {name!r} (its mac)"
+            for name, pc in ports.items() if (mac := static_mac(pc))}
         out: list[StaticFdbEntry] = []
         ok = True
         for index, item in enumerate(node.value):
