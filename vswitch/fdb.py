@@ -46,11 +46,11 @@ def wanted_statics(config: Config, ports: Mapping[str, RunningPort]) -> dict[tup
         if mac:
             want[(mac, port_vlan(port.config))] = port.slot
     for entry in config.fdb.static:
-        port = ports.get(entry.port)
-        if port is None:
+        target = ports.get(entry.port)
+        if target is None:
             continue
-        vlan = entry.vlan if entry.vlan is not None else port_vlan(port.config)
-        want[(entry.mac, vlan)] = port.slot
+        vlan = entry.vlan if entry.vlan is not None else port_vlan(target.config)
+        want[(entry.mac, vlan)] = target.slot
     return want
 
 

@@ -130,8 +130,9 @@ class PolicerConfig:
     action: str = "drop"
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in (("rate", self.rate_bps), ("burst", self.burst_bytes),
-                                 ("pps", self.pps), ("pps_burst", self.pps_burst)) if v is not None}
+        out: dict[str, Any] = {
+            k: v for k, v in (("rate", self.rate_bps), ("burst", self.burst_bytes),
+                              ("pps", self.pps), ("pps_burst", self.pps_burst)) if v is not None}
         if self.action != "drop":
             out["action"] = self.action
         return out

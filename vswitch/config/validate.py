@@ -284,6 +284,36 @@ class _PolicyChecks(NodeReader):
             ok = ok and out["mirror"] is not None
         return out if ok else None
 
+    # -- MAC addresses (a port's mac, allowed_macs, fdb.static) -------------
+
+    def mac(self, node: Node, key: str) -> str | None:
+        # YAML 1.1 reads an unquoted 52:54:00:12:34:56 as a base-60 integer:
+        # take the text of a plain scalar as written.
+        if isinstance(node, ScalarNode) and node.style is None and MAC_RE.fullmatch(node.value) \
+                and node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:str"):
+            value: Any = node.value
+        else:
+            value = self.construct(node, key)
+            if value is BAD:
+                return None
+        if not isinstance(value, str):
+            self.error(node, key, f"must be a MAC address such as '52:54:00:12:34:56' "
+                                  f"(got {describe_value(node, value)})")
+            return None
+        if MAC_RE.fullmatch(value) is None:
+            self.error(node, key, f"must be a MAC address of 6 hex bytes separated by ':', such as "
+                                  f"'52:54:00:12:34:56' (got {value!r})")
+            return None
+        mac = value.lower()
+        if int(mac[:2], 16) & 1:
+            self.error(node, key, f"must be a unicast MAC address (the first byte's lowest bit "
+                                  f"is the multicast bit) (got {value!r})")
+            return None
+        if mac == "00:00:00:00:00:00":
+            self.error(node, key, f"must not be the all-zero MAC address (got {value!r})")
+            return None
+        return mac
+
     # -- vlan --------------------------------------------------------------
 
     def vlan(self, node: Node, key: str) -> VlanConfig | None:
@@ -584,7 +614,7 @@ class _PolicyChecks(NodeReader):
     def check_policy_references(self, port_names: set[str], uses: _Uses) -> None:
         """Mirror targets exist and form no loop; no port is allowed to send
         from another port's static MAC."""
-        static = {}
+        static: dict[str, str] = {}
         for use in uses.macs:
             static.setdefault(use.value, use.port)
         for use in uses.allowed_macs:
@@ -691,34 +721,6 @@ class _Validator(_PolicyChecks):
                                   f"else nobody can connect as the owner (got 0{mode:03o})")
             return None
         return mode
-
-    def mac(self, node: Node, key: str) -> str | None:
-        # YAML 1.1 reads an unquoted 52:54:00:12:34:56 as a base-60 integer:
-        # take the text of a plain scalar as written.
-        if isinstance(node, ScalarNode) and node.style is None and MAC_RE.fullmatch(node.value) \
-                and node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:str"):
-            value: Any = node.value
-        else:
-            value = self.construct(node, key)
-            if value is BAD:
-                return None
-        if not isinstance(value, str):
-            self.error(node, key, f"must be a MAC address such as '52:54:00:12:34:56' "
-                                  f"(got {describe_value(node, value)})")
-            return None
-        if MAC_RE.fullmatch(value) is None:
-            self.error(node, key, f"must be a MAC address of 6 hex bytes separated by ':', such as "
-                                  f"'52:54:00:12:34:56' (got {value!r})")
-            return None
-        mac = value.lower()
-        if int(mac[:2], 16) & 1:
-            self.error(node, key, f"must be a unicast MAC address (the first byte's lowest bit "
-                                  f"is the multicast bit) (got {value!r})")
-            return None
-        if mac == "00:00:00:00:00:00":
-            self.error(node, key, f"must not be the all-zero MAC address (got {value!r})")
-            return None
-        return mac
 
     def listen(self, node: Node, key: str) -> tuple[str, int] | None:
         text = self.string(node, key)
