@@ -763,8 +763,10 @@ def daemon_config(build: Build, sock_dir: Path, variant: str) -> str:
         "fdb": {"aging_time": 0},
         "metrics": {"enabled": False},
     }
-    config_py = (build.tree / "vswitch" / "config.py").read_text(errors="replace")
-    if '"seccomp"' in config_py:
+    schema = build.tree / "vswitch" / "config.py"
+    if not schema.exists():   # trees where the configuration is a package
+        schema = build.tree / "vswitch" / "config" / "validate.py"
+    if '"seccomp"' in schema.read_text(errors="replace"):
         # no user-space instruction of the datapath depends on it, and valgrind
         # itself makes system calls the filter is not written for
         doc["security"] = {"seccomp": False}

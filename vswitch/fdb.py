@@ -1,4 +1,4 @@
-"""The control plane's side of the FDB (issue 7): static entries, caps, aging.
+"""The control plane's side of the FDB: static entries, caps, aging.
 
 The table itself lives in the datapath (cython_ext/fdb.pxi); this module
 decides what it should hold from the configuration, and puts it there:
@@ -19,41 +19,38 @@ reload itself) pins its entries again on the new slot.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+# port_vlan: the VLAN a port's `mac` and its fdb.static entries without a
+# vlan are pinned in; a fact of the configuration, imported from there.
+from .config import Config, fdb_max_entries, port_vlan, static_mac
+from .policy import RunningPort
+
+if TYPE_CHECKING:
+    from ._datapath import Datapath
+
+__all__ = ["TICK_S", "FdbControl", "entries_by_name", "port_vlan", "wanted_statics"]
 
 log = logging.getLogger("vswitch.fdb")
 
 TICK_S = 1.0     # the aging sweep's period: the resolution of aging_time
 
 
-def port_vlan(pc: Any) -> int:
-    """The VLAN a port's untagged frames belong to, where its `mac` and
-    fdb.static entries without a vlan are pinned: an access port's id, a
-    trunk's native VLAN, else 0 (a port without VLAN settings). Read
-    defensively: the VLAN settings are another part of the configuration."""
-    vlan = getattr(pc, "vlan", None)
-    if vlan is None:
-        return 0
-    mode = getattr(vlan, "mode", None)
-    if mode == "access":
-        return int(getattr(vlan, "id", 0) or 0)
-    return int(getattr(vlan, "native", 0) or 0)
-
-
-def wanted_statics(config: Any, ports: Mapping[str, Any]) -> dict[tuple[str, int], int]:
+def wanted_statics(config: Config, ports: Mapping[str, RunningPort]) -> dict[tuple[str, int], int]:
     """(mac, vlan) -> datapath slot for every static entry of the config
     whose port is running."""
     want: dict[tuple[str, int], int] = {}
-    for name, port in ports.items():
-        pc = port.config
-        if getattr(pc, "mac", None):   # a VXLAN port has none
-            want[(pc.mac, port_vlan(pc))] = port.slot
+    for port in ports.values():
+        mac = static_mac(port.config)   # a VXLAN port has none
+        if mac:
+            want[(mac, port_vlan(port.config))] = port.slot
     for entry in config.fdb.static:
-        port = ports.get(entry.port)
-        if port is None:
+        target = ports.get(entry.port)
+        if target is None:
             continue
-        vlan = entry.vlan if entry.vlan is not None else port_vlan(port.config)
-        want[(entry.mac, vlan)] = port.slot
+        vlan = entry.vlan if entry.vlan is not None else port_vlan(target.config)
+        want[(entry.mac, vlan)] = target.slot
     return want
 
 
@@ -62,20 +59,20 @@ class FdbControl:
     The daemon passes its current config and ports on every call, so that
     nothing here outlives a reload."""
 
-    def __init__(self, dp: Any) -> None:
+    def __init__(self, dp: Datapath) -> None:
         self.dp = dp
 
-    def configure(self, config: Any, ports: Mapping[str, Any]) -> None:
+    def configure(self, config: Config, ports: Mapping[str, RunningPort]) -> None:
         """At start and after every reload (all of it is applied in place)."""
         self.dp.fdb_set_aging(config.fdb.aging_time)
         self.dp.fdb_set_default_max(config.fdb.max_entries_per_port)
         self.sync(config, ports)
 
-    def sync(self, config: Any, ports: Mapping[str, Any]) -> None:
+    def sync(self, config: Config, ports: Mapping[str, RunningPort]) -> None:
         """Caps and static entries, wherever each port's slot is now."""
         for name, port in list(ports.items()):
             try:
-                self.dp.port_set_fdb_max(port.slot, getattr(port.config, "fdb_max_entries", None))
+                self.dp.port_set_fdb_max(port.slot, fdb_max_entries(port.config))
             except Exception as exc:   # a port between two slots (being re-created)
                 log.debug("fdb: port %s: cap not set: %s", name, exc)
         want = wanted_statics(config, ports)
@@ -90,7 +87,7 @@ class FdbControl:
                 except Exception as exc:   # table full, or a slot that just went away
                     log.error("fdb: cannot pin %s in VLAN %d: %s", mac, vlan, exc)
 
-    def tick(self, config: Any, ports: Mapping[str, Any]) -> None:
+    def tick(self, config: Config, ports: Mapping[str, RunningPort]) -> None:
         """Every TICK_S: the aging sweep, and static entries of re-created ports."""
         aged = self.dp.fdb_age()
         if aged:
@@ -98,8 +95,8 @@ class FdbControl:
         self.sync(config, ports)
 
 
-def entries_by_name(dp: Any, ports: Iterable[Any], port: str | None = None,
-                    vlan: int | None = None) -> list[dict]:
+def entries_by_name(dp: Datapath, ports: Iterable[RunningPort], port: str | None = None,
+                    vlan: int | None = None) -> list[dict[str, Any]]:
     """`fdb show`: the table with port names, sorted by VLAN then MAC."""
     by_slot = {p.slot: p.name for p in ports}
     slot = None

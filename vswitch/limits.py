@@ -32,9 +32,10 @@ import resource
 from dataclasses import dataclass, field
 
 from .config import Config, PortConfig, TapPortConfig, VhostUserPortConfig, VxlanPortConfig
+from .config.bounds import MAX_MEM_SLOTS
 
 VRING_FDS = 3              # kick, call and err eventfds
-MEM_SLOTS = 32             # the memory slots offered (vswitch.vhost.session.MAX_MEM_SLOTS)
+MEM_SLOTS = MAX_MEM_SLOTS  # the memory slots the session offers
 MEM_TABLE_FDS = 2 * MEM_SLOTS
 FDS_IN_FLIGHT = 1
 SERVER_SOCKET_FDS = 3      # listener, connection, a refused second connection

@@ -1,5 +1,5 @@
-"""Per-port policy of issue 7, from config to datapath: VLAN membership, port
-security, storm control, policing, mirrors.
+"""Per-port forwarding policy, from config to datapath: VLAN membership,
+port security, storm control, policing, mirrors.
 
 Every setting here applies in place (reload changes it without touching a
 guest's connection). A port applies its own settings whenever it gets a
@@ -11,31 +11,57 @@ switch resolves after every start, reload and slot change (`apply_mirrors`).
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .config import PolicerConfig, PortConfig, static_mac
+
+if TYPE_CHECKING:
+    from ._datapath import Datapath
 
 log = logging.getLogger("vswitch.policy")
 
+# A policer's settings as the datapath takes them: rate_bps, burst_bytes,
+# pps, pps_burst, action.
+PolicerTuple = tuple[int | None, int | None, int | None, int | None, str]
 
-def _get(cfg: Any, name: str, default: Any = None) -> Any:
-    return getattr(cfg, name, default)
+
+class RunningPort(Protocol):
+    """What the policy and FDB code read of a running port (vhost-user,
+    TAP or VXLAN): its name, its datapath slot and its configuration."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def slot(self) -> int: ...
+
+    @property
+    def config(self) -> PortConfig: ...
 
 
-def allowed_source_macs(cfg: Any) -> list[str]:
+def allowed_source_macs(cfg: PortConfig) -> list[str]:
     """Port security is on when `allowed_macs` is set; the port's `mac` is
     then allowed too. Without `allowed_macs` any source may enter."""
-    macs = list(_get(cfg, "allowed_macs", ()) or ())
+    macs = list(cfg.allowed_macs)
     if not macs:
         return []
-    mac = _get(cfg, "mac")
+    mac = static_mac(cfg)
     if mac and mac.lower() not in (m.lower() for m in macs):
         macs.append(mac)
     return macs
 
 
-def policy_of(cfg: Any) -> dict:
+def _policer(p: PolicerConfig | None) -> PolicerTuple:
+    if p is None:
+        return (None, None, None, None, "drop")
+    return (p.rate_bps, p.burst_bytes, p.pps, p.pps_burst, p.action)
+
+
+def policy_of(cfg: PortConfig) -> dict[str, Any]:
     """The datapath policy a port config asks for, as plain comparable data."""
-    vlan = _get(cfg, "vlan")
-    storm = _get(cfg, "storm_control")
+    vlan = cfg.vlan
+    storm = cfg.storm_control
     pol: dict[str, Any] = {
         "vlan": (("all", 0, (), 0) if vlan is None else
                  ("access", vlan.id, (), 0) if vlan.mode == "access" else
@@ -43,15 +69,14 @@ def policy_of(cfg: Any) -> dict:
         "allowed_macs": tuple(allowed_source_macs(cfg)),
         "storm": ((storm.broadcast, storm.multicast, storm.unknown_unicast) if storm else
                   (None, None, None)),
+        "ingress": _policer(cfg.ingress_policing),
+        "egress": _policer(cfg.egress_policing),
     }
-    for direction in ("ingress", "egress"):
-        p = _get(cfg, f"{direction}_policing")
-        pol[direction] = ((p.rate_bps, p.burst_bytes, p.pps, p.pps_burst, p.action) if p else
-                          (None, None, None, None, "drop"))
     return pol
 
 
-def apply_port_policy(dp: Any, slot: int, cfg: Any, applied: dict | None = None) -> dict:
+def apply_port_policy(dp: Datapath, slot: int, cfg: PortConfig,
+                      applied: dict[str, Any] | None = None) -> dict[str, Any]:
     """Set the port's policy on its datapath slot; `applied` is what the slot
     already has (None: a new slot), so unchanged parts are left alone (the
     allowed-MAC list waits for worker quiescence when it changes)."""
@@ -70,10 +95,10 @@ def apply_port_policy(dp: Any, slot: int, cfg: Any, applied: dict | None = None)
     return want
 
 
-def apply_mirrors(dp: Any, ports: Mapping[str, Any]) -> None:
+def apply_mirrors(dp: Datapath, ports: Mapping[str, RunningPort]) -> None:
     """Point every port's mirrors at the current slots of their targets."""
     for name, port in ports.items():
-        mirror = _get(port.config, "mirror")
+        mirror = port.config.mirror
         ingress_to = egress_to = -1
         if mirror is not None:
             target = ports.get(mirror.to)
@@ -87,9 +112,9 @@ def apply_mirrors(dp: Any, ports: Mapping[str, Any]) -> None:
         dp.port_set_mirror(port.slot, ingress_to, egress_to)
 
 
-def describe(cfg: Any) -> dict:
+def describe(cfg: PortConfig) -> dict[str, Any]:
     """The policy part of `vswitchctl port show`."""
-    vlan = _get(cfg, "vlan")
+    vlan = cfg.vlan
     out: dict[str, Any] = {}
     if vlan is None:
         out["vlan"] = {"mode": "all"}
@@ -98,19 +123,18 @@ def describe(cfg: Any) -> dict:
     else:
         out["vlan"] = {"mode": "trunk", "allowed": _ranges(vlan.allowed), "native": vlan.native}
     out["allowed_macs"] = allowed_source_macs(cfg)
-    storm = _get(cfg, "storm_control")
+    storm = cfg.storm_control
     out["storm_control"] = ({k: v for k, v in (("broadcast", storm.broadcast),
                                                ("multicast", storm.multicast),
                                                ("unknown_unicast", storm.unknown_unicast)) if v}
                             if storm else {})
-    for direction in ("ingress", "egress"):
-        p = _get(cfg, f"{direction}_policing")
+    for direction, p in (("ingress", cfg.ingress_policing), ("egress", cfg.egress_policing)):
         out[f"{direction}_policing"] = ({k: v for k, v in (("rate_bps", p.rate_bps),
                                                            ("burst_bytes", p.burst_bytes),
                                                            ("pps", p.pps), ("pps_burst", p.pps_burst),
                                                            ("action", p.action))
                                          if v} if p else {})
-    mirror = _get(cfg, "mirror")
+    mirror = cfg.mirror
     out["mirror"] = {"to": mirror.to, "direction": mirror.direction} if mirror else {}
     return out
 

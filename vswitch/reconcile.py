@@ -32,9 +32,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .config import POLICY_KEYS, Config, TapPortConfig, VhostUserPortConfig, VxlanPortConfig
-
-PortConfig = VhostUserPortConfig | TapPortConfig | VxlanPortConfig
+from .config import POLICY_KEYS, Config, PortConfig, VhostUserPortConfig, VxlanPortConfig
 
 # Fields of a vhost-user port, by how a change is applied.
 VHOST_IN_PLACE = frozenset({"socket_owner", "socket_group", "socket_mode", "mac", "mtu",
@@ -57,7 +55,7 @@ TAP_IN_PLACE = TAP_IN_PLACE | POLICY_IN_PLACE
 # socket; the socket's own address and port re-bind it.
 VXLAN_IN_PLACE = frozenset({"remotes", "vni", "mtu"}) | POLICY_IN_PLACE
 VXLAN_RESTART = frozenset({"type", "local", "udp_port"})
-# FDB (issue 7): a port's cap on learned MACs changes in place. The top-level
+# FDB: a port's cap on learned MACs changes in place. The top-level
 # `fdb` section (aging, default cap, static entries) is applied in place after
 # every reload (vswitch/fdb.py), whatever changed.
 VHOST_IN_PLACE |= {"fdb_max_entries"}
@@ -110,7 +108,9 @@ class Plan:
         }
 
 
-def _differing(old: object, new: object) -> tuple[str, ...]:
+def _differing(old: PortConfig, new: PortConfig) -> tuple[str, ...]:
+    """The fields of two ports of the same type that differ (a dataclass
+    walk, so that a new field is never missed: unknown ones restart)."""
     return tuple(f.name for f in dataclasses.fields(old)
                  if f.name != "name" and getattr(old, f.name) != getattr(new, f.name))
 
@@ -151,8 +151,8 @@ def plan(old: Config, new: Config) -> Plan:
         else:
             result.changed.append(change)
     result.removed = [name for name in old.ports if name not in new.ports]
-    for setting in ("workers", "tap_io"):
-        before, after = getattr(old.datapath, setting), getattr(new.datapath, setting)
+    for setting, before, after in (("workers", old.datapath.workers, new.datapath.workers),
+                                   ("tap_io", old.datapath.tap_io, new.datapath.tap_io)):
         if before != after:
             result.warnings.append(
                 f"datapath.{setting}: {before} -> {after} takes effect at the next start of the daemon")
@@ -161,7 +161,8 @@ def plan(old: Config, new: Config) -> Plan:
             f"security.seccomp: {str(old.security.seccomp).lower()} -> "
             f"{str(new.security.seccomp).lower()} takes effect at the next start of the daemon")
     result.datapath_in_place = tuple(
-        f for f in ("mode", "cpus") if getattr(old.datapath, f) != getattr(new.datapath, f))
+        f for f, changed in (("mode", old.datapath.mode != new.datapath.mode),
+                             ("cpus", old.datapath.cpus != new.datapath.cpus)) if changed)
     result.metrics_changed = old.metrics != new.metrics
     result.control_changed = old.control != new.control
     result.fdb_changed = old.fdb != new.fdb

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pwd
 import re
 import textwrap
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from vswitch import config as config_module
+from vswitch.config import validate
 from vswitch.config import (
     TapPortConfig,
     Config,
@@ -33,8 +35,8 @@ from vswitch.config import (
 
 # The keys a port takes, as listed in "unknown key" messages (every feature
 # adds some).
-VHOST_USER_KEYS = ", ".join(sorted(config_module._VHOST_USER_KEYS))
-TAP_KEYS = ", ".join(sorted(config_module._TAP_KEYS))
+VHOST_USER_KEYS = ", ".join(sorted(validate._VHOST_USER_KEYS))
+TAP_KEYS = ", ".join(sorted(validate._TAP_KEYS))
 
 
 def doc(text: str) -> str:
@@ -1044,7 +1046,7 @@ def test_control_errors() -> None:
 
 
 def test_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config_module.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 8})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 8})
     assert parse_config("ports: {}\ndatapath: {cpus: [3, 0, 8]}\n").datapath.cpus == (3, 0, 8)
     assert errors("""
         ports: {}
@@ -1072,9 +1074,9 @@ def test_cpus_must_be_a_non_empty_list() -> None:
 
 
 def test_cpu_list_format() -> None:
-    assert config_module._cpu_list({0, 1}) == "0-1"
-    assert config_module._cpu_list({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8"
-    assert config_module._cpu_list({3}) == "3"
+    assert validate._cpu_list({0, 1}) == "0-1"
+    assert validate._cpu_list({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8"
+    assert validate._cpu_list({3}) == "3"
 
 
 # -- directories the daemon must create ------------------------------------------
@@ -1105,10 +1107,10 @@ def test_runtime_dir_must_be_creatable(tmp_path: Path, monkeypatch: pytest.Monke
           b: {{type: vhost-user}}
         """) == [f"c.yaml:1:14: runtime_dir: cannot create {blocker}/run: {blocker} is not a directory"]
     # Running as root, pretend tmp_path is read-only.
-    real_access = config_module.os.access
-    monkeypatch.setattr(config_module.os, "access",
+    real_access = os.access
+    monkeypatch.setattr(os, "access",
                         lambda p, mode: False if str(p) == str(tmp_path) else real_access(p, mode))
-    uid = config_module.os.geteuid()
+    uid = os.geteuid()
     assert errors(f"runtime_dir: {tmp_path}/run\nports: {{}}\n") == [
         f"c.yaml:1:14: runtime_dir: cannot create {tmp_path}/run: {tmp_path} is not writable "
         f"by this process (uid {uid})"
@@ -1128,7 +1130,7 @@ def test_socket_directories_must_be_writable_by_nobody_else(tmp_path: Path) -> N
     for directory, mode in ((shared, 0o777), (theirs, 0o755), (sticky, 0o1777)):
         directory.mkdir()
         directory.chmod(mode)
-    config_module.os.chown(theirs, 65534, 65534)
+    os.chown(theirs, 65534, 65534)
     try:
         nobody = f" ({pwd.getpwuid(65534).pw_name})"
     except KeyError:

@@ -11,6 +11,7 @@ the validator rejects them with a given message.
 from __future__ import annotations
 
 import json
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -20,6 +21,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from vswitch import config as cfg
+from vswitch.config import bounds, validate
 from vswitch.config import ConfigError, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -553,29 +555,29 @@ def test_known_divergence(name: str) -> None:
 
 def test_unwritable_socket_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Root can write anywhere: pretend tmp_path is read-only.
-    real_access = cfg.os.access
-    monkeypatch.setattr(cfg.os, "access",
+    real_access = os.access
+    monkeypatch.setattr(os, "access",
                         lambda p, mode: False if str(p) == str(tmp_path) else real_access(p, mode))
     text = f"ports: {{vm1: {{type: vhost-user, socket: {tmp_path}/a/b/vm1.sock}}}}\n"
     assert schema_errors(text) == []
     [found] = validator_errors(text, check_host=True)
     assert found == (f"c.yaml:1:41: ports.vm1.socket: cannot create {tmp_path}/a/b/vm1.sock: "
-                     f"{tmp_path} is not writable by this process (uid {cfg.os.geteuid()})")
+                     f"{tmp_path} is not writable by this process (uid {os.geteuid()})")
 
 
 def test_schema_and_validator_know_the_same_keys() -> None:
     props = SCHEMA["properties"]
-    assert set(props) == set(cfg._TOP_KEYS)
-    assert set(props["control"]["properties"]) == set(cfg._CONTROL_KEYS)
-    assert set(props["metrics"]["properties"]) == set(cfg._METRICS_KEYS)
-    assert set(props["datapath"]["properties"]) == set(cfg._DATAPATH_KEYS)
-    assert set(props["defaults"]["properties"]) == set(cfg._DEFAULTS_KEYS)
-    assert set(props["fdb"]["properties"]) == set(cfg._FDB_KEYS)
-    assert set(props["limits"]["properties"]) == set(cfg._LIMITS_KEYS)
-    assert set(props["fdb"]["properties"]["static"]["items"]["properties"]) == set(cfg._FDB_STATIC_KEYS)
+    assert set(props) == set(validate._TOP_KEYS)
+    assert set(props["control"]["properties"]) == set(validate._CONTROL_KEYS)
+    assert set(props["metrics"]["properties"]) == set(validate._METRICS_KEYS)
+    assert set(props["datapath"]["properties"]) == set(validate._DATAPATH_KEYS)
+    assert set(props["defaults"]["properties"]) == set(validate._DEFAULTS_KEYS)
+    assert set(props["fdb"]["properties"]) == set(validate._FDB_KEYS)
+    assert set(props["limits"]["properties"]) == set(validate._LIMITS_KEYS)
+    assert set(props["fdb"]["properties"]["static"]["items"]["properties"]) == set(validate._FDB_STATIC_KEYS)
     defs = SCHEMA["$defs"]
-    assert set(defs["vhostUserPort"]["properties"]) == set(cfg._VHOST_USER_KEYS)
-    assert set(defs["tapPort"]["properties"]) == set(cfg._TAP_KEYS)
+    assert set(defs["vhostUserPort"]["properties"]) == set(validate._VHOST_USER_KEYS)
+    assert set(defs["tapPort"]["properties"]) == set(validate._TAP_KEYS)
     assert defs["port"]["properties"]["type"]["enum"] == list(cfg.PORT_TYPES)
     assert defs["portSettings"]["mode"]["enum"] == list(cfg.PORT_MODES)
     assert props["datapath"]["properties"]["mode"]["enum"] == list(cfg.DATAPATH_MODES)
@@ -601,10 +603,10 @@ def test_schema_knows_the_policy_keys() -> None:
     defs = SCHEMA["$defs"]
     for port in ("vhostUserPort", "tapPort"):
         assert set(cfg.POLICY_KEYS) <= set(defs[port]["properties"])
-    assert set(defs["vlan"]["properties"]) == set(cfg._VLAN_KEYS)
-    assert set(defs["stormControl"]["properties"]) == set(cfg._STORM_CONTROL_KEYS)
-    assert set(defs["policer"]["properties"]) == set(cfg._POLICER_KEYS)
-    assert set(defs["mirror"]["properties"]) == set(cfg._MIRROR_KEYS)
+    assert set(defs["vlan"]["properties"]) == set(validate._VLAN_KEYS)
+    assert set(defs["stormControl"]["properties"]) == set(validate._STORM_CONTROL_KEYS)
+    assert set(defs["policer"]["properties"]) == set(validate._POLICER_KEYS)
+    assert set(defs["mirror"]["properties"]) == set(validate._MIRROR_KEYS)
     assert defs["vlan"]["properties"]["mode"]["enum"] == list(cfg.VLAN_MODES)
     assert defs["mirror"]["properties"]["direction"]["enum"] == list(cfg.MIRROR_DIRECTIONS)
-    assert (defs["vlanId"]["minimum"], defs["vlanId"]["maximum"]) == (cfg.MIN_VLAN, cfg.MAX_VLAN)
+    assert (defs["vlanId"]["minimum"], defs["vlanId"]["maximum"]) == (bounds.MIN_VLAN, bounds.MAX_VLAN)

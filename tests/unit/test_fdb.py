@@ -292,9 +292,7 @@ class _Port:
 
 
 def test_static_entries_follow_their_port_to_a_new_slot_and_leave_with_the_config(dp):
-    import types
-
-    from vswitch.config import parse_config
+    from vswitch.config import TapPortConfig, VlanConfig, parse_config
     from vswitch.fdb import FdbControl, port_vlan
     cfg = parse_config("""
 fdb:
@@ -334,8 +332,10 @@ ports:
     ctl.configure(cfg2, ports)
     assert dp.fdb_entries() == [] and dp.port_fdb_info(b)["max"] == 1024
     # the default VLAN of a port is its access VLAN, a trunk's native one, else 0
-    vlan = types.SimpleNamespace
-    assert port_vlan(types.SimpleNamespace(vlan=None)) == 0
-    assert port_vlan(types.SimpleNamespace(vlan=vlan(mode="access", id=10))) == 10
-    assert port_vlan(types.SimpleNamespace(vlan=vlan(mode="trunk", native=7, allowed=(7,)))) == 7
-    assert port_vlan(types.SimpleNamespace(vlan=vlan(mode="trunk", native=None))) == 0
+    def tap(vlan: VlanConfig | None) -> TapPortConfig:
+        return TapPortConfig(name="t", ifname="t", queues=1, vlan=vlan)
+
+    assert port_vlan(tap(None)) == 0
+    assert port_vlan(tap(VlanConfig(mode="access", id=10))) == 10
+    assert port_vlan(tap(VlanConfig(mode="trunk", native=7, allowed=(7,)))) == 7
+    assert port_vlan(tap(VlanConfig(mode="trunk", allowed=(7,)))) == 0

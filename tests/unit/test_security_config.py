@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from tests.unit.test_config_schema import SCHEMA, doc, schema_errors, validator_errors
-from vswitch import config as cfg
+from vswitch.config import validate
 from vswitch import reconcile
 from vswitch.config import SecurityConfig, parse_config
 
@@ -62,7 +62,7 @@ def test_both_reject_with_a_positioned_message(name: str) -> None:
 
 def test_schema_knows_the_keys() -> None:
     props = SCHEMA["properties"]
-    assert set(props["security"]["properties"]) == set(cfg._SECURITY_KEYS)
+    assert set(props["security"]["properties"]) == set(validate._SECURITY_KEYS)
     assert props["security"]["properties"]["seccomp"]["default"] is True
     assert props["debug"]["default"] is False
 

@@ -61,6 +61,10 @@ def test_a_full_port_parses_with_defaults_and_normalised_addresses() -> None:
     ("{type: vxlan, local: 192.0.2.1, remotes: [192.0.2.2], vni: 5, mac: '02:00:00:00:00:01'}",
      "vx.mac: unknown key 'mac'"),
     ("{type: vxlan, local: 192.0.2.1, remotes: [192.0.2.2], vni: 5, queues: 2}", "vx.queues: unknown key"),
+    # a VXLAN port learns no MACs of its own to cap (the validator used to
+    # crash on it, building the port with a field it does not have)
+    ("{type: vxlan, local: 192.0.2.1, remotes: [192.0.2.2], vni: 5, fdb_max_entries: 3}",
+     "vx.fdb_max_entries: unknown key 'fdb_max_entries'"),
 ])
 def test_schema_and_validator_reject(port: str, message: str) -> None:
     text = f"ports: {{vx: {port}}}\n"
@@ -94,6 +98,21 @@ def test_two_ports_on_one_endpoint_are_refused() -> None:
         """)
     assert any("ports.a.local: VXLAN endpoint '192.0.2.1:4789' is also used by port 'b'" in e for e in found)
     assert not any("ports.c" in e for e in found), found
+
+
+def test_a_static_fdb_entry_may_point_at_a_vxlan_port() -> None:
+    # A VXLAN port has no `mac` of its own: the static entries' check for
+    # MACs pinned twice skips it (it used to read a field the port lacks).
+    text = """
+        fdb:
+          static: [{mac: "02:00:00:00:00:aa", port: vx}]
+        ports:
+          vx: {type: vxlan, local: 192.0.2.1, remotes: [192.0.2.2], vni: 7}
+          vm: {type: vhost-user, mac: "02:00:00:00:00:01"}
+        """
+    assert schema_errors(text) == []
+    cfg = parse_config(textwrap.dedent(text), check_host=False)
+    assert [(e.mac, e.port, e.vlan) for e in cfg.fdb.static] == [("02:00:00:00:00:aa", "vx", None)]
 
 
 def test_reload_remotes_vni_mtu_in_place_local_and_port_restart() -> None:

@@ -28,8 +28,6 @@ MAX_PAYLOAD = 4096
 # QEMU, DPDK and VPP send at most VHOST_MEMORY_MAX_NREGIONS = 8 fds.
 MAX_FDS = 8
 MAX_MEM_REGIONS = 8
-# Split virtqueues: "Queue Size ... is a power of 2" and at most 32768.
-MAX_RING_SIZE = 32768
 # u64 payload of SET_VRING_KICK/CALL/ERR: "Bits (0-7) of the payload contain
 # the vring index. Bit 8 is the invalid FD flag."
 VRING_IDX_MASK = 0xFF

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..config.bounds import MAX_MEM_SLOTS, MAX_MTU, MAX_RING_SIZE, MIN_MTU
 from . import fdkind
 from . import protocol as p
 from .protocol import Feature as F
@@ -84,11 +85,6 @@ BASE_FEATURES = p.bits(
 ) | OFFLOAD_FEATURES
 BASE_PROTOCOL_FEATURES = p.bits(PF.MQ, PF.REPLY_ACK, PF.NET_MTU, PF.RESET_DEVICE,
                                 PF.LOG_SHMFD, PF.RARP, PF.CONFIGURE_MEM_SLOTS)
-# Memory slots offered with CONFIGURE_MEM_SLOTS (the datapath's VS_MAX_REGIONS).
-MAX_MEM_SLOTS = 32
-
-MTU_MIN = 68
-MTU_MAX = 65535
 
 
 @dataclass(frozen=True)
@@ -393,8 +389,8 @@ class Session:
         vr = self._vring_index(st.index, "SET_VRING_NUM")
         if vr.started:
             raise ProtocolError(f"SET_VRING_NUM on running vring {st.index}")
-        if not (1 <= st.num <= p.MAX_RING_SIZE and st.num & (st.num - 1) == 0):
-            raise ProtocolError(f"SET_VRING_NUM: size {st.num} is not a power of 2 in 1..{p.MAX_RING_SIZE}")
+        if not (1 <= st.num <= MAX_RING_SIZE and st.num & (st.num - 1) == 0):
+            raise ProtocolError(f"SET_VRING_NUM: size {st.num} is not a power of 2 in 1..{MAX_RING_SIZE}")
         self.backend.set_vring_num(st.index, st.num)
         vr.num = st.num
         self._maybe_start(st.index)      # the size may be the last ingredient
@@ -491,8 +487,8 @@ class Session:
 
     def _net_set_mtu(self, h, payload, fds):
         mtu = p.decode_u64(payload, "NET_SET_MTU")
-        if not MTU_MIN <= mtu <= MTU_MAX:
-            raise RequestFailed(f"NET_SET_MTU: {mtu} outside {MTU_MIN}..{MTU_MAX}")
+        if not MIN_MTU <= mtu <= MAX_MTU:
+            raise RequestFailed(f"NET_SET_MTU: {mtu} outside {MIN_MTU}..{MAX_MTU}")
         self.mtu = mtu
         return None
 

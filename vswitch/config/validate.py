@@ -1,80 +1,9 @@
-"""Configuration loading and validation.
+"""The validator: a configuration's YAML node tree (yamlnodes.py) checked
+against the schema and turned into the dataclasses of model.py.
 
-The configuration is a single YAML document; every key is optional except
-``ports`` (docs/configuration.md is the full reference, and
-config/vswitch.schema.json a JSON Schema of it for editors)::
-
-    version: 1                 # default 1; only 1 is accepted
-    runtime_dir: /run/vswitch  # default /run/vswitch; absolute path
-    control:
-      group: vswitch           # group (name or gid) that may use the control socket
-    metrics:
-      enabled: true            # default true
-      listen: 127.0.0.1:9479   # "IP:PORT" or "[IPv6]:PORT"; default 127.0.0.1:9479
-    datapath:
-      workers: 1               # 1..64, default 1
-      mode: adaptive           # poll | event | adaptive (default)
-      cpus: [2, 3]             # pin worker i to cpus[i % len(cpus)]; default unpinned
-    limits:                    # what a front-end may make the daemon hold
-      message_timeout: 10      # s to complete a message once begun (and the first one); 0.1..3600
-      guest_memory_per_port: 1TiB   # guest memory one port may map; bytes or "<n>[KMGT]iB"
-      guest_memory_total: 32TiB     # all ports together; at least guest_memory_per_port
-    defaults:                  # for every vhost-user port that does not set them:
-      queues: 2                # mode queues mtu socket_owner socket_group socket_mode
-      socket_group: kvm        # mrg_rxbuf event_idx indirect_desc offloads allow_file_memory
-    ports:                     # required (may be {}); mapping name -> port
-      vm1:
-        type: vhost-user       # required: vhost-user | tap | vxlan
-        mode: server           # server (default): we listen | client: we connect
-        socket: /run/vswitch/vm1.sock  # default {runtime_dir}/{name}.sock
-        queues: 2              # queue pairs offered, 1..64, default 1
-        mtu: 1500              # 68..65535, default: not advertised
-        mac: "52:54:00:12:34:56"  # static FDB entry; unicast, not all-zero
-        socket_owner: qemu     # server mode only: user name or uid
-        socket_group: kvm      # server mode only: group name or gid
-        socket_mode: 0660      # server mode only; default 0660; needs 0600
-        mrg_rxbuf: true        # offer VIRTIO_NET_F_MRG_RXBUF (default true)
-        event_idx: true        # offer VIRTIO_RING_F_EVENT_IDX (default true)
-        indirect_desc: true    # offer VIRTIO_RING_F_INDIRECT_DESC (default true)
-        offloads: true         # offer checksum/TSO features (default true)
-        memory_slots: true     # offer CONFIGURE_MEM_SLOTS (ADD/REM_MEM_REG; default true)
-        allow_file_memory: false  # map guest memory in files outside memfd/tmpfs/hugetlbfs
-      uplink:
-        type: tap
-        ifname: vsw-up0        # at most 15 bytes; default the port name
-        queues: 2
-        mtu: 1500              # default: keep the device's MTU
-        create: true           # false: attach to an existing persistent TAP only
-        mac: "02:00:00:00:00:01"
-      vx0:
-        type: vxlan            # docs/vxlan.md
-        local: 192.0.2.1       # our IPv4/IPv6 address on this host (the UDP socket binds it)
-        remotes: [192.0.2.2]   # peer VTEPs, same family, 1..64, no duplicates, not local
-        vni: 100               # 1..16777215
-        udp_port: 4789         # default 4789 (IANA)
-        mtu: 1450              # default: no limit; frames with a larger L3 size are dropped
-    security:
-      seccomp: true            # default true: the daemon confines itself with a seccomp filter
-    debug: false               # default false: true enables control commands meant for tests
-
-Every port type also takes the forwarding policies (POLICY_KEYS; see
-docs/configuration.md): ``vlan``, ``allowed_macs``, ``storm_control``,
-``ingress_policing``, ``egress_policing`` and ``mirror``, parsed into
-VlanConfig, StormControlConfig, PolicerConfig and MirrorConfig with their
-defaults filled in (rates in bits/s, bursts in bytes).
-
-The file is composed into a YAML node tree (not loaded into Python objects
-directly) so that every problem can be reported with the line and column of
-the offending node, as ``FILE:LINE:COL: dotted.key: message (got X)``, so
-that duplicate keys can be detected (PyYAML silently keeps the last one),
-and so that all problems are reported at once.  Scalars are converted with
-PyYAML's SafeConstructor (YAML 1.1), so ``2`` is an int, ``"2"`` is a
-string, ``true`` is a bool and ``0660`` is the octal int 432; only real ints
-are accepted where an integer is expected.  An unquoted MAC address, which
-YAML 1.1 reads as a base-60 integer, is taken as written.
-
-After the per-key checks come the checks across keys: socket paths, MAC
-addresses and TAP interface names must be unique among ports, a mirror
+Every key is checked where it is written (type, range, choice: the numeric
+ranges are in bounds.py), and then the checks across keys: socket paths,
+MAC addresses and TAP interface names must be unique among ports, a mirror
 names another port and forms no loop, no port may send from another port's
 ``mac`` (allowed_macs), and
 socket_owner/socket_group/socket_mode belong to server-mode ports only.
@@ -82,7 +11,8 @@ With ``check_host`` (the default) the checks that depend on the host are
 made too: runtime_dir and the directories of server-mode sockets must be
 creatable by this process and writable by nobody else (safefiles), and
 datapath.cpus must be in its CPU affinity mask.  User and group names are
-always resolved to ids.
+always resolved to ids.  An unquoted MAC address, which YAML 1.1 reads as a
+base-60 integer, is taken as written.
 """
 
 from __future__ import annotations
@@ -95,625 +25,141 @@ import os
 import posixpath
 import pwd
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import yaml
-from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .safefiles import directory_problem
+from ..safefiles import directory_problem
+from .bounds import (
+    ETH_HEADER_LEN,
+    IFNAMSIZ,
+    MAX_BURST_BYTES,
+    MAX_CPU,
+    MAX_FDB_AGING,
+    MAX_FDB_ENTRIES,
+    MAX_GUEST_MEMORY,
+    MAX_ID,
+    MAX_MESSAGE_TIMEOUT,
+    MAX_MTU,
+    MAX_PORT,
+    MAX_PPS,
+    MAX_PPS_BURST,
+    MAX_QUEUES,
+    MAX_RATE_BPS,
+    MAX_SOCKET_MODE,
+    MAX_STORM_RATE,
+    MAX_VLAN,
+    MAX_VNI,
+    MAX_VXLAN_REMOTES,
+    MAX_WORKERS,
+    MIN_BURST_BYTES,
+    MIN_FDB_VLAN,
+    MIN_GUEST_MEMORY,
+    MIN_MESSAGE_TIMEOUT,
+    MIN_MTU,
+    MIN_PORT,
+    MIN_QUEUES,
+    MIN_RATE_BPS,
+    MIN_VLAN,
+    MIN_VNI,
+    MIN_WORKERS,
+    OWNER_RW,
+    UNIX_PATH_MAX,
+)
+from .model import (
+    BURST_DEFAULT_DIVISOR,
+    DATAPATH_MODES,
+    DEFAULT_DATAPATH_MODE,
+    DEFAULT_FDB_AGING,
+    DEFAULT_FDB_MAX_ENTRIES,
+    DEFAULT_GUEST_MEMORY_PER_PORT,
+    DEFAULT_GUEST_MEMORY_TOTAL,
+    DEFAULT_MESSAGE_TIMEOUT,
+    DEFAULT_METRICS_HOST,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_MIRROR_DIRECTION,
+    DEFAULT_PORT_MODE,
+    DEFAULT_QUEUES,
+    DEFAULT_RUNTIME_DIR,
+    DEFAULT_TAP_IO,
+    DEFAULT_VERSION,
+    DEFAULT_VXLAN_PORT,
+    DEFAULT_WORKERS,
+    FEATURE_KEYS,
+    MIN_DEFAULT_BURST_BYTES,
+    MIN_DEFAULT_PPS_BURST,
+    MIRROR_DIRECTIONS,
+    POLICER_ACTIONS,
+    POLICY_KEYS,
+    PORT_MODES,
+    PORT_TYPES,
+    PPS_BURST_DEFAULT_DIVISOR,
+    SOCKET_PERMISSION_KEYS,
+    SUPPORTED_VERSIONS,
+    TAP_IO_METHODS,
+    TRUST_KEYS,
+    VLAN_MODES,
+    Config,
+    ControlConfig,
+    DatapathConfig,
+    FdbConfig,
+    LimitsConfig,
+    MetricsConfig,
+    MirrorConfig,
+    PolicerConfig,
+    PortConfig,
+    SecurityConfig,
+    StaticFdbEntry,
+    StormControlConfig,
+    TapPortConfig,
+    VhostUserPortConfig,
+    VlanConfig,
+    VxlanPortConfig,
+    port_vlan,
+    static_mac,
+)
+from .units import parse_burst, parse_rate, parse_size
+from .yamlnodes import (
+    BAD,
+    ConfigError,
+    ConfigIssue,
+    Entries,
+    NodeReader,
+    describe_value,
+    is_null,
+    yaml_error_issue,
+)
 
-__all__ = [
-    "Config",
-    "ConfigError",
-    "ConfigIssue",
-    "ControlConfig",
-    "DatapathConfig",
-    "FdbConfig",
-    "SecurityConfig",
-    "LimitsConfig",
-    "MetricsConfig",
-    "PortConfig",
-    "StaticFdbEntry",
-    "VhostUserPortConfig",
-    "TapPortConfig",
-    "VlanConfig",
-    "StormControlConfig",
-    "PolicerConfig",
-    "MirrorConfig",
-    "parse_rate",
-    "parse_burst",
-    "parse_size",
-    "VxlanPortConfig",
-    "load_config",
-    "parse_config",
-]
-
-SUPPORTED_VERSIONS = (1,)
-DEFAULT_VERSION = 1
-DEFAULT_RUNTIME_DIR = "/run/vswitch"
-PORT_TYPES = ("vhost-user", "tap", "vxlan")
-PORT_MODES = ("server", "client")
-DEFAULT_PORT_MODE = "server"
-MIN_QUEUES, MAX_QUEUES, DEFAULT_QUEUES = 1, 64, 1
-MIN_WORKERS, MAX_WORKERS, DEFAULT_WORKERS = 1, 64, 1
-# poll: workers spin (lowest latency, a full core each); event: workers sleep
-# on the guests' kick eventfds whenever a round finds nothing; adaptive: spin
-# while busy, sleep after a short idle spell.
-DATAPATH_MODES = ("poll", "event", "adaptive")
-DEFAULT_DATAPATH_MODE = "adaptive"
-TAP_IO_METHODS = ("io_uring", "write")
-DEFAULT_TAP_IO = "io_uring"
-DEFAULT_SOCKET_MODE = 0o660
-DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT = "127.0.0.1", 9479
-# sizeof(sockaddr_un.sun_path) is 108 on Linux; one byte goes to the NUL.
-UNIX_PATH_MAX = 107
-PORT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
-
-MIN_MTU, MAX_MTU = 68, 65535
-IFNAMSIZ = 16   # kernel interface names: at most 15 bytes
-MAX_CPU = 4095
-MAX_ID = 2**32 - 2  # uid_t/gid_t; (uid_t)-1 means "unchanged" to chown(2)
-MAX_SOCKET_MODE = 0o777
-OWNER_RW = 0o600
-MIN_PORT, MAX_PORT = 1, 65535
-# VXLAN (RFC 7348): 24-bit VNI; IANA port 4789; a head-end replication list
-# the datapath holds in a fixed table.
-MIN_VNI, MAX_VNI = 1, 2**24 - 1
-DEFAULT_VXLAN_PORT = 4789
-MAX_VXLAN_REMOTES = 64
-
-# Per-port switches for virtio features that cause interop trouble; each is
-# offered to the guest unless set to false.
-FEATURE_KEYS = ("mrg_rxbuf", "event_idx", "indirect_desc", "offloads", "memory_slots")
-# Only for server-mode vhost-user ports: in client mode QEMU owns the socket.
-SOCKET_PERMISSION_KEYS = ("socket_owner", "socket_group", "socket_mode")
-# Per-port switches that widen what a front-end may hand the switch; off by
-# default. allow_file_memory: guest memory in files on any filesystem, not
-# only memfd, tmpfs and hugetlbfs (vswitch/vhost/fdkind.py says why).
-TRUST_KEYS = ("allow_file_memory",)
-
+# The keys each mapping takes (config/vswitch.schema.json lists the same;
+# tests/unit/test_config_schema.py checks that it does).
 _TOP_KEYS = ("version", "runtime_dir", "control", "metrics", "datapath", "limits", "defaults",
-             "ports")
+             "ports", "fdb", "security", "debug")
 _DEFAULTS_KEYS = ("mode", "queues", "mtu", *SOCKET_PERMISSION_KEYS, *FEATURE_KEYS, *TRUST_KEYS)
 _VHOST_USER_KEYS = ("type", "mode", "socket", "queues", "mtu", "mac",
-                    *SOCKET_PERMISSION_KEYS, *FEATURE_KEYS, *TRUST_KEYS)
-_TAP_KEYS = ("type", "ifname", "queues", "mtu", "create", "mac")
-_VXLAN_KEYS = ("type", "local", "remotes", "vni", "udp_port", "mtu")
+                    *SOCKET_PERMISSION_KEYS, *FEATURE_KEYS, *TRUST_KEYS, *POLICY_KEYS,
+                    "fdb_max_entries")
+_TAP_KEYS = ("type", "ifname", "queues", "mtu", "create", "mac", *POLICY_KEYS, "fdb_max_entries")
+_VXLAN_KEYS = ("type", "local", "remotes", "vni", "udp_port", "mtu", *POLICY_KEYS)
 _DATAPATH_KEYS = ("workers", "mode", "cpus", "tap_io")
 _METRICS_KEYS = ("enabled", "listen")
 _CONTROL_KEYS = ("group",)
-
-# `limits`: what a front-end (anyone who can connect to a port socket) can
-# make the daemon hold. A message is read in one go once it has begun:
-# QEMU writes each one with a single sendmsg, so a well-behaved front-end
-# completes it at once, and the first one as soon as it connects (also with
-# -S or -incoming); between complete messages it may wait for ever. A
-# daemon-wide setting: it is about the protocol, not about a guest.
 _LIMITS_KEYS = ("message_timeout", "guest_memory_per_port", "guest_memory_total")
-DEFAULT_MESSAGE_TIMEOUT = 10.0
-MIN_MESSAGE_TIMEOUT, MAX_MESSAGE_TIMEOUT = 0.1, 3600.0
-# Guest memory mapped (regions and dirty logs; sparse files cost a front-end
-# nothing, address space costs the daemon). x86-64 gives a process 128 TiB of
-# address space: the total cap keeps a quarter of it at most for guests, so
-# the daemon's own mappings always fit, and 1 TiB per port is more than the
-# RAM of nearly any VM (raise it for larger ones).
-DEFAULT_GUEST_MEMORY_PER_PORT = 1 << 40
-DEFAULT_GUEST_MEMORY_TOTAL = 32 << 40
-MIN_GUEST_MEMORY, MAX_GUEST_MEMORY = 1 << 20, 1 << 47
-
-# Per-port forwarding policies (issue 7), accepted by every port type: VLAN
-# membership, port security, storm control, policing and mirroring.  All of
-# them are applied to a running port in place (vswitch/reconcile.py).
-POLICY_KEYS = ("vlan", "allowed_macs", "storm_control", "ingress_policing", "egress_policing",
-               "mirror")
-_VHOST_USER_KEYS = (*_VHOST_USER_KEYS, *POLICY_KEYS)
-_TAP_KEYS = (*_TAP_KEYS, *POLICY_KEYS)
-_VXLAN_KEYS = (*_VXLAN_KEYS, *POLICY_KEYS)
 _VLAN_KEYS = ("mode", "id", "allowed", "native")
 _STORM_CONTROL_KEYS = ("broadcast", "multicast", "unknown_unicast")
 _POLICER_KEYS = ("rate", "burst", "pps", "pps_burst", "action")
-POLICER_ACTIONS = ("drop", "hold")
 _MIRROR_KEYS = ("to", "direction")
-VLAN_MODES = ("access", "trunk")
-# 802.1Q: VID 0 means "priority tag only" and 4095 is reserved.
-MIN_VLAN, MAX_VLAN = 1, 4094
-MIRROR_DIRECTIONS = ("ingress", "egress", "both")
-DEFAULT_MIRROR_DIRECTION = "both"
-MAX_STORM_RATE = 100_000_000          # frames/s; beyond any port's line rate
-MIN_RATE_BPS, MAX_RATE_BPS = 1_000, 400_000_000_000
-# A token bucket smaller than one full frame would drop every full frame.
-MIN_BURST_BYTES = 1514                # 1500 bytes of payload + the 14-byte Ethernet header
-ETH_HEADER_LEN = 14
-MAX_BURST_BYTES = 2**30               # 1 GiB; the default for 400 Gbit/s (1e9 bytes) fits
-MAX_PPS = 1_000_000_000
-MAX_PPS_BURST = 1_000_000_000
-# Default buckets: 20 ms at the rate, and never less than 64 KiB (one TSO
-# frame's worth) or 64 frames.
-BURST_DEFAULT_DIVISOR = 400           # rate_bps / 8 bits * 0.02 s
-MIN_DEFAULT_BURST_BYTES = 65536
-PPS_BURST_DEFAULT_DIVISOR = 50        # 20 ms of frames
-MIN_DEFAULT_PPS_BURST = 64
-
-MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
-_SOCKET_MODE_RE = re.compile(r"(?:0o?)?([0-7]{3})")
-
-# FDB (issue 7): the top-level `fdb` section and the per-port cap.
-MAX_FDB_AGING = 1_000_000          # seconds (the Linux bridge's ageing_time max is ~1e6 s too)
-MAX_FDB_ENTRIES = 1_000_000
-DEFAULT_FDB_AGING, DEFAULT_FDB_MAX_ENTRIES = 300, 1024
-MIN_FDB_VLAN = 0                   # fdb.static vlan: 0 is the untagged frames of a port without VLAN settings
 _FDB_KEYS = ("aging_time", "max_entries_per_port", "static")
 _FDB_STATIC_KEYS = ("mac", "port", "vlan")
-_TOP_KEYS += ("fdb",)
-_VHOST_USER_KEYS += ("fdb_max_entries",)
-_TAP_KEYS += ("fdb_max_entries",)
-
-# How the daemon confines itself (vswitch/seccomp.py), and the switch that
-# enables the control commands meant for tests only (`debug ...`).
+# How the daemon confines itself (vswitch/seccomp.py); `debug` (top level)
+# enables the control commands meant for tests only.
 _SECURITY_KEYS = ("seccomp",)
-_TOP_KEYS += ("security", "debug")
 
-_NULL_TAG = "tag:yaml.org,2002:null"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-# --------------------------------------------------------------------------
-# Public data types
-
-
-@dataclass(frozen=True)
-class VlanConfig:
-    """A port's VLAN membership (absent: the port carries every VLAN, and
-    untagged frames are VLAN 0)."""
-
-    mode: str                       # "access" | "trunk"
-    id: int | None = None           # access: 1..4094; frames towards the port leave untagged
-    allowed: tuple[int, ...] = ()   # trunk: sorted unique ids 1..4094, ranges expanded
-    native: int | None = None       # trunk: untagged frames belong to it and leave untagged;
-                                    # carried even if not in `allowed`
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mode": self.mode}
-        if self.id is not None:
-            out["id"] = self.id
-        if self.mode == "trunk":
-            out["allowed"] = vlan_ranges(self.allowed)
-        if self.native is not None:
-            out["native"] = self.native
-        return out
-
-
-@dataclass(frozen=True)
-class StormControlConfig:
-    """Per-port caps on flooded frames received from the port, frames/s
-    (None: no cap of that kind)."""
-
-    broadcast: int | None = None
-    multicast: int | None = None
-    unknown_unicast: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in (("broadcast", self.broadcast), ("multicast", self.multicast),
-                                  ("unknown_unicast", self.unknown_unicast)) if v is not None}
-
-
-@dataclass(frozen=True)
-class PolicerConfig:
-    """A token-bucket policer: bytes, frames, or both (at least one is set).
-    The bursts are filled in with their defaults when the rate is given."""
-
-    rate_bps: int | None = None     # bits/s, 1 kbit/s .. 400 Gbit/s
-    burst_bytes: int | None = None  # default max(rate_bps / 8 * 0.02, 65536)
-    pps: int | None = None          # frames/s (a GSO frame counts once per on-wire segment)
-    pps_burst: int | None = None    # default max(pps // 50, 64)
-    # ingress only: "drop" frames over the limit (a policer), or "hold" them
-    # in the port's own queue (the guest's TX ring) until the bucket has
-    # credit - shaping the sender without a drop, so TCP reaches the rate
-    action: str = "drop"
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in (("rate", self.rate_bps), ("burst", self.burst_bytes),
-                                 ("pps", self.pps), ("pps_burst", self.pps_burst)) if v is not None}
-        if self.action != "drop":
-            out["action"] = self.action
-        return out
-
-
-@dataclass(frozen=True)
-class MirrorConfig:
-    """Copy this port's frames to another port."""
-
-    to: str                         # another port's name
-    direction: str = DEFAULT_MIRROR_DIRECTION  # "ingress" (from the port) | "egress" (to it) | "both"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"to": self.to, "direction": self.direction}
-
-
-def _policies_to_dict(port: VhostUserPortConfig | TapPortConfig) -> dict[str, Any]:
-    """The policy keys a port sets, as they would be written in the file."""
-    out: dict[str, Any] = {}
-    if port.vlan is not None:
-        out["vlan"] = port.vlan.to_dict()
-    if port.allowed_macs:
-        out["allowed_macs"] = list(port.allowed_macs)
-    for name in ("storm_control", "ingress_policing", "egress_policing", "mirror"):
-        value = getattr(port, name)
-        if value is not None:
-            out[name] = value.to_dict()
-    return out
-
-
-def vlan_ranges(ids: tuple[int, ...]) -> list[int | str]:
-    """Sorted unique VLAN ids as written in the file: (10, 20, 21, 22) ->
-    [10, "20-22"]."""
-    out: list[int | str] = []
-    for a, b in _runs(ids):
-        out.append(a if a == b else f"{a}-{b}")
-    return out
-
-
-def _runs(values: Any) -> list[list[int]]:
-    """Sorted ints -> [[first, last], ...] of consecutive runs."""
-    runs: list[list[int]] = []
-    for value in sorted(values):
-        if runs and value == runs[-1][1] + 1:
-            runs[-1][1] = value
-        else:
-            runs.append([value, value])
-    return runs
-
-
-# Units of `rate` (bits/s; decimal, case-insensitive like tc's "mbit") and of
-# `burst` (bytes; k/M/G decimal, KiB/MiB/GiB binary).
-_RATE_PREFIXES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
-_BURST_UNITS = {"": 1, "B": 1, "k": 10**3, "kB": 10**3, "KiB": 2**10, "M": 10**6, "MB": 10**6,
-                "MiB": 2**20, "G": 10**9, "GB": 10**9, "GiB": 2**30}
-_QUANTITY_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?) ?([A-Za-z/]*)")
-# Sizes of memory: binary units only (memory comes in pages).
-_SIZE_UNITS = {"": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
-
-
-def _quantity(text: str) -> tuple[Decimal, str]:
-    """"2.5 Gbit" -> (Decimal("2.5"), "Gbit")."""
-    match = _QUANTITY_RE.fullmatch(text)
-    if match is None:
-        raise ValueError("must be a number with an optional unit")
-    return Decimal(match.group(1)), match.group(2)
-
-
-def parse_rate(value: int | str) -> int:
-    """A rate in bits/s: an int, or a string "<number>[k|M|G][bit[/s]]" with
-    decimal units ("100Mbit", "1G", "500k", "2.5Gbit"; the prefixes in either
-    case, as tc writes "mbit"), rounded to whole bits/s.  Raises ValueError
-    saying what is wrong; the range is the caller's to check."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError("must be an integer (bits/s) or a string such as '100Mbit'")
-    if isinstance(value, int):
-        return value
-    number, unit = _quantity(value)
-    prefix = unit.removesuffix("/s") if unit.endswith("bit/s") else unit
-    prefix = prefix.removesuffix("bit")
-    if prefix.lower() not in _RATE_PREFIXES:
-        if "B" in unit or unit.lower().endswith(("bps", "byte", "bytes")):
-            raise ValueError("rates are in bits per second: write e.g. '100Mbit' (bytes per "
-                             "second are not accepted; tc's 'mbps' means megabytes/s)")
-        raise ValueError(f"unknown unit {unit!r} (use k, M or G, optionally followed by 'bit')")
-    return int((number * _RATE_PREFIXES[prefix.lower()]).to_integral_value(ROUND_HALF_UP))
-
-
-def parse_burst(value: int | str) -> int:
-    """A size in bytes: an int, or a string "<number>[B|k|kB|KiB|M|MB|MiB|G|GB|GiB]"
-    (k/M/G decimal, KiB/MiB/GiB binary), rounded to whole bytes.  Raises
-    ValueError saying what is wrong (no range check)."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError("must be an integer (bytes) or a string such as '64KiB'")
-    if isinstance(value, int):
-        return value
-    number, unit = _quantity(value)
-    if unit not in _BURST_UNITS:
-        raise ValueError(f"unknown unit {unit!r} (use B, k, kB, KiB, M, MB, MiB, G, GB or GiB)")
-    return int((number * _BURST_UNITS[unit]).to_integral_value(ROUND_HALF_UP))
-
-
-def parse_size(value: int | str) -> int:
-    """A memory size in bytes: an int, or a string "<number>[B|KiB|MiB|GiB|TiB]"
-    ("1TiB", "1.5 GiB"), rounded to whole bytes.  Raises ValueError saying
-    what is wrong (no range check)."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError("must be an integer (bytes) or a string such as '1TiB'")
-    if isinstance(value, int):
-        return value
-    number, unit = _quantity(value)
-    if unit not in _SIZE_UNITS:
-        raise ValueError(f"unknown unit {unit!r} (use B, KiB, MiB, GiB or TiB)")
-    return int((number * _SIZE_UNITS[unit]).to_integral_value(ROUND_HALF_UP))
-
-
-@dataclass(frozen=True, kw_only=True)
-class PortPolicies:
-    """The forwarding policies every port type takes (POLICY_KEYS), applied
-    in place. Keyword-only, so each port type's own fields come first."""
-
-    vlan: VlanConfig | None = None
-    allowed_macs: tuple[str, ...] = ()   # port security: lower case, unicast; `mac` is allowed too
-    storm_control: StormControlConfig | None = None
-    ingress_policing: PolicerConfig | None = None   # port -> switch
-    egress_policing: PolicerConfig | None = None    # switch -> port
-    mirror: MirrorConfig | None = None
-
-
-@dataclass(frozen=True)
-class VhostUserPortConfig(PortPolicies):
-    """A vhost-user port (a QEMU guest's virtio-net device)."""
-
-    name: str
-    mode: str                       # "server": we listen; "client": we connect to QEMU
-    socket: str
-    queues: int
-    mtu: int | None = None          # None: not advertised (VIRTIO_NET_F_MTU not offered)
-    mac: str | None = None          # static FDB entry, lower case "52:54:00:12:34:56"
-    socket_owner: int | None = None  # uid to chown the listening socket to (server mode)
-    socket_group: int | None = None  # gid to chown the listening socket to (server mode)
-    socket_mode: int = DEFAULT_SOCKET_MODE
-    mrg_rxbuf: bool = True          # offer VIRTIO_NET_F_MRG_RXBUF
-    event_idx: bool = True          # offer VIRTIO_RING_F_EVENT_IDX
-    indirect_desc: bool = True      # offer VIRTIO_RING_F_INDIRECT_DESC
-    offloads: bool = True           # offer checksum / TSO features
-    memory_slots: bool = True       # offer CONFIGURE_MEM_SLOTS (ADD/REM_MEM_REG, memory hot-plug)
-    allow_file_memory: bool = False  # map guest memory in files outside memfd/tmpfs/hugetlbfs
-    fdb_max_entries: int | None = None  # cap on learned MACs; None: fdb.max_entries_per_port
-    type: str = "vhost-user"
-    # Forwarding policies (POLICY_KEYS), applied in place:
-
-    def to_dict(self) -> dict[str, Any]:
-        """The port as it would be written in the file (without the name)."""
-        out: dict[str, Any] = {
-            "type": self.type,
-            "mode": self.mode,
-            "socket": self.socket,
-            "queues": self.queues,
-        }
-        if self.mtu is not None:
-            out["mtu"] = self.mtu
-        if self.mac is not None:
-            out["mac"] = self.mac
-        if self.mode == "server":
-            if self.socket_owner is not None:
-                out["socket_owner"] = self.socket_owner
-            if self.socket_group is not None:
-                out["socket_group"] = self.socket_group
-            out["socket_mode"] = self.socket_mode
-        out["mrg_rxbuf"] = self.mrg_rxbuf
-        out["event_idx"] = self.event_idx
-        out["indirect_desc"] = self.indirect_desc
-        out["offloads"] = self.offloads
-        out["memory_slots"] = self.memory_slots
-        out["allow_file_memory"] = self.allow_file_memory
-        out.update(_policies_to_dict(self))
-        if self.fdb_max_entries is not None:
-            out["fdb_max_entries"] = self.fdb_max_entries
-        return out
-
-
-@dataclass(frozen=True)
-class TapPortConfig(PortPolicies):
-    """The uplink to the host kernel: a multiqueue TAP device."""
-
-    name: str
-    ifname: str
-    queues: int
-    mtu: int | None = None      # None: keep the device's MTU
-    create: bool = True         # False: attach to an existing persistent TAP only
-    mac: str | None = None      # static FDB entry (the host side's MAC)
-    fdb_max_entries: int | None = None  # cap on learned MACs; None: fdb.max_entries_per_port
-    type: str = "tap"
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": self.type, "ifname": self.ifname, "queues": self.queues,
-                               "create": self.create}
-        if self.mtu is not None:
-            out["mtu"] = self.mtu
-        if self.mac is not None:
-            out["mac"] = self.mac
-        out.update(_policies_to_dict(self))
-        if self.fdb_max_entries is not None:
-            out["fdb_max_entries"] = self.fdb_max_entries
-        return out
-
-
-@dataclass(frozen=True)
-class VxlanPortConfig(PortPolicies):
-    """A VXLAN tunnel endpoint (RFC 7348): the switch's frames carried over
-    UDP to peer VTEPs (other hosts' switches, Linux vxlan devices)."""
-
-    name: str
-    local: str                      # our address, normalised ("192.0.2.1", "2001:db8::1")
-    remotes: tuple[str, ...]        # peer VTEPs, same family as local, normalised
-    vni: int                        # 1..16777215
-    udp_port: int = DEFAULT_VXLAN_PORT
-    mtu: int | None = None          # largest L3 size sent through the tunnel; None: no limit
-    type: str = "vxlan"
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": self.type, "local": self.local, "remotes": list(self.remotes),
-                               "vni": self.vni, "udp_port": self.udp_port}
-        if self.mtu is not None:
-            out["mtu"] = self.mtu
-        out.update(_policies_to_dict(self))
-        return out
-
-
-PortConfig = VhostUserPortConfig | TapPortConfig | VxlanPortConfig
-
-
-@dataclass(frozen=True)
-class DatapathConfig:
-    workers: int = DEFAULT_WORKERS
-    mode: str = DEFAULT_DATAPATH_MODE
-    cpus: tuple[int, ...] | None = None  # worker i runs on cpus[i % len(cpus)]
-    # how workers write frames into TAP queues: a burst per io_uring_enter, or
-    # one write(2) per frame (also what io_uring's absence falls back to)
-    tap_io: str = DEFAULT_TAP_IO
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"workers": self.workers, "mode": self.mode, "tap_io": self.tap_io}
-        if self.cpus is not None:
-            out["cpus"] = list(self.cpus)
-        return out
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    """The Prometheus endpoint."""
-
-    enabled: bool = True
-    host: str = DEFAULT_METRICS_HOST   # an IP literal, without brackets
-    port: int = DEFAULT_METRICS_PORT
-
-    @property
-    def listen(self) -> str:
-        """"HOST:PORT", with an IPv6 host in brackets."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "listen": self.listen}
-
-
-@dataclass(frozen=True)
-class ControlConfig:
-    """The control socket ({runtime_dir}/vswitchd.ctl)."""
-
-    group: int | None = None  # gid allowed to use it; None: the daemon's own group
-
-    def to_dict(self) -> dict[str, Any]:
-        return {} if self.group is None else {"group": self.group}
-
-
-@dataclass(frozen=True)
-class StaticFdbEntry:
-    """fdb.static: frames to `mac` in `vlan` go to `port` (a port name)."""
-
-    mac: str                    # lower case
-    port: str
-    vlan: int | None = None     # None: the port's default VLAN (vswitch.fdb.port_vlan)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mac": self.mac, "port": self.port}
-        if self.vlan is not None:
-            out["vlan"] = self.vlan
-        return out
-
-
-@dataclass(frozen=True)
-class FdbConfig:
-    """The forwarding database (top-level `fdb`)."""
-
-    aging_time: int = DEFAULT_FDB_AGING          # seconds; 0: learned entries never age
-    max_entries_per_port: int = DEFAULT_FDB_MAX_ENTRIES   # 0: no cap
-    static: tuple[StaticFdbEntry, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"aging_time": self.aging_time, "max_entries_per_port": self.max_entries_per_port,
-                "static": [e.to_dict() for e in self.static]}
-
-
-@dataclass(frozen=True)
-class SecurityConfig:
-    """How the daemon confines itself (top-level `security`)."""
-
-    # a seccomp filter that denies the system calls a switch never makes,
-    # installed by the daemon itself before it serves anything
-    seccomp: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"seccomp": self.seccomp}
-
-
-@dataclass(frozen=True)
-class LimitsConfig:
-    """What a front-end can make the daemon hold (top-level `limits`)."""
-
-    message_timeout: float = DEFAULT_MESSAGE_TIMEOUT   # s to complete a message once begun
-    guest_memory_per_port: int = DEFAULT_GUEST_MEMORY_PER_PORT   # bytes mapped by one port
-    guest_memory_total: int = DEFAULT_GUEST_MEMORY_TOTAL         # bytes mapped by all ports
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"message_timeout": self.message_timeout,
-                "guest_memory_per_port": self.guest_memory_per_port,
-                "guest_memory_total": self.guest_memory_total}
-
-
-@dataclass(frozen=True)
-class Config:
-    version: int
-    runtime_dir: str
-    ports: dict[str, PortConfig]  # in file order
-    datapath: DatapathConfig
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    control: ControlConfig = field(default_factory=ControlConfig)
-    fdb: FdbConfig = field(default_factory=FdbConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    security: SecurityConfig = field(default_factory=SecurityConfig)
-    # control commands that exist for tests (`debug seccomp-probe`) answer only with this
-    debug: bool = False
-    path: str | None = None  # file it was loaded from; None for parse_config()
-
-    def to_dict(self) -> dict[str, Any]:
-        """The effective configuration (all defaults filled in) as plain
-        dicts/strs/ints; ``parse_config(yaml.safe_dump(c.to_dict()))`` gives
-        back an equal Config (apart from ``path``).  User and group names
-        are written as their numeric ids."""
-        return {
-            "version": self.version,
-            "runtime_dir": self.runtime_dir,
-            "control": self.control.to_dict(),
-            "metrics": self.metrics.to_dict(),
-            "datapath": self.datapath.to_dict(),
-            "ports": {name: port.to_dict() for name, port in self.ports.items()},
-            # written only when set, so that files without it round-trip unchanged
-            **({"fdb": self.fdb.to_dict()} if self.fdb != FdbConfig() else {}),
-            **({"security": self.security.to_dict()} if self.security != SecurityConfig() else {}),
-            **({"debug": self.debug} if self.debug else {}),
-            **({"limits": self.limits.to_dict()} if self.limits != LimitsConfig() else {}),
-        }
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem in a configuration file.
-
-    ``line`` and ``col`` are 1-based; both are 0 when there is no position
-    (e.g. the file could not be read).  ``key`` is the dotted path of the
-    offending setting (``ports.vm1.queues``), "" for the document itself.
-    """
-
-    file: str
-    line: int
-    col: int
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.col}" if self.line > 0 else self.file
-        if self.key:
-            return f"{where}: {self.key}: {self.message}"
-        return f"{where}: {self.message}"
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; ``errors`` lists every problem found."""
-
-    def __init__(self, errors: list[ConfigIssue]) -> None:
-        self.errors: list[ConfigIssue] = list(errors)
-        super().__init__("\n".join(str(issue) for issue in self.errors))
-
-    def __str__(self) -> str:
-        return "\n".join(str(issue) for issue in self.errors)
+PORT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
+MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
+_SOCKET_MODE_RE = re.compile(r"(?:0o?)?([0-7]{3})")
 
 
 # --------------------------------------------------------------------------
@@ -762,7 +208,7 @@ def _parse(text: str, filename: str, path: str | None, check_host: bool = True) 
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError([_yaml_error_issue(exc, text, filename)]) from None
+        raise ConfigError([yaml_error_issue(exc, text, filename)]) from None
     except RecursionError:
         raise ConfigError(
             [ConfigIssue(filename, 0, 0, "", "invalid YAML: nesting too deep")]
@@ -775,73 +221,8 @@ def _parse(text: str, filename: str, path: str | None, check_host: bool = True) 
     return config
 
 
-def _yaml_error_issue(exc: yaml.YAMLError, text: str, filename: str) -> ConfigIssue:
-    """Turn a PyYAML syntax error into a positioned issue."""
-    if isinstance(exc, yaml.MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
-        parts = []
-        if exc.context:
-            context = exc.context
-            cm = exc.context_mark
-            if cm is not None and (mark is None or (cm.line, cm.column) != (mark.line, mark.column)):
-                context += f" (line {cm.line + 1}, column {cm.column + 1})"
-            parts.append(context)
-        if exc.problem:
-            parts.append(exc.problem)
-        message = "invalid YAML: " + (", ".join(parts) or "syntax error")
-        if mark is None:
-            return ConfigIssue(filename, 0, 0, "", message)
-        return ConfigIssue(filename, mark.line + 1, mark.column + 1, "", message)
-    if isinstance(exc, yaml.reader.ReaderError):
-        # For str input, position is an index into the text.
-        pos = exc.position
-        line = text.count("\n", 0, pos) + 1
-        col = pos - (text.rfind("\n", 0, pos) + 1) + 1
-        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
-        return ConfigIssue(
-            filename, line, col, "",
-            f"invalid YAML: unacceptable character U+{char:04X}: {exc.reason}",
-        )
-    return ConfigIssue(filename, 0, 0, "", f"invalid YAML: {exc}")
-
-
 # --------------------------------------------------------------------------
 # Validation
-
-
-# Returned by _Validator.construct() when a scalar could not be converted
-# (the problem has already been reported).
-_BAD = object()
-
-# Mapping entries: key text -> (key node, value node), in file order.
-_Entries = dict[str, tuple[ScalarNode, Node]]
-
-
-def _join(parent: str, name: str) -> str:
-    return f"{parent}.{name}" if parent else name
-
-
-def _describe(node: Node, value: Any) -> str:
-    """Short description of a value for "(got ...)" in messages."""
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    if isinstance(node, SequenceNode):
-        return "a list"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"boolean {node.value}"
-    if isinstance(value, int):
-        return f"integer {value}"
-    if isinstance(value, float):
-        return f"float {node.value}"
-    if isinstance(value, str):
-        return f"string {value!r}"
-    return f"{type(value).__name__} {node.value!r}"
-
-
-def _is_null(node: Node) -> bool:
-    return isinstance(node, ScalarNode) and node.tag == _NULL_TAG
 
 
 @dataclass
@@ -872,11 +253,11 @@ class _Defaults:
     bad: set[str]           # invalid ones (already reported)
 
 
-class _PolicyChecks:
-    """Checks of the per-port policy keys (POLICY_KEYS), mixed into
-    _Validator (whose generic checks they use)."""
+class _PolicyChecks(NodeReader):
+    """Checks of the per-port policy keys (POLICY_KEYS), the base of
+    _Validator."""
 
-    def port_policies(self, name: str, entries: _Entries, key: str, mtu: int | None,
+    def port_policies(self, name: str, entries: Entries, key: str, mtu: int | None,
                       uses: _Uses) -> dict[str, Any] | None:
         """The port dataclass's policy fields for the keys present; None if
         any is invalid (and reported).  ``mtu`` is the port's, if set: a
@@ -902,6 +283,36 @@ class _PolicyChecks:
             out["mirror"] = self.mirror(name, entries["mirror"][1], f"{key}.mirror", uses)
             ok = ok and out["mirror"] is not None
         return out if ok else None
+
+    # -- MAC addresses (a port's mac, allowed_macs, fdb.static) -------------
+
+    def mac(self, node: Node, key: str) -> str | None:
+        # YAML 1.1 reads an unquoted 52:54:00:12:34:56 as a base-60 integer:
+        # take the text of a plain scalar as written.
+        if isinstance(node, ScalarNode) and node.style is None and MAC_RE.fullmatch(node.value) \
+                and node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:str"):
+            value: Any = node.value
+        else:
+            value = self.construct(node, key)
+            if value is BAD:
+                return None
+        if not isinstance(value, str):
+            self.error(node, key, f"must be a MAC address such as '52:54:00:12:34:56' "
+                                  f"(got {describe_value(node, value)})")
+            return None
+        if MAC_RE.fullmatch(value) is None:
+            self.error(node, key, f"must be a MAC address of 6 hex bytes separated by ':', such as "
+                                  f"'52:54:00:12:34:56' (got {value!r})")
+            return None
+        mac = value.lower()
+        if int(mac[:2], 16) & 1:
+            self.error(node, key, f"must be a unicast MAC address (the first byte's lowest bit "
+                                  f"is the multicast bit) (got {value!r})")
+            return None
+        if mac == "00:00:00:00:00:00":
+            self.error(node, key, f"must not be the all-zero MAC address (got {value!r})")
+            return None
+        return mac
 
     # -- vlan --------------------------------------------------------------
 
@@ -958,11 +369,11 @@ class _PolicyChecks:
 
     def vlan_id(self, node: Node, key: str) -> int | None:
         value = self.construct(node, key)
-        if value is _BAD:
+        if value is BAD:
             return None
         if not isinstance(value, int) or isinstance(value, bool):
             self.error(node, key, f"must be a VLAN id, an integer {MIN_VLAN}..{MAX_VLAN} "
-                                  f"(got {_describe(node, value)})")
+                                  f"(got {describe_value(node, value)})")
             return None
         if not MIN_VLAN <= value <= MAX_VLAN:
             self.error(node, key, f"must be {MIN_VLAN}..{MAX_VLAN}{_reserved_vlan_hint(value)} "
@@ -982,7 +393,7 @@ class _PolicyChecks:
         for index, item in enumerate(node.value):
             item_key = f"{key}[{index}]"
             value = self.construct(item, item_key)
-            if value is _BAD:
+            if value is BAD:
                 ok = False
                 continue
             if isinstance(value, int) and not isinstance(value, bool):
@@ -995,7 +406,7 @@ class _PolicyChecks:
             match = _VLAN_RANGE_RE.fullmatch(value) if isinstance(value, str) else None
             if match is None:
                 self.error(item, item_key, f"must be a VLAN id {MIN_VLAN}..{MAX_VLAN} or a range "
-                                           f"such as '20-30' (got {_describe(item, value)})")
+                                           f"such as '20-30' (got {describe_value(item, value)})")
                 ok = False
                 continue
             first = int(match.group(1))
@@ -1123,7 +534,7 @@ class _PolicyChecks:
         return PolicerConfig(rate_bps=rate, burst_bytes=burst, pps=pps, pps_burst=pps_burst,
                              action=action)
 
-    def hold_needs_a_ring(self, policies: dict | None, entries: _Entries, key: str) -> bool:
+    def hold_needs_a_ring(self, policies: dict | None, entries: Entries, key: str) -> bool:
         """`action: hold` keeps frames in the sender's own queue: a guest's TX
         ring. A TAP or VXLAN port has none the switch could leave them in."""
         pol = (policies or {}).get("ingress_policing")
@@ -1137,12 +548,12 @@ class _PolicyChecks:
 
     def rate(self, node: Node, key: str) -> int | None:
         value = self.construct(node, key)
-        if value is _BAD:
+        if value is BAD:
             return None
         try:
             bps = parse_rate(value)
         except ValueError as exc:
-            self.error(node, key, f"{exc} (got {_describe(node, value)})")
+            self.error(node, key, f"{exc} (got {describe_value(node, value)})")
             return None
         if not MIN_RATE_BPS <= bps <= MAX_RATE_BPS:
             got = f"{value!r} = {bps} bit/s" if isinstance(value, str) else f"{bps}"
@@ -1153,12 +564,12 @@ class _PolicyChecks:
 
     def burst(self, node: Node, key: str, mtu: int | None) -> int | None:
         value = self.construct(node, key)
-        if value is _BAD:
+        if value is BAD:
             return None
         try:
             size = parse_burst(value)
         except ValueError as exc:
-            self.error(node, key, f"{exc} (got {_describe(node, value)})")
+            self.error(node, key, f"{exc} (got {describe_value(node, value)})")
             return None
         got = f"{value!r} = {size} bytes" if isinstance(value, str) else f"{size}"
         least = MIN_BURST_BYTES
@@ -1203,7 +614,7 @@ class _PolicyChecks:
     def check_policy_references(self, port_names: set[str], uses: _Uses) -> None:
         """Mirror targets exist and form no loop; no port is allowed to send
         from another port's static MAC."""
-        static = {}
+        static: dict[str, str] = {}
         for use in uses.macs:
             static.setdefault(use.value, use.port)
         for use in uses.allowed_macs:
@@ -1244,146 +655,18 @@ class _Validator(_PolicyChecks):
     """Walks the composed node tree, collecting every problem found."""
 
     def __init__(self, filename: str, check_host: bool = True) -> None:
-        self.filename = filename
+        super().__init__(filename)
         self.check_host = check_host
-        self.issues: list[ConfigIssue] = []
-        self._constructor = SafeConstructor()
+        self._port_names: set[str] = set()   # ports.*: fdb.static may name only these
 
-    # -- reporting and generic checks ------------------------------------
-
-    def error(self, node: Node, key: str, message: str) -> None:
-        mark = node.start_mark
-        self.issues.append(
-            ConfigIssue(self.filename, mark.line + 1, mark.column + 1, key, message)
-        )
-
-    def construct(self, node: Node, key: str) -> Any:
-        """Python value of a scalar node; the node itself for collections
-        (which then fail every type check); _BAD if conversion failed."""
-        if not isinstance(node, ScalarNode):
-            return node
-        try:
-            return self._constructor.construct_object(node)
-        except Exception as exc:  # explicit tags can fail in many ways
-            self.error(node, key, f"invalid value {node.value!r} for tag {node.tag}: {exc}")
-            return _BAD
-
-    def describe(self, node: Node) -> str:
-        """Like _describe(), converting the node without reporting errors."""
-        try:
-            value = self._constructor.construct_object(node) if isinstance(node, ScalarNode) else node
-        except Exception:
-            return repr(node.value)
-        return _describe(node, value)
-
-    def mapping(self, node: Node, key: str) -> _Entries | None:
-        """Entries of a mapping node, reporting duplicate and non-scalar
-        keys (the first occurrence of a duplicated key wins)."""
-        if not isinstance(node, MappingNode):
-            self.error(node, key, f"must be a mapping (got {self.describe(node)})")
-            return None
-        entries: _Entries = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, ScalarNode):
-                self.error(key_node, key, f"keys must be scalars (got {_describe(key_node, None)})")
-                continue
-            if key_node.tag == _MERGE_TAG:
-                self.error(key_node, key, "merge keys ('<<') are not supported")
-                continue
-            name = key_node.value
-            if name in entries:
-                first = entries[name][0].start_mark
-                self.error(
-                    key_node, _join(key, name),
-                    f"duplicate key {name!r} (first defined at line {first.line + 1}, "
-                    f"column {first.column + 1})",
-                )
-                continue
-            entries[name] = (key_node, value_node)
-        return entries
-
-    def check_keys(
-        self,
-        entries: _Entries,
-        allowed: tuple[str, ...],
-        key: str,
-        node: Node,
-        required: tuple[str, ...] = (),
-    ) -> None:
-        expected = ", ".join(sorted(allowed))
-        for name, (key_node, _) in entries.items():
-            if name not in allowed:
-                close = difflib.get_close_matches(name, allowed, n=1)
-                hint = f", did you mean {close[0]!r}?" if close else ""
-                self.error(
-                    key_node, _join(key, name),
-                    f"unknown key {name!r}{hint} (expected one of: {expected})",
-                )
-        for name in required:
-            if name not in entries:
-                self.error(node, key, f"missing required key {name!r}")
-
-    def integer(self, node: Node, key: str, lo: int, hi: int) -> int | None:
-        value = self.construct(node, key)
-        if value is _BAD:
-            return None
-        if not isinstance(value, int) or isinstance(value, bool):
-            self.error(node, key, f"must be an integer {lo}..{hi} (got {_describe(node, value)})")
-            return None
-        if not lo <= value <= hi:
-            self.error(node, key, f"must be {lo}..{hi} (got {value})")
-            return None
-        return value
-
-    def string(self, node: Node, key: str) -> str | None:
-        value = self.construct(node, key)
-        if value is _BAD:
-            return None
-        if not isinstance(value, str):
-            self.error(node, key, f"must be a string (got {_describe(node, value)})")
-            return None
-        return value
-
-    def choice(self, node: Node, key: str, choices: tuple[str, ...]) -> str | None:
-        value = self.construct(node, key)
-        if value is _BAD:
-            return None
-        if isinstance(value, str) and value in choices:
-            return value
-        got = repr(value) if isinstance(value, str) else _describe(node, value)
-        self.error(node, key, f"must be one of: {', '.join(choices)} (got {got})")
-        return None
-
-    def absolute_path(self, node: Node, key: str) -> str | None:
-        path = self.string(node, key)
-        if path is None:
-            return None
-        if not path:
-            self.error(node, key, "must be an absolute path (got an empty string)")
-            return None
-        if "\0" in path:
-            self.error(node, key, f"must not contain NUL characters (got {path!r})")
-            return None
-        if not posixpath.isabs(path):
-            self.error(node, key, f"must be an absolute path (got {path!r})")
-            return None
-        return path
-
-    def boolean(self, node: Node, key: str) -> bool | None:
-        value = self.construct(node, key)
-        if value is _BAD:
-            return None
-        if not isinstance(value, bool):
-            self.error(node, key, f"must be true or false (got {_describe(node, value)})")
-            return None
-        return value
+    # -- values of vswitch's own kinds -----------------------------------
 
     def _account(self, node: Node, key: str, kind: str) -> int | None:
         """A user (kind "user") or group ("group") given by name or number;
         names are resolved in the host's databases."""
         what = "uid" if kind == "user" else "gid"
         value = self.construct(node, key)
-        if value is _BAD:
+        if value is BAD:
             return None
         if isinstance(value, int) and not isinstance(value, bool):
             if not 0 <= value <= MAX_ID:
@@ -1391,7 +674,7 @@ class _Validator(_PolicyChecks):
                 return None
             return value
         if not isinstance(value, str) or not value:
-            got = "an empty string" if value == "" else _describe(node, value)
+            got = "an empty string" if value == "" else describe_value(node, value)
             self.error(node, key, f"must be a {kind} name or a numeric {what} (got {got})")
             return None
         try:
@@ -1411,7 +694,7 @@ class _Validator(_PolicyChecks):
 
     def socket_mode(self, node: Node, key: str) -> int | None:
         value = self.construct(node, key)
-        if value is _BAD:
+        if value is BAD:
             return None
         if isinstance(value, int) and not isinstance(value, bool):
             if not 0 <= value <= MAX_SOCKET_MODE:
@@ -1431,41 +714,13 @@ class _Validator(_PolicyChecks):
             mode = int(match.group(1), 8)
         else:
             self.error(node, key, f"must be a permission mode such as 0660 or '0660' "
-                                  f"(got {_describe(node, value)})")
+                                  f"(got {describe_value(node, value)})")
             return None
         if mode & OWNER_RW != OWNER_RW:
             self.error(node, key, f"must give the owner read and write permission (0600), "
                                   f"else nobody can connect as the owner (got 0{mode:03o})")
             return None
         return mode
-
-    def mac(self, node: Node, key: str) -> str | None:
-        # YAML 1.1 reads an unquoted 52:54:00:12:34:56 as a base-60 integer:
-        # take the text of a plain scalar as written.
-        if isinstance(node, ScalarNode) and node.style is None and MAC_RE.fullmatch(node.value) \
-                and node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:str"):
-            value: Any = node.value
-        else:
-            value = self.construct(node, key)
-            if value is _BAD:
-                return None
-        if not isinstance(value, str):
-            self.error(node, key, f"must be a MAC address such as '52:54:00:12:34:56' "
-                                  f"(got {_describe(node, value)})")
-            return None
-        if MAC_RE.fullmatch(value) is None:
-            self.error(node, key, f"must be a MAC address of 6 hex bytes separated by ':', such as "
-                                  f"'52:54:00:12:34:56' (got {value!r})")
-            return None
-        mac = value.lower()
-        if int(mac[:2], 16) & 1:
-            self.error(node, key, f"must be a unicast MAC address (the first byte's lowest bit "
-                                  f"is the multicast bit) (got {value!r})")
-            return None
-        if mac == "00:00:00:00:00:00":
-            self.error(node, key, f"must not be the all-zero MAC address (got {value!r})")
-            return None
-        return mac
 
     def listen(self, node: Node, key: str) -> tuple[str, int] | None:
         text = self.string(node, key)
@@ -1560,7 +815,7 @@ class _Validator(_PolicyChecks):
     # -- the schema --------------------------------------------------------
 
     def document(self, root: Node | None, path: str | None) -> Config | None:
-        if root is None or _is_null(root):
+        if root is None or is_null(root):
             line, col = (root.start_mark.line + 1, root.start_mark.column + 1) if root else (1, 1)
             self.issues.append(ConfigIssue(
                 self.filename, line, col, "",
@@ -1579,11 +834,11 @@ class _Validator(_PolicyChecks):
         if "version" in top:
             version_node = top["version"][1]
             value = self.construct(version_node, "version")
-            if value is _BAD:
+            if value is BAD:
                 version = None
             elif not isinstance(value, int) or isinstance(value, bool):
                 self.error(version_node, "version",
-                           f"must be an integer (got {_describe(version_node, value)})")
+                           f"must be an integer (got {describe_value(version_node, value)})")
                 version = None
             elif value not in SUPPORTED_VERSIONS:
                 supported = ", ".join(map(str, SUPPORTED_VERSIONS))
@@ -1690,28 +945,14 @@ class _Validator(_PolicyChecks):
         return LimitsConfig(message_timeout=timeout, guest_memory_per_port=per_port,
                             guest_memory_total=total)
 
-    def seconds(self, node: Node, key: str, lo: float, hi: float) -> float | None:
-        """A duration: an int or a float (YAML 1.1: "0.5", "10"), lo..hi."""
-        value = self.construct(node, key)
-        if value is _BAD:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.error(node, key, f"must be a number of seconds {lo:g}..{hi:g} "
-                                  f"(got {_describe(node, value)})")
-            return None
-        if not lo <= value <= hi:       # NaN fails this too
-            self.error(node, key, f"must be {lo:g}..{hi:g} seconds (got {value:g})")
-            return None
-        return float(value)
-
     def memory_size(self, node: Node, key: str) -> int | None:
         value = self.construct(node, key)
-        if value is _BAD:
+        if value is BAD:
             return None
         try:
             size = parse_size(value)
         except ValueError as exc:
-            self.error(node, key, f"{exc} (got {_describe(node, value)})")
+            self.error(node, key, f"{exc} (got {describe_value(node, value)})")
             return None
         if not MIN_GUEST_MEMORY <= size <= MAX_GUEST_MEMORY:
             got = f"{value!r} = {size} bytes" if isinstance(value, str) else f"{size}"
@@ -1782,7 +1023,7 @@ class _Validator(_PolicyChecks):
         return result
 
     def ports(self, node: Node, runtime_dir: str | None, defaults: _Defaults) -> dict[str, PortConfig]:
-        if _is_null(node):
+        if is_null(node):
             self.error(node, "ports",
                        "must be a mapping of port name to port (got null); "
                        "use 'ports: {}' for a switch without ports")
@@ -1790,7 +1031,7 @@ class _Validator(_PolicyChecks):
         entries = self.mapping(node, "ports")
         if entries is None:
             return {}
-        self._port_names = set(entries)     # fdb.static may name only these
+        self._port_names = set(entries)
         ports: dict[str, PortConfig] = {}
         uses = _Uses()
         for name, (key_node, value_node) in entries.items():
@@ -1838,11 +1079,11 @@ class _Validator(_PolicyChecks):
         if "type" in entries:
             type_node = entries["type"][1]
             value = self.construct(type_node, f"{key}.type")
-            if value is _BAD:
+            if value is BAD:
                 return None
             if not isinstance(value, str):
                 self.error(type_node, f"{key}.type",
-                           f"must be one of: {', '.join(PORT_TYPES)} (got {_describe(type_node, value)})")
+                           f"must be one of: {', '.join(PORT_TYPES)} (got {describe_value(type_node, value)})")
                 return None
             if value not in PORT_TYPES:
                 # Other keys depend on the type: don't guess at them.
@@ -1937,7 +1178,7 @@ class _Validator(_PolicyChecks):
         return VhostUserPortConfig(name=name, mode=mode, socket=socket, mac=mac, **settings,
                                    **policies)
 
-    def tap_port(self, name: str, entries: _Entries, node: Node, key: str,
+    def tap_port(self, name: str, entries: Entries, node: Node, key: str,
                  uses: _Uses) -> TapPortConfig | None:
         self.check_keys(entries, _TAP_KEYS, key, node)
         ok = True
@@ -1984,10 +1225,10 @@ class _Validator(_PolicyChecks):
     def ip_address(self, node: Node, key: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         """A unicast IPv4 or IPv6 address usable as a VXLAN endpoint."""
         value = self.construct(node, key)
-        if value is _BAD:
+        if value is BAD:
             return None
         if not isinstance(value, str):
-            self.error(node, key, f"must be an IPv4 or IPv6 address (got {_describe(node, value)})")
+            self.error(node, key, f"must be an IPv4 or IPv6 address (got {describe_value(node, value)})")
             return None
         try:
             addr = ipaddress.ip_address(value)
@@ -2003,7 +1244,7 @@ class _Validator(_PolicyChecks):
             return None
         return addr
 
-    def vxlan_port(self, name: str, entries: _Entries, node: Node, key: str,
+    def vxlan_port(self, name: str, entries: Entries, node: Node, key: str,
                    uses: _Uses) -> VxlanPortConfig | None:
         self.check_keys(entries, _VXLAN_KEYS, key, node, required=("local", "remotes", "vni"))
         ok = True
@@ -2063,10 +1304,11 @@ class _Validator(_PolicyChecks):
         return VxlanPortConfig(name=name, local=str(local), remotes=tuple(str(r) for r in remotes),
                                vni=vni, udp_port=udp_port, mtu=mtu, **policies)
 
-    def check_conflicts(self, uses: list[_Use], what: str, normalize) -> None:
+    def check_conflicts(self, uses: list[_Use], what: str,
+                        normalize: Callable[[_Use], str]) -> None:
         """Report every value (socket path, MAC, ...) used by more than one
         port, on each of those ports."""
-        by_value: dict[Any, list[_Use]] = {}
+        by_value: dict[str, list[_Use]] = {}
         for use in uses:
             by_value.setdefault(normalize(use), []).append(use)
         for group in by_value.values():
@@ -2103,12 +1345,13 @@ class _Validator(_PolicyChecks):
         return DatapathConfig(workers=workers, mode=mode, cpus=cpus, tap_io=tap_io)
 
 
-    # -- FDB (issue 7) -------------------------------------------------------
+    # -- FDB -----------------------------------------------------------------
 
     def port_fdb_max(self, port: PortConfig | None, node: Node, key: str) -> PortConfig | None:
-        """ports.NAME.fdb_max_entries, for any port type (read here, after the
-        port's own checks, which accept the key)."""
-        if not isinstance(node, MappingNode):
+        """ports.NAME.fdb_max_entries of a vhost-user or TAP port (read here,
+        after the port's own checks, which accept the key; a VXLAN port's
+        checks report it as an unknown key)."""
+        if not isinstance(node, MappingNode) or isinstance(port, VxlanPortConfig):
             return port
         for key_node, value_node in node.value:
             if isinstance(key_node, ScalarNode) and key_node.value == "fdb_max_entries":
@@ -2139,16 +1382,14 @@ class _Validator(_PolicyChecks):
 
     def fdb_static(self, node: Node, ports: dict[str, PortConfig],
                    ports_given: bool) -> tuple[StaticFdbEntry, ...] | None:
-        from .fdb import port_vlan   # the port's default VLAN (VLAN settings are not ours)
-
         if not isinstance(node, SequenceNode):
             self.error(node, "fdb.static", f"must be a list of {{mac, port, vlan}} entries "
                                            f"(got {self.describe(node)})")
             return None
         # (mac, vlan) -> where it is pinned already: ports' own `mac` first
         pinned: dict[tuple[str, int], str] = {
-            (pc.mac, port_vlan(pc)): f"port {name!r} (its mac)"
-            for name, pc in ports.items() if pc.mac}
+            (mac, port_vlan(pc)): f"port {name!r} (its mac)"
+            for name, pc in ports.items() if (mac := static_mac(pc))}
         out: list[StaticFdbEntry] = []
         ok = True
         for index, item in enumerate(node.value):
@@ -2173,7 +1414,7 @@ class _Validator(_PolicyChecks):
                 continue
             if port not in ports:
                 # An invalid port was reported where it is defined.
-                names = getattr(self, "_port_names", set())
+                names = self._port_names
                 if ports_given and port not in names:
                     known = ", ".join(sorted(names)) or "none"
                     close = difflib.get_close_matches(port, sorted(names), n=1)
@@ -2191,6 +1432,7 @@ class _Validator(_PolicyChecks):
             pinned[(mac, effective)] = key
             out.append(StaticFdbEntry(mac=mac, port=port, vlan=vlan))
         return tuple(out) if ok else None
+
 
 
 def _allowed_cpus() -> set[int] | None:
