@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.linux.netns import NetNs, link_exists, wait_for
-from tests.switch import VENV_BIN, Vswitchd
+from tests.harness.guests import QemuGuest, build_image, default_cache_dir
+from tests.harness.linux.netns import NetNs, link_exists, wait_for
+from tests.harness.switch import VENV_BIN, Vswitchd
 from tests.test_datapath import BCAST, MAC, connect, frame
 from vswitch.capture_client import _Conn
 

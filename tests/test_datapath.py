@@ -1,7 +1,7 @@
 """The datapath against a front-end written in the tests: exact bytes, ring
 stop/resume, memory-table changes, call-fd swaps, and hostile guest rings.
 
-The front-end (tests/frontend) builds guest memory and split rings by hand, so
+The front-end (tests/harness/frontend) builds guest memory and split rings by hand, so
 it can do what QEMU and DPDK never do: corrupt descriptors on purpose. Each
 test runs its own vswitchd process.
 """
@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from tests.frontend import Feature as F
-from tests.frontend import GuestMemory, Hostile, RegionSpec, VhostUserFrontend, bits
-from tests.switch import Vswitchd
+from tests.harness.frontend import Feature as F
+from tests.harness.frontend import GuestMemory, Hostile, RegionSpec, VhostUserFrontend, bits
+from tests.harness.switch import Vswitchd
 
 MAC = {name: bytes([0x02, 0, 0, 0, 0, i + 1]) for i, name in enumerate(["a", "b", "c", "d"])}
 BCAST = b"\xff" * 6
@@ -302,7 +302,7 @@ def test_vring_index_beyond_configured_queues_closes_the_connection(switch1):
 
 # --- offloads ----------------------------------------------------------------------------------
 
-from tests.frontend import VirtioNetHdr  # noqa: E402
+from tests.harness.frontend import VirtioNetHdr  # noqa: E402
 from tests.unit.test_offload import l4_ok, partial, tcp_frame  # noqa: E402
 
 OFFLOADS_TX = bits(F.CSUM, F.HOST_TSO4, F.HOST_TSO6)

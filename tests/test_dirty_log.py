@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from tests.frontend import VhostUserFrontend
-from tests.frontend.vhost_frontend import PeerClosed
-from tests.switch import Vswitchd
+from tests.harness.frontend import VhostUserFrontend
+from tests.harness.frontend.vhost_frontend import PeerClosed
+from tests.harness.switch import Vswitchd
 from tests.test_datapath import FULL, MAC, exchange, frame
 
 PAGE = 4096

@@ -1,5 +1,5 @@
 """The FDB through a running vswitchd: frames from our test front-end
-(tests/frontend), the table as `vswitchctl fdb show` prints it, flushes,
+(tests/harness/frontend), the table as `vswitchctl fdb show` prints it, flushes,
 per-port caps, aging and static entries from the config (issue 7, item 5).
 
 The table's own corner cases (VLAN keys, counts, clock wrap, slot reuse over
@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from tests.frontend import Feature as F
-from tests.frontend import VhostUserFrontend, bits
-from tests.switch import VENV_BIN, Vswitchd
+from tests.harness.frontend import Feature as F
+from tests.harness.frontend import VhostUserFrontend, bits
+from tests.harness.switch import VENV_BIN, Vswitchd
 
 FULL = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX)
 BCAST = "ff:ff:ff:ff:ff:ff"

@@ -2,7 +2,7 @@
 translation CVE-2020-10725, tiny chains CVE-2022-2132, loops, index truncation).
 
 One daemon for the module, three ports with static MACs: a healthy pair a<->b
-and a hostile guest h driven by tests/frontend. For each hypothesis example h
+and a hostile guest h driven by tests/harness/frontend. For each hypothesis example h
 is reset (RESET_DEVICE + a fresh start sequence) and then
 * its TX ring gets random chains: descriptors with addresses at, across and
   beyond region edges and 2**64, lengths 0..2**32-1, random flags and next
@@ -17,7 +17,7 @@ directions. At the end the daemon's fd count (/proc/<pid>/fd) and VmRSS have
 not grown beyond a small bound.
 
 About half the TX and RX phases also run a concurrent writer
-(tests/helpers/racer.c, a second vCPU of h, in C) while the switch works on
+(tests/harness/racer.c, a second vCPU of h, in C) while the switch works on
 h's rings: random stores or bit blinks over h's descriptor tables, avail
 ring entries, used rings and buffers, a descriptor field flipping between
 its value and a hostile one, or avail->idx flipping to a wild value - what
@@ -37,9 +37,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.frontend import Desc, Hostile, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
-from tests.helpers.racer import Racer, bits, flip, rand
-from tests.switch import Vswitchd
+from tests.harness.frontend import Desc, Hostile, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+from tests.harness.racer import Racer, bits, flip, rand
+from tests.harness.switch import Vswitchd
 from tests.test_datapath import FULL, MAC, connect, exchange
 
 H_MAC = bytes([0x02, 0, 0, 0, 0, 0x10])

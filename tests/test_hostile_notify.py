@@ -26,10 +26,10 @@ import time
 
 import pytest
 
-from tests.frontend import Feature as F
-from tests.frontend import VhostUserError, VhostUserFrontend, bits
-from tests.helpers.traffic import exchange, healthy_delivery, wait_until
-from tests.switch import Vswitchd
+from tests.harness.frontend import Feature as F
+from tests.harness.frontend import VhostUserError, VhostUserFrontend, bits
+from tests.harness.traffic import exchange, healthy_delivery, wait_until
+from tests.harness.switch import Vswitchd
 
 # No EVENT_IDX: the attacker asks for an interrupt after every used entry.
 NO_EVENT_IDX = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC)

@@ -4,7 +4,7 @@ Whoever can connect to a port socket controls every byte of its messages
 and every fd it passes. One vswitchd for the module, with short limits; each
 attack is run against one port, many times over, and afterwards the daemon
 holds exactly the fds and the guest memory mappings it held before, and a
-well-behaved front-end (tests/frontend) connects and its frames cross:
+well-behaved front-end (tests/harness/frontend) connects and its frames cross:
 
 * kick, call and err fds that are not eventfds (an O_PATH fd, a pipe, a
   regular file, a socket, another anonymous inode) are refused when they
@@ -33,10 +33,10 @@ import time
 
 import pytest
 
-from tests.frontend import Feature as F
-from tests.frontend import GuestMemory, ProtocolFeature as PF, VhostMemRegion, VhostUserFrontend, bits
-from tests.helpers.traffic import exchange, wait_until
-from tests.switch import VENV_BIN, Vswitchd
+from tests.harness.frontend import Feature as F
+from tests.harness.frontend import GuestMemory, ProtocolFeature as PF, VhostMemRegion, VhostUserFrontend, bits
+from tests.harness.traffic import exchange, wait_until
+from tests.harness.switch import VENV_BIN, Vswitchd
 
 FULL = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX)
 GiB, MiB, TiB = 1 << 30, 1 << 20, 1 << 40

@@ -27,9 +27,9 @@ import time
 
 import pytest
 
-from tests.frontend import Desc, Feature as F
-from tests.frontend import Hostile, VirtioNetHdr, VhostUserFrontend, bits
-from tests.switch import Vswitchd
+from tests.harness.frontend import Desc, Feature as F
+from tests.harness.frontend import Hostile, VirtioNetHdr, VhostUserFrontend, bits
+from tests.harness.switch import Vswitchd
 from tests.unit.test_offload import partial, tcp_frame
 
 FULL = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX)

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.switch import Vswitchd
+from tests.harness.guests import QemuGuest, build_image, default_cache_dir
+from tests.harness.switch import Vswitchd
 
 BOOT_TIMEOUT = 240
 CLK_TCK = os.sysconf("SC_CLK_TCK")

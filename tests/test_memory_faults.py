@@ -24,10 +24,10 @@ import time
 
 import pytest
 
-from tests.frontend import Feature as F
-from tests.frontend import GuestMemory, RegionSpec, VhostUserFrontend, bits
-from tests.helpers.traffic import healthy_delivery, wait_until
-from tests.switch import Vswitchd
+from tests.harness.frontend import Feature as F
+from tests.harness.frontend import GuestMemory, RegionSpec, VhostUserFrontend, bits
+from tests.harness.traffic import healthy_delivery, wait_until
+from tests.harness.switch import Vswitchd
 
 FULL = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX)
 PORTS = ("in", "out", "shrink", "watch")

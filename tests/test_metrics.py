@@ -2,7 +2,7 @@
 with prometheus_client's parser: every counter must move when its event
 happens. In particular every drop reason the datapath knows (DROP_REASONS)
 has a recipe here that produces it - with our hostile front-end
-(tests/frontend), a disabled or broken ring, a port MTU, or a TAP whose link
+(tests/harness/frontend), a disabled or broken ring, a port MTU, or a TAP whose link
 is down - and the labelled counter (port, direction, reason) must move: a
 drop counter nobody can move is a defect.
 
@@ -25,9 +25,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.frontend import Desc, Hostile, VhostUserFrontend, VirtioNetHdr, bits
-from tests.frontend import Feature as F
-from tests.switch import Vswitchd
+from tests.harness.frontend import Desc, Hostile, VhostUserFrontend, VirtioNetHdr, bits
+from tests.harness.frontend import Feature as F
+from tests.harness.switch import Vswitchd
 import vswitch
 from vswitch._datapath import DROP_REASONS
 from vswitch.cli import request

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.switch import Vswitchd
+from tests.harness.guests import QemuGuest, build_image, default_cache_dir
+from tests.harness.switch import Vswitchd
 
 BOOT_TIMEOUT = 240
 IP_M, IP_P = "10.0.4.1", "10.0.4.2"

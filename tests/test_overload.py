@@ -2,7 +2,7 @@
 
 One vswitchd for the module. DPDK testpmd's virtio-user is the healthy pair
 ("in" -> "out", every frame checked byte for byte); the front-end written in
-the tests (tests/frontend) plays the guests that misbehave:
+the tests (tests/harness/frontend) plays the guests that misbehave:
 
 * a guest that never posts RX buffers: every frame flooded to it is dropped
   and counted (exact count), and the healthy pair loses nothing;
@@ -30,11 +30,11 @@ import time
 
 import pytest
 
-from tests.frontend import Feature as F
-from tests.frontend import Hostile, VhostUserFrontend, bits
-from tests.peers.testpmd import verify_delivery, virtio_user_vdev
-from tests.helpers.traffic import exchange, healthy_delivery, wait_until
-from tests.switch import Vswitchd
+from tests.harness.frontend import Feature as F
+from tests.harness.frontend import Hostile, VhostUserFrontend, bits
+from tests.harness.peers.testpmd import verify_delivery, virtio_user_vdev
+from tests.harness.traffic import exchange, healthy_delivery, wait_until
+from tests.harness.switch import Vswitchd
 from vswitch.cli import request
 
 FULL = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX)

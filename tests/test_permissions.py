@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.switch import Vswitchd
+from tests.harness.guests import QemuGuest, build_image, default_cache_dir
+from tests.harness.switch import Vswitchd
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "vswitchd.service"

@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from tests.frontend import VirtioNetHdr
+from tests.harness.frontend import VirtioNetHdr
 from tests.test_datapath import ETHERTYPE, FULL, OFFLOADS_RX, OFFLOADS_TX
 from tests.test_datapath import connect as _connect
 from tests.unit.test_offload import l4_ok, partial, tcp_frame
-from tests.switch import Vswitchd
+from tests.harness.switch import Vswitchd
 
 BCAST = b"\xff" * 6
 MAC = {name: bytes([0x02, 0, 0, 0, 0, i + 1])

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.switch import Vswitchd
+from tests.harness.guests import QemuGuest, build_image, default_cache_dir
+from tests.harness.switch import Vswitchd
 
 IP_A, IP_B = "10.0.0.1", "10.0.0.2"
 MAC_A, MAC_B = "52:54:00:00:00:0a", "52:54:00:00:00:0b"

@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.peers.testpmd import TestPmd, virtio_user_vdev
-from tests.switch import Vswitchd
+from tests.harness.guests import QemuGuest, build_image, default_cache_dir
+from tests.harness.peers.testpmd import TestPmd, virtio_user_vdev
+from tests.harness.switch import Vswitchd
 
 IP_A, IP_B = "10.0.1.1", "10.0.1.2"
 BOOT_TIMEOUT = 240

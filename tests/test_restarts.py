@@ -33,8 +33,8 @@ import time
 
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.switch import VSWITCHD, Vswitchd
+from tests.harness.guests import QemuGuest, build_image, default_cache_dir
+from tests.harness.switch import VSWITCHD, Vswitchd
 
 IP_A, IP_B = "10.0.6.1", "10.0.6.2"
 MAC_A, MAC_B, MAC_B2 = "52:54:00:00:06:0a", "52:54:00:00:06:0b", "52:54:00:00:06:2b"

@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-from tests.linux.netns import link_exists
-from tests.switch import Vswitchd
+from tests.harness.linux.netns import link_exists
+from tests.harness.switch import Vswitchd
 from tests.test_datapath import connect, exchange
 from vswitch import seccomp
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.linux.netns import link_exists
-from tests.switch import Vswitchd
+from tests.harness.linux.netns import link_exists
+from tests.harness.switch import Vswitchd
 from tests.test_datapath import MAC, connect, exchange, frame
 from vswitch import privileges, seccomp
 

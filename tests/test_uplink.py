@@ -16,11 +16,11 @@ import time
 
 import pytest
 
-from tests.frontend import Feature, VirtioNetHdr, bits
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.linux.netns import NetNs, link_exists
-from tests.peers.testpmd import TestPmd, virtio_user_vdev
-from tests.switch import Vswitchd
+from tests.harness.frontend import Feature, VirtioNetHdr, bits
+from tests.harness.guests import QemuGuest, build_image, default_cache_dir
+from tests.harness.linux.netns import NetNs, link_exists
+from tests.harness.peers.testpmd import TestPmd, virtio_user_vdev
+from tests.harness.switch import Vswitchd
 from tests.test_datapath import ETHERTYPE, FULL
 from tests.test_datapath import connect as connect_device
 from tests.unit.test_offload import partial, tcp_frame

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.switch import Vswitchd
+from tests.harness.guests import QemuGuest, build_image, default_cache_dir
+from tests.harness.switch import Vswitchd
 
 BOOT_TIMEOUT = 300
 GUESTS = {  # name: (vlan, mac, ip)

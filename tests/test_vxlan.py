@@ -26,9 +26,9 @@ import time
 
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.linux.netns import NetNs, link_exists
-from tests.switch import VENV_BIN, Vswitchd
+from tests.harness.guests import QemuGuest, build_image, default_cache_dir
+from tests.harness.linux.netns import NetNs, link_exists
+from tests.harness.switch import VENV_BIN, Vswitchd
 from tests.test_uplink import snmp, wait_for
 
 BOOT_TIMEOUT = 240

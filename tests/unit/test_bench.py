@@ -129,7 +129,7 @@ class FakeGen:
         self.commands: list[str] = []
 
     def ports(self):
-        from tests.peers.testpmd import PortSummary
+        from tests.harness.peers.testpmd import PortSummary
         return {p: PortSummary(p, "00:00:00:00:00:00", n, "x", "up") for p, n in self.names.items()}
 
     def set_portlist(self, ports):
@@ -153,7 +153,7 @@ def test_oneway_generator_missing_port_is_an_error():
 
 
 def fwd_stats(sent: int, dropped: int, got: int):
-    from tests.peers.testpmd import FwdPortStats, FwdStats
+    from tests.harness.peers.testpmd import FwdPortStats, FwdStats
     return FwdStats(streams=(), total=None, ports={
         0: FwdPortStats(0, tx_packets=sent, tx_dropped=dropped),
         1: FwdPortStats(1, rx_packets=got)})

@@ -200,7 +200,7 @@ def test_figures_leave_out_sleeping_and_the_verdict_is_the_ratio(maps):
 
 
 def test_bulk_ring_reuses_descriptors_and_wraps_the_avail_ring():
-    from tests.frontend import GuestMemory, SplitRing
+    from tests.harness.frontend import GuestMemory, SplitRing
     mem = GuestMemory(1 << 20)
     ring = SplitRing(mem, 8, 1)
     rxring = SplitRing(mem, 8, 0)

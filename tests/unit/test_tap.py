@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from tests.linux.netns import NetNs, delete_link, link_exists, move_link, wait_for
+from tests.harness.linux.netns import NetNs, delete_link, link_exists, move_link, wait_for
 from vswitch import tap
 from vswitch.tap import (TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, VNET_HDR_LEN,
                          TapError, open_tap_queues, tap_exists, tap_fd_ifname, tap_gone,

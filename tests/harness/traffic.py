@@ -39,7 +39,7 @@ UNKNOWN_DST = "02:00:00:00:99:99"
 def healthy_delivery(sw, name: str, count: int, timeout: float = 120.0):
     """DPDK testpmd's virtio-user pair on the daemon's ports "in" -> "out":
     every one of `count` frames must come out byte for byte, in order."""
-    from tests.peers.testpmd import verify_delivery, virtio_user_vdev
+    from tests.harness.peers.testpmd import verify_delivery, virtio_user_vdev
 
     def ready() -> None:
         for port in ("in", "out"):
