@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from tests.harness.frontend import Desc, Hostile, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
 from tests.harness.racer import Racer, bits, flip, rand
 from tests.harness.switch import Vswitchd
-from tests.test_datapath import FULL, MAC, connect, exchange
+from tests.harness.traffic import FULL, MAC, connect, exchange_by_name
 
 H_MAC = bytes([0x02, 0, 0, 0, 0, 0x10])
 MACS = {"a": MAC["a"], "b": MAC["b"], "h": H_MAC}
@@ -87,8 +87,8 @@ def rig(tmp_path_factory):
         a = connect(sw, "a", rx_buffers=256)
         b = connect(sw, "b", rx_buffers=256)
         h = Hostile_port(sw)
-        exchange(a, b, "a", "b")
-        exchange(b, a, "b", "a")
+        exchange_by_name(a, b, "a", "b")
+        exchange_by_name(b, a, "b", "a")
         # warm up (first connection allocates), then take the baseline
         h.reset()
         time.sleep(0.2)
@@ -344,7 +344,7 @@ def test_random_tx_and_rx_rings_cost_nobody_else(rig, data):
     for peer in (a, b):
         foreign = [f[:14].hex() for f in drain_foreign(peer) if f[6:12] not in (MAC["a"], MAC["b"], H_MAC)]
         assert not foreign, f"frames from h with another source reached a peer: {foreign[:5]}"
-    exchange(a, b, "a", "b", n=3)
-    exchange(b, a, "b", "a", n=3)
+    exchange_by_name(a, b, "a", "b", n=3)
+    exchange_by_name(b, a, "b", "a", n=3)
     assert set(sw.drops("a")) <= {"no_rx_queue"}      # only frames a sent to h, counted above
     assert sw.drops("b") == {}

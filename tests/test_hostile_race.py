@@ -53,10 +53,13 @@ from tests.harness.frontend import VhostUserFrontend
 from tests.harness.racer import Racer, flip
 from tests.harness.linux.netns import NetNs, link_exists, wait_for
 from tests.harness.switch import Vswitchd
-from tests.test_datapath import FULL
+from tests.harness.traffic import FULL
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
-                                reason="needs root (TAP, network namespace) and /dev/net/tun")
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
+                       reason="needs root (TAP, network namespace) and /dev/net/tun"),
+]
 
 FRAMES = 100_000
 NBUF = 128                   # the attacker's TX buffers, all of them raced the whole time

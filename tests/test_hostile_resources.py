@@ -35,6 +35,7 @@ import pytest
 
 from tests.harness.frontend import Feature as F
 from tests.harness.frontend import GuestMemory, ProtocolFeature as PF, VhostMemRegion, VhostUserFrontend, bits
+from tests.harness import traffic
 from tests.harness.traffic import exchange, wait_until
 from tests.harness.switch import VENV_BIN, Vswitchd
 
@@ -124,11 +125,7 @@ MAC = {"one": b"\x02\x00\x00\x00\x0d\x01", "two": b"\x02\x00\x00\x00\x0d\x02"}
 
 
 def connect(sw: Vswitchd, port: str, mem: GuestMemory | None = None):
-    dev = VhostUserFrontend(sw.socket(port)).setup_net_device(1, 256, FULL, mem=mem)
-    dev.rx(0).post_rx(128, 2048)
-    sw.wait_port(port, lambda p: p["state"] == "connected" and p["queues_enabled"] == 1,
-                 timeout=30, what="connected")
-    return dev
+    return traffic.connect(sw, port, rx_buffers=128, wait=True, mem=mem)
 
 
 def assert_port_forwards(sw: Vswitchd, port: str, mem: GuestMemory | None = None) -> None:

@@ -12,8 +12,10 @@ import re
 
 import pytest
 
-from tests.harness.guests import QemuGuest, build_image, default_cache_dir
+from tests.harness.guests import QemuGuest
 from tests.harness.switch import Vswitchd
+
+pytestmark = pytest.mark.qemu
 
 BOOT_TIMEOUT = 240
 OFF = "off"
@@ -30,11 +32,6 @@ COMBINATIONS = {
     "sender-without-tx-offloads": (TX_OFFLOADS_OFF, {}, None),
 }
 PATHS = ("gso_passthrough", "csum_passthrough", "sw_csum", "sw_gso")
-
-
-@pytest.fixture(scope="module")
-def image():
-    return build_image(default_cache_dir())
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,11 @@ import time
 
 import pytest
 
+from tests.harness import traffic
 from tests.harness.frontend import VirtioNetHdr
-from tests.test_datapath import ETHERTYPE, FULL, OFFLOADS_RX, OFFLOADS_TX
-from tests.test_datapath import connect as _connect
-from tests.unit.test_offload import l4_ok, partial, tcp_frame
+from tests.harness.packets import partial, tcp_frame
 from tests.harness.switch import Vswitchd
-
-BCAST = b"\xff" * 6
-MAC = {name: bytes([0x02, 0, 0, 0, 0, i + 1])
-       for i, name in enumerate(["a", "b", "c", "d", "e", "f", "mon", "acc", "trk"])}
-
-
-def frame(dst: str | bytes, src: str, seq: int, size: int = 64) -> bytes:
-    dst_mac = MAC[dst] if isinstance(dst, str) else dst
-    head = dst_mac + MAC[src] + ETHERTYPE + struct.pack("!I", seq)
-    return head + bytes((seq + i) & 0xFF for i in range(max(0, size - len(head))))
+from tests.harness.traffic import BCAST, FULL, MAC, OFFLOADS_RX, OFFLOADS_TX, frame
 
 
 def addressed(f: bytes, dst: str, src: str) -> bytes:
@@ -38,7 +28,7 @@ _open_devices: list = []
 def connect(sw: Vswitchd, name: str, **kw):
     """A started test device on port `name`, closed after the test: six per
     test would otherwise pile up fds (select() cannot take fds >= 1024)."""
-    dev = _connect(sw, name, **kw)
+    dev = traffic.connect(sw, name, **kw)
     _open_devices.append(dev)
     return dev
 

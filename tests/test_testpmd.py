@@ -15,6 +15,8 @@ import pytest
 from tests.harness.peers.testpmd import TestPmd, verify_delivery, virtio_user_vdev
 from tests.harness.switch import Vswitchd
 
+pytestmark = pytest.mark.dpdk
+
 
 def enabled(sw: Vswitchd, queues: int):
     def ready() -> None:

@@ -28,9 +28,12 @@ from vswitch.tap import (TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, VNET
                          TapError, open_tap_queues, tap_exists, tap_fd_ifname, tap_gone,
                          tap_ifindex, tap_link_state, validate_ifname)
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
-    reason="needs root and /dev/net/tun")
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
+        reason="needs root and /dev/net/tun"),
+]
 
 ETH_TEST = 0x88B5                       # IEEE local experimental ethertype
 ETH_P_ALL = 0x0003
