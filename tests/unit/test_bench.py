@@ -5,17 +5,14 @@ median of those per-pair ratios."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bench import loopback, uplink
 from vswitch.config import parse_config
 from vswitch.policy import policy_of
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import loopback  # noqa: E402
 
 OFF = {"vlan": ("all", 0, (), 0), "allowed_macs": (), "storm": (None, None, None)}
 NO_POLICER = (None, None, None, None, "drop")
@@ -218,9 +215,6 @@ def test_resummarize_rewrites_the_summary_from_the_runs(tmp_path):
 
 
 # --- the uplink benchmark ------------------------------------------------------------------
-
-import uplink  # noqa: E402
-
 
 @pytest.mark.parametrize("kind,tap_io", [("vswitch", "io_uring"), ("vswitch-write", "write")])
 def test_uplink_systems_are_configs_that_differ_only_in_tap_io(tmp_path: Path, kind: str, tap_io: str) -> None:

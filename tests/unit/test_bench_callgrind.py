@@ -6,16 +6,13 @@ verdict, the bulk ring filling and the daemon's config."""
 from __future__ import annotations
 
 import struct
-import sys
-from pathlib import Path
 
 import pytest
 
+from bench import callgrind
 from vswitch.config import parse_config
 from vswitch.policy import policy_of
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import callgrind  # noqa: E402
 
 SO = "/tmp/t/vswitch/_datapath.cpython-311-x86_64-linux-gnu.so"
 
