@@ -11,7 +11,7 @@ needs, so that a run can leave it out:
     dpdk     runs DPDK testpmd
     root     needs root: TAP devices, network namespaces, other users
     systemd  installs the unit and runs systemd's tools on it
-    slow     takes half a minute or more by itself
+    slow     takes 5 s or more by itself
 
 Each test module also belongs to one of the groups the README lists under
 "Tests" (GROUPS below; tests/unit is the unit group); the group is a marker

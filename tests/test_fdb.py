@@ -212,6 +212,7 @@ def test_learned_entries_age_out_and_static_ones_stay(make_switch):
     assert stats["aged"] >= 1 and sw.port("a")["fdb"]["learned"] == 0
 
 
+@pytest.mark.slow
 def test_traffic_keeps_an_entry_alive(make_switch):
     sw = make_switch(aging=2)
     a = connect(sw, "a")

@@ -227,6 +227,7 @@ def drain_foreign(dev, timeout: float = 0.05) -> list[bytes]:
 
 # No shrinking: each example costs a device reset on a live daemon; the
 # failure report prints every draw, which is enough to replay it.
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck),
           phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(st.data())

@@ -26,11 +26,11 @@ import time
 
 import pytest
 
-from tests.harness.frontend import Feature as F
 from tests.harness import traffic
+from tests.harness.frontend import Feature as F
 from tests.harness.frontend import VhostUserError, VhostUserFrontend, bits
-from tests.harness.traffic import exchange, healthy_delivery, wait_until
 from tests.harness.switch import Vswitchd
+from tests.harness.traffic import exchange, healthy_delivery, wait_until
 
 # No EVENT_IDX: the attacker asks for an interrupt after every used entry.
 NO_EVENT_IDX = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC)
@@ -236,6 +236,7 @@ def test_full_pipe_as_call_fd_costs_only_its_port(sw):
     assert sw.alive()
 
 
+@pytest.mark.slow
 def test_a_worker_that_misses_the_quiescence_wait_costs_the_port_a_delay_only(sw):
     """A worker that does not finish its round (a bug; here the debug stall
     hook, 8 s) while a front-end leaves: the wait for it gives up on the

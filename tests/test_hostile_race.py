@@ -50,8 +50,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.harness.frontend import VhostUserFrontend
-from tests.harness.racer import Racer, flip
 from tests.harness.linux.netns import NetNs, link_exists, wait_for
+from tests.harness.racer import Racer, flip
 from tests.harness.switch import Vswitchd
 from tests.harness.traffic import FULL
 

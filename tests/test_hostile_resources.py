@@ -33,11 +33,11 @@ import time
 
 import pytest
 
+from tests.harness import traffic
 from tests.harness.frontend import Feature as F
 from tests.harness.frontend import GuestMemory, ProtocolFeature as PF, VhostMemRegion, VhostUserFrontend, bits
-from tests.harness import traffic
-from tests.harness.traffic import exchange, wait_until
 from tests.harness.switch import VENV_BIN, Vswitchd
+from tests.harness.traffic import exchange, wait_until
 
 FULL = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX)
 GiB, MiB, TiB = 1 << 30, 1 << 20, 1 << 40
@@ -520,6 +520,7 @@ def test_a_message_trickling_in_byte_by_byte_ends_its_connection(sw, baseline):
     assert_back_to_baseline(sw, *baseline)
 
 
+@pytest.mark.slow
 def test_a_guest_idle_between_messages_keeps_its_connection(sw, baseline):
     """QEMU started with -S or -incoming says nothing for as long as it
     likes between two messages: that is never a timeout."""

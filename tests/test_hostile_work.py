@@ -27,11 +27,11 @@ import time
 
 import pytest
 
+from tests.harness import traffic
 from tests.harness.frontend import Desc, Feature as F
 from tests.harness.frontend import Hostile, VirtioNetHdr, VhostUserFrontend, bits
-from tests.harness import traffic
-from tests.harness.switch import Vswitchd
 from tests.harness.packets import partial, tcp_frame
+from tests.harness.switch import Vswitchd
 
 FULL = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX)
 TSO_TX = bits(F.CSUM, F.HOST_TSO4)
@@ -184,6 +184,7 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98] if len(values) >= 100 else max(values)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", list(ATTACKS))
 def test_attack_on_one_port_costs_the_others_no_latency(sw, attack):
     h1, h2 = connect(sw, "h1", rx_buffers=128), connect(sw, "h2", rx_buffers=128)

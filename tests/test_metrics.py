@@ -24,9 +24,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.harness import traffic
 from tests.harness.frontend import Desc, Hostile, VhostUserFrontend, VirtioNetHdr, bits
 from tests.harness.frontend import Feature as F
-from tests.harness import traffic
 from tests.harness.switch import Vswitchd
 import vswitch
 from vswitch._datapath import DROP_REASONS

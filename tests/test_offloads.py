@@ -8,8 +8,6 @@ to take (pass-through, software checksum, software segmentation) moved.
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from tests.harness.guests import QemuGuest

@@ -33,8 +33,8 @@ import pytest
 from tests.harness import traffic
 from tests.harness.frontend import Hostile
 from tests.harness.peers.testpmd import verify_delivery, virtio_user_vdev
-from tests.harness.traffic import exchange, healthy_delivery, wait_until
 from tests.harness.switch import Vswitchd
+from tests.harness.traffic import exchange, healthy_delivery, wait_until
 from vswitch.cli import request
 
 PORTS = ("in", "out", "starve", "one", "two", "junk")

@@ -84,6 +84,7 @@ def vlans(tmp_path):
         yield sw, devs
 
 
+@pytest.mark.slow
 def test_access_ports_switch_untagged_within_their_vlan_only(vlans):
     sw, dev = vlans
     f = frame(BCAST, "a", 1, 100)
@@ -118,6 +119,7 @@ def test_a_priority_tag_around_another_tag_does_not_hop_vlans(vlans):
     assert drain(dev["b"]) == [f]
 
 
+@pytest.mark.slow
 def test_trunk_tags_select_the_vlan_and_are_popped_for_access_ports(vlans):
     sw, dev = vlans
     f = frame(BCAST, "d", 3, 200)
@@ -137,6 +139,7 @@ def test_trunk_tags_select_the_vlan_and_are_popped_for_access_ports(vlans):
     assert sw.drops("a") == {"vlan_filtered": 1}
 
 
+@pytest.mark.slow
 def test_native_vlan_untagged_on_the_trunk_and_tag_rewritten_nowhere(vlans):
     sw, dev = vlans
     f = frame(BCAST, "e", 5, 64)
@@ -198,6 +201,7 @@ def test_port_security_drops_other_sources_and_keeps_the_fdb_clean(tmp_path):
         assert [e["port"] for e in sw.ctl("fdb show") if e["mac"] == MAC["b"].hex(":")] == ["b"]
 
 
+@pytest.mark.slow
 def test_storm_control_caps_floods_but_not_known_unicast(tmp_path):
     ports = {"a": {"type": "vhost-user", "storm_control": {"broadcast": 50, "unknown_unicast": 50}},
              "b": {"type": "vhost-user"}}

@@ -7,9 +7,6 @@ socket roles carry real traffic. The guests are booted once for the module.
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import pytest
 
 from tests.harness.guests import QemuGuest

@@ -25,6 +25,8 @@ from tests.harness.switch import Vswitchd
 from tests.harness.traffic import ETHERTYPE, FULL, wait_until
 from tests.harness.traffic import connect as connect_device
 
+pytestmark = pytest.mark.root
+
 BOOT_TIMEOUT = 240
 GUEST_IP, HOST_IP = "10.8.0.1", "10.8.0.254"
 
@@ -170,8 +172,6 @@ FE_MAC = bytes.fromhex("020000000811")
 # an 802.1Q tag off into metadata (TCI, "-" if untagged) before sockets see it.
 RECEIVER = r"""
 import socket, struct, sys
-
-pytestmark = pytest.mark.root
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
 s.setsockopt(263, 8, 1)                                                  # PACKET_AUXDATA
 s.bind((sys.argv[1], 0))
