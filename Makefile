@@ -4,7 +4,7 @@
 #   make build  the datapath extension, compiled only when its sources changed
 #   make test   every Debian and Python package the suite needs, build, run the suite
 #   make test-quick  the same without QEMU guests, testpmd, systemd and slow
-#               tests (markers in pyproject.toml): a few minutes
+#               tests (markers in pyproject.toml, tests/conftest.py): about 2 minutes
 #   make bench  loopback (against DPDK and the release before), uplink, VM-to-VM,
 #               rate-limit and attack (a hostile guest beside a healthy pair)
 #               benchmarks, one at a time, then bench-callgrind
@@ -77,7 +77,10 @@ venv: $(INSTALLED)
 # The datapath extension: rebuilt when a Cython or C source of it, or
 # setup.py, is newer than the module (--force: setup.py's flags may be what
 # changed; cythonize still regenerates the C only from changed sources).
-EXT_SUFFIX := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+# The module's name ends in the interpreter's suffix: the venv's, or before it
+# exists the one it will be made from.
+EXT_SUFFIX := $(shell if [ -x $(PY) ]; then p=$(PY); else p=$(PYTHON); fi; \
+	$$p -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 DATAPATH   := vswitch/_datapath$(EXT_SUFFIX)
 EXT_SOURCES := $(wildcard cython_ext/*.pyx cython_ext/*.pxi cython_ext/*.pxd cython_ext/*.h) setup.py
 
