@@ -1,7 +1,10 @@
 # vswitch: build, run, test, bench.
 #
 #   make run    virtualenv + build + vswitchd on config/vswitch.yaml
+#   make build  the datapath extension, compiled only when its sources changed
 #   make test   every Debian and Python package the suite needs, build, run the suite
+#   make test-quick  the same without QEMU guests, testpmd, systemd and slow
+#               tests (markers in pyproject.toml, tests/conftest.py): about 2 minutes
 #   make bench  loopback (against DPDK and the release before), uplink, VM-to-VM,
 #               rate-limit and attack (a hostile guest beside a healthy pair)
 #               benchmarks, one at a time, then bench-callgrind
@@ -15,6 +18,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= config/vswitch.yaml
+# Passed to pytest: paths, -k, -m, -x... Without a path pytest runs tests/
+# (testpaths in pyproject.toml), e.g.
+#   make test PYTEST_ARGS=tests/unit/test_config.py
+#   make test PYTEST_ARGS="-x -m hostile"
 PYTEST_ARGS ?=
 
 # Debian packages: to build (compiler, headers, venv) and to test against real peers.
@@ -24,7 +31,7 @@ TEST_PIPS  := pytest hypothesis jsonschema atheris==3.0.0
 # Debian packages the benchmarks need beyond the suite's.
 BENCH_DEBS := valgrind
 
-.PHONY: all run test bench bench-callgrind build deps-build deps-test deps-bench venv clean
+.PHONY: all run test test-quick bench bench-callgrind build deps-build deps-test deps-bench venv clean
 
 all: build
 
@@ -56,23 +63,52 @@ $(PY): | deps-build
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-venv: $(PY)
+# The package is installed editable without its extension (VSWITCH_SKIP_EXT,
+# see setup.py), again only when setup.py or pyproject.toml changed: the
+# extension is built in place by the rule below, once.
+INSTALLED := $(VENV)/.vswitch-installed
+$(INSTALLED): setup.py pyproject.toml | $(PY)
 	$(PY) -m pip install -q "Cython>=3.0" setuptools wheel
-	$(PY) -m pip install -q -e .
+	VSWITCH_SKIP_EXT=1 $(PY) -m pip install -q --no-build-isolation -e .
+	@touch $@
 
-build: venv
-	$(PY) setup.py -q build_ext --inplace
+venv: $(INSTALLED)
+
+# The datapath extension: rebuilt when a Cython or C source of it, or
+# setup.py, is newer than the module (--force: setup.py's flags may be what
+# changed; cythonize still regenerates the C only from changed sources).
+# The module's name ends in the interpreter's suffix: the venv's, or before it
+# exists the one it will be made from.
+EXT_SUFFIX := $(shell if [ -x $(PY) ]; then p=$(PY); else p=$(PYTHON); fi; \
+	$$p -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+DATAPATH   := vswitch/_datapath$(EXT_SUFFIX)
+EXT_SOURCES := $(wildcard cython_ext/*.pyx cython_ext/*.pxi cython_ext/*.pxd cython_ext/*.h) setup.py
+
+$(DATAPATH): $(EXT_SOURCES) | $(INSTALLED)
+	$(PY) setup.py -q build_ext --inplace --force
+	@touch $@
+
+build: $(DATAPATH)
 
 run: build
 	$(VENV)/bin/vswitchd --config $(CONFIG)
 
-test: deps-test build
+# Installed again when the Makefile (TEST_PIPS) changes.
+TEST_PIPS_STAMP := $(VENV)/.test-pips
+$(TEST_PIPS_STAMP): Makefile | $(PY)
 	$(PY) -m pip install -q $(TEST_PIPS)
-	$(PY) -m pytest $(PYTEST_ARGS) tests
+	@touch $@
 
-# The loopback benchmark interleaves DPDK, the release before issue 7
-# (BENCH_BASELINE, built once in a worktree under /tmp) and this tree with the
-# issue-7 features off and in BENCH_VARIANTS (see bench/loopback.py).
+test: deps-test build $(TEST_PIPS_STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-quick: deps-test build $(TEST_PIPS_STAMP)
+	$(PY) -m pytest -m "not qemu and not dpdk and not systemd and not slow" $(PYTEST_ARGS)
+
+# The loopback benchmark interleaves DPDK, the release before the tenant
+# features (VLANs, port security, storm control, policing, mirrors, the FDB
+# caps; BENCH_BASELINE, built once in a worktree under /tmp) and this tree
+# with those features off and in BENCH_VARIANTS (see bench/loopback.py).
 BENCH_BASELINE ?= cefd30a
 BENCH_VARIANTS ?= off,policing,all
 
@@ -87,18 +123,18 @@ deps-bench: deps-build
 	$(call apt_install,$(BENCH_DEBS))
 
 bench: deps-test deps-bench build
-	@# bench/attacks.py imports the attacks from the tests (they import pytest, hypothesis)
+	@# bench.attacks imports the attacks from the tests (they import pytest, hypothesis)
 	$(PY) -m pip install -q matplotlib pytest hypothesis
-	$(PY) bench/loopback.py --baseline $(BENCH_BASELINE) --variants $(BENCH_VARIANTS)
-	$(PY) bench/plot.py
-	$(PY) bench/uplink.py --sizes 64,1514
-	$(PY) bench/iperf.py
-	$(PY) bench/ratelimit.py
-	$(PY) bench/attacks.py
+	$(PY) -m bench.loopback --baseline $(BENCH_BASELINE) --variants $(BENCH_VARIANTS)
+	$(PY) -m bench.plot
+	$(PY) -m bench.uplink --sizes 64,1514
+	$(PY) -m bench.iperf
+	$(PY) -m bench.ratelimit
+	$(PY) -m bench.attacks
 	$(MAKE) --no-print-directory bench-callgrind
 
 bench-callgrind: deps-bench build
-	$(PY) bench/callgrind.py --baseline $(CALLGRIND_BASELINE) $(CALLGRIND_ARGS)
+	$(PY) -m bench.callgrind --baseline $(CALLGRIND_BASELINE) $(CALLGRIND_ARGS)
 
 clean:
 	rm -rf build *.egg-info vswitch/*.so cython_ext/*.c cython_ext/*.html

@@ -52,7 +52,7 @@ before the next phase. The attacks (their code is the tests'):
   receivers whose RX entries all name one chain of 65 536 zero-length
   descriptors, a flooder broadcasting to them), flat out;
 * racing_writer: tests/test_hostile_race.py's attacker with
-  tests/helpers/racer.c flipping the source MAC and the EtherType/802.1Q
+  tests/harness/racer.c flipping the source MAC and the EtherType/802.1Q
   tag in every one of its 128 TX buffers while the attacker re-posts them as
   fast as the switch hands them back (allowed_macs [A], access VLAN 20, a
   receiver re-posting its RX buffers);
@@ -82,7 +82,7 @@ resolve a cost to the switch smaller than the CPU sharing on 2 cores.
 Why testpmd and not a Python front-end for throughput: testpmd's
 virtio-user is a C poll-mode driver that offers more than the switch can
 take (the "generator-bound" flag checks it in every phase), so a drop in its
-figure is the switch's; a tests/frontend device bulk-exchanging frames in a
+figure is the switch's; a tests/harness/frontend device bulk-exchanging frames in a
 child process moves some 10^4-10^5 frames/s, bounded by its own interpreter,
 and would measure Python competing with the attacker for the same core.
 testpmd is started once for the whole benchmark (about 1 s) and only
@@ -98,7 +98,7 @@ Hence the paired windows: a throughput compared across phases says nothing.
 Usage (root, from the repository root; never two benchmarks at once: the
 lock of bench/loopback.py is taken)::
 
-    .venv/bin/python bench/attacks.py [--seconds 5] [--latency-seconds 5]
+    .venv/bin/python -m bench.attacks [--seconds 5] [--latency-seconds 5]
         [--attacks blocked_call,tiny_gso,zero_length_chains,racing_writer,cpu_hog]
 
 Results: a table on stdout and bench/results/attacks-<date>.json (CPU model,
@@ -125,19 +125,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-for p in (REPO, REPO / "bench"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+from bench import loopback
+from tests import test_hostile_notify as notify
+from tests import test_hostile_race as race
+from tests import test_hostile_work as work
+from tests.harness.frontend import RingFull, VhostUserFrontend
+from tests.harness.peers.testpmd import TestPmd, TestPmdError, testpmd_available, virtio_user_vdev
+from tests.harness.racer import Racer
+from tests.harness.switch import Vswitchd
 
-import loopback  # noqa: E402
-from tests import test_hostile_notify as notify  # noqa: E402
-from tests import test_hostile_race as race  # noqa: E402
-from tests import test_hostile_work as work  # noqa: E402
-from tests.frontend import RingFull, VhostUserFrontend  # noqa: E402
-from tests.helpers.racer import Racer  # noqa: E402
-from tests.peers.testpmd import TestPmd, TestPmdError, testpmd_available, virtio_user_vdev  # noqa: E402
-from tests.switch import Vswitchd  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 ATTACKS = ("blocked_call", "tiny_gso", "zero_length_chains", "racing_writer", "cpu_hog")
 THROUGHPUT_VLAN, LATENCY_VLAN, ATTACK_VLAN = 10, 11, 20
@@ -835,7 +832,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(opt).items()},
         "throughput": {"tool": "dpdk-testpmd", "topology": "oneway", "frame_size": FRAME_SIZE,
                        "figure": "port b's RX rate, median of 1 s samples, Mframes/s"},
-        "latency": {"tool": "tests/frontend", "figure": "h1 -> h2 -> h1 single-frame round trips"},
+        "latency": {"tool": "tests/harness/frontend", "figure": "h1 -> h2 -> h1 single-frame round trips"},
         "vlans": {"throughput": THROUGHPUT_VLAN, "latency": LATENCY_VLAN, "attacks": ATTACK_VLAN},
         "phases": phases,
     }

@@ -12,7 +12,7 @@ What runs (one valgrind run per system, about 10 s each)::
 
 vswitchd runs on a copy of the tree built for the purpose (see BUILD), one
 worker in event mode, FDB aging off. The front-ends are the test suite's own
-(tests/frontend), run by this process, outside valgrind: rings of 32768
+(tests/harness/frontend), run by this process, outside valgrind: rings of 32768
 entries, filled in bulk (one descriptor per frame: the 12-byte virtio-net
 header and a 64-byte frame; the sink's buffers are 2048 bytes), features
 VERSION_1, MRG_RXBUF, INDIRECT_DESC (no EVENT_IDX: see "notify").
@@ -82,7 +82,7 @@ patches it has too (like for like).
 
 Usage (root, from the repository root; one benchmark at a time)::
 
-    .venv/bin/python bench/callgrind.py [--baseline 705ace4] [--frames 20000]
+    .venv/bin/python -m bench.callgrind [--baseline 705ace4] [--frames 20000]
         [--phases quiet,notify] [--variants off,all] [--patch [baseline:]FILE[,FILE]]
         [--annotate take_headers,sg_copy]
 
@@ -112,13 +112,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from bench import loopback  # host_info, single_instance, GEN_MACS, VARIANTS
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
-for _p in (str(REPO), str(BENCH)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
-import loopback  # noqa: E402  (host_info, single_instance, GEN_MACS, VARIANTS)
 
 DEFAULT_FRAMES = 20000
 WARMUP = 64
@@ -930,8 +927,8 @@ class RunOutcome:
 
 def run_system(system: str, build: Build, variant: str, frames: int, phases: Sequence[str],
                workdir: Path, out: TextIO = sys.stdout) -> tuple[RunOutcome, dict[str, Attribution]]:
-    from tests.frontend import Feature as F
-    from tests.frontend import VhostUserFrontend, bits
+    from tests.harness.frontend import Feature as F
+    from tests.harness.frontend import VhostUserFrontend, bits
 
     t0 = time.monotonic()
     run_dir = Path(tempfile.mkdtemp(prefix=re.sub(r"[^\w.-]+", "_", system)[:40] + "-", dir=workdir))

@@ -2,7 +2,7 @@
 same guests through DPDK's vhost PMD (testpmd, io forwarding, tso=1), run
 alternately in one invocation.
 
-    .venv/bin/python bench/iperf.py [--pairs 3] [--seconds 10]
+    .venv/bin/python -m bench.iperf [--pairs 3] [--seconds 10]
 
 Guests run under TCG here (no usable KVM), so their CPUs are the bottleneck
 and the figure is a ratio between back-ends, not a line rate. Prints a table
@@ -16,16 +16,14 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from tests.guests import QemuGuest, build_image, default_cache_dir  # noqa: E402
-from tests.peers.testpmd import TestPmd, vhost_vdev  # noqa: E402
-from tests.switch import Vswitchd  # noqa: E402
+from tests.harness.guests import QemuGuest, build_image, default_cache_dir
+from tests.harness.peers.testpmd import TestPmd, vhost_vdev
+from tests.harness.switch import Vswitchd
 
 RESULTS = ROOT / "bench" / "results"
 

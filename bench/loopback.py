@@ -71,7 +71,7 @@ no frames is reported as an error ("no frames circulate"), not as 0 Mpps.
 Usage (root, from the repository root; never run two benchmarks at once --
 a lock file enforces it)::
 
-    .venv/bin/python bench/loopback.py [--pairs 5] [--configs 64x1,1518x1,64x2,1518x2]
+    .venv/bin/python -m bench.loopback [--pairs 5] [--configs 64x1,1518x1,64x2,1518x2]
         [--topology loop|oneway] [--seconds 10] [--warmup 5] [--only dpdk|vswitch|both]
         [--baseline cefd30a] [--variants off,policing,vlan,security,all]
 
@@ -102,10 +102,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from tests.peers.testpmd import (  # noqa: E402
+from tests.harness.peers.testpmd import (
     TestPmd,
     TestPmdError,
     testpmd_available,

@@ -2,7 +2,7 @@
 vhost PMD, the baseline (--baseline) and each vswitch variant side by side,
 and each vswitch system's ratio to the baseline (or, without one, to DPDK).
 
-    .venv/bin/python bench/plot.py [RESULT.json]     # default: the newest in bench/results
+    .venv/bin/python -m bench.plot [RESULT.json]     # default: the newest in bench/results
 
 Writes RESULT.png next to the JSON file and prints its path.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display: write files only
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -24,7 +24,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def newest() -> Path:
     files = sorted(RESULTS.glob("loopback-*.json"))
     if not files:
-        sys.exit(f"no results in {RESULTS}: run bench/loopback.py first")
+        sys.exit(f"no results in {RESULTS}: run python -m bench.loopback first")
     return files[-1]
 
 

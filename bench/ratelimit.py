@@ -1,10 +1,10 @@
 """Rate limits, measured: a guest limited to N Mbit/s, with TSO on, should
 measure N +- 5 % with iperf3 (issue 7).
 
-    .venv/bin/python bench/ratelimit.py [--rates 50,200,500] [--egress-rates 200]
+    .venv/bin/python -m bench.ratelimit [--rates 50,200,500] [--egress-rates 200]
         [--seconds 10] [--omit 2]
 
-Two QEMU guests (tests/guests, as bench/iperf.py) on one vswitchd: A on port
+Two QEMU guests (tests/harness/guests, as bench/iperf.py) on one vswitchd: A on port
 a, B on port b; iperf3 TCP from A to B. The guests boot once; each case
 rewrites the switch's config and applies it with `vswitchctl reload` (the
 policers change in place, the guests stay connected):
@@ -42,10 +42,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from tests.guests import QemuGuest, build_image, default_cache_dir  # noqa: E402
-from tests.switch import Vswitchd  # noqa: E402
+from tests.harness.guests import QemuGuest, build_image, default_cache_dir
+from tests.harness.switch import Vswitchd
 
 RESULTS = ROOT / "bench" / "results"
 TOLERANCE = 0.05  # the issue's figure: N +- 5 %

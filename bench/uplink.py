@@ -4,7 +4,7 @@ between a vhost port and a TAP (its net_tap PMD), interleaved in one run;
 plus the kernel's own ceiling: testpmd's net_tap PMD writing into a TAP as
 fast as it can (txonly) on the switch's CPU.
 
-    .venv/bin/python bench/uplink.py [--pairs 3] [--seconds 8] [--sizes 64,1514]
+    .venv/bin/python -m bench.uplink [--pairs 3] [--seconds 8] [--sizes 64,1514]
                                      [--systems dpdk,vswitch,vswitch-write]
 
 Systems: "dpdk" (testpmd: vhost PMD -> net_tap PMD, one writev per frame),
@@ -32,10 +32,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from tests.peers.testpmd import TestPmd, vhost_vdev, virtio_user_vdev  # noqa: E402
-from tests.switch import Vswitchd  # noqa: E402
+from tests.harness.peers.testpmd import TestPmd, vhost_vdev, virtio_user_vdev
+from tests.harness.switch import Vswitchd
 
 RESULTS = ROOT / "bench" / "results"
 SYSTEMS = ("dpdk", "vswitch", "vswitch-write")

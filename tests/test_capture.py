@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.linux.netns import NetNs, link_exists, wait_for
-from tests.switch import VENV_BIN, Vswitchd
-from tests.test_datapath import BCAST, MAC, connect, frame
+from tests.harness.guests import QemuGuest
+from tests.harness.linux.netns import NetNs, link_exists, wait_for
+from tests.harness.switch import VENV_BIN, Vswitchd
+from tests.harness.traffic import BCAST, MAC, connect, frame
 from vswitch.capture_client import _Conn
 
 VSWITCHCTL = str(VENV_BIN / "vswitchctl")
@@ -203,6 +203,7 @@ def test_duration_ends_the_capture_with_a_valid_file(switch2, tmp_path):
     assert switch2.port("a")["capture"] is None
 
 
+@pytest.mark.root
 def test_tap_port_capture_sees_what_the_kernel_gets_and_sends(tmp_path):
     """Both TAP hooks: an ARP request given to the kernel (out) and the
     kernel's reply read from the TAP (in)."""
@@ -245,8 +246,7 @@ BOOT_TIMEOUT = 240
 
 
 @pytest.fixture(scope="module")
-def guests(tmp_path_factory):
-    image = build_image(default_cache_dir())
+def guests(tmp_path_factory, image):
     work = tmp_path_factory.mktemp("capture")
     sw = Vswitchd(work / "switch", {name: {"type": "vhost-user", "mode": "server", "queues": 1}
                                     for name in ("a", "b")})
@@ -307,6 +307,7 @@ def wait_capture(sw: Vswitchd, running: bool, timeout: float = 10.0) -> dict:
         time.sleep(0.05)
 
 
+@pytest.mark.qemu
 def test_capture_of_a_ping_shows_requests_and_replies(guests, tmp_path):
     sw, a, b = guests
     a.ping(IP_B, count=2, interval=0.2)                   # ARP settled: the capture sees ICMP
@@ -328,6 +329,7 @@ def test_capture_of_a_ping_shows_requests_and_replies(guests, tmp_path):
     assert wait_capture(sw, running=False)["capture"] is None
 
 
+@pytest.mark.qemu
 def test_direction_in_to_stdout_through_tshark(guests, tmp_path):
     sw, a, b = guests
     pinger = Pinger(a, 30)
@@ -344,6 +346,7 @@ def test_direction_in_to_stdout_through_tshark(guests, tmp_path):
     assert r.loss_pct == 0, r
 
 
+@pytest.mark.qemu
 def test_killed_vswitchctl_ends_its_capture(guests, tmp_path):
     sw, a, b = guests
     proc = subprocess.Popen(vswitchctl(sw, "capture", "a", "-w", str(tmp_path / "k.pcap")),
@@ -360,6 +363,7 @@ def test_killed_vswitchctl_ends_its_capture(guests, tmp_path):
     assert r.loss_pct == 0, r
 
 
+@pytest.mark.qemu
 def test_second_capture_is_refused_and_sigint_leaves_a_valid_file(guests, tmp_path):
     sw, a, b = guests
     first_pcap = tmp_path / "first.pcap"
@@ -387,6 +391,7 @@ def test_second_capture_is_refused_and_sigint_leaves_a_valid_file(guests, tmp_pa
     assert wait_capture(sw, running=False)["capture"] is None
 
 
+@pytest.mark.qemu
 def test_capture_under_tcp_load_with_gso_frames(guests, tmp_path):
     """iperf3 a -> b while b's port is captured with a short snaplen: the
     stream goes on, TSO super-frames appear with their full length, and

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import time
 
-from tests.switch import VSWITCHD, Vswitchd
+from tests.harness.switch import VSWITCHD, Vswitchd
 
 VSWITCHCTL = VSWITCHD.replace("vswitchd", "vswitchctl")
 

@@ -1,7 +1,7 @@
 """The datapath against a front-end written in the tests: exact bytes, ring
 stop/resume, memory-table changes, call-fd swaps, and hostile guest rings.
 
-The front-end (tests/frontend) builds guest memory and split rings by hand, so
+The front-end (tests/harness/frontend) builds guest memory and split rings by hand, so
 it can do what QEMU and DPDK never do: corrupt descriptors on purpose. Each
 test runs its own vswitchd process.
 """
@@ -11,31 +11,17 @@ from __future__ import annotations
 import os
 import re
 import select
-import struct
 import time
 
 import pytest
 
-from tests.frontend import Feature as F
-from tests.frontend import GuestMemory, Hostile, RegionSpec, VhostUserFrontend, bits
-from tests.switch import Vswitchd
-
-MAC = {name: bytes([0x02, 0, 0, 0, 0, i + 1]) for i, name in enumerate(["a", "b", "c", "d"])}
-BCAST = b"\xff" * 6
-ETHERTYPE = b"\x88\xb5"      # IEEE local experimental
-
-FULL = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX)
-
-
-def frame(dst: str | bytes, src: str, seq: int, size: int = 64) -> bytes:
-    dst_mac = MAC[dst] if isinstance(dst, str) else dst
-    head = dst_mac + MAC[src] + ETHERTYPE + struct.pack("!I", seq)
-    body = bytes((seq + i) & 0xFF for i in range(max(0, size - len(head))))
-    return head + body
-
-
-def seq_of(f: bytes) -> int:
-    return struct.unpack("!I", f[14:18])[0]
+from tests.harness.frontend import Feature as F
+from tests.harness.frontend import GuestMemory, Hostile, RegionSpec, VhostUserFrontend, VirtioNetHdr, bits
+from tests.harness.packets import l4_ok, partial, tcp_frame
+from tests.harness.switch import Vswitchd
+from tests.harness.traffic import (
+    FULL, MAC, OFFLOADS_RX, OFFLOADS_TX, connect, exchange_by_name, frame, seq_of,
+)
 
 
 @pytest.fixture(params=[1, 2], ids=["workers1", "workers2"])
@@ -50,33 +36,6 @@ def switch1(tmp_path):
     ports = {name: {"type": "vhost-user", "queues": 2} for name in ("a", "b")}
     with Vswitchd(tmp_path, ports, workers=1) as sw:
         yield sw
-
-
-def connect(sw: Vswitchd, port: str, pairs: int = 1, features: int = FULL, rx_buffers: int = 128,
-            rx_buf_len: int = 2048, **kw):
-    fe = VhostUserFrontend(sw.socket(port))
-    dev = fe.setup_net_device(pairs, 256, features, **kw)
-    for q in range(pairs):
-        if rx_buffers:
-            dev.rx(q).post_rx(rx_buffers, rx_buf_len)
-    return dev
-
-
-def exchange(src, dst, src_name: str, dst_name: str, n: int = 8, q: int = 0, size: int = 200,
-             timeout: float = 10.0) -> None:
-    """Send n frames src->dst on queue q and check they arrive intact, in order."""
-    sent = [frame(dst_name, src_name, 1000 + i, size) for i in range(n)]
-    for f in sent:
-        src.tx(q).post_tx(f)
-    got: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < n and time.monotonic() < deadline:
-        for g in dst.rx(q).recv_frames(n - len(got), timeout=0.2):
-            dst.rx(q).post_rx(1, 2048)           # give the buffer back
-            # frames flooded before the FDB learned everyone may be waiting
-            if g.frame[6:12] == MAC[src_name]:
-                got.append(g.frame)
-    assert got == sent
 
 
 # --- exact delivery ------------------------------------------------------------------------
@@ -119,14 +78,14 @@ def test_two_regions_sharing_one_memfd_and_buffers_in_the_upper_one(switch1):
                                RegionSpec(4 << 30, 16 << 20, backing="ram")])
     a = connect(switch1, "a", mem=mem, buf_region=1)
     b = connect(switch1, "b")
-    exchange(a, b, "a", "b")
+    exchange_by_name(a, b, "a", "b")
 
 
 def test_eight_regions_work_and_nine_are_refused(switch1):
     mem8 = GuestMemory(regions=[RegionSpec(i << 28, 4 << 20) for i in range(8)])
     a = connect(switch1, "a", mem=mem8, buf_region=7)
     b = connect(switch1, "b")
-    exchange(a, b, "a", "b")
+    exchange_by_name(a, b, "a", "b")
     mem9 = GuestMemory(regions=[RegionSpec(i << 28, 4 << 20) for i in range(9)])
     fe = VhostUserFrontend(switch1.socket("a"))     # a second front-end is refused while a runs
     assert fe.wait_closed(10)
@@ -171,7 +130,7 @@ def test_get_vring_base_round_trip_loses_and_duplicates_nothing(switch1):
 def test_call_fd_swapped_while_traffic_flows(switch1):
     a = connect(switch1, "a")
     b = connect(switch1, "b", features=bits(F.VERSION_1, F.MRG_RXBUF), rx_buffers=256)
-    exchange(a, b, "a", "b")
+    exchange_by_name(a, b, "a", "b")
     new_call = os.eventfd(0, os.EFD_NONBLOCK)
     old_call = b.rx(0).call_fd
     b.frontend.set_vring_call(b.rx(0).index, new_call)
@@ -195,10 +154,10 @@ def test_mem_table_resent_while_rings_run(switch1):
     a = connect(switch1, "a")
     b = connect(switch1, "b", rx_buffers=256)
     for i in range(5):
-        exchange(a, b, "a", "b", n=4)
+        exchange_by_name(a, b, "a", "b", n=4)
         assert a.frontend.set_mem_table(a.mem, need_reply=True) == 0
         assert b.frontend.set_mem_table(b.mem, need_reply=True) == 0
-    exchange(a, b, "a", "b", n=4)
+    exchange_by_name(a, b, "a", "b", n=4)
     assert switch1.port("a")["connections"] == 1
 
 
@@ -233,8 +192,8 @@ def test_hostile_tx_chains_are_dropped_counted_and_cost_nobody_else(switch):
     b = connect(switch, "b", rx_buffers=256)
     c = connect(switch, "c", rx_buffers=256)
     d = connect(switch, "d", rx_buffers=256)
-    exchange(c, d, "c", "d")
-    exchange(d, c, "d", "c")
+    exchange_by_name(c, d, "c", "d")
+    exchange_by_name(d, c, "d", "c")
     fds = switch.fd_count()
     for recipe, reasons in HOSTILE_TX:
         before = switch.drops("a")
@@ -247,8 +206,8 @@ def test_hostile_tx_chains_are_dropped_counted_and_cost_nobody_else(switch):
         assert grew and grew <= reasons, (recipe, before, after)
         assert sum(after.values()) == sum(before.values()) + 1, recipe
         # the guilty ring still works, and the healthy pair never noticed
-        exchange(a, b, "a", "b", n=2)
-        exchange(c, d, "c", "d", n=2)
+        exchange_by_name(a, b, "a", "b", n=2)
+        exchange_by_name(c, d, "c", "d", n=2)
     assert a.frontend.connected() and switch.alive()
     assert switch.drops("c") == {} and switch.drops("d") == {}
     assert switch.fd_count() <= fds
@@ -280,14 +239,14 @@ def test_wild_avail_index_breaks_only_that_ring_until_reset(switch):
                             what="tx ring 0 marked broken")
     assert "avail index jumped" in port["last_error"]
     assert port["queues"][0]["tx"]["drops"] == {"ring_broken": 1}
-    exchange(c, d, "c", "d")                      # others keep forwarding
+    exchange_by_name(c, d, "c", "d")                      # others keep forwarding
     assert a.frontend.connected()
     # RESET_DEVICE brings the port back without a reconnect
     a.frontend.reset_device()
     a2 = a.frontend.setup_net_device(1, 256, FULL)
     a2.rx(0).post_rx(64, 2048)
     switch.wait_port("a", lambda p: not p["queues"][0]["tx"]["broken"], timeout=10, what="ring reset")
-    exchange(a2, b, "a", "b")
+    exchange_by_name(a2, b, "a", "b")
     assert switch.port("a")["connections"] == 1
 
 
@@ -302,11 +261,6 @@ def test_vring_index_beyond_configured_queues_closes_the_connection(switch1):
 
 # --- offloads ----------------------------------------------------------------------------------
 
-from tests.frontend import VirtioNetHdr  # noqa: E402
-from tests.unit.test_offload import l4_ok, partial, tcp_frame  # noqa: E402
-
-OFFLOADS_TX = bits(F.CSUM, F.HOST_TSO4, F.HOST_TSO6)
-OFFLOADS_RX = bits(F.GUEST_CSUM, F.GUEST_TSO4, F.GUEST_TSO6)
 L3, L4 = 14, 34                      # untagged IPv4 without options
 
 

@@ -17,10 +17,10 @@ import time
 
 import pytest
 
-from tests.frontend import VhostUserFrontend
-from tests.frontend.vhost_frontend import PeerClosed
-from tests.switch import Vswitchd
-from tests.test_datapath import FULL, MAC, exchange, frame
+from tests.harness.frontend import VhostUserFrontend
+from tests.harness.frontend.vhost_frontend import PeerClosed
+from tests.harness.switch import Vswitchd
+from tests.harness.traffic import FULL, MAC, exchange_by_name, frame
 
 PAGE = 4096
 VRING_F_LOG = 1
@@ -79,7 +79,7 @@ def test_every_page_the_switch_writes_is_marked_and_nothing_else(pair):
     log = DirtyLog(16 << 20)
     try:
         b.rx(0).post_rx(8, 2048)
-        exchange(a, b, "a", "b", n=2)              # FDB learned; logging still off
+        exchange_by_name(a, b, "a", "b", n=2)              # FDB learned; logging still off
         assert log.pages() == set()
         assert "VHOST_F_LOG_ALL" not in sw.port("b")["features"]
         start_logging(fb, b, log, b.features)
@@ -120,7 +120,7 @@ def test_every_page_the_switch_writes_is_marked_and_nothing_else(pair):
         assert not (unwritten - written - used) & marked, sorted((unwritten - written - used) & marked)
         # TX: completing b's transmit buffers writes b's TX used ring
         log.clear()
-        exchange(b, a, "b", "a", n=3)
+        exchange_by_name(b, a, "b", "a", n=3)
         # the switch returns TX buffers just after delivering their frames
         deadline = time.monotonic() + 5
         while not pages_of(tx.used_gpa, 4 + 8 * tx.num + 2) & log.pages():
@@ -137,13 +137,13 @@ def test_logging_stops_when_log_all_is_cleared(pair):
     try:
         start_logging(fb, b, log, b.features)
         b.rx(0).post_rx(8, 2048)
-        exchange(a, b, "a", "b", n=2)
+        exchange_by_name(a, b, "a", "b", n=2)
         assert log.pages()
         fb.set_features(b.features, need_reply=True)     # migration cancelled
         for ring in b.rings:
             fb.set_vring_addr_of(ring, need_reply=True)
         log.clear()
-        exchange(a, b, "a", "b", n=4)
+        exchange_by_name(a, b, "a", "b", n=4)
         assert log.pages() == set()
     finally:
         log.close()
@@ -169,7 +169,7 @@ def test_send_rarp_broadcasts_from_the_guest_and_moves_its_fdb_entry(pair):
     sw, fb, a, b = pair
     moved = bytes.fromhex("52540000ab01")
     b.rx(0).post_rx(8, 2048)
-    exchange(a, b, "a", "b", n=1)
+    exchange_by_name(a, b, "a", "b", n=1)
     fa_mac = MAC["a"]
     # the MAC is on port a's side first: a sends with it as source
     a.tx(0).post_tx(frame("b", "a", 1)[:6] + moved + frame("b", "a", 1)[12:])

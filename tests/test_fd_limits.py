@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from tests.switch import VENV_BIN, Vswitchd
+from tests.harness.switch import VENV_BIN, Vswitchd
 from vswitch.config import load_config
 from vswitch.limits import fd_budget
 

@@ -1,5 +1,5 @@
 """The FDB through a running vswitchd: frames from our test front-end
-(tests/frontend), the table as `vswitchctl fdb show` prints it, flushes,
+(tests/harness/frontend), the table as `vswitchctl fdb show` prints it, flushes,
 per-port caps, aging and static entries from the config (issue 7, item 5).
 
 The table's own corner cases (VLAN keys, counts, clock wrap, slot reuse over
@@ -14,11 +14,9 @@ import time
 
 import pytest
 
-from tests.frontend import Feature as F
-from tests.frontend import VhostUserFrontend, bits
-from tests.switch import VENV_BIN, Vswitchd
+from tests.harness import traffic
+from tests.harness.switch import VENV_BIN, Vswitchd
 
-FULL = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX)
 BCAST = "ff:ff:ff:ff:ff:ff"
 MAC_A, MAC_B, MAC_C = "02:00:00:00:0a:01", "02:00:00:00:0b:01", "02:00:00:00:0c:01"
 STATIC = "02:00:00:00:5c:01"          # fdb.static: pinned to port c
@@ -62,10 +60,7 @@ def make_switch(tmp_path):
 
 
 def connect(sw: Vswitchd, port: str):
-    dev = VhostUserFrontend(sw.socket(port)).setup_net_device(1, 256, FULL)
-    dev.rx(0).post_rx(200, 2048)
-    sw.wait_port(port, lambda p: p["queues_enabled"] == 1, timeout=30, what="enabled")
-    return dev
+    return traffic.connect(sw, port, rx_buffers=200, wait=True)
 
 
 def send(dev, frames: list[bytes]) -> None:
@@ -217,6 +212,7 @@ def test_learned_entries_age_out_and_static_ones_stay(make_switch):
     assert stats["aged"] >= 1 and sw.port("a")["fdb"]["learned"] == 0
 
 
+@pytest.mark.slow
 def test_traffic_keeps_an_entry_alive(make_switch):
     sw = make_switch(aging=2)
     a = connect(sw, "a")

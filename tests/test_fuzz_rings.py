@@ -2,7 +2,7 @@
 translation CVE-2020-10725, tiny chains CVE-2022-2132, loops, index truncation).
 
 One daemon for the module, three ports with static MACs: a healthy pair a<->b
-and a hostile guest h driven by tests/frontend. For each hypothesis example h
+and a hostile guest h driven by tests/harness/frontend. For each hypothesis example h
 is reset (RESET_DEVICE + a fresh start sequence) and then
 * its TX ring gets random chains: descriptors with addresses at, across and
   beyond region edges and 2**64, lengths 0..2**32-1, random flags and next
@@ -17,7 +17,7 @@ directions. At the end the daemon's fd count (/proc/<pid>/fd) and VmRSS have
 not grown beyond a small bound.
 
 About half the TX and RX phases also run a concurrent writer
-(tests/helpers/racer.c, a second vCPU of h, in C) while the switch works on
+(tests/harness/racer.c, a second vCPU of h, in C) while the switch works on
 h's rings: random stores or bit blinks over h's descriptor tables, avail
 ring entries, used rings and buffers, a descriptor field flipping between
 its value and a hostile one, or avail->idx flipping to a wild value - what
@@ -37,10 +37,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.frontend import Desc, Hostile, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
-from tests.helpers.racer import Racer, bits, flip, rand
-from tests.switch import Vswitchd
-from tests.test_datapath import FULL, MAC, connect, exchange
+from tests.harness.frontend import Desc, Hostile, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+from tests.harness.racer import Racer, bits, flip, rand
+from tests.harness.switch import Vswitchd
+from tests.harness.traffic import FULL, MAC, connect, exchange_by_name
 
 H_MAC = bytes([0x02, 0, 0, 0, 0, 0x10])
 MACS = {"a": MAC["a"], "b": MAC["b"], "h": H_MAC}
@@ -87,8 +87,8 @@ def rig(tmp_path_factory):
         a = connect(sw, "a", rx_buffers=256)
         b = connect(sw, "b", rx_buffers=256)
         h = Hostile_port(sw)
-        exchange(a, b, "a", "b")
-        exchange(b, a, "b", "a")
+        exchange_by_name(a, b, "a", "b")
+        exchange_by_name(b, a, "b", "a")
         # warm up (first connection allocates), then take the baseline
         h.reset()
         time.sleep(0.2)
@@ -227,6 +227,7 @@ def drain_foreign(dev, timeout: float = 0.05) -> list[bytes]:
 
 # No shrinking: each example costs a device reset on a live daemon; the
 # failure report prints every draw, which is enough to replay it.
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck),
           phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(st.data())
@@ -344,7 +345,7 @@ def test_random_tx_and_rx_rings_cost_nobody_else(rig, data):
     for peer in (a, b):
         foreign = [f[:14].hex() for f in drain_foreign(peer) if f[6:12] not in (MAC["a"], MAC["b"], H_MAC)]
         assert not foreign, f"frames from h with another source reached a peer: {foreign[:5]}"
-    exchange(a, b, "a", "b", n=3)
-    exchange(b, a, "b", "a", n=3)
+    exchange_by_name(a, b, "a", "b", n=3)
+    exchange_by_name(b, a, "b", "a", n=3)
     assert set(sw.drops("a")) <= {"no_rx_queue"}      # only frames a sent to h, counted above
     assert sw.drops("b") == {}

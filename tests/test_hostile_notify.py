@@ -26,10 +26,11 @@ import time
 
 import pytest
 
-from tests.frontend import Feature as F
-from tests.frontend import VhostUserError, VhostUserFrontend, bits
-from tests.helpers.traffic import exchange, healthy_delivery, wait_until
-from tests.switch import Vswitchd
+from tests.harness import traffic
+from tests.harness.frontend import Feature as F
+from tests.harness.frontend import VhostUserError, VhostUserFrontend, bits
+from tests.harness.switch import Vswitchd
+from tests.harness.traffic import exchange, healthy_delivery, wait_until
 
 # No EVENT_IDX: the attacker asks for an interrupt after every used entry.
 NO_EVENT_IDX = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC)
@@ -52,13 +53,8 @@ def sw(request, tmp_path_factory):
         yield sw
 
 
-def connect(sw: Vswitchd, port: str, features: int = NO_EVENT_IDX, rx_buffers: int = 128):
-    dev = VhostUserFrontend(sw.socket(port)).setup_net_device(1, 256, features)
-    if rx_buffers:
-        dev.rx(0).post_rx(rx_buffers, 2048)
-    sw.wait_port(port, lambda p: p["state"] == "connected" and p["queues_enabled"] == 1,
-                 timeout=30, what=f"{port} connected")
-    return dev
+def connect(sw: Vswitchd, port: str, features: int | None = NO_EVENT_IDX, rx_buffers: int = 128):
+    return traffic.connect(sw, port, features=features, rx_buffers=rx_buffers, wait=True)
 
 
 def bad_drain(fd: int) -> None:
@@ -130,6 +126,7 @@ def recovers(sw: Vswitchd) -> None:
         peer.close()
 
 
+@pytest.mark.dpdk
 def test_blocked_call_and_err_eventfds_cost_only_their_port(sw):
     bad = connect(sw, "bad")
     try:
@@ -185,6 +182,7 @@ def _toggle_nonblock(fds: list[int], seconds: float) -> None:
                     pass            # a notification came in between
 
 
+@pytest.mark.dpdk
 def test_call_eventfd_whose_o_nonblock_flips_costs_only_its_port(sw):
     """The counter full and O_NONBLOCK flipping under the switch: no check
     of the flag before a write can be trusted; workers never write inline."""
@@ -211,6 +209,7 @@ def test_call_eventfd_whose_o_nonblock_flips_costs_only_its_port(sw):
     assert sw.alive()
 
 
+@pytest.mark.dpdk
 def test_full_pipe_as_call_fd_costs_only_its_port(sw):
     """A full, blocking pipe handed over as the call fds. Not an eventfd: a
     switch that checks fd kinds refuses it (the connection ends); one that
@@ -237,6 +236,7 @@ def test_full_pipe_as_call_fd_costs_only_its_port(sw):
     assert sw.alive()
 
 
+@pytest.mark.slow
 def test_a_worker_that_misses_the_quiescence_wait_costs_the_port_a_delay_only(sw):
     """A worker that does not finish its round (a bug; here the debug stall
     hook, 8 s) while a front-end leaves: the wait for it gives up on the

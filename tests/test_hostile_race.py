@@ -2,7 +2,7 @@
 
 A hostile guest controls every byte of its memory at every moment: a value
 the switch reads twice can differ between the reads, because a second vCPU
-rewrites it. Here that second vCPU is tests/helpers/racer.c, a C process
+rewrites it. Here that second vCPU is tests/harness/racer.c, a C process
 that maps the attacker's guest memory and, as fast as the CPU allows, flips
 in each of its TX buffers
 
@@ -49,14 +49,17 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.frontend import VhostUserFrontend
-from tests.helpers.racer import Racer, flip
-from tests.linux.netns import NetNs, link_exists, wait_for
-from tests.switch import Vswitchd
-from tests.test_datapath import FULL
+from tests.harness.frontend import VhostUserFrontend
+from tests.harness.linux.netns import NetNs, link_exists, wait_for
+from tests.harness.racer import Racer, flip
+from tests.harness.switch import Vswitchd
+from tests.harness.traffic import FULL
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
-                                reason="needs root (TAP, network namespace) and /dev/net/tun")
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
+                       reason="needs root (TAP, network namespace) and /dev/net/tun"),
+]
 
 FRAMES = 100_000
 NBUF = 128                   # the attacker's TX buffers, all of them raced the whole time

@@ -4,7 +4,7 @@ Whoever can connect to a port socket controls every byte of its messages
 and every fd it passes. One vswitchd for the module, with short limits; each
 attack is run against one port, many times over, and afterwards the daemon
 holds exactly the fds and the guest memory mappings it held before, and a
-well-behaved front-end (tests/frontend) connects and its frames cross:
+well-behaved front-end (tests/harness/frontend) connects and its frames cross:
 
 * kick, call and err fds that are not eventfds (an O_PATH fd, a pipe, a
   regular file, a socket, another anonymous inode) are refused when they
@@ -33,10 +33,11 @@ import time
 
 import pytest
 
-from tests.frontend import Feature as F
-from tests.frontend import GuestMemory, ProtocolFeature as PF, VhostMemRegion, VhostUserFrontend, bits
-from tests.helpers.traffic import exchange, wait_until
-from tests.switch import VENV_BIN, Vswitchd
+from tests.harness import traffic
+from tests.harness.frontend import Feature as F
+from tests.harness.frontend import GuestMemory, ProtocolFeature as PF, VhostMemRegion, VhostUserFrontend, bits
+from tests.harness.switch import VENV_BIN, Vswitchd
+from tests.harness.traffic import exchange, wait_until
 
 FULL = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX)
 GiB, MiB, TiB = 1 << 30, 1 << 20, 1 << 40
@@ -124,11 +125,7 @@ MAC = {"one": b"\x02\x00\x00\x00\x0d\x01", "two": b"\x02\x00\x00\x00\x0d\x02"}
 
 
 def connect(sw: Vswitchd, port: str, mem: GuestMemory | None = None):
-    dev = VhostUserFrontend(sw.socket(port)).setup_net_device(1, 256, FULL, mem=mem)
-    dev.rx(0).post_rx(128, 2048)
-    sw.wait_port(port, lambda p: p["state"] == "connected" and p["queues_enabled"] == 1,
-                 timeout=30, what="connected")
-    return dev
+    return traffic.connect(sw, port, rx_buffers=128, wait=True, mem=mem)
 
 
 def assert_port_forwards(sw: Vswitchd, port: str, mem: GuestMemory | None = None) -> None:
@@ -523,6 +520,7 @@ def test_a_message_trickling_in_byte_by_byte_ends_its_connection(sw, baseline):
     assert_back_to_baseline(sw, *baseline)
 
 
+@pytest.mark.slow
 def test_a_guest_idle_between_messages_keeps_its_connection(sw, baseline):
     """QEMU started with -S or -incoming says nothing for as long as it
     likes between two messages: that is never a timeout."""

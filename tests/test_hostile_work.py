@@ -27,10 +27,11 @@ import time
 
 import pytest
 
-from tests.frontend import Desc, Feature as F
-from tests.frontend import Hostile, VirtioNetHdr, VhostUserFrontend, bits
-from tests.switch import Vswitchd
-from tests.unit.test_offload import partial, tcp_frame
+from tests.harness import traffic
+from tests.harness.frontend import Desc, Feature as F
+from tests.harness.frontend import Hostile, VirtioNetHdr, VhostUserFrontend, bits
+from tests.harness.packets import partial, tcp_frame
+from tests.harness.switch import Vswitchd
 
 FULL = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX)
 TSO_TX = bits(F.CSUM, F.HOST_TSO4)
@@ -59,15 +60,12 @@ def sw(tmp_path_factory):
 
 
 def connect(sw: Vswitchd, port: str, features: int = FULL, rx_buffers: int = 0, ring: int = 256):
-    dev = VhostUserFrontend(sw.socket(port)).setup_net_device(1, ring, features)
-    if rx_buffers:
-        dev.rx(0).post_rx(rx_buffers, 2048)
-    sw.wait_port(port, lambda p: p["state"] == "connected" and p["queues_enabled"] == 1,
-                 timeout=30, what=f"{port} connected")
-    return dev
+    return traffic.connect(sw, port, features=features, rx_buffers=rx_buffers, ring=ring, wait=True)
 
 
 def frame(dst: str, src: str, seq: int = 0) -> bytes:
+    """Zeros after the sequence number, without a Python loop: round_trips
+    builds frames inside the time it measures."""
     return MAC[dst] + MAC[src] + b"\x88\xb5" + struct.pack("!I", seq) + bytes(46)
 
 
@@ -186,6 +184,7 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98] if len(values) >= 100 else max(values)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", list(ATTACKS))
 def test_attack_on_one_port_costs_the_others_no_latency(sw, attack):
     h1, h2 = connect(sw, "h1", rx_buffers=128), connect(sw, "h2", rx_buffers=128)

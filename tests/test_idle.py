@@ -10,8 +10,10 @@ import time
 
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.switch import Vswitchd
+from tests.harness.guests import QemuGuest
+from tests.harness.switch import Vswitchd
+
+pytestmark = pytest.mark.qemu
 
 BOOT_TIMEOUT = 240
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -22,11 +24,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-@pytest.fixture(scope="module")
-def image():
-    return build_image(default_cache_dir())
 
 
 @pytest.mark.parametrize("mode", ["event", "adaptive", "poll"])

@@ -24,12 +24,11 @@ import time
 
 import pytest
 
-from tests.frontend import Feature as F
-from tests.frontend import GuestMemory, RegionSpec, VhostUserFrontend, bits
-from tests.helpers.traffic import healthy_delivery, wait_until
-from tests.switch import Vswitchd
+from tests.harness import traffic
+from tests.harness.frontend import GuestMemory, RegionSpec
+from tests.harness.switch import Vswitchd
+from tests.harness.traffic import healthy_delivery, wait_until
 
-FULL = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX)
 PORTS = ("in", "out", "shrink", "watch")
 UNKNOWN_DST = "02:00:00:00:99:99"
 SHRINK_MAC, WATCH_MAC = b"\x02\x00\x00\x00\x0b\x01", b"\x02\x00\x00\x00\x0b\x02"
@@ -48,13 +47,7 @@ def connect(sw: Vswitchd, port: str, rx_buffers: int = 0):
     """A front-end whose rings live in one memfd and whose buffers in another,
     so the test can take the buffers away and keep reading its rings."""
     mem = GuestMemory(regions=[RegionSpec(RING_GPA, REGION), RegionSpec(BUF_GPA, REGION)])
-    dev = VhostUserFrontend(sw.socket(port)).setup_net_device(
-        1, 256, FULL, mem=mem, ring_region=0, buf_region=1)
-    if rx_buffers:
-        dev.rx(0).post_rx(rx_buffers, 2048)
-    sw.wait_port(port, lambda p: p["state"] == "connected" and p["queues_enabled"] == 1,
-                 timeout=30, what="connected")
-    return dev
+    return traffic.connect(sw, port, rx_buffers=rx_buffers, wait=True, mem=mem, ring_region=0, buf_region=1)
 
 
 def frames(n: int, dst: bytes, src: bytes) -> list[bytes]:
@@ -118,6 +111,7 @@ def watch(sw):
     sw.wait_port("watch", lambda p: p["state"] == "listening", timeout=30, what="closed")
 
 
+@pytest.mark.dpdk
 def test_tx_frames_in_vanished_memory_go_nowhere(sw, watch):
     before = sw.port("shrink")
     dev = connect(sw, "shrink")
@@ -145,6 +139,7 @@ def test_tx_frames_in_vanished_memory_go_nowhere(sw, watch):
     healthy_delivery(sw, "after-tx-fault", 2000)
 
 
+@pytest.mark.dpdk
 def test_rx_buffers_in_vanished_memory_cost_the_flood_nothing(sw, watch):
     before = sw.port("shrink")
     dev = connect(sw, "shrink", rx_buffers=128)
@@ -160,6 +155,7 @@ def test_rx_buffers_in_vanished_memory_cost_the_flood_nothing(sw, watch):
     assert_port_works_again(sw, watch)
 
 
+@pytest.mark.dpdk
 def test_rings_in_vanished_memory(sw, watch):
     before = sw.port("shrink")
     dev = connect(sw, "shrink", rx_buffers=16)

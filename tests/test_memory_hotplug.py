@@ -18,8 +18,10 @@ import time
 
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.switch import Vswitchd
+from tests.harness.guests import QemuGuest
+from tests.harness.switch import Vswitchd
+
+pytestmark = pytest.mark.qemu
 
 BOOT_TIMEOUT = 240
 IP_P = "10.0.5.100"
@@ -28,8 +30,7 @@ GUESTS = {"slots": ("10.0.5.1", "52:54:00:00:05:01", True),
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory):
-    image = build_image(default_cache_dir())
+def rig(tmp_path_factory, image):
     work = tmp_path_factory.mktemp("hotplug")
     ports = {name: {"type": "vhost-user", "memory_slots": slots} for name, (_, _, slots) in GUESTS.items()}
     ports["peer"] = {"type": "vhost-user"}

@@ -2,7 +2,7 @@
 with prometheus_client's parser: every counter must move when its event
 happens. In particular every drop reason the datapath knows (DROP_REASONS)
 has a recipe here that produces it - with our hostile front-end
-(tests/frontend), a disabled or broken ring, a port MTU, or a TAP whose link
+(tests/harness/frontend), a disabled or broken ring, a port MTU, or a TAP whose link
 is down - and the labelled counter (port, direction, reason) must move: a
 drop counter nobody can move is a defect.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import struct
 import subprocess
 import time
 import urllib.error
@@ -25,9 +24,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.frontend import Desc, Hostile, VhostUserFrontend, VirtioNetHdr, bits
-from tests.frontend import Feature as F
-from tests.switch import Vswitchd
+from tests.harness import traffic
+from tests.harness.frontend import Desc, Hostile, VhostUserFrontend, VirtioNetHdr, bits
+from tests.harness.frontend import Feature as F
+from tests.harness.switch import Vswitchd
 import vswitch
 from vswitch._datapath import DROP_REASONS
 from vswitch.cli import request
@@ -35,7 +35,6 @@ from vswitch.cli import request
 FULL = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX)
 MAC = {name: bytes([0x02, 0, 0, 0, 0x4D, i + 1]) for i, name in enumerate(["a", "b", "c", "m", "x", "p", "q"])}
 BCAST = b"\xff" * 6
-ETHERTYPE = b"\x88\xb5"
 HAVE_TUN = os.path.exists("/dev/net/tun") and os.geteuid() == 0
 TAP_IFNAME = f"vsm{os.getpid() % 100000}"
 # The VXLAN port "v" listens on loopback. Its remotes are 127.0.0.2 (a local
@@ -46,10 +45,7 @@ VXLAN_REMOTE, VXLAN_UNREACHABLE, VXLAN_VNI = "127.0.0.2", "198.51.100.254", 7
 
 
 def frame(dst: str | bytes, src: str | bytes, seq: int = 0, size: int = 64) -> bytes:
-    dst_mac = MAC[dst] if isinstance(dst, str) else dst
-    src_mac = MAC[src] if isinstance(src, str) else src
-    head = dst_mac + src_mac + ETHERTYPE + struct.pack("!I", seq)
-    return head + bytes((seq + i) & 0xFF for i in range(max(0, size - len(head))))
+    return traffic.frame(dst, src, seq, size, macs=MAC)
 
 
 def free_udp_port() -> int:

@@ -16,8 +16,10 @@ import time
 
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.switch import Vswitchd
+from tests.harness.guests import QemuGuest
+from tests.harness.switch import Vswitchd
+
+pytestmark = pytest.mark.qemu
 
 BOOT_TIMEOUT = 240
 IP_M, IP_P = "10.0.4.1", "10.0.4.2"
@@ -29,11 +31,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def image():
-    return build_image(default_cache_dir())
 
 
 @pytest.mark.parametrize("announce", ["guest_announce", "send_rarp"])

@@ -8,12 +8,12 @@ to take (pass-through, software checksum, software segmentation) moved.
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.switch import Vswitchd
+from tests.harness.guests import QemuGuest
+from tests.harness.switch import Vswitchd
+
+pytestmark = pytest.mark.qemu
 
 BOOT_TIMEOUT = 240
 OFF = "off"
@@ -30,11 +30,6 @@ COMBINATIONS = {
     "sender-without-tx-offloads": (TX_OFFLOADS_OFF, {}, None),
 }
 PATHS = ("gso_passthrough", "csum_passthrough", "sw_csum", "sw_gso")
-
-
-@pytest.fixture(scope="module")
-def image():
-    return build_image(default_cache_dir())
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 One vswitchd for the module. DPDK testpmd's virtio-user is the healthy pair
 ("in" -> "out", every frame checked byte for byte); the front-end written in
-the tests (tests/frontend) plays the guests that misbehave:
+the tests (tests/harness/frontend) plays the guests that misbehave:
 
 * a guest that never posts RX buffers: every frame flooded to it is dropped
   and counted (exact count), and the healthy pair loses nothing;
@@ -30,14 +30,13 @@ import time
 
 import pytest
 
-from tests.frontend import Feature as F
-from tests.frontend import Hostile, VhostUserFrontend, bits
-from tests.peers.testpmd import verify_delivery, virtio_user_vdev
-from tests.helpers.traffic import exchange, healthy_delivery, wait_until
-from tests.switch import Vswitchd
+from tests.harness import traffic
+from tests.harness.frontend import Hostile
+from tests.harness.peers.testpmd import verify_delivery, virtio_user_vdev
+from tests.harness.switch import Vswitchd
+from tests.harness.traffic import exchange, healthy_delivery, wait_until
 from vswitch.cli import request
 
-FULL = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC, F.EVENT_IDX)
 PORTS = ("in", "out", "starve", "one", "two", "junk")
 # testpmd's frames go to a MAC nobody has: the switch floods them to every
 # other connected port.
@@ -60,14 +59,10 @@ def log_lines(sw: Vswitchd) -> int:
 
 
 def connect(sw: Vswitchd, port: str, rx_buffers: int):
-    dev = VhostUserFrontend(sw.socket(port)).setup_net_device(1, 256, FULL)
-    if rx_buffers:
-        dev.rx(0).post_rx(rx_buffers, 2048)
-    sw.wait_port(port, lambda p: p["state"] == "connected" and p["queues_enabled"] == 1,
-                 timeout=30, what="connected")
-    return dev
+    return traffic.connect(sw, port, rx_buffers=rx_buffers, wait=True)
 
 
+@pytest.mark.dpdk
 def test_guest_without_rx_buffers_costs_the_healthy_pair_nothing(sw):
     starving = connect(sw, "starve", rx_buffers=0)
     try:
@@ -249,6 +244,7 @@ BAD_YAML = [
 ]
 
 
+@pytest.mark.dpdk
 def test_yaml_syntax_errors_on_reload_change_nothing_while_frames_flow(sw):
     good = sw.config_path.read_text()
     before = sw.ctl("show")

@@ -27,8 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.switch import Vswitchd
+from tests.harness.guests import QemuGuest
+from tests.harness.switch import Vswitchd
+
+pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "vswitchd.service"
@@ -134,9 +136,9 @@ def test_vhost_socket_refuses_a_user_outside_its_group(switch):
     assert sw.port("vm")["connections"] == 0
 
 
-def test_qemu_as_an_unprivileged_member_of_the_socket_group_connects(switch):
+@pytest.mark.qemu
+def test_qemu_as_an_unprivileged_member_of_the_socket_group_connects(switch, image):
     sw, base = switch
-    image = build_image(default_cache_dir())
     guest = QemuGuest("perm", image, sw.socket("vm"), server=False, ip="10.0.9.1/24",
                       workdir=base / "guest", run_as="vswqemu")
     guest.start()

@@ -11,21 +11,11 @@ import time
 
 import pytest
 
-from tests.frontend import VirtioNetHdr
-from tests.test_datapath import ETHERTYPE, FULL, OFFLOADS_RX, OFFLOADS_TX
-from tests.test_datapath import connect as _connect
-from tests.unit.test_offload import l4_ok, partial, tcp_frame
-from tests.switch import Vswitchd
-
-BCAST = b"\xff" * 6
-MAC = {name: bytes([0x02, 0, 0, 0, 0, i + 1])
-       for i, name in enumerate(["a", "b", "c", "d", "e", "f", "mon", "acc", "trk"])}
-
-
-def frame(dst: str | bytes, src: str, seq: int, size: int = 64) -> bytes:
-    dst_mac = MAC[dst] if isinstance(dst, str) else dst
-    head = dst_mac + MAC[src] + ETHERTYPE + struct.pack("!I", seq)
-    return head + bytes((seq + i) & 0xFF for i in range(max(0, size - len(head))))
+from tests.harness import traffic
+from tests.harness.frontend import VirtioNetHdr
+from tests.harness.packets import partial, tcp_frame
+from tests.harness.switch import Vswitchd
+from tests.harness.traffic import BCAST, FULL, MAC, OFFLOADS_RX, OFFLOADS_TX, frame
 
 
 def addressed(f: bytes, dst: str, src: str) -> bytes:
@@ -38,7 +28,7 @@ _open_devices: list = []
 def connect(sw: Vswitchd, name: str, **kw):
     """A started test device on port `name`, closed after the test: six per
     test would otherwise pile up fds (select() cannot take fds >= 1024)."""
-    dev = _connect(sw, name, **kw)
+    dev = traffic.connect(sw, name, **kw)
     _open_devices.append(dev)
     return dev
 
@@ -94,6 +84,7 @@ def vlans(tmp_path):
         yield sw, devs
 
 
+@pytest.mark.slow
 def test_access_ports_switch_untagged_within_their_vlan_only(vlans):
     sw, dev = vlans
     f = frame(BCAST, "a", 1, 100)
@@ -128,6 +119,7 @@ def test_a_priority_tag_around_another_tag_does_not_hop_vlans(vlans):
     assert drain(dev["b"]) == [f]
 
 
+@pytest.mark.slow
 def test_trunk_tags_select_the_vlan_and_are_popped_for_access_ports(vlans):
     sw, dev = vlans
     f = frame(BCAST, "d", 3, 200)
@@ -147,6 +139,7 @@ def test_trunk_tags_select_the_vlan_and_are_popped_for_access_ports(vlans):
     assert sw.drops("a") == {"vlan_filtered": 1}
 
 
+@pytest.mark.slow
 def test_native_vlan_untagged_on_the_trunk_and_tag_rewritten_nowhere(vlans):
     sw, dev = vlans
     f = frame(BCAST, "e", 5, 64)
@@ -208,6 +201,7 @@ def test_port_security_drops_other_sources_and_keeps_the_fdb_clean(tmp_path):
         assert [e["port"] for e in sw.ctl("fdb show") if e["mac"] == MAC["b"].hex(":")] == ["b"]
 
 
+@pytest.mark.slow
 def test_storm_control_caps_floods_but_not_known_unicast(tmp_path):
     ports = {"a": {"type": "vhost-user", "storm_control": {"broadcast": 50, "unknown_unicast": 50}},
              "b": {"type": "vhost-user"}}

@@ -7,22 +7,16 @@ socket roles carry real traffic. The guests are booted once for the module.
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.switch import Vswitchd
+from tests.harness.guests import QemuGuest
+from tests.harness.switch import Vswitchd
+
+pytestmark = pytest.mark.qemu
 
 IP_A, IP_B = "10.0.0.1", "10.0.0.2"
 MAC_A, MAC_B = "52:54:00:00:00:0a", "52:54:00:00:00:0b"
 BOOT_TIMEOUT = 240
-
-
-@pytest.fixture(scope="module")
-def image():
-    return build_image(default_cache_dir())
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,11 @@ import time
 
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.peers.testpmd import TestPmd, virtio_user_vdev
-from tests.switch import Vswitchd
+from tests.harness.guests import QemuGuest
+from tests.harness.peers.testpmd import TestPmd, virtio_user_vdev
+from tests.harness.switch import Vswitchd
+
+pytestmark = pytest.mark.qemu
 
 IP_A, IP_B = "10.0.1.1", "10.0.1.2"
 BOOT_TIMEOUT = 240
@@ -29,8 +31,7 @@ GUEST_PORTS = {"a": {"type": "vhost-user"}, "b": {"type": "vhost-user"}}
 
 
 @pytest.fixture(scope="module")
-def guests(tmp_path_factory):
-    image = build_image(default_cache_dir())
+def guests(tmp_path_factory, image):
     work = tmp_path_factory.mktemp("reload")
     sw = Vswitchd(work / "switch", dict(GUEST_PORTS))
     sw.start()
@@ -72,6 +73,7 @@ def reload_ok(sw: Vswitchd, *flags: str) -> str:
     return r.stdout
 
 
+@pytest.mark.dpdk
 def test_ports_come_and_go_while_two_guests_lose_no_frame(guests):
     sw, a, b, work = guests
     before = {n: sw.port(n) for n in ("a", "b")}
@@ -161,6 +163,7 @@ def test_invalid_file_changes_nothing_and_says_why(guests):
     assert sw.reload().returncode == 0 and sw.ctl("show")["last_reload_ok"] is True
 
 
+@pytest.mark.dpdk
 def test_connected_port_applies_pending_change_when_its_guest_reconnects(guests):
     """Without force, a pending queue change applies by itself at the next connection."""
     sw, a, b, work = guests

@@ -33,8 +33,10 @@ import time
 
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.switch import VSWITCHD, Vswitchd
+from tests.harness.guests import QemuGuest
+from tests.harness.switch import VSWITCHD, Vswitchd
+
+pytestmark = pytest.mark.qemu
 
 IP_A, IP_B = "10.0.6.1", "10.0.6.2"
 MAC_A, MAC_B, MAC_B2 = "52:54:00:00:06:0a", "52:54:00:00:06:0b", "52:54:00:00:06:2b"
@@ -62,8 +64,7 @@ class Topology:
 
 
 @pytest.fixture(scope="module")
-def topo(tmp_path_factory):
-    image = build_image(default_cache_dir())
+def topo(tmp_path_factory, image):
     work = tmp_path_factory.mktemp("restarts")
     sock_b = str(work / "qemu-b.sock")       # QEMU B listens here
     sw = Vswitchd(work / "switch", {

@@ -23,7 +23,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from tests.switch import VSWITCHD, Vswitchd
+from tests.harness.switch import VSWITCHD, Vswitchd
 from vswitch.cli import request
 
 NOBODY = 65534

@@ -15,9 +15,9 @@ import sys
 
 import pytest
 
-from tests.linux.netns import link_exists
-from tests.switch import Vswitchd
-from tests.test_datapath import connect, exchange
+from tests.harness.linux.netns import link_exists
+from tests.harness.switch import Vswitchd
+from tests.harness.traffic import connect, exchange_by_name
 from vswitch import seccomp
 
 VHOST = {"type": "vhost-user"}
@@ -34,6 +34,7 @@ def ifname():
     subprocess.run(["ip", "link", "del", name], capture_output=True)
 
 
+@pytest.mark.root
 def test_every_thread_is_confined_and_ports_still_open_at_reload(tmp_path, ifname):
     udp_port = 20000 + os.getpid() % 20000
     sw = Vswitchd(tmp_path, {"a": VHOST, "b": VHOST}, workers=2, extra={"debug": True})
@@ -50,8 +51,8 @@ def test_every_thread_is_confined_and_ports_still_open_at_reload(tmp_path, ifnam
 
         # The datapath runs under it: frames cross both ways.
         a, b = connect(sw, "a"), connect(sw, "b")
-        exchange(a, b, "a", "b")
-        exchange(b, a, "b", "a")
+        exchange_by_name(a, b, "a", "b")
+        exchange_by_name(b, a, "b", "a")
 
         # What a reload may open stays allowed: a TAP (/dev/net/tun, TUNSETIFF and
         # the ioctls that set it up) and a VXLAN socket.
@@ -116,4 +117,4 @@ def test_under_a_supervisor_that_denies_seccomp_itself(tmp_path):
         assert all((t["Seccomp"], t["Seccomp_filters"]) == (2, 2) for t in threads), threads
         assert sw.ctl("debug seccomp-probe")["calls"] == {"mount": "EPERM", "unshare": "EPERM"}
         a, b = connect(sw, "a"), connect(sw, "b")
-        exchange(a, b, "a", "b")
+        exchange_by_name(a, b, "a", "b")

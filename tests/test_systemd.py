@@ -39,6 +39,8 @@ SECURITY_SCORE_MAX = 2.5
 NOBODY = 65534     # nobody / nogroup on Debian
 
 pytestmark = [
+    pytest.mark.root,
+    pytest.mark.systemd,
     pytest.mark.skipif(os.geteuid() != 0, reason="installs into /opt and /etc: needs root"),
     pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze"),
 ]

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.peers.testpmd import TestPmd, verify_delivery, virtio_user_vdev
-from tests.switch import Vswitchd
+from tests.harness.peers.testpmd import TestPmd, verify_delivery, virtio_user_vdev
+from tests.harness.switch import Vswitchd
+
+pytestmark = pytest.mark.dpdk
 
 
 def enabled(sw: Vswitchd, queues: int):

@@ -26,15 +26,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.linux.netns import link_exists
-from tests.switch import Vswitchd
-from tests.test_datapath import MAC, connect, exchange, frame
+from tests.harness.linux.netns import link_exists
+from tests.harness.switch import Vswitchd
+from tests.harness.traffic import connect, exchange_by_name, frame
 from vswitch import privileges, seccomp
 
 NOBODY = 65534            # nobody / nogroup on Debian
 CAP_NET_ADMIN = 12
 
 pytestmark = [
+    pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root"),
     pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)"),
 ]
@@ -121,8 +122,8 @@ def test_nobody_without_capabilities_forwards_between_guests(workdir, ifname):
         assert int(st["CapEff"], 16) == 0 and st["Uid"].split()[0] == str(NOBODY)
         assert seccomp.status(sw.proc.pid)["Seccomp"] == 2
         a, b = connect(sw, "a"), connect(sw, "b")
-        exchange(a, b, "a", "b")
-        exchange(b, a, "b", "a")
+        exchange_by_name(a, b, "a", "b")
+        exchange_by_name(b, a, "b", "a")
         sw.wait_port("vx", lambda p: p["state"] == "up", timeout=10, what="VXLAN bound")
         sw.wait_port("up", lambda p: p["state"] == "up", timeout=10, what="persistent TAP attached")
     log = sw.log_path.read_text()

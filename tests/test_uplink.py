@@ -16,36 +16,19 @@ import time
 
 import pytest
 
-from tests.frontend import Feature, VirtioNetHdr, bits
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.linux.netns import NetNs, link_exists
-from tests.peers.testpmd import TestPmd, virtio_user_vdev
-from tests.switch import Vswitchd
-from tests.test_datapath import ETHERTYPE, FULL
-from tests.test_datapath import connect as connect_device
-from tests.unit.test_offload import partial, tcp_frame
+from tests.harness.frontend import Feature, VirtioNetHdr, bits
+from tests.harness.guests import QemuGuest
+from tests.harness.linux.netns import NetNs, link_exists, snmp
+from tests.harness.packets import partial, tcp_frame
+from tests.harness.peers.testpmd import TestPmd, virtio_user_vdev
+from tests.harness.switch import Vswitchd
+from tests.harness.traffic import ETHERTYPE, FULL, wait_until
+from tests.harness.traffic import connect as connect_device
+
+pytestmark = pytest.mark.root
 
 BOOT_TIMEOUT = 240
 GUEST_IP, HOST_IP = "10.8.0.1", "10.8.0.254"
-
-
-def snmp(text: str, proto: str, field: str) -> int:
-    lines = [line.split() for line in text.splitlines() if line.startswith(f"{proto}:")]
-    return int(lines[1][lines[0].index(field)])
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.1)
-    return value
-
-
-@pytest.fixture(scope="module")
-def image():
-    return build_image(default_cache_dir())
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +44,7 @@ def uplink(tmp_path_factory, image):
     guest = None
     try:
         sw.start()
-        wait_for(lambda: link_exists(ifname), 30, "TAP created")
+        wait_until(lambda: link_exists(ifname), 30, "TAP created")
 
         def plug() -> None:
             ns.move_in(ifname)
@@ -83,6 +66,7 @@ def uplink(tmp_path_factory, image):
         ns.delete()
 
 
+@pytest.mark.qemu
 def test_guest_and_kernel_ping_both_ways(uplink):
     sw, ns, guest, ifname, _ = uplink
     r = guest.ping(HOST_IP, count=20, interval=0.2)
@@ -91,6 +75,7 @@ def test_guest_and_kernel_ping_both_ways(uplink):
     assert " 0% packet loss" in out, out
 
 
+@pytest.mark.qemu
 def test_iperf3_to_and_from_the_kernel_with_offloads_and_no_checksum_errors(uplink):
     sw, ns, guest, ifname, _ = uplink
     ns_before = ns.run(["cat", "/proc/net/snmp"]).stdout
@@ -116,6 +101,7 @@ def test_iperf3_to_and_from_the_kernel_with_offloads_and_no_checksum_errors(upli
     assert "mtu_exceeded" not in sw.drops("up")
 
 
+@pytest.mark.qemu
 def test_frames_over_the_mtu_are_dropped_with_their_reason(uplink):
     sw, ns, guest, ifname, _ = uplink
     before = sw.drops("up").get("mtu_exceeded", 0)
@@ -130,6 +116,8 @@ def test_frames_over_the_mtu_are_dropped_with_their_reason(uplink):
     assert r.loss_pct == 0
 
 
+@pytest.mark.dpdk
+@pytest.mark.qemu
 def test_testpmd_virtio_user_exchanges_frames_with_the_kernel(uplink, tmp_path):
     sw, ns, guest, ifname, _ = uplink
 
@@ -159,6 +147,7 @@ def test_testpmd_virtio_user_exchanges_frames_with_the_kernel(uplink, tmp_path):
     print(f"\ntestpmd sent {sent}, the kernel received {delivered}")
 
 
+@pytest.mark.qemu
 def test_deleted_tap_is_reported_and_recreated(uplink):
     sw, ns, guest, ifname, plug = uplink
     before = sw.port("up")
@@ -168,7 +157,7 @@ def test_deleted_tap_is_reported_and_recreated(uplink):
                         what="TAP loss seen and the device re-created")
     assert "disappeared" in port["last_error"]
     assert sw.port("vm")["disconnects"] == 0          # the guest's port never noticed
-    wait_for(lambda: link_exists(ifname), 30, "TAP re-created in the switch's namespace")
+    wait_until(lambda: link_exists(ifname), 30, "TAP re-created in the switch's namespace")
     plug()
     r = guest.ping(HOST_IP, count=10, interval=0.3)
     assert r.received >= 8, r                        # ARP settles within the first replies
@@ -238,7 +227,7 @@ def tap_only(request, tmp_path_factory):
                     f.write(saved)
         else:
             sw.start()
-        wait_for(lambda: link_exists(ifname), 30, "TAP created")
+        wait_until(lambda: link_exists(ifname), 30, "TAP created")
         ns.move_in(ifname)
         ns.ip("link", "set", ifname, "address", TAP_MAC.hex(":"))
         ns.ip("link", "set", ifname, "up")
@@ -267,7 +256,7 @@ def test_a_burst_of_mixed_sizes_reaches_the_kernel_whole_and_in_order(tap_only):
         for b in range(bursts):
             # one publish and one kick: the worker takes the burst in one round
             dev.tx(0).post_tx_frames(sent[b * per_burst:(b + 1) * per_burst])
-            wait_for(lambda: dev.tx(0).pending_used() == per_burst, 10, "burst consumed")
+            wait_until(lambda: dev.tx(0).pending_used() == per_burst, 10, "burst consumed")
             dev.tx(0).reap()
         out, _ = receiver.communicate(timeout=30)
     finally:
@@ -324,9 +313,9 @@ def test_mtu_counts_the_ethernet_and_vlan_header_and_judges_gso_by_segment(tap_o
             tx.post_tx(f, publish=False, kick=False)
         tx.post_tx(tso, hdr=tso_hdr, publish=False, kick=False)
         tx.publish(kick=True)
-        wait_for(lambda: tx.pending_used() == 5, 10, "frames consumed")
+        wait_until(lambda: tx.pending_used() == 5, 10, "frames consumed")
         tx.reap()
-        wait_for(lambda: int(ns.run(["cat", kernel_rx]).stdout) - rx_before >= 3, 10, "kernel rx")
+        wait_until(lambda: int(ns.run(["cat", kernel_rx]).stdout) - rx_before >= 3, 10, "kernel rx")
     finally:
         dev.close()
     time.sleep(0.2)
@@ -347,7 +336,7 @@ def test_a_burst_pushed_to_a_trunk_reaches_the_kernel_with_each_frames_tag(tmp_p
             "acc": {"type": "vhost-user", "vlan": {"mode": "access", "id": 10}},
         }, extra={"datapath": {"workers": 1, "tap_io": "io_uring"}})
         with sw:
-            wait_for(lambda: link_exists(ifname), 30, "TAP created")
+            wait_until(lambda: link_exists(ifname), 30, "TAP created")
             ns.move_in(ifname)
             ns.ip("link", "set", ifname, "up")
             sent, expect = [], []

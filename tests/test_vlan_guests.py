@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.switch import Vswitchd
+from tests.harness.guests import QemuGuest
+from tests.harness.switch import Vswitchd
+
+pytestmark = pytest.mark.qemu
 
 BOOT_TIMEOUT = 300
 GUESTS = {  # name: (vlan, mac, ip)
@@ -24,11 +26,6 @@ GUESTS = {  # name: (vlan, mac, ip)
     "b2": (20, "52:54:00:00:09:04", "10.9.0.4"),
 }
 TRUNK_IP = {10: "10.9.0.10", 20: "10.9.0.20"}
-
-
-@pytest.fixture(scope="module")
-def image():
-    return build_image(default_cache_dir())
 
 
 @pytest.fixture(scope="module")

@@ -26,10 +26,12 @@ import time
 
 import pytest
 
-from tests.guests import QemuGuest, build_image, default_cache_dir
-from tests.linux.netns import NetNs, link_exists
-from tests.switch import VENV_BIN, Vswitchd
-from tests.test_uplink import snmp, wait_for
+from tests.harness.guests import QemuGuest
+from tests.harness.linux.netns import NetNs, link_exists, snmp
+from tests.harness.switch import VENV_BIN, Vswitchd
+from tests.harness.traffic import wait_until
+
+pytestmark = pytest.mark.root
 
 BOOT_TIMEOUT = 240
 GUEST_IP, PEER_IP, TAP_IP, PEER2_IP = "10.78.0.1", "10.78.0.2", "10.78.0.3", "10.78.0.4"
@@ -52,11 +54,6 @@ def vxlan_ports(vni: int = VNI, remotes: list[str] | None = None) -> dict[str, d
 
 
 TAP_IFNAME = f"vxt{os.getpid() % 100000}"
-
-
-@pytest.fixture(scope="module")
-def image():
-    return build_image(default_cache_dir())
 
 
 def add_kernel_vtep(host: NetNs, peer: NetNs, hv: str, pv: str, underlay: str, mac: str,
@@ -125,7 +122,7 @@ def vxlan(tmp_path_factory, image, net):
     guest = None
     try:
         sw.start()
-        wait_for(lambda: link_exists(TAP_IFNAME, host.name), 30, "TAP created")
+        wait_until(lambda: link_exists(TAP_IFNAME, host.name), 30, "TAP created")
         host.ip("addr", "add", f"{TAP_IP}/24", "dev", TAP_IFNAME)
         host.ip("link", "set", TAP_IFNAME, "up")
         guest = QemuGuest("vx", image, sw.socket("vm"), mac=GUEST_MAC, ip=f"{GUEST_IP}/24",
@@ -163,6 +160,7 @@ def arp_request(src_mac: str, src_ip: str, dst_ip: str) -> bytes:
             + mac + ip(src_ip) + b"\0" * 6 + ip(dst_ip) + b"\0" * 18)
 
 
+@pytest.mark.qemu
 def test_guest_gets_the_tunnel_mtu_and_the_bad_port_is_reported(vxlan):
     sw, host, peer, guest = vxlan
     assert guest.check_output("cat /sys/class/net/eth0/mtu").strip() == "1450"
@@ -173,6 +171,7 @@ def test_guest_gets_the_tunnel_mtu_and_the_bad_port_is_reported(vxlan):
     assert "192.0.2.77 is not configured on this host" in bad["last_error"], bad
 
 
+@pytest.mark.qemu
 def test_guest_and_kernel_vtep_ping_both_ways(vxlan):
     sw, host, peer, guest = vxlan
     r = guest.ping(PEER_IP, count=20, interval=0.2)
@@ -192,6 +191,7 @@ def test_guest_and_kernel_vtep_ping_both_ways(vxlan):
     assert "vxlan_send_failed" not in sw.drops("vx")
 
 
+@pytest.mark.qemu
 def test_full_size_packets_with_df_pass_both_ways(vxlan):
     sw, host, peer, guest = vxlan
     # 1422 bytes of ICMP payload + 28 = a 1450-byte IP packet: 1500 on the underlay
@@ -204,6 +204,7 @@ def test_full_size_packets_with_df_pass_both_ways(vxlan):
     assert p.returncode != 0
 
 
+@pytest.mark.qemu
 def test_frames_over_the_tunnel_mtu_are_dropped_and_counted(vxlan):
     sw, host, peer, guest = vxlan
     before = sw.drops("vx").get("mtu_exceeded", 0)
@@ -216,6 +217,7 @@ def test_frames_over_the_tunnel_mtu_are_dropped_and_counted(vxlan):
     assert " 0% packet loss" in out, out      # 1450 still passes from the TAP
 
 
+@pytest.mark.qemu
 def test_tcp_with_guest_tso_over_vxlan_without_checksum_errors(vxlan):
     sw, host, peer, guest = vxlan
     assert re.search(r"tcp-segmentation-offload: on", guest.check_output("ethtool -k eth0"))
@@ -239,6 +241,7 @@ def test_tcp_with_guest_tso_over_vxlan_without_checksum_errors(vxlan):
     assert "mtu_exceeded" not in sw.drops("vm")
 
 
+@pytest.mark.qemu
 def test_hostile_datagrams_are_dropped_with_their_reason(vxlan):
     sw, host, peer, guest = vxlan
     before = sw.drops("vx")
@@ -254,7 +257,7 @@ def test_hostile_datagrams_are_dropped_with_their_reason(vxlan):
 
     def grew(reason: str, by: int) -> bool:
         return sw.drops("vx").get(reason, 0) - before.get(reason, 0) >= by
-    wait_for(lambda: grew("vxlan_unknown_remote", 2), 10, "unknown-remote drops counted")
+    wait_until(lambda: grew("vxlan_unknown_remote", 2), 10, "unknown-remote drops counted")
     assert grew("vxlan_wrong_vni", 1) and grew("vxlan_bad_header", 2) and grew("runt", 1), sw.drops("vx")
     # none of them reached the FDB or the guest's ARP table
     assert not [e for e in sw.ctl("fdb show") if e["mac"] == spoof]
@@ -264,6 +267,7 @@ def test_hostile_datagrams_are_dropped_with_their_reason(vxlan):
     assert guest.ping(TAP_IP, count=5, interval=0.2).loss_pct == 0
 
 
+@pytest.mark.qemu
 def test_reload_changes_remotes_and_vni_in_place(vxlan):
     sw, host, peer, guest = vxlan
     connections = sw.port("vx")["connections"]
@@ -288,6 +292,7 @@ def test_reload_changes_remotes_and_vni_in_place(vxlan):
     assert guest.ping(PEER_IP, count=5, interval=0.2).loss_pct == 0
 
 
+@pytest.mark.qemu
 def test_floods_reach_every_remote_and_unicast_only_its_own(vxlan, net):
     sw, host, peer, guest = vxlan
     peer2 = net[2]
@@ -334,7 +339,7 @@ def v6(tmp_path):
         peer.ip("addr", "add", "10.79.0.2/24", "dev", "vx")
         peer.ip("link", "set", "vx", "up")
         sw.start()
-        wait_for(lambda: link_exists(tap, host.name), 30, "TAP created")
+        wait_until(lambda: link_exists(tap, host.name), 30, "TAP created")
         host.ip("addr", "add", "10.79.0.1/24", "dev", tap)
         host.ip("link", "set", tap, "mtu", "1400", "up")
         yield sw, host, peer
@@ -359,4 +364,4 @@ def test_ipv6_underlay(v6):
         f"s.sendto(bytes([8, 0, 0, 0, 0, 1, 44, 0]) + bytes(60), ({V6_HOST!r}, 4789))\n"
     )
     peer.run([sys.executable, "-c", code])
-    wait_for(lambda: sw.drops("vx6").get("vxlan_unknown_remote", 0) == 1, 10, "v6 stranger counted")
+    wait_until(lambda: sw.drops("vx6").get("vxlan_unknown_remote", 0) == 1, 10, "v6 stranger counted")

@@ -26,6 +26,7 @@ FUZZ = ROOT / "tests" / "fuzz"
 SCALE = float(os.environ.get("FUZZ_SECONDS", "0")) or None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("harness, corpus, seconds, env", [
     ("fuzz_codec.py", "codec", 7, {}),
     ("fuzz_session.py", "session", 10, {}),

@@ -5,17 +5,14 @@ median of those per-pair ratios."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bench import loopback, uplink
 from vswitch.config import parse_config
 from vswitch.policy import policy_of
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import loopback  # noqa: E402
 
 OFF = {"vlan": ("all", 0, (), 0), "allowed_macs": (), "storm": (None, None, None)}
 NO_POLICER = (None, None, None, None, "drop")
@@ -129,7 +126,7 @@ class FakeGen:
         self.commands: list[str] = []
 
     def ports(self):
-        from tests.peers.testpmd import PortSummary
+        from tests.harness.peers.testpmd import PortSummary
         return {p: PortSummary(p, "00:00:00:00:00:00", n, "x", "up") for p, n in self.names.items()}
 
     def set_portlist(self, ports):
@@ -153,7 +150,7 @@ def test_oneway_generator_missing_port_is_an_error():
 
 
 def fwd_stats(sent: int, dropped: int, got: int):
-    from tests.peers.testpmd import FwdPortStats, FwdStats
+    from tests.harness.peers.testpmd import FwdPortStats, FwdStats
     return FwdStats(streams=(), total=None, ports={
         0: FwdPortStats(0, tx_packets=sent, tx_dropped=dropped),
         1: FwdPortStats(1, rx_packets=got)})
@@ -218,9 +215,6 @@ def test_resummarize_rewrites_the_summary_from_the_runs(tmp_path):
 
 
 # --- the uplink benchmark ------------------------------------------------------------------
-
-import uplink  # noqa: E402
-
 
 @pytest.mark.parametrize("kind,tap_io", [("vswitch", "io_uring"), ("vswitch-write", "write")])
 def test_uplink_systems_are_configs_that_differ_only_in_tap_io(tmp_path: Path, kind: str, tap_io: str) -> None:

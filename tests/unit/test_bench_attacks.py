@@ -5,18 +5,14 @@ computed as the output says."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
+from bench import attacks, loopback
 from vswitch.config import parse_config
 from vswitch.policy import policy_of
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import attacks  # noqa: E402
-import loopback  # noqa: E402
 
 
 def test_switch_ports_are_a_config_vswitch_accepts_with_each_group_in_its_own_vlan(tmp_path):

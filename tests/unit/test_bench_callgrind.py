@@ -6,16 +6,13 @@ verdict, the bulk ring filling and the daemon's config."""
 from __future__ import annotations
 
 import struct
-import sys
-from pathlib import Path
 
 import pytest
 
+from bench import callgrind
 from vswitch.config import parse_config
 from vswitch.policy import policy_of
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import callgrind  # noqa: E402
 
 SO = "/tmp/t/vswitch/_datapath.cpython-311-x86_64-linux-gnu.so"
 
@@ -200,7 +197,7 @@ def test_figures_leave_out_sleeping_and_the_verdict_is_the_ratio(maps):
 
 
 def test_bulk_ring_reuses_descriptors_and_wraps_the_avail_ring():
-    from tests.frontend import GuestMemory, SplitRing
+    from tests.harness.frontend import GuestMemory, SplitRing
     mem = GuestMemory(1 << 20)
     ring = SplitRing(mem, 8, 1)
     rxring = SplitRing(mem, 8, 0)

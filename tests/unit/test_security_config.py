@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.unit.test_config_schema import SCHEMA, doc, schema_errors, validator_errors
+from tests.harness.schema import SCHEMA, doc, schema_errors, validator_errors
 from vswitch.config import validate
 from vswitch import reconcile
 from vswitch.config import SecurityConfig, parse_config

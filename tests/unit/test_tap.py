@@ -22,15 +22,18 @@ import time
 
 import pytest
 
-from tests.linux.netns import NetNs, delete_link, link_exists, move_link, wait_for
+from tests.harness.linux.netns import NetNs, delete_link, link_exists, move_link, wait_for
 from vswitch import tap
 from vswitch.tap import (TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, VNET_HDR_LEN,
                          TapError, open_tap_queues, tap_exists, tap_fd_ifname, tap_gone,
                          tap_ifindex, tap_link_state, validate_ifname)
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
-    reason="needs root and /dev/net/tun")
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
+        reason="needs root and /dev/net/tun"),
+]
 
 ETH_TEST = 0x88B5                       # IEEE local experimental ethertype
 ETH_P_ALL = 0x0003

@@ -105,3 +105,9 @@ class NetNs:
     def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """``ip -n NAME args...``"""
         return _ip("-n", self.name, *args, check=check)
+
+
+def snmp(text: str, proto: str, field: str) -> int:
+    """One counter of /proc/net/snmp's text: `proto` ("Tcp", "Udp", ...), `field` ("InCsumErrors")."""
+    lines = [line.split() for line in text.splitlines() if line.startswith(f"{proto}:")]
+    return int(lines[1][lines[0].index(field)])

@@ -16,7 +16,7 @@ command's stdout+stderr, apart from kernel console messages, which are
 filtered out when they form whole lines. Long commands are sent in chunks
 (``vsput``) because the tty's line buffer is limited.
 
-Flags follow /work/shared/research/qemu-guests.md: under TCG, vhost-user needs
+Why the flags are what they are: under TCG, vhost-user needs
 ``vectors=0`` (QEMU 7.2 crashes with MSI-X), guest RAM must be a shared memfd,
 and QEMU as vhost-user client retries with ``reconnect=1``.
 """

@@ -10,7 +10,7 @@ ethtool counters and checks the guest kernels logged no virtio errors.
 
 Run as root from the repository root:
 
-    .venv/bin/python -m tests.guests.selfcheck_dpdk [WORKDIR]
+    .venv/bin/python -m tests.harness.guests.selfcheck_dpdk [WORKDIR]
 
 Exit status 0 means every check passed. Not a pytest test: it needs root,
 dpdk-testpmd and a couple of minutes of both CPUs.
@@ -29,12 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a plain file: make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    __package__ = "tests.guests"
-
-from .image import build_image, default_cache_dir  # noqa: E402
-from .qemu import GuestError, QemuGuest  # noqa: E402
+from .image import build_image, default_cache_dir
+from .qemu import GuestError, QemuGuest
 
 QUEUES = 2
 IPERF_SECONDS = 5

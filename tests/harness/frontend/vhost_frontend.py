@@ -11,9 +11,9 @@ reading of the specifications, so a misunderstanding in the switch's codec is
 not silently mirrored here.  Sources:
 
 * vhost-user: QEMU ``docs/interop/vhost-user.rst`` (message header, payloads,
-  ring states), see /work/shared/research/anchors.md §1.
+  ring states).
 * virtio 1.x split virtqueue and virtio-net header: OASIS virtio spec
-  ``split-ring.tex`` and ``device-types/net/description.tex`` (anchors.md §2).
+  ``split-ring.tex`` and ``device-types/net/description.tex``.
 
 Layering (each usable on its own):
 

@@ -3,7 +3,7 @@
 ``build_image(cache_dir)`` produces a Debian cloud kernel plus a small
 initramfs; ``QemuGuest`` boots it with a vhost-user virtio-net NIC and runs
 commands on its serial console. See qemu.py for the console protocol and
-/work/shared/research/qemu-guests.md for why the QEMU flags are what they are.
+for why the QEMU flags are what they are.
 """
 
 from .image import GuestImage, ImageBuildError, build_image, default_cache_dir

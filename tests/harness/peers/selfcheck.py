@@ -2,7 +2,7 @@
 
 Run as root from the repository root::
 
-    .venv/bin/python -m tests.peers.selfcheck [--workdir DIR] [--seconds 3]
+    .venv/bin/python -m tests.harness.peers.selfcheck [--workdir DIR] [--seconds 3]
 
 Steps (each timed):
 
@@ -34,10 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make "tests.peers" importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from tests.peers.testpmd import (  # noqa: E402
+from tests.harness.peers.testpmd import (
     TestPmd,
     testpmd_available,
     verify_delivery,

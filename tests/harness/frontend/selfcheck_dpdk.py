@@ -21,7 +21,7 @@ phase 2  MRG_RXBUF + EVENT_IDX on B with small (256-byte) RX buffers, so
          A's guest memory is two regions backed by ONE memfd (ring region at
          GPA 0, buffer region at GPA 4 GiB, mmap_offset 8 MiB).
 
-Usage: ``python -m tests.frontend.selfcheck_dpdk [--queues 1 2] [-v]``
+Usage, from the repository root: ``python -m tests.harness.frontend.selfcheck_dpdk [--queues 1 2] [-v]``
 (as root; exit status 0 when every check passed).  testpmd is pinned to one
 CPU and killed at the end.
 """
@@ -42,10 +42,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # allow "python tests/frontend/selfcheck_dpdk.py"
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    __package__ = "tests.frontend"
 
 from .vhost_frontend import (
     Feature,

@@ -4,7 +4,7 @@
  * inherited fd) and rewrites bytes in it as fast as the CPU allows, so that
  * a value the switch reads twice can differ between the reads. Used by
  * tests/test_hostile_race.py and the ring fuzzer (tests/test_fuzz_rings.py);
- * built at test time by tests/helpers/racer.py.
+ * built at test time by tests/harness/racer.py.
  *
  *   racer [-t MS] [-s SEED] TARGET SPEC...
  *
