@@ -1,12 +1,16 @@
-# The worker loop: poll guest TX rings in bursts, switch, fill guest RX rings.
+# The worker loop and the port-independent half of switching: the frame
+# helpers every port type uses, classification, learning and lookup
+# (switch_burst), mirrors, and deliver_to_port, which hands a burst to the
+# destination's type (vhost.pxi, tap.pxi, vxlan.pxi hold the per-type
+# ingress and delivery).
 #
 # Ring ownership: the TX ring of queue pair q of port p is dequeued only by
 # worker (p + q) % nworkers. A guest RX ring may be filled by any worker, so
-# it is taken under its spinlock for one burst (docs/architecture.md: "a destination
-# queue shared by workers is taken under a per-queue lock for a whole burst").
-# Frames from TX queue q go to RX queue q of the destination (modulo its
-# enabled queues): a flow stays on one queue, and traffic that the guest
-# spreads over its TX queues is spread over the peer's RX queues.
+# it is taken under its spinlock for one burst (docs/architecture.md: "a
+# destination queue shared by workers is taken under a per-queue lock for a
+# whole burst"). Frames from TX queue q go to RX queue q of the destination
+# (modulo its enabled queues): a flow stays on one queue, and traffic that
+# the guest spreads over its TX queues is spread over the peer's RX queues.
 
 
 cdef enum:
