@@ -418,6 +418,8 @@ cdef class Datapath:
     def port_set_mtu(self, int p, unsigned int mtu):
         self._port(p).mtu = mtu
 
+    # frames the control plane sends itself
+
     def inject_rarp(self, int p, bytes mac):
         """SEND_RARP: broadcast a RARP from port p's guest MAC, as if the guest
         had sent it (DPDK broadcast_rarp): the switch re-learns the MAC on
@@ -598,6 +600,8 @@ cdef class Datapath:
         cdef vs_port *port = self._port(p)
         return [(port.mem.r[i].gpa, port.mem.r[i].size, port.mem.r[i].uaddr)
                 for i in range(port.mem.n)]
+
+    # dirty logging (live migration): the bitmap the front-end maps with SET_LOG_BASE
 
     cdef void _update_log(self, vs_port *port) noexcept:
         """Logging is on while VHOST_F_LOG_ALL is negotiated and a log is
