@@ -46,14 +46,14 @@ The figure: the worker thread's instructions (Ir) in the part, minus its
 sleeping and waking (worker_sleep, kick_drain and the notification
 enable/disable helpers: once per phase, 0.02 Ir/frame), divided by FRAMES.
 What is counted is everything the worker does for the frames: the round
-loop, tx_burst (ring walk, header copy, offload parse), switch_burst (VLAN,
+loop, vhost_ingress_burst (ring walk, header copy, offload parse), switch_burst (VLAN,
 FDB learn and lookup), deliver_to_port, rx_enqueue and the copy (libc memcpy
 included), giving the TX buffers back, notifications (notify_*: queueing,
 submitting, reaping). The raw part total is reported too.
 
 Where the instructions go, two views. By function of the binary (exact):
 callgrind's own functions, with calls into other libraries (memcpy, write,
-syscall) counted for the caller; worker_loop and tx_burst (and walk_chain,
+syscall) counted for the caller; worker_loop and vhost_ingress_burst (and walk_chain,
 take_headers... of the TX side) are inlined into the thread's entry,
 Datapath._run_worker. By source function: the build keeps -g (Python's
 default CFLAGS) and callgrind records a line for every instruction; each
@@ -122,7 +122,7 @@ WARMUP = 64
 FRAME_SIZE = 64              # bytes on the wire without FCS (the minimum Ethernet frame)
 RING_SIZE = 32768            # the largest split ring: a whole phase is one batch
 RX_BUF_LEN = 2048
-BURST = 32                   # VS_BURST (cython_ext/types.pxi): frames per tx_burst
+BURST = 32                   # VS_BURST (cython_ext/types.pxi): frames per vhost_ingress_burst
 PHASES = ("quiet", "notify")
 TOLERANCE = 1.03             # the security work's budget: at most 3 % more instructions
 BENCH_CFLAGS = "-mno-avx512f"

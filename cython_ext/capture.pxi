@@ -20,12 +20,6 @@
 # pointer (release barrier) and frees it only after storing NULL and waiting
 # for every worker to finish its round (Datapath._quiesce).
 
-from libc.stdlib cimport malloc
-
-cdef extern from "<time.h>" nogil:
-    enum:
-        CLOCK_REALTIME
-
 cdef enum:
     CAP_IN = 1                     # from the port into the switch
     CAP_OUT = 2                    # from the switch to the port

@@ -30,16 +30,6 @@
 # forbids it) workers fall back to write(2): a front-end that blocks its call
 # fd can then stall a worker. docs/security.md says so; the daemon warns.
 
-cdef extern from "<stdint.h>":
-    ctypedef unsigned long uintptr_t
-
-cdef extern from "<sys/uio.h>" nogil:
-    ssize_t preadv2(int fd, const iovec *iov, int iovcnt, long offset, int flags)
-
-cdef extern from "<linux/fs.h>" nogil:
-    enum:
-        RWF_NOWAIT
-
 cdef enum:
     NOTIFY_CALL = 0
     NOTIFY_ERR = 1

@@ -1,4 +1,4 @@
-# Software fallback for virtio-net offloads (anchors.md §2.2, "VM<->VM
+# Software fallback for virtio-net offloads (docs/architecture.md, the "VM<->VM
 # forwarding matrix"): when the destination did not negotiate GUEST_CSUM the
 # switch finishes a NEEDS_CSUM frame's L4 checksum (`finish_csum`); when it did
 # not negotiate GUEST_TSO4/6 the switch cuts a TCP GSO super-frame into
@@ -13,11 +13,6 @@
 # big-endian 16-bit words. The sum is independent of byte order up to a final
 # byte swap (RFC 1071 §2(B)), so `csum_add` sums native loads and swaps once at
 # the end.
-
-from libc.string cimport memcpy, memset
-
-cdef extern from "<arpa/inet.h>" nogil:
-    uint16_t htons(uint16_t)
 
 cdef enum:
     OFFLOAD_BAD = 1            # returned by finish_csum / tso_plan on bad input

@@ -1,17 +1,7 @@
-# Per-port policy of issue 7: VLAN classification and tagging, port security,
+# Per-port policy: VLAN classification and tagging, port security,
 # storm control and policing. Each check is reached only when the port has it
 # configured (one test of a flag per frame otherwise), so a switch without
 # any of it runs the same loop as before.
-
-cdef extern from "<time.h>" nogil:
-    struct timespec:
-        long tv_sec
-        long tv_nsec
-    int clock_gettime(int clk, timespec *ts)
-    int nanosleep(const timespec *req, timespec *rem)
-    enum:
-        CLOCK_MONOTONIC
-
 
 cdef inline uint64_t now_ns() noexcept nogil:
     cdef timespec ts

@@ -1,63 +1,11 @@
-# C declarations of the datapath, in one place.
+# The datapath's own C types, limits and enums, in one place (what it
+# declares of outside C - libc, Linux, io_uring, atomics - is in includes/*.pxd).
 #
-# Ownership (design.md "Datapath rules"): the control plane writes a ring's
+# Ownership (docs/architecture.md, the datapath rules): the control plane writes a ring's
 # configuration only while the ring is stopped (`started == 0`) and every
 # worker has passed a quiescent point since; workers read it after an acquire
 # load of `started`. Counters of a TX ring are written only by the worker that
 # owns that ring; counters of an RX ring only under the ring's spinlock.
-
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
-
-cdef extern from "vs_defs.h" nogil:
-    enum:
-        VRING_DESC_F_NEXT
-        VRING_DESC_F_WRITE
-        VRING_DESC_F_INDIRECT
-        VRING_USED_F_NO_NOTIFY
-        VRING_AVAIL_F_NO_INTERRUPT
-    struct vs_vring_desc:
-        uint64_t addr
-        uint32_t len
-        uint16_t flags
-        uint16_t next
-    struct vs_vring_avail:
-        uint16_t flags
-        uint16_t idx
-        uint16_t ring[1]
-    struct vs_vring_used_elem:
-        uint32_t id
-        uint32_t len
-    struct vs_vring_used:
-        uint16_t flags
-        uint16_t idx
-        vs_vring_used_elem ring[1]
-    struct vs_fdb_slot:            # fdb.pxi explains the encoding
-        uint64_t key
-        uint64_t val
-    uint16_t vs_load_acquire_u16(const uint16_t *p)
-    void vs_store_release_u16(uint16_t *p, uint16_t v)
-    int vs_load_acquire_int(const int *p)
-    void vs_store_release_int(int *p, int v)
-    uint64_t vs_load_acquire_u64(const uint64_t *p)
-    uint64_t vs_load_relaxed_u64(const uint64_t *p)
-    void vs_store_release_u64(uint64_t *p, uint64_t v)
-    void vs_store_relaxed_u64(uint64_t *p, uint64_t v)
-    int vs_cas_u64(uint64_t *p, uint64_t expected, uint64_t desired)
-    int vs_cas_int(int *p, int expected, int desired)
-    void *vs_load_acquire_ptr(void **p)
-    void vs_store_seq_int(int *p, int v)
-    int vs_load_seq_int(const int *p)
-    int vs_load_relaxed_int(const int *p)
-    int vs_add_int(int *p, int v)
-    uint64_t vs_add_u64(uint64_t *p, uint64_t v)
-    uint32_t vs_load_relaxed_u32(const uint32_t *p)
-    void vs_store_relaxed_u32(uint32_t *p, uint32_t v)
-    void vs_mb()
-    void vs_log_page(uint8_t *log, uint64_t page)
-    void vs_cpu_relax()
-    void vs_spin_lock(int *l)
-    void vs_spin_unlock(int *l)
-    int vs_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old_idx)
 
 # Limits. Ports and queue pairs are bounded so that every table is a fixed
 # array allocated once: no allocation on the datapath.
@@ -66,7 +14,7 @@ cdef enum:
     VS_MAX_QP = 64
     VS_MAX_VRINGS = 128            # 2 * VS_MAX_QP
     VS_MAX_REGIONS = 32            # memory slots (CONFIGURE_MEM_SLOTS; SET_MEM_TABLE sends <= 8)
-    VS_BURST = 32                  # frames per queue per round (design.md)
+    VS_BURST = 32                  # frames per queue per round (docs/architecture.md)
     VS_MAX_SEGS = 64               # guest buffer pieces per frame
     VS_MAX_RX_CHAINS = 64          # MRG_RXBUF chains per frame
     VS_HDR_MAX = 12                # virtio_net_hdr_v1 (VERSION_1 or MRG_RXBUF)
@@ -215,47 +163,6 @@ ctypedef struct vs_vring:
     uint16_t start_avail           # avail idx seen at start (shared-memory check)
     int avail_moved
     vs_counters c
-
-cdef extern from "<sys/uio.h>" nogil:
-    struct iovec:
-        void *iov_base
-        size_t iov_len
-    ssize_t writev(int fd, const iovec *iov, int iovcnt)
-
-# SIGBUS in guest memory costs its port only (vs_memguard.h).
-cdef extern from "vs_memguard.h" nogil:
-    int vs_guard_install()
-    int vs_guard_add(void *base, size_t length, uint64_t *faults)
-    void vs_guard_remove(int token)
-    uint64_t vs_guard_total()
-    uint64_t vs_guard_refused()
-    int vs_guard_in_use()
-
-# Batched writes into TAP queues (vs_uring.h): one io_uring per worker.
-cdef extern from "vs_uring.h" nogil:
-    enum:
-        VS_URING_FILES
-    struct vs_uring:
-        int enabled
-        int fixed
-        int fd
-        unsigned pending
-        uint64_t enters
-        uint64_t submitted
-    int vs_uring_init(vs_uring *r)
-    int vs_uring_init_ring(vs_uring *r, unsigned entries, int files)
-    void vs_uring_queue_write_async(vs_uring *r, int fd, const void *buf, uint32_t len, uint64_t tag)
-    unsigned vs_uring_space(const vs_uring *r)
-    void vs_uring_queue_cancel(vs_uring *r, uint64_t target, uint64_t tag)
-    int vs_uring_submit(vs_uring *r)
-    int vs_uring_pop(vs_uring *r, uint64_t *tag, int32_t *res)
-    int vs_uring_flush_overflow(vs_uring *r)
-    void vs_uring_exit(vs_uring *r)
-    int vs_uring_set_file(vs_uring *r, unsigned index, int fd)
-    void vs_uring_queue_write(vs_uring *r, int fd, int fixed, const void *buf, uint32_t len, uint64_t tag)
-    void vs_uring_queue_writev(vs_uring *r, int fd, int fixed, const iovec *iov, uint32_t cnt,
-                               uint64_t tag)
-    int vs_uring_flush(vs_uring *r, int32_t *res)
 
 cdef enum:
     VS_NOTIFY_CANCELS = 64         # cancel requests a worker's mailbox holds
@@ -423,23 +330,6 @@ ctypedef struct vs_rx_chain:
     int seg0
     int nseg
     uint32_t cap
-
-cdef extern from "<sys/epoll.h>" nogil:
-    union epoll_data:
-        void *ptr
-        int fd
-        uint64_t u64
-    struct epoll_event:
-        uint32_t events
-        epoll_data data
-    int epoll_create1(int flags)
-    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
-    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
-    enum:
-        EPOLLIN
-        EPOLL_CTL_ADD
-        EPOLL_CTL_DEL
-        EPOLL_CLOEXEC
 
 cdef enum:
     VS_EPOLL_BATCH = 64

@@ -2,12 +2,6 @@
 # used entries and notifying guests. Everything read from guest memory is read
 # once into a local and validated there.
 
-from libc.string cimport memcpy, memset
-from posix.unistd cimport write
-
-cdef extern from "<unistd.h>" nogil:
-    ssize_t write(int fd, const void *buf, size_t count)
-
 
 cdef inline int walk_chain(vs_port *port, vs_vring *vq, uint16_t head, bint device_writes,
                            vs_seg *segs, int maxseg, int *nseg, uint64_t *total,

@@ -20,29 +20,6 @@
 # the table goes to that remote only; broadcast, multicast and unknown
 # unicast go to every remote (head-end replication).
 
-from libc.string cimport memcmp
-
-cdef extern from "<sys/socket.h>" nogil:
-    ctypedef unsigned int socklen_t
-    struct msghdr:
-        void *msg_name
-        socklen_t msg_namelen
-        iovec *msg_iov
-        size_t msg_iovlen
-        void *msg_control
-        size_t msg_controllen
-        int msg_flags
-    struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
-    ssize_t sendmsg(int fd, const msghdr *msg, int flags)
-    int recvmmsg(int fd, mmsghdr *msgvec, unsigned int vlen, int flags, void *timeout)
-    enum:
-        AF_INET
-        AF_INET6
-        MSG_DONTWAIT
-        MSG_TRUNC
-
 cdef enum:
     VXLAN_F_VNI = 0x08                 # the I flag: the VNI field is valid
     VXLAN_IDLE_SKIP = 7                # as TAP_IDLE_SKIP: rounds to skip after an empty read
@@ -115,7 +92,7 @@ cdef inline int vxlan_remote_of(vs_vxlan *vx, const uint8_t *sa, socklen_t salen
     return -1
 
 
-cdef int vxlan_rx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port) noexcept nogil:
+cdef int vxlan_ingress_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port) noexcept nogil:
     """Read up to VS_BURST datagrams from the port's socket, check them, and
     switch the inner frames."""
     cdef vs_vxlan *vx = port.vx
@@ -291,7 +268,7 @@ cdef void deliver_to_vxlan(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
                 cnt += 1
             vxlan_send(w, vx, rvq, iov, cnt, remote, f.len)
             continue
-        # An offload request: finish it here (offload.pxi), as deliver_frame
+        # An offload request: finish it here (offload.pxi), as vhost_deliver_frame
         # does for a guest that did not negotiate it.
         sg_read(segs, f.nseg, f.hdr_len, w.lin, f.len)
         if f.gso_type == VS_GSO_NONE:

@@ -1,18 +1,16 @@
-# The worker loop: poll guest TX rings in bursts, switch, fill guest RX rings.
+# The worker loop and the port-independent half of switching: the frame
+# helpers every port type uses, classification, learning and lookup
+# (switch_burst), mirrors, and deliver_to_port, which hands a burst to the
+# destination's type (vhost.pxi, tap.pxi, vxlan.pxi hold the per-type
+# ingress and delivery).
 #
 # Ring ownership: the TX ring of queue pair q of port p is dequeued only by
 # worker (p + q) % nworkers. A guest RX ring may be filled by any worker, so
-# it is taken under its spinlock for one burst (design.md: "a destination
-# queue shared by workers is taken under a per-queue lock for a whole burst").
-# Frames from TX queue q go to RX queue q of the destination (modulo its
-# enabled queues): a flow stays on one queue, and traffic that the guest
-# spreads over its TX queues is spread over the peer's RX queues.
-
-cdef extern from "<unistd.h>" nogil:
-    ssize_t read(int fd, void *buf, size_t count)
-
-cdef extern from * nogil:
-    void __builtin_prefetch(const void *p, int rw, int locality)
+# it is taken under its spinlock for one burst (docs/architecture.md: "a
+# destination queue shared by workers is taken under a per-queue lock for a
+# whole burst"). Frames from TX queue q go to RX queue q of the destination
+# (modulo its enabled queues): a flow stays on one queue, and traffic that
+# the guest spreads over its TX queues is spread over the peer's RX queues.
 
 
 cdef enum:
@@ -34,27 +32,6 @@ cdef enum:
     # While the control plane holds the workers (Datapath.pause) they nap
     # this long between looks: a reload's changes take well under a second.
     PAUSE_NAP_NS = 20000
-
-
-cdef inline void prefetch_frame_head(vs_seg *segs, int nseg, uint32_t off) noexcept nogil:
-    cdef int i = 0
-    while i < nseg and off >= segs[i].len:
-        off -= segs[i].len
-        i += 1
-    if i < nseg:
-        __builtin_prefetch(segs[i].p + off, 0, 3)
-
-
-cdef inline void prefetch_headers(vs_seg *segs, int nseg, uint32_t hdr_len) noexcept nogil:
-    """The lines take_headers will read: when the headers are in the first
-    piece (the usual layout), its first and its last byte, no search."""
-    cdef uint32_t nh = hdr_len + VS_L2_COPY
-    if nseg > 0 and segs[0].len >= nh:
-        __builtin_prefetch(segs[0].p, 0, 3)
-        __builtin_prefetch(segs[0].p + nh - 1, 0, 3)
-        return
-    prefetch_frame_head(segs, nseg, 0)
-    prefetch_frame_head(segs, nseg, hdr_len)
 
 
 cdef inline uint16_t le16(const uint8_t *p) noexcept nogil:
@@ -129,73 +106,6 @@ cdef inline bint accepts_gso(vs_port *dport, uint8_t gso_type) noexcept nogil:
     return base == VS_GSO_TCPV6 and has_feature(dport, F_NET_GUEST_TSO6)
 
 
-cdef int deliver_frame(vs_worker *w, vs_port *dport, vs_vring *rvq, uint16_t avail_idx,
-                       vs_frame *f, vs_seg *segs) noexcept nogil:
-    """Deliver one frame (segments `segs`, f.hdr_len header bytes to skip) to
-    one destination ring, re-expressing the source's offload request in what
-    this destination negotiated (anchors.md §2.2): hand the partial checksum
-    or GSO frame on when it can take it, else finish the checksum or cut the
-    segments here - for this destination only."""
-    cdef uint8_t hdr[VS_HDR_MAX]
-    cdef vs_tso plan
-    cdef vs_seg one
-    cdef uint32_t i, seglen
-    cdef int rc
-    memset(hdr, 0, VS_HDR_MAX)
-    if f.gso_type == VS_GSO_NONE and not (f.vflags & VNET_F_NEEDS_CSUM):
-        return rx_enqueue(w, dport, rvq, avail_idx, segs, f.nseg, f.hdr_len, f.len, hdr)
-    if f.gso_type != VS_GSO_NONE and accepts_gso(dport, f.gso_type):
-        hdr[0] = VNET_F_NEEDS_CSUM
-        hdr[1] = f.gso_type
-        put_le16(hdr + 2, f.vhdr_len)
-        put_le16(hdr + 4, f.gso_size)
-        put_le16(hdr + 6, f.csum_start)
-        put_le16(hdr + 8, f.csum_offset)
-        rc = rx_enqueue(w, dport, rvq, avail_idx, segs, f.nseg, f.hdr_len, f.len, hdr)
-        if rc == 0:
-            rvq.c.gso_passthrough += 1
-        return rc
-    if f.gso_type == VS_GSO_NONE and has_feature(dport, F_NET_GUEST_CSUM):
-        hdr[0] = VNET_F_NEEDS_CSUM
-        put_le16(hdr + 6, f.csum_start)
-        put_le16(hdr + 8, f.csum_offset)
-        rc = rx_enqueue(w, dport, rvq, avail_idx, segs, f.nseg, f.hdr_len, f.len, hdr)
-        if rc == 0:
-            rvq.c.csum_passthrough += 1
-        return rc
-    # Software fallback: make the frame linear (a second copy, only on this path).
-    sg_read(segs, f.nseg, f.hdr_len, w.lin, f.len)
-    one.p = w.lin
-    one.len = f.len
-    if f.gso_type == VS_GSO_NONE:
-        if finish_csum(w.lin, f.len, f.csum_start, f.csum_offset):
-            return DROP_BAD_OFFLOAD
-        rc = rx_enqueue(w, dport, rvq, avail_idx, &one, 1, 0, f.len, hdr)
-        if rc == 0:
-            rvq.c.sw_csum += 1
-        return rc
-    if tso_plan(w.lin, f.len, f.gso_type, f.gso_size, &plan):
-        return DROP_BAD_OFFLOAD
-    for i in range(plan.nsegs):
-        if w.budget <= 0:
-            rc = DROP_OVER_BUDGET
-        else:
-            seglen = tso_segment(w.lin, &plan, f.gso_size, i, w.segbuf)
-            one.p = w.segbuf
-            one.len = seglen
-            rc = rx_enqueue(w, dport, rvq, avail_idx, &one, 1, 0, seglen, hdr)
-        if rc:
-            # The ring refused one segment (or the work is spent): the rest
-            # would meet the same, and a frame with a hole is lost anyway.
-            if rc == DROP_OVER_BUDGET:
-                return rc
-            rvq.c.drops[rc] += plan.nsegs - i
-            break
-    rvq.c.sw_gso += 1
-    rvq.c.sw_gso_segments += plan.nsegs
-    return 0
-
-
 cdef enum:
     VIEW_NORMAL = -1               # deliver_to_port: frames switched to the port
     VIEW_AS_RECEIVED = -2          # mirror pass: selected frames, tagged as they arrived
@@ -223,21 +133,9 @@ cdef inline int egress_select(vs_switch *sw, vs_port *dport, int d, vs_frame *f,
 
 cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
                           int qp, int n, int view) noexcept nogil:
-    """Copy the frames of this burst that go to port d into one of its RX rings."""
+    """Deliver the frames of this burst that go to port d (`view`: which
+    ones, see egress_select), by the port's type."""
     cdef vs_port *dport = sw.ports[d]
-    cdef vs_vring *rvq
-    cdef int i, rc, nrx, q, navail, tag
-    cdef uint16_t avail_idx, old_used, head
-    cdef vs_frame *f
-    cdef vs_frame *vf
-    cdef vs_seg *segs
-    cdef uint8_t eth_type[2]
-    cdef uint64_t now = 0
-    # The smallest frame this ring could not take in this delivery, and why:
-    # frames as large are dropped for the same reason without walking its
-    # buffers again (a receiver's buffers cost its senders one walk a burst).
-    cdef uint32_t refused_len = 0xffffffff
-    cdef int refused_rc = 0
     if dport == NULL or not vs_load_acquire_int(&dport.active):
         return
     if dport.kind != PORT_VHOST:
@@ -246,75 +144,7 @@ cdef void deliver_to_port(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
         else:
             deliver_to_vxlan(sw, w, d, src_vq, qp, n, view)
         return
-    nrx = dport.n_rx_enabled
-    rvq = NULL
-    if nrx > 0:
-        q = dport.rx_enabled[qp % nrx]
-        if q < dport.nqp:
-            rvq = &dport.vq[2 * q]
-    if rvq == NULL or not vs_load_acquire_int(&rvq.started) or \
-            not vs_load_acquire_int(&rvq.enabled) or rvq.broken or mem_lost(dport):
-        # Only a frame addressed to this port counts; floods just pass it by.
-        if view == VIEW_NORMAL:
-            for i in range(n):
-                if w.frames[i].dst == d:
-                    src_vq.c.drops[DROP_NO_RX_QUEUE] += 1
-        return
-    if dport.egress_policy and view == VIEW_NORMAL:
-        now = now_ns()
-    vs_spin_lock(&rvq.lock)
-    w.nbad_heads = 0
-    old_used = rvq.used_idx
-    navail = vring_avail_count(rvq, &avail_idx)
-    if navail < 0:
-        if not mem_lost(dport):     # zero pages in place of the ring are not a wild index
-            vring_mark_broken(w, rvq)
-        vs_spin_unlock(&rvq.lock)
-        return
-    # Prefetch the RX descriptors this burst will use, as on the TX side.
-    if navail > n:
-        navail = n
-    for i in range(navail):
-        head = rvq.avail.ring[<uint16_t>(rvq.last_avail + i) & (rvq.num - 1)]
-        if head < rvq.num:
-            __builtin_prefetch(&rvq.desc[head], 0, 3)
-    for i in range(n):
-        f = &w.frames[i]
-        tag = egress_select(sw, dport, d, f, view, src_vq)
-        if tag < 0:
-            continue
-        if w.budget <= 0:
-            src_vq.c.drops[DROP_OVER_BUDGET] += 1
-            continue
-        vf = frame_view(w, f, w.segs, tag, &segs)
-        if vf == NULL:
-            rvq.c.drops[DROP_BAD_OFFLOAD] += 1
-            continue
-        if dport.mtu:      # the port's configured mtu (0: none): one branch when unset
-            # the EtherType of the frame as delivered (a tag pushed or popped)
-            sg_read(segs, vf.nseg, vf.hdr_len + 12, eth_type, 2)
-            if not frame_fits_mtu(dport, vf, eth_type):
-                rvq.c.drops[DROP_MTU_EXCEEDED] += 1
-                continue
-        if now and not police(&dport.out_bytes, &dport.out_pkts, f, now):
-            rvq.c.drops[DROP_RATE_LIMITED] += 1
-            continue
-        if vf.len >= refused_len and vf.gso_type == VS_GSO_NONE:
-            rvq.c.drops[refused_rc] += 1
-            continue
-        rc = deliver_frame(w, dport, rvq, avail_idx, vf, segs)
-        if rc == DROP_OVER_BUDGET:
-            src_vq.c.drops[rc] += 1
-        elif rc:
-            rvq.c.drops[rc] += 1
-            if (rc == DROP_NO_RX_BUFFER or rc == DROP_RX_BUFFER_TOO_SMALL) and \
-                    vf.gso_type == VS_GSO_NONE and vf.len < refused_len:
-                refused_len = vf.len
-                refused_rc = rc
-    if rvq.used_idx != old_used:
-        vring_publish(dport, rvq)
-        vring_notify(w, rvq, dport.event_idx, old_used)
-    vs_spin_unlock(&rvq.lock)
+    deliver_to_vhost(sw, w, d, src_vq, qp, n, view)
 
 
 cdef inline int ingress_policy(vs_switch *sw, vs_port *port, vs_frame *f, uint64_t src_mac,
@@ -478,13 +308,6 @@ cdef void switch_burst(vs_switch *sw, vs_worker *w, int pidx, int qp, vs_vring *
         mirror_burst(sw, w, pidx, qp, vq, n)
 
 
-# --- TAP ports ---------------------------------------------------------------------
-# A TAP port is the host kernel: frames are read from and written to its queue
-# fds with a 12-byte virtio_net_hdr (IFF_VNET_HDR), so offloads pass both ways
-# in the same header format guests use. Reading is the one copy in (the kernel
-# copies into our buffer); writing gathers straight from the source guest's
-# buffers (writev), so frames to the kernel are not copied by us at all.
-
 cdef inline bint frame_fits_mtu(vs_port *dport, vs_frame *f, const uint8_t *eth_type) noexcept nogil:
     """virtio spec 5.1.6.3.2 / the uplink issue: a frame larger than the MTU
     plus the Ethernet (and one VLAN) header is dropped; a GSO frame is judged
@@ -500,335 +323,6 @@ cdef inline bint frame_fits_mtu(vs_port *dport, vs_frame *f, const uint8_t *eth_
         l3 = (f.csum_start + 20 if f.vhdr_len < f.csum_start + 20 else f.vhdr_len) + f.gso_size
         return l3 <= dport.mtu + l2
     return f.len <= dport.mtu + l2
-
-
-cdef enum:
-    TAP_SENT_PLAIN = 0
-    TAP_SENT_CSUM = 1
-    TAP_SENT_GSO = 2
-
-
-cdef inline void tap_sent(vs_port *dport, vs_vring *rvq, ssize_t rc, uint32_t flen,
-                          uint8_t kind) noexcept nogil:
-    """Account one write into a TAP queue: rc is its result (bytes or -errno)."""
-    if rc < 0:
-        rvq.c.drops[DROP_TAP_WRITE] += 1
-        if rc == -EBADFD:
-            dport.tap_errno = EBADFD    # deleted under us: the control plane re-creates it
-        return
-    rvq.c.packets += 1
-    rvq.c.bytes += flen
-    if kind == TAP_SENT_GSO:
-        rvq.c.gso_passthrough += 1
-    elif kind == TAP_SENT_CSUM:
-        rvq.c.csum_passthrough += 1
-
-
-cdef inline void tap_flush(vs_worker *w, vs_port *dport, vs_vring *rvq, int *nq) noexcept nogil:
-    """Hand the writes queued on the worker's ring to the kernel, in order, and
-    account each when it completed (vs_uring_flush waits for all of them)."""
-    cdef int i, err
-    if nq[0] == 0:
-        return
-    err = vs_uring_flush(&w.uring, w.tapres)
-    if err:
-        w.uring_errno = err     # the ring is disabled: write(2) from now on
-    for i in range(nq[0]):
-        tap_sent(dport, rvq, w.tapres[i], w.taplen[i], w.tapkind[i])
-    nq[0] = 0
-
-
-cdef void deliver_to_tap(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq, int qp, int n,
-                         int view) noexcept nogil:
-    cdef vs_port *dport = sw.ports[d]
-    cdef int q, i, k, fd, cnt, tag, nq = 0
-    cdef vs_vring *rvq
-    cdef vs_frame *f
-    cdef vs_frame *vf
-    cdef vs_seg *segs
-    cdef vs_seg *seg
-    cdef uint8_t one[TAP_OUT_SLOT]
-    cdef uint8_t *hdr
-    cdef uint8_t eth_type[2]
-    cdef uint8_t kind
-    cdef uint32_t skip
-    cdef iovec iov1[TAP_IOV_MAX]
-    cdef iovec *iov
-    cdef ssize_t rc
-    cdef uint64_t now = 0
-    cdef bint batch
-    q = qp % dport.nqp
-    fd = dport.tap_fd[q]
-    rvq = &dport.vq[2 * q]          # counters of "towards the kernel" on queue q
-    if fd < 0 or dport.tap_errno:
-        if view == VIEW_NORMAL:
-            for i in range(n):
-                if w.frames[i].dst == d:
-                    src_vq.c.drops[DROP_NO_RX_QUEUE] += 1
-        return
-    if dport.egress_policy and view == VIEW_NORMAL:
-        now = now_ns()
-    # A live capture records each frame after its write: one at a time then.
-    batch = w.uring.enabled and dport.capture == NULL
-    vs_spin_lock(&rvq.lock)
-    for i in range(n):
-        f = &w.frames[i]
-        tag = egress_select(sw, dport, d, f, view, src_vq)
-        if tag < 0:
-            continue
-        if w.budget <= 0:
-            src_vq.c.drops[DROP_OVER_BUDGET] += 1
-            continue
-        w.budget -= 1
-        vf = frame_view(w, f, w.segs, tag, &segs)
-        if vf == NULL:
-            rvq.c.drops[DROP_BAD_OFFLOAD] += 1
-            continue
-        # the EtherType of the frame as delivered (a tag pushed or popped)
-        sg_read(segs, vf.nseg, vf.hdr_len + 12, eth_type, 2)
-        if not frame_fits_mtu(dport, vf, eth_type):
-            rvq.c.drops[DROP_MTU_EXCEEDED] += 1
-            continue
-        if now and not police(&dport.out_bytes, &dport.out_pkts, f, now):
-            rvq.c.drops[DROP_RATE_LIMITED] += 1
-            continue
-        hdr = w.tapout + <size_t>nq * TAP_OUT_SLOT if batch else one
-        # The offload request travels as is: the kernel finishes checksums and
-        # segments GSO frames itself (it validated nothing of ours yet, but
-        # parse_offload checked csum_start/offset against the frame length).
-        memset(hdr, 0, VS_HDR_MAX)
-        kind = TAP_SENT_PLAIN
-        hdr[0] = vf.vflags & VNET_F_NEEDS_CSUM
-        if hdr[0]:
-            put_le16(hdr + 6, vf.csum_start)
-            put_le16(hdr + 8, vf.csum_offset)
-            kind = TAP_SENT_CSUM
-        if vf.gso_type != VS_GSO_NONE:
-            hdr[1] = vf.gso_type
-            put_le16(hdr + 2, vf.vhdr_len)
-            put_le16(hdr + 4, vf.gso_size)
-            kind = TAP_SENT_GSO
-        if vf.len <= TAP_SMALL_FRAME:
-            # one buffer: the header, then the frame
-            sg_read(segs, vf.nseg, vf.hdr_len, hdr + VS_HDR_MAX, vf.len)
-            if batch:
-                vs_uring_queue_write(&w.uring, fd, dport.tap_fixed[q], hdr, VS_HDR_MAX + vf.len, nq)
-        else:
-            # a larger frame is written from the source's buffers (the one
-            # copy is the kernel's)
-            iov = w.tapiov + <size_t>nq * TAP_IOV_MAX if batch else iov1
-            iov[0].iov_base = hdr
-            iov[0].iov_len = VS_HDR_MAX
-            cnt = 1
-            skip = vf.hdr_len
-            for k in range(vf.nseg):
-                seg = &segs[k]
-                if skip >= seg.len:
-                    skip -= seg.len
-                    continue
-                iov[cnt].iov_base = seg.p + skip
-                iov[cnt].iov_len = seg.len - skip
-                if batch and seg.p == w.vtag:
-                    # the VLAN tag of a re-tagged view lives in the worker
-                    # until the next frame's view: give it the slot's room
-                    memcpy(hdr + VS_HDR_MAX, w.vtag + skip, 4 - skip)
-                    iov[cnt].iov_base = hdr + VS_HDR_MAX
-                skip = 0
-                cnt += 1
-            if batch:
-                vs_uring_queue_writev(&w.uring, fd, dport.tap_fixed[q], iov, cnt, nq)
-        if batch:
-            # accounted when the ring reports its result (tap_flush)
-            w.taplen[nq] = vf.len
-            w.tapkind[nq] = kind
-            nq += 1
-            continue
-        if vf.len <= TAP_SMALL_FRAME:
-            rc = write(fd, hdr, VS_HDR_MAX + vf.len)
-        else:
-            rc = writev(fd, iov, cnt)
-        if rc < 0:
-            rc = -errno
-        elif dport.capture != NULL:     # live capture, egress: what the kernel was given
-            capture_frame(dport.capture, CAP_OUT, segs, vf.nseg, vf.hdr_len, vf.len)
-        tap_sent(dport, rvq, rc, vf.len, kind)
-    tap_flush(w, dport, rvq, &nq)
-    vs_spin_unlock(&rvq.lock)
-
-
-cdef enum:
-    TAP_IDLE_SKIP = 7
-
-
-cdef int tap_rx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int q) noexcept nogil:
-    """Read up to VS_BURST frames the kernel sent out of the TAP's queue q."""
-    cdef vs_vring *vq = &port.vq[2 * q + 1]
-    cdef int fd = port.tap_fd[q]
-    cdef int i, n = 0, rc
-    cdef ssize_t got
-    cdef uint8_t *buf
-    cdef vs_frame *f
-    if fd < 0 or port.tap_errno or w.budget <= 0:
-        return 0
-    if vq.tap_skip:
-        # After an empty read, look again only every few rounds: an empty
-        # read is a whole syscall, the cost of a frame written to the kernel.
-        vq.tap_skip -= 1
-        return 0
-    for i in range(VS_BURST):
-        buf = w.tapbuf + <size_t>n * VS_TAP_BUF
-        got = read(fd, buf, VS_TAP_BUF)
-        if got < 0:
-            if errno == EBADFD:
-                port.tap_errno = EBADFD     # deleted under us: the control plane re-creates it
-            elif i == 0:
-                vq.tap_skip = TAP_IDLE_SKIP
-            break
-        f = &w.frames[n]
-        f.dst = FRAME_DROPPED
-        f.nseg = 0
-        n += 1
-        if got < VS_HDR_MAX + VS_ETH_HLEN:
-            vq.c.drops[DROP_RUNT] += 1
-            continue
-        if got > VS_HDR_MAX + VS_MAX_FRAME:
-            # larger than any frame from a guest (or cut by the read): its
-            # delivery could need 4 bytes more for a pushed VLAN tag than
-            # the worker's linear buffer holds
-            vq.c.drops[DROP_BAD_LENGTH] += 1
-            continue
-        w.segs[n - 1].p = buf
-        w.segs[n - 1].len = <uint32_t>got
-        f.seg0 = n - 1
-        f.hdr_len = VS_HDR_MAX
-        f.len = <uint32_t>got - VS_HDR_MAX
-        rc = parse_offload(port, f, buf)
-        if rc:
-            vq.c.drops[rc] += 1
-            continue
-        f.nseg = 1
-        vq.c.packets += 1
-        vq.c.bytes += f.len
-    if n:
-        switch_burst(sw, w, pidx, q, vq, n)
-    return n
-
-
-cdef inline void take_headers(vs_worker *w, vs_frame *f, int i) noexcept nogil:
-    """Copy the virtio-net header and the L2 header (Ethernet + one 802.1Q
-    tag) of frame i out of guest memory into w.fhead[i], once, and make that
-    private copy the frame's first segment: every decision (offload, VLAN,
-    port security, FDB, MTU, policing) and every delivery (vhost, TAP, VXLAN,
-    mirror, capture) reads the same bytes, whatever a second vCPU writes into
-    the guest's buffer meanwhile. On entry the frame's nseg segments start at
-    f.seg0 + 1 and f.seg0 is free; the rest of the frame stays in place."""
-    cdef vs_seg *segs = &w.segs[f.seg0]
-    cdef uint32_t nh = f.hdr_len + (f.len if f.len < VS_L2_COPY else VS_L2_COPY)
-    cdef uint32_t skip = nh
-    cdef int k = 1, out = 1
-    if f.len <= VS_SMALL_COPY:
-        # a small frame whole: one segment, as the guest had it (the copy into
-        # the destination then has one source piece, not two)
-        nh = f.hdr_len + f.len
-        sg_read(segs + 1, f.nseg, 0, w.fhead[i], nh)
-        segs[0].p = w.fhead[i]
-        segs[0].len = nh
-        f.nseg = 1
-        return
-    sg_read(segs + 1, f.nseg, 0, w.fhead[i], nh)
-    while k <= f.nseg and skip >= segs[k].len:
-        skip -= segs[k].len
-        k += 1
-    while k <= f.nseg:
-        segs[out].p = segs[k].p + skip
-        segs[out].len = segs[k].len - skip
-        skip = 0
-        out += 1
-        k += 1
-    segs[0].p = w.fhead[i]
-    segs[0].len = nh
-    f.nseg = out
-
-
-cdef int tx_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int qp,
-                  vs_vring *vq) noexcept nogil:
-    """Dequeue up to VS_BURST frames from a guest TX ring and switch them."""
-    cdef uint16_t avail_idx, head, old_used
-    cdef int n = vring_avail_count(vq, &avail_idx)
-    cdef int i, rc, nseg, nused = 0, pool = 0
-    cdef uint64_t total
-    cdef bint discard
-    cdef vs_frame *f
-    if n < 0:
-        if not mem_lost(port):      # zero pages in place of the ring are not a wild index
-            vring_mark_broken(w, vq)
-        return 0
-    if n == 0:
-        return 0
-    if n > VS_BURST:
-        n = VS_BURST
-    # "started but disabled: consume and discard TX" (vhost-user.rst, Ring states)
-    discard = not vs_load_acquire_int(&vq.enabled)
-    # The guest just wrote these descriptors: start all their misses at once
-    # (the heads sit in one or two lines of the avail ring).
-    for i in range(n):
-        head = vq.avail.ring[<uint16_t>(vq.last_avail + i) & (vq.num - 1)]
-        if head < vq.num:
-            __builtin_prefetch(&vq.desc[head], 0, 3)
-    for i in range(n):
-        if w.budget <= 0:
-            n = i           # the port's work for this round is spent: the rest waits
-            break
-        head = vq.avail.ring[<uint16_t>(vq.last_avail + i) & (vq.num - 1)]
-        f = &w.frames[i]
-        f.head = head
-        f.dst = FRAME_DROPPED
-        f.nseg = 0
-        if head < vq.num:
-            w.tx_used[nused].id = head
-            w.tx_used[nused].len = 0
-            nused += 1
-        if discard:
-            vq.c.drops[DROP_RING_DISABLED] += 1
-            continue
-        # segs[pool] stays free for the private copy of the headers
-        rc = walk_chain(port, vq, head, False, &w.segs[pool + 1], VS_MAX_SEGS, &nseg, &total,
-                        &w.budget)
-        if rc == 0 and total < port.hdr_len + VS_ETH_HLEN:
-            rc = DROP_RUNT
-        if rc:
-            vq.c.drops[rc] += 1
-            continue
-        f.seg0 = pool
-        f.nseg = nseg
-        f.hdr_len = port.hdr_len
-        f.len = <uint32_t>(total - port.hdr_len)
-        pool += nseg + 1
-        # The guest's core wrote this frame: its first line is a cache miss.
-        # Start every frame's miss now and copy the headers in a second pass,
-        # so the misses of a burst overlap instead of queueing one by one.
-        prefetch_headers(&w.segs[pool - nseg], nseg, f.hdr_len)
-    vq.last_avail += <uint16_t>n
-    for i in range(n):
-        f = &w.frames[i]
-        if f.nseg == 0:
-            continue
-        take_headers(w, f, i)
-        rc = parse_offload(port, f, w.fhead[i])
-        if rc:
-            vq.c.drops[rc] += 1
-            f.nseg = 0
-            continue
-        vq.c.packets += 1
-        vq.c.bytes += f.len
-    switch_burst(sw, w, pidx, qp, vq, n)
-    # Only now give the source its buffers back: the frames have been copied.
-    old_used = vq.used_idx
-    for i in range(nused):
-        vring_put_used(vq, w.tx_used[i].id, 0)
-    vring_publish(port, vq)
-    vring_notify(w, vq, port.event_idx, old_used)
-    return n
 
 
 cdef inline bint worker_owns(vs_switch *sw, vs_worker *w, int p, int qp) noexcept nogil:
@@ -925,16 +419,6 @@ cdef void worker_sleep(vs_switch *sw, vs_worker *w) noexcept nogil:
                     log_used_ring(port, vq)
 
 
-cdef void stall(vs_worker *w) noexcept nogil:
-    """Test hook (debug stall-worker): stop making progress for a while, as a
-    worker stuck in a bug would, so the watchdog tests can see it noticed."""
-    cdef timespec ts
-    ts.tv_sec = w.stall_ms // 1000
-    ts.tv_nsec = (w.stall_ms % 1000) * 1000000
-    nanosleep(&ts, NULL)
-    w.stall_ms = 0
-
-
 cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
     cdef int p, qp, nports, work
     cdef uint32_t idle = 0
@@ -982,14 +466,14 @@ cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
                     continue
                 if port.kind != PORT_VHOST:
                     if port.kind == PORT_TAP:
-                        work += tap_rx_burst(sw, w, p, port, qp)
+                        work += tap_ingress_burst(sw, w, p, port, qp)
                     else:
-                        work += vxlan_rx_burst(sw, w, p, port)
+                        work += vxlan_ingress_burst(sw, w, p, port)
                     continue
                 vq = &port.vq[2 * qp + 1]
                 if not vs_load_acquire_int(&vq.started) or vs_load_acquire_int(&vq.broken):
                     continue
-                work += tx_burst(sw, w, p, port, qp, vq)
+                work += vhost_ingress_burst(sw, w, p, port, qp, vq)
                 if w.nring.pending:
                     # the burst's notifications (the source's and its
                     # destinations'), out of every ring lock, in one submit
@@ -999,7 +483,7 @@ cdef void worker_loop(vs_switch *sw, vs_worker *w) noexcept nogil:
         w.rounds += 1
         # End of a round: nothing from before this point is still in use.
         vs_store_release_u64(&w.epoch, w.epoch + 1)
-        if w.stall_ms:
+        if vs_unlikely(w.stall_ms):     # debug_stall_worker (testing.pxi); 0 unless hooks are on
             stall(w)
         if work:
             idle = 0

@@ -210,11 +210,14 @@ class InstalledDaemon:
     """ExecStart as written, in a private mount namespace whose /run is a
     tmpfs (so /run/vswitch is ours); other commands reach it with nsenter."""
 
-    def __init__(self, unit, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, unit, workdir: Path, env: dict[str, str], config: Path | None = None) -> None:
         self.argv = exec_argv(unit["Service"]["ExecStart"][0])
         self.log_path = workdir / "vswitchd.log"
-        script = ("mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -m 0755 /run/vswitch "
-                  '&& exec "$@"')
+        script = "mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -m 0755 /run/vswitch "
+        if config is not None:
+            # another configuration at the installed path, in this namespace only
+            script += f"&& mount --bind {shlex.quote(str(config))} {shlex.quote(str(CONFIG))} "
+        script += '&& exec "$@"'
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--",
                                       "sh", "-c", script, "sh", *self.argv],
@@ -252,14 +255,13 @@ class InstalledDaemon:
         return self.proc.returncode
 
 
-@pytest.fixture
-def daemon(unit, tmp_path):
+def notified_daemon(unit, tmp_path, config: Path | None = None):
     """The installed daemon under a simulated Type=notify + WatchdogSec=2s:
     NOTIFY_SOCKET and WATCHDOG_USEC (no WATCHDOG_PID, as in the issue)."""
     listener = NotifyListener(tmp_path / "notify")
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_PID")}
     env.update(NOTIFY_SOCKET=listener.path, WATCHDOG_USEC="2000000")
-    d = InstalledDaemon(unit, tmp_path, env)
+    d = InstalledDaemon(unit, tmp_path, env, config)
     d.notify = listener
     try:
         listener.wait_for(lambda m: m.get("READY") == "1", 30, "READY=1")
@@ -270,6 +272,22 @@ def daemon(unit, tmp_path):
     yield d
     d.stop()
     listener.close()
+
+
+@pytest.fixture
+def daemon(unit, tmp_path):
+    yield from notified_daemon(unit, tmp_path)
+
+
+@pytest.fixture
+def debug_daemon(unit, tmp_path):
+    """The daemon on the installed configuration plus `debug: true`: its test
+    hooks (debug stall-worker) answer."""
+    doc = yaml.safe_load(CONFIG.read_text()) or {}
+    doc["debug"] = True
+    config = tmp_path / "vswitch-debug.yaml"
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    yield from notified_daemon(unit, tmp_path, config)
 
 
 def kinds(messages) -> list[str]:
@@ -331,7 +349,8 @@ def test_exec_reload_reports_a_bad_config(unit, daemon, tmp_path):
     assert daemon.ctl("version")
 
 
-def test_watchdog_pings_stop_while_a_worker_is_stalled(daemon):
+def test_watchdog_pings_stop_while_a_worker_is_stalled(debug_daemon):
+    daemon = debug_daemon
     n = daemon.notify
     deadline = time.monotonic() + 10
     while len(pings(n.snapshot())) < 2:

@@ -118,6 +118,8 @@ class Switch:
         self.dp = Datapath(config.datapath.workers, config.datapath.mode, config.datapath.cpus,
                            config.datapath.tap_io)
         self.dp.set_memory_limits(config.limits.guest_memory_per_port, config.limits.guest_memory_total)
+        if config.debug:  # the control commands meant for tests (debug stall-worker) answer
+            self.dp.enable_test_hooks()
         # From here every change to the datapath runs on its control thread:
         # the event loop never waits for the workers (vswitch/dpcontrol.py).
         self.ctl = DatapathControl()

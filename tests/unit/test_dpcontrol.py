@@ -16,6 +16,7 @@ from vswitch.dpcontrol import DatapathControl
 @pytest.fixture
 def dp():
     dp = Datapath(1, "adaptive")
+    dp.enable_test_hooks()           # debug_stall_worker (testing.pxi)
     dp.start()
     ctl = DatapathControl()
     dp.bind_control_thread(ctl.ident)

@@ -21,6 +21,7 @@ def mac(i: int, prefix: int = 0x02) -> str:
 @pytest.fixture
 def dp():
     d = Datapath(1, "poll")
+    d.enable_test_hooks()             # debug_fdb_* (testing.pxi)
     d.fdb_set_default_max(0)
     yield d
 

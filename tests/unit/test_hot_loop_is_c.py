@@ -67,8 +67,9 @@ def reachable(functions) -> dict[str, str]:
 def test_worker_loop_reaches_the_whole_datapath(functions):
     reached = reachable(functions)
     # the graph is real: the loop reaches the ring, FDB and memory code
-    for name in ("tx_burst", "deliver_to_port", "rx_enqueue", "walk_chain", "fdb_learn",
-                 "fdb_lookup", "mem_gpa_segments", "vring_notify", "worker_sleep"):
+    for name in ("vhost_ingress_burst", "tap_ingress_burst", "vxlan_ingress_burst", "deliver_to_port",
+                 "deliver_to_vhost", "deliver_to_tap", "deliver_to_vxlan", "rx_enqueue", "walk_chain",
+                 "fdb_learn", "fdb_lookup", "mem_gpa_segments", "vring_notify", "worker_sleep", "stall"):
         assert name in reached, name
 
 

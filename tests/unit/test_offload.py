@@ -23,6 +23,7 @@ from tests.harness.packets import (
 )
 
 dp = pytest.importorskip("vswitch._datapath")
+dp.enable_test_hooks()                # the _offload_* hooks (testing.pxi)
 
 GSO_TCPV4, GSO_UDP, GSO_TCPV6, GSO_UDP_L4, GSO_ECN = 1, 3, 4, 5, 0x80
 

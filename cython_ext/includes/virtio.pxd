@@ -1,0 +1,33 @@
+# The split virtqueue as guests lay it out in their memory (vs_defs.h; virtio
+# spec "Split Virtqueues"). Every field may change under us at any time: the
+# datapath reads each one once into a local and validates the local.
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+cdef extern from "vs_defs.h" nogil:
+    enum:
+        VRING_DESC_F_NEXT
+        VRING_DESC_F_WRITE
+        VRING_DESC_F_INDIRECT
+        VRING_USED_F_NO_NOTIFY
+        VRING_AVAIL_F_NO_INTERRUPT
+    struct vs_vring_desc:
+        uint64_t addr
+        uint32_t len
+        uint16_t flags
+        uint16_t next
+    struct vs_vring_avail:
+        uint16_t flags
+        uint16_t idx
+        uint16_t ring[1]
+    struct vs_vring_used_elem:
+        uint32_t id
+        uint32_t len
+    struct vs_vring_used:
+        uint16_t flags
+        uint16_t idx
+        vs_vring_used_elem ring[1]
+    # virtio spec 2.7.10 vring_need_event
+    int vs_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old_idx)
+    # live migration: mark a 4 KiB guest page in the dirty log (atomic OR)
+    void vs_log_page(uint8_t *log, uint64_t page)
