@@ -279,6 +279,7 @@ cdef class Datapath:
         cdef int p, i
         cdef vs_port *port
         cdef vs_vxlan *vx
+        cdef uint32_t gens[VS_MAX_VRINGS]
         if not 1 <= queue_pairs <= VS_MAX_QP:
             raise DatapathError(f"queue pairs must be 1..{VS_MAX_QP}")
         for p in range(VS_MAX_PORTS):
@@ -290,9 +291,15 @@ cdef class Datapath:
             if port.in_use:
                 continue
             vx = port.vx               # kept with the slot (freed with the datapath)
+            for i in range(VS_MAX_VRINGS):
+                gens[i] = port.vq[i].notify_gen
             memset(port, 0, sizeof(vs_port))
             port.vx = vx
             for i in range(VS_MAX_VRINGS):
+                # A completion of the slot's last owner's write may still come
+                # (tagged with this ring's address and generation): a newer
+                # generation keeps it from clearing the new owner's claim.
+                port.vq[i].notify_gen = gens[i] + 1
                 port.vq[i].kick_fd = -1
                 port.vq[i].kick_epfd = -1
                 port.vq[i].call_fd = -1
@@ -768,6 +775,7 @@ cdef class Datapath:
             "avail_moved": bool(vq.avail_moved), "start_avail": vq.start_avail,
             "kick_fd": vq.kick_fd, "call_fd": vq.call_fd,
             "notify_busy": bool(vs_load_seq_int(&vq.notify_busy[NOTIFY_CALL])),
+            "notify_generation": vq.notify_gen & 0xffff,   # the tag's 16 bits
             "log_used_gpa": vq.log_used_gpa if vq.log_used else None,
         }
         cdef uint64_t gpa

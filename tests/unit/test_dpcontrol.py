@@ -4,6 +4,7 @@ there, so the event loop never waits (vswitch/dpcontrol.py)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
@@ -109,3 +110,22 @@ def test_changes_run_in_order_on_one_thread():
         assert ctl.run(threading.get_ident) == ctl.ident
     finally:
         ctl.close()
+
+
+def test_a_reused_slot_starts_a_newer_notification_generation():
+    """A notification write of a port's last front-end may complete after the
+    slot was freed and given to a new port (the completion is tagged with the
+    ring's address and generation): the new port's rings start a generation
+    on, so that late completion cannot clear the new owner's write claim."""
+    dp = Datapath(1, "adaptive")
+    slot = dp.port_add(1)
+    call = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        dp.vring_set_call(slot, 0, os.dup(call))       # a new fd: a new generation
+        before = dp.vring_info(slot, 0)["notify_generation"]
+        dp.port_remove(slot)
+        again = dp.port_add(1)
+        assert again == slot                            # the same ring memory
+        assert dp.vring_info(again, 0)["notify_generation"] > before    # not back to 0
+    finally:
+        os.close(call)
