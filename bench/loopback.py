@@ -1,4 +1,4 @@
-"""Loopback benchmark: vswitch against DPDK's vhost PMD (research/bench.md).
+"""Loopback benchmark: vswitch against DPDK's vhost PMD (docs/performance.md, "Loopback").
 
 Topology (one run)::
 
@@ -26,12 +26,12 @@ the medians (``--keep-noisy`` keeps them). The ratio is per pair
 commit (built once in a throw-away git worktree under /tmp with its own
 ``make build``, reused while it is at REF), interleaved as dpdk, baseline,
 vswitch for each pair and config (odd pairs reversed); each vswitch system is then also reported
-as a per-pair ratio to the baseline (issue 7: with every feature off the
-switch stays within 5 % of the release before it, ``--baseline cefd30a``).
+as a per-pair ratio to the baseline (the tenant features cost nothing when off:
+the switch stays within 5 % of the release before them, ``--baseline cefd30a``).
 
 ``--variants off,policing,...`` runs the current vswitch once per variant, a
 named YAML fragment applied to both ports (see VARIANTS): "off" is the plain
-config; the others turn issue-7 features on with limits above what the loop
+config; the others turn tenant features (docs/tenants.md) on with limits above what the loop
 can reach, so the figure is their cost, not their effect. A variant's ratio
 to "off" of the same pair is its cost. The generator's ports have fixed MACs
 (GEN_MACS) so that "security" can allow exactly the sources it sends from.
@@ -116,7 +116,7 @@ TOPOLOGIES = ("loop", "oneway")
 LOCK_PATH = Path("/tmp/vswitch-bench.lock")
 KINDS = ("dpdk", "vswitch")
 MIN_PPS = 1000.0  # below this median a run is an error: nothing circulates
-BASELINE_TOLERANCE = 0.95  # issue 7: all features off stays within 5 % of the baseline
+BASELINE_TOLERANCE = 0.95  # tenant features off stay within 5 % of the release before them
 
 # The generator's port MACs (net_virtio_user0 on socket a, 1 on b). Fixed, so
 # that port security can allow them; locally administered, and never testpmd's
@@ -763,7 +763,7 @@ def summarize(runs: list[RunResult], configs: list[Config], keep_noisy: bool,
             row["baseline_mpps"] = _stats(mpps["baseline"])
             row["ratio_baseline"] = _stats(_pair_ratios(good.get("vswitch", []), good["baseline"]))
             rb = row["ratio_baseline"]
-            # the issue's criterion: median per-pair ratio of "off" to the baseline
+            # the criterion: median per-pair ratio of "off" to the baseline (BASELINE_TOLERANCE)
             row["within_5pct_of_baseline"] = None if rb is None else rb["median"] >= BASELINE_TOLERANCE
             row["best_ratio_baseline"] = _best_ratio(good.get("vswitch", []), good["baseline"])
             both = [r.median_pps for r in good.get("vswitch", []) + good["baseline"] if r.median_pps]
@@ -972,7 +972,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-noisy", action="store_true", help="include flagged runs in the medians")
     ap.add_argument("--vswitchd", type=Path, default=REPO / ".venv" / "bin" / "vswitchd")
     ap.add_argument("--gen-mbufs", type=int, default=None,
-                    help="generator --total-num-mbufs (default: testpmd's default pool, as in bench.md)")
+                    help="generator --total-num-mbufs (default: testpmd's default pool)")
     ap.add_argument("--workdir", type=Path, default=None, help="run directories and logs (default: temp dir)")
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--resummarize", type=Path, metavar="JSON", default=None,

@@ -1,5 +1,5 @@
 """Rate limits, measured: a guest limited to N Mbit/s, with TSO on, should
-measure N +- 5 % with iperf3 (issue 7).
+measure N +- 5 % with iperf3 (docs/tenants.md, "Rate limits"; docs/performance.md).
 
     .venv/bin/python -m bench.ratelimit [--rates 50,200,500] [--egress-rates 200]
         [--seconds 10] [--omit 2]
@@ -47,7 +47,7 @@ from tests.harness.guests import QemuGuest, build_image, default_cache_dir
 from tests.harness.switch import Vswitchd
 
 RESULTS = ROOT / "bench" / "results"
-TOLERANCE = 0.05  # the issue's figure: N +- 5 %
+TOLERANCE = 0.05  # N +- 5 %: what a rate limit promises (docs/tenants.md)
 # TSO on: A hands the switch TSO frames, B takes them whole
 TSO_FEATURES = {"a": "NET_HOST_TSO4", "b": "NET_GUEST_TSO4"}
 IP_A, IP_B = "10.7.0.1", "10.7.0.2"

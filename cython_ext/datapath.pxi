@@ -743,7 +743,9 @@ cdef class Datapath:
 
     def vring_stop(self, int p, int idx):
         """GET_VRING_BASE: stop the ring and return the next avail index to
-        process. Nothing is reset (rust-vmm #154: resetting broke resume)."""
+        process. Nothing is reset (vhost-user.rst, "Ring states": GET_VRING_BASE
+        stops the ring; a back-end that reset it returned 0 and broke
+        suspend/resume, https://github.com/rust-vmm/vhost/pull/154 and /pull/161)."""
         cdef vs_vring *vq = self._vring(p, idx)
         if vq.started:
             vs_store_release_int(&vq.started, 0)

@@ -278,7 +278,7 @@ ctypedef struct vs_port:
     uint64_t mem_faults_ok         # mem_faults when the memory now mapped was installed
     int log_all
     uint64_t log_marks             # ranges marked (racy between workers: a statistic)
-    # --- issue 7 policy; each part is skipped by one test when unset ---
+    # --- per-port policy (docs/tenants.md); each part is skipped by one test when unset ---
     int vlan_mode                  # VLAN_ALL / VLAN_ACCESS / VLAN_TRUNK
     uint16_t vlan_access           # access: its VLAN
     uint16_t vlan_native           # trunk: VLAN of untagged frames, 0: untagged frames dropped

@@ -1,6 +1,6 @@
 """The FDB through a running vswitchd: frames from our test front-end
 (tests/harness/frontend), the table as `vswitchctl fdb show` prints it, flushes,
-per-port caps, aging and static entries from the config (issue 7, item 5).
+per-port caps, aging and static entries from the config (docs/configuration.md, "fdb").
 
 The table's own corner cases (VLAN keys, counts, clock wrap, slot reuse over
 more MACs than the table holds) are in tests/unit/test_fdb.py.

@@ -1,4 +1,4 @@
-"""Random hostile rings against a live vswitchd (anchors.md §4 item 16: unchecked
+"""Random hostile rings against a live vswitchd (what hurt other back-ends: unchecked
 translation CVE-2020-10725, tiny chains CVE-2022-2132, loops, index truncation).
 
 One daemon for the module, three ports with static MACs: a healthy pair a<->b

@@ -106,7 +106,7 @@ def env(tmp_path_factory):
         "b": {"type": "vhost-user", "queues": 2},
         "c": {"type": "vhost-user", "queues": 1},
         "m": {"type": "vhost-user", "queues": 1, "mtu": 1500},
-        # issue-7 policy: p polices and allows only its own MAC; q is an access
+        # per-port policy: p polices and allows only its own MAC; q is an access
         # port with a broadcast cap of one frame per second
         "p": {"type": "vhost-user", "queues": 1, "allowed_macs": [MAC["p"].hex(":")],
               "ingress_policing": {"pps": 1, "pps_burst": 1}},

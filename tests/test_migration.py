@@ -62,7 +62,7 @@ def test_guest_migrates_between_ports_without_corruption(tmp_path, image, announ
         assert p.ping(IP_M, count=3, interval=0.2).loss_pct == 0
         # The stream: random bytes, paced to span the migration, checked by md5
         # on arrival. Paced because TCG migration on this machine corrupts a
-        # guest that writes memory fast, with or without any NIC (README).
+        # guest that writes memory fast, with or without any NIC (docs/faults.md, "Known limits").
         p.check_output(f"dd if=/dev/urandom of=/tmp/data bs=64k count={CHUNKS} 2>/dev/null")
         want = p.check_output("md5sum /tmp/data").split()[0]
         # (sleep | nc: busybox nc hangs up when its stdin ends; head -c ends the pipe)

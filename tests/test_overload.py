@@ -1,4 +1,4 @@
-"""Overload and abuse cost nobody else (issue 6, item 6).
+"""Overload and abuse cost nobody else (docs/faults.md).
 
 One vswitchd for the module. DPDK testpmd's virtio-user is the healthy pair
 ("in" -> "out", every frame checked byte for byte); the front-end written in

@@ -1,4 +1,4 @@
-"""Issue 7 policy in the datapath, byte for byte, against the test front-end:
+"""Per-port policy (docs/tenants.md) in the datapath, byte for byte, against the test front-end:
 802.1Q push/pop/rewrite (with offload offsets), VLAN filtering and per-VLAN
 flooding, port security, storm control, policing (GSO charged per segment)
 and mirrors. The QEMU-level behaviour is in tests/test_vlan_guests.py.

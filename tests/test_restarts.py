@@ -1,4 +1,4 @@
-"""Restarts under traffic: the switch, a guest, a guest's reboot (issue 6, items 1-2).
+"""Restarts under traffic: the switch, a guest, a guest's reboot (docs/faults.md).
 
 Two real QEMU guests on two queue pairs, in both socket roles: A on a server
 port (QEMU connects with reconnect=1), B on a client port (QEMU listens with
@@ -8,8 +8,8 @@ the tests run in file order, each leaving a working topology to the next.
 1. vswitchd is killed with SIGKILL while A pings B and B streams to A with
    iperf3; a new vswitchd starts on the same config and runtime directory (the
    stale socket files, control socket and lock file are still there). QEMU
-   flaps the guests' links during the outage (expected, documented in the
-   README); the guests are not rebooted, and lose frames only during the
+   flaps the guests' links during the outage (expected, documented in
+   docs/faults.md); the guests are not rebooted, and lose frames only during the
    outage: QEMU restarts every ring from its used index, so buffers the dead
    switch had taken but not completed are offered again (at most a duplicate
    or two), and no ring stalls. A second vswitchd on the same runtime

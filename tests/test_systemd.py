@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 UNIT = Path("/etc/systemd/system/vswitchd.service")
 CONFIG = Path("/etc/vswitch/vswitch.yaml")
 # systemd-analyze security --offline=yes rates the unit 2.4 (systemd 252);
-# the issue asks for below 3.0. A regression above this fails.
+# below 3.0 ("OK" on systemd-analyze's scale) is the bar, docs/service.md gives
+# the rating. A regression above this fails.
 SECURITY_SCORE_MAX = 2.5
 NOBODY = 65534     # nobody / nogroup on Debian
 
@@ -257,7 +258,9 @@ class InstalledDaemon:
 
 def notified_daemon(unit, tmp_path, config: Path | None = None):
     """The installed daemon under a simulated Type=notify + WatchdogSec=2s:
-    NOTIFY_SOCKET and WATCHDOG_USEC (no WATCHDOG_PID, as in the issue)."""
+    NOTIFY_SOCKET and WATCHDOG_USEC, without WATCHDOG_PID (which
+    sd_watchdog_enabled(3) treats as optional: the daemon then takes the
+    watchdog as its own)."""
     listener = NotifyListener(tmp_path / "notify")
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_PID")}
     env.update(NOTIFY_SOCKET=listener.path, WATCHDOG_USEC="2000000")

@@ -2,5 +2,6 @@
 
 ``model`` generates vhost-user messages from any source of choices (a
 hypothesis ``data`` object or an atheris ``FuzzedDataProvider``) and runs them
-through a ``Session`` while checking the invariants of anchors.md §4 item 16.
+through a ``Session`` while checking its invariants (docs/security.md: every fd
+stored or closed, nothing started on stale state).
 """

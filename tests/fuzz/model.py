@@ -709,7 +709,7 @@ class ModelBackend:
         if r.started:
             return
         if not r.fresh_addr:
-            raise Violation(f"vring {index} started without fresh addresses (anchors §4.18)")
+            raise Violation(f"vring {index} started without fresh addresses since GET_VRING_BASE")
         if not r.num:
             raise DatapathError("ring size not set")
         if not self.mem:

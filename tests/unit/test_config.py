@@ -643,7 +643,7 @@ def test_tap_port() -> None:
 
 
 # --------------------------------------------------------------------------
-# Issue 5: control, metrics, datapath.cpus, defaults, and the new port keys
+# control, metrics, datapath.cpus, defaults, and the per-port socket and feature keys
 
 MISSING = "no-such-name-vswitch-test"
 FEATURES_ON = {"mrg_rxbuf": True, "event_idx": True, "indirect_desc": True, "offloads": True,
@@ -1206,7 +1206,7 @@ def test_new_keys_all_errors_at_once() -> None:
 
 
 # --------------------------------------------------------------------------
-# Forwarding policies (issue 7): vlan, allowed_macs, storm_control,
+# Forwarding policies (docs/tenants.md): vlan, allowed_macs, storm_control,
 # ingress_policing, egress_policing, mirror
 
 
@@ -1555,7 +1555,7 @@ def test_mirror_to_a_port_that_is_itself_invalid_reports_only_that_port() -> Non
     assert "ports.b.queues: must be 1..64 (got 0)" in found
 
 
-# --- FDB (issue 7) -----------------------------------------------------------------
+# --- FDB --------------------------------------------------------------------------
 
 def test_fdb_defaults_when_absent() -> None:
     config = parse_config("ports: {vm1: {type: vhost-user}, up: {type: tap}}\n")

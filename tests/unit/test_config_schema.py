@@ -233,7 +233,7 @@ VALIDATOR_ONLY = {
                         "datapath.cpus[0]: cpu 4095 is not available to this process (allowed: ", True),
 }
 
-# FDB (issue 7): the `fdb` section and the per-port cap.
+# FDB: the `fdb` section and the per-port cap.
 GOOD["fdb"] = """
     fdb:
       aging_time: 0
@@ -281,7 +281,7 @@ DIVERGENT = {
 }
 
 
-# -- forwarding policies (issue 7): vlan, allowed_macs, storm_control,
+# -- forwarding policies (docs/tenants.md): vlan, allowed_macs, storm_control,
 # ingress_policing, egress_policing, mirror; on every port type.
 
 def _port(settings: str, port_type: str = "vhost-user", others: str = "") -> str:

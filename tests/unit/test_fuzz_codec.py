@@ -1,4 +1,4 @@
-"""The vhost-user codec under arbitrary bytes (hypothesis; anchors.md §1.1-1.2, §4 item 16).
+"""The vhost-user codec under arbitrary bytes (hypothesis; vhost-user.rst, "Message Specification").
 
 * decode of any bytes raises nothing but ProtocolError (or returns);
 * encode/decode round trips for headers, replies, vring state, memory tables;

@@ -1,4 +1,5 @@
-"""The session state machine under random message orders (anchors.md §4 items 12, 16).
+"""The session state machine under random message orders (docs/architecture.md,
+"A vhost-user message, from the socket to the datapath").
 
 Sequences of messages of random types - taken from the protocol's own
 Request enum, so handlers that land later are fuzzed too - with plausible

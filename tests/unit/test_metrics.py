@@ -1,9 +1,9 @@
 """vswitch.metrics without a datapath: the collector against a fake switch
 (plain objects with the shapes of port.show(), dp.worker_stats() and
-dp.fdb_entries()), parsed back with prometheus_client's own parser; the
-naming rules of research/ecosystem.md §2.2; the HTTP endpoint on a real
-socket (asyncio and uvloop); and the Grafana dashboard against what the
-collector emits.
+dp.fdb_entries()), parsed back with prometheus_client's own parser;
+Prometheus' naming rules (https://prometheus.io/docs/practices/naming/); the
+HTTP endpoint on a real socket (asyncio and uvloop); and the Grafana
+dashboard against what the collector emits.
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ def test_collecting_reads_the_switch_each_time(switch):
         value(first, "vswitch_port_receive_packets_total", port="a", queue="0") + 5
 
 
-# --- naming rules (ecosystem.md §2.2) ------------------------------------------------------
+# --- naming rules (prometheus.io, "Metric and label naming") ------------------------------
 
 BASE_UNITS = {"bytes", "seconds"}
 NOT_BASE_UNITS = {"milliseconds", "microseconds", "nanoseconds", "ms", "ns", "kilobytes", "megabytes",

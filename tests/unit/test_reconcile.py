@@ -77,7 +77,7 @@ def test_defaults_change_reaches_every_port_that_inherits_it():
     assert [c.name for c in p.changed] == ["b"] and p.changed[0].at_connect == ("queues",)
 
 
-# Forwarding policies (issue 7): every one of them, set, changed or removed,
+# Forwarding policies (docs/tenants.md): every one of them, set, changed or removed,
 # is applied to the running port; neither port type restarts or waits.
 POLICIES = {
     "vlan": ({"mode": "access", "id": 10}, {"mode": "trunk", "allowed": [10, "20-30"], "native": 1}),

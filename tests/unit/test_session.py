@@ -1,8 +1,8 @@
 """The message codec and the session state machine, without sockets.
 
 The backend here records what the session asks of the datapath, so each test
-can assert the exact effect of a message order (anchors.md §4: kick before
-enable, SET_VRING_ENABLE(0) before GET_VRING_BASE, SET_FEATURES per pair).
+can assert the exact effect of a message order (orders real front-ends send: kick
+before enable, SET_VRING_ENABLE(0) before GET_VRING_BASE, SET_FEATURES per pair).
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def test_features_offered_include_protocol_features_mq_and_mtu(session):
                 F.NET_MRG_RXBUF, F.RING_F_EVENT_IDX, F.RING_F_INDIRECT_DESC):
         assert features & (1 << bit), bit.name
     proto = reply_u64(send(s, R.GET_PROTOCOL_FEATURES))
-    # exactly what is implemented (anchors §4.9: never claim more)
+    # exactly what is implemented: never claim more (a front-end uses what is offered)
     assert proto == sum(1 << f for f in (PF.MQ, PF.REPLY_ACK, PF.NET_MTU, PF.RESET_DEVICE,
                                          PF.LOG_SHMFD, PF.RARP, PF.CONFIGURE_MEM_SLOTS))
     assert reply_u64(send(s, R.GET_QUEUE_NUM)) == 2
@@ -339,7 +339,7 @@ def test_add_mem_reg_needs_exactly_one_fd_and_a_sane_region(session):
 def test_log_base_is_answered_and_logging_addresses_reach_the_datapath(session):
     s, backend = session
     negotiate(s, 1 << PF.REPLY_ACK | 1 << PF.LOG_SHMFD)
-    # the front-end waits for this reply (rust-vmm/vhost#217): always sent
+    # the front-end waits for this reply (https://github.com/rust-vmm/vhost/issues/217): always sent
     assert reply_u64(send(s, R.SET_LOG_BASE, struct.pack("=QQ", 4096, 0), [memfd()])) == 0
     assert backend.calls[-1] == ("log", 4096, 0)
     with pytest.raises(ProtocolError, match="not valid"):

@@ -5,12 +5,14 @@ configuration gathered from NUM/ADDR/BASE/KICK/CALL/ENABLE) and tells the
 datapath what to do through the small `Backend` interface. It does no socket
 I/O, so tests can feed it any message order.
 
-Rules from vhost-user.rst and from others' bugs (anchors.md §4) kept here:
+Rules kept here, from vhost-user.rst and from bugs other back-ends had:
 * State is created lazily and never depends on message order: a ring starts
   once it has a size, addresses, a kick and a memory table, whichever comes
   last. A kick is never lost, because a started ring is polled.
 * GET_VRING_BASE stops the ring and reports the next avail index; it resets
-  nothing else (rust-vmm #154/#161).
+  nothing else (vhost-user.rst, "Ring states"; a back-end that reset it
+  returned 0 and broke suspend/resume: https://github.com/rust-vmm/vhost/pull/154
+  and /pull/161).
 * SET_FEATURES may arrive once per queue pair (QEMU net): it is idempotent.
   Without VHOST_USER_F_PROTOCOL_FEATURES the rings start enabled.
 * NEED_REPLY is honoured whenever REPLY_ACK was negotiated.
@@ -66,10 +68,11 @@ class Backend(Protocol):
     def send_rarp(self, mac: bytes) -> None: ...
 
 
-# Feature offer for a net port (anchors.md §2.1). Checksum and TCP
-# segmentation offloads are offered both ways: the datapath hands them on to
-# guests that negotiated the receive side and finishes them in software for
-# the others. UFO/USO are not offered (Linux guests no longer send UFO).
+# Feature offer for a net port (virtio spec, "Network Device", "Feature
+# bits"). Checksum and TCP segmentation offloads are offered both ways: the
+# datapath hands them on to guests that negotiated the receive side and
+# finishes them in software for the others. UFO/USO are not offered (Linux
+# guests no longer send UFO).
 # VHOST_F_LOG_ALL with LOG_SHMFD: dirty logging for live migration (without
 # them QEMU blocks migration). GUEST_ANNOUNCE: QEMU's virtio-net makes the
 # guest announce itself after migration (the control queue stays in QEMU);
@@ -257,7 +260,7 @@ class Session:
 
     def _reset_owner(self, h, payload, fds):
         # Deprecated; QEMU still sends it on some paths. Never treat it as
-        # "forget the connection" (anchors.md §1.5).
+        # "forget the connection" (vhost-user.rst, VHOST_USER_RESET_OWNER).
         return None
 
     def _get_protocol_features(self, h, payload, fds):
@@ -432,7 +435,8 @@ class Session:
         vr = self._vring_index(st.index, "GET_VRING_BASE")
         base = self.backend.stop_vring(st.index)
         # The ring needs fresh addresses and a fresh kick before it runs again
-        # (DPDK vq_is_ready; stale addresses after a guest reboot: anchors §4.18).
+        # (as DPDK's vq_is_ready does: addresses left from before a guest reboot
+        # are stale).
         vr.started = False
         vr.kicked = False
         vr.addr_set = False

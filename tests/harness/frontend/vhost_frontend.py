@@ -1766,7 +1766,8 @@ class VhostUserFrontend:
                          send_err_fd: bool = True, set_features_per_pair: bool = True,
                          status: bool = True, sync: bool = True, rx_buffers: int = 0,
                          rx_buf_len: int = 2048) -> NetDevice:
-        """Negotiate and start a virtio-net device like QEMU does (anchors.md §1.7).
+        """Negotiate and start a virtio-net device in the order QEMU's vhost-user-net
+        sends the messages.
 
         Sequence: GET_FEATURES, GET_PROTOCOL_FEATURES, SET_PROTOCOL_FEATURES,
         GET_QUEUE_NUM (if MQ), GET_MAX_MEM_SLOTS (if CONFIGURE_MEM_SLOTS),
