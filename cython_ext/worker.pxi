@@ -309,7 +309,7 @@ cdef void switch_burst(vs_switch *sw, vs_worker *w, int pidx, int qp, vs_vring *
 
 
 cdef inline bint frame_fits_mtu(vs_port *dport, vs_frame *f, const uint8_t *eth_type) noexcept nogil:
-    """virtio spec 5.1.6.3.2 / the uplink issue: a frame larger than the MTU
+    """virtio spec 5.1.6.3.2 (docs/uplink.md): a frame larger than the MTU
     plus the Ethernet (and one VLAN) header is dropped; a GSO frame is judged
     by its segment size (headers + gso_size), not its total length."""
     cdef uint32_t l2 = VS_ETH_HLEN

@@ -13,8 +13,8 @@ needs, so that a run can leave it out:
     systemd  installs the unit and runs systemd's tools on it
     slow     takes 5 s or more by itself
 
-Each test module also belongs to one of the groups the README lists under
-"Tests" (GROUPS below; tests/unit is the unit group); the group is a marker
+Each test module also belongs to one of the groups docs/testing.md lists under
+"What it runs" (GROUPS below; tests/unit is the unit group); the group is a marker
 too, so `pytest -m hostile` runs the hostile-guest group and
 `pytest -m "datapath and not slow"` part of the datapath one. `make
 test-quick` runs `-m "not qemu and not dpdk and not systemd and not slow"`.
@@ -30,7 +30,7 @@ from tests.harness.guests import GuestImage, build_image, default_cache_dir
 
 TESTS = Path(__file__).resolve().parent
 
-# The README's groups of daemon-level test modules.
+# The groups of daemon-level test modules (docs/testing.md, "What it runs").
 GROUPS: dict[str, str] = {
     "test_datapath.py": "datapath",
     "test_guest_mapping.py": "datapath",

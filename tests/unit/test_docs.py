@@ -237,15 +237,66 @@ def test_every_path_a_document_names_exists(document):
         assert found, f"{_rel(document)} names {path}, which is not in the repository"
 
 
+# An issue number of the project's tracker, the design notes and research kept
+# beside the repository, the paths of the machine it was written on: a reader
+# of the repository alone cannot follow any of them. What they pointed to
+# belongs in docs/ (or is a public specification or upstream bug, cited by its
+# name or address).
+OUTSIDE_POINTERS = (r"\bissue[ -]?#?\d+", r"\bthe issue\b", r"\.\./shared", r"\bdesign\.md\b",
+                    r"\bresearch/", r"\banchors\.md\b", r"\banchors §", r"\becosystem\.md\b",
+                    r"\bbench\.md\b", r"\bqemu-guests\.md\b", r"/work/")
+
+
+def _outside_pointers(path: Path) -> list[str]:
+    """`path:line: text` of each pointer outside the repository in the file."""
+    hits = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        for pattern in OUTSIDE_POINTERS:
+            found = re.search(pattern, line, re.I)
+            if found:
+                hits.append(f"{_rel(path)}:{number}: {found.group(0)!r}")
+    return hits
+
+
 @pytest.mark.parametrize("document", DOCUMENTS, ids=_rel)
 def test_no_document_points_outside_the_repository(document):
     """The documents stand alone: no issue numbers of the project's tracker,
     no design notes or research kept elsewhere."""
-    text = document.read_text()
-    for pattern in (r"\bissue[ -]?#?\d+", r"\.\./shared", r"\bdesign\.md\b", r"\bresearch/",
-                    r"\banchors\.md\b", r"/work/"):
-        found = re.search(pattern, text, re.I)
-        assert found is None, f"{_rel(document)}: {found.group(0)!r} points outside the repository"
+    hits = _outside_pointers(document)
+    assert not hits, f"pointers outside the repository: {hits}"
+
+
+CODE_TOPS = ("vswitch", "cython_ext", "tests", "bench", "config", "systemd")
+CODE_SUFFIXES = {".py", ".pyx", ".pxi", ".pxd", ".h", ".c", ".yaml", ".yml", ".json", ".toml",
+                 ".service", ".sh", ".md", ".txt", ".cfg"}
+
+
+def _code_files() -> list[Path]:
+    """Every text file of the code, its tests, benchmarks, config and unit:
+    sources by hand only (not Cython's .c), and not bench/results, whose
+    records keep the paths of the machine that measured them."""
+    files = [ROOT / name for name in ("Makefile", "setup.py", "pyproject.toml") if (ROOT / name).exists()]
+    for top in CODE_TOPS:
+        for path in sorted((ROOT / top).rglob("*")):
+            parts = path.relative_to(ROOT).parts
+            if (not path.is_file() or path.suffix not in CODE_SUFFIXES or "__pycache__" in parts
+                    or parts[:2] == ("bench", "results")
+                    or (path.suffix == ".c" and path.with_suffix(".pyx").exists())):
+                continue
+            if path == Path(__file__).resolve():       # the patterns themselves
+                continue
+            files.append(path)
+    return files
+
+
+def test_no_code_file_points_outside_the_repository():
+    """Comments, docstrings and help texts follow the same rule as the
+    documents: they point to docs/ (or to a public specification), never to
+    an issue number or to notes outside the repository."""
+    files = _code_files()
+    assert len(files) > 100
+    hits = [hit for path in files for hit in _outside_pointers(path)]
+    assert not hits, "pointers outside the repository:\n" + "\n".join(hits)
 
 
 # --- the module map ------------------------------------------------------------------------------
