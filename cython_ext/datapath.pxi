@@ -2,10 +2,10 @@
 # are grouped by concern, in the order of the table in _datapath.pyx's
 # docstring; each group's C-level half is in the .pxi named in its header.
 #
-# Protocol (docs/architecture.md): the control plane changes what a worker may
-# see by flipping a flag, waits for every worker to finish the round it was
-# in (`_quiesce`), and only then touches the ring, the memory map or the fds
-# it used.
+# Protocol (docs/architecture.md, "Epochs and quiescence"): the control
+# plane changes what a worker may see by flipping a flag, waits for every
+# worker to finish the round it was in (`_quiesce`), and only then touches
+# the ring, the memory map or the fds it used.
 
 # The longest the control plane waits for every worker to finish a round.
 cdef uint64_t QUIESCE_TIMEOUT_NS = 5000000000ULL

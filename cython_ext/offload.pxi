@@ -1,5 +1,5 @@
-# Software fallback for virtio-net offloads (docs/architecture.md, the "VM<->VM
-# forwarding matrix"): when the destination did not negotiate GUEST_CSUM the
+# Software fallback for virtio-net offloads (docs/architecture.md, "Offloads
+# between guests"): when the destination did not negotiate GUEST_CSUM the
 # switch finishes a NEEDS_CSUM frame's L4 checksum (`finish_csum`); when it did
 # not negotiate GUEST_TSO4/6 the switch cuts a TCP GSO super-frame into
 # MSS-sized frames (`tso_plan` once, then `tso_segment` per segment).

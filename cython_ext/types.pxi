@@ -1,8 +1,8 @@
 # The datapath's own C types, limits and enums, in one place (what it
 # declares of outside C - libc, Linux, io_uring, atomics - is in includes/*.pxd).
 #
-# Ownership (docs/architecture.md, the datapath rules): the control plane writes a ring's
-# configuration only while the ring is stopped (`started == 0`) and every
+# Ownership (docs/architecture.md, "Who owns each ring"): the control plane
+# writes a ring's configuration only while the ring is stopped (`started == 0`) and every
 # worker has passed a quiescent point since; workers read it after an acquire
 # load of `started`. Counters of a TX ring are written only by the worker that
 # owns that ring; counters of an RX ring only under the ring's spinlock.
@@ -14,7 +14,7 @@ cdef enum:
     VS_MAX_QP = 64
     VS_MAX_VRINGS = 128            # 2 * VS_MAX_QP
     VS_MAX_REGIONS = 32            # memory slots (CONFIGURE_MEM_SLOTS; SET_MEM_TABLE sends <= 8)
-    VS_BURST = 32                  # frames per queue per round (docs/architecture.md)
+    VS_BURST = 32                  # frames per queue per round
     VS_MAX_SEGS = 64               # guest buffer pieces per frame
     VS_MAX_RX_CHAINS = 64          # MRG_RXBUF chains per frame
     VS_HDR_MAX = 12                # virtio_net_hdr_v1 (VERSION_1 or MRG_RXBUF)

@@ -32,9 +32,10 @@ cdef int vhost_deliver_frame(vs_worker *w, vs_port *dport, vs_vring *rvq, uint16
                              vs_frame *f, vs_seg *segs) noexcept nogil:
     """Deliver one frame (segments `segs`, f.hdr_len header bytes to skip) to
     one destination ring, re-expressing the source's offload request in what
-    this destination negotiated (docs/architecture.md, offloads): hand the partial checksum
-    or GSO frame on when it can take it, else finish the checksum or cut the
-    segments here - for this destination only."""
+    this destination negotiated (docs/architecture.md, "Offloads between
+    guests"): hand the partial checksum or GSO frame on when it can take it,
+    else finish the checksum or cut the segments here - for this destination
+    only."""
     cdef uint8_t hdr[VS_HDR_MAX]
     cdef vs_tso plan
     cdef vs_seg one

@@ -6,9 +6,8 @@
 #
 # Ring ownership: the TX ring of queue pair q of port p is dequeued only by
 # worker (p + q) % nworkers. A guest RX ring may be filled by any worker, so
-# it is taken under its spinlock for one burst (docs/architecture.md: "a
-# destination queue shared by workers is taken under a per-queue lock for a
-# whole burst"). Frames from TX queue q go to RX queue q of the destination
+# it is taken under its spinlock for one burst (docs/architecture.md, "Who
+# owns each ring"). Frames from TX queue q go to RX queue q of the destination
 # (modulo its enabled queues): a flow stays on one queue, and traffic that
 # the guest spreads over its TX queues is spread over the peer's RX queues.
 

@@ -1,6 +1,7 @@
 """Software offload fallback (cython_ext/offload.pxi): finishing a NEEDS_CSUM
 checksum and cutting a TCP GSO super-frame into MSS-sized frames (virtio spec,
-"Network Device", "Device Operation"; docs/architecture.md, "Offloads between guests").
+"Network Device", "Device Operation"; docs/architecture.md, "Offloads between
+guests").
 
 Frames are built here with struct and checked against a Python RFC 1071
 reference. The C code is reached through the `_offload_*` test hooks of
