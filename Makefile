@@ -143,7 +143,8 @@ clean:
 # make install: a virtualenv of its own under /opt (Debian's system Python is
 # externally managed, PEP 668) with vswitch built into it (not editable), the
 # commands linked into $(PREFIX)/bin, the systemd unit, the default config
-# (only if there is none), the Grafana dashboard and the config schema.
+# (only if there is none), the Grafana dashboard and the config schema, and
+# the README with docs/ beside it in $(DOCDIR) (the README links into docs/).
 # Re-running it rebuilds and reinstalls the package and leaves an edited
 # /etc/vswitch/vswitch.yaml alone. `make uninstall` removes what it put, and
 # the config only if it is still the default.
@@ -188,6 +189,7 @@ install: deps-build
 	@install -D -m 0644 config/vswitch.yaml '$(DESTDIR)$(SHAREDIR)/vswitch.yaml.default'
 	@for f in $(INSTALL_EXTRAS); do install -D -m 0644 "$$f" '$(DESTDIR)$(SHAREDIR)/'"$${f##*/}"; done
 	@install -D -m 0644 README.md '$(DESTDIR)$(DOCDIR)/README.md'
+	@for f in docs/*.md; do install -D -m 0644 "$$f" '$(DESTDIR)$(DOCDIR)/'"$$f"; done
 	@if [ -e '$(DESTDIR)$(SYSCONFDIR)/vswitch/vswitch.yaml' ]; then \
 	  echo "keeping $(SYSCONFDIR)/vswitch/vswitch.yaml"; \
 	else \
