@@ -46,8 +46,9 @@ CTL_LATENCY_MAX_S = 1.0
 def sw(request, tmp_path_factory):
     work = tmp_path_factory.mktemp(f"notify{request.param}")
     # the switch on CPU 1, testpmd on CPU 0 (its TX retry budget is short)
+    # debug: true for `debug stall-worker`
     with Vswitchd(work / "switch", {n: {"type": "vhost-user"} for n in PORTS},
-                  workers=request.param, cpus="1") as sw:
+                  workers=request.param, cpus="1", extra={"debug": True}) as sw:
         sw.work = work
         yield sw
 

@@ -329,8 +329,20 @@ def test_exec_reload_reports_a_bad_config(unit, daemon, tmp_path):
     assert daemon.ctl("version")
 
 
-def test_watchdog_pings_stop_while_a_worker_is_stalled(daemon):
+def enable_debug(daemon: InstalledDaemon, workdir: Path) -> None:
+    """The installed config with `debug: true`, seen at its path only in the
+    daemon's namespace, applied by a reload: the debug commands answer."""
+    debug = workdir / "debug.yaml"
+    assert "debug" not in yaml.safe_load(CONFIG.read_text())
+    debug.write_text(CONFIG.read_text() + "\ndebug: true\n")
+    proc = daemon.run_in_ns(["mount", "--bind", str(debug), str(CONFIG)])
+    assert proc.returncode == 0, proc.stderr
+    assert daemon.ctl("reload")["ports"] == {}
+
+
+def test_watchdog_pings_stop_while_a_worker_is_stalled(daemon, tmp_path):
     n = daemon.notify
+    enable_debug(daemon, tmp_path)
     deadline = time.monotonic() + 10
     while len(pings(n.snapshot())) < 2:
         assert time.monotonic() < deadline, f"no watchdog pings: {n.snapshot()}"
