@@ -22,7 +22,7 @@ from __future__ import annotations
 import inspect
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from . import __version__
 
@@ -109,7 +109,7 @@ class Command:
     name: str
     help: str
     args: tuple[Arg, ...] = ()
-    runs_in: str = "daemon"
+    runs_in: Literal["daemon", "vswitchctl"] = "daemon"
     cli: bool = True
     debug: bool = False
     connection: bool = False
@@ -212,9 +212,9 @@ class SwitchAPI:
     """The running switch, as its clients see it."""
 
     def __init__(self, switch: "Switch") -> None:
-        from .capture import CaptureManager
+        from . import capture      # it imports this module
         self.switch = switch
-        self.captures: CaptureManager = CaptureManager(self)
+        self.captures: CaptureManager = capture.CaptureManager(self)
 
     # --- dispatch ------------------------------------------------------------------
 

@@ -22,14 +22,14 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .api import CaptureGone, CommandError
+from .api import MAX_SNAPLEN, CaptureGone, CommandError
 
 if TYPE_CHECKING:
     from .api import CaptureTarget, SwitchAPI
 
 log = logging.getLogger("vswitch.capture")
 
-DEFAULT_SNAPLEN = 262144
+DEFAULT_SNAPLEN = MAX_SNAPLEN
 DEFAULT_RING_BYTES = 4 << 20
 
 
