@@ -356,7 +356,7 @@ def _misplaced_option(command: Command, rest: list[str]) -> str | None:
     own = {a.option for a in command.args if not a.positional}
     for token in rest:
         option = token.split("=", 1)[0]
-        if option in own or not option.startswith("--"):
+        if option in own or not option.startswith("-"):
             continue
         users = [c.name for c in CLI_COMMANDS if option in {a.option for a in c.args if not a.positional}]
         if users:

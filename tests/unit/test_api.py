@@ -330,6 +330,7 @@ def test_each_command_has_its_help(capsys, command) -> None:
     (["port", "show", "a", "b"], "unrecognized arguments: b"),
     (["stats", "--port", "a"], "--port applies to fdb show and fdb flush only"),
     (["show", "--force"], "--force applies to reload only"),
+    (["fdb", "show", "-w", "f"], "-w applies to capture only"),
     (["fdb", "show", "--vlan", "5000"], "--vlan must be 0..4095 (got 5000)"),
     (["fdb", "show", "--vlan", "x"], "invalid int value"),
     (["debug", "stall-worker", "0", "soon"], "invalid float value"),
