@@ -386,6 +386,9 @@ class Switch:
         for port in self.ports.values():
             if isinstance(port, VhostUserPort):
                 port.limits = new.limits
+        if new.debug and not self.config.debug:
+            # the test hooks behind the debug commands (debug stall-worker)
+            await self.ctl.call(self.dp.enable_test_hooks)
         self.config = new
         await self.ctl.call(self.fdb_ctl.configure, new, dict(self.ports))   # aging, caps, static entries: in place
         if plan.metrics_changed:
