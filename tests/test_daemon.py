@@ -108,3 +108,33 @@ def test_malformed_messages_close_only_that_connection(tmp_path):
         assert "unknown request 255" in sw.log_path.read_text()
         assert sw.port("p2")["connections"] == 0 and sw.alive()
         assert sw.fd_count() <= fds_before     # nothing leaked
+
+
+def test_debug_commands_answer_only_with_debug_true(tmp_path):
+    """The hooks for the switch's own tests (stall a worker, read a vring,
+    probe the seccomp filter) are refused on a production config, over the
+    socket and through vswitchctl; `debug: true` and a reload turn them on."""
+    from vswitch.cli import request
+    calls = {"debug vring": {"port": "p1", "index": 0}, "debug stall-worker": {"worker": 0, "seconds": 0.2},
+             "debug seccomp-probe": {}}
+    with Vswitchd(tmp_path, {"p1": {"type": "vhost-user"}}) as sw:
+        ctl = str(sw.runtime_dir / "vswitchd.ctl")
+        for command, args in calls.items():
+            reply = request(ctl, command, args)
+            assert reply == {"ok": False, "error": f"{command} is for test systems: it answers only "
+                             "with `debug: true` in the configuration"}, reply
+        env = {**os.environ, "VSWITCH_RUNTIME_DIR": str(sw.runtime_dir)}
+        out = subprocess.run([VSWITCHCTL, "debug", "stall-worker", "0", "0.2"], capture_output=True,
+                             text=True, env=env)
+        assert out.returncode == 1 and "`debug: true`" in out.stderr
+        help_text = subprocess.run([VSWITCHCTL, "--help"], capture_output=True, text=True).stdout
+        assert "debug stall-worker WORKER" not in help_text and "debug: debug vring" in help_text
+        sw.write_config(sw.ports, extra={"debug": True})
+        assert sw.reload().returncode == 0
+        assert sw.ctl("debug vring", **calls["debug vring"])["num"] == 0     # not started yet
+        assert sw.ctl("debug stall-worker", **calls["debug stall-worker"]) == {}
+        assert set(sw.ctl("debug seccomp-probe")["calls"]) == {"mount", "unshare"}
+        out = subprocess.run([VSWITCHCTL, "-j", "debug", "vring", "p1", "1"], capture_output=True,
+                             text=True, env=env)
+        assert out.returncode == 0 and '"started": false' in out.stdout
+        assert sw.alive()

@@ -1,6 +1,11 @@
 """vswitchctl: query a running vswitchd over its control socket.
 
 Exit codes: 0 success, 1 failed operation, 2 usage error. Errors go to stderr.
+
+The commands, their arguments and their help come from vswitch/api.py's
+COMMANDS, the table the daemon dispatches from: `vswitchctl --help` lists
+them, `vswitchctl COMMAND --help` shows one. That module is plain data: this
+one runs without the datapath extension.
 """
 
 from __future__ import annotations
@@ -10,8 +15,11 @@ import json
 import os
 import socket
 import sys
+import textwrap
+from typing import Any, Callable
 
 from . import __version__
+from .api import COMMANDS, Arg, Command
 
 DEFAULT_RUNTIME_DIR = "/run/vswitch"
 
@@ -107,44 +115,6 @@ def _render_fdb(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-USAGE = """commands:
-  show                      the daemon, its workers and every port
-  port list                 one line per port
-  port show NAME            one port: state, negotiated features, queues, counters, pending changes
-  fdb show [--port P] [--vlan V]
-                            the MAC table (VLAN, MAC, port, static or learned, age)
-  fdb flush [--port P] [--vlan V]
-                            forget learned MACs (all, of a port, of a VLAN); static ones stay
-  stats                     totals per port and direction, drops by reason, workers
-  config check FILE         validate a configuration file (no daemon needed)
-  reload [--force]          re-read the daemon's file and apply the difference;
-                            --force restarts ports whose guest-negotiated settings changed
-  version                   daemon and vswitchctl versions
-  capture PORT -w FILE      live capture into a pcap file (-w -: stdout), until
-                            --count N frames, --duration S seconds or Ctrl-C;
-                            --direction in|out|both (default both), --snaplen B
-"""
-
-
-def _parse(words: list[str]) -> tuple[str, dict] | None:
-    if words[:2] == ["port", "show"] and len(words) == 3:
-        return "port show", {"name": words[2]}
-    if words[:2] == ["config", "check"] and len(words) == 3:
-        return "config check", {"file": words[2]}
-    if words[:2] == ["debug", "stall-worker"] and len(words) == 4:
-        try:
-            return "debug stall-worker", {"worker": int(words[2]), "seconds": float(words[3])}
-        except ValueError:
-            return None
-    if words == ["debug", "seccomp-probe"]:
-        return "debug seccomp-probe", {}
-    if " ".join(words) in ("fdb show", "fdb flush"):
-        return " ".join(words), {}
-    if " ".join(words) in ("show", "port list", "stats", "reload", "version"):
-        return " ".join(words), {}
-    return None
-
-
 def config_check(path: str, as_json: bool) -> int:
     from .config import ConfigError, load_config
     try:
@@ -164,54 +134,76 @@ def config_check(path: str, as_json: bool) -> int:
     return 0
 
 
-def _render(command: str, result) -> str:
-    if command == "show":
-        lines = [f"vswitchd {result['version']} pid {result['pid']} config {result['config']}"]
-        sec = result.get("security")
-        if sec:
-            lines.append(f"security: seccomp {sec['seccomp']}; {sec['privileges']}")
-            if "fds_needed" in sec:
-                lines.append(f"file descriptors: up to {sec['fds_needed']} needed, limit "
-                             f"{sec['nofile_soft']} (hard {sec['nofile_hard']})")
-        lines += [_render_port(port) for port in result["ports"]]
-        return "\n".join(lines)
-    if command == "port show":
-        return _render_port(result)
-    if command == "port list":
-        return "\n".join(f"{p['name']:16} {p['type']:12} {p['state']:12} {p['socket'] or ''}"
-                         + ("  (changes pending)" if p.get("pending") else "") for p in result)
-    if command == "fdb show":
-        return _render_fdb(result)
-    if command == "fdb flush":
-        n = result["forgotten"]
-        return f"{n} learned entr{'y' if n == 1 else 'ies'} forgotten"
-    if command == "stats":
-        lines = []
-        for name, t in result["ports"].items():
-            lines.append(f"{name} ({t['state']}): rx {t['receive_packets']} pkts {t['receive_bytes']} bytes, "
-                         f"tx {t['transmit_packets']} pkts {t['transmit_bytes']} bytes")
-            for way in ("receive", "transmit"):
-                if t[f"{way}_drops"]:
-                    lines.append(f"  {way} drops: " + " ".join(f"{k}={v}" for k, v in t[f"{way}_drops"].items()))
-        for i, w in enumerate(result["workers"]):
-            lines.append(f"worker {i}: rounds {w['rounds']} sleeps {w['idle_sleeps']} "
-                         f"busy {w['busy_ns'] / 1e9:.3f} s, TAP writes via {w['tap_io']}"
-                         + (f" ({w['tap_batched_writes']} in {w['tap_batches']} batches)"
-                            if w.get("tap_batches") else "")
-                         + f", notifications via {w.get('notify_io', '?')}")
-        fdb = result["fdb"]
-        lines.append(f"fdb: {fdb['entries']} entries ({fdb.get('learned', 0)} learned, "
-                     f"{fdb.get('static', 0)} static), aged {fdb.get('aged', 0)}, "
-                     f"table full {fdb.get('full', 0)}")
-        return "\n".join(lines)
-    if command == "reload":
-        lines = [f"{name}: {what}" for name, what in result["ports"].items()]
-        lines.append(f"{len(result['unchanged'])} port(s) untouched")
-        lines += [f"warning: {w}" for w in result["warnings"]]
-        return "\n".join(lines)
-    if command == "version":
-        return f"vswitchd {result['version']} (vswitchctl {__version__})"
-    return json.dumps(result, indent=2)
+def _render_show(result: dict) -> str:
+    lines = [f"vswitchd {result['version']} pid {result['pid']} config {result['config']}"]
+    sec = result.get("security")
+    if sec:
+        lines.append(f"security: seccomp {sec['seccomp']}; {sec['privileges']}")
+        if "fds_needed" in sec:
+            lines.append(f"file descriptors: up to {sec['fds_needed']} needed, limit "
+                         f"{sec['nofile_soft']} (hard {sec['nofile_hard']})")
+    lines += [_render_port(port) for port in result["ports"]]
+    return "\n".join(lines)
+
+
+def _render_port_list(result: list[dict]) -> str:
+    return "\n".join(f"{p['name']:16} {p['type']:12} {p['state']:12} {p['socket'] or ''}"
+                     + ("  (changes pending)" if p.get("pending") else "") for p in result)
+
+
+def _render_fdb_flush(result: dict) -> str:
+    n = result["forgotten"]
+    return f"{n} learned entr{'y' if n == 1 else 'ies'} forgotten"
+
+
+def _render_stats(result: dict) -> str:
+    lines = []
+    for name, t in result["ports"].items():
+        lines.append(f"{name} ({t['state']}): rx {t['receive_packets']} pkts {t['receive_bytes']} bytes, "
+                     f"tx {t['transmit_packets']} pkts {t['transmit_bytes']} bytes")
+        for way in ("receive", "transmit"):
+            if t[f"{way}_drops"]:
+                lines.append(f"  {way} drops: " + " ".join(f"{k}={v}" for k, v in t[f"{way}_drops"].items()))
+    for i, w in enumerate(result["workers"]):
+        lines.append(f"worker {i}: rounds {w['rounds']} sleeps {w['idle_sleeps']} "
+                     f"busy {w['busy_ns'] / 1e9:.3f} s, TAP writes via {w['tap_io']}"
+                     + (f" ({w['tap_batched_writes']} in {w['tap_batches']} batches)"
+                        if w.get("tap_batches") else "")
+                     + f", notifications via {w.get('notify_io', '?')}")
+    fdb = result["fdb"]
+    lines.append(f"fdb: {fdb['entries']} entries ({fdb.get('learned', 0)} learned, "
+                 f"{fdb.get('static', 0)} static), aged {fdb.get('aged', 0)}, "
+                 f"table full {fdb.get('full', 0)}")
+    return "\n".join(lines)
+
+
+def _render_reload(result: dict) -> str:
+    lines = [f"{name}: {what}" for name, what in result["ports"].items()]
+    lines.append(f"{len(result['unchanged'])} port(s) untouched")
+    lines += [f"warning: {w}" for w in result["warnings"]]
+    return "\n".join(lines)
+
+
+def _render_version(result: dict) -> str:
+    return f"vswitchd {result['version']} (vswitchctl {__version__})"
+
+
+# How a command's result reads on a terminal; the rest print their JSON.
+RENDER: dict[str, Callable[[Any], str]] = {
+    "show": _render_show,
+    "port show": _render_port,
+    "port list": _render_port_list,
+    "fdb show": _render_fdb,
+    "fdb flush": _render_fdb_flush,
+    "stats": _render_stats,
+    "reload": _render_reload,
+    "version": _render_version,
+}
+
+
+def _render(command: str, result: Any) -> str:
+    render = RENDER.get(command)
+    return render(result) if render else json.dumps(result, indent=2)
 
 
 def _runtime_dir(args) -> str | None:
@@ -226,84 +218,198 @@ def _runtime_dir(args) -> str | None:
     return runtime_dir
 
 
-def _capture(args) -> int:
+def _capture(args: argparse.Namespace) -> int:
     from .capture_client import run_capture
-    if len(args.command) != 2 or not args.write:
-        print("vswitchctl: usage: capture PORT -w FILE [--direction in|out|both] [--count N]"
-              " [--duration S] [--snaplen B]", file=sys.stderr)
-        return 2
-    if (args.count is not None and args.count < 1) or (args.duration is not None and args.duration <= 0) \
-            or not 1 <= args.snaplen <= 262144:
-        print("vswitchctl: --count and --duration must be positive, --snaplen 1..262144", file=sys.stderr)
-        return 2
     runtime_dir = _runtime_dir(args)
     if runtime_dir is None:
         return 1
-    return run_capture(os.path.join(runtime_dir, "vswitchd.ctl"), args.command[1], args.write,
+    return run_capture(os.path.join(runtime_dir, "vswitchd.ctl"), args.port, args.write,
                        args.direction, args.count, args.duration, args.snaplen)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vswitchctl", description="control a running vswitchd",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=USAGE)
+def _config_check(args: argparse.Namespace) -> int:
+    return config_check(args.file, args.json)
+
+
+# The commands vswitchctl does itself (runs_in="vswitchctl" in the table).
+LOCAL: dict[str, Callable[[argparse.Namespace], int]] = {
+    "config check": _config_check,
+    "capture": _capture,
+}
+
+# --- the parser, from the command table -------------------------------------------------
+
+CLI_COMMANDS: tuple[Command, ...] = tuple(c for c in COMMANDS if c.cli)
+
+
+def _add_globals(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--runtime-dir", default=None,
                        help=f"the daemon's runtime directory (default: $VSWITCH_RUNTIME_DIR or {DEFAULT_RUNTIME_DIR})")
     where.add_argument("-c", "--config", default=None,
                        help="take the runtime directory from this configuration file")
     parser.add_argument("-j", "--json", action="store_true", help="print the reply as JSON")
-    parser.add_argument("--force", action="store_true",
-                        help="reload: restart ports whose guest-negotiated settings changed now")
-    parser.add_argument("--port", default=None, help="fdb show/flush: only this port")
-    parser.add_argument("--vlan", type=int, default=None, help="fdb show/flush: only this VLAN")
-    parser.add_argument("command", nargs="+", help="see below")
-    cap = parser.add_argument_group("capture")
-    cap.add_argument("-w", dest="write", metavar="FILE", help="capture: pcap file to write, - for stdout")
-    cap.add_argument("--direction", choices=("in", "out", "both"), default="both",
-                     help="capture: frames from the port (in), to it (out), or both")
-    cap.add_argument("--count", type=int, default=None, help="capture: stop after N frames")
-    cap.add_argument("--duration", type=float, default=None, help="capture: stop after S seconds")
-    cap.add_argument("--snaplen", type=int, default=262144, help="capture: bytes kept per frame")
+
+
+def _add_arg(parser: argparse.ArgumentParser, arg: Arg) -> None:
+    kwargs: dict[str, Any] = {"help": arg.help}
+    if arg.choices:
+        kwargs["choices"] = arg.choices
+    if arg.type is bool:
+        parser.add_argument(arg.option, dest=arg.name, action="store_true", **kwargs)
+        return
+    kwargs["type"] = arg.type
+    if arg.positional:
+        if arg.default is not None:
+            kwargs.update(nargs="?", default=arg.default)
+        parser.add_argument(arg.name, metavar=arg.word, **kwargs)
+    else:
+        parser.add_argument(arg.option, dest=arg.name, metavar=arg.word,
+                            required=arg.required, default=arg.default, **kwargs)
+
+
+def command_parser(command: Command) -> argparse.ArgumentParser:
+    """`vswitchctl COMMAND ...`: the global options and the command's own."""
+    parser = argparse.ArgumentParser(prog=f"vswitchctl {command.name}", description=command.help
+                                     + (" (answered only with `debug: true` in the daemon's "
+                                        "configuration)" if command.debug else ""))
+    _add_globals(parser)
+    for arg in command.args:
+        _add_arg(parser, arg)
+    return parser
+
+
+def _help_lines(commands: list[Command]) -> list[str]:
+    lines = []
+    for c in commands:
+        head = "\n".join(textwrap.wrap(c.synopsis, 76, initial_indent="  ", subsequent_indent="      "))
+        wrapped = textwrap.wrap(c.help, 78 - 28) or [""]
+        if len(head) > 26:
+            lines += head.split("\n")
+            lines += [" " * 28 + w for w in wrapped]
+        else:
+            lines.append(f"{head:28}{wrapped[0]}")
+            lines += [" " * 28 + w for w in wrapped[1:]]
+    return lines
+
+
+def main_parser() -> argparse.ArgumentParser:
+    """`vswitchctl --help`: every command with its help; debug ones named in a note."""
+    debug = [c.name for c in CLI_COMMANDS if c.debug]
+    epilog = ["commands:", *_help_lines([c for c in CLI_COMMANDS if not c.debug]), "",
+              "vswitchctl COMMAND --help shows a command's arguments."]
+    if debug:
+        epilog += ["", *textwrap.wrap("debug: " + ", ".join(debug) + " are for test systems: the "
+                                      "daemon answers them only with `debug: true` in its "
+                                      "configuration.", 78)]
+    parser = argparse.ArgumentParser(prog="vswitchctl", description="control a running vswitchd",
+                                     usage="vswitchctl [options] COMMAND [ARGS]",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(epilog))
+    _add_globals(parser)
+    parser.add_argument("command", nargs="+", metavar="COMMAND", help="see below")
+    return parser
+
+
+def _value_options() -> set[str]:
+    """Options that take a value, of vswitchctl and of every command: the
+    words after them are not command words."""
+    options = {"--runtime-dir", "-c", "--config"}
+    for command in CLI_COMMANDS:
+        options |= {a.option for a in command.args if not a.positional and a.type is not bool}
+    return options
+
+
+def split_command(argv: list[str]) -> tuple[Command | None, list[str], list[str]]:
+    """(the command named in argv, the command's words, argv without them).
+    The command is the longest table name that the words not belonging to an
+    option start with; None when they name none."""
+    takes_value = _value_options()
+    words: list[int] = []          # indexes of positional words
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            words += range(i + 1, len(argv))
+            break
+        if token.startswith("-") and len(token) > 1:
+            if token in takes_value:
+                i += 1                 # its value
+        else:
+            words.append(i)
+        i += 1
+    given = [argv[i] for i in words]
+    best: Command | None = None
+    for command in CLI_COMMANDS:
+        name = command.name.split()
+        if given[:len(name)] == name and (best is None or len(name) > len(best.name.split())):
+            best = command
+    if best is None:
+        return None, given, argv
+    used = set(words[:len(best.name.split())])
+    return best, given[:len(best.name.split())], [t for i, t in enumerate(argv) if i not in used]
+
+
+def _misplaced_option(command: Command, rest: list[str]) -> str | None:
+    """An option of other commands given to this one: said as today's
+    `--force applies to reload only`."""
+    own = {a.option for a in command.args if not a.positional}
+    for token in rest:
+        option = token.split("=", 1)[0]
+        if option in own or not option.startswith("-"):
+            continue
+        users = [c.name for c in CLI_COMMANDS if option in {a.option for a in c.args if not a.positional}]
+        if users:
+            return f"{option} applies to {' and '.join(users)} only"
+    return None
+
+
+def parse(argv: list[str]) -> tuple[Command, argparse.Namespace, dict] | int:
+    """The command, its parsed arguments and the request's args; or an exit
+    code (0 after a help, 2 for a usage error, said on stderr)."""
+    command, words, rest = split_command(argv)
+    if command is None:
+        if not words or "-h" in argv or "--help" in argv:
+            try:
+                main_parser().parse_args(argv)
+            except SystemExit as exc:
+                return 2 if exc.code else 0
+        print(f"vswitchctl: unknown command: {' '.join(words)} (see vswitchctl --help)", file=sys.stderr)
+        return 2
+    problem = _misplaced_option(command, rest)
+    if problem is not None and "-h" not in rest and "--help" not in rest:
+        print(f"vswitchctl: {problem}", file=sys.stderr)
+        return 2
     try:
-        args = parser.parse_intermixed_args(argv)
+        args = command_parser(command).parse_intermixed_args(rest)
     except SystemExit as exc:
         return 2 if exc.code else 0
-    if args.command[0] == "capture":
-        return _capture(args)
-    parsed = _parse(args.command)
-    if parsed is None:
-        print(f"vswitchctl: unknown command: {' '.join(args.command)} (see vswitchctl --help)",
-              file=sys.stderr)
-        return 2
-    command, cmd_args = parsed
-    if args.force:
-        if command != "reload":
-            print("vswitchctl: --force applies to reload only", file=sys.stderr)
-            return 2
-        cmd_args = {"force": True}
-    if args.port is not None or args.vlan is not None:
-        if not command.startswith("fdb "):
-            print("vswitchctl: --port and --vlan apply to fdb show and fdb flush only", file=sys.stderr)
-            return 2
-        if args.vlan is not None and not 0 <= args.vlan <= 4095:
-            print(f"vswitchctl: --vlan must be 0..4095 (got {args.vlan})", file=sys.stderr)
-            return 2
-        cmd_args = {k: v for k, v in (("port", args.port), ("vlan", args.vlan)) if v is not None}
-    if command == "config check":
-        return config_check(cmd_args["file"], args.json)
-    runtime_dir = args.runtime_dir or os.environ.get("VSWITCH_RUNTIME_DIR", DEFAULT_RUNTIME_DIR)
-    if args.config:
-        from .config import ConfigError, load_config
-        try:
-            runtime_dir = load_config(args.config).runtime_dir
-        except (ConfigError, OSError) as exc:
-            print(f"vswitchctl: {args.config}: {exc}", file=sys.stderr)
-            return 1
+    request_args: dict = {}
+    for arg in command.args:
+        value = getattr(args, arg.name)
+        if arg.range is not None and value is not None:
+            why = arg.range.problem(value)
+            if why is not None:
+                print(f"vswitchctl: {arg.name if arg.positional else arg.option} {why}", file=sys.stderr)
+                return 2
+        if value is not None and value is not False:
+            request_args[arg.name] = value
+    return command, args, request_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parsed = parse(sys.argv[1:] if argv is None else argv)
+    if isinstance(parsed, int):
+        return parsed
+    command, args, cmd_args = parsed
+    if command.runs_in == "vswitchctl":
+        return LOCAL[command.name](args)
+    runtime_dir = _runtime_dir(args)
+    if runtime_dir is None:
+        return 1
     path = os.path.join(runtime_dir, "vswitchd.ctl")
     try:
-        # a reload waits for ports to close and open: give it time
-        reply = request(path, command, cmd_args, timeout=120.0 if command == "reload" else 10.0)
+        reply = request(path, command.name, cmd_args, timeout=command.timeout)
     except OSError as exc:
         print(f"vswitchctl: cannot reach vswitchd at {path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -313,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vswitchctl: {reply.get('error')}", file=sys.stderr)
         return 1
     result = reply["result"]
-    print(json.dumps(result, indent=2) if args.json else _render(command, result))
+    print(json.dumps(result, indent=2) if args.json else _render(command.name, result))
     return 0
 
 

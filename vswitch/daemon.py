@@ -29,6 +29,7 @@ from . import __version__
 from . import privileges
 from . import reconcile
 from . import seccomp
+from .api import SwitchAPI
 from .config import Config, ConfigError, TapPortConfig, VxlanPortConfig, load_config
 from .control import ControlServer
 from .dpcontrol import DatapathControl
@@ -136,7 +137,8 @@ class Switch:
         self.ports: dict[str, VhostUserPort | TapPort] = {}
         self.fdb_ctl = FdbControl(self.dp)
         self.ratelog = RateLimitedLog()
-        self.control = ControlServer(self, os.path.join(config.runtime_dir, CONTROL_NAME),
+        self.api = SwitchAPI(self)     # what the control socket and the metrics see of us
+        self.control = ControlServer(self.api, os.path.join(config.runtime_dir, CONTROL_NAME),
                                      group=config.control.group)
         self.metrics: MetricsServer | None = None
         self.reload_counts = {"success": 0, "failure": 0}
@@ -242,7 +244,7 @@ class Switch:
         m = self.config.metrics
         if not m.enabled:
             return
-        self.metrics = MetricsServer(self, m.host, m.port)
+        self.metrics = MetricsServer(self.api, m.host, m.port)
         try:
             await self.metrics.start()
         except OSError as exc:
@@ -384,6 +386,9 @@ class Switch:
         for port in self.ports.values():
             if isinstance(port, VhostUserPort):
                 port.limits = new.limits
+        if new.debug and not self.config.debug:
+            # the test hooks behind the debug commands (debug stall-worker)
+            await self.ctl.call(self.dp.enable_test_hooks)
         self.config = new
         await self.ctl.call(self.fdb_ctl.configure, new, dict(self.ports))   # aging, caps, static entries: in place
         if plan.metrics_changed:

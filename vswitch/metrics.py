@@ -1,9 +1,10 @@
 """Prometheus metrics, read from the switch at scrape time.
 
 Nothing here runs per packet: the datapath keeps plain per-queue C counters
-(design.md, "Counters"), and a scrape reads them through the same calls the
-control socket uses (`port.show()`, `dp.worker_stats()`, `dp.fdb_entries()`)
-and turns them into metric families (a custom collector, as the Prometheus
+(docs/architecture.md), and a scrape reads them through the interface the
+control socket uses too (SwitchAPI.scrape in vswitch/api.py: `port.show()`,
+the workers' and the FDB's counters, by port name) and turns them into
+metric families (a custom collector, as the Prometheus
 docs recommend for proxied state).
 
 The HTTP endpoint is served on the daemon's own asyncio loop rather than by
@@ -44,6 +45,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from . import __version__
+from .api import Scrape, SwitchAPI
 
 try:  # prometheus_client >= 0.8
     from prometheus_client.exposition import choose_encoder
@@ -87,8 +89,8 @@ _DIRECTION = {"tx": "receive", "rx": "transmit"}   # ring name in show() -> swit
 class SwitchCollector:
     """Builds every vswitch_* family from the switch at each scrape."""
 
-    def __init__(self, switch) -> None:
-        self.switch = switch
+    def __init__(self, api: SwitchAPI) -> None:
+        self.api = api
         self._build = {"version": __version__, "cython": cython_version(),
                        "python": platform.python_version()}
 
@@ -98,7 +100,6 @@ class SwitchCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        sw = self.switch
         rx_pkts = CounterMetricFamily(
             "vswitch_port_receive_packets",
             "Frames the switch received from the port (vhost-user: from the guest's TX virtqueue "
@@ -169,17 +170,8 @@ class SwitchCollector:
             "MAC addresses in the forwarding database, by the port they point to (learned and "
             "static).", labels=["port"])
 
-        slot_names: dict[int, str] = {}
-        for name, port in list(sw.ports.items()):
-            try:
-                show = port.show()
-            except Exception:   # a port being torn down by a reload: skip it this scrape
-                log.debug("metrics: port %s not readable", name, exc_info=True)
-                continue
-            name = str(show.get("name", name))
-            slot = getattr(port, "slot", None)
-            if slot is not None:
-                slot_names[slot] = name
+        snap = self.api.scrape()
+        for name, show in snap.port_info:
             kind = show.get("type", "")
             for entry in show.get("queues", ()):
                 q = str(entry["pair"])
@@ -220,38 +212,32 @@ class SwitchCollector:
                     conns.add_metric([name, event], int(show.get(key) or 0))
         yield from (rx_pkts, rx_bytes, tx_pkts, tx_bytes, drops, up, info, queues, mtu, conns, tap_events)
 
-        by_port = {n: 0 for n in slot_names.values()}
-        for entry in sw.dp.fdb_entries():
-            slot = entry["port"]
-            owner = slot_names.get(slot, f"#{slot}")
-            by_port[owner] = by_port.get(owner, 0) + 1
-        for owner, n in sorted(by_port.items()):
+        for owner, n in sorted(snap.fdb_entries.items()):
             fdb.add_metric([owner], n)
         yield fdb
-        yield from self._fdb_counters(sw.dp.fdb_stats(), slot_names)
+        yield from self._fdb_counters(snap)
 
-        yield from self._workers(sw.dp.worker_stats())
-        yield from self._reloads()
+        yield from self._workers(snap.workers)
+        yield from self._reloads(snap)
 
         build = InfoMetricFamily("vswitch_build", "vswitch version, the Cython that built its "
                                  "datapath, and the Python running it (always 1).")
         build.add_metric([], self._build)
         yield build
 
-    def _fdb_counters(self, stats: dict, slot_names: dict[int, str]) -> list[Metric]:
+    def _fdb_counters(self, snap: Scrape) -> list[Metric]:
         aged = CounterMetricFamily(
             "vswitch_fdb_aged",
             "Learned FDB entries forgotten because no frame came from them for fdb.aging_time "
             "seconds.")
-        aged.add_metric([], stats.get("aged", 0))
+        aged.add_metric([], snap.fdb_aged)
         refused = CounterMetricFamily(
             "vswitch_fdb_limit_refused",
             "Source MACs not learned because the port already had its cap of learned MACs "
             "(fdb_max_entries, fdb.max_entries_per_port); the frames were still forwarded.",
             labels=["port"])
-        for slot, info in sorted((stats.get("ports") or {}).items()):
-            if slot in slot_names:
-                refused.add_metric([slot_names[slot]], info.get("limit_refused", 0))
+        for name, info in snap.fdb_ports.items():
+            refused.add_metric([name], info.get("limit_refused", 0))
         return [aged, refused]
 
     def _workers(self, stats: list[dict]) -> Iterator[Metric]:
@@ -292,9 +278,8 @@ class SwitchCollector:
             batched.add_metric([w], s.get("tap_batched_writes", 0))
         return [busy, rounds, sleeps, wakeups, batches, batched]
 
-    def _reloads(self) -> Iterator[Metric]:
-        sw = self.switch
-        counts = getattr(sw, "reload_counts", None) or {}
+    def _reloads(self, snap: Scrape) -> Iterator[Metric]:
+        counts = snap.reload_counts
         reloads = CounterMetricFamily(
             "vswitch_config_reloads",
             "Configuration reloads (vswitchctl reload, SIGHUP) by result: success (the new "
@@ -306,21 +291,20 @@ class SwitchCollector:
             "vswitch_config_last_reload_successful",
             "1 if the last reload attempt succeeded (or none was made yet), 0 if it failed and "
             "the switch still runs the previous configuration.")
-        ok.add_metric([], 1 if getattr(sw, "last_reload_ok", True) else 0)
+        ok.add_metric([], 1 if snap.last_reload_ok else 0)
         when = GaugeMetricFamily(
             "vswitch_config_last_reload_success_timestamp_seconds",
             "Unix time the running configuration was applied: the last successful reload, or "
             "the start of the daemon.")
-        when.add_metric([], getattr(sw, "last_reload_time", None) or getattr(sw, "started_time", None)
-                        or _STARTED)
+        when.add_metric([], snap.last_reload_time or _STARTED)
         return [reloads, ok, when]
 
 
-def make_registry(switch) -> CollectorRegistry:
+def make_registry(api: SwitchAPI) -> CollectorRegistry:
     """A registry of our own: the switch's families plus process_* (CPU,
     memory, fds of the daemon)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SwitchCollector(switch))
+    registry.register(SwitchCollector(api))
     ProcessCollector(registry=registry)
     return registry
 
@@ -338,11 +322,11 @@ _INDEX = (b"<html><head><title>vswitch exporter</title></head><body>"
 class MetricsServer:
     """The /metrics endpoint on the running loop."""
 
-    def __init__(self, switch, host: str, port: int) -> None:
-        self.switch = switch
+    def __init__(self, api: SwitchAPI, host: str, port: int) -> None:
+        self.api = api
         self.host = host
         self.port = port
-        self.registry = make_registry(switch)
+        self.registry = make_registry(api)
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task] = set()
 

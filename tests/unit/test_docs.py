@@ -73,6 +73,7 @@ def _exported_metric_names() -> set[str]:
     """The name of every family the collector exports, as a scrape shows it:
     a counter with `_total`, an info family with `_info`. A switch without
     ports still yields every family (empty), so an empty one will do."""
+    from vswitch.api import SwitchAPI
     from vswitch.metrics import SwitchCollector
 
     dp = SimpleNamespace(fdb_entries=lambda *a, **k: [], fdb_stats=lambda: {},
@@ -80,7 +81,7 @@ def _exported_metric_names() -> set[str]:
     switch = SimpleNamespace(ports={}, dp=dp)
     suffix = {"counter": "_total", "info": "_info"}
     return {family.name + suffix.get(family.type, "")
-            for family in SwitchCollector(switch).collect()}
+            for family in SwitchCollector(SwitchAPI(switch)).collect()}
 
 
 def test_the_metrics_document_lists_every_metric_the_collector_exports():

@@ -1,9 +1,10 @@
 """vswitch.metrics without a datapath: the collector against a fake switch
 (plain objects with the shapes of port.show(), dp.worker_stats() and
-dp.fdb_entries()), parsed back with prometheus_client's own parser;
-Prometheus' naming rules (https://prometheus.io/docs/practices/naming/); the
-HTTP endpoint on a real socket (asyncio and uvloop); and the Grafana
-dashboard against what the collector emits.
+dp.fdb_entries()) seen through SwitchAPI as the daemon's is, parsed back
+with prometheus_client's own parser; Prometheus' naming rules
+(https://prometheus.io/docs/practices/naming/); the HTTP endpoint on a real
+socket (asyncio and uvloop); and the Grafana dashboard against what the
+collector emits.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from vswitch import __version__, metrics
+from vswitch.api import SwitchAPI
 from vswitch.metrics import MetricsServer, make_registry
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "config" / "grafana" / "vswitch-dashboard.json"
@@ -114,7 +116,7 @@ class FakeSwitch:
 def scrape(switch) -> dict:
     """{sample name: {frozenset(labels.items()): value}} and the families."""
     from prometheus_client import generate_latest
-    text = generate_latest(make_registry(switch)).decode()
+    text = generate_latest(make_registry(SwitchAPI(switch))).decode()
     families = list(text_string_to_metric_families(text))
     samples: dict[str, dict] = {}
     for fam in families:
@@ -313,7 +315,7 @@ def get(path: str, *extra: str, method: str = "GET") -> bytes:
 
 
 async def serving(switch, host="127.0.0.1"):
-    server = MetricsServer(switch, host, 0)
+    server = MetricsServer(SwitchAPI(switch), host, 0)
     await server.start()
     return server
 
@@ -543,7 +545,7 @@ def test_address_in_use_raises_oserror_for_the_daemon_to_report(run, switch):
     async def main():
         first = await serving(switch)
         try:
-            second = MetricsServer(switch, "127.0.0.1", first.bound_port)
+            second = MetricsServer(SwitchAPI(switch), "127.0.0.1", first.bound_port)
             with pytest.raises(OSError):
                 await second.start()
         finally:
