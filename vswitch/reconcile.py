@@ -37,7 +37,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
 
-from .config import POLICY_KEYS, Config, TapPortConfig, VhostUserPortConfig, VxlanPortConfig
+from .config import Config, TapPortConfig, VhostUserPortConfig, VxlanPortConfig
 from .ports import port_class
 
 PortConfig = VhostUserPortConfig | TapPortConfig | VxlanPortConfig

@@ -322,11 +322,6 @@ class VhostUserPort:
             return
         self.status.alerts.pop("socket", None)
 
-    @property
-    def socket_alert(self) -> str | None:
-        """Why the port's socket file was not changed as configured, if so."""
-        return self.status.alerts.get("socket")
-
     async def _apply_connect_time(self, old: VhostUserPortConfig) -> None:
         """Only while no guest is connected: a new offer, a new slot for a new
         number of queue pairs (slots are sized at creation)."""
