@@ -255,3 +255,42 @@ def test_reload_applies_aging_caps_and_static_entries_in_place(make_switch):
     assert sw.ctl("stats")["fdb"]["aging_time"] == 0
     send(a, [frame(BCAST, many(i), i) for i in range(20)])
     wait_for(lambda: sw.port("a")["fdb"]["limit_refused"] == 15, 5, "cap of 5 applied")
+
+
+# --- one owner: static entries follow a port's new slot, nothing re-pins them periodically ----
+
+def static_writes(sw: Vswitchd) -> int:
+    """Static entries pinned or unpinned so far (FdbControl logs each at debug level)."""
+    return sw.log_path.read_text(errors="replace").count("fdb: static ")
+
+
+def test_static_entries_follow_a_re_created_slot_and_are_not_rewritten_every_second(make_switch):
+    sw = make_switch()
+    c = connect(sw, "c")
+    assert table(sw)[(0, STATIC)]["port"] == "c"
+    pinned = static_writes(sw)
+    assert pinned >= 2                         # STATIC on c, b's `mac`
+    time.sleep(3)                              # three aging sweeps
+    assert static_writes(sw) == pinned, "static entries written again while nothing changed"
+    # c gets a new slot: a new number of queue pairs, at its guest's next connection
+    ports, extra = config()
+    ports["c"]["queues"] = 2
+    sw.write_config(ports, extra)
+    out = sw.reload()
+    assert out.returncode == 0, out.stderr
+    assert sw.port("c")["pending"] == {"queues": 2}
+    c.close()
+    sw.wait_port("c", lambda p: p["queues_offered"] == 2 and p["state"] == "listening", timeout=10,
+                 what="slot re-created")
+    # in the same step as the new slot: c's entry on it, no other entry rewritten
+    wait_for(lambda: table(sw).get((0, STATIC), {}).get("port") == "c", 1, "STATIC pinned on c's new slot")
+    assert table(sw)[(0, STATIC)]["static"] and table(sw)[(0, MAC_B)]["port"] == "b"
+    assert static_writes(sw) == pinned + 1
+    time.sleep(2.5)
+    assert static_writes(sw) == pinned + 1
+    # and it is the slot c's frames come from: a frame to STATIC reaches c's new guest only
+    c2 = connect(sw, "c")
+    b = connect(sw, "b")
+    drain(c2)
+    send(b, [frame(STATIC, MAC_B, 1)])
+    assert [f[:6] for f in receive(c2, 1)] == [mb(STATIC)]

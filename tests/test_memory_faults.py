@@ -188,8 +188,8 @@ def test_a_fault_is_charged_to_its_own_connection_not_the_next(sw, watch):
     dev.tx(0).kick()
     time.sleep(0.05)                    # the worker takes the fault
     dev.close(close_memory=True)
-    # no `port show` in between (it would look at the faults): the new
-    # front-end comes as soon as the switch has seen the old one go
+    # no `port show` in between (it only reads now, but did not always): the
+    # new front-end comes as soon as the switch has seen the old one go
     time.sleep(0.2)
     again = connect(sw, "shrink", rx_buffers=16)
     try:
@@ -201,6 +201,40 @@ def test_a_fault_is_charged_to_its_own_connection_not_the_next(sw, watch):
     finally:
         again.close(close_memory=True)
     sw.wait_port("shrink", lambda p: p["state"] == "listening", timeout=30, what="closed")
+
+
+def test_looking_at_a_faulted_port_does_not_end_its_connection_the_health_task_does(sw, watch):
+    """`port show` and `stats` (and a metrics scrape: the same show()) only
+    read. A connection whose guest memory vanished is ended by the daemon's
+    health task, within its period (HEALTH_PERIOD_S, 1 s), not by whoever
+    looks first. Looked at right after the fault, the connection is still
+    up; should the health task happen to run within those few milliseconds,
+    the attempt is made again."""
+    for _attempt in range(3):
+        before = sw.port("shrink")
+        dev = connect(sw, "shrink")
+        try:
+            shrink(dev, 0)
+            dev.tx(0).kick()
+            time.sleep(0.05)                 # the worker takes the fault
+            looks = [sw.port("shrink") for _ in range(3)]
+            sw.ctl("stats")
+            looks.append(sw.port("shrink"))
+            if any(info["memory_faults"] != before["memory_faults"] for info in looks):
+                continue                     # the periodic task ran meanwhile
+            assert all(info["state"] == "connected" for info in looks)
+            assert dev.frontend.connected()
+            # ... and the periodic task ends it, within its period
+            sw.wait_port("shrink", lambda p: p["memory_faults"] == before["memory_faults"] + 1
+                         and p["state"] == "listening", timeout=3, what="closed by the health task")
+            wait_until(lambda: not dev.frontend.connected(), 10, "the front-end sees it closed")
+            break
+        finally:
+            dev.close(close_memory=True)
+            sw.wait_port("shrink", lambda p: p["state"] == "listening", timeout=30, what="closed")
+    else:
+        pytest.fail("every look at the port found its connection already ended")
+    assert_port_works_again(sw, watch)
 
 
 def test_sigbus_elsewhere_still_ends_the_process(tmp_path):

@@ -283,6 +283,42 @@ def test_mirror_copies_both_directions_as_the_port_saw_them(tmp_path):
         assert all(sw.drops(n) == {} for n in ("a", "b", "mon"))
 
 
+def test_mirrors_follow_ports_whose_slots_were_re_created(tmp_path):
+    """A port re-creates its datapath slot when its number of queue pairs
+    changes at its guest's next connection; a new slot starts without
+    mirror settings, and may have another number. Both ends of a mirror
+    are re-created here (the monitor onto another slot number: the slot of
+    a removed port is free below it) and copies flow at once, without a
+    periodic re-apply."""
+    ports = {"x": {"type": "vhost-user"},
+             "a": {"type": "vhost-user", "vlan": {"mode": "access", "id": 5},
+                   "mirror": {"to": "mon", "direction": "both"}},
+             "b": {"type": "vhost-user", "vlan": {"mode": "trunk", "allowed": [5]}},
+             "mon": {"type": "vhost-user", "vlan": {"mode": "access", "id": 99}}}
+    with Vswitchd(tmp_path, ports) as sw:
+        a, b, mon = (connect(sw, n) for n in ("a", "b", "mon"))
+        del ports["x"]
+        for name in ("a", "mon"):
+            ports[name] = {**ports[name], "queues": 2}
+        sw.write_config(ports)
+        out = sw.reload()
+        assert out.returncode == 0, out.stderr
+        for name, dev in (("mon", mon), ("a", a)):
+            assert sw.port(name)["pending"] == {"queues": 2}
+            dev.close()
+            sw.wait_port(name, lambda p: p["queues_offered"] == 2 and p["state"] == "listening",
+                         timeout=10, what="slot re-created")
+        a, mon = connect(sw, "a"), connect(sw, "mon")
+        out = frame("b", "a", 1)
+        a.tx(0).post_tx(out)
+        assert drain(b) == [tag(out, 5)]
+        back = frame("a", "b", 2)
+        b.tx(0).post_tx(tag(back, 5))
+        assert drain(a) == [back]
+        assert drain(mon) == [out, back]
+        assert all(sw.drops(n) == {} for n in ("a", "b", "mon"))
+
+
 def test_ingress_limit_with_hold_delays_frames_in_the_guest_ring_and_drops_none(tmp_path):
     ports = {"a": {"type": "vhost-user",
                    "ingress_policing": {"pps": 100, "pps_burst": 10, "action": "hold"}},

@@ -30,18 +30,16 @@ from . import privileges
 from . import reconcile
 from . import seccomp
 from .api import SwitchAPI
-from .config import Config, ConfigError, TapPortConfig, VxlanPortConfig, load_config
+from .config import Config, ConfigError, load_config
 from .control import ControlServer
 from .dpcontrol import DatapathControl
 from .fdb import TICK_S as FDB_TICK_S, FdbControl, entries_by_name
 from .limits import NofileCheck, ensure_nofile
 from .metrics import MetricsServer
 from .policy import apply_mirrors
-from .port import RateLimitedLog, VhostUserPort
+from .ports import ChangeResult, Port, PortEnv, RateLimitedLog, create_port
 from .safefiles import UnsafePath, check_directory, open_lock_file
 from .sdnotify import Notifier
-from .uplink import TapPort
-from .vxlan import VxlanPort
 from .watchdog import WorkerWatchdog
 
 log = logging.getLogger("vswitch")
@@ -134,9 +132,15 @@ class Switch:
             log.warning("workers notify guests with write(2) (%s): a front-end that blocks its "
                         "call eventfd can stall a worker and every port it serves "
                         "(docs/security.md)", ", ".join(notify_io))
-        self.ports: dict[str, VhostUserPort | TapPort] = {}
+        self.ports: dict[str, Port] = {}
         self.fdb_ctl = FdbControl(self.dp)
         self.ratelog = RateLimitedLog()
+        self.env = PortEnv(self.dp, self.ctl, self.ratelog, config.limits,
+                           on_slot_changed=self._slot_changed)
+        # While ports start or a reload applies, slot changes wait for the
+        # full pass at its end (_apply_switch_settings): a mirror's target
+        # may not be started yet. Read and cleared on the control thread.
+        self._settling = True
         self.api = SwitchAPI(self)     # what the control socket and the metrics see of us
         self.control = ControlServer(self.api, os.path.join(config.runtime_dir, CONTROL_NAME),
                                      group=config.control.group)
@@ -159,7 +163,7 @@ class Switch:
         try:
             for name, pc in self.config.ports.items():
                 self.ports[name] = await self._start_port(pc)
-            await self.ctl.call(self._apply_switch_settings, self.config)
+            await self.ctl.call(self._apply_switch_settings, self.config, dict(self.ports))
             await self.control.start()
             await self._start_metrics()
             log.info("vswitchd %s running: %d port(s), %d worker(s) in %s mode, runtime dir %s",
@@ -182,6 +186,7 @@ class Switch:
             if self.metrics:
                 await self.metrics.stop()
             await self.control.stop()
+            self._settling = True          # ports go: nothing to follow
             for port in self.ports.values():
                 await port.stop()
             if self.dp.control_notify_fd >= 0:
@@ -209,35 +214,31 @@ class Switch:
                     loop.call_soon_threadsafe(loop.add_reader, fd, self._reap_notifications)
         self.ctl.post(reap)
 
-    def _apply_switch_settings(self, config: Config) -> None:
-        """On the control thread: mirrors (they name slots) and the FDB's
-        aging, caps and static entries."""
-        apply_mirrors(self.dp, self.ports)
-        self.fdb_ctl.configure(config, self.ports)
+    def _apply_switch_settings(self, config: Config, ports: dict[str, Port]) -> None:
+        """On the control thread, after a start or a reload: the settings
+        that name ports (mirrors name their targets' slots; the FDB's static
+        entries and caps) and the FDB's aging. From here a port's new slot
+        is followed as it happens (_slot_changed)."""
+        apply_mirrors(self.dp, ports)
+        self.fdb_ctl.configure(config, ports)
+        self._settling = False
 
-    async def _start_port(self, pc) -> VhostUserPort | TapPort | VxlanPort:
+    def _slot_changed(self, port: Port) -> None:
+        """On the control thread, in the job that gave `port` a new slot (a
+        vhost-user port re-created for a new number of queue pairs at the
+        guest's reconnection): its static entries and cap, and every mirror
+        (its own, and those that point at it), follow at once."""
+        if self._settling:
+            return
+        ports = dict(self.ports)
+        ports[port.name] = port
+        self.fdb_ctl.port_slot_changed(port)
+        apply_mirrors(self.dp, ports)
+
+    async def _start_port(self, pc) -> Port:
         """Create and start one port; its failure is reported, never fatal."""
-        if isinstance(pc, TapPortConfig):
-            tap = TapPort(pc, self.dp, self.ctl)
-            await tap.start()
-            return tap
-        if isinstance(pc, VxlanPortConfig):
-            vx = VxlanPort(pc, self.dp, self.ctl)
-            await vx.start()
-            return vx
-        port = VhostUserPort(pc, self.dp, self.ctl, self.ratelog, self.config.limits)
-        try:
-            if pc.mode == "server":
-                # The config check refused such a directory already; this is
-                # for one that changed since (or was made) before the start.
-                directory = os.path.dirname(pc.socket)
-                check_directory(directory)
-                os.makedirs(directory, mode=0o755, exist_ok=True)
-            await port.start()
-        except OSError as exc:
-            # One port's trouble never stops another port.
-            log.error("port %s: cannot listen on %s: %s", pc.name, pc.socket, exc.strerror or exc)
-            port.status.last_error = str(exc)
+        port = create_port(pc, self.env)
+        await port.start()
         return port
 
     async def _start_metrics(self) -> None:
@@ -253,34 +254,29 @@ class Switch:
             self.metrics = None
 
     def status_line(self) -> str:
-        up = sum(1 for p in self.ports.values() if p.show()["state"] in ("connected", "up"))
+        up = sum(1 for p in self.ports.values() if p.state in ("connected", "up"))
         return (f"{len(self.ports)} port(s), {up} up, {self.config.datapath.workers} worker(s), "
                 f"{self.config.datapath.mode} mode")
 
     async def _health(self) -> None:
+        """Every HEALTH_PERIOD_S, and only here (never from `show` or a
+        metrics scrape): each port's checks, which may end a connection
+        whose guest memory vanished or retry a failed release."""
         while True:
             await asyncio.sleep(HEALTH_PERIOD_S)
-            # A port that re-created its slot (queues changed at reconnect)
-            # is found again by the mirrors that point at it.
-            await self.ctl.call(apply_mirrors, self.dp, dict(self.ports))
             await self.ctl.call(self.dp.reap_notifications)
             for port in list(self.ports.values()):
-                if not isinstance(port, VhostUserPort):
-                    continue      # a TAP port watches its device in its own task
                 try:
-                    await port.retry_release()
-                    port.check_health()
+                    await port.check_health()
                 except Exception:
                     log.exception("port %s: health check failed", port.name)
 
     async def _fdb_tick(self) -> None:
-        """The FDB's aging sweep (and re-pinning for re-created ports), every second."""
+        """The FDB's aging sweep, every second."""
         while True:
             await asyncio.sleep(FDB_TICK_S)
-            if self._reload_lock.locked():
-                continue     # ports half re-created: the reload applies the FDB when done
             try:
-                await self.ctl.call(self.fdb_ctl.tick, self.config, dict(self.ports))
+                await self.ctl.call(self.fdb_ctl.tick)
             except Exception:
                 log.exception("fdb: aging sweep failed")
 
@@ -311,7 +307,9 @@ class Switch:
         except OSError as exc:
             log.error("reload: cannot read %s: %s", path, exc.strerror or exc)
             return {"ok": False, "errors": [f"{path}: {exc.strerror or exc}"]}
-        plan = reconcile.plan(self.config, new)
+        # Planned against what each port runs: a change an earlier reload
+        # left pending is planned again (and forced, with force), or withdrawn.
+        plan = reconcile.plan(self.config, new, running=self.ports)
         if plan.errors:
             for e in plan.errors:
                 log.error("reload: %s; nothing changed", e)
@@ -324,73 +322,32 @@ class Switch:
                      self.nofile.soft)
         if self.nofile.warning:
             plan.warnings.append(self.nofile.warning)
-        outcome: dict[str, str] = {}
         warnings = list(plan.warnings)
-        # Removed first, so that a socket path or MAC moved to another port is free.
-        for name in plan.removed:
-            await self.ports.pop(name).stop()
-            outcome[name] = "removed"
-            log.info("reload: port %s removed", name)
-        # In-place changes to all ports take effect together: the workers wait
-        # between rounds meanwhile, so no frame is switched by half of them
-        # (two ports moved to a new VLAN in one reload lose nothing between).
-        results: dict[str, str] = {}
-        await self.ctl.call(self.dp.pause)
+        # Slots change below (restarts, additions): mirrors and the FDB follow
+        # in one pass at the end, whatever happens in between.
+        self._settling = True
         try:
-            for change in plan.changed:
-                try:
-                    results[change.name] = await self.ports[change.name].reconfigure(change.new,
-                                                                                      force=force)
-                except Exception as exc:   # one port's trouble: restart it alone
-                    log.exception("reload: port %s: reconfigure failed", change.name)
-                    results[change.name] = "restart"
-                    outcome[change.name] = f"restart after error: {exc}"
+            outcome = await self._apply_port_changes(plan, new, force, warnings)
+            if "mode" in plan.datapath_in_place:
+                await self.ctl.call(self.dp.set_mode, new.datapath.mode)
+            if "cpus" in plan.datapath_in_place:
+                await self.ctl.call(self.dp.set_cpus, new.datapath.cpus)
+            if plan.control_changed:
+                problem = self.control.set_group(new.control.group)
+                if problem:
+                    warnings.append(problem)
+            if plan.limits_changed:
+                # Applied to what comes next: memory mapped already stays mapped.
+                await self.ctl.call(self.dp.set_memory_limits, new.limits.guest_memory_per_port,
+                                    new.limits.guest_memory_total)
+            self.env.limits = new.limits
+            if new.debug and not self.config.debug:
+                # the test hooks behind the debug commands (debug stall-worker)
+                await self.ctl.call(self.dp.enable_test_hooks)
+            self.config = new
         finally:
-            await self.ctl.call(self.dp.resume)
-        for change in plan.changed:
-            result = results[change.name]
-            if result == "restart":
-                await self.ports[change.name].stop()
-                self.ports[change.name] = await self._start_port(change.new)
-                log.info("reload: port %s restarted (%s changed)", change.name, ", ".join(change.fields))
-            outcome.setdefault(change.name, {"restart": "restarted"}.get(result, result))
-            alert = getattr(self.ports[change.name], "socket_alert", None)
-            if alert and {"socket_owner", "socket_group", "socket_mode"} & set(change.fields):
-                warnings.append(f"port {change.name}: {alert}")
-        if force:
-            # Changes that an earlier reload left pending, forced through now.
-            for name in list(plan.unchanged):
-                port = self.ports[name]
-                if getattr(port, "pending", None) is not None:
-                    outcome[name] = await port.reconfigure(new.ports[name], force=True)
-                    plan.unchanged.remove(name)
-        for name in plan.added:
-            self.ports[name] = await self._start_port(new.ports[name])
-            outcome[name] = "added"
-            log.info("reload: port %s added", name)
-        # Keep the file order of the new config (show, metrics, port list).
-        self.ports = {name: self.ports[name] for name in new.ports}
-        await self.ctl.call(apply_mirrors, self.dp, dict(self.ports))
-        if "mode" in plan.datapath_in_place:
-            await self.ctl.call(self.dp.set_mode, new.datapath.mode)
-        if "cpus" in plan.datapath_in_place:
-            await self.ctl.call(self.dp.set_cpus, new.datapath.cpus)
-        if plan.control_changed:
-            problem = self.control.set_group(new.control.group)
-            if problem:
-                warnings.append(problem)
-        if plan.limits_changed:
-            # Applied to what comes next: memory mapped already stays mapped.
-            await self.ctl.call(self.dp.set_memory_limits, new.limits.guest_memory_per_port,
-                                new.limits.guest_memory_total)
-        for port in self.ports.values():
-            if isinstance(port, VhostUserPort):
-                port.limits = new.limits
-        if new.debug and not self.config.debug:
-            # the test hooks behind the debug commands (debug stall-worker)
-            await self.ctl.call(self.dp.enable_test_hooks)
-        self.config = new
-        await self.ctl.call(self.fdb_ctl.configure, new, dict(self.ports))   # aging, caps, static entries: in place
+            # Mirrors (they name slots), the FDB's aging, caps and static entries: in place.
+            await self.ctl.call(self._apply_switch_settings, self.config, dict(self.ports))
         if plan.metrics_changed:
             if self.metrics:
                 await self.metrics.stop()
@@ -402,6 +359,50 @@ class Switch:
                  len(plan.added), len(plan.removed), len(plan.changed), len(plan.unchanged))
         return {"ok": True, "ports": outcome, "unchanged": plan.unchanged,
                 "warnings": warnings, "plan": plan.summary()}
+
+    async def _apply_port_changes(self, plan: reconcile.Plan, new: Config, force: bool,
+                                  warnings: list[str]) -> dict[str, str]:
+        """Removed ports, each planned change (once, as planned), added
+        ports; returns what happened to each port, by name."""
+        outcome: dict[str, str] = {}
+        # Removed first, so that a socket path or MAC moved to another port is free.
+        for name in plan.removed:
+            await self.ports.pop(name).stop()
+            outcome[name] = "removed"
+            log.info("reload: port %s removed", name)
+        # In-place changes to all ports take effect together: the workers wait
+        # between rounds meanwhile, so no frame is switched by half of them
+        # (two ports moved to a new VLAN in one reload lose nothing between).
+        results: dict[str, ChangeResult] = {}
+        await self.ctl.call(self.dp.pause)
+        try:
+            for change in plan.changed:
+                try:
+                    results[change.name] = await self.ports[change.name].reconfigure(change, force=force)
+                except Exception as exc:   # one port's trouble: restart it alone
+                    log.exception("reload: port %s: reconfigure failed", change.name)
+                    results[change.name] = ChangeResult.RESTART
+                    outcome[change.name] = f"restart after error: {exc}"
+        finally:
+            await self.ctl.call(self.dp.resume)
+        for change in plan.changed:
+            result = results[change.name]
+            if result is ChangeResult.RESTART:
+                await self.ports[change.name].stop()
+                self.ports[change.name] = await self._start_port(change.new)
+                log.info("reload: port %s restarted (%s changed)", change.name, ", ".join(change.fields))
+            outcome.setdefault(change.name, "restarted" if result is ChangeResult.RESTART else result.value)
+            if {"socket_owner", "socket_group", "socket_mode"} & set(change.fields):
+                alert = self.ports[change.name].show()["alerts"].get("socket")
+                if alert:
+                    warnings.append(f"port {change.name}: {alert}")
+        for name in plan.added:
+            self.ports[name] = await self._start_port(new.ports[name])
+            outcome[name] = "added"
+            log.info("reload: port %s added", name)
+        # Keep the file order of the new config (show, metrics, port list).
+        self.ports = {name: self.ports[name] for name in new.ports}
+        return outcome
 
     # --- queries ---------------------------------------------------------------------
 

@@ -9,11 +9,14 @@ decides what it should hold from the configuration, and puts it there:
   `fdb.max_entries_per_port`) and the aging time;
 * the periodic aging sweep (FdbControl.tick, every second from the daemon).
 
-Static entries are compared with what the datapath really holds, not with
-what was last pinned: a port that is re-created (a restart by a reload, a
-new number of queue pairs at the guest's reconnection) gets a new datapath
-slot, and removing a slot unpins everything on it, so the next tick (or the
-reload itself) pins its entries again on the new slot.
+FdbControl is the one writer of static entries and caps: ports never pin
+anything. Static entries are compared with what the datapath really holds,
+not with what was last pinned. A port that gets a new datapath slot (a
+restart by a reload, a new number of queue pairs at the guest's
+reconnection) tells the switch, which calls `port_slot_changed` in the same
+control-thread job: removing the old slot unpinned everything on it, so the
+port's entries and cap are put on the new slot at once. Nothing is re-pinned
+periodically.
 """
 
 from __future__ import annotations
@@ -61,12 +64,39 @@ class FdbControl:
 
     def __init__(self, dp: Datapath) -> None:
         self.dp = dp
+        self.config: Config | None = None   # the last one configured: static entries of re-created ports
+        self.static_writes = 0         # entries pinned or unpinned, ever
 
     def configure(self, config: Config, ports: Mapping[str, RunningPort]) -> None:
         """At start and after every reload (all of it is applied in place)."""
+        self.config = config
         self.dp.fdb_set_aging(config.fdb.aging_time)
         self.dp.fdb_set_default_max(config.fdb.max_entries_per_port)
         self.sync(config, ports)
+
+    def port_slot_changed(self, port: RunningPort) -> None:
+        """On the control thread, right after `port` got a new slot: its
+        cap, and its static entries (its `mac`, the fdb.static entries that
+        name it) on that slot. Before the first configure() nothing is known
+        yet: configure() does it all."""
+        if self.config is None or port.slot < 0:
+            return
+        self.dp.port_set_fdb_max(port.slot, fdb_max_entries(port.config))
+        have = {(e["mac"], e["vlan"]): e["port"] for e in self.dp.fdb_entries(static_only=True)}
+        for (mac, vlan), slot in wanted_statics(self.config, {port.name: port}).items():
+            if have.get((mac, vlan)) != slot:
+                self._pin(mac, vlan, slot)
+
+    def _pin(self, mac: str, vlan: int, slot: int) -> None:
+        """Pin (slot >= 0) or unpin (-1) one static entry, logged for `debug`."""
+        try:
+            self.dp.fdb_set_static(mac, slot, vlan)
+        except Exception as exc:   # table full, or a slot that just went away
+            log.error("fdb: cannot pin %s in VLAN %d: %s", mac, vlan, exc)
+            return
+        self.static_writes += 1
+        log.debug("fdb: static %s in VLAN %d %s", mac, vlan,
+                  "unpinned" if slot < 0 else f"pinned on slot {slot}")
 
     def sync(self, config: Config, ports: Mapping[str, RunningPort]) -> None:
         """Caps and static entries, wherever each port's slot is now."""
@@ -79,20 +109,16 @@ class FdbControl:
         have = {(e["mac"], e["vlan"]): e["port"] for e in self.dp.fdb_entries(static_only=True)}
         for (mac, vlan), slot in have.items():
             if (mac, vlan) not in want:
-                self.dp.fdb_set_static(mac, -1, vlan)
+                self._pin(mac, vlan, -1)
         for (mac, vlan), slot in want.items():
             if have.get((mac, vlan)) != slot:
-                try:
-                    self.dp.fdb_set_static(mac, slot, vlan)
-                except Exception as exc:   # table full, or a slot that just went away
-                    log.error("fdb: cannot pin %s in VLAN %d: %s", mac, vlan, exc)
+                self._pin(mac, vlan, slot)
 
-    def tick(self, config: Config, ports: Mapping[str, RunningPort]) -> None:
-        """Every TICK_S: the aging sweep, and static entries of re-created ports."""
+    def tick(self) -> None:
+        """Every TICK_S: the aging sweep (static entries are not touched)."""
         aged = self.dp.fdb_age()
         if aged:
             log.debug("fdb: %d learned entries aged out", aged)
-        self.sync(config, ports)
 
 
 def entries_by_name(dp: Datapath, ports: Iterable[RunningPort], port: str | None = None,

@@ -1,6 +1,7 @@
 """Reload as a diff: what must change to go from the running config to a new one.
 
-Pure functions over two `Config`s, no I/O: the daemon applies the plan.
+Pure functions over two `Config`s (and what the running ports run), no I/O:
+the daemon applies the plan.
 
 Ports are compared by name. A port whose configuration is equal is not
 touched at all. For a changed port every differing field falls in one class:
@@ -15,6 +16,9 @@ touched at all. For a changed port every differing field falls in one class:
   shown as pending in `port show` -- unless the operator forces a restart;
 * restart: the port's identity (type, socket path, socket role, TAP device):
   the port is closed and opened again, alone.
+
+Each port class declares its own three sets (vswitch/ports/); the planner
+reads them through the registry (`vswitch.ports.port_class`).
 
 Daemon-wide settings: `datapath.mode` and `datapath.cpus`, `metrics`, the
 control socket's group and `limits` apply in place (`limits` to what comes
@@ -31,35 +35,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol
 
-from .config import POLICY_KEYS, Config, PortConfig, VhostUserPortConfig, VxlanPortConfig
+from .config import Config, PortConfig, VhostUserPortConfig, VxlanPortConfig
+from .ports import port_class
 
-# Fields of a vhost-user port, by how a change is applied.
-VHOST_IN_PLACE = frozenset({"socket_owner", "socket_group", "socket_mode", "mac", "mtu",
-                            # judged at each memory message: the guest's next table
-                            "allow_file_memory"})
-VHOST_AT_CONNECT = frozenset({"queues", "mrg_rxbuf", "event_idx", "indirect_desc", "offloads",
-                              "memory_slots"})
-VHOST_RESTART = frozenset({"type", "mode", "socket"})
-# A TAP has no negotiation with a guest: re-opening it is the only disruption.
-TAP_IN_PLACE = frozenset({"mac", "mtu"})
-TAP_RESTART = frozenset({"type", "ifname", "queues", "create"})
-# Forwarding policies (VLAN, port security, storm control, policing,
-# mirroring): the datapath reads them from the port's slot on every frame, so
-# a new value is written there with the guest connected and nothing else is
-# disturbed.  Any port type.
-POLICY_IN_PLACE = frozenset(POLICY_KEYS)
-VHOST_IN_PLACE = VHOST_IN_PLACE | POLICY_IN_PLACE
-TAP_IN_PLACE = TAP_IN_PLACE | POLICY_IN_PLACE
-# VXLAN: the peers, the VNI and the MTU are datapath settings of the bound
-# socket; the socket's own address and port re-bind it.
-VXLAN_IN_PLACE = frozenset({"remotes", "vni", "mtu"}) | POLICY_IN_PLACE
-VXLAN_RESTART = frozenset({"type", "local", "udp_port"})
-# FDB: a port's cap on learned MACs changes in place. The top-level
-# `fdb` section (aging, default cap, static entries) is applied in place after
-# every reload (vswitch/fdb.py), whatever changed.
-VHOST_IN_PLACE |= {"fdb_max_entries"}
-TAP_IN_PLACE |= {"fdb_max_entries"}
+# How each field of a port changes (in place, at connect, restart) is
+# declared by its port class (vswitch/ports/), next to the code that applies it.
 
 
 @dataclass(frozen=True)
@@ -121,20 +103,26 @@ def port_change(name: str, old: PortConfig, new: PortConfig) -> PortChange | Non
     if type(old) is not type(new):
         return PortChange(name, old, new, ("type",), restart=True)
     fields = _differing(old, new)
-    if isinstance(new, VhostUserPortConfig):
-        restart_set, in_place_set, at_connect_set = VHOST_RESTART, VHOST_IN_PLACE, VHOST_AT_CONNECT
-    elif isinstance(new, VxlanPortConfig):
-        restart_set, in_place_set, at_connect_set = VXLAN_RESTART, VXLAN_IN_PLACE, frozenset()
-    else:
-        restart_set, in_place_set, at_connect_set = TAP_RESTART, TAP_IN_PLACE, frozenset()
-    unknown = set(fields) - restart_set - in_place_set - at_connect_set
-    restart = bool(set(fields) & restart_set) or bool(unknown)   # unknown field: be safe
+    cls = port_class(new)
+    unknown = set(fields) - cls.RESTART - cls.IN_PLACE - cls.AT_CONNECT
+    restart = bool(set(fields) & cls.RESTART) or bool(unknown)   # unknown field: be safe
     return PortChange(name, old, new, fields, restart=restart,
-                      in_place=tuple(f for f in fields if f in in_place_set),
-                      at_connect=tuple(f for f in fields if f in at_connect_set))
+                      in_place=tuple(f for f in fields if f in cls.IN_PLACE),
+                      at_connect=tuple(f for f in fields if f in cls.AT_CONNECT))
 
 
-def plan(old: Config, new: Config) -> Plan:
+class RunningPort(Protocol):
+    """What the planner reads of a running port (vswitch/ports/base.py, Port)."""
+    config: Any
+    pending: Any
+
+
+def plan(old: Config, new: Config, running: Mapping[str, RunningPort] | None = None) -> Plan:
+    """The changes from `old` to `new`. With `running` (the daemon's ports),
+    a port's change is planned against what it runs, not against the old
+    file: a change still pending (waiting for a guest to reconnect) is
+    planned again, or withdrawn (a change without fields) when the new file
+    reverts it. The daemon applies each change as planned."""
     result = Plan()
     if old.runtime_dir != new.runtime_dir:
         result.errors.append(
@@ -145,7 +133,11 @@ def plan(old: Config, new: Config) -> Plan:
         if name not in old.ports:
             result.added.append(name)
             continue
-        change = port_change(name, old.ports[name], pc)
+        port = running.get(name) if running is not None else None
+        current = port.config if port is not None else old.ports[name]
+        change = port_change(name, current, pc)
+        if change is None and port is not None and port.pending is not None:
+            change = PortChange(name, current, pc, (), restart=False)    # withdraw it
         if change is None:
             result.unchanged.append(name)
         else:

@@ -27,7 +27,7 @@ OFFERS = [Offer(queue_pairs=1), Offer(queue_pairs=2)]
 REAL = os.environ.get("FUZZ_REAL_DATAPATH") == "1"
 if REAL:
     from vswitch._datapath import Datapath
-    from vswitch.port import PortBackend
+    from vswitch.ports.vhost_user import PortBackend
     DP = Datapath(workers=1)
 
 

@@ -316,16 +316,23 @@ ports:
     assert dp.port_fdb_info(a)["max"] == 5 and dp.port_fdb_info(b)["max"] == 50
     assert dp.fdb_stats()["aging_time"] == 7
     # a re-created port (new queue count at reconnection): removing the slot
-    # unpinned its entries; the next tick pins them on the new one
+    # unpinned its entries; the port's slot change pins them on the new one
     dp.port_remove(a)
     assert dp.port_add(1) == a                 # another port takes the freed slot
     ports["a"].slot = dp.port_add(2)
-    ctl.tick(cfg, ports)
+    writes = ctl.static_writes
+    ctl.tick()                                 # the aging sweep pins nothing
+    assert ctl.static_writes == writes
+    assert ("02:00:00:00:00:01", 0) not in {(e["mac"], e["vlan"]) for e in dp.fdb_entries()}
+    ctl.port_slot_changed(ports["a"])
     new_a = ports["a"].slot
     assert new_a != a
     assert {(e["mac"], e["vlan"]): e["port"] for e in dp.fdb_entries()} == {
         ("02:00:00:00:00:aa", 3): new_a, ("02:00:00:00:00:bb", 0): b, ("02:00:00:00:00:01", 0): new_a}
     assert dp.port_fdb_info(new_a)["max"] == 5
+    assert ctl.static_writes == writes + 2     # a's two entries, nothing else rewritten
+    ctl.port_slot_changed(ports["a"])          # told again: nothing to write
+    assert ctl.static_writes == writes + 2
     # entries that leave the config are unpinned
     cfg2 = parse_config("ports: {a: {type: vhost-user}, b: {type: tap}}\n", check_host=False)
     for name in ports:

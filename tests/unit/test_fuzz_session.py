@@ -4,7 +4,7 @@
 Sequences of messages of random types - taken from the protocol's own
 Request enum, so handlers that land later are fuzzed too - with plausible
 and implausible payloads and real fds (eventfds, pipes, memfds, sockets) go
-through a Session the way port.py drives one: a ProtocolError closes the
+through a Session the way the vhost-user port drives one: a ProtocolError closes the
 connection and the next message starts a new session on the same datapath
 slot. After every message (tests/fuzz/model.py ``Runner``):
 
@@ -79,7 +79,7 @@ def datapath():
 @SETTINGS
 @given(data=st.data())
 def test_random_message_orders_against_the_real_datapath(datapath, data):
-    from vswitch.port import PortBackend
+    from vswitch.ports.vhost_user import PortBackend
     offer = data.draw(st.sampled_from(OFFERS))
     before = open_fd_count()
     slot = datapath.port_add(offer.queue_pairs)
@@ -143,7 +143,7 @@ def test_every_fd_kind_in_every_fd_slot(kind):
     but a reply or ProtocolError (the Runner checks each message); a good
     front-end afterwards runs."""
     from vswitch._datapath import Datapath
-    from vswitch.port import PortBackend
+    from vswitch.ports.vhost_user import PortBackend
     offer = Offer(queue_pairs=1)
     dp = Datapath(workers=1)
     for slot in FD_SLOTS:
@@ -204,7 +204,7 @@ def _prologue(region_uaddr=UBASE):
 def _run_both(messages, check):
     """Run a fixed sequence against the model and the real datapath; check(runner, started)."""
     from vswitch._datapath import Datapath
-    from vswitch.port import PortBackend
+    from vswitch.ports.vhost_user import PortBackend
     offer = Offer(queue_pairs=2)
     model = ModelBackend(4)
     r = Runner(offer, model, model=model, known=())

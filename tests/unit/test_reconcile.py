@@ -136,3 +136,34 @@ def test_allow_file_memory_applies_in_place_and_limits_are_noticed():
     p = plan(cfg({"a": A}), cfg({"a": A}, limits={"message_timeout": 2}))
     assert p.limits_changed and not p.empty and p.unchanged == ["a"] and p.summary()["limits"]
     assert not plan(cfg({"a": A}), cfg({"a": A})).limits_changed
+
+
+# The field classes live with the port classes (vswitch/ports/); the planner asks the registry.
+
+def test_every_port_class_puts_each_config_field_in_exactly_one_class():
+    import dataclasses
+
+    from vswitch.ports import PORT_CLASSES
+    for config_class, port_class in PORT_CLASSES.items():
+        fields = {f.name for f in dataclasses.fields(config_class)} - {"name"}
+        sets = (port_class.IN_PLACE, port_class.AT_CONNECT, port_class.RESTART)
+        assert fields <= set().union(*sets), (port_class.__name__, fields - set().union(*sets))
+        assert all(not (x & y) for i, x in enumerate(sets) for y in sets[i + 1:]), port_class.__name__
+
+
+class _Running:
+    def __init__(self, config, pending=None):
+        self.config, self.pending = config, pending
+
+
+def test_a_change_is_planned_against_what_the_port_runs():
+    one, two = cfg({"a": A}), cfg({"a": {**A, "queues": 4}})
+    # a queue change an earlier reload left pending, file unchanged: planned again (force applies it)
+    p = plan(two, two, running={"a": _Running(one.ports["a"], pending=two.ports["a"])})
+    assert [c.at_connect for c in p.changed] == [("queues",)] and p.changed[0].old == one.ports["a"]
+    # the file reverts it: a change without fields, which withdraws what is pending
+    p = plan(two, one, running={"a": _Running(one.ports["a"], pending=two.ports["a"])})
+    assert [(c.name, c.fields, c.restart) for c in p.changed] == [("a", (), False)]
+    # nothing pending, nothing changed: untouched
+    p = plan(one, one, running={"a": _Running(one.ports["a"])})
+    assert p.unchanged == ["a"] and p.empty

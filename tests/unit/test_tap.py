@@ -1,8 +1,8 @@
-"""TAP uplink control plane (vswitch/tap.py) against the real kernel.
+"""TAP uplink control plane (vswitch/ports/tapdev.py) against the real kernel.
 
 Needs root and /dev/net/tun. Every interface and namespace is named
 vst<pid><letter> and removed at the end of its test, pass or fail.
-The kernel behaviours documented in vswitch/tap.py (EIO while down, EBADFD
+The kernel behaviours documented in vswitch/ports/tapdev.py (EIO while down, EBADFD
 and POLLERR once deleted, fds surviving a move to another namespace) are
 asserted here.
 """
@@ -23,8 +23,8 @@ import time
 import pytest
 
 from tests.harness.linux.netns import NetNs, delete_link, link_exists, move_link, wait_for
-from vswitch import tap
-from vswitch.tap import (TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, VNET_HDR_LEN,
+from vswitch.ports import tapdev as tap
+from vswitch.ports.tapdev import (TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, VNET_HDR_LEN,
                          TapError, open_tap_queues, tap_exists, tap_fd_ifname, tap_gone,
                          tap_ifindex, tap_link_state, validate_ifname)
 

@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator
 
 from vswitch.config import ConfigError, VxlanPortConfig, parse_config
 from vswitch.reconcile import port_change
-from vswitch.vxlan import VxlanError, open_vxlan_socket, pack_sockaddr
+from vswitch.ports.vxlan import VxlanError, open_vxlan_socket, pack_sockaddr
 
 ROOT = Path(__file__).resolve().parents[2]
 VALIDATOR = Draft202012Validator(json.loads((ROOT / "config" / "vswitch.schema.json").read_text()))

@@ -20,12 +20,15 @@ import ipaddress
 import logging
 import socket
 import struct
+from typing import TYPE_CHECKING, ClassVar
 
-from ._datapath import Datapath
-from .dpcontrol import DatapathControl
-from .policy import apply_port_policy, describe as describe_policy
-from .config import VxlanPortConfig
-from .reconcile import port_change
+from .._datapath import Datapath
+from ..config import VxlanPortConfig
+from ..policy import apply_port_policy, describe as describe_policy
+from .base import POLICY_IN_PLACE, Backoff, ChangeResult, PortEnv, PortView, cancel_and_wait
+
+if TYPE_CHECKING:
+    from ..reconcile import PortChange
 
 log = logging.getLogger("vswitch.vxlan")
 
@@ -89,11 +92,19 @@ def open_vxlan_socket(local: str, port: int) -> socket.socket:
 
 
 class VxlanPort:
-    def __init__(self, config: VxlanPortConfig, dp: Datapath, ctl: DatapathControl) -> None:
+    # The peers, the VNI and the MTU are datapath settings of the bound
+    # socket; the socket's own address and port re-bind it.
+    IN_PLACE: ClassVar[frozenset[str]] = frozenset({"remotes", "vni", "mtu"}) | POLICY_IN_PLACE
+    AT_CONNECT: ClassVar[frozenset[str]] = frozenset()
+    RESTART: ClassVar[frozenset[str]] = frozenset({"type", "local", "udp_port"})
+    pending: None = None        # nothing waits for a guest
+
+    def __init__(self, config: VxlanPortConfig, env: PortEnv) -> None:
         self.config = config
         self.name = config.name
-        self.dp = dp
-        self.ctl = ctl              # every change to the datapath runs there
+        self.env = env
+        self.dp: Datapath = env.dp
+        self.ctl = env.ctl          # every change to the datapath runs there
         self.slot = -1              # allocated by start()
         self._policy: dict | None = None
         self.attached = False
@@ -110,30 +121,31 @@ class VxlanPort:
             self._task = asyncio.get_running_loop().create_task(self._retry(), name=f"vxlan-{self.name}")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        await self.ctl.call(self.dp.port_remove, self.slot)     # closes the socket
+        await cancel_and_wait(self._task)
+        await self.ctl.call(self._remove_slot)
 
     def _create_slot(self) -> None:
+        """On the control thread: the slot and its policy; the switch then
+        points mirrors at it."""
         self.slot = self.dp.port_add(1, "vxlan")
         self._policy = apply_port_policy(self.dp, self.slot, self.config)
+        self.env.on_slot_changed(self)
 
-    async def reconfigure(self, new: VxlanPortConfig, force: bool = False) -> str:
+    def _remove_slot(self) -> None:
+        self.dp.port_remove(self.slot)     # closes the socket
+        self.slot = -1
+
+    async def reconfigure(self, change: PortChange, force: bool = False) -> ChangeResult:
         """Remotes, VNI and MTU change in place; the local address or UDP port
-        re-bind the socket ("restart", done by the caller)."""
-        change = port_change(self.name, self.config, new)
-        if change is None:
-            return "unchanged"
+        re-bind the socket (RESTART, done by the caller)."""
         if change.restart:
-            return "restart"
-        self.config = new
+            return ChangeResult.RESTART
+        if not change.fields:
+            return ChangeResult.UNCHANGED
+        self.config = change.new
         await self.ctl.call(self._apply_datapath_settings, change.in_place)
         log.info("port %s: %s applied", self.name, ", ".join(change.in_place))
-        return "applied"
+        return ChangeResult.APPLIED
 
     def _apply_datapath_settings(self, fields: tuple[str, ...]) -> None:
         """On the control thread: policy, remotes, VNI, enforced MTU."""
@@ -166,13 +178,19 @@ class VxlanPort:
         return True
 
     async def _retry(self) -> None:
-        delay = RETRY_MIN_S
+        backoff = Backoff(RETRY_MIN_S, RETRY_MAX_S)
         while not await self._attach():
-            log.warning("port %s: %s; retry in %.1fs", self.name, self.last_error, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_S)
+            log.warning("port %s: %s; retry in %.1fs", self.name, self.last_error, backoff.delay)
+            await backoff.wait()
 
-    def show(self) -> dict:
+    async def check_health(self) -> None:
+        """Nothing here: a socket that could not be bound is retried in its own task."""
+
+    @property
+    def state(self) -> str:
+        return "up" if self.attached else "down"
+
+    def show(self) -> PortView:
         cfg = self.config
         # rx: towards the network (the remotes receive), tx: from the network
         state = {"started": self.attached, "enabled": self.attached, "broken": False, "size": 0}
@@ -192,7 +210,7 @@ class VxlanPort:
             "remotes": [{"address": r, "learned_macs": per_remote[i] if i < len(per_remote) else 0}
                         for i, r in enumerate(cfg.remotes)],
             "learn_table_full": learned["table_full"],
-            "state": "up" if self.attached else "down",
+            "state": self.state,
             "mtu": cfg.mtu,
             "queues_offered": 1,
             "queues_enabled": 1 if self.attached else 0,

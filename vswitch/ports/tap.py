@@ -5,6 +5,7 @@ fds are handed to the datapath, which reads and writes frames with their
 virtio_net_hdr. A TAP that disappears (someone ran `ip link del`) is seen by
 the workers as EBADFD; the port reports and counts it, the other ports keep
 forwarding, and the device is re-created or re-attached with backoff.
+The device helpers (open, MTU, link state) are in vswitch/ports/tapdev.py.
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
+from typing import TYPE_CHECKING, ClassVar
 
-from ._datapath import Datapath
-from .dpcontrol import DatapathControl
-from .policy import apply_port_policy, describe as describe_policy
-from .config import TapPortConfig
-from .fdb import port_vlan
-from .reconcile import port_change
-from .tap import TapError, open_tap_queues, set_tap_mtu, tap_fd_ifname, tap_link_state
+from .._datapath import Datapath
+from ..config import TapPortConfig
+from ..policy import apply_port_policy, describe as describe_policy
+from .base import POLICY_IN_PLACE, Backoff, ChangeResult, PortEnv, PortView, cancel_and_wait
+from .tapdev import TapError, open_tap_queues, set_tap_mtu, tap_fd_ifname, tap_link_state
+
+if TYPE_CHECKING:
+    from ..reconcile import PortChange
 
 log = logging.getLogger("vswitch.uplink")
 
@@ -30,11 +32,18 @@ CHECK_PERIOD_S = 0.5
 
 
 class TapPort:
-    def __init__(self, config: TapPortConfig, dp: Datapath, ctl: DatapathControl) -> None:
+    # A TAP has no negotiation with a guest: re-opening it is the only disruption.
+    IN_PLACE: ClassVar[frozenset[str]] = frozenset({"mac", "mtu", "fdb_max_entries"}) | POLICY_IN_PLACE
+    AT_CONNECT: ClassVar[frozenset[str]] = frozenset()
+    RESTART: ClassVar[frozenset[str]] = frozenset({"type", "ifname", "queues", "create"})
+    pending: None = None        # nothing waits for a guest
+
+    def __init__(self, config: TapPortConfig, env: PortEnv) -> None:
         self.config = config
         self.name = config.name
-        self.dp = dp
-        self.ctl = ctl              # every change to the datapath runs there
+        self.env = env
+        self.dp: Datapath = env.dp
+        self.ctl = env.ctl          # every change to the datapath runs there
         self.slot = -1              # allocated by start()
         self._policy: dict | None = None
         self.attached = False
@@ -51,36 +60,28 @@ class TapPort:
         self._task = asyncio.get_running_loop().create_task(self._watch(), name=f"tap-{self.name}")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         await self.ctl.call(self._remove_slot)
 
     def _create_slot(self) -> None:
-        """On the control thread: the slot, its policy, its static MAC."""
+        """On the control thread: the slot and its policy; the switch then
+        pins its static MAC and points mirrors at it."""
         self.slot = self.dp.port_add(self.config.queues, "tap")
         self._policy = apply_port_policy(self.dp, self.slot, self.config)
-        if self.config.mac:
-            self.dp.fdb_set_static(self.config.mac, self.slot, port_vlan(self.config))
-        self.dp.port_set_fdb_max(self.slot, self.config.fdb_max_entries)
+        self.env.on_slot_changed(self)
 
     def _remove_slot(self) -> None:
-        if self.config.mac:
-            self.dp.fdb_set_static(self.config.mac, -1, port_vlan(self.config))
-        self.dp.port_remove(self.slot)     # closes the queue fds
+        self.dp.port_remove(self.slot)     # closes the queue fds, unpins its entries
+        self.slot = -1
 
-    async def reconfigure(self, new: TapPortConfig, force: bool = False) -> str:
-        """MTU and static MAC change in place; anything else re-opens the TAP
-        ("restart", done by the caller)."""
-        change = port_change(self.name, self.config, new)
-        if change is None:
-            return "unchanged"
+    async def reconfigure(self, change: PortChange, force: bool = False) -> ChangeResult:
+        """MTU, MAC and policies change in place; anything else re-opens the
+        TAP (RESTART, done by the caller)."""
         if change.restart:
-            return "restart"
-        old, self.config = self.config, new
+            return ChangeResult.RESTART
+        if not change.fields:
+            return ChangeResult.UNCHANGED
+        new = self.config = change.new
         if "mtu" in change.in_place and new.mtu is not None and self.attached:
             try:
                 set_tap_mtu(new.ifname, new.mtu)
@@ -89,21 +90,16 @@ class TapPort:
                 log.error("port %s: %s", self.name, exc)
         if self.attached:
             self.mtu = new.mtu or tap_link_state(new.ifname).get("mtu") or 1500
-        await self.ctl.call(self._apply_datapath_settings, old)
+        await self.ctl.call(self._apply_datapath_settings)
         log.info("port %s: %s applied", self.name, ", ".join(change.in_place))
-        return "applied"
+        return ChangeResult.APPLIED
 
-    def _apply_datapath_settings(self, old: TapPortConfig) -> None:
-        """On the control thread: policy, enforced MTU, static MAC, FDB cap."""
-        new = self.config
-        self._policy = apply_port_policy(self.dp, self.slot, new, self._policy)
+    def _apply_datapath_settings(self) -> None:
+        """On the control thread: policy and enforced MTU (the static MAC and
+        FDB cap are the switch's: vswitch/fdb.py)."""
+        self._policy = apply_port_policy(self.dp, self.slot, self.config, self._policy)
         if self.attached:
             self.dp.port_set_mtu(self.slot, self.mtu)
-        if old.mac and (old.mac, port_vlan(old)) != (new.mac, port_vlan(new)):
-            self.dp.fdb_set_static(old.mac, -1, port_vlan(old))
-        if new.mac:
-            self.dp.fdb_set_static(new.mac, self.slot, port_vlan(new))
-        self.dp.port_set_fdb_max(self.slot, new.fdb_max_entries)
 
     async def _attach(self) -> bool:
         cfg = self.config
@@ -129,7 +125,7 @@ class TapPort:
         return tap_fd_ifname(self._fd0) is None
 
     async def _watch(self) -> None:
-        delay = RETRY_MIN_S
+        backoff = Backoff(RETRY_MIN_S, RETRY_MAX_S)
         while True:
             if self.attached:
                 await asyncio.sleep(CHECK_PERIOD_S)
@@ -140,17 +136,24 @@ class TapPort:
                     log.error("port %s: %s; re-creating it", self.name, self.last_error)
                     await self.ctl.call(self.dp.port_reset, self.slot)  # stops forwarding to it, closes the fds
                     self._fd0 = -1
-                    delay = RETRY_MIN_S
+                    backoff.reset()
             else:
                 if await self._attach():
-                    delay = RETRY_MIN_S
+                    backoff.reset()
                     continue
                 log.warning("port %s: cannot open TAP %s: %s; retry in %.1fs",
-                            self.name, self.config.ifname, self.last_error, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+                            self.name, self.config.ifname, self.last_error, backoff.delay)
+                await backoff.wait()
 
-    def show(self) -> dict:
+    async def check_health(self) -> None:
+        """Nothing here: the port watches its device in its own task (every
+        CHECK_PERIOD_S, re-attaching with backoff)."""
+
+    @property
+    def state(self) -> str:
+        return "up" if self.attached else "down"
+
+    def show(self) -> PortView:
         queues = []
         for q in range(self.config.queues):
             # rx: towards the kernel (the kernel receives), tx: from the kernel
@@ -164,7 +167,7 @@ class TapPort:
             "ifname": self.config.ifname,
             "mode": "create" if self.config.create else "attach",
             "socket": None,
-            "state": "up" if self.attached else "down",
+            "state": self.state,
             "mtu": self.mtu,
             "queues_offered": self.config.queues,
             "queues_enabled": self.config.queues if self.attached else 0,

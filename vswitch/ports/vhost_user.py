@@ -9,6 +9,10 @@ Every change to the datapath - each message's effect (`Session.handle`), the
 slot's creation, reset and removal - runs on the datapath's control thread
 (`DatapathControl`), awaited here: those changes wait for the workers, and
 the event loop that serves every other port must not wait with them.
+
+`show()` only reads: the checks that may end a connection (memory that
+vanished, broken rings) run in `check_health`, from the daemon's periodic
+health task, never because someone looked.
 """
 
 from __future__ import annotations
@@ -17,21 +21,24 @@ import asyncio
 import dataclasses
 import errno
 import logging
+import os
 import select
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
-from ._datapath import DROP_REASONS, Datapath, DatapathError
-from .policy import apply_port_policy, describe as describe_policy
-from .config import LimitsConfig, VhostUserPortConfig
-from .dpcontrol import DatapathControl
-from .fdb import port_vlan
-from .reconcile import port_change
-from .safefiles import NotOurSocket, SocketFile
-from .vhost import protocol as p
-from .vhost.session import BASE_FEATURES, BASE_PROTOCOL_FEATURES, OFFLOAD_FEATURES, Offer, Session
-from .vhost.transport import Connection, MessageTimeout, PeerClosed, bind_listener
+from .._datapath import DROP_REASONS, Datapath, DatapathError
+from ..config import VhostUserPortConfig
+from ..policy import apply_port_policy, describe as describe_policy
+from ..safefiles import NotOurSocket, SocketFile, check_directory
+from ..vhost import protocol as p
+from ..vhost.session import BASE_FEATURES, BASE_PROTOCOL_FEATURES, OFFLOAD_FEATURES, Offer, Session
+from ..vhost.transport import Connection, MessageTimeout, PeerClosed, bind_listener
+from .base import POLICY_IN_PLACE, Backoff, ChangeResult, PortEnv, PortView, cancel_and_wait
+
+if TYPE_CHECKING:
+    from ..reconcile import PortChange
 
 log = logging.getLogger("vswitch.port")
 
@@ -73,42 +80,6 @@ def offer_for(config: VhostUserPortConfig) -> Offer:
 # Alerts about the port itself, which outlive a connection (the others are
 # about the running connection, and are cleared when a new one begins).
 PORT_ALERTS = ("socket",)
-
-
-class RateLimitedLog:
-    """At most `burst` lines per `period` seconds per key; counts the rest."""
-
-    def __init__(self, burst: int = 5, period: float = 10.0) -> None:
-        self.burst, self.period = burst, period
-        self.state: dict[str, tuple[float, int, int]] = {}
-
-    def warning(self, key: str, msg: str, *args) -> None:
-        self._log(logging.WARNING, key, msg, *args)
-
-    def exception(self, key: str, msg: str, *args) -> None:
-        """An error with its traceback: a bug a peer can trigger at will
-        must not write a traceback per connection either."""
-        self._log(logging.ERROR, key, msg, *args, exc_info=True)
-
-    def info(self, key: str, msg: str, *args) -> None:
-        # Connection lines too: a peer that connects and sends garbage in a
-        # loop must not write two log lines per attempt (issue 6, item 6);
-        # the port's counters carry the totals.
-        self._log(logging.INFO, key, msg, *args)
-
-    def _log(self, level: int, key: str, msg: str, *args, exc_info: bool = False) -> None:
-        now = time.monotonic()
-        start, n, suppressed = self.state.get(key, (now, 0, 0))
-        if now - start > self.period:
-            if suppressed:
-                log.log(level, "%s: %d similar messages suppressed", key, suppressed)
-            start, n, suppressed = now, 0, 0
-        if n < self.burst:
-            log.log(level, msg, *args, exc_info=exc_info)
-            n += 1
-        else:
-            suppressed += 1
-        self.state[key] = (start, n, suppressed)
 
 
 class PortBackend:
@@ -176,14 +147,26 @@ class PortStatus:
 
 
 class VhostUserPort:
-    def __init__(self, config: VhostUserPortConfig, dp: Datapath, ctl: DatapathControl,
-                 ratelog: RateLimitedLog | None = None, limits: LimitsConfig | None = None) -> None:
+    # How a change to each field is applied (vswitch/reconcile.py plans with these):
+    # in place without disturbing a connected guest; MAC, MTU and the FDB cap
+    # are datapath settings of the slot; the memory policy is judged at each
+    # memory message (the guest's next table).
+    IN_PLACE: ClassVar[frozenset[str]] = frozenset({
+        "socket_owner", "socket_group", "socket_mode", "mac", "mtu", "allow_file_memory",
+        "fdb_max_entries"}) | POLICY_IN_PLACE
+    # What the guest negotiated when it connected: changing it under a running
+    # driver would break the guest's NIC, so it waits for its next connection.
+    AT_CONNECT: ClassVar[frozenset[str]] = frozenset({
+        "queues", "mrg_rxbuf", "event_idx", "indirect_desc", "offloads", "memory_slots"})
+    # The port's identity: closed and opened again, alone.
+    RESTART: ClassVar[frozenset[str]] = frozenset({"type", "mode", "socket"})
+
+    def __init__(self, config: VhostUserPortConfig, env: PortEnv) -> None:
         self.config = config
         self.name = config.name
-        self.dp = dp
-        self.ctl = ctl
-        # Daemon-wide; the daemon replaces it on reload (read per message).
-        self.limits = limits or LimitsConfig()
+        self.env = env
+        self.dp: Datapath = env.dp
+        self.ctl = env.ctl
         self.slot = -1                  # allocated by start()
         self.offer = offer_for(config)
         # A new config whose connect-time fields wait for the guest to reconnect.
@@ -191,7 +174,7 @@ class VhostUserPort:
         self._policy: dict | None = None
         self.session: Session | None = None
         self.status = PortStatus()
-        self.ratelog = ratelog or RateLimitedLog()
+        self.ratelog = env.ratelog
         self._task: asyncio.Task | None = None
         self._conn_task: asyncio.Task | None = None
         self._listener: socket.socket | None = None
@@ -208,10 +191,25 @@ class VhostUserPort:
     # --- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
+        """The slot, then the socket; a socket that cannot be made is reported
+        (`last_error`), never raised: one port's trouble never stops another."""
+        try:
+            await self._start()
+        except OSError as exc:
+            log.error("port %s: cannot listen on %s: %s", self.name, self.config.socket,
+                      exc.strerror or exc)
+            self.status.last_error = str(exc)
+
+    async def _start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.slot < 0:
             await self.ctl.call(self._create_slot)
         if self.config.mode == "server":
+            # The config check refused such a directory already; this is for
+            # one that changed since (or was made) before the start.
+            directory = os.path.dirname(self.config.socket)
+            check_directory(directory)
+            os.makedirs(directory, mode=0o755, exist_ok=True)
             # Owner, group and mode of a server socket (connect(2) needs write
             # permission on it): how a QEMU run by libvirt as another user gets in.
             self._listener, self._socket_file = bind_listener(
@@ -226,12 +224,7 @@ class VhostUserPort:
     async def stop(self) -> None:
         self.pending = None            # nothing to apply to a port that goes away
         for task in (self._task, self._conn_task):
-            if task and not task.done():
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+            await cancel_and_wait(task)
         if self._conn:
             await self._disconnect("port stopped")
         if self._listener:
@@ -244,48 +237,42 @@ class VhostUserPort:
         await self.ctl.call(self._remove_slot)
 
     def _create_slot(self) -> None:
-        """On the control thread: a datapath slot with this config's settings."""
+        """On the control thread: a datapath slot with this config's settings;
+        the switch then points its FDB entries and mirrors at it."""
         self.slot = self.dp.port_add(self.config.queues)
         self._faults_seen = self.dp.memory_faults(self.slot)
         self._apply_datapath_settings(None)
+        self.env.on_slot_changed(self)
 
     def _remove_slot(self) -> None:
-        """On the control thread: the static MAC unpinned, the slot freed."""
-        if self.config.mac:
-            self.dp.fdb_set_static(self.config.mac, -1, port_vlan(self.config))
+        """On the control thread: the slot freed (and with it every FDB entry on it)."""
         self.dp.port_remove(self.slot)
         self.slot = -1
 
     # --- reconfiguration (reload) ------------------------------------------------
 
     def _apply_datapath_settings(self, old: VhostUserPortConfig | None) -> None:
-        """The in-place settings the datapath holds: enforced MTU, static MAC,
-        VLAN membership, security, storm control, policers. old None: a new slot."""
+        """The in-place settings the slot holds: enforced MTU, VLAN membership,
+        security, storm control, policers. old None: a new slot. (Its static
+        MAC, FDB cap and mirror are the switch's: vswitch/fdb.py, policy.py.)"""
         cfg = self.config
         self._policy = apply_port_policy(self.dp, self.slot, cfg,
                                          self._policy if old is not None else None)
         self.dp.port_set_mtu(self.slot, cfg.mtu or 0)
-        if old is not None and old.mac and (old.mac, port_vlan(old)) != (cfg.mac, port_vlan(cfg)):
-            self.dp.fdb_set_static(old.mac, -1, port_vlan(old))
-        if cfg.mac:
-            self.dp.fdb_set_static(cfg.mac, self.slot, port_vlan(cfg))
-        self.dp.port_set_fdb_max(self.slot, cfg.fdb_max_entries)
 
-    async def reconfigure(self, new: VhostUserPortConfig, force: bool = False) -> str:
-        """Apply a changed config. Returns "unchanged", "applied", "restart"
-        (the identity changed: the caller closes and reopens the port) or
-        "pending" when connect-time fields wait for the guest's next
-        connection; with force, the guest is disconnected so that they apply
-        now (its driver sees a link flap and QEMU reconnects)."""
-        old = self.config
-        # Compared with what runs, not with the previous file: a change that
-        # is reverted before the guest reconnects leaves nothing pending.
-        change = port_change(self.name, old, new)
-        if change is None:
-            self.pending = None
-            return "unchanged"
+    async def reconfigure(self, change: PortChange, force: bool = False) -> ChangeResult:
+        """Apply a change planned against the running config (vswitch/reconcile.py):
+        APPLIED, RESTART (the identity changed: the caller closes and reopens
+        the port) or PENDING when connect-time fields wait for the guest's
+        next connection; with force, the guest is disconnected so that they
+        apply now (its driver sees a link flap and QEMU reconnects). A change
+        without fields withdraws what was pending (UNCHANGED)."""
         if change.restart:
-            return "restart"
+            return ChangeResult.RESTART
+        if not change.fields:
+            self.pending = None
+            return ChangeResult.UNCHANGED
+        old, new = self.config, change.new
         in_place, at_connect = change.in_place, change.at_connect
         if at_connect and self.connected:
             # In-place fields now, the rest when the guest reconnects.
@@ -295,22 +282,19 @@ class VhostUserPort:
             if not force:
                 log.info("port %s: %s applied; %s pending until the guest reconnects", self.name,
                          ", ".join(in_place) or "nothing", ", ".join(at_connect))
-                return "pending"
+                return ChangeResult.PENDING
             # Forced: end the connection; _disconnect applies what is pending.
             log.info("port %s: disconnecting the guest to apply %s (forced)", self.name,
                      ", ".join(at_connect))
-            task = self._conn_task
-            if task is not None and not task.done():
-                task.cancel()
-                await asyncio.wait({task})
-            return "applied"
+            await cancel_and_wait(self._conn_task)
+            return ChangeResult.APPLIED
         self.pending = None
         self.config = new
         await self._apply_in_place(old, in_place)
         if at_connect:
             await self._apply_connect_time(old)
         log.info("port %s: %s applied", self.name, ", ".join(in_place + at_connect))
-        return "applied"
+        return ChangeResult.APPLIED
 
     async def _apply_in_place(self, old: VhostUserPortConfig, fields: tuple[str, ...]) -> None:
         socket_fields = {"socket_owner", "socket_group", "socket_mode"} & set(fields)
@@ -338,11 +322,6 @@ class VhostUserPort:
             return
         self.status.alerts.pop("socket", None)
 
-    @property
-    def socket_alert(self) -> str | None:
-        """Why the port's socket file was not changed as configured, if so."""
-        return self.status.alerts.get("socket")
-
     async def _apply_connect_time(self, old: VhostUserPortConfig) -> None:
         """Only while no guest is connected: a new offer, a new slot for a new
         number of queue pairs (slots are sized at creation)."""
@@ -351,6 +330,8 @@ class VhostUserPort:
             await self.ctl.call(self._recreate_slot)
 
     def _recreate_slot(self) -> None:
+        """On the control thread, in one job: nothing runs between the old
+        slot's removal and the new one's settings (FDB entries, mirrors)."""
         self._remove_slot()
         self._create_slot()
 
@@ -394,7 +375,7 @@ class VhostUserPort:
 
     async def _connect_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        delay = RECONNECT_MIN_S
+        backoff = Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
         while True:
             sock = None
             try:
@@ -412,15 +393,14 @@ class VhostUserPort:
                                "permission on its directories: run the daemon in QEMU's group, "
                                "or give it CAP_DAC_OVERRIDE)")
                 self.ratelog.warning(f"{self.name}:connect", "port %s: connect to %s failed: %s; retry in %.1fs",
-                                     self.name, self.config.socket, reason, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_S)
+                                     self.name, self.config.socket, reason, backoff.delay)
+                await backoff.wait()
                 continue
             if not await self.retry_release():
                 sock.close()
-                await asyncio.sleep(delay)
+                await asyncio.sleep(backoff.delay)
                 continue
-            delay = RECONNECT_MIN_S
+            backoff.reset()
             self._conn = Connection(sock, loop)
             # A task of its own, so that a forced reconfiguration can end this
             # connection (cancel it) without ending the reconnect loop.
@@ -445,7 +425,7 @@ class VhostUserPort:
         first = True
         try:
             while True:
-                header, payload, fds = await self._conn.read_message(self.limits.message_timeout, first)
+                header, payload, fds = await self._conn.read_message(self.env.limits.message_timeout, first)
                 first = False
                 # The message's effect on the datapath may wait for the workers:
                 # on the control thread, never on this loop.
@@ -575,9 +555,15 @@ class VhostUserPort:
         else:
             log.error("port %s: %s", self.name, msg)
 
-    def check_health(self) -> None:
-        """Periodic: report broken rings, memory the guest does not share
-        and memory that vanished."""
+    async def check_health(self) -> None:
+        """Periodic (the daemon's health task, never `show`): retry a failed
+        release, end a connection whose guest memory vanished, report broken
+        rings, memory the guest does not share and call eventfds that take
+        no writes."""
+        await self.retry_release()
+        self._check_rings()
+
+    def _check_rings(self) -> None:
         self._check_memory_faults()
         if self.session is None or not self.connected:
             return
@@ -633,8 +619,14 @@ class VhostUserPort:
             self.status.last_error = msg
             self.ratelog.warning(f"{self.name}:notify", "port %s: %s", self.name, msg)
 
-    def show(self) -> dict:
-        self.check_health()      # so that a problem shows the moment it happens
+    @property
+    def state(self) -> str:
+        if self.connected:
+            return "connected"
+        return "listening" if self.config.mode == "server" else "connecting"
+
+    def show(self) -> PortView:
+        """Reads only: what `check_health` found shows within its period."""
         info = self.session.info() if self.session and self.connected else None
         queues = []
         for q in range(self.config.queues):
@@ -653,8 +645,7 @@ class VhostUserPort:
             "mode": self.config.mode,
             "socket": self.config.socket,
             "queues_offered": self.config.queues,
-            "state": "connected" if self.connected else (
-                "listening" if self.config.mode == "server" else "connecting"),
+            "state": self.state,
             "connections": self.status.connections,
             "disconnects": self.status.disconnects,
             "refused": self.status.refused,
