@@ -229,7 +229,7 @@ def _expand_braces(pattern: str) -> list[str]:
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=_rel)
 def test_every_path_a_document_names_exists(document):
-    """`vswitch/port.py`, `tests/test_policy.py::name`, `bench/results/x-*.json`:
+    """`vswitch/ports/base.py`, `tests/test_policy.py::name`, `bench/results/x-*.json`:
     a path of the repository in backticks names something that is there."""
     top = r"(?:vswitch|cython_ext|tests|bench|config|systemd|docs)/"
     for ref in re.findall(rf"`({top}[\w/.*{{}},-]*)", _prose(document.read_text())):

@@ -5,7 +5,7 @@
 * vxlan.py: a VXLAN tunnel endpoint (frames over UDP to peer VTEPs);
 * base.py: the `Port` protocol they share, `ChangeResult`, backoff and task helpers.
 
-The config's `type:` selects the config class (vswitch/config.py), the
+The config's `type:` selects the config class (vswitch/config/model.py), the
 config class selects the port class here; the reload planner asks the same
 registry how each field of a port changes (IN_PLACE / AT_CONNECT / RESTART).
 """

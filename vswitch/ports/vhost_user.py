@@ -61,7 +61,8 @@ RELEASE_RETRY_WAIT_S = 0.05
 def offer_for(config: VhostUserPortConfig) -> Offer:
     """What a port offers: a function of its configuration only, so it is the
     same at every connection. The per-port switches exist for front-ends that
-    mishandle a feature (anchors.md §4); turning one off only removes the bit."""
+    mishandle a feature (some guests' drivers misuse one); turning one off only
+    removes the bit."""
     features = BASE_FEATURES
     if not config.mrg_rxbuf:
         features &= ~p.bits(p.Feature.NET_MRG_RXBUF)
