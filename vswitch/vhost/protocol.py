@@ -35,7 +35,9 @@ VRING_NOFD_MASK = 0x100
 
 
 class Request(enum.IntEnum):
-    """Front-end message ids (SPEC "Front-end message types")."""
+    """Front-end message ids (vhost-user.rst "Front-end message types"), all of
+    them, so that logs and `port show` print a name even for the ones the
+    session does not implement (vhost/session.py answers or refuses those)."""
 
     GET_FEATURES = 1
     SET_FEATURES = 2
@@ -77,6 +79,24 @@ class Request(enum.IntEnum):
     REM_MEM_REG = 38
     SET_STATUS = 39
     GET_STATUS = 40
+    GET_SHARED_OBJECT = 41
+    SET_DEVICE_STATE_FD = 42
+    CHECK_DEVICE_STATE = 43
+
+
+class BackendRequest(enum.IntEnum):
+    """Back-end message ids (vhost-user.rst "Back-end message types"): sent on
+    the channel of SET_BACKEND_REQ_FD, which the switch never asks for (it
+    does not offer BACKEND_REQ); named for logs only."""
+
+    IOTLB_MSG = 1
+    CONFIG_CHANGE_MSG = 2
+    VRING_HOST_NOTIFIER_MSG = 3
+    VRING_CALL = 4
+    VRING_ERR = 5
+    SHARED_OBJECT_ADD = 6
+    SHARED_OBJECT_REMOVE = 7
+    SHARED_OBJECT_LOOKUP = 8
 
 
 def request_name(request: int) -> str:
@@ -86,8 +106,35 @@ def request_name(request: int) -> str:
         return f"UNKNOWN({request})"
 
 
+# Front-end requests whose reply the spec demands whatever the flags say, and
+# the reply that says "failed" (or "nothing") in each one's own reply layout.
+# A back-end that does not implement one of them must still answer it: the
+# front-end blocks reading that reply. vhost-user.rst, per message:
+# u64 replies are "0 success, non-zero error"; GET_CONFIG: "zero length of
+# payload to indicate an error"; SET_DEVICE_STATE_FD: bits 0-7 the error,
+# bit 8 "no fd returned"; GET_STATUS has no error value, and 0 is the honest
+# status of a back-end that does not track one. The struct replies
+# (CREATE_CRYPTO_SESSION, POSTCOPY_ADVISE, GET_INFLIGHT_FD) get an empty
+# payload and no fd: the front-end's size check fails the request.
+# GET_FEATURES, GET_PROTOCOL_FEATURES, GET_VRING_BASE, GET_QUEUE_NUM,
+# GET_MAX_MEM_SLOTS and SET_LOG_BASE also always reply but are implemented.
+FAILURE_REPLIES: dict[Request, bytes] = {
+    Request.IOTLB_MSG: struct.pack("=Q", 1),
+    Request.GET_CONFIG: b"",
+    Request.CREATE_CRYPTO_SESSION: b"",
+    Request.POSTCOPY_ADVISE: b"",
+    Request.POSTCOPY_END: struct.pack("=Q", 1),
+    Request.GET_INFLIGHT_FD: b"",
+    Request.GET_STATUS: struct.pack("=Q", 0),
+    Request.GET_SHARED_OBJECT: struct.pack("=Q", 1),
+    Request.SET_DEVICE_STATE_FD: struct.pack("=Q", 0x101),
+    Request.CHECK_DEVICE_STATE: struct.pack("=Q", 1),
+}
+
+
 class ProtocolFeature(enum.IntEnum):
-    """VHOST_USER_PROTOCOL_F_* bit numbers (SPEC "Protocol features")."""
+    """VHOST_USER_PROTOCOL_F_* bit numbers (vhost-user.rst "Protocol features"),
+    all of them; bits a later spec adds print as ``bitN`` (decode_bits)."""
 
     MQ = 0
     LOG_SHMFD = 1
@@ -106,6 +153,9 @@ class ProtocolFeature(enum.IntEnum):
     INBAND_NOTIFICATIONS = 14
     CONFIGURE_MEM_SLOTS = 15
     STATUS = 16
+    XEN_MMAP = 17
+    SHARED_OBJECT = 18
+    DEVICE_STATE = 19
 
 
 class Feature(enum.IntEnum):

@@ -16,6 +16,12 @@ Rules kept here, from vhost-user.rst and from bugs other back-ends had:
 * SET_FEATURES may arrive once per queue pair (QEMU net): it is idempotent.
   Without VHOST_USER_F_PROTOCOL_FEATURES the rings start enabled.
 * NEED_REPLY is honoured whenever REPLY_ACK was negotiated.
+* A request we do not implement (protocol.Request names every one of the
+  spec; an unknown number is one too) is answered with a failure when the
+  front-end waits for a reply - NEED_REPLY with REPLY_ACK, or a request the
+  spec always answers (protocol.FAILURE_REPLIES) - and closes the
+  connection otherwise: going on as if it had been done could leave the
+  guest with a device that silently does not do what it was told.
 * What we offer depends only on the port configuration, never on runtime
   state, so it is identical across reconnects.
 * Every fd that comes with a message is either stored (by the datapath, or
@@ -43,6 +49,14 @@ from .protocol import Request as R
 class RequestFailed(Exception):
     """A well-formed request we cannot honour: answered with a failure when
     the front-end asked for a reply, otherwise the connection is closed."""
+
+
+class Unsupported(RequestFailed):
+    """A request this back-end does not implement (a named one whose feature
+    we never offer, or an unknown number). Answered like RequestFailed, and
+    also when the spec demands a reply without NEED_REPLY
+    (protocol.FAILURE_REPLIES): the front-end blocks on that reply, and an
+    answer lets it fail the one request instead of hanging."""
 
 
 class Backend(Protocol):
@@ -86,6 +100,15 @@ BASE_FEATURES = p.bits(
     F.F_ANY_LAYOUT, F.NET_MQ, F.NET_MTU, F.VHOST_USER_F_PROTOCOL_FEATURES,
     F.VHOST_F_LOG_ALL, F.NET_GUEST_ANNOUNCE,
 ) | OFFLOAD_FEATURES
+# STATUS (bit 16) is not offered. With it, QEMU sends GET_STATUS and
+# SET_STATUS (ACKNOWLEDGE|DRIVER|FEATURES_OK|DRIVER_OK) when the device
+# starts and SET_STATUS 0 when it stops, besides the ring messages that
+# already say all of it: rings start on their kick and stop on
+# GET_VRING_BASE, and RESET_DEVICE resets. The status byte would add no
+# information the datapath needs, and offering the bit changes what every
+# QEMU (7.2 on) sends at start and stop, which only QEMU runs can prove.
+# Without the bit QEMU never sends them; a front-end that does anyway gets
+# GET_STATUS answered with 0 and SET_STATUS refused (Unsupported below).
 BASE_PROTOCOL_FEATURES = p.bits(PF.MQ, PF.REPLY_ACK, PF.NET_MTU, PF.RESET_DEVICE,
                                 PF.LOG_SHMFD, PF.RARP, PF.CONFIGURE_MEM_SLOTS)
 
@@ -167,6 +190,15 @@ class Session:
             if reply is None and header.need_reply and self._reply_ack:
                 reply = p.encode_u64_reply(header.request, 0)
             return reply
+        except Unsupported as exc:
+            failure = p.FAILURE_REPLIES.get(header.request)  # type: ignore[call-overload]
+            if failure is None and header.need_reply and self._reply_ack:
+                failure = p.U64.pack(1)
+            if failure is None:
+                raise ProtocolError(str(exc)) from exc
+            if self.on_refused is not None:
+                self.on_refused(str(exc))
+            return p.encode_reply(header.request, failure)
         except RequestFailed as exc:
             if header.need_reply and self._reply_ack and header.request not in _REPLYING:
                 if self.on_refused is not None:
@@ -207,10 +239,11 @@ class Session:
         try:
             request = R(h.request)
         except ValueError:
-            raise ProtocolError(f"unknown request {h.request}") from None
+            raise Unsupported(f"unknown request {h.request}") from None
         handler = self._HANDLERS.get(request)
         if handler is None:
-            raise ProtocolError(f"unsupported request {request.name}")
+            # Its fds, if any, are closed by handle().
+            raise Unsupported(f"unsupported request {request.name} ({int(request)})")
         if request not in _ONE_FD and fds:
             raise ProtocolError(f"{request.name} carries {len(fds)} unexpected fds")
         return handler(self, h, payload, fds)
