@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.guests import GuestImage, build_image, default_cache_dir
+from tests.harness.guests import GuestImage, QemuBinary, build_image, default_cache_dir, fetch_qemu10
 
 TESTS = Path(__file__).resolve().parent
 
@@ -42,6 +42,7 @@ GROUPS: dict[str, str] = {
     "test_systemd.py": "appliance",
     "test_testpmd.py": "interop",
     "test_qemu_guests.py": "interop",
+    "test_qemu10.py": "interop",
     "test_offloads.py": "interop",
     "test_idle.py": "interop",
     "test_uplink.py": "linux",
@@ -88,3 +89,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def image() -> GuestImage:
     """The guest kernel and initramfs, built once into the shared cache."""
     return build_image(default_cache_dir())
+
+
+@pytest.fixture(scope="session")
+def qemu10() -> QemuBinary:
+    """QEMU 10 from Debian's bookworm-backports, beside the system's 7.2:
+    fetched on first use into the guest image's cache (no network after)."""
+    return QemuBinary.from_prefix(fetch_qemu10(default_cache_dir()))

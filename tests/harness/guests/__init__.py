@@ -2,11 +2,19 @@
 
 ``build_image(cache_dir)`` produces a Debian cloud kernel plus a small
 initramfs; ``QemuGuest`` boots it with a vhost-user virtio-net NIC and runs
-commands on its serial console. See qemu.py for the console protocol and
-for why the QEMU flags are what they are.
+commands on its serial console; ``QemuBinary`` picks the QEMU it runs
+(``fetch_qemu10`` unpacks QEMU 10 beside the system's 7.2). See qemu.py for
+the console protocol and for why the QEMU flags are what they are.
 """
 
-from .image import GuestImage, ImageBuildError, build_image, default_cache_dir
+from .image import (
+    QEMU10_VERSION,
+    GuestImage,
+    ImageBuildError,
+    build_image,
+    default_cache_dir,
+    fetch_qemu10,
+)
 from .qemu import (
     GuestBootError,
     GuestCommandError,
@@ -14,6 +22,7 @@ from .qemu import (
     GuestTimeout,
     IperfResult,
     PingResult,
+    QemuBinary,
     QemuGuest,
     QmpClient,
     QmpError,
@@ -30,11 +39,14 @@ __all__ = [
     "ImageBuildError",
     "IperfResult",
     "PingResult",
+    "QEMU10_VERSION",
+    "QemuBinary",
     "QemuGuest",
     "QmpClient",
     "QmpError",
     "build_image",
     "default_accel",
     "default_cache_dir",
+    "fetch_qemu10",
     "probe_kvm",
 ]

@@ -39,7 +39,9 @@ from pathlib import Path
 __all__ = [
     "GuestImage",
     "ImageBuildError",
+    "QEMU10_VERSION",
     "build_image",
+    "fetch_qemu10",
     "default_cache_dir",
     "KERNEL_METAPACKAGE",
     "MODULE_LOAD_ORDER",
@@ -332,6 +334,93 @@ def _decompress_module(path: Path) -> bytes:
             ["zstd", "-dc", str(path)], check=True, capture_output=True
         ).stdout
     raise ImageBuildError(f"unknown module format: {path}")
+
+
+# --------------------------------------------------------------------------
+# QEMU 10 beside the system's QEMU 7.2: Debian bookworm-backports, unpacked
+# --------------------------------------------------------------------------
+
+#: The suite QEMU 10 comes from; read through a private sources list, so the
+#: host's apt configuration (/etc/apt) is neither read nor changed.
+QEMU10_SOURCE = "deb http://deb.debian.org/debian bookworm-backports main"
+
+#: The exact version fetched (and the cache key). Backports keeps only its
+#: newest version: when this one is gone from the mirror, update the pin (or
+#: set $VSWITCH_QEMU10_VERSION to what `apt-cache policy` reports).
+QEMU10_VERSION = os.environ.get("VSWITCH_QEMU10_VERSION", "1:10.0.2+ds-2+deb13u1~bpo12+1")
+
+#: The emulator, its shared part (modules, helpers) and its firmware/data
+#: files. The libraries it links are all in Debian 12 already (ldd finds
+#: each), and the BIOS and option ROMs come from the host's seabios and
+#: ipxe-qemu, which the system QEMU depends on.
+QEMU10_PACKAGES: tuple[str, ...] = ("qemu-system-x86", "qemu-system-common", "qemu-system-data")
+
+_QEMU10_STAMP = "qemu10.stamp"
+
+
+def fetch_qemu10(cache_dir: Path) -> Path:
+    """Return the prefix holding QEMU 10 unpacked (``PREFIX/usr/bin/qemu-system-x86_64``).
+
+    Downloaded (about 13 MB) and unpacked with ``dpkg -x`` into
+    ``cache_dir/qemu10`` once; later calls only read the stamp. Nothing is
+    installed. Run the binary with ``-L PREFIX/usr/share/qemu`` (see
+    qemu.py's ``QemuBinary.from_prefix``).
+    """
+    cache_dir = Path(cache_dir).resolve()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    prefix = cache_dir / "qemu10"
+    stamp = cache_dir / _QEMU10_STAMP
+    with _locked(cache_dir / ".lock"):
+        try:
+            if (json.loads(stamp.read_text()).get("version") == QEMU10_VERSION
+                    and (prefix / "usr/bin/qemu-system-x86_64").exists()):
+                return prefix
+        except (OSError, ValueError):
+            pass  # no or corrupt stamp: fetch below
+
+        with tempfile.TemporaryDirectory(dir=cache_dir, prefix="qemu10-build-") as tmp:
+            tmpdir = Path(tmp)
+            sources = tmpdir / "sources.list"
+            sources.write_text(QEMU10_SOURCE + "\n")
+            lists = tmpdir / "lists"
+            (lists / "partial").mkdir(parents=True)
+            apt_opts = [
+                "-q",
+                "-o", f"Dir::Etc::SourceList={sources}",
+                "-o", "Dir::Etc::SourceParts=/nonexistent",
+                "-o", f"Dir::State::Lists={lists}",
+                "-o", "APT::Sandbox::User=root",  # as in _apt_download
+            ]
+            _check_run(["apt-get", *apt_opts, "update"], "apt-get update (bookworm-backports)")
+            debs_dir = tmpdir / "debs"
+            debs_dir.mkdir()
+            _check_run(
+                ["apt-get", *apt_opts, "download",
+                 *(f"{p}={QEMU10_VERSION}" for p in QEMU10_PACKAGES)],
+                f"apt-get download QEMU {QEMU10_VERSION}",
+                cwd=debs_dir,
+            )
+            root = tmpdir / "root"
+            debs = sorted(debs_dir.glob("*.deb"))
+            if len(debs) != len(QEMU10_PACKAGES):
+                raise ImageBuildError(f"expected {len(QEMU10_PACKAGES)} .debs, got {debs}")
+            for deb in debs:
+                _check_run(["dpkg", "-x", str(deb), str(root)], f"dpkg -x {deb.name}")
+            binary = root / "usr/bin/qemu-system-x86_64"
+            missing = [line.strip() for line in
+                       _check_run(["ldd", str(binary)], "ldd qemu-system-x86_64").splitlines()
+                       if "not found" in line]
+            if missing:
+                raise ImageBuildError(f"QEMU {QEMU10_VERSION} needs libraries Debian 12 "
+                                      f"lacks: {missing}")
+            # Swap in the complete tree, then stamp: a crash leaves no stale stamp.
+            stamp.unlink(missing_ok=True)
+            if prefix.exists():
+                shutil.rmtree(prefix)
+            root.rename(prefix)
+            stamp.write_text(json.dumps({"version": QEMU10_VERSION,
+                                         "debs": [d.name for d in debs]}))
+    return prefix
 
 
 # --------------------------------------------------------------------------

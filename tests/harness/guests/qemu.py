@@ -18,7 +18,12 @@ filtered out when they form whole lines. Long commands are sent in chunks
 
 Why the flags are what they are: under TCG, vhost-user needs
 ``vectors=0`` (QEMU 7.2 crashes with MSI-X), guest RAM must be a shared memfd,
-and QEMU as vhost-user client retries with ``reconnect=1``.
+and QEMU as vhost-user client retries with ``reconnect=1`` (``reconnect-ms=1000``
+from QEMU 9.2 on, which deprecates ``reconnect``).
+
+Which QEMU runs is a :class:`QemuBinary`: by default the system's (Debian 12:
+7.2, or $VSWITCH_QEMU); ``QemuBinary.from_prefix`` runs one unpacked beside it
+(QEMU 10 from bookworm-backports, image.py's ``fetch_qemu10``).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from typing import Any, NamedTuple
 from .image import BOOT_MARKER, INIT_ERROR_MARKER, GuestImage
 
 __all__ = [
+    "QemuBinary",
     "QemuGuest",
     "QmpClient",
     "GuestError",
@@ -66,6 +72,62 @@ __all__ = [
 ]
 
 QEMU_BINARY = os.environ.get("VSWITCH_QEMU", "qemu-system-x86_64")
+
+#: Firmware the unpacked QEMU 10 finds on the host: its own data package has
+#: no BIOS (Debian ships SeaBIOS apart, installed with the system QEMU).
+SEABIOS_DIR = "/usr/share/seabios"
+
+_versions: dict[str, tuple[int, int, int]] = {}
+
+
+@dataclass(frozen=True)
+class QemuBinary:
+    """Which qemu-system-x86_64 a guest runs, and how to invoke it.
+
+    data_dirs become ``-L`` options (searched for firmware and option ROMs);
+    env is added to QEMU's environment (QEMU_MODULE_DIR, so an unpacked QEMU
+    does not load the system QEMU's modules, built for another version).
+    """
+
+    path: str = QEMU_BINARY
+    data_dirs: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_prefix(cls, prefix: Path | str) -> QemuBinary:
+        """A QEMU unpacked with ``dpkg -x`` into ``prefix`` (not installed)."""
+        prefix = Path(prefix)
+        return cls(
+            path=str(prefix / "usr/bin/qemu-system-x86_64"),
+            data_dirs=(str(prefix / "usr/share/qemu"), SEABIOS_DIR),
+            env=(("QEMU_MODULE_DIR", str(prefix / "usr/lib/x86_64-linux-gnu/qemu")),),
+        )
+
+    @property
+    def version(self) -> tuple[int, int, int]:
+        """(major, minor, micro) from ``--version``, asked once per binary."""
+        if self.path not in _versions:
+            out = subprocess.run([self.path, "--version"], capture_output=True, text=True,
+                                 env=self.environ(), check=True).stdout
+            m = re.search(r"version (\d+)\.(\d+)\.(\d+)", out)
+            if not m:
+                raise GuestError(f"{self.path} --version: no version in {out!r}")
+            _versions[self.path] = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
+        return _versions[self.path]
+
+    def argv(self) -> list[str]:
+        """The binary and its ``-L`` options: the start of a command line."""
+        return [self.path, *(arg for d in self.data_dirs for arg in ("-L", d))]
+
+    def environ(self) -> dict[str, str] | None:
+        """QEMU's environment (None: inherit this process's unchanged)."""
+        return {**os.environ, **dict(self.env)} if self.env else None
+
+    def reconnect_option(self, seconds: int = 1) -> str:
+        """The client chardev's retry option: 9.2 deprecated ``reconnect``."""
+        if self.version >= (9, 2, 0):
+            return f"reconnect-ms={seconds * 1000}"
+        return f"reconnect={seconds}"
 
 #: Longest base64 command sent on one line; the guest tty's canonical line
 #: buffer is 4 KiB and busybox's line reader is smaller still.
@@ -359,6 +421,8 @@ class QemuGuest:
         extra_args: Sequence[str] = (),
         run_as: str | None = None,
         maxmem: str | None = None,
+        qemu: QemuBinary | None = None,
+        msix: bool | None = None,
     ) -> None:
         """Describe a guest; nothing runs until :meth:`start`.
 
@@ -379,6 +443,9 @@ class QemuGuest:
         run_as: run QEMU as this user (with its groups), as libvirt runs it
             as libvirt-qemu; the workdir is given to that user.
         maxmem: room for memory hot-plug (``-m MEM,slots=4,maxmem=MAXMEM``).
+        qemu: the QEMU to run (default: the system's, see :class:`QemuBinary`).
+        msix: give the NIC MSI-X vectors. Default: under KVM only, because
+            QEMU 7.2 under TCG crashes with vhost-user and MSI-X (vectors=0).
         """
         if queues < 1:
             raise ValueError("queues must be >= 1")
@@ -403,6 +470,8 @@ class QemuGuest:
         self.extra_args = list(extra_args)
         self.run_as = run_as
         self.maxmem = maxmem
+        self.qemu = qemu or QemuBinary()
+        self.msix = msix
 
         self.serial_log_path = self.workdir / f"{name}.serial.log"
         self.qemu_log_path = self.workdir / f"{name}.qemu.log"
@@ -441,7 +510,7 @@ class QemuGuest:
         if self.append:
             kernel_args.append(self.append)
         argv = [
-            QEMU_BINARY,
+            *self.qemu.argv(),
             "-name", self.name,
             *(["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg,thread=multi"]),
             "-smp", str(self.smp),
@@ -458,7 +527,7 @@ class QemuGuest:
             "-append", " ".join(kernel_args),
         ]
         if self.socket_path is not None:
-            role = "server=on,wait=off" if self.server else "reconnect=1"
+            role = "server=on,wait=off" if self.server else self.qemu.reconnect_option()
             path = _qemu_opt_escape(self.socket_path)
             argv += ["-chardev", f"socket,id=vhu0,path={path},{role}"]
             netdev: dict[str, str | int | bool] = {"queues": self.queues}
@@ -468,9 +537,10 @@ class QemuGuest:
                 + [f"{k}={_qemu_value(v)}" for k, v in netdev.items()]
             )]
             # MSI-X with vhost-user crashes QEMU 7.2 under TCG; INTx works.
+            msix = kvm if self.msix is None else self.msix
             props: dict[str, str | int | bool] = {
                 "mac": self.mac,
-                "vectors": 2 * self.queues + 2 if kvm else 0,
+                "vectors": 2 * self.queues + 2 if msix else 0,
             }
             if self.queues > 1:
                 props["mq"] = True
@@ -510,6 +580,7 @@ class QemuGuest:
                 stderr=qemu_log,
                 cwd=self.workdir,
                 preexec_fn=_set_pdeathsig,
+                env=self.qemu.environ(),
                 **as_user,
             )
         finally:
