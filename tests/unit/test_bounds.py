@@ -16,6 +16,14 @@ def test_queue_pairs_a_port_may_offer_fit_the_datapath() -> None:
     assert bounds.MAX_QUEUES == _datapath.MAX_QUEUE_PAIRS
 
 
+def test_ports_a_configuration_may_declare_fit_the_datapath() -> None:
+    assert bounds.MAX_PORTS == _datapath.MAX_PORTS
+
+
+def test_allowed_macs_a_port_may_list_fit_the_datapath() -> None:
+    assert bounds.MAX_ALLOWED_MACS == _datapath.MAX_ALLOWED_MACS
+
+
 def test_memory_slots_the_session_offers_are_the_datapath_regions() -> None:
     assert bounds.MAX_MEM_SLOTS == _datapath.MAX_REGIONS
     # one definition, read by the session and the fd budget

@@ -13,6 +13,7 @@ import yaml
 
 from vswitch import config as config_module
 from vswitch.config import validate
+from vswitch.config.bounds import MAX_ALLOWED_MACS, MAX_PORTS
 from vswitch.config import (
     TapPortConfig,
     Config,
@@ -1417,6 +1418,33 @@ def test_allowed_macs_errors() -> None:
         # Another port's static MAC: allowing it would let this port take that port's traffic.
         "c.yaml:5:33: ports.d.allowed_macs[0]: '52:54:00:00:00:01' is the mac of port 'a' (its static "
         "FDB entry): port 'd' may not send from it",
+    ]
+
+
+def test_allowed_macs_bounded_by_what_the_datapath_holds() -> None:
+    # Found at validation, not when a reload reaches the datapath.
+    def listing(n: int, port: int) -> str:
+        return ", ".join(f'"52:54:00:{port:02x}:00:{i:02x}"' for i in range(1, n + 1))
+    assert errors(f"""
+        ports:
+          a: {{type: vhost-user, allowed_macs: [{listing(MAX_ALLOWED_MACS, 1)}]}}
+          b: {{type: vhost-user, allowed_macs: [{listing(MAX_ALLOWED_MACS + 1, 2)}]}}
+          c: {{type: vhost-user, mac: "52:54:00:03:00:01", allowed_macs: [{listing(MAX_ALLOWED_MACS, 3)}]}}
+          d: {{type: vhost-user, mac: "52:54:00:ff:00:01", allowed_macs: [{listing(MAX_ALLOWED_MACS, 4)}]}}
+        """) == [
+        f"c.yaml:3:39: ports.b.allowed_macs: lists {MAX_ALLOWED_MACS + 1} MAC addresses; "
+        f"a port may allow at most {MAX_ALLOWED_MACS} in all",
+        f"c.yaml:5:65: ports.d.allowed_macs: lists {MAX_ALLOWED_MACS} MAC addresses and the "
+        f"port's mac; a port may allow at most {MAX_ALLOWED_MACS} in all",
+    ]
+
+
+def test_port_count_bounded_by_the_datapath_slots() -> None:
+    def ports(n: int) -> str:
+        return "\n".join(f"  p{i}: {{type: vhost-user}}" for i in range(n))
+    assert len(parse_config("ports:\n" + ports(MAX_PORTS), "c.yaml").ports) == MAX_PORTS
+    assert errors("ports:\n" + ports(MAX_PORTS + 1)) == [
+        f"c.yaml:2:3: ports: declares {MAX_PORTS + 1} ports; the switch holds at most {MAX_PORTS}",
     ]
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 # --- ports and queues ---------------------------------------------------------
 
 MIN_QUEUES, MAX_QUEUES = 1, 64           # queue pairs a port offers (the datapath's MAX_QUEUE_PAIRS)
+# Ports of every type share the datapath's fixed slot table (its MAX_PORTS).
+MAX_PORTS = 256
 MIN_WORKERS, MAX_WORKERS = 1, 64         # datapath threads
 MAX_CPU = 4095                           # datapath.cpus: CPU numbers
 
@@ -60,6 +62,9 @@ MIN_GUEST_MEMORY, MAX_GUEST_MEMORY = 1 << 20, 1 << 47
 
 # 802.1Q: VID 0 means "priority tag only" and 4095 is reserved.
 MIN_VLAN, MAX_VLAN = 1, 4094
+# Port security: the source MACs a port may send from, held in a fixed table
+# per port so a frame's check needs no allocation (the datapath's MAX_ALLOWED_MACS).
+MAX_ALLOWED_MACS = 64
 MAX_STORM_RATE = 100_000_000          # frames/s; beyond any port's line rate
 MIN_RATE_BPS, MAX_RATE_BPS = 1_000, 400_000_000_000
 # A token bucket smaller than one full frame would drop every full frame.

@@ -36,6 +36,7 @@ from ..safefiles import directory_problem
 from .bounds import (
     ETH_HEADER_LEN,
     IFNAMSIZ,
+    MAX_ALLOWED_MACS,
     MAX_BURST_BYTES,
     MAX_CPU,
     MAX_FDB_AGING,
@@ -45,6 +46,7 @@ from .bounds import (
     MAX_MESSAGE_TIMEOUT,
     MAX_MTU,
     MAX_PORT,
+    MAX_PORTS,
     MAX_PPS,
     MAX_PPS_BURST,
     MAX_QUEUES,
@@ -268,7 +270,18 @@ class _PolicyChecks(NodeReader):
             out["vlan"] = self.vlan(entries["vlan"][1], f"{key}.vlan")
             ok = ok and out["vlan"] is not None
         if "allowed_macs" in entries:
-            macs = self.allowed_macs(name, entries["allowed_macs"][1], f"{key}.allowed_macs", uses)
+            node = entries["allowed_macs"][1]
+            macs = self.allowed_macs(name, node, f"{key}.allowed_macs", uses)
+            if macs is not None:
+                # The port's own mac is allowed too (it is checked on its own key).
+                own = entries["mac"][1].value if "mac" in entries else None
+                extra = isinstance(own, str) and own.lower() not in macs
+                if len(macs) + extra > MAX_ALLOWED_MACS:
+                    with_own = " and the port's mac" if extra else ""
+                    self.error(node, f"{key}.allowed_macs",
+                               f"lists {len(macs)} MAC addresses{with_own}; a port may allow at "
+                               f"most {MAX_ALLOWED_MACS} in all")
+                    macs = None
             ok = ok and macs is not None
             out["allowed_macs"] = macs
         if "storm_control" in entries:
@@ -1032,6 +1045,10 @@ class _Validator(_PolicyChecks):
         if entries is None:
             return {}
         self._port_names = set(entries)
+        if len(entries) > MAX_PORTS:
+            # Every port, of any type, takes one slot of the datapath's table.
+            self.error(node, "ports", f"declares {len(entries)} ports; the switch holds at most "
+                                      f"{MAX_PORTS}")
         ports: dict[str, PortConfig] = {}
         uses = _Uses()
         for name, (key_node, value_node) in entries.items():
