@@ -71,9 +71,14 @@ no frames is reported as an error ("no frames circulate"), not as 0 Mpps.
 Usage (root, from the repository root; never run two benchmarks at once --
 a lock file enforces it)::
 
-    .venv/bin/python -m bench.loopback [--pairs 5] [--configs 64x1,1518x1,64x2,1518x2]
+    .venv/bin/python -m bench.loopback [--pairs 5] [--configs 64x1,1518x1,64x2,1518x2,64x1p]
         [--topology loop|oneway] [--seconds 10] [--warmup 5] [--only dpdk|vswitch|both]
         [--baseline cefd30a] [--variants off,policing,vlan,security,all]
+
+A config with a trailing "p" (``64x1p``) has the generator's virtio-user
+ports ask for packed virtqueues (``packed_vq=1``); both switches then run
+packed rings. With the same config split in the list, each system's packed run
+is also reported as a per-pair ratio to its split run ("/split").
 
 Results: a table on stdout and a JSON file under bench/results/.
 """
@@ -457,24 +462,36 @@ class VSwitch(SwitchUnderTest):
 # --------------------------------------------------------------------------
 
 
+RINGS = ("split", "packed")
+
+
 @dataclass
 class Config:
     size: int
     queues: int
+    ring: str = "split"   # the virtqueue layout the generator's virtio-user ports ask for
 
     @property
     def label(self) -> str:
-        return f"{self.size}B x{self.queues}q"
+        return f"{self.size}B x{self.queues}q" + ("" if self.ring == "split" else f" {self.ring}")
+
+    @property
+    def key(self) -> str:
+        return f"{self.size}x{self.queues}" + ("" if self.ring == "split" else "p")
 
     @staticmethod
     def parse(text: str) -> list[Config]:
+        """SIZExQUEUES items; a trailing "p" (64x1p) asks for packed rings."""
         out = []
         for item in text.split(","):
-            item = item.strip()
+            item = item.strip().lower()
             if not item:
                 continue
-            size, _, q = item.lower().partition("x")
-            out.append(Config(int(size), int(q or 1)))
+            ring = "split"
+            if item.endswith("p"):
+                item, ring = item[:-1], "packed"
+            size, _, q = item.partition("x")
+            out.append(Config(int(size), int(q or 1), ring))
         return out
 
 
@@ -484,6 +501,7 @@ class RunResult:
     size: int
     queues: int
     pair: int
+    ring: str = "split"
     samples_pps: list[float] = field(default_factory=list)
     foreign_per_sample: list[float] = field(default_factory=list)
     foreign_top: list[str] = field(default_factory=list)
@@ -563,10 +581,10 @@ def oneway_check(res: RunResult, fwd: Any, p0: int, p1: int) -> str | None:
 
 def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) -> RunResult:
     """One run of *system* for *cfg*; never raises."""
-    res = RunResult(kind=system.name, size=cfg.size, queues=cfg.queues, pair=pair,
+    res = RunResult(kind=system.name, size=cfg.size, queues=cfg.queues, pair=pair, ring=cfg.ring,
                     variant=system.variant, vswitchd=str(system.vswitchd or ""), topology=opt.topology)
     oneway = opt.topology == "oneway"
-    run_dir = opt.workdir / f"p{pair}-{cfg.size}x{cfg.queues}-{system.name}"
+    run_dir = opt.workdir / f"p{pair}-{cfg.key}-{system.name}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     res.run_dir = str(run_dir)
@@ -578,8 +596,10 @@ def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) 
         assert system.vswitchd is not None
         sut = VSwitch(run_dir, opt.sut_cpu, cfg.queues, socks, system.vswitchd,
                       port_extras(system, opt.topology))
-    virtio = [virtio_user_vdev(0, socks[0], queues=cfg.queues, mac=GEN_MACS[0]),
-              virtio_user_vdev(1, socks[1], queues=cfg.queues, mac=GEN_MACS[1])]
+    # packed_vq only when asked: a split run's command line stays what it was
+    packed = True if cfg.ring == "packed" else None
+    virtio = [virtio_user_vdev(0, socks[0], queues=cfg.queues, mac=GEN_MACS[0], packed_vq=packed),
+              virtio_user_vdev(1, socks[1], queues=cfg.queues, mac=GEN_MACS[1], packed_vq=packed)]
     if oneway:
         gen = TestPmd(
             [null_vdev(cfg.size), *virtio], rxq=cfg.queues, cpus=[opt.gen_cpu], forward_mode="mac",
@@ -728,7 +748,10 @@ def summarize(runs: list[RunResult], configs: list[Config], keep_noisy: bool,
     The keys of the two-system benchmark (dpdk_mpps, vswitch_mpps, ratio) stay."""
     out = []
     for cfg in configs:
-        mine = [r for r in runs if (r.size, r.queues) == (cfg.size, cfg.queues)]
+        mine = [r for r in runs if (r.size, r.queues, r.ring) == (cfg.size, cfg.queues, cfg.ring)]
+        # the same size and queues with split rings, when this config is packed
+        split = [r for r in runs if (r.size, r.queues, r.ring) == (cfg.size, cfg.queues, "split")
+                 ] if cfg.ring != "split" else []
 
         def ok(r: RunResult) -> bool:
             return r.usable and (keep_noisy or r.flagged is None)
@@ -746,11 +769,16 @@ def summarize(runs: list[RunResult], configs: list[Config], keep_noisy: bool,
                 entry["best_ratio_baseline"] = _best_ratio(good[k], good["baseline"])
             if k.startswith("vswitch+") and "vswitch" in good:
                 entry["ratio_off"] = _stats(_pair_ratios(good[k], good["vswitch"]))
+            if split:
+                # packed / split of the same system and pair
+                entry["ratio_split"] = _stats(_pair_ratios(good[k], [r for r in split
+                                                                    if r.kind == k and ok(r)]))
             per_system[k] = entry
         row = {
             "config": cfg.label,
             "size": cfg.size,
             "queues": cfg.queues,
+            "ring": cfg.ring,
             "dpdk_mpps": _stats(mpps.get("dpdk", [])),
             "vswitch_mpps": _stats(mpps.get("vswitch", [])),
             "ratio": _stats(_pair_ratios(good.get("vswitch", []), good.get("dpdk", []))),
@@ -788,7 +816,8 @@ def _fmt(s: dict[str, float] | None, digits: int = 2) -> str:
 def print_table(summary: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
     """One row per config and system; ratios are medians of per-pair ratios."""
     hdr = ("config", "system", "Mpps med [min..max]", "Gbit/s", "/DPDK med [min..max]",
-           "/baseline med [min..max]", "/off med [min..max]", "flagged", "errors")
+           "/baseline med [min..max]", "/off med [min..max]", "/split med [min..max]", "flagged",
+           "errors")
     rows = []
     for s in summary:
         systems = s.get("systems") or {
@@ -802,6 +831,7 @@ def print_table(summary: list[dict[str, Any]], out: TextIO = sys.stdout) -> None
                 _fmt(e.get("ratio_dpdk"), 3) if k != "dpdk" else "",
                 _fmt(e.get("ratio_baseline"), 3) if "ratio_baseline" in e else "",
                 _fmt(e.get("ratio_off"), 3) if "ratio_off" in e else "",
+                _fmt(e.get("ratio_split"), 3) if "ratio_split" in e else "",
                 str(s["flagged"].get(k, 0) or "-"), str(nerr or "-"),
             ))
     widths = [max(len(str(x)) for x in col) for col in zip(hdr, *rows, strict=True)]
@@ -952,7 +982,7 @@ def resummarize(path: Path, out: TextIO = sys.stdout) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=5, help="reference+vswitch pairs per config (default 5)")
-    ap.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"SIZExQUEUES list (default {DEFAULT_CONFIGS})")
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"SIZExQUEUES list, 'p' after one for packed rings, e.g. 64x1,64x1p (default {DEFAULT_CONFIGS})")
     ap.add_argument("--seconds", type=int, default=10, help="sampling seconds per run (default 10)")
     ap.add_argument("--warmup", type=float, default=5.0, help="warm-up seconds per run (default 5)")
     ap.add_argument("--settle", type=float, default=1.0, help="pause after links up before tx_first (default 1)")

@@ -91,6 +91,28 @@ def test_baseline_verdict_is_the_median_of_per_pair_ratios():
     assert noisy["ratio_baseline"]["n"] == 3
 
 
+def test_packed_configs_are_compared_with_split_ones_per_system_and_pair():
+    configs = loopback.Config.parse("64x1, 64x1p")
+    assert [(c.size, c.queues, c.ring, c.label) for c in configs] == [
+        (64, 1, "split", "64B x1q"), (64, 1, "packed", "64B x1q packed")]
+
+    def ring_run(kind: str, pair: int, mpps: float, ring: str) -> loopback.RunResult:
+        r = run(kind, pair, mpps)
+        r.ring = ring
+        return r
+    runs = [ring_run("dpdk", 0, 10, "split"), ring_run("vswitch", 0, 8, "split"),
+            ring_run("dpdk", 0, 12, "packed"), ring_run("vswitch", 0, 6, "packed"),
+            ring_run("dpdk", 1, 10, "split"), ring_run("vswitch", 1, 8, "split"),
+            ring_run("dpdk", 1, 11, "packed"), ring_run("vswitch", 1, 10, "packed")]
+    split, packed = loopback.summarize(runs, configs, keep_noisy=False, systems=["dpdk", "vswitch"])
+    assert "ratio_split" not in split["systems"]["vswitch"]
+    assert split["ratio"]["median"] == pytest.approx(0.8)
+    assert packed["ring"] == "packed"
+    assert packed["ratio"]["median"] == pytest.approx((0.5 + 10 / 11) / 2)
+    assert packed["systems"]["vswitch"]["ratio_split"]["median"] == pytest.approx((0.75 + 1.25) / 2)
+    assert packed["systems"]["dpdk"]["ratio_split"]["median"] == pytest.approx((1.2 + 1.1) / 2)
+
+
 # --- the oneway topology -----------------------------------------------------
 
 
