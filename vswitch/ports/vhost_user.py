@@ -428,6 +428,14 @@ class VhostUserPort:
             while True:
                 header, payload, fds = await self._conn.read_message(self.env.limits.message_timeout, first)
                 first = False
+                # The request sequence at debug level (docs/testing.md compares
+                # what QEMU versions send); off by default, so a chatty
+                # front-end costs nothing.
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("port %s: vhost-user %s flags=%#x payload=%s fds=%d", self.name,
+                              p.request_name(header.request), header.flags,
+                              payload.hex() if len(payload) <= 16 else f"{payload[:8].hex()}+{len(payload) - 8}B",
+                              len(fds))
                 # The message's effect on the datapath may wait for the workers:
                 # on the control thread, never on this loop.
                 reply = await self.ctl.call(self.session.handle, header, payload, fds)
