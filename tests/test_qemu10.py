@@ -238,31 +238,41 @@ def _queue_packets(sw: Vswitchd, name: str, direction: str) -> list[int]:
     return [q[direction]["packets"] for q in sw.port(name)["queues"]]
 
 
+def _two_streams(src: QemuGuest, dst_ip: str) -> list[float]:
+    """Two TCP streams at once from src to dst_ip, one pinned to each vCPU (so
+    one on each TX queue, XPS); their received rates in bit/s."""
+    src.check_output(
+        f"taskset -c 0 iperf3 -c {dst_ip} -p 5201 -t 4 -J -i 0 > /tmp/q0.json 2>&1 & "
+        f"taskset -c 1 iperf3 -c {dst_ip} -p 5202 -t 4 -J -i 0 > /tmp/q1.json 2>&1 & wait", timeout=180)
+    rates = []
+    for q in (0, 1):
+        out = src.check_output(f"cat /tmp/q{q}.json")
+        m = re.search(r'"sum_received":\s*\{[^}]*?"bits_per_second":\s*([\d.e+]+)', out)
+        assert m, out[-2000:]
+        rates.append(float(m.group(1)))
+    return rates
+
+
 def test_iperf3_on_both_queue_pairs(topology):
     """Two TCP streams at once from A to B, one pinned to each vCPU: each
     leaves A on its own TX queue and the switch puts it into B's RX queue of
-    the same number, so the switch's per-queue counters of both ports grow on
-    both pairs."""
+    the same number; then the same from B to A. The switch's per-queue
+    counters of both ports (both socket roles) grow on both pairs, both ways."""
     sw, a, b = topology.sw, topology.a, topology.b
-    for port in (5201, 5202):
-        b.iperf3_server(port)
-    tx_a, rx_b = _queue_packets(sw, "a", "tx"), _queue_packets(sw, "b", "rx")
-    a.check_output(
-        f"taskset -c 0 iperf3 -c {IP_B} -p 5201 -t 4 -J -i 0 > /tmp/q0.json 2>&1 & "
-        f"taskset -c 1 iperf3 -c {IP_B} -p 5202 -t 4 -J -i 0 > /tmp/q1.json 2>&1 & wait", timeout=180)
-    for q in (0, 1):
-        out = a.check_output(f"cat /tmp/q{q}.json")
-        m = re.search(r'"sum_received":\s*\{[^}]*?"bits_per_second":\s*([\d.e+]+)', out)
-        assert m, out[-2000:]
-        bps = float(m.group(1))
-        print(f"iperf3 A->B on vCPU/queue {q}: {bps / 1e6:.1f} Mbit/s")
-        assert bps > 5e6, (q, out[-2000:])
-    tx_a2, rx_b2 = _queue_packets(sw, "a", "tx"), _queue_packets(sw, "b", "rx")
-    print(f"switch: A TX per queue +{[y - x for x, y in zip(tx_a, tx_a2)]}, "
-          f"B RX per queue +{[y - x for x, y in zip(rx_b, rx_b2)]}")
-    for q in (0, 1):
-        assert tx_a2[q] - tx_a[q] >= 1000, (q, tx_a, tx_a2)
-        assert rx_b2[q] - rx_b[q] >= 1000, (q, rx_b, rx_b2)
+    for g in (a, b):
+        for port in (5201, 5202):
+            g.iperf3_server(port)
+    for src, dst, dst_ip in ((a, b, IP_B), (b, a, IP_A)):
+        tx, rx = _queue_packets(sw, src.name, "tx"), _queue_packets(sw, dst.name, "rx")
+        rates = _two_streams(src, dst_ip)
+        tx2, rx2 = _queue_packets(sw, src.name, "tx"), _queue_packets(sw, dst.name, "rx")
+        print(f"iperf3 {src.name}->{dst.name}: {[f'{r / 1e6:.0f}' for r in rates]} Mbit/s on vCPU/queue 0, 1; "
+              f"switch: {src.name} TX per queue +{[y - x for x, y in zip(tx, tx2)]}, "
+              f"{dst.name} RX per queue +{[y - x for x, y in zip(rx, rx2)]}")
+        for q in (0, 1):
+            assert rates[q] > 5e6, (src.name, q, rates)
+            assert tx2[q] - tx[q] >= 1000, (src.name, q, tx, tx2)
+            assert rx2[q] - rx[q] >= 1000, (dst.name, q, rx, rx2)
     for name in ("a", "b"):
         drops = sw.drops(name)
         # a busy receiver may run out of RX buffers (TCP recovers); nothing else

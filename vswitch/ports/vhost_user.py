@@ -182,7 +182,7 @@ class VhostUserPort:
         self._socket_file: SocketFile | None = None     # what bind(2) made at config.socket
         self._conn: Connection | None = None
         self._ring_seen: dict[int, float] = {}
-        self._notify_busy_since: dict[int, float] = {}
+        self._notify_busy_since: dict[int, tuple[float, int]] = {}   # ring -> (since, writes claimed)
         self._end_reason: str | None = None     # why we cancelled the connection task
         self._faults_seen = 0
         self._ending = False                    # the connection is being released
@@ -619,7 +619,15 @@ class VhostUserPort:
         if not info["notify_busy"]:
             self._notify_busy_since.pop(index, None)
             return
-        since = self._notify_busy_since.setdefault(index, now)
+        # Under steady traffic a write is in flight at almost every look, one
+        # after another: blocked means no new write was claimed since the
+        # first look (a write is claimed per notification not merged).
+        counters = self.dp.vring_counters(self.slot, index)
+        claimed = counters["notifications"] - counters["notify_merged"]
+        since, seen = self._notify_busy_since.get(index, (now, claimed))
+        if claimed != seen:
+            since = now
+        self._notify_busy_since[index] = (since, claimed)
         key = f"notify{index}"
         if now - since >= NOTIFY_BLOCKED_AFTER_S and key not in self.status.alerts:
             msg = (f"vring {index}: the front-end's call eventfd does not take writes (a full "
