@@ -105,7 +105,7 @@ def topology(tmp_path_factory, image, qemu10):
         "b": {"type": "vhost-user", "mode": "client", "socket": sock_b, "queues": QUEUES},
         "ref": {"type": "vhost-user", "mode": "server", "queues": QUEUES},
         "dst": {"type": "vhost-user", "mode": "server", "queues": QUEUES},   # A migrates here
-    })
+    }, extra={"debug": True})     # the switch logs every vhost-user request
     sw.start()
     a = QemuGuest("a", image, sw.socket("a"), server=False, mac=MAC_A, ip=f"{IP_A}/24",
                   queues=QUEUES, qemu=qemu10, msix=True, device_props=PROPS_A, workdir=work / "a")

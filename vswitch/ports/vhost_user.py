@@ -428,10 +428,9 @@ class VhostUserPort:
             while True:
                 header, payload, fds = await self._conn.read_message(self.env.limits.message_timeout, first)
                 first = False
-                # The request sequence at debug level (docs/testing.md compares
-                # what QEMU versions send); off by default, so a chatty
-                # front-end costs nothing.
-                if log.isEnabledFor(logging.DEBUG):
+                # The request sequence (docs/testing.md compares what QEMU
+                # versions send): only with `debug: true` and debug logging.
+                if self.env.log_requests and log.isEnabledFor(logging.DEBUG):
                     log.debug("port %s: vhost-user %s flags=%#x payload=%s fds=%d", self.name,
                               p.request_name(header.request), header.flags,
                               payload.hex() if len(payload) <= 16 else f"{payload[:8].hex()}+{len(payload) - 8}B",
