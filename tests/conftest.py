@@ -43,6 +43,7 @@ GROUPS: dict[str, str] = {
     "test_testpmd.py": "interop",
     "test_qemu_guests.py": "interop",
     "test_qemu10.py": "interop",
+    "test_hugepages.py": "interop",
     "test_offloads.py": "interop",
     "test_idle.py": "interop",
     "test_uplink.py": "linux",

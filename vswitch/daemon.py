@@ -136,7 +136,7 @@ class Switch:
         self.fdb_ctl = FdbControl(self.dp)
         self.ratelog = RateLimitedLog()
         self.env = PortEnv(self.dp, self.ctl, self.ratelog, config.limits,
-                           on_slot_changed=self._slot_changed)
+                           on_slot_changed=self._slot_changed, log_requests=config.debug)
         # While ports start or a reload applies, slot changes wait for the
         # full pass at its end (_apply_switch_settings): a mirror's target
         # may not be started yet. Read and cleared on the control thread.
@@ -341,6 +341,7 @@ class Switch:
                 await self.ctl.call(self.dp.set_memory_limits, new.limits.guest_memory_per_port,
                                     new.limits.guest_memory_total)
             self.env.limits = new.limits
+            self.env.log_requests = new.debug
             if new.debug and not self.config.debug:
                 # the test hooks behind the debug commands (debug stall-worker)
                 await self.ctl.call(self.dp.enable_test_hooks)

@@ -105,6 +105,10 @@ class PortEnv:
     # Called on the control thread, in the job that gave the port a new slot,
     # so that the FDB's static entries and the mirrors follow it at once.
     on_slot_changed: Callable[[Port], None] = lambda port: None
+    # `debug: true`: vhost-user ports log every request at debug level (the
+    # tests compare front-ends by it); off otherwise, so that a front-end's
+    # flood of messages is not a flood of log lines. Replaced on reload.
+    log_requests: bool = False
 
 
 class Port(Protocol):

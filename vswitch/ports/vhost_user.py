@@ -182,7 +182,7 @@ class VhostUserPort:
         self._socket_file: SocketFile | None = None     # what bind(2) made at config.socket
         self._conn: Connection | None = None
         self._ring_seen: dict[int, float] = {}
-        self._notify_busy_since: dict[int, float] = {}
+        self._notify_busy_since: dict[int, tuple[float, int]] = {}   # ring -> (since, writes claimed)
         self._end_reason: str | None = None     # why we cancelled the connection task
         self._faults_seen = 0
         self._ending = False                    # the connection is being released
@@ -428,6 +428,13 @@ class VhostUserPort:
             while True:
                 header, payload, fds = await self._conn.read_message(self.env.limits.message_timeout, first)
                 first = False
+                # The request sequence (docs/testing.md compares what QEMU
+                # versions send): only with `debug: true` and debug logging.
+                if self.env.log_requests and log.isEnabledFor(logging.DEBUG):
+                    log.debug("port %s: vhost-user %s flags=%#x payload=%s fds=%d", self.name,
+                              p.request_name(header.request), header.flags,
+                              payload.hex() if len(payload) <= 16 else f"{payload[:8].hex()}+{len(payload) - 8}B",
+                              len(fds))
                 # The message's effect on the datapath may wait for the workers:
                 # on the control thread, never on this loop.
                 reply = await self.ctl.call(self.session.handle, header, payload, fds)
@@ -611,7 +618,15 @@ class VhostUserPort:
         if not info["notify_busy"]:
             self._notify_busy_since.pop(index, None)
             return
-        since = self._notify_busy_since.setdefault(index, now)
+        # Under steady traffic a write is in flight at almost every look, one
+        # after another: blocked means no new write was claimed since the
+        # first look (a write is claimed per notification not merged).
+        counters = self.dp.vring_counters(self.slot, index)
+        claimed = counters["notifications"] - counters["notify_merged"]
+        since, seen = self._notify_busy_since.get(index, (now, claimed))
+        if claimed != seen:
+            since = now
+        self._notify_busy_since[index] = (since, claimed)
         key = f"notify{index}"
         if now - since >= NOTIFY_BLOCKED_AFTER_S and key not in self.status.alerts:
             msg = (f"vring {index}: the front-end's call eventfd does not take writes (a full "

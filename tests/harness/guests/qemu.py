@@ -423,6 +423,8 @@ class QemuGuest:
         maxmem: str | None = None,
         qemu: QemuBinary | None = None,
         msix: bool | None = None,
+        mem_path: Path | str | None = None,
+        machine: str | None = None,
     ) -> None:
         """Describe a guest; nothing runs until :meth:`start`.
 
@@ -446,6 +448,11 @@ class QemuGuest:
         qemu: the QEMU to run (default: the system's, see :class:`QemuBinary`).
         msix: give the NIC MSI-X vectors. Default: under KVM only, because
             QEMU 7.2 under TCG crashes with vhost-user and MSI-X (vectors=0).
+        mem_path: back guest RAM with a file in this directory, e.g. a
+            hugetlbfs mount (``memory-backend-file,mem-path=...``) instead of a
+            memfd; preallocated, so that a short huge page pool fails the start
+            instead of faulting later.
+        machine: ``-machine`` value (e.g. "q35"); default QEMU's (pc).
         """
         if queues < 1:
             raise ValueError("queues must be >= 1")
@@ -472,6 +479,8 @@ class QemuGuest:
         self.maxmem = maxmem
         self.qemu = qemu or QemuBinary()
         self.msix = msix
+        self.mem_path = Path(mem_path) if mem_path is not None else None
+        self.machine = machine
 
         self.serial_log_path = self.workdir / f"{name}.serial.log"
         self.qemu_log_path = self.workdir / f"{name}.qemu.log"
@@ -515,9 +524,10 @@ class QemuGuest:
             *(["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg,thread=multi"]),
             "-smp", str(self.smp),
             "-m", f"{self.mem},slots=4,maxmem={self.maxmem}" if self.maxmem else self.mem,
-            # vhost-user needs the backend to mmap guest RAM: shared memfd.
-            "-object", f"memory-backend-memfd,id=mem,size={self.mem},share={share}",
+            # vhost-user needs the backend to mmap guest RAM: shared memfd (or file).
+            "-object", self._memory_backend(share),
             "-numa", "node,memdev=mem",
+            *(["-machine", self.machine] if self.machine else []),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-chardev", "stdio,id=ser0,signal=off",
             "-serial", "chardev:ser0",
@@ -551,6 +561,12 @@ class QemuGuest:
             )]
         argv += self.extra_args
         return argv
+
+    def _memory_backend(self, share: str) -> str:
+        if self.mem_path is None:
+            return f"memory-backend-memfd,id=mem,size={self.mem},share={share}"
+        path = _qemu_opt_escape(self.mem_path)
+        return f"memory-backend-file,id=mem,size={self.mem},mem-path={path},share={share},prealloc=on"
 
     def start(self) -> QemuGuest:
         """Launch QEMU. Returns immediately; see :meth:`wait_booted`."""

@@ -528,6 +528,7 @@ class TestPmd:
         name: str | None = None,
         binary: str = TESTPMD_BINARY,
         pdeathsig: bool = True,
+        huge_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         """Describe the process; nothing runs until `start`/`launch`.
 
@@ -542,6 +543,10 @@ class TestPmd:
             mbuf_size: ``--mbuf-size`` (data room; raise it for jumbo frames).
         eal_args/app_args: appended before/after ``--``.
         workdir: where the log goes (a new temp dir by default).
+        huge_dir: run on huge pages from this hugetlbfs mount (``--huge-dir``,
+            ``-m mem_mb``) instead of ``--no-huge``; with
+            ``--single-file-segments``, so that virtio-user sends one memory
+            region per memseg list, not one per page (at most 8 fit a table).
         """
         if not vdevs:
             raise ValueError("at least one vdev is needed")
@@ -569,6 +574,7 @@ class TestPmd:
         self.name = name or self.file_prefix
         self.binary = binary
         self.pdeathsig = pdeathsig
+        self.huge_dir = huge_dir
         self.log_path = self.workdir / f"{self.name}.log"
 
         self._proc: subprocess.Popen[bytes] | None = None
@@ -604,7 +610,11 @@ class TestPmd:
             )
         if lcores:
             argv.append(f"--lcores={lcores}")
-        argv += ["--no-huge", "-m", str(self.mem_mb), "--no-pci", f"--file-prefix={self.file_prefix}"]
+        if self.huge_dir is None:
+            argv += ["--no-huge", "-m", str(self.mem_mb)]
+        else:
+            argv += [f"--huge-dir={os.fspath(self.huge_dir)}", "--single-file-segments", "-m", str(self.mem_mb)]
+        argv += ["--no-pci", f"--file-prefix={self.file_prefix}"]
         for v in self.vdevs:
             argv += ["--vdev", v]
         argv += self.eal_args
