@@ -191,6 +191,32 @@ def test_writable_buffers_are_refused_on_tx_and_read_only_ones_on_rx(ring_factor
     assert dp.debug_packed_take(p, 0, True)["drop"] == "bad_flags"
 
 
+def test_used_slots_are_marked_in_the_dirty_log(ring_factory):
+    """While migrating, the descriptor slots a batch wrote are logged (a
+    packed ring has no used ring): here a chain across the end of a 300-slot
+    ring (4800 bytes: two pages), so both ends of the ring are marked."""
+    dp, p, ring = ring_factory(300, base=298 | 1 << 15, features=1 << 26)    # VHOST_F_LOG_ALL
+    ring.avail = 298
+    log_fd = os.memfd_create("packed-log")
+    os.ftruncate(log_fd, MEM // 4096 // 8)
+    dp.set_log_base(p, log_fd, MEM // 4096 // 8, 0)
+    log = mmap.mmap(log_fd, MEM // 4096 // 8)
+    os.close(log_fd)
+    log[:] = bytes(len(log))                         # what starting the log marked: not this test's
+    ring.offer([(BUFS, 60), (BUFS, 60), (BUFS, 60)], buf_id=3)       # slots 298, 299, 0
+    assert dp.debug_packed_take(p, 0, False)["ndesc"] == 3
+    assert not any(log[:])                            # nothing published, nothing marked
+
+    def marked(page: int) -> bool:
+        return bool(log[page // 8] >> (page % 8) & 1)
+
+    dp.debug_packed_publish(p, 0)
+    first, last = (DESC + 16 * 298) >> 12, DESC >> 12
+    assert marked(first) and marked(last), log[:8].hex()
+    assert not marked(BUFS >> 12)                    # TX: the device wrote no buffer
+    log.close()
+
+
 def test_vring_base_carries_both_positions_and_wrap_counters(ring_factory):
     base = 3 | 0 << 15 | 2 << 16 | 1 << 31
     dp, p, ring = ring_factory(7, base=base)
