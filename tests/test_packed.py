@@ -163,21 +163,26 @@ def _virtio_net_features(guest: QemuGuest) -> str:
 
 
 @pytest.mark.qemu
-def test_packed_guest_pings_a_split_guest(tmp_path, image, qemu10):
-    """A QEMU 10 guest with ``packed=on`` (two queue pairs) and a QEMU 7.2
-    guest with split rings: the Linux driver of the first negotiates
-    RING_PACKED (bit 34 in its features), the second does not, and they ping
-    each other through the switch in both directions."""
+@pytest.mark.parametrize("packed_qemu", ["10", "7.2"])
+def test_packed_guest_pings_a_split_guest(tmp_path, image, qemu10, packed_qemu):
+    """A guest with ``packed=on`` (two queue pairs; QEMU 10 beside a split
+    QEMU 7.2 guest, then the other way round): the Linux driver of the
+    packed one negotiates RING_PACKED (bit 34 in its features), the other
+    does not, and they ping each other through the switch in both
+    directions. Then the packed guest is paused and resumed (QMP stop/cont):
+    QEMU stops its rings with GET_VRING_BASE and starts them again with
+    SET_VRING_BASE carrying the 32 bits we returned, and the pings go on."""
     sw = Vswitchd(tmp_path / "switch", {
         name: {"type": "vhost-user", "mode": "server", "queues": 2} for name in ("a", "b")})
     sw.start()
     guests = []
+    q10 = {"qemu": qemu10, "msix": True}
     try:
         a = QemuGuest("a", image, sw.socket("a"), mac="52:54:00:00:34:0a", ip="10.0.34.1/24",
-                      queues=2, qemu=qemu10, msix=True, device_props={"packed": True},
-                      workdir=tmp_path / "a")
+                      queues=2, device_props={"packed": True}, workdir=tmp_path / "a",
+                      **(q10 if packed_qemu == "10" else {}))
         b = QemuGuest("b", image, sw.socket("b"), mac="52:54:00:00:34:0b", ip="10.0.34.2/24",
-                      queues=2, workdir=tmp_path / "b")
+                      queues=2, workdir=tmp_path / "b", **(q10 if packed_qemu == "7.2" else {}))
         for g in (a, b):
             g.start()
             guests.append(g)
@@ -197,6 +202,16 @@ def test_packed_guest_pings_a_split_guest(tmp_path, image, qemu10):
         for cpu in (0, 1):      # XPS: vCPU c sends on TX queue c - both packed queue pairs
             rc, out = a.run(f"taskset -c {cpu} ping -c 5 -i 0.2 -W 2 10.0.34.2", timeout=120)
             assert rc == 0 and " 0% packet loss" in out, out
+        # pause and resume: GET_VRING_BASE (all 32 bits) and SET_VRING_BASE with them
+        a.qmp("stop")
+        sw.wait_port("a", lambda p: not any(q[d]["started"] for q in p["queues"] for d in ("rx", "tx")),
+                     timeout=30, what="rings stopped by GET_VRING_BASE")
+        a.qmp("cont")
+        info = sw.wait_port("a", lambda p: all(q[d]["started"] for q in p["queues"] for d in ("rx", "tx")),
+                            timeout=30, what="rings started again by SET_VRING_BASE and a kick")
+        assert all(q[d]["packed"] for q in info["queues"] for d in ("rx", "tx")), info["queues"]
+        r = a.ping("10.0.34.2", count=10, interval=0.2)
+        assert (r.sent, r.loss_pct) == (10, 0), r
         for name in ("a", "b"):
             drops = sw.drops(name)
             assert not drops.get("ring_broken") and not drops.get("rx_bad_chain"), (name, drops)
