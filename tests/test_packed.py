@@ -8,8 +8,9 @@ guests with ``packed=on`` (on QEMU 10 and on 7.2) next to a split one ping each
 other and survive a pause (the 32-bit vring base round trip), and a packed
 guest migrates live between two ports under traffic (the dirty log of a
 packed ring); those are marked qemu.
-The rings' corner cases (wrap in the middle of a chain, indirect tables,
-hostile drivers) are driven by the test front-end in test_hostile_packed.py.
+The walker's corner cases (wrap in the middle of a chain, indirect tables,
+batches, the vring base) are in tests/unit/test_packed_ring.py; hostile
+drivers on packed rings in test_hostile_packed.py.
 """
 
 from __future__ import annotations
