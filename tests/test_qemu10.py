@@ -166,7 +166,7 @@ def test_negotiation_against_qemu72(topology):
     assert set(new["protocol_features"]) == set(old["protocol_features"]) \
         == set(ports["b"]["protocol_features"])
     assert set(ports["b"]["features_offered"]) - set(ports["b"]["features"]) <= {
-        "F_ANY_LAYOUT", "NET_MTU", "VHOST_F_LOG_ALL"}
+        "F_ANY_LAYOUT", "NET_MTU", "VHOST_F_LOG_ALL", "F_RING_PACKED"}   # packed=off by default
     for feature in ("NET_MQ", "F_VERSION_1", "NET_MRG_RXBUF", "RING_F_EVENT_IDX",
                     "RING_F_INDIRECT_DESC", "VHOST_USER_F_PROTOCOL_FEATURES"):
         assert feature in new["features"], feature

@@ -9,7 +9,8 @@ Rules kept here, from vhost-user.rst and from bugs other back-ends had:
 * State is created lazily and never depends on message order: a ring starts
   once it has a size, addresses, a kick and a memory table, whichever comes
   last. A kick is never lost, because a started ring is polled.
-* GET_VRING_BASE stops the ring and reports the next avail index; it resets
+* GET_VRING_BASE stops the ring and reports the next avail index (a packed
+  ring: both positions and wrap counters in 32 bits); it resets
   nothing else (vhost-user.rst, "Ring states"; a back-end that reset it
   returned 0 and broke suspend/resume: https://github.com/rust-vmm/vhost/pull/154
   and /pull/161).
@@ -98,8 +99,14 @@ OFFLOAD_FEATURES = p.bits(
 BASE_FEATURES = p.bits(
     F.F_VERSION_1, F.NET_MRG_RXBUF, F.RING_F_EVENT_IDX, F.RING_F_INDIRECT_DESC,
     F.F_ANY_LAYOUT, F.NET_MQ, F.NET_MTU, F.VHOST_USER_F_PROTOCOL_FEATURES,
-    F.VHOST_F_LOG_ALL, F.NET_GUEST_ANNOUNCE,
+    F.VHOST_F_LOG_ALL, F.NET_GUEST_ANNOUNCE, F.F_RING_PACKED,
 ) | OFFLOAD_FEATURES
+# RING_PACKED: packed virtqueues beside split ones (cython_ext/packed.pxi); a
+# ring is split until SET_FEATURES acks the bit, so its size and base are
+# checked as a split ring's before that (QEMU and DPDK send SET_FEATURES
+# before any ring message). IN_ORDER (bit 35) is not offered: nothing in
+# the datapath needs it, and drops and failed chains would have to be
+# proven to keep the avail order before a driver may rely on it.
 # STATUS (bit 16) is not offered. With it, QEMU sends GET_STATUS and
 # SET_STATUS (ACKNOWLEDGE|DRIVER|FEATURES_OK|DRIVER_OK) when the device
 # starts and SET_STATUS 0 when it stops, besides the ring messages that
@@ -226,6 +233,11 @@ class Session:
         self.regions = []
 
     @property
+    def _packed(self) -> bool:
+        """SET_FEATURES acked RING_PACKED: the rings are packed rings."""
+        return bool(self.features & (1 << F.F_RING_PACKED))
+
+    @property
     def _reply_ack(self) -> bool:
         return bool(self.protocol_features & (1 << PF.REPLY_ACK))
 
@@ -284,6 +296,14 @@ class Session:
                 vr.enabled = True
                 self.backend.set_vring_enabled(index, True)
         self.features_set = True
+        # The ring kind (RING_PACKED) decides what a ring's size, base and
+        # addresses must be: one that could not start as the other kind may
+        # start now (and stays waiting otherwise).
+        for index in range(len(self.vrings)):
+            try:
+                self._maybe_start(index)
+            except RequestFailed:
+                pass
         return None
 
     def _set_owner(self, h, payload, fds):
@@ -425,7 +445,11 @@ class Session:
         vr = self._vring_index(st.index, "SET_VRING_NUM")
         if vr.started:
             raise ProtocolError(f"SET_VRING_NUM on running vring {st.index}")
-        if not (1 <= st.num <= MAX_RING_SIZE and st.num & (st.num - 1) == 0):
+        if self._packed:
+            # virtio spec "Packed Virtqueues": any size up to 32768
+            if not 1 <= st.num <= MAX_RING_SIZE:
+                raise ProtocolError(f"SET_VRING_NUM: size {st.num} of a packed ring is not in 1..{MAX_RING_SIZE}")
+        elif not (1 <= st.num <= MAX_RING_SIZE and st.num & (st.num - 1) == 0):
             raise ProtocolError(f"SET_VRING_NUM: size {st.num} is not a power of 2 in 1..{MAX_RING_SIZE}")
         self.backend.set_vring_num(st.index, st.num)
         vr.num = st.num
@@ -457,10 +481,23 @@ class Session:
         vr = self._vring_index(st.index, "SET_VRING_BASE")
         if vr.started:
             raise ProtocolError(f"SET_VRING_BASE on running vring {st.index}")
-        if st.num > 0xFFFF:
-            # Split rings: "bits 16-31 zero" (packed rings are not offered).
+        if self._packed:
+            # vhost-user.rst: bits 0-14 last avail index, 15 avail wrap
+            # counter, 16-30 last used index, 31 used wrap counter. The size
+            # may come later (the datapath checks again at start).
+            for what, value in (("avail", st.num & 0x7FFF), ("used", (st.num >> 16) & 0x7FFF)):
+                if vr.num is not None and value >= vr.num:
+                    raise ProtocolError(f"SET_VRING_BASE: {what} index {value} of base {st.num:#x} "
+                                        f"is not below the ring size {vr.num}")
+        elif st.num > 0xFFFF:
+            # Split rings: "bits 16-31 zero".
             raise ProtocolError(f"SET_VRING_BASE: base {st.num:#x} has bits above 15")
         self.backend.set_vring_base(st.index, st.num)
+        try:
+            # a packed ring refused at start for its base may start with this one
+            self._maybe_start(st.index)
+        except RequestFailed:
+            pass
         return None
 
     def _get_vring_base(self, h, payload, fds):
