@@ -45,6 +45,7 @@ GROUPS: dict[str, str] = {
     "test_qemu10.py": "interop",
     "test_offloads.py": "interop",
     "test_idle.py": "interop",
+    "test_iotlb.py": "interop",
     "test_uplink.py": "linux",
     "test_policy.py": "tenants",
     "test_vlan_guests.py": "tenants",

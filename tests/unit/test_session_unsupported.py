@@ -91,11 +91,11 @@ def test_an_unimplemented_request_with_need_reply_is_answered_with_a_failure(ref
     s, reasons = refused
     negotiate(s)                                               # REPLY_ACK
     fd = eventfd()
-    assert reply_u64(send(s, R.SET_BACKEND_REQ_FD, b"", [fd], need_reply=True)) == 1
+    assert reply_u64(send(s, R.SET_INFLIGHT_FD, bytes(24), [fd], need_reply=True)) == 1
     assert closed(fd)
     assert reply_u64(send(s, R.SET_STATUS, u64(15), need_reply=True)) == 1
     assert reply_u64(send(s, 200, b"", need_reply=True)) == 1
-    assert reasons == ["unsupported request SET_BACKEND_REQ_FD (21)",
+    assert reasons == ["unsupported request SET_INFLIGHT_FD (32)",
                        "unsupported request SET_STATUS (39)", "unknown request 200"]
     # the session goes on
     assert reply_u64(send(s, R.GET_QUEUE_NUM)) == 1

@@ -667,6 +667,10 @@ class VhostUserPort:
             "memory_regions": [{"gpa": gpa, "size": size} for gpa, size, _ in self.dp.memory_regions(self.slot)],
             "memory_mapped": self.dp.mapped_bytes(self.slot),      # bytes, dirty log included
             "rarps": self.session.rarps if self.session is not None else 0,
+            # SET_BACKEND_REQ_FD: IOTLB misses sent and dropped (None: no channel)
+            "backend_channel": (self.session.channel.info()
+                                if self.session is not None and self.session.channel is not None
+                                and self.connected else None),
             "capture": self.dp.capture_info(self.slot),     # None: no live capture
             "features_offered": p.decode_bits(self.offer.features, p.Feature),
             "pending": ({f.name: getattr(self.pending, f.name) for f in dataclasses.fields(self.config)

@@ -39,6 +39,7 @@ from typing import Protocol
 
 from ..config.bounds import MAX_MEM_SLOTS, MAX_MTU, MAX_RING_SIZE, MIN_MTU
 from . import fdkind
+from .channel import BackendChannel, ChannelRefused
 from . import protocol as p
 from .protocol import Feature as F
 from .protocol import ProtocolError
@@ -98,7 +99,7 @@ OFFLOAD_FEATURES = p.bits(
 BASE_FEATURES = p.bits(
     F.F_VERSION_1, F.NET_MRG_RXBUF, F.RING_F_EVENT_IDX, F.RING_F_INDIRECT_DESC,
     F.F_ANY_LAYOUT, F.NET_MQ, F.NET_MTU, F.VHOST_USER_F_PROTOCOL_FEATURES,
-    F.VHOST_F_LOG_ALL, F.NET_GUEST_ANNOUNCE,
+    F.VHOST_F_LOG_ALL, F.NET_GUEST_ANNOUNCE, F.F_ACCESS_PLATFORM,
 ) | OFFLOAD_FEATURES
 # STATUS (bit 16) is not offered. With it, QEMU sends GET_STATUS and
 # SET_STATUS (ACKNOWLEDGE|DRIVER|FEATURES_OK|DRIVER_OK) when the device
@@ -109,8 +110,13 @@ BASE_FEATURES = p.bits(
 # QEMU (7.2 on) sends at start and stop, which only QEMU runs can prove.
 # Without the bit QEMU never sends them; a front-end that does anyway gets
 # GET_STATUS answered with 0 and SET_STATUS refused (Unsupported below).
+# ACCESS_PLATFORM (bit 33) with BACKEND_REQ: QEMU refuses to start an
+# iommu_platform=on device (what confidential guests use) unless the
+# back-end offers the bit, and then requires REPLY_ACK and BACKEND_REQ.
+# Without a vIOMMU QEMU clears the bit from SET_FEATURES and the addresses
+# stay guest physical; with one, they are IOVAs (docs/architecture.md, "IOTLB").
 BASE_PROTOCOL_FEATURES = p.bits(PF.MQ, PF.REPLY_ACK, PF.NET_MTU, PF.RESET_DEVICE,
-                                PF.LOG_SHMFD, PF.RARP, PF.CONFIGURE_MEM_SLOTS)
+                                PF.LOG_SHMFD, PF.RARP, PF.CONFIGURE_MEM_SLOTS, PF.BACKEND_REQ)
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,7 @@ _REPLYING = (R.GET_FEATURES, R.GET_PROTOCOL_FEATURES, R.GET_VRING_BASE, R.GET_QU
              R.SET_LOG_BASE, R.GET_MAX_MEM_SLOTS)
 # Requests that carry exactly one fd (REM_MEM_REG: zero or one, tolerated).
 _ONE_FD = (R.SET_MEM_TABLE, R.SET_LOG_BASE, R.SET_LOG_FD, R.ADD_MEM_REG, R.REM_MEM_REG,
-           *_FD_VRING_REQUESTS)
+           R.SET_BACKEND_REQ_FD, *_FD_VRING_REQUESTS)
 
 
 class Session:
@@ -176,6 +182,8 @@ class Session:
         self.regions: list[tuple[p.MemRegion, int]] = []
         self.rarps = 0
         self.vrings = [VringConfig() for _ in range(2 * offer.queue_pairs)]
+        # SET_BACKEND_REQ_FD: where IOTLB misses are sent (vhost/channel.py).
+        self.channel: BackendChannel | None = None
 
     # --- entry point -----------------------------------------------------
 
@@ -219,6 +227,9 @@ class Session:
             self.backend.reset()
         finally:
             self._drop_regions()
+            if self.channel is not None:
+                self.channel.close()
+                self.channel = None
 
     def _drop_regions(self) -> None:
         for _, fd in self.regions:
@@ -275,6 +286,11 @@ class Session:
         unknown = features & ~self.offer.features
         if unknown:
             raise ProtocolError(f"SET_FEATURES acks bits not offered: {unknown:#x}")
+        if features & (1 << F.F_ACCESS_PLATFORM):
+            # Every ring and buffer address would be an IOVA: using one as
+            # a guest address would read and write the wrong memory.
+            raise RequestFailed("SET_FEATURES: VIRTIO_F_ACCESS_PLATFORM with a vIOMMU (IOVA "
+                                "addresses) is not supported by this back-end yet")
         self.features = features
         self.backend.set_features(features)
         if not self.features_set and not features & (1 << F.VHOST_USER_F_PROTOCOL_FEATURES):
@@ -510,6 +526,21 @@ class Session:
             self._maybe_start(index)
         return None
 
+    def _set_backend_req_fd(self, h, payload, fds):
+        if not self.protocol_features & (1 << PF.BACKEND_REQ):
+            raise Unsupported("SET_BACKEND_REQ_FD without the BACKEND_REQ protocol feature")
+        if len(fds) != 1:
+            raise ProtocolError(f"SET_BACKEND_REQ_FD: {len(fds)} fds, expected 1")
+        try:
+            channel = BackendChannel(fds[0])
+        except (ChannelRefused, OSError) as exc:
+            raise RequestFailed(f"SET_BACKEND_REQ_FD: {exc}") from None
+        fds.clear()                      # the channel owns it now
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = channel
+        return None
+
     def _get_queue_num(self, h, payload, fds):
         return p.encode_u64_reply(h.request, self.offer.queue_pairs)
 
@@ -577,4 +608,5 @@ class Session:
         R.SET_LOG_BASE: _set_log_base,
         R.SET_LOG_FD: _set_log_fd,
         R.SEND_RARP: _send_rarp,
+        R.SET_BACKEND_REQ_FD: _set_backend_req_fd,
     }
