@@ -683,6 +683,10 @@ class ModelBackend:
             raise DatapathError("mmap: EBADF (O_PATH)")
         self.calls.append(("log", size, offset))
 
+    def set_iotlb(self, entries):
+        self.calls.append(("iotlb", len(entries)))
+        return []
+
     def send_rarp(self, mac):
         if len(mac) != 6:
             raise Violation(f"SEND_RARP: {mac!r}")

@@ -13,10 +13,9 @@ import pytest
 from vswitch.vhost import protocol as p
 from vswitch.vhost.channel import BackendChannel, ChannelRefused
 from vswitch.vhost.protocol import Feature as F
-from vswitch.vhost.protocol import ProtocolError
 from vswitch.vhost.protocol import ProtocolFeature as PF
 from vswitch.vhost.protocol import Request as R
-from vswitch.vhost.session import BASE_FEATURES, Offer, Session
+from vswitch.vhost.session import Offer, Session
 
 from .test_session import RecordingBackend, eventfd, reply_u64, send, u64
 from .test_session_unsupported import closed
@@ -127,10 +126,3 @@ def test_a_channel_that_is_not_a_socket_is_refused_by_the_class():
         BackendChannel(r)
     os.close(r)
     os.close(w)
-
-
-def test_access_platform_acked_is_refused_until_the_iotlb_exists(session):
-    s, reasons = session
-    negotiate(s)
-    with pytest.raises(ProtocolError, match="ACCESS_PLATFORM"):
-        send(s, R.SET_FEATURES, u64(BASE_FEATURES))

@@ -111,7 +111,6 @@ def test_need_reply_without_reply_ack_still_closes(refused):
     (R.GET_STATUS, b"", 0, u64(0)),                   # no status tracked: 0
     (R.CHECK_DEVICE_STATE, b"", 0, u64(1)),           # non-zero: error
     (R.POSTCOPY_END, b"", 0, u64(1)),
-    (R.IOTLB_MSG, bytes(32), 0, u64(1)),
     (R.SET_DEVICE_STATE_FD, struct.pack("=II", 0, 0), 1, u64(0x101)),  # error 1, no fd back
     (R.GET_SHARED_OBJECT, bytes(16), 0, u64(1)),
     (R.GET_CONFIG, struct.pack("=III", 0, 8, 0) + bytes(8), 0, b""),   # zero length: error

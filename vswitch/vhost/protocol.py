@@ -117,9 +117,8 @@ def request_name(request: int) -> str:
 # (CREATE_CRYPTO_SESSION, POSTCOPY_ADVISE, GET_INFLIGHT_FD) get an empty
 # payload and no fd: the front-end's size check fails the request.
 # GET_FEATURES, GET_PROTOCOL_FEATURES, GET_VRING_BASE, GET_QUEUE_NUM,
-# GET_MAX_MEM_SLOTS and SET_LOG_BASE also always reply but are implemented.
+# GET_MAX_MEM_SLOTS, SET_LOG_BASE and IOTLB_MSG also always reply but are implemented.
 FAILURE_REPLIES: dict[Request, bytes] = {
-    Request.IOTLB_MSG: struct.pack("=Q", 1),
     Request.GET_CONFIG: b"",
     Request.CREATE_CRYPTO_SESSION: b"",
     Request.POSTCOPY_ADVISE: b"",

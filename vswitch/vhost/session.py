@@ -40,6 +40,7 @@ from typing import Protocol
 from ..config.bounds import MAX_MEM_SLOTS, MAX_MTU, MAX_RING_SIZE, MIN_MTU
 from . import fdkind
 from .channel import BackendChannel, ChannelRefused
+from .iotlb import Iotlb, IotlbRefused
 from . import protocol as p
 from .protocol import Feature as F
 from .protocol import ProtocolError
@@ -75,12 +76,13 @@ class Backend(Protocol):
     def set_vring_kick(self, index: int, fd: int) -> None: ...
     def set_vring_call(self, index: int, fd: int) -> None: ...
     def set_vring_err(self, index: int, fd: int) -> None: ...
-    def start_vring(self, index: int) -> None: ...
+    def start_vring(self, index: int) -> bool | None: ...
     def stop_vring(self, index: int) -> int: ...
     def set_vring_enabled(self, index: int, enabled: bool) -> None: ...
     def reset(self) -> None: ...
     def set_log_base(self, fd: int, size: int, offset: int) -> None: ...
     def send_rarp(self, mac: bytes) -> None: ...
+    def set_iotlb(self, entries: list[tuple[int, int, int, int]]) -> list[int]: ...
 
 
 # Feature offer for a net port (virtio spec, "Network Device", "Feature
@@ -184,6 +186,9 @@ class Session:
         self.vrings = [VringConfig() for _ in range(2 * offer.queue_pairs)]
         # SET_BACKEND_REQ_FD: where IOTLB misses are sent (vhost/channel.py).
         self.channel: BackendChannel | None = None
+        # ACCESS_PLATFORM with a vIOMMU: IOVA -> front-end address (vhost/iotlb.py)
+        self.iotlb = Iotlb()
+        self.iotlb_refused = 0
 
     # --- entry point -----------------------------------------------------
 
@@ -271,9 +276,13 @@ class Session:
         if vr.started or not (vr.kicked and vr.addr_set and vr.num and self.has_mem):
             return
         try:
-            self.backend.start_vring(index)
+            started = self.backend.start_vring(index)
         except Exception as exc:  # DatapathError: addresses outside memory
             raise RequestFailed(f"vring {index}: {exc}") from exc
+        if started is False:
+            # ACCESS_PLATFORM: its IOVAs are not in the IOTLB yet; the datapath
+            # asked for them and the ring starts at the update (_iotlb_msg).
+            return
         vr.started = True
 
     # --- handlers ------------------------------------------------------------
@@ -286,11 +295,11 @@ class Session:
         unknown = features & ~self.offer.features
         if unknown:
             raise ProtocolError(f"SET_FEATURES acks bits not offered: {unknown:#x}")
-        if features & (1 << F.F_ACCESS_PLATFORM):
-            # Every ring and buffer address would be an IOVA: using one as
-            # a guest address would read and write the wrong memory.
-            raise RequestFailed("SET_FEATURES: VIRTIO_F_ACCESS_PLATFORM with a vIOMMU (IOVA "
-                                "addresses) is not supported by this back-end yet")
+        platform = 1 << F.F_ACCESS_PLATFORM
+        if (features ^ self.features) & platform and any(vr.started for vr in self.vrings):
+            # Running rings' addresses were translated one way: the other
+            # would read and write the wrong memory.
+            raise RequestFailed("SET_FEATURES: ACCESS_PLATFORM changed while rings run")
         self.features = features
         self.backend.set_features(features)
         if not self.features_set and not features & (1 << F.VHOST_USER_F_PROTOCOL_FEATURES):
@@ -541,6 +550,50 @@ class Session:
         self.channel = channel
         return None
 
+    def _iotlb_msg(self, h, payload, fds):
+        # vhost-user.rst: IOTLB_MSG is always answered, u64 0 on success,
+        # whatever the flags (QEMU sets NEED_REPLY anyway).
+        msg = p.decode_iotlb(payload)
+        try:
+            self._apply_iotlb(msg)
+        except RequestFailed as exc:
+            if self.on_refused is not None:
+                self.on_refused(str(exc))
+            return p.encode_u64_reply(h.request, 1)
+        return p.encode_u64_reply(h.request, 0)
+
+    def _apply_iotlb(self, msg: p.IotlbMsg) -> None:
+        if not self.features & (1 << F.F_ACCESS_PLATFORM):
+            raise RequestFailed("IOTLB_MSG: VIRTIO_F_ACCESS_PLATFORM is not negotiated")
+        try:
+            if msg.type == p.IOTLB_UPDATE:
+                self.iotlb.update(msg.iova, msg.size, msg.uaddr, msg.perm)
+            elif msg.type == p.IOTLB_INVALIDATE:
+                if not self.iotlb.invalidate(msg.iova, msg.size):
+                    return                   # nothing a worker could be using
+            else:
+                raise IotlbRefused(f"type {msg.type} is not UPDATE or INVALIDATE")
+        except IotlbRefused as exc:
+            self.iotlb_refused += 1
+            raise RequestFailed(f"IOTLB_MSG: {exc}") from None
+        self._publish_iotlb()
+
+    def _publish_iotlb(self) -> None:
+        """The datapath's table becomes ours; when this returns no worker
+        uses an entry that is gone (the reply, if any, follows). Rings whose
+        addresses changed stop, and every ring that now translates starts."""
+        try:
+            stopped = self.backend.set_iotlb(self.iotlb.entries())
+        except Exception as exc:     # DatapathError: the workers did not finish a round
+            raise RequestFailed(f"IOTLB_MSG: {exc}") from exc
+        for index in stopped:
+            self.vrings[index].started = False
+        for index in range(len(self.vrings)):
+            try:
+                self._maybe_start(index)
+            except RequestFailed:
+                pass                     # outside memory: it waits for new addresses
+
     def _get_queue_num(self, h, payload, fds):
         return p.encode_u64_reply(h.request, self.offer.queue_pairs)
 
@@ -571,6 +624,7 @@ class Session:
             self._drop_regions()
         self.features = 0
         self.features_set = False
+        self.iotlb.clear()
         self.has_mem = False
         self.mem_regions = 0
         self.mtu = None
@@ -609,4 +663,5 @@ class Session:
         R.SET_LOG_FD: _set_log_fd,
         R.SEND_RARP: _send_rarp,
         R.SET_BACKEND_REQ_FD: _set_backend_req_fd,
+        R.IOTLB_MSG: _iotlb_msg,
     }

@@ -423,6 +423,7 @@ class QemuGuest:
         maxmem: str | None = None,
         qemu: QemuBinary | None = None,
         msix: bool | None = None,
+        platform_args: Sequence[str] = (),
     ) -> None:
         """Describe a guest; nothing runs until :meth:`start`.
 
@@ -446,6 +447,8 @@ class QemuGuest:
         qemu: the QEMU to run (default: the system's, see :class:`QemuBinary`).
         msix: give the NIC MSI-X vectors. Default: under KVM only, because
             QEMU 7.2 under TCG crashes with vhost-user and MSI-X (vectors=0).
+        platform_args: placed before the NIC (which may name what they make):
+            a machine type, a vIOMMU, a PCIe root port for ``bus=``.
         """
         if queues < 1:
             raise ValueError("queues must be >= 1")
@@ -472,6 +475,7 @@ class QemuGuest:
         self.maxmem = maxmem
         self.qemu = qemu or QemuBinary()
         self.msix = msix
+        self.platform_args = list(platform_args)
 
         self.serial_log_path = self.workdir / f"{name}.serial.log"
         self.qemu_log_path = self.workdir / f"{name}.qemu.log"
@@ -526,6 +530,7 @@ class QemuGuest:
             "-initrd", str(self.image.initrd),
             "-append", " ".join(kernel_args),
         ]
+        argv += self.platform_args
         if self.socket_path is not None:
             role = "server=on,wait=off" if self.server else self.qemu.reconnect_option()
             path = _qemu_opt_escape(self.socket_path)
