@@ -411,7 +411,8 @@ cdef class Datapath:
         cdef uint32_t hdr_len = 12 if (version_1 or mrg) else 10
         cdef int evi = (features >> F_EVENT_IDX) & 1
         cdef int ind = (features >> F_INDIRECT_DESC) & 1
-        if features == port.features and hdr_len == port.hdr_len:
+        if features == port.features and hdr_len == port.hdr_len \
+                and port.iotlb_on == <int>((features >> F_ACCESS_PLATFORM) & 1):
             return
         was = port.active
         vs_store_release_int(&port.active, 0)

@@ -299,7 +299,7 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
                 vring_put_used(vq, head, 0)
             else:
                 vring_mark_broken(w, vq)
-            return DROP_RX_BAD_CHAIN
+            return DROP_IOTLB_DENIED if rc == DROP_IOTLB_DENIED else DROP_RX_BAD_CHAIN
         w.rxchains[nchains].head = head
         w.rxchains[nchains].seg0 = nseg_total
         w.rxchains[nchains].nseg = nseg

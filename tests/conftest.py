@@ -55,6 +55,7 @@ GROUPS: dict[str, str] = {
     "test_hostile_notify.py": "hostile",
     "test_hostile_race.py": "hostile",
     "test_hostile_work.py": "hostile",
+    "test_hostile_iotlb.py": "hostile",
     "test_hostile_resources.py": "hostile",
     "test_safe_files.py": "hostile",
     "test_seccomp.py": "hostile",

@@ -526,6 +526,13 @@ class VhostUserPort:
             else:
                 self.iotlb_counts["miss_unsent"] += 1   # no channel, or it is full or broken
 
+    def _iotlb_retry(self) -> None:
+        """On the control thread: TX rings stopped at a miss, and rings whose
+        addresses did not translate, try again (and miss again, if still)."""
+        self.dp.iotlb_retry(self.slot)
+        if self.session is not None:
+            self.session.retry_waiting_rings()
+
     def _refused(self, reason: str) -> None:
         """A request answered with a failure (the front-end asked for a
         reply): the connection stays; the reason goes to the log and
@@ -630,7 +637,7 @@ class VhostUserPort:
         if self.connected and self.session is not None and self.session.features >> p.Feature.F_ACCESS_PLATFORM & 1:
             # a MISS the front-end never answered (or we could not send):
             # rings stopped at it try, and miss, again
-            await self.ctl.call(self.dp.iotlb_retry, self.slot)
+            await self.ctl.call(self._iotlb_retry)
 
     def _check_rings(self) -> None:
         self._check_memory_faults()

@@ -578,6 +578,15 @@ class Session:
             raise RequestFailed(f"IOTLB_MSG: {exc}") from None
         self._publish_iotlb()
 
+    def retry_waiting_rings(self) -> None:
+        """Rings waiting for IOTLB entries try to start again: their misses
+        are asked for anew (a MISS may have found no channel, or no answer)."""
+        for index in range(len(self.vrings)):
+            try:
+                self._maybe_start(index)
+            except RequestFailed:
+                pass
+
     def _publish_iotlb(self) -> None:
         """The datapath's table becomes ours; when this returns no worker
         uses an entry that is gone (the reply, if any, follows). Rings whose
@@ -588,11 +597,7 @@ class Session:
             raise RequestFailed(f"IOTLB_MSG: {exc}") from exc
         for index in stopped:
             self.vrings[index].started = False
-        for index in range(len(self.vrings)):
-            try:
-                self._maybe_start(index)
-            except RequestFailed:
-                pass                     # outside memory: it waits for new addresses
+        self.retry_waiting_rings()
 
     def _get_queue_num(self, h, payload, fds):
         return p.encode_u64_reply(h.request, self.offer.queue_pairs)
