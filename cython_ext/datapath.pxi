@@ -1409,18 +1409,25 @@ cdef class Datapath:
 
     # --- IOTLB: ACCESS_PLATFORM with a vIOMMU (iotlb.pxi) ------------------------------
 
-    def iotlb_set(self, int p, list entries):
+    def iotlb_set(self, int p, list entries, bint sync=True):
         """Publish the port's IOTLB: [(iova, size, uaddr, perm)] sorted by
         iova, not overlapping (vswitch/vhost/iotlb.py keeps it so). Returns
         the started rings that stopped because their addresses no longer
-        translate as they did (they start again once they do). When it
-        returns, no worker uses an entry that is not in `entries`: an
-        INVALIDATE may be acknowledged."""
+        translate as they did (they start again once they do). With `sync`,
+        when it returns no worker uses an entry that is not in `entries`:
+        an INVALIDATE may be acknowledged. Without (entries only added),
+        nothing waits: the old table is freed after a later quiescent point."""
         cdef vs_port *port = self._port(p)
-        cdef vs_iotlb *new = iotlb_build(entries)
+        cdef vs_iotlb *new
         cdef vs_iotlb *old = port.iotlb
         cdef int i
         self._check_control_thread()
+        if port.iotlb_nretired == VS_IOTLB_RETIRED:
+            self._quiesce()             # room for `old`: what waits is out of use now
+            for i in range(port.iotlb_nretired):
+                free(port.iotlb_retired[i])
+            port.iotlb_nretired = 0
+        new = iotlb_build(entries)
         vs_mb()
         port.iotlb = new
         port.iotlb_entries = new.n
@@ -1431,10 +1438,19 @@ cdef class Datapath:
                 vs_store_release_int(&port.vq[i].started, 0)
                 self._unwatch_kick(&port.vq[i])
                 stopped.append(i)
-        # If a worker does not finish its round this raises: `old` then leaks
-        # rather than being freed under it, and the change is not acknowledged.
-        self._quiesce()
-        free(old)
+        if old != NULL:
+            port.iotlb_retired[port.iotlb_nretired] = old
+            port.iotlb_nretired += 1
+        if stopped:
+            sync = True                 # the stopped rings' pointers must be out of use
+        if sync:
+            # If a worker does not finish its round this raises: the retired
+            # tables then leak rather than being freed under it, and the
+            # change is not acknowledged.
+            self._quiesce()
+            for i in range(port.iotlb_nretired):
+                free(port.iotlb_retired[i])
+            port.iotlb_nretired = 0
         iotlb_prefetch_rx(port)
         self._iotlb_retry(port)
         return stopped

@@ -213,7 +213,8 @@ cdef vs_iotlb *iotlb_build(list entries) except NULL:
     cdef uint64_t prev_end = 0
     if len(entries) > VS_IOTLB_MAX:
         raise DatapathError(f"{len(entries)} IOTLB entries (at most {VS_IOTLB_MAX})")
-    t = <vs_iotlb *>malloc(sizeof(vs_iotlb))
+    # only the entries it has (a full table is 64 KiB)
+    t = <vs_iotlb *>malloc(sizeof(vs_iotlb) - (VS_IOTLB_MAX - max(1, len(entries))) * sizeof(vs_iotlb_entry))
     if t == NULL:
         raise MemoryError()
     t.n = 0
@@ -251,8 +252,12 @@ cdef bint _ring_translates_as_now(vs_port *port, vs_vring *vq) noexcept nogil:
 
 cdef void iotlb_free(vs_port *port) noexcept nogil:
     """After a quiescent point (port reset): the table, the mode, the queue."""
+    cdef int i
     free(port.iotlb)
     port.iotlb = NULL
+    for i in range(port.iotlb_nretired):
+        free(port.iotlb_retired[i])
+    port.iotlb_nretired = 0
     port.iotlb_entries = 0
     port.iotlb_on = 0
     port.nmiss = 0

@@ -246,6 +246,7 @@ ctypedef struct vs_capture:
 cdef enum:
     VS_IOTLB_MAX = 2048
     VS_IOTLB_MISSQ = 64
+    VS_IOTLB_RETIRED = 16
     IOTLB_PERM_R = 1               # vhost_iotlb_msg.perm: 1 RO, 2 WO, 3 RW
     IOTLB_PERM_W = 2
 
@@ -332,6 +333,8 @@ ctypedef struct vs_port:
     int iotlb_on
     vs_iotlb *iotlb
     int iotlb_entries              # entries of the table published last (for readers off the control thread)
+    int iotlb_nretired             # tables replaced without a wait: freed after the next quiescent point
+    vs_iotlb *iotlb_retired[VS_IOTLB_RETIRED]
     int miss_lock
     int nmiss
     int miss_signalled             # the control plane was told (miss_efd) and has not drained yet

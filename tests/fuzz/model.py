@@ -683,7 +683,7 @@ class ModelBackend:
             raise DatapathError("mmap: EBADF (O_PATH)")
         self.calls.append(("log", size, offset))
 
-    def set_iotlb(self, entries):
+    def set_iotlb(self, entries, sync=True):
         self.calls.append(("iotlb", len(entries)))
         return []
 

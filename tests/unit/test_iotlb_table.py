@@ -110,7 +110,7 @@ class IotlbBackend(RecordingBackend):
         self.tables: list[list] = []
         self.stop_on_next: list[int] = []
 
-    def set_iotlb(self, entries):
+    def set_iotlb(self, entries, sync=True):
         self.tables.append(entries)
         stopped, self.stop_on_next = self.stop_on_next, []
         return stopped

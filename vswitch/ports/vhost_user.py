@@ -140,8 +140,8 @@ class PortBackend:
     def send_rarp(self, mac):
         self.dp.inject_rarp(self.slot, mac)
 
-    def set_iotlb(self, entries):
-        return self.dp.iotlb_set(self.slot, entries)
+    def set_iotlb(self, entries, sync=True):
+        return self.dp.iotlb_set(self.slot, entries, sync)
 
 
 @dataclass

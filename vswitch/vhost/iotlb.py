@@ -54,20 +54,25 @@ class Iotlb:
         """(iova, size, uaddr, perm), sorted by iova: what the datapath publishes."""
         return [(e.iova, e.end - e.iova, e.uaddr, e.perm) for e in self._entries]
 
-    def update(self, iova: int, size: int, uaddr: int, perm: int) -> None:
+    def update(self, iova: int, size: int, uaddr: int, perm: int) -> bool:
+        """Add an entry; True if it replaced part of another (then workers
+        must stop using the old one before the update is acknowledged)."""
         if size == 0:
             raise IotlbRefused(f"entry iova={iova:#x} of size 0")
         if iova + size > SPACE or uaddr + size > SPACE:
             raise IotlbRefused(f"entry iova={iova:#x} size={size:#x} uaddr={uaddr:#x} wraps")
         if perm not in (PERM_RO, PERM_WO, PERM_RW):
             raise IotlbRefused(f"entry iova={iova:#x}: permission {perm} is not RO, WO or RW")
-        self._cut(iova, iova + size)
+        replaced = self._cut(iova, iova + size)
         i = bisect.bisect_left(self._starts, iova)
         self._starts.insert(i, iova)
         self._entries.insert(i, Entry(iova, iova + size, uaddr, perm))
         self.updates += 1
         while len(self._entries) > self.max_entries:
+            # an evicted entry is still the front-end's mapping: a worker
+            # that uses it a moment longer reads the right memory
             self._evict(keep=iova)
+        return replaced
 
     def invalidate(self, iova: int, size: int) -> bool:
         """Forget [iova, iova+size) (clipped at the top of the space); True

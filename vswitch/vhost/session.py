@@ -82,7 +82,7 @@ class Backend(Protocol):
     def reset(self) -> None: ...
     def set_log_base(self, fd: int, size: int, offset: int) -> None: ...
     def send_rarp(self, mac: bytes) -> None: ...
-    def set_iotlb(self, entries: list[tuple[int, int, int, int]]) -> list[int]: ...
+    def set_iotlb(self, entries: list[tuple[int, int, int, int]], sync: bool = True) -> list[int]: ...
 
 
 # Feature offer for a net port (virtio spec, "Network Device", "Feature
@@ -567,8 +567,10 @@ class Session:
             raise RequestFailed("IOTLB_MSG: VIRTIO_F_ACCESS_PLATFORM is not negotiated")
         try:
             if msg.type == p.IOTLB_UPDATE:
-                self.iotlb.update(msg.iova, msg.size, msg.uaddr, msg.perm)
+                # a new entry alone needs no wait: nothing a worker uses changed
+                sync = self.iotlb.update(msg.iova, msg.size, msg.uaddr, msg.perm)
             elif msg.type == p.IOTLB_INVALIDATE:
+                sync = True
                 if not self.iotlb.invalidate(msg.iova, msg.size):
                     return                   # nothing a worker could be using
             else:
@@ -576,7 +578,7 @@ class Session:
         except IotlbRefused as exc:
             self.iotlb_refused += 1
             raise RequestFailed(f"IOTLB_MSG: {exc}") from None
-        self._publish_iotlb()
+        self._publish_iotlb(sync)
 
     def retry_waiting_rings(self) -> None:
         """Rings waiting for IOTLB entries try to start again: their misses
@@ -587,12 +589,13 @@ class Session:
             except RequestFailed:
                 pass
 
-    def _publish_iotlb(self) -> None:
-        """The datapath's table becomes ours; when this returns no worker
-        uses an entry that is gone (the reply, if any, follows). Rings whose
-        addresses changed stop, and every ring that now translates starts."""
+    def _publish_iotlb(self, sync: bool) -> None:
+        """The datapath's table becomes ours; with `sync`, when this returns
+        no worker uses an entry that is gone (the reply, if any, follows).
+        Rings whose addresses changed stop, and every ring that now
+        translates starts."""
         try:
-            stopped = self.backend.set_iotlb(self.iotlb.entries())
+            stopped = self.backend.set_iotlb(self.iotlb.entries(), sync)
         except Exception as exc:     # DatapathError: the workers did not finish a round
             raise RequestFailed(f"IOTLB_MSG: {exc}") from exc
         for index in stopped:
