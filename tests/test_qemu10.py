@@ -70,9 +70,10 @@ def test_negotiation_against_qemu72(topology):
     """QEMU 10.0.2 negotiates exactly what QEMU 7.2 does with vswitch
     (measured here under TCG): the same virtio features (everything vswitch
     offers except F_ANY_LAYOUT, NET_MTU without host_mtu, and VHOST_F_LOG_ALL,
-    which is set only while migrating) and the same vhost-user protocol
-    features (all seven vswitch offers: MQ LOG_SHMFD RARP REPLY_ACK NET_MTU
-    RESET_DEVICE CONFIGURE_MEM_SLOTS). The newer protocol features QEMU 10's
+    which is set only while migrating, and F_ACCESS_PLATFORM, which
+    needs iommu_platform=on) and the same vhost-user protocol
+    features (all eight vswitch offers: MQ LOG_SHMFD RARP REPLY_ACK NET_MTU
+    BACKEND_REQ RESET_DEVICE CONFIGURE_MEM_SLOTS). The newer protocol features QEMU 10's
     front-end knows (e.g. SHARED_OBJECT, DEVICE_STATE) are not offered, so
     nothing more is agreed. The one difference: QEMU 10 runs
     vhost-user with MSI-X under TCG, where 7.2 needs vectors=0."""
