@@ -96,6 +96,7 @@ class DatapathError(Exception):
 include "types.pxi"
 include "notify.pxi"
 include "mem.pxi"
+include "iotlb.pxi"
 include "vring.pxi"
 include "packed.pxi"
 include "fdb.pxi"
@@ -118,7 +119,7 @@ DROP_REASONS = (
     "ring_broken", "bad_offload", "mtu_exceeded", "tap_write_failed",
     "spoofed_source", "storm_control", "rate_limited", "vlan_filtered",
     "vxlan_bad_header", "vxlan_wrong_vni", "vxlan_unknown_remote", "vxlan_send_failed",
-    "over_budget",
+    "over_budget", "iotlb_miss", "iotlb_denied",
 )
 assert len(DROP_REASONS) == DROP_MAX
 

@@ -17,6 +17,7 @@ cdef enum:
     F_INDIRECT_DESC = 28
     F_EVENT_IDX = 29
     F_VERSION_1 = 32
+    F_ACCESS_PLATFORM = 33
 
 
 cdef class Datapath:
@@ -308,6 +309,7 @@ cdef class Datapath:
             memset(port.vlan_carry, 0xff, sizeof(port.vlan_carry))   # VLAN_ALL
             port.hdr_len = 12
             port.fdb_max_set = -1
+            port.miss_efd = -1
             port.fdb_max = self.sw.fdb_default_max
             port.kind = PORT_TAP if kind == "tap" else PORT_VXLAN if kind == "vxlan" else PORT_VHOST
             for i in range(VS_MAX_QP):
@@ -356,6 +358,7 @@ cdef class Datapath:
             port.vq[i].call_fd = -1
             port.vq[i].err_fd = -1
         _unmap_all(&port.mem)
+        iotlb_free(port)
         port.log = NULL
         port.log_all = 0
         if port.log_map_base != NULL:
@@ -411,7 +414,8 @@ cdef class Datapath:
         cdef uint32_t hdr_len = 12 if (version_1 or mrg) else 10
         cdef int evi = (features >> F_EVENT_IDX) & 1
         cdef int ind = (features >> F_INDIRECT_DESC) & 1
-        if features == port.features and hdr_len == port.hdr_len:
+        if features == port.features and hdr_len == port.hdr_len \
+                and port.iotlb_on == <int>((features >> F_ACCESS_PLATFORM) & 1):
             return
         was = port.active
         vs_store_release_int(&port.active, 0)
@@ -422,6 +426,7 @@ cdef class Datapath:
         port.event_idx = evi
         port.indirect = ind
         port.log_all = (features >> F_LOG_ALL) & 1
+        port.iotlb_on = (features >> F_ACCESS_PLATFORM) & 1
         self._update_log(port)
         vs_store_release_int(&port.active, was)
 
@@ -543,7 +548,7 @@ cdef class Datapath:
         port.mem = newm
         broken = []
         for i in range(2 * port.nqp):
-            if port.vq[i].started and _translate_ring(&port.mem, &port.vq[i]) != 0:
+            if port.vq[i].started and _translate_ring_port(port, &port.vq[i]) != 0:
                 vs_store_release_int(&port.vq[i].started, 0)
                 broken.append(i)
         # A fault stays until the connection ends (_release_port_resources),
@@ -711,7 +716,7 @@ cdef class Datapath:
         vq.log_used = log_gpa is not None
         vq.log_used_gpa = log_gpa if log_gpa is not None else 0
         if was:
-            if _translate_ring(&port.mem, vq) != 0:
+            if _translate_ring_port(port, vq) != 0:
                 raise DatapathError("ring addresses are not inside guest memory")
             vs_store_release_int(&vq.started, 1)
 
@@ -742,7 +747,11 @@ cdef class Datapath:
         if vq.packed and vq.base_set and \
                 ((vq.base & 0x7fff) >= vq.num or ((vq.base >> 16) & 0x7fff) >= vq.num):
             raise DatapathError(f"vring base {vq.base:#x} has an index beyond the ring size {vq.num}")
-        if _translate_ring(&port.mem, vq) != 0:
+        if _translate_ring_port(port, vq) != 0:
+            if port.iotlb_on:
+                # IOVAs the IOTLB does not map yet: asked for (iotlb_note_miss);
+                # the ring starts when they arrive (False: it waits)
+                return False
             raise DatapathError(
                 f"ring addresses desc={vq.desc_ua:#x} avail={vq.avail_ua:#x} used={vq.used_ua:#x}"
                 f" (size {vq.num}) are not inside guest memory")
@@ -757,11 +766,15 @@ cdef class Datapath:
         vq.start_avail = vs_load_acquire_u16(&vq.avail.idx)
         vq.avail_moved = 0
         vq.broken = 0
+        vq.iotlb_wait = 0
         # While a worker polls it, ask the guest not to kick (virtio spec
         # 2.7.7 VRING_USED_F_NO_NOTIFY); a worker re-enables kicks before it sleeps.
         vq.used.flags = VRING_USED_F_NO_NOTIFY
         self._watch_kick(p, idx, vq)
         vs_store_release_int(&vq.started, 1)
+        if port.iotlb_on and idx % 2 == 0:
+            iotlb_prefetch_rx(port)     # its buffers' entries, before frames come
+        return True
 
     def vring_stop(self, int p, int idx):
         """GET_VRING_BASE: stop the ring and return the next avail index to
@@ -1459,6 +1472,101 @@ cdef class Datapath:
         port.capture = NULL
         self._quiesce()
         return 0
+
+
+    # --- IOTLB: ACCESS_PLATFORM with a vIOMMU (iotlb.pxi) ------------------------------
+
+    def iotlb_set(self, int p, list entries, bint sync=True):
+        """Publish the port's IOTLB: [(iova, size, uaddr, perm)] sorted by
+        iova, not overlapping (vswitch/vhost/iotlb.py keeps it so). Returns
+        the started rings that stopped because their addresses no longer
+        translate as they did (they start again once they do). With `sync`,
+        when it returns no worker uses an entry that is not in `entries`:
+        an INVALIDATE may be acknowledged. Without (entries only added),
+        nothing waits: the old table is freed after a later quiescent point."""
+        cdef vs_port *port = self._port(p)
+        cdef vs_iotlb *new
+        cdef vs_iotlb *old = port.iotlb
+        cdef int i
+        self._check_control_thread()
+        if port.iotlb_nretired == VS_IOTLB_RETIRED:
+            self._quiesce()             # room for `old`: what waits is out of use now
+            for i in range(port.iotlb_nretired):
+                free(port.iotlb_retired[i])
+            port.iotlb_nretired = 0
+        new = iotlb_build(entries)
+        vs_mb()
+        port.iotlb = new
+        port.iotlb_entries = new.n
+        vs_mb()
+        stopped = []
+        for i in range(2 * port.nqp):
+            if port.vq[i].started and not _ring_translates_as_now(port, &port.vq[i]):
+                vs_store_release_int(&port.vq[i].started, 0)
+                self._unwatch_kick(&port.vq[i])
+                stopped.append(i)
+        if old != NULL:
+            port.iotlb_retired[port.iotlb_nretired] = old
+            port.iotlb_nretired += 1
+        if stopped:
+            sync = True                 # the stopped rings' pointers must be out of use
+        if sync:
+            # If a worker does not finish its round this raises: the retired
+            # tables then leak rather than being freed under it, and the
+            # change is not acknowledged.
+            self._quiesce()
+            for i in range(port.iotlb_nretired):
+                free(port.iotlb_retired[i])
+            port.iotlb_nretired = 0
+        iotlb_prefetch_rx(port)
+        self._iotlb_retry(port)
+        return stopped
+
+    cdef void _iotlb_retry(self, vs_port *port) noexcept:
+        """TX rings that stopped at a miss try again (after an update, or
+        now and then in case the front-end never answered a MISS)."""
+        cdef int i
+        for i in range(port.nqp):
+            vs_store_release_int(&port.vq[2 * i + 1].iotlb_wait, 0)
+        self._wake()
+
+    def iotlb_retry(self, int p):
+        self._iotlb_retry(self._port(p))
+
+    def iotlb_set_event_fd(self, int p, int fd):
+        """The eventfd workers write when they queue a miss (the control
+        plane's, non-blocking); -1 to stop before it closes it."""
+        cdef vs_port *port = self._port(p)
+        port.miss_efd = fd
+        if fd < 0:
+            self._quiesce()
+
+    def iotlb_take_misses(self, int p):
+        """Drain the port's miss queue: [(iova, perm)], and how many misses
+        found it full since the last drain. Takes a spinlock workers hold
+        for a few stores, never waits for them: callable from the event loop."""
+        cdef vs_port *port = self._port(p)
+        cdef uint64_t iova[VS_IOTLB_MISSQ]
+        cdef uint8_t perm[VS_IOTLB_MISSQ]
+        cdef int n, i
+        cdef uint64_t overflow
+        vs_spin_lock(&port.miss_lock)
+        n = port.nmiss
+        for i in range(n):
+            iova[i] = port.miss_iova[i]
+            perm[i] = port.miss_perm[i]
+        port.nmiss = 0
+        overflow = port.miss_overflow
+        port.miss_overflow = 0
+        port.miss_signalled = 0
+        vs_spin_unlock(&port.miss_lock)
+        return [(iova[i], perm[i]) for i in range(n)], overflow
+
+    def iotlb_info(self, int p):
+        cdef vs_port *port = self._port(p)
+        return {"active": bool(port.iotlb_on), "entries": port.iotlb_entries,
+                "hits": port.iotlb_hits, "misses": port.iotlb_misses,
+                "denied": port.iotlb_denied}
 
 
     # --- stats: counters for metrics and `port show` ----------------------------------

@@ -74,7 +74,8 @@ cdef inline int pk_collect(vs_port *port, uint64_t addr, uint32_t length, uint16
     if total[0] > VS_MAX_FRAME + VS_HDR_MAX:
         return DROP_BAD_LENGTH
     if not too_many[0]:
-        rc = mem_gpa_segments(&port.mem, addr, length, segs, nseg, maxseg)
+        rc = port_segments(port, addr, length, IOTLB_PERM_W if device_writes else IOTLB_PERM_R,
+                           segs, nseg, maxseg)
         if rc == DROP_TOO_MANY_SEGMENTS:
             too_many[0] = True      # told apart from a loop or an over-long chain, as in walk_chain
         elif rc:
@@ -97,9 +98,9 @@ cdef int pk_indirect(vs_port *port, uint64_t addr, uint32_t length, bint device_
         return DROP_BAD_INDIRECT
     if length == 0 or length % sizeof(vs_pdesc) != 0 or length // sizeof(vs_pdesc) > 65536:
         return DROP_BAD_INDIRECT
-    table = <vs_pdesc *>mem_gpa_contig(&port.mem, addr, length)
+    table = <vs_pdesc *>port_contig(port, addr, length, IOTLB_PERM_R, &rc)
     if table == NULL:
-        return DROP_BAD_INDIRECT
+        return rc if rc == DROP_IOTLB_MISS or rc == DROP_IOTLB_DENIED else DROP_BAD_INDIRECT
     n = length // sizeof(vs_pdesc)
     for i in range(n):
         walked[0] += 1
@@ -300,11 +301,14 @@ cdef int pk_ingress_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, 
                           vs_vring *vq) noexcept nogil:
     """vhost_ingress_burst for a packed TX ring: dequeue up to VS_BURST
     chains, switch them, then return them all (length 0) in one batch."""
-    cdef uint16_t flags, buf_id, ndesc, old_used
+    cdef uint16_t flags, buf_id, ndesc, old_used, chain_pos
+    cdef uint8_t chain_wrap
     cdef int n = 0, i, rc, nseg, pool = 0
     cdef uint64_t total
     cdef bint discard
     cdef vs_frame *f
+    if vq.iotlb_wait:
+        return 0        # stopped at an IOVA being asked for (iotlb.pxi)
     flags = pk_head_flags(vq)
     if not pk_is_avail(flags, vq.avail_wrap):
         return 0
@@ -318,10 +322,19 @@ cdef int pk_ingress_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, 
         f.dst = FRAME_DROPPED
         f.nseg = 0
         # segs[pool] stays free for the private copy of the headers
+        chain_pos = vq.last_avail
+        chain_wrap = vq.avail_wrap
         rc = pk_walk_chain(port, vq, flags, False, &w.segs[pool + 1], VS_MAX_SEGS, &nseg,
                            &total, &w.budget, &buf_id, &ndesc)
         if rc == DROP_RING_BROKEN:
             vring_mark_broken(w, vq)
+            break
+        if rc == DROP_IOTLB_MISS:
+            # Not consumed, as on a split ring: this chain and the ones behind
+            # it wait until the front-end sent the entry.
+            vq.last_avail = chain_pos
+            vq.avail_wrap = chain_wrap
+            vq.iotlb_wait = 1
             break
         f.head = buf_id
         w.tx_used[n].id = buf_id
@@ -409,6 +422,12 @@ cdef int pk_rx_reserve(vs_worker *w, vs_port *dport, vs_vring *vq, uint64_t need
             vq.avail_wrap = saved_wrap
             vring_mark_broken(w, vq)
             return DROP_RX_BAD_CHAIN
+        if rc == DROP_IOTLB_MISS:
+            # the buffer's IOVA is being asked for: not the receiver's fault,
+            # its buffers stay (the frame is dropped and counted)
+            vq.last_avail = saved_avail
+            vq.avail_wrap = saved_wrap
+            return rc
         if rc == 0 and chain_len == 0:
             rc = DROP_RX_BAD_CHAIN
         if rc:
@@ -417,7 +436,7 @@ cdef int pk_rx_reserve(vs_worker *w, vs_port *dport, vs_vring *vq, uint64_t need
             for i in range(nchains):
                 pk_put_used(vq, w.rxchains[i].head, 0, w.rxchains[i].ndesc, True)
             pk_put_used(vq, buf_id, 0, ndesc, True)
-            return DROP_RX_BAD_CHAIN
+            return DROP_IOTLB_DENIED if rc == DROP_IOTLB_DENIED else DROP_RX_BAD_CHAIN
         w.rxchains[nchains].head = buf_id
         w.rxchains[nchains].ndesc = ndesc
         w.rxchains[nchains].seg0 = nseg_total

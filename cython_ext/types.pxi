@@ -97,7 +97,9 @@ cdef enum:
     DROP_VXLAN_UNKNOWN_REMOTE = 25 # VXLAN: from an address that is not one of the port's remotes
     DROP_VXLAN_SEND = 26           # VXLAN: the kernel refused the datagram (socket buffer full, no route)
     DROP_OVER_BUDGET = 27          # the ingress port's work budget for this round was spent
-    DROP_MAX = 28
+    DROP_IOTLB_MISS = 28           # ACCESS_PLATFORM: an IOVA with no IOTLB entry yet (a MISS is sent)
+    DROP_IOTLB_DENIED = 29         # ACCESS_PLATFORM: the IOTLB entry forbids the access (write through read-only)
+    DROP_MAX = 30
 
 ctypedef struct vs_counters:
     uint64_t packets
@@ -174,6 +176,7 @@ ctypedef struct vs_vring:
     uint16_t pk_first              # slot of the first of them: its flags are written last
     uint16_t pk_first_flags
     uint32_t pk_ndescs             # descriptors they cover (dirty logging)
+    int iotlb_wait                 # TX stopped at an IOVA the IOTLB misses: skipped until an update
     vs_counters c
 
 cdef enum:
@@ -250,6 +253,25 @@ ctypedef struct vs_capture:
     uint64_t captured              # records written (under lock)
     uint64_t lost                  # records that did not fit (under lock)
 
+# IOTLB (iotlb.pxi): entries sorted by iova, never overlapping (the control
+# plane keeps them so), at most VS_IOTLB_MAX per connection as DPDK.
+cdef enum:
+    VS_IOTLB_MAX = 2048
+    VS_IOTLB_MISSQ = 64
+    VS_IOTLB_RETIRED = 16
+    IOTLB_PERM_R = 1               # vhost_iotlb_msg.perm: 1 RO, 2 WO, 3 RW
+    IOTLB_PERM_W = 2
+
+ctypedef struct vs_iotlb_entry:
+    uint64_t iova
+    uint64_t size                  # > 0; iova + size - 1 and uaddr + size - 1 do not wrap
+    uint64_t uaddr
+    uint64_t perm
+
+ctypedef struct vs_iotlb:
+    int n
+    vs_iotlb_entry e[VS_IOTLB_MAX]
+
 ctypedef struct vs_dirty_log:
     uint8_t *bits
     uint64_t size                  # bytes
@@ -317,6 +339,24 @@ ctypedef struct vs_port:
     uint64_t fdb_limit_refused
 
     vs_capture *capture            # live capture, or NULL (one test per burst/frame)
+    # ACCESS_PLATFORM with a vIOMMU (iotlb.pxi): addresses are IOVAs, translated
+    # through `iotlb` (published whole, freed after a quiescent point); misses
+    # are queued for the control plane, which asks the front-end for them.
+    int iotlb_on
+    vs_iotlb *iotlb
+    int iotlb_entries              # entries of the table published last (for readers off the control thread)
+    int iotlb_nretired             # tables replaced without a wait: freed after the next quiescent point
+    vs_iotlb *iotlb_retired[VS_IOTLB_RETIRED]
+    int miss_lock
+    int nmiss
+    int miss_signalled             # the control plane was told (miss_efd) and has not drained yet
+    int miss_efd                   # the control plane's eventfd, or -1
+    uint64_t miss_iova[VS_IOTLB_MISSQ]
+    uint8_t miss_perm[VS_IOTLB_MISSQ]
+    uint64_t miss_overflow         # misses that found the queue full (racy statistics below too)
+    uint64_t iotlb_hits
+    uint64_t iotlb_misses
+    uint64_t iotlb_denied
     vs_vring vq[VS_MAX_VRINGS]
 
 ctypedef struct vs_frame:

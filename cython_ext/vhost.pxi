@@ -247,7 +247,7 @@ cdef int vhost_ingress_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *por
         if not mem_lost(port):      # zero pages in place of the ring are not a wild index
             vring_mark_broken(w, vq)
         return 0
-    if n == 0:
+    if n == 0 or vq.iotlb_wait:
         return 0
     if n > VS_BURST:
         n = VS_BURST
@@ -278,6 +278,14 @@ cdef int vhost_ingress_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *por
         # segs[pool] stays free for the private copy of the headers
         rc = walk_chain(port, vq, head, False, &w.segs[pool + 1], VS_MAX_SEGS, &nseg, &total,
                         &w.budget)
+        if rc == DROP_IOTLB_MISS:
+            # Not consumed: this frame and the ones behind it wait until the
+            # front-end sent the entry (the control plane clears iotlb_wait).
+            if head < vq.num:
+                nused -= 1
+            n = i
+            vq.iotlb_wait = 1
+            break
         if rc == 0 and total < port.hdr_len + VS_ETH_HLEN:
             rc = DROP_RUNT
         if rc:

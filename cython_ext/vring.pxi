@@ -48,9 +48,9 @@ cdef inline int walk_chain(vs_port *port, vs_vring *vq, uint16_t head, bint devi
             if length == 0 or length % sizeof(vs_vring_desc) != 0 \
                     or length // sizeof(vs_vring_desc) > 65536:
                 return DROP_BAD_INDIRECT
-            table = <vs_vring_desc *>mem_gpa_contig(&port.mem, addr, length)
+            table = <vs_vring_desc *>port_contig(port, addr, length, IOTLB_PERM_R, &rc)
             if table == NULL:
-                return DROP_BAD_INDIRECT
+                return rc if rc == DROP_IOTLB_MISS or rc == DROP_IOTLB_DENIED else DROP_BAD_INDIRECT
             table_len = length // sizeof(vs_vring_desc)
             indirect = True
             idx = 0
@@ -65,7 +65,8 @@ cdef inline int walk_chain(vs_port *port, vs_vring *vq, uint16_t head, bint devi
         if total[0] > VS_MAX_FRAME + VS_HDR_MAX:
             return DROP_BAD_LENGTH
         if not too_many:
-            rc = mem_gpa_segments(&port.mem, addr, length, segs, nseg, maxseg)
+            rc = port_segments(port, addr, length, IOTLB_PERM_W if device_writes else IOTLB_PERM_R,
+                               segs, nseg, maxseg)
             if rc == DROP_TOO_MANY_SEGMENTS:
                 # Keep walking (without collecting) to tell a loop or an
                 # over-long chain (bad_chain) from a merely fragmented one.
@@ -284,8 +285,9 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
                             &w.budget)
             if rc == 0 and chain_len == 0:
                 rc = DROP_RX_BAD_CHAIN
-            if rc == DROP_OVER_BUDGET:
-                # the sender's work is spent, not the receiver's buffer: keep it
+            if rc == DROP_OVER_BUDGET or rc == DROP_IOTLB_MISS:
+                # the sender's work is spent, or the buffer's IOVA is being
+                # asked for: not the receiver's fault, its buffer stays
                 vq.last_avail = saved_avail
                 return rc
             if rc and w.nbad_heads < 8:
@@ -302,7 +304,7 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
                 vring_put_used(vq, head, 0)
             else:
                 vring_mark_broken(w, vq)
-            return DROP_RX_BAD_CHAIN
+            return DROP_IOTLB_DENIED if rc == DROP_IOTLB_DENIED else DROP_RX_BAD_CHAIN
         w.rxchains[nchains].head = head
         w.rxchains[nchains].seg0 = nseg_total
         w.rxchains[nchains].nseg = nseg

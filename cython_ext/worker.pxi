@@ -385,6 +385,7 @@ cdef void worker_sleep(vs_switch *sw, vs_worker *w) noexcept nogil:
                 continue
             vq = &port.vq[2 * qp + 1]
             if vs_load_acquire_int(&vq.started) and not vs_load_acquire_int(&vq.broken) and \
+                    not vs_load_acquire_int(&vq.iotlb_wait) and \
                     (pk_has_avail(vq) if vq.packed else vs_load_acquire_u16(&vq.avail.idx) != vq.last_avail):
                 if port.ingress_policy & POL_SHAPE:
                     # held for credit: sleep until the bucket has it, not a spin

@@ -486,6 +486,22 @@ def _from_port(name: str, frames: list[bytes]):
     return recipe
 
 
+def _iotlb(buffers_perm: int | None):
+    """Port c negotiates ACCESS_PLATFORM: its rings' IOVAs are mapped, its
+    buffers' not at all (iotlb_miss) or read only (iotlb_denied); b floods."""
+    def run(sw, stack):
+        c = stack.enter_context(connected(sw, "c", features=FULL | bits(F.ACCESS_PLATFORM), rx_buffers=8))
+        for r in c.mem.vhost_regions():
+            assert c.frontend.iotlb_msg(r.uaddr, r.size, r.uaddr, 3, 2) == 0
+            if buffers_perm:
+                assert c.frontend.iotlb_msg(r.gpa, r.size, r.uaddr, buffers_perm, 2) == 0
+        sw.wait_port("c", lambda p: p["queues"][0]["rx"]["started"], timeout=10, what="c's RX ring started")
+        b = stack.enter_context(connected(sw, "b"))
+        b.tx(0).post_tx(frame(BCAST, "b", 1))
+        return "c", "transmit"
+    return run
+
+
 DROP_RECIPES = {
     "bad_head": _hostile_tx("head_out_of_range"),
     "bad_address": _hostile_tx("addr_outside_memory"),
@@ -511,6 +527,8 @@ DROP_RECIPES = {
     "vxlan_unknown_remote": _vxlan_datagram("127.0.0.1", VXLAN_OK + frame(BCAST, "x")),
     "vxlan_send_failed": _vxlan_send_failed,
     "over_budget": _over_budget,
+    "iotlb_miss": _iotlb(None),
+    "iotlb_denied": _iotlb(1),
     "spoofed_source": _from_port("p", [frame(BCAST, "x")]),
     "rate_limited": _from_port("p", [frame(BCAST, "p", i) for i in range(3)]),
     "storm_control": _from_port("q", [frame(BCAST, "q", i) for i in range(3)]),

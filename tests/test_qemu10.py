@@ -146,11 +146,12 @@ def test_negotiation_against_qemu72(topology):
     """QEMU 10.0.2 negotiates exactly what QEMU 7.2 does with vswitch
     (measured here under TCG): the same virtio features (everything vswitch
     offers except F_ANY_LAYOUT, NET_MTU without host_mtu, and VHOST_F_LOG_ALL,
-    which is set only while migrating) and the same vhost-user protocol
-    features (all seven vswitch offers: MQ LOG_SHMFD RARP REPLY_ACK NET_MTU
-    RESET_DEVICE CONFIGURE_MEM_SLOTS). The newer protocol features QEMU 10's
-    front-end knows (e.g. STATUS, SHARED_OBJECT, DEVICE_STATE) are not
-    offered, so nothing more is agreed. The one difference: QEMU 10 runs
+    which is set only while migrating, F_RING_PACKED, which needs packed=on,
+    and F_ACCESS_PLATFORM, which needs iommu_platform=on) and the same vhost-user protocol
+    features (all eight vswitch offers: MQ LOG_SHMFD RARP REPLY_ACK NET_MTU
+    BACKEND_REQ RESET_DEVICE CONFIGURE_MEM_SLOTS). The newer protocol features QEMU 10's
+    front-end knows (e.g. STATUS, SHARED_OBJECT, DEVICE_STATE) are not offered, so
+    nothing more is agreed. The one difference: QEMU 10 runs
     vhost-user with MSI-X under TCG, where 7.2 needs vectors=0."""
     a, ports = topology.a, topology.ports
     new, old = ports["a"], ports["ref"]
@@ -166,7 +167,8 @@ def test_negotiation_against_qemu72(topology):
     assert set(new["protocol_features"]) == set(old["protocol_features"]) \
         == set(ports["b"]["protocol_features"])
     assert set(ports["b"]["features_offered"]) - set(ports["b"]["features"]) <= {
-        "F_ANY_LAYOUT", "NET_MTU", "VHOST_F_LOG_ALL", "F_RING_PACKED"}   # packed=off by default
+        "F_ANY_LAYOUT", "NET_MTU", "VHOST_F_LOG_ALL", "F_RING_PACKED",   # packed=off by default
+        "F_ACCESS_PLATFORM"}   # iommu_platform=off by default
     for feature in ("NET_MQ", "F_VERSION_1", "NET_MRG_RXBUF", "RING_F_EVENT_IDX",
                     "RING_F_INDIRECT_DESC", "VHOST_USER_F_PROTOCOL_FEATURES"):
         assert feature in new["features"], feature

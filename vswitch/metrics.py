@@ -170,8 +170,35 @@ class SwitchCollector:
             "MAC addresses in the forwarding database, by the port they point to (learned and "
             "static).", labels=["port"])
 
+        iotlb_lookups = CounterMetricFamily(
+            "vswitch_port_iotlb_lookups",
+            "VIRTIO_F_ACCESS_PLATFORM with a vIOMMU: IOVA translations of a vhost-user port by "
+            "result: hit, miss (no entry yet: the switch asks the front-end for it), denied (the "
+            "entry forbids the access). vhost-user ports.", labels=["port", "result"])
+        iotlb_entries = GaugeMetricFamily(
+            "vswitch_port_iotlb_entries",
+            "IOTLB entries of the port's connection (at most 2048).", labels=["port"])
+        iotlb_events = CounterMetricFamily(
+            "vswitch_port_iotlb_events",
+            "IOTLB messages of the port's connection: update and invalidate (IOTLB_MSG from the "
+            "front-end), refused (an entry that wraps or has no valid permission), evicted (an "
+            "entry dropped to keep the bound), miss_sent (MISS sent on the back-end channel), "
+            "miss_suppressed (asked for very recently, or over the rate bound), miss_unsent (no "
+            "channel, or it was full).", labels=["port", "event"])
+
         snap = self.api.scrape()
         for name, show in snap.port_info:
+            iotlb = show.get("iotlb")
+            if iotlb is not None:      # vhost-user ports (zeros until a guest negotiates it)
+                for result in ("hits", "misses", "denied"):
+                    iotlb_lookups.add_metric([name, {"hits": "hit", "misses": "miss"}.get(result, result)],
+                                             int(iotlb.get(result) or 0))
+                iotlb_entries.add_metric([name], int(iotlb.get("entries") or 0))
+                for event, key in (("update", "updates"), ("invalidate", "invalidations"),
+                                   ("refused", "refused"), ("evicted", "evicted"),
+                                   ("miss_sent", "miss_sent"), ("miss_suppressed", "miss_suppressed"),
+                                   ("miss_unsent", "miss_unsent")):
+                    iotlb_events.add_metric([name, event], int(iotlb.get(key) or 0))
             kind = show.get("type", "")
             for entry in show.get("queues", ()):
                 q = str(entry["pair"])
@@ -210,7 +237,8 @@ class SwitchCollector:
                                    ("memory_fault", "memory_faults"),
                                    ("message_timeout", "message_timeouts")):
                     conns.add_metric([name, event], int(show.get(key) or 0))
-        yield from (rx_pkts, rx_bytes, tx_pkts, tx_bytes, drops, up, info, queues, mtu, conns, tap_events)
+        yield from (rx_pkts, rx_bytes, tx_pkts, tx_bytes, drops, up, info, queues, mtu, conns, tap_events,
+                    iotlb_lookups, iotlb_entries, iotlb_events)
 
         for owner, n in sorted(snap.fdb_entries.items()):
             fdb.add_metric([owner], n)

@@ -389,7 +389,8 @@ def _prologue(ch: Chooser, offer: Offer) -> list[MsgSpec]:
     out = [_msg(R.GET_FEATURES), _msg(R.GET_PROTOCOL_FEATURES),
            _msg(R.SET_PROTOCOL_FEATURES, _u64(gen_protocol_features(ch, offer) if ch.chance(20)
                                               else offer.protocol_features)),
-           _msg(R.SET_OWNER), _msg(R.SET_FEATURES, _u64(gen_features(ch, offer) if ch.chance(30) else offer.features))]
+           _msg(R.SET_OWNER), _msg(R.SET_FEATURES, _u64(gen_features(ch, offer) if ch.chance(30)
+                                        else offer.features & ~(1 << p.Feature.F_ACCESS_PLATFORM)))]
     k = 0 if ch.chance(80) else ch.int(0, 3)
     size = 1 << 20 if ch.chance(80) else ch.choice(REGION_SIZES)
     out.append(_msg(R.SET_MEM_TABLE, struct.pack("=IIQQQQ", 1, 0, k << 32, size, UBASE + k * USTEP, 0),
@@ -702,6 +703,10 @@ class ModelBackend:
             raise DatapathError("mmap: EBADF (O_PATH)")
         self.calls.append(("log", size, offset))
 
+    def set_iotlb(self, entries, sync=True):
+        self.calls.append(("iotlb", len(entries)))
+        return []
+
     def send_rarp(self, mac):
         if len(mac) != 6:
             raise Violation(f"SEND_RARP: {mac!r}")
@@ -898,6 +903,9 @@ class Runner:
                 continue                        # the real datapath: counted at the end
             if self.model.owns(fd):
                 continue
+            channel = self.session.channel
+            if channel is not None and channel.sock.fileno() == fd:
+                continue                        # the back-end channel (SET_BACKEND_REQ_FD)
             if fd in self.model.seen_unknown:
                 self.model.extra_owned.add(fd)  # kept by a backend method the model does not know
                 continue

@@ -48,6 +48,9 @@ class FakeVhostPort:
             "queues": [{"pair": q, "rx": ring(100 + q, 6400 + q), "tx": ring(200 + q, 12800 + q)}
                        for q in range(queues)],
             "mac": None, "mtu_enforced": None,
+            "iotlb": {"active": connected, "entries": 3, "hits": 10, "misses": 2, "denied": 1,
+                      "updates": 4, "invalidations": 1, "evicted": 0, "refused": 0,
+                      "miss_sent": 2, "miss_suppressed": 0, "miss_unsent": 0, "miss_queue_full": 0},
         }
 
     def show(self):

@@ -91,11 +91,11 @@ def test_an_unimplemented_request_with_need_reply_is_answered_with_a_failure(ref
     s, reasons = refused
     negotiate(s)                                               # REPLY_ACK
     fd = eventfd()
-    assert reply_u64(send(s, R.SET_BACKEND_REQ_FD, b"", [fd], need_reply=True)) == 1
+    assert reply_u64(send(s, R.SET_INFLIGHT_FD, bytes(24), [fd], need_reply=True)) == 1
     assert closed(fd)
     assert reply_u64(send(s, R.SET_STATUS, u64(15), need_reply=True)) == 1
     assert reply_u64(send(s, 200, b"", need_reply=True)) == 1
-    assert reasons == ["unsupported request SET_BACKEND_REQ_FD (21)",
+    assert reasons == ["unsupported request SET_INFLIGHT_FD (32)",
                        "unsupported request SET_STATUS (39)", "unknown request 200"]
     # the session goes on
     assert reply_u64(send(s, R.GET_QUEUE_NUM)) == 1
@@ -111,7 +111,6 @@ def test_need_reply_without_reply_ack_still_closes(refused):
     (R.GET_STATUS, b"", 0, u64(0)),                   # no status tracked: 0
     (R.CHECK_DEVICE_STATE, b"", 0, u64(1)),           # non-zero: error
     (R.POSTCOPY_END, b"", 0, u64(1)),
-    (R.IOTLB_MSG, bytes(32), 0, u64(1)),
     (R.SET_DEVICE_STATE_FD, struct.pack("=II", 0, 0), 1, u64(0x101)),  # error 1, no fd back
     (R.GET_SHARED_OBJECT, bytes(16), 0, u64(1)),
     (R.GET_CONFIG, struct.pack("=III", 0, 8, 0) + bytes(8), 0, b""),   # zero length: error

@@ -56,6 +56,15 @@ NOTIFY_BLOCKED_AFTER_S = 2.0
 # How long a retried release waits for the workers (the first one waits the
 # datapath's full quiescence timeout).
 RELEASE_RETRY_WAIT_S = 0.05
+# IOTLB misses (ACCESS_PLATFORM with a vIOMMU): the same page and permission
+# is asked for again only after this long (a worker that missed it stops at
+# it until an update arrives), and a port sends at most MISS_RATE a second
+# (bursts of MISS_BURST): a guest that makes us miss cannot make us flood
+# its front-end, nor spend the event loop.
+MISS_RESEND_S = 0.01
+MISS_RATE = 2000.0
+MISS_BURST = 256.0
+MISS_MEMORY = 4096
 
 
 def offer_for(config: VhostUserPortConfig) -> Offer:
@@ -114,7 +123,7 @@ class PortBackend:
         self.dp.vring_set_err(self.slot, index, fd)
 
     def start_vring(self, index):
-        self.dp.vring_start(self.slot, index)
+        return self.dp.vring_start(self.slot, index)
 
     def stop_vring(self, index):
         return self.dp.vring_stop(self.slot, index)
@@ -130,6 +139,9 @@ class PortBackend:
 
     def send_rarp(self, mac):
         self.dp.inject_rarp(self.slot, mac)
+
+    def set_iotlb(self, entries, sync=True):
+        return self.dp.iotlb_set(self.slot, entries, sync)
 
 
 @dataclass
@@ -188,6 +200,14 @@ class VhostUserPort:
         self._ending = False                    # the connection is being released
         self._conn_faulted = False              # the running connection's fault is reported
         self._release_pending = False           # a reset failed: the slot still holds a guest's memory
+        # IOTLB misses the workers queue reach us through this eventfd (ours,
+        # non-blocking; created with the slot, kept for the port's life).
+        self._miss_efd = -1
+        self._miss_sent: dict[tuple[int, int], float] = {}
+        self._miss_tokens = MISS_BURST
+        self._miss_refill = 0.0
+        self.iotlb_counts = {"miss_sent": 0, "miss_suppressed": 0, "miss_unsent": 0,
+                             "miss_queue_full": 0}
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -203,6 +223,9 @@ class VhostUserPort:
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._miss_efd < 0:
+            self._miss_efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            loop.add_reader(self._miss_efd, self._on_iotlb_miss)
         if self.slot < 0:
             await self.ctl.call(self._create_slot)
         if self.config.mode == "server":
@@ -236,17 +259,23 @@ class VhostUserPort:
                 log.warning("port %s: %s is no longer its socket (it is now %s): left in place",
                             self.name, self.config.socket, now)
         await self.ctl.call(self._remove_slot)
+        if self._miss_efd >= 0:
+            asyncio.get_running_loop().remove_reader(self._miss_efd)
+            os.close(self._miss_efd)
+            self._miss_efd = -1
 
     def _create_slot(self) -> None:
         """On the control thread: a datapath slot with this config's settings;
         the switch then points its FDB entries and mirrors at it."""
         self.slot = self.dp.port_add(self.config.queues)
+        self.dp.iotlb_set_event_fd(self.slot, self._miss_efd)
         self._faults_seen = self.dp.memory_faults(self.slot)
         self._apply_datapath_settings(None)
         self.env.on_slot_changed(self)
 
     def _remove_slot(self) -> None:
         """On the control thread: the slot freed (and with it every FDB entry on it)."""
+        self.dp.iotlb_set_event_fd(self.slot, -1)
         self.dp.port_remove(self.slot)
         self.slot = -1
 
@@ -469,6 +498,48 @@ class VhostUserPort:
             if self._conn is not None:
                 await self._disconnect(reason)
 
+    def _on_iotlb_miss(self) -> None:
+        """Workers queued IOTLB misses: ask the front-end for each on the
+        back-end channel (BACKEND_IOTLB_MSG, type MISS, no reply asked),
+        deduplicated and rate bounded; the UPDATE comes back as IOTLB_MSG."""
+        try:
+            os.eventfd_read(self._miss_efd)
+        except BlockingIOError:
+            pass
+        if self.slot < 0:
+            return
+        misses, overflow = self.dp.iotlb_take_misses(self.slot)
+        self.iotlb_counts["miss_queue_full"] += overflow
+        session = self.session if self.connected else None
+        channel = session.channel if session is not None else None
+        now = time.monotonic()
+        self._miss_tokens = min(MISS_BURST, self._miss_tokens + (now - self._miss_refill) * MISS_RATE)
+        self._miss_refill = now
+        if len(self._miss_sent) > MISS_MEMORY:
+            self._miss_sent = {k: t for k, t in self._miss_sent.items() if now - t < MISS_RESEND_S}
+        for iova, perm in misses:
+            key = (iova >> 12, perm)
+            last = self._miss_sent.get(key)
+            if (last is not None and now - last < MISS_RESEND_S) or self._miss_tokens < 1:
+                self.iotlb_counts["miss_suppressed"] += 1
+                continue
+            self._miss_tokens -= 1
+            message = p.encode_backend_request(
+                p.BackendRequest.IOTLB_MSG,
+                p.encode_iotlb(p.IotlbMsg(iova, 0, 0, perm, p.IOTLB_MISS)))
+            if channel is not None and channel.send(message):
+                self.iotlb_counts["miss_sent"] += 1
+                self._miss_sent[key] = now
+            else:
+                self.iotlb_counts["miss_unsent"] += 1   # no channel, or it is full or broken
+
+    def _iotlb_retry(self) -> None:
+        """On the control thread: TX rings stopped at a miss, and rings whose
+        addresses did not translate, try again (and miss again, if still)."""
+        self.dp.iotlb_retry(self.slot)
+        if self.session is not None:
+            self.session.retry_waiting_rings()
+
     def _refused(self, reason: str) -> None:
         """A request answered with a failure (the front-end asked for a
         reply): the connection stays; the reason goes to the log and
@@ -570,6 +641,10 @@ class VhostUserPort:
         no writes."""
         await self.retry_release()
         self._check_rings()
+        if self.connected and self.session is not None and self.session.features >> p.Feature.F_ACCESS_PLATFORM & 1:
+            # a MISS the front-end never answered (or we could not send):
+            # rings stopped at it try, and miss, again
+            await self.ctl.call(self._iotlb_retry)
 
     def _check_rings(self) -> None:
         self._check_memory_faults()
@@ -682,12 +757,29 @@ class VhostUserPort:
             "memory_regions": [{"gpa": gpa, "size": size} for gpa, size, _ in self.dp.memory_regions(self.slot)],
             "memory_mapped": self.dp.mapped_bytes(self.slot),      # bytes, dirty log included
             "rarps": self.session.rarps if self.session is not None else 0,
+            "iotlb": self._iotlb_view(),
+            # SET_BACKEND_REQ_FD: IOTLB misses sent and dropped (None: no channel)
+            "backend_channel": (self.session.channel.info()
+                                if self.session is not None and self.session.channel is not None
+                                and self.connected else None),
             "capture": self.dp.capture_info(self.slot),     # None: no live capture
             "features_offered": p.decode_bits(self.offer.features, p.Feature),
             "pending": ({f.name: getattr(self.pending, f.name) for f in dataclasses.fields(self.config)
                          if getattr(self.pending, f.name) != getattr(self.config, f.name)}
                         if self.pending else {}),
         }
+
+    def _iotlb_view(self) -> dict:
+        """ACCESS_PLATFORM: the datapath's lookups (hits, misses, denied), the
+        table (entries, updates, invalidations, evicted, refused) and the
+        misses asked for on the back-end channel."""
+        view = {**self.dp.iotlb_info(self.slot), **self.iotlb_counts}
+        table = self.session.iotlb if self.session is not None else None
+        view.update({"updates": table.updates if table else 0,
+                     "invalidations": table.invalidations if table else 0,
+                     "evicted": table.evicted if table else 0,
+                     "refused": self.session.iotlb_refused if self.session is not None else 0})
+        return view
 
     def drop_totals(self) -> dict[str, int]:
         totals = {reason: 0 for reason in DROP_REASONS if reason}

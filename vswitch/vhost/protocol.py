@@ -86,8 +86,8 @@ class Request(enum.IntEnum):
 
 class BackendRequest(enum.IntEnum):
     """Back-end message ids (vhost-user.rst "Back-end message types"): sent on
-    the channel of SET_BACKEND_REQ_FD, which the switch never asks for (it
-    does not offer BACKEND_REQ); named for logs only."""
+    the channel of SET_BACKEND_REQ_FD (vhost/channel.py). The switch sends
+    IOTLB_MSG (misses) only; the others are named for logs."""
 
     IOTLB_MSG = 1
     CONFIG_CHANGE_MSG = 2
@@ -117,9 +117,8 @@ def request_name(request: int) -> str:
 # (CREATE_CRYPTO_SESSION, POSTCOPY_ADVISE, GET_INFLIGHT_FD) get an empty
 # payload and no fd: the front-end's size check fails the request.
 # GET_FEATURES, GET_PROTOCOL_FEATURES, GET_VRING_BASE, GET_QUEUE_NUM,
-# GET_MAX_MEM_SLOTS and SET_LOG_BASE also always reply but are implemented.
+# GET_MAX_MEM_SLOTS, SET_LOG_BASE and IOTLB_MSG also always reply but are implemented.
 FAILURE_REPLIES: dict[Request, bytes] = {
-    Request.IOTLB_MSG: struct.pack("=Q", 1),
     Request.GET_CONFIG: b"",
     Request.CREATE_CRYPTO_SESSION: b"",
     Request.POSTCOPY_ADVISE: b"",
@@ -367,3 +366,35 @@ def encode_mem_table(regions: list[MemRegion]) -> bytes:
 
 def encode_vring_state(index: int, num: int) -> bytes:
     return VRING_STATE.pack(index, num)
+
+
+# struct vhost_iotlb_msg (IOTLB_MSG both ways): iova, size, uaddr, perm, type,
+# padded to 8 bytes as in QEMU's VhostUserMsg payload union (32 bytes).
+IOTLB = struct.Struct("=QQQBB6x")
+IOTLB_PERM_RO, IOTLB_PERM_WO, IOTLB_PERM_RW = 1, 2, 3
+IOTLB_MISS, IOTLB_UPDATE, IOTLB_INVALIDATE, IOTLB_ACCESS_FAIL = 1, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class IotlbMsg:
+    iova: int
+    size: int
+    uaddr: int
+    perm: int
+    type: int
+
+
+def decode_iotlb(payload: bytes) -> IotlbMsg:
+    # QEMU sends the 32 bytes of the struct; the packed 26 are tolerated.
+    if len(payload) not in (IOTLB.size, IOTLB.size - 6):
+        raise ProtocolError(f"IOTLB_MSG: payload is {len(payload)} bytes, expected {IOTLB.size}")
+    return IotlbMsg(*IOTLB.unpack(payload.ljust(IOTLB.size, b"\0")))
+
+
+def encode_iotlb(msg: IotlbMsg) -> bytes:
+    return IOTLB.pack(msg.iova, msg.size, msg.uaddr, msg.perm, msg.type)
+
+
+def encode_backend_request(request: int, payload: bytes) -> bytes:
+    """A back-end channel message: no reply asked (NEED_REPLY clear)."""
+    return HEADER.pack(request, VERSION, len(payload)) + payload

@@ -40,6 +40,8 @@ from typing import Protocol
 
 from ..config.bounds import MAX_MEM_SLOTS, MAX_MTU, MAX_RING_SIZE, MIN_MTU
 from . import fdkind
+from .channel import BackendChannel, ChannelRefused
+from .iotlb import Iotlb, IotlbRefused
 from . import protocol as p
 from .protocol import Feature as F
 from .protocol import ProtocolError
@@ -75,12 +77,13 @@ class Backend(Protocol):
     def set_vring_kick(self, index: int, fd: int) -> None: ...
     def set_vring_call(self, index: int, fd: int) -> None: ...
     def set_vring_err(self, index: int, fd: int) -> None: ...
-    def start_vring(self, index: int) -> None: ...
+    def start_vring(self, index: int) -> bool | None: ...
     def stop_vring(self, index: int) -> int: ...
     def set_vring_enabled(self, index: int, enabled: bool) -> None: ...
     def reset(self) -> None: ...
     def set_log_base(self, fd: int, size: int, offset: int) -> None: ...
     def send_rarp(self, mac: bytes) -> None: ...
+    def set_iotlb(self, entries: list[tuple[int, int, int, int]], sync: bool = True) -> list[int]: ...
 
 
 # Feature offer for a net port (virtio spec, "Network Device", "Feature
@@ -99,7 +102,7 @@ OFFLOAD_FEATURES = p.bits(
 BASE_FEATURES = p.bits(
     F.F_VERSION_1, F.NET_MRG_RXBUF, F.RING_F_EVENT_IDX, F.RING_F_INDIRECT_DESC,
     F.F_ANY_LAYOUT, F.NET_MQ, F.NET_MTU, F.VHOST_USER_F_PROTOCOL_FEATURES,
-    F.VHOST_F_LOG_ALL, F.NET_GUEST_ANNOUNCE, F.F_RING_PACKED,
+    F.VHOST_F_LOG_ALL, F.NET_GUEST_ANNOUNCE, F.F_RING_PACKED, F.F_ACCESS_PLATFORM,
 ) | OFFLOAD_FEATURES
 # RING_PACKED: packed virtqueues beside split ones (cython_ext/packed.pxi); a
 # ring is split until SET_FEATURES acks the bit, so its size and base are
@@ -116,8 +119,13 @@ BASE_FEATURES = p.bits(
 # QEMU (7.2 on) sends at start and stop, which only QEMU runs can prove.
 # Without the bit QEMU never sends them; a front-end that does anyway gets
 # GET_STATUS answered with 0 and SET_STATUS refused (Unsupported below).
+# ACCESS_PLATFORM (bit 33) with BACKEND_REQ: QEMU refuses to start an
+# iommu_platform=on device (what confidential guests use) unless the
+# back-end offers the bit, and then requires REPLY_ACK and BACKEND_REQ.
+# Without a vIOMMU QEMU clears the bit from SET_FEATURES and the addresses
+# stay guest physical; with one, they are IOVAs (docs/architecture.md, "IOTLB").
 BASE_PROTOCOL_FEATURES = p.bits(PF.MQ, PF.REPLY_ACK, PF.NET_MTU, PF.RESET_DEVICE,
-                                PF.LOG_SHMFD, PF.RARP, PF.CONFIGURE_MEM_SLOTS)
+                                PF.LOG_SHMFD, PF.RARP, PF.CONFIGURE_MEM_SLOTS, PF.BACKEND_REQ)
 
 
 @dataclass(frozen=True)
@@ -157,7 +165,7 @@ _REPLYING = (R.GET_FEATURES, R.GET_PROTOCOL_FEATURES, R.GET_VRING_BASE, R.GET_QU
              R.SET_LOG_BASE, R.GET_MAX_MEM_SLOTS)
 # Requests that carry exactly one fd (REM_MEM_REG: zero or one, tolerated).
 _ONE_FD = (R.SET_MEM_TABLE, R.SET_LOG_BASE, R.SET_LOG_FD, R.ADD_MEM_REG, R.REM_MEM_REG,
-           *_FD_VRING_REQUESTS)
+           R.SET_BACKEND_REQ_FD, *_FD_VRING_REQUESTS)
 
 
 class Session:
@@ -183,6 +191,11 @@ class Session:
         self.regions: list[tuple[p.MemRegion, int]] = []
         self.rarps = 0
         self.vrings = [VringConfig() for _ in range(2 * offer.queue_pairs)]
+        # SET_BACKEND_REQ_FD: where IOTLB misses are sent (vhost/channel.py).
+        self.channel: BackendChannel | None = None
+        # ACCESS_PLATFORM with a vIOMMU: IOVA -> front-end address (vhost/iotlb.py)
+        self.iotlb = Iotlb()
+        self.iotlb_refused = 0
 
     # --- entry point -----------------------------------------------------
 
@@ -226,6 +239,9 @@ class Session:
             self.backend.reset()
         finally:
             self._drop_regions()
+            if self.channel is not None:
+                self.channel.close()
+                self.channel = None
 
     def _drop_regions(self) -> None:
         for _, fd in self.regions:
@@ -272,9 +288,13 @@ class Session:
         if vr.started or not (vr.kicked and vr.addr_set and vr.num and self.has_mem):
             return
         try:
-            self.backend.start_vring(index)
+            started = self.backend.start_vring(index)
         except Exception as exc:  # DatapathError: addresses outside memory
             raise RequestFailed(f"vring {index}: {exc}") from exc
+        if started is False:
+            # ACCESS_PLATFORM: its IOVAs are not in the IOTLB yet; the datapath
+            # asked for them and the ring starts at the update (_iotlb_msg).
+            return
         vr.started = True
 
     # --- handlers ------------------------------------------------------------
@@ -287,6 +307,11 @@ class Session:
         unknown = features & ~self.offer.features
         if unknown:
             raise ProtocolError(f"SET_FEATURES acks bits not offered: {unknown:#x}")
+        platform = 1 << F.F_ACCESS_PLATFORM
+        if (features ^ self.features) & platform and any(vr.started for vr in self.vrings):
+            # Running rings' addresses were translated one way: the other
+            # would read and write the wrong memory.
+            raise RequestFailed("SET_FEATURES: ACCESS_PLATFORM changed while rings run")
         self.features = features
         self.backend.set_features(features)
         if not self.features_set and not features & (1 << F.VHOST_USER_F_PROTOCOL_FEATURES):
@@ -547,6 +572,73 @@ class Session:
             self._maybe_start(index)
         return None
 
+    def _set_backend_req_fd(self, h, payload, fds):
+        if not self.protocol_features & (1 << PF.BACKEND_REQ):
+            raise Unsupported("SET_BACKEND_REQ_FD without the BACKEND_REQ protocol feature")
+        if len(fds) != 1:
+            raise ProtocolError(f"SET_BACKEND_REQ_FD: {len(fds)} fds, expected 1")
+        try:
+            channel = BackendChannel(fds[0])
+        except (ChannelRefused, OSError) as exc:
+            raise RequestFailed(f"SET_BACKEND_REQ_FD: {exc}") from None
+        fds.clear()                      # the channel owns it now
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = channel
+        return None
+
+    def _iotlb_msg(self, h, payload, fds):
+        # vhost-user.rst: IOTLB_MSG is always answered, u64 0 on success,
+        # whatever the flags (QEMU sets NEED_REPLY anyway).
+        msg = p.decode_iotlb(payload)
+        try:
+            self._apply_iotlb(msg)
+        except RequestFailed as exc:
+            if self.on_refused is not None:
+                self.on_refused(str(exc))
+            return p.encode_u64_reply(h.request, 1)
+        return p.encode_u64_reply(h.request, 0)
+
+    def _apply_iotlb(self, msg: p.IotlbMsg) -> None:
+        if not self.features & (1 << F.F_ACCESS_PLATFORM):
+            raise RequestFailed("IOTLB_MSG: VIRTIO_F_ACCESS_PLATFORM is not negotiated")
+        try:
+            if msg.type == p.IOTLB_UPDATE:
+                # a new entry alone needs no wait: nothing a worker uses changed
+                sync = self.iotlb.update(msg.iova, msg.size, msg.uaddr, msg.perm)
+            elif msg.type == p.IOTLB_INVALIDATE:
+                sync = True
+                if not self.iotlb.invalidate(msg.iova, msg.size):
+                    return                   # nothing a worker could be using
+            else:
+                raise IotlbRefused(f"type {msg.type} is not UPDATE or INVALIDATE")
+        except IotlbRefused as exc:
+            self.iotlb_refused += 1
+            raise RequestFailed(f"IOTLB_MSG: {exc}") from None
+        self._publish_iotlb(sync)
+
+    def retry_waiting_rings(self) -> None:
+        """Rings waiting for IOTLB entries try to start again: their misses
+        are asked for anew (a MISS may have found no channel, or no answer)."""
+        for index in range(len(self.vrings)):
+            try:
+                self._maybe_start(index)
+            except RequestFailed:
+                pass
+
+    def _publish_iotlb(self, sync: bool) -> None:
+        """The datapath's table becomes ours; with `sync`, when this returns
+        no worker uses an entry that is gone (the reply, if any, follows).
+        Rings whose addresses changed stop, and every ring that now
+        translates starts."""
+        try:
+            stopped = self.backend.set_iotlb(self.iotlb.entries(), sync)
+        except Exception as exc:     # DatapathError: the workers did not finish a round
+            raise RequestFailed(f"IOTLB_MSG: {exc}") from exc
+        for index in stopped:
+            self.vrings[index].started = False
+        self.retry_waiting_rings()
+
     def _get_queue_num(self, h, payload, fds):
         return p.encode_u64_reply(h.request, self.offer.queue_pairs)
 
@@ -577,6 +669,7 @@ class Session:
             self._drop_regions()
         self.features = 0
         self.features_set = False
+        self.iotlb.clear()
         self.has_mem = False
         self.mem_regions = 0
         self.mtu = None
@@ -614,4 +707,6 @@ class Session:
         R.SET_LOG_BASE: _set_log_base,
         R.SET_LOG_FD: _set_log_fd,
         R.SEND_RARP: _send_rarp,
+        R.SET_BACKEND_REQ_FD: _set_backend_req_fd,
+        R.IOTLB_MSG: _iotlb_msg,
     }

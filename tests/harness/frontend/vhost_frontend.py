@@ -238,6 +238,7 @@ _VRING_ADDR = struct.Struct("=IIQQQQ")
 _MEM_REGION = struct.Struct("=QQQQ")  # guest_phys_addr, memory_size, userspace_addr, mmap_offset
 _MEM_TABLE_HDR = struct.Struct("=II")  # nregions, padding
 _LOG = struct.Struct("=QQ")  # mmap_size, mmap_offset
+_IOTLB = struct.Struct("=QQQBB6x")  # struct vhost_iotlb_msg: iova, size, uaddr, perm, type (+ padding)
 
 # virtio ring codecs: virtio 1.x rings are little-endian.
 _DESC = struct.Struct("<QIHH")  # addr, len, flags, next
@@ -1691,6 +1692,39 @@ class VhostUserFrontend:
         if ridx != index:
             raise ProtocolError(f"GET_VRING_BASE reply for vring {ridx}, asked {index}")
         return int(num)
+
+    # -- ACCESS_PLATFORM: the back-end channel and the IOTLB --------------------
+
+    def open_backend_channel(self) -> socket.socket:
+        """SET_BACKEND_REQ_FD with one end of a new socketpair (REPLY_ACK if
+        acked); returns our end, where the back-end sends IOTLB misses."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            res = self.request(Req.SET_BACKEND_REQ_FD, b"", [theirs.fileno()],
+                               need_reply=bool(self.acked_protocol_features >> ProtocolFeature.REPLY_ACK & 1))
+        finally:
+            theirs.close()
+        if res:
+            ours.close()
+            raise VhostUserError(f"SET_BACKEND_REQ_FD nacked ({res})")
+        return ours
+
+    def iotlb_msg(self, iova: int, size: int, uaddr: int, perm: int, kind: int) -> int:
+        """IOTLB_MSG (struct vhost_iotlb_msg, 32 bytes as QEMU sends it), with
+        NEED_REPLY; kind 2 UPDATE, 3 INVALIDATE; perm 1 RO, 2 WO, 3 RW.
+        Returns the back-end's u64 (always sent: 0 success)."""
+        self.send(Req.IOTLB_MSG, _IOTLB.pack(iova, size, uaddr, perm, kind), need_reply=True)
+        return self.recv_reply(Req.IOTLB_MSG).u64()
+
+    def iotlb_map_memory(self, mem: GuestMemory, perm: int = 3) -> None:
+        """Entries for the setup_net_device addresses: descriptors hold GPAs
+        and SET_VRING_ADDR front-end addresses, so both are mapped as IOVAs
+        (they do not overlap), each to the region's front-end address."""
+        for r in mem.vhost_regions():
+            for iova in (r.gpa, r.uaddr):
+                res = self.iotlb_msg(iova, r.size, r.uaddr, perm, 2)
+                if res:
+                    raise VhostUserError(f"IOTLB UPDATE {iova:#x} nacked ({res})")
 
     def set_vring_addr(self, index: int, desc: int, used: int, avail: int, *, flags: int = 0,
                        log: int = 0, need_reply: bool = False) -> int | None:

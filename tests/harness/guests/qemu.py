@@ -425,6 +425,7 @@ class QemuGuest:
         msix: bool | None = None,
         mem_path: Path | str | None = None,
         machine: str | None = None,
+        platform_args: Sequence[str] = (),
     ) -> None:
         """Describe a guest; nothing runs until :meth:`start`.
 
@@ -453,6 +454,8 @@ class QemuGuest:
             memfd; preallocated, so that a short huge page pool fails the start
             instead of faulting later.
         machine: ``-machine`` value (e.g. "q35"); default QEMU's (pc).
+        platform_args: placed before the NIC (which may name what they make):
+            a machine type, a vIOMMU, a PCIe root port for ``bus=``.
         """
         if queues < 1:
             raise ValueError("queues must be >= 1")
@@ -481,6 +484,7 @@ class QemuGuest:
         self.msix = msix
         self.mem_path = Path(mem_path) if mem_path is not None else None
         self.machine = machine
+        self.platform_args = list(platform_args)
 
         self.serial_log_path = self.workdir / f"{name}.serial.log"
         self.qemu_log_path = self.workdir / f"{name}.qemu.log"
@@ -536,6 +540,7 @@ class QemuGuest:
             "-initrd", str(self.image.initrd),
             "-append", " ".join(kernel_args),
         ]
+        argv += self.platform_args
         if self.socket_path is not None:
             role = "server=on,wait=off" if self.server else self.qemu.reconnect_option()
             path = _qemu_opt_escape(self.socket_path)
