@@ -44,7 +44,6 @@ from __future__ import annotations
 import os
 import select
 import struct
-import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
