@@ -35,6 +35,7 @@ Files (cython_ext/):
   notify.pxi    call/err eventfd writes that never block a worker
   mem.pxi       guest memory: translation (workers), mapping (control plane)
   vring.pxi     split virtqueues: chains, used ring, RX buffers, dirty log
+  packed.pxi    packed virtqueues: the same for VIRTIO_F_RING_PACKED rings
   fdb.pxi       the MAC table
   offload.pxi   software checksum and TSO
   policy.pxi    VLANs, port security, storm control, policers
@@ -96,6 +97,7 @@ include "types.pxi"
 include "notify.pxi"
 include "mem.pxi"
 include "vring.pxi"
+include "packed.pxi"
 include "fdb.pxi"
 include "offload.pxi"
 include "policy.pxi"

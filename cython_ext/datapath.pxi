@@ -397,6 +397,9 @@ cdef class Datapath:
             port.vq[i].call_fd = -1
             port.vq[i].err_fd = -1
         port.n_rx_enabled = 0
+        # The ring kind is the connection's: until SET_FEATURES acks
+        # RING_PACKED again, rings are split (as the session checks them).
+        port.features &= ~(<uint64_t>1 << F_RING_PACKED)
 
     def port_set_features(self, int p, uint64_t features):
         """Apply negotiated virtio features (SET_FEATURES, possibly repeated)."""
@@ -683,7 +686,10 @@ cdef class Datapath:
 
     def vring_set_num(self, int p, int idx, unsigned int num):
         cdef vs_vring *vq = self._vring(p, idx)
-        if num == 0 or num > 32768 or (num & (num - 1)) != 0:
+        cdef bint packed = (self._port(p).features >> F_RING_PACKED) & 1
+        if num == 0 or num > 32768 or (not packed and (num & (num - 1)) != 0):
+            # a packed ring may have any size (virtio spec "Packed Virtqueues");
+            # vring_start checks again with the features it starts with
             raise DatapathError(f"ring size {num} is not a power of 2 in 1..32768")
         if vq.started:
             raise DatapathError("SET_VRING_NUM on a started ring")
@@ -714,6 +720,9 @@ cdef class Datapath:
         if vq.started:
             raise DatapathError("SET_VRING_BASE on a started ring")
         vq.last_avail = <uint16_t>base
+        # a packed ring's 32-bit state (pk_base) is decoded when it starts
+        vq.base = base
+        vq.base_set = 1
 
     def vring_start(self, int p, int idx):
         """Start a configured ring: translate its addresses and let workers
@@ -727,10 +736,23 @@ cdef class Datapath:
             raise DatapathError("ring size not set")
         if port.mem.n == 0:
             raise DatapathError("no memory table")
+        vq.packed = (port.features >> F_RING_PACKED) & 1
+        if not vq.packed and (vq.num & (vq.num - 1)) != 0:
+            raise DatapathError(f"ring size {vq.num} is not a power of 2 (split ring)")
+        if vq.packed and vq.base_set and \
+                ((vq.base & 0x7fff) >= vq.num or ((vq.base >> 16) & 0x7fff) >= vq.num):
+            raise DatapathError(f"vring base {vq.base:#x} has an index beyond the ring size {vq.num}")
         if _translate_ring(&port.mem, vq) != 0:
             raise DatapathError(
                 f"ring addresses desc={vq.desc_ua:#x} avail={vq.avail_ua:#x} used={vq.used_ua:#x}"
                 f" (size {vq.num}) are not inside guest memory")
+        if vq.packed:
+            self._start_packed(vq)
+            self._watch_kick(p, idx, vq)
+            vs_store_release_int(&vq.started, 1)
+            return
+        vq.pk_valid = 0         # a split start: packed state (if any) is gone
+        vq.base_set = 0
         vq.used_idx = vs_load_acquire_u16(&vq.used.idx)
         vq.start_avail = vs_load_acquire_u16(&vq.avail.idx)
         vq.avail_moved = 0
@@ -754,7 +776,45 @@ cdef class Datapath:
         vq.desc = NULL
         vq.avail = NULL
         vq.used = NULL
+        if (self._port(p).features >> F_RING_PACKED) & 1:
+            if vq.base_set:
+                return vq.base          # set but never started: as it was given
+            if vq.pk_valid and vq.packed:
+                return pk_base(vq)
+            return 0x80008000           # a fresh packed ring: positions 0, wrap counters 1
         return vq.last_avail
+
+    cdef void _start_packed(self, vs_vring *vq) noexcept:
+        """vring_start for a packed ring (packed.pxi): positions from the last
+        SET_VRING_BASE, else where the ring stopped, else those of a fresh ring.
+        A back-end returns every chain it takes before its ring stops, so the
+        used position equals the avail one unless the front-end says otherwise:
+        a base with bits 16-31 zero (DPDK's front-end sends only bits 0-15)
+        means "used = avail"."""
+        if vq.base_set:
+            vq.last_avail = vq.base & 0x7fff
+            vq.avail_wrap = (vq.base >> 15) & 1
+            if vq.base >> 16:
+                vq.used_idx = (vq.base >> 16) & 0x7fff
+                vq.used_wrap = vq.base >> 31
+            else:
+                vq.used_idx = vq.last_avail
+                vq.used_wrap = vq.avail_wrap
+        elif not vq.pk_valid:
+            vq.last_avail = 0
+            vq.used_idx = 0
+            vq.avail_wrap = 1
+            vq.used_wrap = 1
+        vq.base_set = 0
+        vq.pk_valid = 1
+        vq.pk_pending = 0
+        vq.pk_ndescs = 0
+        vq.start_avail = 0
+        vq.avail_moved = 0
+        vq.broken = 0
+        # While a worker polls it, ask the driver not to kick (device event
+        # suppression area); a worker re-enables kicks before it sleeps.
+        pk_notify_disable(vq)
 
     def vring_set_enabled(self, int p, int idx, bint enabled):
         cdef vs_port *port = self._port(p)
@@ -781,7 +841,14 @@ cdef class Datapath:
             "log_used_gpa": vq.log_used_gpa if vq.log_used else None,
         }
         cdef uint64_t gpa
-        if vq.started and vq.avail != NULL:
+        if vq.packed:
+            info["packed"] = True
+            info["avail_wrap"] = vq.avail_wrap
+            info["used_wrap"] = vq.used_wrap
+        if vq.started and vq.avail != NULL and vq.packed:
+            if mem_host_to_gpa(&self._port(p).mem, <uint8_t *>vq.desc, &gpa):
+                info["desc_gpa"] = gpa
+        elif vq.started and vq.avail != NULL:
             info["avail_idx"] = vs_load_acquire_u16(&vq.avail.idx)
             if mem_host_to_gpa(&self._port(p).mem, <uint8_t *>vq.used, &gpa):
                 info["used_gpa"] = gpa

@@ -165,9 +165,10 @@ cdef void _unmap_all(vs_memtable *m) noexcept nogil:
 cdef int _translate_ring(vs_memtable *m, vs_vring *vq) noexcept nogil:
     """Point desc/avail/used at our mapping of the front-end's addresses."""
     cdef uint64_t num = vq.num
+    # a packed ring (packed.pxi): avail and used are its two 4-byte event areas
     vq.desc = <vs_vring_desc *>mem_uaddr_contig(m, vq.desc_ua, 16 * num)
-    vq.avail = <vs_vring_avail *>mem_uaddr_contig(m, vq.avail_ua, 6 + 2 * num)
-    vq.used = <vs_vring_used *>mem_uaddr_contig(m, vq.used_ua, 6 + 8 * num)
+    vq.avail = <vs_vring_avail *>mem_uaddr_contig(m, vq.avail_ua, 4 if vq.packed else 6 + 2 * num)
+    vq.used = <vs_vring_used *>mem_uaddr_contig(m, vq.used_ua, 4 if vq.packed else 6 + 8 * num)
     if vq.desc == NULL or vq.avail == NULL or vq.used == NULL:
         vq.desc = NULL
         vq.avail = NULL

@@ -162,6 +162,18 @@ ctypedef struct vs_vring:
     uint16_t used_idx              # shadow of used->idx
     uint16_t start_avail           # avail idx seen at start (shared-memory check)
     int avail_moved
+    # --- packed rings (packed.pxi): last_avail and used_idx are then ring
+    # positions (0..num-1), each with its wrap counter ---
+    int packed                     # VIRTIO_F_RING_PACKED was negotiated when the ring started
+    uint8_t avail_wrap
+    uint8_t used_wrap
+    int pk_valid                   # the packed state above has been set (a fresh ring: 0, wrap 1)
+    int base_set                   # SET_VRING_BASE since the last start: `base` is applied at start
+    uint32_t base                  # its value (32 bits for a packed ring)
+    int pk_pending                 # used elements written but not yet published
+    uint16_t pk_first              # slot of the first of them: its flags are written last
+    uint16_t pk_first_flags
+    uint32_t pk_ndescs             # descriptors they cover (dirty logging)
     vs_counters c
 
 cdef enum:
@@ -327,6 +339,7 @@ ctypedef struct vs_frame:
 
 ctypedef struct vs_rx_chain:
     uint16_t head
+    uint16_t ndesc                 # packed rings: descriptors the chain took in the ring
     int seg0
     int nseg
     uint32_t cap

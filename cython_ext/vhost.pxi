@@ -133,7 +133,12 @@ cdef void deliver_to_vhost(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
     vs_spin_lock(&rvq.lock)
     w.nbad_heads = 0
     old_used = rvq.used_idx
-    navail = vring_avail_count(rvq, &avail_idx)
+    if rvq.packed:
+        # packed.pxi: no avail index; pk_rx_enqueue looks at the ring itself
+        navail = 0
+        avail_idx = 0
+    else:
+        navail = vring_avail_count(rvq, &avail_idx)
     if navail < 0:
         if not mem_lost(dport):     # zero pages in place of the ring are not a wild index
             vring_mark_broken(w, rvq)
@@ -179,7 +184,11 @@ cdef void deliver_to_vhost(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
                     vf.gso_type == VS_GSO_NONE and vf.len < refused_len:
                 refused_len = vf.len
                 refused_rc = rc
-    if rvq.used_idx != old_used:
+    if rvq.packed:
+        if rvq.pk_pending:
+            pk_publish(dport, rvq)
+            pk_notify(w, rvq, dport.event_idx, old_used)
+    elif rvq.used_idx != old_used:
         vring_publish(dport, rvq)
         vring_notify(w, rvq, dport.event_idx, old_used)
     vs_spin_unlock(&rvq.lock)
@@ -226,11 +235,14 @@ cdef int vhost_ingress_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *por
     """Dequeue up to VS_BURST frames from a guest's TX ring (the switch's
     ingress from that port) and switch them."""
     cdef uint16_t avail_idx, head, old_used
-    cdef int n = vring_avail_count(vq, &avail_idx)
+    cdef int n
     cdef int i, rc, nseg, nused = 0, pool = 0
     cdef uint64_t total
     cdef bint discard
     cdef vs_frame *f
+    if vq.packed:
+        return pk_ingress_burst(sw, w, pidx, port, qp, vq)     # packed.pxi
+    n = vring_avail_count(vq, &avail_idx)
     if n < 0:
         if not mem_lost(port):      # zero pages in place of the ring are not a wild index
             vring_mark_broken(w, vq)

@@ -253,6 +253,8 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
     cdef uint16_t saved_avail = vq.last_avail
     cdef uint32_t written, fill, doff, soff
     cdef int64_t budget_at_start = w.budget
+    if vq.packed:
+        return pk_rx_enqueue(w, dport, vq, src, nsrc, src_off, flen, hdr)     # packed.pxi
     while cap < need:
         if vq.last_avail == avail_idx:
             vq.last_avail = saved_avail

@@ -365,9 +365,14 @@ cdef void worker_sleep(vs_switch *sw, vs_worker *w) noexcept nogil:
                 continue
             vq = &port.vq[2 * qp + 1]
             if vs_load_acquire_int(&vq.started) and not vs_load_acquire_int(&vq.broken):
-                vring_notify_enable(vq, port.event_idx)
-                if port.log != NULL:
-                    log_used_ring(port, vq)       # flags / avail_event live in the used ring
+                if vq.packed:
+                    pk_notify_enable(vq, port.event_idx)
+                    if port.log != NULL:
+                        pk_log_device_event(port, vq)
+                else:
+                    vring_notify_enable(vq, port.event_idx)
+                    if port.log != NULL:
+                        log_used_ring(port, vq)       # flags / avail_event live in the used ring
                 if vq.kick_fd < 0:
                     timeout = NOKICK_SLEEP_MS
     vs_mb()
@@ -380,7 +385,7 @@ cdef void worker_sleep(vs_switch *sw, vs_worker *w) noexcept nogil:
                 continue
             vq = &port.vq[2 * qp + 1]
             if vs_load_acquire_int(&vq.started) and not vs_load_acquire_int(&vq.broken) and \
-                    vs_load_acquire_u16(&vq.avail.idx) != vq.last_avail:
+                    (pk_has_avail(vq) if vq.packed else vs_load_acquire_u16(&vq.avail.idx) != vq.last_avail):
                 if port.ingress_policy & POL_SHAPE:
                     # held for credit: sleep until the bucket has it, not a spin
                     wait = shape_wait(port, now_ns())
@@ -413,6 +418,11 @@ cdef void worker_sleep(vs_switch *sw, vs_worker *w) noexcept nogil:
                 continue
             vq = &port.vq[2 * qp + 1]
             if vs_load_acquire_int(&vq.started):
+                if vq.packed:
+                    pk_notify_disable(vq)
+                    if port.log != NULL:
+                        pk_log_device_event(port, vq)
+                    continue
                 vring_notify_disable(vq, port.event_idx)
                 if port.log != NULL:
                     log_used_ring(port, vq)

@@ -41,6 +41,7 @@ GROUPS: dict[str, str] = {
     "test_reload.py": "appliance",
     "test_systemd.py": "appliance",
     "test_testpmd.py": "interop",
+    "test_packed.py": "interop",
     "test_qemu_guests.py": "interop",
     "test_qemu10.py": "interop",
     "test_offloads.py": "interop",

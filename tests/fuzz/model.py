@@ -225,7 +225,8 @@ def gen_ring_addr(ch: Chooser, num: int) -> int:
 
 
 def gen_features(ch: Chooser, offer: Offer) -> int:
-    pool = [offer.features, offer.features, offer.features & ~(1 << F.VHOST_USER_F_PROTOCOL_FEATURES),
+    pool = [offer.features, offer.features & ~(1 << F.F_RING_PACKED),
+            offer.features & ~(1 << F.VHOST_USER_F_PROTOCOL_FEATURES),
             offer.features | (1 << F.VHOST_F_LOG_ALL), 1 << F.F_VERSION_1,
             (1 << F.F_VERSION_1) | (1 << F.VHOST_USER_F_PROTOCOL_FEATURES)]
     v = gen_u64(ch, pool)
@@ -574,6 +575,7 @@ class _Ring:
     fresh_addr: bool = False       # set since the last stop
     started: bool = False
     enabled: bool = False
+    base: int | None = None        # SET_VRING_BASE since the last start
 
 
 class ModelBackend:
@@ -582,6 +584,7 @@ class ModelBackend:
     def __init__(self, nvrings: int) -> None:
         self.nvrings = nvrings
         self.rings = [_Ring() for _ in range(nvrings)]
+        self.features = 0
         self.mem: list[tuple[int, int, int]] = []      # (gpa, size, uaddr)
         self.owned: dict[tuple[str, int], int] = {}     # (kind, index) -> fd
         self.extra_owned: set[int] = set()              # fds handed to methods this model does not know
@@ -621,11 +624,28 @@ class ModelBackend:
         if not self.mem or not r.num or r.addrs is None:
             return False
         d, u, a = r.addrs
+        if self.packed:    # a packed ring: descriptor ring and two 4-byte event areas
+            return self._translate(d, 16 * r.num) and self._translate(a, 4) and self._translate(u, 4)
         return (self._translate(d, 16 * r.num) and self._translate(a, 6 + 2 * r.num)
                 and self._translate(u, 6 + 8 * r.num))
 
+    def startable(self, i: int) -> bool:
+        """What start_vring accepts: addresses inside memory and, for the ring
+        kind the features say, a size and a base that fit it."""
+        r = self.rings[i]
+        if not self.translatable(i):
+            return False
+        if not self.packed:
+            return r.num & (r.num - 1) == 0
+        return r.base is None or ((r.base & 0x7FFF) < r.num and (r.base >> 16 & 0x7FFF) < r.num)
+
+    @property
+    def packed(self) -> bool:
+        return bool(self.features >> F.F_RING_PACKED & 1)
+
     # -- Backend ----------------------------------------------------------------------------
     def set_features(self, features):
+        self.features = features
         self.calls.append(("features", features))
 
     def set_mem_table(self, regions):
@@ -655,7 +675,7 @@ class ModelBackend:
 
     def set_vring_num(self, index, num):
         self._check_index(index)
-        if not (1 <= num <= 32768 and num & (num - 1) == 0):
+        if not (1 <= num <= 32768 and (self.packed or num & (num - 1) == 0)):
             raise Violation(f"SET_VRING_NUM {num} reached the backend")
         if self.rings[index].started:
             raise Violation(f"SET_VRING_NUM on running vring {index} reached the backend")
@@ -691,8 +711,13 @@ class ModelBackend:
         self._check_index(index)
         if self.rings[index].started:
             raise Violation(f"SET_VRING_BASE on running vring {index} reached the backend")
-        if base > 0xFFFF:
+        r = self.rings[index]
+        if self.packed:
+            if r.num and ((base & 0x7FFF) >= r.num or (base >> 16 & 0x7FFF) >= r.num):
+                raise Violation(f"SET_VRING_BASE {base:#x} beyond ring size {r.num} reached the backend")
+        elif base > 0xFFFF:
             raise Violation(f"SET_VRING_BASE {base:#x} reached the backend")
+        r.base = base
 
     def set_vring_kick(self, index, fd):
         self._take("kick", index, fd)
@@ -714,9 +739,15 @@ class ModelBackend:
             raise DatapathError("ring size not set")
         if not self.mem:
             raise DatapathError("no memory table")
+        if not self.packed and r.num & (r.num - 1):
+            raise DatapathError("ring size is not a power of 2 (split ring)")
+        if self.packed and r.base is not None and \
+                ((r.base & 0x7FFF) >= r.num or (r.base >> 16 & 0x7FFF) >= r.num):
+            raise DatapathError("vring base beyond the ring size")
         if not self.translatable(index):
             raise DatapathError("ring addresses are not inside guest memory")
         r.started = True
+        r.base = None
 
     def stop_vring(self, index):
         self._check_index(index)
@@ -738,6 +769,7 @@ class ModelBackend:
         self.owned.clear()
         self.extra_owned.clear()
         self.rings = [_Ring() for _ in range(self.nvrings)]
+        self.features &= ~(1 << F.F_RING_PACKED)    # as Datapath.port_reset
         self.mem = []
 
     def __getattr__(self, name):
@@ -912,7 +944,7 @@ class Runner:
                                          f"the datapath says {ring.started}")
                 # The ring starts once its last ingredient arrives (session.py docstring).
                 if (vr.kicked and vr.addr_set and vr.num and getattr(s, "has_mem", True)
-                        and self.model.translatable(i) and not ring.started):
+                        and self.model.startable(i) and not ring.started):
                     raise AssertionError(f"after {m}: vring {i} has size, addresses inside memory, "
                                          "a kick and a memory table, but was not started")
             elif self.vring_info is not None:

@@ -98,8 +98,14 @@ OFFLOAD_FEATURES = p.bits(
 BASE_FEATURES = p.bits(
     F.F_VERSION_1, F.NET_MRG_RXBUF, F.RING_F_EVENT_IDX, F.RING_F_INDIRECT_DESC,
     F.F_ANY_LAYOUT, F.NET_MQ, F.NET_MTU, F.VHOST_USER_F_PROTOCOL_FEATURES,
-    F.VHOST_F_LOG_ALL, F.NET_GUEST_ANNOUNCE,
+    F.VHOST_F_LOG_ALL, F.NET_GUEST_ANNOUNCE, F.F_RING_PACKED,
 ) | OFFLOAD_FEATURES
+# RING_PACKED: packed virtqueues beside split ones (cython_ext/packed.pxi); a
+# ring is split until SET_FEATURES acks the bit, so its size and base are
+# checked as a split ring's before that (QEMU and DPDK send SET_FEATURES
+# before any ring message). IN_ORDER (bit 35) is not offered: nothing in
+# the datapath needs it, and drops and failed chains would have to be
+# proven to keep the avail order before a driver may rely on it.
 # STATUS (bit 16) is not offered. With it, QEMU sends GET_STATUS and
 # SET_STATUS (ACKNOWLEDGE|DRIVER|FEATURES_OK|DRIVER_OK) when the device
 # starts and SET_STATUS 0 when it stops, besides the ring messages that
@@ -224,6 +230,11 @@ class Session:
         for _, fd in self.regions:
             os.close(fd)
         self.regions = []
+
+    @property
+    def _packed(self) -> bool:
+        """SET_FEATURES acked RING_PACKED: the rings are packed rings."""
+        return bool(self.features & (1 << F.F_RING_PACKED))
 
     @property
     def _reply_ack(self) -> bool:
@@ -425,7 +436,11 @@ class Session:
         vr = self._vring_index(st.index, "SET_VRING_NUM")
         if vr.started:
             raise ProtocolError(f"SET_VRING_NUM on running vring {st.index}")
-        if not (1 <= st.num <= MAX_RING_SIZE and st.num & (st.num - 1) == 0):
+        if self._packed:
+            # virtio spec "Packed Virtqueues": any size up to 32768
+            if not 1 <= st.num <= MAX_RING_SIZE:
+                raise ProtocolError(f"SET_VRING_NUM: size {st.num} of a packed ring is not in 1..{MAX_RING_SIZE}")
+        elif not (1 <= st.num <= MAX_RING_SIZE and st.num & (st.num - 1) == 0):
             raise ProtocolError(f"SET_VRING_NUM: size {st.num} is not a power of 2 in 1..{MAX_RING_SIZE}")
         self.backend.set_vring_num(st.index, st.num)
         vr.num = st.num
@@ -457,8 +472,16 @@ class Session:
         vr = self._vring_index(st.index, "SET_VRING_BASE")
         if vr.started:
             raise ProtocolError(f"SET_VRING_BASE on running vring {st.index}")
-        if st.num > 0xFFFF:
-            # Split rings: "bits 16-31 zero" (packed rings are not offered).
+        if self._packed:
+            # vhost-user.rst: bits 0-14 last avail index, 15 avail wrap
+            # counter, 16-30 last used index, 31 used wrap counter. The size
+            # may come later (the datapath checks again at start).
+            for what, value in (("avail", st.num & 0x7FFF), ("used", (st.num >> 16) & 0x7FFF)):
+                if vr.num is not None and value >= vr.num:
+                    raise ProtocolError(f"SET_VRING_BASE: {what} index {value} of base {st.num:#x} "
+                                        f"is not below the ring size {vr.num}")
+        elif st.num > 0xFFFF:
+            # Split rings: "bits 16-31 zero".
             raise ProtocolError(f"SET_VRING_BASE: base {st.num:#x} has bits above 15")
         self.backend.set_vring_base(st.index, st.num)
         return None
