@@ -547,3 +547,62 @@ def test_a_racing_writer_on_the_descriptor_ring_costs_only_its_own_guest(switch1
         b.rx(0).post_rx(1, 2048)
     trickle(h2, b, "a", "b", 20)
     assert switch1.port("a")["connections"] == 1
+
+
+# --- event suppression ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("pause", [0.0, 0.002, 0.05])
+def test_a_driver_that_kicks_only_when_the_device_event_area_asks_never_stalls(switch1, pause):
+    """Linux honours the device event suppression area: it kicks only when the
+    switch asked (DESC: at the descriptor the switch looks at next). Whether
+    the worker polls or sleeps, across laps of an odd-sized ring, no frame may
+    wait for a kick the switch never asked for."""
+    a = packed(switch1, "a", 13)
+    b = packed(switch1, "b", 64)
+    tx = a.tx(0)
+    kicks = 0
+    for i in range(60):
+        old = (tx.next_avail, tx.avail_wrap)
+        tx.post_tx(frame("b", "a", i), split=[12] if i % 3 else None, kick=False)
+        if tx.kick_needed(*old):
+            tx.kick()
+            kicks += 1
+        assert recv_seqs(b, 1, timeout=3) == [i], f"frame {i} stalled (device event area {tx.device_event()})"
+        tx.reap()
+        time.sleep(pause)
+    assert tx.laps >= 4
+    if pause >= 0.05:
+        assert kicks > 0      # an idle worker sleeps and asks for kicks
+
+
+def test_the_switch_interrupts_only_when_the_driver_event_area_asks(switch1):
+    """Driver event suppression: DISABLE, no interrupt; DESC (EVENT_IDX) at a used
+    descriptor, none before it and one at it, in every lap; ENABLE, one per batch."""
+    a = packed(switch1, "a", 64)
+    b = packed(switch1, "b", 7, rx_buffers=0)
+    rx = b.rx(0)
+    rx.event_idx = False            # the ring's own re-arming in wait_call stays off
+    assert b.has(Feature.EVENT_IDX)
+
+    def one(seq: int) -> int:
+        """Send one frame into one fresh buffer; the interrupts it caused."""
+        rx.post_rx(1, 2048)
+        before = rx.interrupts
+        a.tx(0).post_tx(frame("b", "a", seq))
+        got = []
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            got = rx.reap()
+            time.sleep(0.005)
+        assert len(got) == 1 and seq_of(got[0].data[12:]) == seq
+        time.sleep(0.05)
+        return rx.interrupts - before + rx.drain_call()
+
+    rx.drain_call()
+    rx.set_driver_event(0, 1)                                 # DISABLE
+    assert sum(one(i) for i in range(10)) == 0
+    for lap in range(4):                                      # DESC, 7 slots: crosses the ring's end
+        rx.set_used_event(rx.used_position(1))
+        assert (one(100 + 2 * lap), one(101 + 2 * lap)) == (0, 1), (lap, rx.next_used, rx.used_wrap)
+    rx.set_driver_event(0, 0)                                 # ENABLE
+    assert all(one(200 + i) == 1 for i in range(5))

@@ -250,6 +250,24 @@ class PackedRing:
             wrap ^= 1
         return slot | wrap << 15
 
+    def kick_needed(self, old_avail: int, old_wrap: int) -> bool:
+        """Whether a driver that honours device event suppression notifies now,
+        having made available everything from position (old_avail, old_wrap) up
+        to its next_avail (the rule of Linux's virtqueue_kick_prepare_packed):
+        DISABLE never, DESC when the descriptor at off_wrap was among them,
+        anything else always."""
+        off_wrap, flags = self.device_event()
+        if flags == RING_EVENT_FLAGS_DISABLE:
+            return False
+        if flags != RING_EVENT_FLAGS_DESC:
+            return True
+        new = self.next_avail
+        old = old_avail if old_wrap == self.avail_wrap else old_avail - self.num
+        event = off_wrap & 0x7FFF
+        if off_wrap >> 15 != self.avail_wrap:
+            event -= self.num
+        return (new - event - 1) & 0xFFFF < (new - old) & 0xFFFF
+
     def set_avail_flags(self, flags: int) -> None:
         """Driver event flags (0 enable, 1 disable, 2 desc): SplitRing's avail->flags counterpart."""
         self.mem.store16(self.driver_gpa + 2, flags)

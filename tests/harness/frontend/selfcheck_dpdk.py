@@ -29,6 +29,14 @@ counters flip many times; GET_VRING_BASE must then report the avail slot and
 wrap counter (DPDK 22.11 answers only the low 16 bits of the 32-bit packed
 value).  Packed rings add
 
+DPDK 22.11's packed RX batch path (virtio_dev_rx_sync_batch_check, still so
+in later releases) takes four available descriptors at a 4-aligned position
+as four one-descriptor buffers without looking at NEXT: RX chains of several
+descriptors each large enough for a small frame lose frames there (seen as
+"16 frames arrive: got 10" with 3 x 683-byte descriptors).  The packed
+multi-descriptor RX cases therefore put the header in a descriptor of its
+own (12 bytes), which that path never takes.
+
 phase 3  a 13-entry ring: 3- and 4-descriptor TX chains, indirect TX,
          2-descriptor RX chains, so nearly every batch crosses the ring's end;
          then a reconnect that resumes at the ring position GET_VRING_BASE
@@ -239,7 +247,8 @@ def phase1(rep: Report, pmd: TestPmd, queues: int, packed: bool = False) -> None
                 ("TX split [1, 1, 10]", 8, {"split": [1, 1, 10]}, {}),
                 ("indirect TX, 3 descriptors", 16, {"indirect": True, "split": [12, 30]}, {}),
                 ("indirect TX, 1 descriptor", 8, {"indirect": True}, {}),
-                ("RX into 3-descriptor chains", 16, {}, {"descs_per_chain": 3}),
+                ("RX into 3-descriptor chains", 16, {},
+                 {"sizes": [12, 1018, 1018]} if packed else {"descs_per_chain": 3}),
                 ("RX into indirect 4-descriptor chains", 16, {}, {"descs_per_chain": 4, "indirect": True}),
             ]
             # Packed: three rounds, so that the rings wrap (chains crossing the end).
@@ -352,7 +361,7 @@ def phase2(rep: Report, pmd: TestPmd, queues: int, packed: bool = False) -> None
                 ("MRG_RXBUF + indirect TX", [SIZES[i % len(SIZES)] for i in range(14)],
                  {"indirect": True, "split": [12, 20]}, {}),
                 ("MRG_RXBUF into 2-descriptor RX chains", [SIZES[i % len(SIZES)] for i in range(14)],
-                 {}, {"descs_per_chain": 2}),
+                 {}, {"sizes": [12, buf - 12]} if packed else {"descs_per_chain": 2}),
             ]
             for what, sizes, tx_kw, rx_kw in cases:
                 # Exactly the buffers the frames need: all must be used, none left over.
@@ -410,7 +419,7 @@ def phase3(rep: Report, pmd: TestPmd, queues: int) -> None:
         for q in range(queues):
             tx, rx = dev_a.tx(q), dev_b.rx(q)
             cases: list[tuple[str, int, dict[str, Any], dict[str, Any]]] = [
-                ("3-descriptor TX, 2-descriptor RX", 3, {"split": [12, 20]}, {"descs_per_chain": 2}),
+                ("3-descriptor TX, 2-descriptor RX", 3, {"split": [12, 20]}, {"sizes": [12, 2036]}),
                 ("4-descriptor TX, 1-descriptor RX", 3, {"split": [5, 7, 30]}, {}),
                 ("indirect TX, indirect RX", 6, {"indirect": True, "split": [12]},
                  {"descs_per_chain": 3, "indirect": True}),

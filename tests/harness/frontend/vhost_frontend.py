@@ -920,19 +920,22 @@ class SplitRing:
 
     def post_rx(self, count: int = 1, buf_len: int = 2048, *, descs_per_chain: int = 1,
                 indirect: bool = False, fill: int | None = 0xA5, publish: bool = True,
-                kick: bool = True) -> list[int]:
+                kick: bool = True, sizes: Sequence[int] | None = None) -> list[int]:
         """Post ``count`` device-writable chains of ``buf_len`` bytes each.
 
         ``descs_per_chain`` > 1 splits each buffer across that many
-        descriptors (separate allocations).  Without MRG_RXBUF a chain must
+        descriptors (separate allocations); ``sizes`` gives the descriptors'
+        lengths instead (e.g. ``[12, 2036]``: the header apart, as legacy
+        drivers post RX buffers).  Without MRG_RXBUF a chain must
         hold header + the largest frame; with MRG_RXBUF small chains are
         merged by the device (``num_buffers``).  ``fill`` poisons the buffers
         first so that header fields the device forgot to write stand out.
         """
         heads = []
         for _ in range(count):
-            base, rem = divmod(buf_len, descs_per_chain)
-            sizes = [base + (1 if i < rem else 0) for i in range(descs_per_chain)]
+            if sizes is None:
+                base, rem = divmod(buf_len, descs_per_chain)
+                sizes = [base + (1 if i < rem else 0) for i in range(descs_per_chain)]
             allocs = [self.mem.alloc(max(n, 1), 16, region=self.buf_region, zero=False) for n in sizes]
             if fill is not None:
                 for g, n in zip(allocs, sizes, strict=True):
