@@ -294,7 +294,7 @@ cdef inline void pk_notify_disable(vs_vring *vq) noexcept nogil:
     vs_store_release_u16(&(<vs_pevent *>vq.used).flags, VRING_PACKED_EVENT_F_DISABLE)
 
 
-# --- TX (the guest's sends: the switch's ingress) and RX (delivery) --------------------------
+# --- TX (the guest's sends: the switch's ingress) and RX (delivery: rx_enqueue) -------------
 
 cdef int pk_ingress_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, int qp,
                           vs_vring *vq) noexcept nogil:
@@ -370,19 +370,20 @@ cdef int pk_ingress_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *port, 
     return n
 
 
-cdef int pk_rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq,
-                       vs_seg *src, int nsrc, uint32_t src_off, uint32_t flen,
-                       uint8_t *hdr) noexcept nogil:
-    """rx_enqueue (vring.pxi) for a packed RX ring: the same reservation,
-    limits and results. The caller holds vq.lock."""
-    cdef uint32_t hdr_len = dport.hdr_len
-    cdef uint64_t need = <uint64_t>hdr_len + flen
+cdef int pk_rx_reserve(vs_worker *w, vs_port *dport, vs_vring *vq, uint64_t need,
+                       int *nchains_out, int *nseg_out, uint64_t *cap_out) noexcept nogil:
+    """rx_enqueue's reservation (vring.pxi) for a packed RX ring: take chains
+    from the ring until they hold `need` bytes, into w.rxchains/w.rxsegs,
+    with the same limits and results. rx_enqueue then copies the frame and
+    writes the used elements (pk_put_used) as for a split ring: one copy
+    routine for both kinds. On failure nothing is consumed except a bad
+    chain, which goes back with length 0 with the chains reserved before it.
+    The caller holds vq.lock."""
     cdef uint64_t cap = 0, chain_len
     cdef int nchains = 0, nseg_total = 0, nseg, rc, i
     cdef uint16_t flags, buf_id, ndesc
     cdef uint16_t saved_avail = vq.last_avail
     cdef uint8_t saved_wrap = vq.avail_wrap
-    cdef uint32_t written, fill
     cdef int64_t budget_at_start = w.budget
     while cap < need:
         flags = pk_head_flags(vq)
@@ -425,25 +426,9 @@ cdef int pk_rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq,
         nchains += 1
         nseg_total += nseg
         cap += chain_len
-    if hdr_len >= 12:
-        hdr[10] = <uint8_t>(nchains & 0xff)
-        hdr[11] = <uint8_t>(nchains >> 8)
-    sg_write(&w.rxsegs[0], nseg_total, 0, hdr, hdr_len)
-    sg_copy(&w.rxsegs[0], nseg_total, hdr_len, src, nsrc, src_off, flen)
-    written = 0
-    for i in range(nchains):
-        fill = w.rxchains[i].cap
-        if written + fill > need:
-            fill = <uint32_t>(need - written)
-        written += fill
-        if dport.log != NULL:
-            log_segs(dport, &w.rxsegs[w.rxchains[i].seg0], w.rxchains[i].nseg, fill)
-        pk_put_used(vq, w.rxchains[i].head, fill, w.rxchains[i].ndesc, True)
-    vq.c.packets += 1
-    vq.c.bytes += flen
-    w.budget -= 1                 # the copy
-    if dport.capture != NULL:     # live capture, egress: the frame as this guest got it
-        capture_frame(dport.capture, CAP_OUT, src, nsrc, src_off, flen)
+    nchains_out[0] = nchains
+    nseg_out[0] = nseg_total
+    cap_out[0] = cap
     return 0
 
 

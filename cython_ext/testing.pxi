@@ -80,6 +80,38 @@ cdef class _TestHooks:
         return None if d < 0 else d
 
 
+    def debug_packed_take(self, int p, int idx, bint device_writes):
+        """Test hook: take the chain at the packed ring's avail position as a
+        worker would (pk_walk_chain) and write its used element (length 0)
+        without publishing it; None if no descriptor is available. The ring
+        must be started and no worker may run (a Datapath never started)."""
+        cdef vs_port *port = self.dp._port(p)
+        cdef vs_vring *vq = self.dp._vring(p, idx)
+        cdef vs_seg segs[VS_MAX_SEGS]
+        cdef int nseg = 0, rc
+        cdef uint64_t total = 0
+        cdef int64_t budget = VS_PORT_WORK
+        cdef uint16_t flags, buf_id = 0, ndesc = 0
+        if not vq.started or not vq.packed:
+            raise DatapathError("not a started packed ring")
+        flags = pk_head_flags(vq)
+        if not pk_is_avail(flags, vq.avail_wrap):
+            return None
+        rc = pk_walk_chain(port, vq, flags, device_writes, segs, VS_MAX_SEGS, &nseg, &total,
+                           &budget, &buf_id, &ndesc)
+        if rc != DROP_RING_BROKEN:
+            pk_put_used(vq, buf_id, 0, ndesc, device_writes)
+        return {"drop": DROP_REASONS[rc], "id": buf_id, "ndesc": ndesc, "bytes": total,
+                "pieces": [segs[i].len for i in range(nseg)], "work": VS_PORT_WORK - budget}
+
+    def debug_packed_publish(self, int p, int idx):
+        """Test hook: publish the used elements written since the last publish."""
+        cdef vs_vring *vq = self.dp._vring(p, idx)
+        if not vq.started or not vq.packed:
+            raise DatapathError("not a started packed ring")
+        pk_publish(self.dp._port(p), vq)
+
+
 # Public methods of _TestHooks: the names Datapath.__getattr__ answers.
 TEST_HOOKS = frozenset(n for n in dir(_TestHooks) if not n.startswith("_"))
 

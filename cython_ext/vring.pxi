@@ -254,7 +254,10 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
     cdef uint32_t written, fill, doff, soff
     cdef int64_t budget_at_start = w.budget
     if vq.packed:
-        return pk_rx_enqueue(w, dport, vq, src, nsrc, src_off, flen, hdr)     # packed.pxi
+        # packed.pxi: its own reservation, then the same copy (cap >= need: the loop is skipped)
+        rc = pk_rx_reserve(w, dport, vq, need, &nchains, &nseg_total, &cap)
+        if rc:
+            return rc
     while cap < need:
         if vq.last_avail == avail_idx:
             vq.last_avail = saved_avail
@@ -321,7 +324,10 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
         written += fill
         if dport.log != NULL:
             log_segs(dport, &w.rxsegs[w.rxchains[i].seg0], w.rxchains[i].nseg, fill)
-        vring_put_used(vq, w.rxchains[i].head, fill)
+        if vq.packed:
+            pk_put_used(vq, w.rxchains[i].head, fill, w.rxchains[i].ndesc, True)
+        else:
+            vring_put_used(vq, w.rxchains[i].head, fill)
     vq.c.packets += 1
     vq.c.bytes += flen
     w.budget -= 1                 # the copy

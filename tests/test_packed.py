@@ -4,7 +4,8 @@ DPDK testpmd's virtio-user with ``packed_vq=1`` as the front-end: frames
 byte for byte in both socket roles and with one and two queue pairs, a ring
 size that is not a power of two, a packed port and a split port switching
 to each other, and the switch restarted under a packed front-end. QEMU
-guests with ``packed=on`` are in test_packed_guests below (marked qemu).
+guests with ``packed=on`` (QEMU 10) next to a split one (QEMU 7.2) ping each other
+at the end (marked qemu).
 The rings' corner cases (wrap in the middle of a chain, indirect tables,
 hostile drivers) are driven by the test front-end in test_hostile_packed.py.
 """
@@ -16,10 +17,11 @@ import time
 
 import pytest
 
+from tests.harness.guests import QemuGuest
 from tests.harness.peers.testpmd import TestPmd, verify_delivery, virtio_user_vdev
 from tests.harness.switch import Vswitchd
 
-pytestmark = pytest.mark.dpdk
+dpdk = pytest.mark.dpdk
 
 RING_PACKED = "F_RING_PACKED"
 
@@ -34,6 +36,7 @@ def enabled(sw: Vswitchd, queues: int, names=("a", "b"), seen: dict | None = Non
                                 timeout=30, what=f"{queues} queue pairs enabled")
             if seen is not None:
                 seen[name] = info["features"]
+                seen[name + ".queues"] = info["queues"]
     return ready
 
 
@@ -48,8 +51,11 @@ def assert_ring_kinds(seen: dict, **packed: bool) -> None:
     """Each port negotiated the ring kind asked for."""
     for name, want in packed.items():
         assert (RING_PACKED in seen[name]) == want, (name, seen[name])
+        for pair in seen[name + ".queues"]:
+            assert pair["rx"]["packed"] == want and pair["tx"]["packed"] == want, (name, pair)
 
 
+@dpdk
 @pytest.mark.parametrize("queues", [1, 2])
 @pytest.mark.parametrize("role", ["switch-listens", "switch-connects"])
 def test_packed_frames_cross_byte_for_byte_on_every_queue_pair(tmp_path, role, queues):
@@ -74,6 +80,7 @@ def test_packed_frames_cross_byte_for_byte_on_every_queue_pair(tmp_path, role, q
             assert sw.drops("a") == {} and sw.drops("b") == {}
 
 
+@dpdk
 def test_packed_ring_of_a_size_that_is_not_a_power_of_two(tmp_path):
     """Packed rings may have any size: 112 descriptors (DPDK wants a multiple of 16), so positions wrap by
     comparison many times over 1000 frames of up to 1514 bytes."""
@@ -87,9 +94,14 @@ def test_packed_ring_of_a_size_that_is_not_a_power_of_two(tmp_path):
             ingress_queue_size=None)
         assert result.ok, result.describe()
         assert_ring_kinds(seen, a=True, b=True)
+        for name in ("a", "b"):
+            for direction in ("rx", "tx"):
+                ring = seen[name + ".queues"][0][direction]
+                assert ring["size"] == 112 and ring["packed"] and ring["started"], (name, direction, ring)
         assert sw.drops("a") == {} and sw.drops("b") == {}
 
 
+@dpdk
 @pytest.mark.parametrize("packed_side", ["a", "b"])
 def test_packed_and_split_ports_switch_to_each_other(tmp_path, packed_side):
     """One front-end packed, the other split: the same switching code between
@@ -109,6 +121,7 @@ def test_packed_and_split_ports_switch_to_each_other(tmp_path, packed_side):
         assert sw.drops("a") == {} and sw.drops("b") == {}
 
 
+@dpdk
 def test_switch_restarted_under_a_packed_front_end_resumes(tmp_path):
     """testpmd listens (server=1) with packed rings and forwards in a loop
     through the switch; the switch is killed and started again: it
@@ -141,3 +154,70 @@ def test_switch_restarted_under_a_packed_front_end_resumes(tmp_path):
     finally:
         sw.stop()
         tp.stop()
+
+
+def _virtio_net_features(guest: QemuGuest) -> str:
+    """The guest driver's negotiated feature bits of eth0, one character per
+    bit from bit 0 (/sys/bus/virtio/devices/virtio*/features)."""
+    return guest.check_output("cat /sys/class/net/eth0/device/features").strip()
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("packed_qemu", ["10", "7.2"])
+def test_packed_guest_pings_a_split_guest(tmp_path, image, qemu10, packed_qemu):
+    """A guest with ``packed=on`` (two queue pairs; QEMU 10 beside a split
+    QEMU 7.2 guest, then the other way round): the Linux driver of the
+    packed one negotiates RING_PACKED (bit 34 in its features), the other
+    does not, and they ping each other through the switch in both
+    directions. Then the packed guest is paused and resumed (QMP stop/cont):
+    QEMU stops its rings with GET_VRING_BASE and starts them again with
+    SET_VRING_BASE carrying the 32 bits we returned, and the pings go on."""
+    sw = Vswitchd(tmp_path / "switch", {
+        name: {"type": "vhost-user", "mode": "server", "queues": 2} for name in ("a", "b")})
+    sw.start()
+    guests = []
+    q10 = {"qemu": qemu10, "msix": True}
+    try:
+        a = QemuGuest("a", image, sw.socket("a"), mac="52:54:00:00:34:0a", ip="10.0.34.1/24",
+                      queues=2, device_props={"packed": True}, workdir=tmp_path / "a",
+                      **(q10 if packed_qemu == "10" else {}))
+        b = QemuGuest("b", image, sw.socket("b"), mac="52:54:00:00:34:0b", ip="10.0.34.2/24",
+                      queues=2, workdir=tmp_path / "b", **(q10 if packed_qemu == "7.2" else {}))
+        for g in (a, b):
+            g.start()
+            guests.append(g)
+        for g in (a, b):
+            g.wait_booted(240)
+        seen: dict = {}
+        enabled(sw, 2, seen=seen)()
+        assert_ring_kinds(seen, a=True, b=False)
+        assert "packed=on" in " ".join(a.command_line())
+        features_a, features_b = _virtio_net_features(a), _virtio_net_features(b)
+        assert features_a[34] == "1", features_a
+        assert features_b[34] == "0", features_b
+        r = a.ping("10.0.34.2", count=10, interval=0.2)
+        assert (r.sent, r.loss_pct) == (10, 0), r
+        r = b.ping("10.0.34.1", count=10, interval=0.2)
+        assert (r.sent, r.loss_pct) == (10, 0), r
+        for cpu in (0, 1):      # XPS: vCPU c sends on TX queue c - both packed queue pairs
+            rc, out = a.run(f"taskset -c {cpu} ping -c 5 -i 0.2 -W 2 10.0.34.2", timeout=120)
+            assert rc == 0 and " 0% packet loss" in out, out
+        # pause and resume: GET_VRING_BASE (all 32 bits) and SET_VRING_BASE with them
+        a.qmp("stop")
+        sw.wait_port("a", lambda p: not any(q[d]["started"] for q in p["queues"] for d in ("rx", "tx")),
+                     timeout=30, what="rings stopped by GET_VRING_BASE")
+        a.qmp("cont")
+        info = sw.wait_port("a", lambda p: all(q[d]["started"] for q in p["queues"] for d in ("rx", "tx")),
+                            timeout=30, what="rings started again by SET_VRING_BASE and a kick")
+        assert all(q[d]["packed"] for q in info["queues"] for d in ("rx", "tx")), info["queues"]
+        r = a.ping("10.0.34.2", count=10, interval=0.2)
+        assert (r.sent, r.loss_pct) == (10, 0), r
+        for name in ("a", "b"):
+            drops = sw.drops(name)
+            assert not drops.get("ring_broken") and not drops.get("rx_bad_chain"), (name, drops)
+        for g in (a, b):
+            g.assert_no_kernel_errors()
+    finally:
+        for g in guests:
+            g.stop()
+        sw.stop()

@@ -87,7 +87,7 @@ def test_negotiation_against_qemu72(topology):
     assert set(new["features"]) == set(old["features"])
     assert set(new["protocol_features"]) == set(old["protocol_features"])
     assert set(new["features_offered"]) - set(new["features"]) <= {
-        "F_ANY_LAYOUT", "NET_MTU", "VHOST_F_LOG_ALL"}
+        "F_ANY_LAYOUT", "NET_MTU", "VHOST_F_LOG_ALL", "F_RING_PACKED"}   # packed=off by default
     for feature in ("NET_MQ", "F_VERSION_1", "NET_MRG_RXBUF", "RING_F_EVENT_IDX",
                     "RING_F_INDIRECT_DESC", "VHOST_USER_F_PROTOCOL_FEATURES"):
         assert feature in new["features"], feature

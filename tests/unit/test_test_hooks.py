@@ -17,7 +17,9 @@ def test_datapath_hooks_refused_until_enabled():
     for call in (lambda: dp.debug_fdb_lookup(0, "02:00:00:00:00:01"),
                  lambda: dp.debug_fdb_learn(0, "02:00:00:00:00:01", p),
                  lambda: dp.debug_fdb_learn_many(0, 1, 1, p),
-                 lambda: dp.debug_stall_worker(0, 1.0)):
+                 lambda: dp.debug_stall_worker(0, 1.0),
+                 lambda: dp.debug_packed_take(p, 0, False),
+                 lambda: dp.debug_packed_publish(p, 0)):
         with pytest.raises(dpmod.DatapathError, match="test hook.*enable_test_hooks"):
             call()
     with pytest.raises(AttributeError):
@@ -26,7 +28,8 @@ def test_datapath_hooks_refused_until_enabled():
     dp.debug_fdb_learn(0, "02:00:00:00:00:01", p)
     assert dp.debug_fdb_lookup(0, "02:00:00:00:00:01") == p
     assert sorted(dpmod.TEST_HOOKS) == ["debug_fdb_learn", "debug_fdb_learn_many",
-                                        "debug_fdb_lookup", "debug_stall_worker"]
+                                        "debug_fdb_lookup", "debug_packed_publish",
+                                        "debug_packed_take", "debug_stall_worker"]
 
 
 def test_module_hooks_refused_until_enabled():

@@ -636,7 +636,7 @@ class VhostUserPort:
                 ring = self.dp.vring_info(self.slot, index)
                 entry[direction] = {
                     "started": ring["started"], "enabled": ring["enabled"],
-                    "broken": ring["broken"], "size": ring["num"],
+                    "broken": ring["broken"], "size": ring["num"], "packed": ring.get("packed", False),
                     **self.dp.vring_counters(self.slot, index),
                 }
             queues.append(entry)

@@ -9,7 +9,8 @@ Rules kept here, from vhost-user.rst and from bugs other back-ends had:
 * State is created lazily and never depends on message order: a ring starts
   once it has a size, addresses, a kick and a memory table, whichever comes
   last. A kick is never lost, because a started ring is polled.
-* GET_VRING_BASE stops the ring and reports the next avail index; it resets
+* GET_VRING_BASE stops the ring and reports the next avail index (a packed
+  ring: both positions and wrap counters in 32 bits); it resets
   nothing else (vhost-user.rst, "Ring states"; a back-end that reset it
   returned 0 and broke suspend/resume: https://github.com/rust-vmm/vhost/pull/154
   and /pull/161).
