@@ -632,3 +632,52 @@ def test_the_switch_interrupts_only_when_the_driver_event_area_asks(switch1):
         assert (one(100 + 2 * lap), one(101 + 2 * lap)) == (0, 1), (lap, rx.next_used, rx.used_wrap)
     rx.set_driver_event(0, 0)                                 # ENABLE
     assert all(one(200 + i) == 1 for i in range(5))
+
+
+# --- mergeable RX buffers across the ring's end ------------------------------------------------
+
+def test_a_frame_waits_for_enough_rx_buffers_across_the_ring_end_and_then_fills_them_all(switch1):
+    """MRG_RXBUF: a 1514-byte frame needs 6 buffers of 256 bytes (header +
+    frame). With only 3 posted (starting 2 slots before the ring's end) the
+    frame is dropped as no_rx_buffer and the 3 stay available - the switch puts
+    its position and wrap counter back; with 3 more, the next frame takes all 6."""
+    a = packed(switch1, "a", 64)
+    b = packed(switch1, "b", 13, rx_buffers=0)
+    rx = b.rx(0)
+    for i in range(11):                                   # b's RX position to slot 11 of lap 1
+        rx.post_rx(1, 2048)
+        a.tx(0).post_tx(frame("b", "a", i))
+        assert [seq_of(g.frame) for g in rx.recv_frames(1, timeout=5)] == [i]
+    assert (rx.next_avail, rx.avail_wrap) == (11, 1)
+    for lap in range(3):
+        rx.post_rx(3, 256)
+        before = switch1.drops("b")
+        a.tx(0).post_tx(frame("b", "a", 100 + lap, 1514))
+        assert grown(before, wait_drops(switch1, "b", before)) == {"no_rx_buffer": 1}
+        assert rx.reap() == [] and len(rx.inflight) == 3
+        rx.post_rx(3, 256)
+        f = frame("b", "a", 200 + lap, 1514)
+        a.tx(0).post_tx(f)
+        got = rx.recv_frames(1, timeout=5)
+        assert [g.frame for g in got] == [f] and got[0].num_buffers == 6 == got[0].hdr.num_buffers, lap
+        assert not rx.inflight and not rx.errors
+    assert rx.laps >= 2
+
+
+def test_tx_on_a_disabled_packed_ring_is_consumed_discarded_and_counted(switch1):
+    """vhost-user.rst "Ring states": a started but disabled ring is processed
+    without side effects - TX is consumed and discarded (ring_disabled), the
+    buffers come back; enabled again, frames go."""
+    a = packed(switch1, "a", 13)
+    b = packed(switch1, "b", 64)
+    trickle(a, b, "a", "b", 5)
+    a.frontend.set_vring_enable(1, False)
+    a.frontend.sync()
+    for i in range(20):                                   # across the ring's end
+        a.tx(0).post_tx(frame("b", "a", 300 + i))
+        assert len(a.tx(0).wait_used(1)) == 1, i          # returned
+    assert recv_seqs(b, 1, timeout=0.5) == []
+    assert switch1.drops("a") == {"ring_disabled": 20}
+    a.frontend.set_vring_enable(1, True)
+    a.frontend.sync()
+    trickle(a, b, "a", "b", 20)
