@@ -592,13 +592,20 @@ class PackedHostile:
 
     # -- wrap counter and flag games ----------------------------------------------------
 
-    def head_flags_as(self, kind: str) -> int:
-        """Head flags of a descriptor in the ring's current lap that is *not* available:
-        ``wrong_wrap`` (AVAIL/USED of the other lap), ``used_this_lap``
-        (AVAIL == USED == wrap), ``used_last_lap`` (AVAIL == USED != wrap)."""
-        w = self.ring.avail_wrap
+    def head_flags_as(self, kind: str, wrap: int | None = None) -> int:
+        """Head flags of a descriptor in lap ``wrap`` (default: the ring's current
+        lap; a pending head's own lap is ``lap_of(flags)``) that is *not*
+        available: ``wrong_wrap`` (AVAIL/USED of the other lap),
+        ``used_this_lap`` (AVAIL == USED == wrap), ``used_last_lap``
+        (AVAIL == USED != wrap)."""
+        w = self.ring.avail_wrap if wrap is None else wrap
         return {"wrong_wrap": avail_bits(w ^ 1), "used_this_lap": used_bits(w),
                 "used_last_lap": used_bits(w ^ 1)}[kind]
+
+    @staticmethod
+    def lap_of(flags: int) -> int:
+        """The wrap counter of the lap in which ``flags`` (of an available descriptor) make it available."""
+        return 1 if flags & VRING_PACKED_DESC_F_AVAIL else 0
 
     def flip_wrap(self) -> None:
         """Flip the driver's avail wrap counter without the index passing the ring's end:
