@@ -757,3 +757,53 @@ def test_random_hostile_packed_tx_every_chain_is_counted_exactly_once(switch1, s
     exchange_by_name(c, d, "c", "d", n=10)
     exchange_by_name(d, c, "d", "c", n=10)
     assert switch1.drops("c") == {} and switch1.drops("d") == {}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_hostile_packed_rx_buffers_every_frame_is_delivered_or_counted(switch1, seed):
+    """h posts good RX buffers (1..3 descriptors, indirect or not, 256 or 2048
+    bytes) among hostile ones on a ring of a random size while a sends to it:
+    every frame is either delivered intact or counted as a drop on h's RX,
+    and a bad buffer costs only the frame that landed in it."""
+    import random
+    rng = random.Random(seed)
+    size = rng.choice([5, 13, 61])
+    a = packed(switch1, "a", 64)
+    h = packed(switch1, "b", size, rx_buffers=0)
+    c, d = healthy_pair(switch1)
+    rx = h.rx(0)
+    sent: list[bytes] = []
+    got: list[bytes] = []
+
+    def rx_counted() -> int:
+        q = switch1.port("b")["queues"][0]["rx"]
+        return q["packets"] + sum(q["drops"].values())
+    base = rx_counted()                       # frames flooded to h while c and d were learned
+    base_packets = switch1.port("b")["queues"][0]["rx"]["packets"]
+    for step in range(150):
+        got += [g.frame for g in rx.recv_frames(8, timeout=0)]
+        if rx.num_free < 4 or not rx.free_ids:
+            pass                              # the ring is full of buffers: only send
+        elif rng.random() < 0.3:
+            getattr(PackedHostile(rx), rng.choice(HOSTILE_RX))()
+        else:
+            buf = rng.choice([256, 2048])
+            rx.post_rx(1, buf, descs_per_chain=rng.choice([1, 2, 3]), indirect=rng.random() < 0.3)
+        f = frame("b", "a", step, rng.choice([60, 200, 600]))
+        a.tx(0).post_tx(f)
+        sent.append(f)
+        got += [g.frame for g in rx.recv_frames(1, timeout=0.02)]
+        a.tx(0).reap()
+    deadline = time.monotonic() + 10
+    while rx_counted() - base < len(sent) and time.monotonic() < deadline:
+        got += [g.frame for g in rx.recv_frames(8, timeout=0.05)]
+    got += [g.frame for g in rx.recv_frames(64, timeout=0.2)]
+    q = switch1.port("b")["queues"][0]["rx"]
+    assert rx_counted() - base == len(sent), q
+    assert set(q["drops"]) <= {"rx_bad_chain", "no_rx_buffer", "rx_buffer_too_small"}, q["drops"]
+    # what arrived from a is exactly what was sent, in order, less the frames counted as dropped
+    got = [g for g in got if g[6:12] == MAC["a"]]
+    assert len(got) == q["packets"] - base_packets and all(g in sent for g in got)
+    assert [seq_of(g) for g in got] == sorted(seq_of(g) for g in got)
+    exchange_by_name(c, d, "c", "d", n=10)
+    assert switch1.drops("c") == {} and switch1.drops("d") == {}
