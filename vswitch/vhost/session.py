@@ -296,6 +296,14 @@ class Session:
                 vr.enabled = True
                 self.backend.set_vring_enabled(index, True)
         self.features_set = True
+        # The ring kind (RING_PACKED) decides what a ring's size, base and
+        # addresses must be: one that could not start as the other kind may
+        # start now (and stays waiting otherwise).
+        for index in range(len(self.vrings)):
+            try:
+                self._maybe_start(index)
+            except RequestFailed:
+                pass
         return None
 
     def _set_owner(self, h, payload, fds):
@@ -485,6 +493,11 @@ class Session:
             # Split rings: "bits 16-31 zero".
             raise ProtocolError(f"SET_VRING_BASE: base {st.num:#x} has bits above 15")
         self.backend.set_vring_base(st.index, st.num)
+        try:
+            # a packed ring refused at start for its base may start with this one
+            self._maybe_start(st.index)
+        except RequestFailed:
+            pass
         return None
 
     def _get_vring_base(self, h, payload, fds):
