@@ -397,7 +397,8 @@ def test_a_buffer_id_that_differs_along_the_chain_is_taken_from_the_last_descrip
     g1, g2 = tx.mem.alloc(12), tx.mem.alloc(len(blob) - 12)
     tx.mem.write(g1, blob[:12])
     tx.mem.write(g2, blob[12:])
-    buf_id = tx.post_descs([(g1, 12, 0), (g2, len(blob) - 12, 0)], id=9, allocs=[g1, g2], raw=True)
+    buf_id = tx.post_descs([(g1, 12, 0), (g2, len(blob) - 12, 0)], id=9, allocs=[g1, g2], raw=True,
+                           publish=False, kick=False)
     tx.write_desc_body(tx.inflight[buf_id].descs[0], g1, 12, 4)     # first descriptor says 4
     tx.publish(kick=True)
     assert recv_seqs(b, 1) == [800]
