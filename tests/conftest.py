@@ -62,6 +62,7 @@ GROUPS: dict[str, str] = {
     "test_safe_files.py": "hostile",
     "test_seccomp.py": "hostile",
     "test_unprivileged.py": "hostile",
+    "test_hostile_packed.py": "hostile",
     "test_restarts.py": "reliability",
     "test_migration.py": "reliability",
     "test_dirty_log.py": "reliability",

@@ -21,6 +21,8 @@ Layering (each usable on its own):
 ``SplitRing``          one virtqueue: descriptor table, avail ring, used ring,
                        kick/call eventfds, TX/RX helpers and raw writers
 ``Hostile``            recipes for malformed descriptor chains on a SplitRing
+``PackedRing``,        the same for packed virtqueues (module ``packed_ring``;
+``PackedHostile``      ``setup_net_device(packed=True)``)
 ``VhostUserFrontend``  the control socket: one method per front-end message,
                        ``send_raw`` for malformed messages, and
                        ``setup_net_device`` which replays QEMU's start sequence
@@ -47,7 +49,10 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from .packed_ring import PackedRing
 
 if sys.byteorder != "little":  # pragma: no cover - the project targets x86_64
     raise ImportError("vhost_frontend assumes a little-endian host (virtio 1.x rings are LE)")
@@ -757,6 +762,10 @@ class SplitRing:
         self.avail_idx = value & 0xFFFF
         self.mem.store16(self.avail_gpa + 2, self.avail_idx)
 
+    def vring_base(self) -> int:
+        """The ring position as SET_VRING_BASE carries it: the next avail index."""
+        return self.avail_idx
+
     def avail_idx_in_memory(self) -> int:
         return self.mem.load16(self.avail_gpa + 2)
 
@@ -912,19 +921,22 @@ class SplitRing:
 
     def post_rx(self, count: int = 1, buf_len: int = 2048, *, descs_per_chain: int = 1,
                 indirect: bool = False, fill: int | None = 0xA5, publish: bool = True,
-                kick: bool = True) -> list[int]:
+                kick: bool = True, sizes: Sequence[int] | None = None) -> list[int]:
         """Post ``count`` device-writable chains of ``buf_len`` bytes each.
 
         ``descs_per_chain`` > 1 splits each buffer across that many
-        descriptors (separate allocations).  Without MRG_RXBUF a chain must
+        descriptors (separate allocations); ``sizes`` gives the descriptors'
+        lengths instead (e.g. ``[12, 2036]``: the header apart, as legacy
+        drivers post RX buffers).  Without MRG_RXBUF a chain must
         hold header + the largest frame; with MRG_RXBUF small chains are
         merged by the device (``num_buffers``).  ``fill`` poisons the buffers
         first so that header fields the device forgot to write stand out.
         """
         heads = []
         for _ in range(count):
-            base, rem = divmod(buf_len, descs_per_chain)
-            sizes = [base + (1 if i < rem else 0) for i in range(descs_per_chain)]
+            if sizes is None:
+                base, rem = divmod(buf_len, descs_per_chain)
+                sizes = [base + (1 if i < rem else 0) for i in range(descs_per_chain)]
             allocs = [self.mem.alloc(max(n, 1), 16, region=self.buf_region, zero=False) for n in sizes]
             if fill is not None:
                 for g, n in zip(allocs, sizes, strict=True):
@@ -1297,8 +1309,8 @@ class Message:
 
 @dataclass
 class QueuePair:
-    rx: SplitRing
-    tx: SplitRing
+    rx: SplitRing | PackedRing
+    tx: SplitRing | PackedRing
 
 
 @dataclass
@@ -1316,14 +1328,14 @@ class NetDevice:
     max_mem_slots: int | None = None
     owns_memory: bool = True  # guest memory was created by setup_net_device
 
-    def rx(self, q: int = 0) -> SplitRing:
+    def rx(self, q: int = 0) -> SplitRing | PackedRing:
         return self.pairs[q].rx
 
-    def tx(self, q: int = 0) -> SplitRing:
+    def tx(self, q: int = 0) -> SplitRing | PackedRing:
         return self.pairs[q].tx
 
     @property
-    def rings(self) -> list[SplitRing]:
+    def rings(self) -> list[SplitRing | PackedRing]:
         return [r for p in self.pairs for r in (p.rx, p.tx)]
 
     def has(self, feature: int) -> bool:
@@ -1333,10 +1345,15 @@ class NetDevice:
         """``post_tx`` on TX ring ``q``."""
         return self.pairs[q].tx.post_tx(frame, **kw)
 
+    @property
+    def packed(self) -> bool:
+        return self.has(Feature.RING_PACKED)
+
     def stop(self) -> dict[int, int]:
         """QEMU's ``vhost_dev_stop``: disable every ring, then GET_VRING_BASE each.
 
-        Returns {vring index: next avail index reported by the back-end}.
+        Returns {vring index: next avail index reported by the back-end}
+        (packed rings: the vring base value, see ``get_vring_base``).
         """
         fe = self.frontend
         if self.features >> Feature.PROTOCOL_FEATURES & 1:
@@ -1679,11 +1696,15 @@ class VhostUserFrontend:
         return self._set_state(Req.SET_VRING_NUM, index, num, need_reply)
 
     def set_vring_base(self, index: int, base: int, *, need_reply: bool = False) -> int | None:
-        """Split ring: ``num`` = next avail index the device should process."""
+        """Split ring: ``num`` = next avail index the device should process.
+        Packed ring: 32 bits (``packed_ring.packed_vring_base``): avail index,
+        avail wrap counter, used index, used wrap counter."""
         return self._set_state(Req.SET_VRING_BASE, index, base, need_reply)
 
     def get_vring_base(self, index: int) -> int:
-        """Stops the ring; returns the back-end's next avail index."""
+        """Stops the ring; returns the back-end's next avail index (packed rings:
+        the 32-bit value as SET_VRING_BASE, or only its low 16 bits from back-ends
+        that report just the avail side, as DPDK 22.11)."""
         msg = self.query(Req.GET_VRING_BASE, _VRING_STATE.pack(index, 0))
         msg.close_fds()
         if len(msg.payload) != _VRING_STATE.size:
@@ -1732,7 +1753,7 @@ class VhostUserFrontend:
         payload = _VRING_ADDR.pack(index, flags, desc, used, avail, log)
         return self.request(Req.SET_VRING_ADDR, payload, need_reply=need_reply)
 
-    def set_vring_addr_of(self, ring: SplitRing, *, need_reply: bool = False, flags: int = 0,
+    def set_vring_addr_of(self, ring: SplitRing | PackedRing, *, need_reply: bool = False, flags: int = 0,
                           log: int = 0) -> int | None:
         return self.set_vring_addr(ring.index, ring.desc_uaddr, ring.used_uaddr, ring.avail_uaddr,
                                    flags=flags, log=log, need_reply=need_reply)
@@ -1799,7 +1820,7 @@ class VhostUserFrontend:
                          buf_region: int | None = None, mtu: int | None = None, enable: bool = True,
                          send_err_fd: bool = True, set_features_per_pair: bool = True,
                          status: bool = True, sync: bool = True, rx_buffers: int = 0,
-                         rx_buf_len: int = 2048) -> NetDevice:
+                         rx_buf_len: int = 2048, packed: bool = False) -> NetDevice:
         """Negotiate and start a virtio-net device in the order QEMU's vhost-user-net
         sends the messages.
 
@@ -1816,6 +1837,11 @@ class VhostUserFrontend:
         ``features``: wanted virtio feature bits (default VERSION_1); masked
         with the back-end's offer unless ``mask_with_offer=False``.  Bit 30
         (PROTOCOL_FEATURES) is added when offered and ``use_protocol_features``.
+
+        ``packed``: ask for VIRTIO_F_RING_PACKED and build packed rings
+        (``packed_ring.PackedRing``, any ring size 1..32768).  An offer without
+        the bit is an error, unless ``mask_with_offer=False`` (hostile: packed
+        rings the back-end never agreed to).
         """
         offered = self.get_features()
         want = DEFAULT_NET_FEATURES if features is None else features
@@ -1838,6 +1864,10 @@ class VhostUserFrontend:
         if queue_pairs > (max_pairs or 1):
             raise VhostUserError(f"back-end supports {max_pairs or 1} queue pairs, asked {queue_pairs}")
         self.set_owner()
+        if packed:
+            want |= bits(Feature.RING_PACKED)
+            if mask_with_offer and not offered >> Feature.RING_PACKED & 1:
+                raise VhostUserError(f"back-end does not offer RING_PACKED (features {offered:#x})")
         final = (want & offered) if mask_with_offer else want
         if use_proto:
             final |= bits(Feature.PROTOCOL_FEATURES)
@@ -1850,12 +1880,17 @@ class VhostUserFrontend:
         if mem is None:
             mem = GuestMemory(mem_size)
         pairs: list[QueuePair] = []
+        ring_kind: Any = SplitRing
+        if final >> Feature.RING_PACKED & 1:
+            # Imported here: packed_ring builds on this module's classes.
+            from .packed_ring import PackedRing
+            ring_kind = PackedRing
         try:
             for q in range(queue_pairs):
                 pairs.append(QueuePair(
-                    SplitRing(mem, ring_size, 2 * q, region=ring_region, buf_region=buf_region,
+                    ring_kind(mem, ring_size, 2 * q, region=ring_region, buf_region=buf_region,
                               hdr_len=hdr_len, mrg_rxbuf=mrg),
-                    SplitRing(mem, ring_size, 2 * q + 1, region=ring_region, buf_region=buf_region,
+                    ring_kind(mem, ring_size, 2 * q + 1, region=ring_region, buf_region=buf_region,
                               hdr_len=hdr_len, mrg_rxbuf=mrg)))
             for pair in pairs:
                 pair.rx.event_idx = pair.tx.event_idx = bool(final >> Feature.EVENT_IDX & 1)
@@ -1869,7 +1904,7 @@ class VhostUserFrontend:
                         raise VhostUserError(f"SET_MEM_TABLE nacked ({res})")
                 for ring in (pair.rx, pair.tx):
                     self.set_vring_num(ring.index, ring.num)
-                    self.set_vring_base(ring.index, ring.avail_idx)
+                    self.set_vring_base(ring.index, ring.vring_base())
                     self.set_vring_addr_of(ring)
                     self.set_vring_kick(ring.index, ring.kick_fd)
                     self.set_vring_call(ring.index, ring.call_fd)
