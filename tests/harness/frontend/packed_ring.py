@@ -42,7 +42,6 @@ Ordering: as ``SplitRing``, plain stores through an mmap are enough on x86
 from __future__ import annotations
 
 import os
-import select
 import struct
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -56,6 +55,7 @@ from .vhost_frontend import (
     SplitRing,
     UsedElem,
     _Chain,
+    readable,
 )
 
 __all__ = [
@@ -379,7 +379,7 @@ class PackedRing:
         """Wait for the device's interrupt on the call eventfd; consume it."""
         if self.event_idx:
             self.set_used_event(self.next_used | self.used_wrap << 15)
-        r, _, _ = select.select([self.call_fd], [], [], timeout)
+        r = readable(self.call_fd, timeout)
         if not r:
             return False
         try:

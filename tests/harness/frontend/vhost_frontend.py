@@ -51,6 +51,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+
+def readable(fd: int | socket.socket, timeout: float | None) -> bool:
+    """Whether fd has data (or EOF) within timeout seconds (None: forever).
+    poll(2), not select(2): a long test run may hold fds above FD_SETSIZE."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+    return bool(poller.poll(ms))
+
+
 if TYPE_CHECKING:
     from .packed_ring import PackedRing
 
@@ -828,7 +838,7 @@ class SplitRing:
         """Wait for the device's interrupt on the call eventfd; consume it."""
         if self.event_idx:
             self.set_used_event(self.last_used)
-        r, _, _ = select.select([self.call_fd], [], [], timeout)
+        r = readable(self.call_fd, timeout)
         if not r:
             return False
         try:
@@ -1438,7 +1448,7 @@ class VhostUserFrontend:
         """(Re)accept a back-end on the listening socket."""
         assert self.listener is not None
         self._close_sock()
-        r, _, _ = select.select([self.listener], [], [], timeout)
+        r = readable(self.listener, timeout)
         if not r:
             raise ReplyTimeout(f"no back-end connected to {self.path} within {timeout}s")
         s, _ = self.listener.accept()
@@ -1481,7 +1491,7 @@ class VhostUserFrontend:
         """
         if self.sock is None:
             return False
-        r, _, _ = select.select([self.sock], [], [], 0)
+        r = readable(self.sock, 0)
         if not r:
             return True
         try:
@@ -1501,7 +1511,7 @@ class VhostUserFrontend:
             left = deadline - time.monotonic()
             if left <= 0:
                 return not self.connected()
-            r, _, _ = select.select([self.sock], [], [], left)
+            r = readable(self.sock, left)
             if not r:
                 continue
             try:
@@ -1567,7 +1577,7 @@ class VhostUserFrontend:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ReplyTimeout(f"timed out reading {n} bytes (got {len(buf)})")
-            r, _, _ = select.select([self.sock], [], [], left)
+            r = readable(self.sock, left)
             if not r:
                 continue
             try:
