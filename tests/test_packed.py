@@ -84,6 +84,26 @@ def test_packed_frames_cross_byte_for_byte_on_every_queue_pair(tmp_path, role, q
 
 
 @dpdk
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "split"])
+def test_a_front_end_asking_for_in_order_gets_rings_without_it(tmp_path, packed):
+    """IN_ORDER is not offered (docs/architecture.md, "Packed virtqueues"): a
+    virtio-user with in_order=1 negotiates without it and every frame still
+    crosses byte for byte, whatever order the switch returns buffers in."""
+    socks, ports = ports_for(tmp_path, 1)
+    seen: dict = {}
+    with Vswitchd(tmp_path / "switch", ports, cpus="1") as sw:
+        result = verify_delivery(
+            virtio_user_vdev(0, socks["a"], packed_vq=packed, in_order=True),
+            virtio_user_vdev(1, socks["b"], packed_vq=packed, in_order=True),
+            count=300, workdir=tmp_path / "run", cpus=(0,), ready=enabled(sw, 1, seen=seen))
+        assert result.ok, result.describe()
+        assert_ring_kinds(seen, a=packed, b=packed)
+        for name in ("a", "b"):
+            assert "F_IN_ORDER" not in seen[name], seen[name]
+        assert sw.drops("a") == {} and sw.drops("b") == {}
+
+
+@dpdk
 def test_packed_ring_of_a_size_that_is_not_a_power_of_two(tmp_path):
     """Packed rings may have any size: 112 descriptors (DPDK wants a multiple of 16), so positions wrap by
     comparison many times over 1000 frames of up to 1514 bytes."""
