@@ -51,11 +51,10 @@ from .vhost_frontend import (
     VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
     GuestMemory,
+    RingDriver,
     RingFull,
-    SplitRing,
     UsedElem,
     _Chain,
-    readable,
 )
 
 __all__ = [
@@ -108,7 +107,7 @@ def used_bits(wrap: int) -> int:
     return VRING_PACKED_DESC_F_AVAIL | VRING_PACKED_DESC_F_USED if wrap else 0
 
 
-class PackedRing:
+class PackedRing(RingDriver):
     """One packed virtqueue laid out in guest memory (virtio 1.x "Packed Virtqueues").
 
     Same driver API as ``SplitRing``; ``add_chain`` returns the buffer id
@@ -152,13 +151,10 @@ class PackedRing:
         # Heads written but not made available yet: (slot, flags), in ring order.
         self._unpublished: list[tuple[int, int]] = []
 
-    def _alloc(self, size: int, align: int, region: int | None) -> int:
-        gpa = self.mem.alloc(size, align, region=region)
-        self._owned.append(gpa)
-        return gpa
-
     # -- addresses and state for vhost-user ---------------------------------------
 
+    # SET_VRING_ADDR's ``avail`` and ``used`` (avail_uaddr, used_uaddr) are
+    # the driver and device event suppression areas.
     @property
     def avail_gpa(self) -> int:
         return self.driver_gpa
@@ -166,20 +162,6 @@ class PackedRing:
     @property
     def used_gpa(self) -> int:
         return self.device_gpa
-
-    @property
-    def desc_uaddr(self) -> int:
-        return self.mem.uaddr(self.desc_gpa)
-
-    @property
-    def avail_uaddr(self) -> int:
-        """SET_VRING_ADDR ``avail``: the driver event suppression area."""
-        return self.mem.uaddr(self.driver_gpa)
-
-    @property
-    def used_uaddr(self) -> int:
-        """SET_VRING_ADDR ``used``: the device event suppression area."""
-        return self.mem.uaddr(self.device_gpa)
 
     @property
     def avail_idx(self) -> int:
@@ -372,24 +354,8 @@ class PackedRing:
 
     # -- notifications --------------------------------------------------------------
 
-    def kick(self) -> None:
-        os.eventfd_write(self.kick_fd, 1)
-
-    def wait_call(self, timeout: float = 1.0) -> bool:
-        """Wait for the device's interrupt on the call eventfd; consume it."""
-        if self.event_idx:
-            self.set_used_event(self.next_used | self.used_wrap << 15)
-        r = readable(self.call_fd, timeout)
-        if not r:
-            return False
-        try:
-            os.eventfd_read(self.call_fd)
-        except BlockingIOError:
-            return False
-        self.interrupts += 1
-        return True
-
-    drain_call = SplitRing.drain_call
+    def used_event_now(self) -> int:
+        return self.next_used | self.used_wrap << 15
 
     # -- well-behaved driver operations ------------------------------------------------
 
@@ -418,14 +384,6 @@ class PackedRing:
                 self.mem.free(allocs.pop())
             raise
 
-    # The packet-level helpers only use add_chain, publish, reap and wait_call,
-    # so they are SplitRing's own.
-    post_tx = SplitRing.post_tx
-    post_rx = SplitRing.post_rx
-    post_tx_frames = SplitRing.post_tx_frames
-    wait_used = SplitRing.wait_used
-    recv_frames = SplitRing.recv_frames
-    _gather = SplitRing._gather
 
     def pending_used(self) -> int:
         """Used descriptors the device wrote that were not reaped yet (walks the ring)."""
@@ -481,21 +439,6 @@ class PackedRing:
                 self.mem.free(a)
             out.append(UsedElem(d.id, d.len, data))
         return out
-
-    def close(self) -> None:
-        """Close the eventfds and give the ring's memory back to the allocator."""
-        for fd in (self.kick_fd, self.call_fd, self.err_fd):
-            if fd >= 0:
-                os.close(fd)
-        self.kick_fd = self.call_fd = self.err_fd = -1
-        for chain in self.inflight.values():
-            for a in chain.allocs:
-                self.mem.free(a)
-        self.inflight.clear()
-        for a in self._owned:
-            self.mem.free(a)
-        self._owned = []
-
 
 class PackedHostile:
     """Recipes for malformed packed-ring chains, built with PackedRing's raw API.

@@ -75,7 +75,7 @@ __all__ = [
     "DEFAULT_NET_FEATURES", "DEFAULT_PROTOCOL_FEATURES",
     "VhostUserError", "PeerClosed", "ReplyTimeout", "ProtocolError", "GuestMemoryError", "RingFull",
     "RegionSpec", "MemRegion", "VhostMemRegion", "GuestMemory",
-    "Desc", "VirtioNetHdr", "UsedElem", "RxFrame", "SplitRing", "Hostile",
+    "Desc", "VirtioNetHdr", "UsedElem", "RxFrame", "RingDriver", "SplitRing", "Hostile",
     "Message", "VhostUserFrontend", "QueuePair", "NetDevice", "wait_for_socket",
 ]
 
@@ -690,7 +690,226 @@ class _Chain:
     raw: bool = False
 
 
-class SplitRing:
+class RingDriver:
+    """What a driver does alike on a split and a packed virtqueue: the memory
+    the ring owns, its kick/call/err eventfds, and frames in and out through
+    the kind's own add_chain, publish and reap (SplitRing, PackedRing)."""
+
+    mem: GuestMemory
+    num: int
+    index: int
+    hdr_len: int
+    mrg_rxbuf: bool
+    event_idx: bool
+    interrupts: int
+    buf_region: int | None
+    desc_gpa: int
+    kick_fd: int
+    call_fd: int
+    err_fd: int
+    inflight: dict[int, _Chain]
+    errors: list[str]
+    _owned: list[int]
+    _rx_pending: list[UsedElem]
+
+    # Supplied by the ring kind.
+    avail_gpa: int
+    used_gpa: int
+
+    # Each kind also has add_chain, publish, reap and set_used_event.
+
+    def used_event_now(self) -> int:
+        """The used_event value that asks for an interrupt at the next used entry."""
+        raise NotImplementedError
+
+    def _alloc(self, size: int, align: int, region: int | None) -> int:
+        gpa = self.mem.alloc(size, align, region=region)
+        self._owned.append(gpa)
+        return gpa
+
+    @property
+    def desc_uaddr(self) -> int:
+        return self.mem.uaddr(self.desc_gpa)
+
+    @property
+    def avail_uaddr(self) -> int:
+        return self.mem.uaddr(self.avail_gpa)
+
+    @property
+    def used_uaddr(self) -> int:
+        return self.mem.uaddr(self.used_gpa)
+
+    def kick(self) -> None:
+        """Notify the device (eventfd write; the value is meaningless)."""
+        os.eventfd_write(self.kick_fd, 1)
+
+    def wait_call(self, timeout: float = 1.0) -> bool:
+        """Wait for the device's interrupt on the call eventfd; consume it."""
+        if self.event_idx:
+            self.set_used_event(self.used_event_now())
+        r = readable(self.call_fd, timeout)
+        if not r:
+            return False
+        try:
+            os.eventfd_read(self.call_fd)
+        except BlockingIOError:
+            return False
+        self.interrupts += 1
+        return True
+
+    def drain_call(self) -> int:
+        """Consume pending interrupts; return the eventfd counter (0 = none)."""
+        try:
+            n = os.eventfd_read(self.call_fd)
+        except BlockingIOError:
+            return 0
+        self.interrupts += 1
+        return n
+
+    def post_tx(self, frame: bytes, *, hdr: VirtioNetHdr | bytes | None = None,
+                split: Sequence[int] | None = None, indirect: bool = False,
+                publish: bool = True, kick: bool = True) -> int:
+        """Post one TX packet: virtio-net header + ``frame``.
+
+        ``split`` gives the sizes of all descriptors but the last (which takes
+        the rest), cutting the header+frame byte string anywhere: ``None`` is
+        one descriptor, ``[12]`` header and data apart, ``[5, 100]`` splits
+        inside the header.  Each descriptor gets its own buffer allocation (as
+        a real guest's scattered pages).  ``hdr`` defaults to all-zero.
+        """
+        if hdr is None:
+            hdr = VirtioNetHdr()
+        hbytes = hdr.pack(self.hdr_len) if isinstance(hdr, VirtioNetHdr) else bytes(hdr)
+        blob = hbytes + bytes(frame)
+        sizes = list(split or [])
+        if sum(sizes) > len(blob):
+            raise ValueError("split sizes exceed the packet")
+        sizes.append(len(blob) - sum(sizes))
+        segments: list[tuple[int, int, bool]] = []
+        allocs: list[int] = []
+        pos = 0
+        for n in sizes:
+            gpa = self.mem.alloc(max(n, 1), 16, region=self.buf_region, zero=False)
+            allocs.append(gpa)
+            self.mem.write(gpa, blob[pos:pos + n])
+            segments.append((gpa, n, False))
+            pos += n
+        try:
+            return self.add_chain(segments, indirect=indirect, allocs=allocs, publish=publish, kick=kick)
+        except BaseException:
+            for a in allocs:
+                self.mem.free(a)
+            raise
+
+    def post_rx(self, count: int = 1, buf_len: int = 2048, *, descs_per_chain: int = 1,
+                indirect: bool = False, fill: int | None = 0xA5, publish: bool = True,
+                kick: bool = True, sizes: Sequence[int] | None = None) -> list[int]:
+        """Post ``count`` device-writable chains of ``buf_len`` bytes each.
+
+        ``descs_per_chain`` > 1 splits each buffer across that many
+        descriptors (separate allocations); ``sizes`` gives the descriptors'
+        lengths instead (e.g. ``[12, 2036]``: the header apart, as legacy
+        drivers post RX buffers).  Without MRG_RXBUF a chain must
+        hold header + the largest frame; with MRG_RXBUF small chains are
+        merged by the device (``num_buffers``).  ``fill`` poisons the buffers
+        first so that header fields the device forgot to write stand out.
+        """
+        heads = []
+        for _ in range(count):
+            if sizes is None:
+                base, rem = divmod(buf_len, descs_per_chain)
+                sizes = [base + (1 if i < rem else 0) for i in range(descs_per_chain)]
+            allocs = [self.mem.alloc(max(n, 1), 16, region=self.buf_region, zero=False) for n in sizes]
+            if fill is not None:
+                for g, n in zip(allocs, sizes, strict=True):
+                    self.mem.fill(g, n, fill)
+            segs = [(g, n, True) for g, n in zip(allocs, sizes, strict=True)]
+            heads.append(self.add_chain(segs, indirect=indirect, allocs=allocs, publish=False, kick=False))
+        if publish:
+            self.publish(kick=kick)
+        return heads
+
+    def post_tx_frames(self, frames: Iterable[bytes], **kw: Any) -> list[int]:
+        """Post several frames (``post_tx`` options), publish once, kick once."""
+        heads = [self.post_tx(f, publish=False, kick=False, **kw) for f in frames]
+        self.publish(kick=True)
+        return heads
+
+    def wait_used(self, count: int = 1, timeout: float = 2.0) -> list[UsedElem]:
+        """Reap until ``count`` used entries arrived or ``timeout`` passed.
+
+        Waits on the call eventfd but re-checks the used ring every few ms:
+        devices may suppress interrupts (they are hints).
+        """
+        deadline = time.monotonic() + timeout
+        out: list[UsedElem] = []
+        while True:
+            out.extend(self.reap())
+            now = time.monotonic()
+            if len(out) >= count or now >= deadline:
+                return out
+            self.wait_call(min(0.01, deadline - now))
+
+    def recv_frames(self, count: int = 1, timeout: float = 2.0, *,
+                    mrg_rxbuf: bool | None = None) -> list[RxFrame]:
+        """Receive up to ``count`` frames from this (RX) ring.
+
+        With MRG_RXBUF the first buffer's header says ``num_buffers``; the
+        frame continues in that many consecutive used entries, each without
+        a header (virtio-net "Processing of Incoming Packets").
+        """
+        mrg = self.mrg_rxbuf if mrg_rxbuf is None else mrg_rxbuf
+        deadline = time.monotonic() + timeout
+        frames: list[RxFrame] = []
+        while True:
+            self._rx_pending.extend(self.reap())
+            while self._rx_pending and len(frames) < count:
+                first = self._rx_pending[0]
+                if len(first.data) < self.hdr_len:
+                    self.errors.append(f"RX used len {first.len} shorter than the header")
+                    self._rx_pending.pop(0)
+                    continue
+                hdr = VirtioNetHdr.unpack(first.data[:self.hdr_len])
+                k = hdr.num_buffers if mrg else 1
+                if k == 0 or k > self.num:
+                    self.errors.append(f"num_buffers {k} impossible for ring size {self.num}")
+                    k = 1
+                if len(self._rx_pending) < k:
+                    break
+                elems, self._rx_pending = self._rx_pending[:k], self._rx_pending[k:]
+                payload = first.data[self.hdr_len:] + b"".join(e.data for e in elems[1:])
+                frames.append(RxFrame(hdr, payload, elems))
+            now = time.monotonic()
+            if len(frames) >= count or now >= deadline:
+                return frames
+            self.wait_call(min(0.01, deadline - now))
+
+    def _gather(self, bufs: Sequence[tuple[int, int]], length: int) -> bytes:
+        parts = []
+        for gpa, n in bufs:
+            if length <= 0:
+                break
+            k = min(n, length)
+            parts.append(self.mem.read(gpa, k))
+            length -= k
+        return b"".join(parts)
+
+    def close(self) -> None:
+        """Close the eventfds and give the ring's memory back to the allocator."""
+        for fd in (self.kick_fd, self.call_fd, self.err_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.kick_fd = self.call_fd = self.err_fd = -1
+        for chain in self.inflight.values():
+            for a in chain.allocs:
+                self.mem.free(a)
+        self.inflight.clear()
+        for a in self._owned:
+            self.mem.free(a)
+        self._owned = []
+
+
+class SplitRing(RingDriver):
     """One split virtqueue laid out in guest memory (virtio 1.x §2.7).
 
     ::
@@ -735,24 +954,10 @@ class SplitRing:
         self.errors: list[str] = []  # back-end misbehaviour seen while reaping
         self._rx_pending: list[UsedElem] = []
 
-    def _alloc(self, size: int, align: int, region: int | None) -> int:
-        gpa = self.mem.alloc(size, align, region=region)
-        self._owned.append(gpa)
-        return gpa
+    def used_event_now(self) -> int:
+        return self.last_used
 
     # -- addresses for vhost-user ---------------------------------------------------
-
-    @property
-    def desc_uaddr(self) -> int:
-        return self.mem.uaddr(self.desc_gpa)
-
-    @property
-    def avail_uaddr(self) -> int:
-        return self.mem.uaddr(self.avail_gpa)
-
-    @property
-    def used_uaddr(self) -> int:
-        return self.mem.uaddr(self.used_gpa)
 
     # -- raw field access -----------------------------------------------------------
 
@@ -830,33 +1035,6 @@ class SplitRing:
 
     # -- notifications --------------------------------------------------------------
 
-    def kick(self) -> None:
-        """Notify the device (eventfd write; the value is meaningless)."""
-        os.eventfd_write(self.kick_fd, 1)
-
-    def wait_call(self, timeout: float = 1.0) -> bool:
-        """Wait for the device's interrupt on the call eventfd; consume it."""
-        if self.event_idx:
-            self.set_used_event(self.last_used)
-        r = readable(self.call_fd, timeout)
-        if not r:
-            return False
-        try:
-            os.eventfd_read(self.call_fd)
-        except BlockingIOError:
-            return False
-        self.interrupts += 1
-        return True
-
-    def drain_call(self) -> int:
-        """Consume pending interrupts; return the eventfd counter (0 = none)."""
-        try:
-            n = os.eventfd_read(self.call_fd)
-        except BlockingIOError:
-            return 0
-        self.interrupts += 1
-        return n
-
     # -- well-behaved driver operations ------------------------------------------------
 
     def add_chain(self, segments: Sequence[tuple[int, int, bool]], *, indirect: bool = False,
@@ -893,75 +1071,6 @@ class SplitRing:
         self.inflight[head] = _Chain(descs, allocs, writable)
         self.push_avail(head, publish=publish, kick=kick)
         return head
-
-    def post_tx(self, frame: bytes, *, hdr: VirtioNetHdr | bytes | None = None,
-                split: Sequence[int] | None = None, indirect: bool = False,
-                publish: bool = True, kick: bool = True) -> int:
-        """Post one TX packet: virtio-net header + ``frame``.
-
-        ``split`` gives the sizes of all descriptors but the last (which takes
-        the rest), cutting the header+frame byte string anywhere: ``None`` is
-        one descriptor, ``[12]`` header and data apart, ``[5, 100]`` splits
-        inside the header.  Each descriptor gets its own buffer allocation (as
-        a real guest's scattered pages).  ``hdr`` defaults to all-zero.
-        """
-        if hdr is None:
-            hdr = VirtioNetHdr()
-        hbytes = hdr.pack(self.hdr_len) if isinstance(hdr, VirtioNetHdr) else bytes(hdr)
-        blob = hbytes + bytes(frame)
-        sizes = list(split or [])
-        if sum(sizes) > len(blob):
-            raise ValueError("split sizes exceed the packet")
-        sizes.append(len(blob) - sum(sizes))
-        segments: list[tuple[int, int, bool]] = []
-        allocs: list[int] = []
-        pos = 0
-        for n in sizes:
-            gpa = self.mem.alloc(max(n, 1), 16, region=self.buf_region, zero=False)
-            allocs.append(gpa)
-            self.mem.write(gpa, blob[pos:pos + n])
-            segments.append((gpa, n, False))
-            pos += n
-        try:
-            return self.add_chain(segments, indirect=indirect, allocs=allocs, publish=publish, kick=kick)
-        except BaseException:
-            for a in allocs:
-                self.mem.free(a)
-            raise
-
-    def post_rx(self, count: int = 1, buf_len: int = 2048, *, descs_per_chain: int = 1,
-                indirect: bool = False, fill: int | None = 0xA5, publish: bool = True,
-                kick: bool = True, sizes: Sequence[int] | None = None) -> list[int]:
-        """Post ``count`` device-writable chains of ``buf_len`` bytes each.
-
-        ``descs_per_chain`` > 1 splits each buffer across that many
-        descriptors (separate allocations); ``sizes`` gives the descriptors'
-        lengths instead (e.g. ``[12, 2036]``: the header apart, as legacy
-        drivers post RX buffers).  Without MRG_RXBUF a chain must
-        hold header + the largest frame; with MRG_RXBUF small chains are
-        merged by the device (``num_buffers``).  ``fill`` poisons the buffers
-        first so that header fields the device forgot to write stand out.
-        """
-        heads = []
-        for _ in range(count):
-            if sizes is None:
-                base, rem = divmod(buf_len, descs_per_chain)
-                sizes = [base + (1 if i < rem else 0) for i in range(descs_per_chain)]
-            allocs = [self.mem.alloc(max(n, 1), 16, region=self.buf_region, zero=False) for n in sizes]
-            if fill is not None:
-                for g, n in zip(allocs, sizes, strict=True):
-                    self.mem.fill(g, n, fill)
-            segs = [(g, n, True) for g, n in zip(allocs, sizes, strict=True)]
-            heads.append(self.add_chain(segs, indirect=indirect, allocs=allocs, publish=False, kick=False))
-        if publish:
-            self.publish(kick=kick)
-        return heads
-
-    def post_tx_frames(self, frames: Iterable[bytes], **kw: Any) -> list[int]:
-        """Post several frames (``post_tx`` options), publish once, kick once."""
-        heads = [self.post_tx(f, publish=False, kick=False, **kw) for f in frames]
-        self.publish(kick=True)
-        return heads
 
     def pending_used(self) -> int:
         """Used entries written by the device but not reaped yet."""
@@ -1001,79 +1110,6 @@ class SplitRing:
             self.free_descs.extend(reversed(chain.descs))
             out.append(UsedElem(uid, ulen, data))
         return out
-
-    def _gather(self, bufs: Sequence[tuple[int, int]], length: int) -> bytes:
-        parts = []
-        for gpa, n in bufs:
-            if length <= 0:
-                break
-            k = min(n, length)
-            parts.append(self.mem.read(gpa, k))
-            length -= k
-        return b"".join(parts)
-
-    def wait_used(self, count: int = 1, timeout: float = 2.0) -> list[UsedElem]:
-        """Reap until ``count`` used entries arrived or ``timeout`` passed.
-
-        Waits on the call eventfd but re-checks the used ring every few ms:
-        devices may suppress interrupts (they are hints).
-        """
-        deadline = time.monotonic() + timeout
-        out: list[UsedElem] = []
-        while True:
-            out.extend(self.reap())
-            now = time.monotonic()
-            if len(out) >= count or now >= deadline:
-                return out
-            self.wait_call(min(0.01, deadline - now))
-
-    def recv_frames(self, count: int = 1, timeout: float = 2.0, *,
-                    mrg_rxbuf: bool | None = None) -> list[RxFrame]:
-        """Receive up to ``count`` frames from this (RX) ring.
-
-        With MRG_RXBUF the first buffer's header says ``num_buffers``; the
-        frame continues in that many consecutive used entries, each without
-        a header (virtio-net "Processing of Incoming Packets").
-        """
-        mrg = self.mrg_rxbuf if mrg_rxbuf is None else mrg_rxbuf
-        deadline = time.monotonic() + timeout
-        frames: list[RxFrame] = []
-        while True:
-            self._rx_pending.extend(self.reap())
-            while self._rx_pending and len(frames) < count:
-                first = self._rx_pending[0]
-                if len(first.data) < self.hdr_len:
-                    self.errors.append(f"RX used len {first.len} shorter than the header")
-                    self._rx_pending.pop(0)
-                    continue
-                hdr = VirtioNetHdr.unpack(first.data[:self.hdr_len])
-                k = hdr.num_buffers if mrg else 1
-                if k == 0 or k > self.num:
-                    self.errors.append(f"num_buffers {k} impossible for ring size {self.num}")
-                    k = 1
-                if len(self._rx_pending) < k:
-                    break
-                elems, self._rx_pending = self._rx_pending[:k], self._rx_pending[k:]
-                payload = first.data[self.hdr_len:] + b"".join(e.data for e in elems[1:])
-                frames.append(RxFrame(hdr, payload, elems))
-            now = time.monotonic()
-            if len(frames) >= count or now >= deadline:
-                return frames
-            self.wait_call(min(0.01, deadline - now))
-
-    def close(self) -> None:
-        """Close the eventfds and give the ring's memory back to the allocator."""
-        for fd in (self.kick_fd, self.call_fd, self.err_fd):
-            if fd >= 0:
-                os.close(fd)
-        self.kick_fd = self.call_fd = self.err_fd = -1
-        for chain in self.inflight.values():
-            for a in chain.allocs:
-                self.mem.free(a)
-        self.inflight.clear()
-        for a in self._owned:
-            self.mem.free(a)
-        self._owned = []
 
 
 class Hostile:
