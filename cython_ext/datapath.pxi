@@ -439,11 +439,13 @@ cdef class Datapath:
         """SEND_RARP: broadcast a RARP from port p's guest MAC, as if the guest
         had sent it (DPDK broadcast_rarp): the switch re-learns the MAC on
         this port and every other port (and the network behind the TAP)
-        hears where the guest is now."""
+        hears where the guest is now. Returns the drop reason if the frame
+        was dropped (as a frame the guest sent would have been), else None."""
         cdef vs_port *port = self._port(p)
         cdef vs_worker *w = self.ctlw
         cdef vs_frame *f = &w.frames[0]
         cdef uint8_t frame[60]
+        cdef uint64_t before[DROP_MAX]
         cdef int i
         self._check_control_thread()        # the control plane's ring has one user
         if len(mac) != 6:
@@ -474,9 +476,17 @@ cdef class Datapath:
         f.csum_offset = 0
         # Delivery takes each destination ring's lock, as a worker does.
         w.budget = VS_PORT_WORK
+        memcpy(before, self.ctl_vq.c.drops, sizeof(before))
         with nogil:
             switch_burst(self.sw, w, p, 0, self.ctl_vq, 1)
             notify_flush(w)
+        # The frame is judged as the guest's own (port security, storm
+        # control...): a drop is counted on the control ring, which belongs
+        # to no port, so its reason goes back to the port to count.
+        for i in range(1, DROP_MAX):
+            if self.ctl_vq.c.drops[i] != before[i]:
+                return DROP_REASONS[i]
+        return None
 
 
     # --- memory: guest memory tables, caps, faults, dirty log (mem.pxi) ---------------

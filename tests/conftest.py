@@ -59,6 +59,7 @@ GROUPS: dict[str, str] = {
     "test_hostile_work.py": "hostile",
     "test_hostile_iotlb.py": "hostile",
     "test_hostile_resources.py": "hostile",
+    "test_hostile_rarp.py": "hostile",
     "test_safe_files.py": "hostile",
     "test_seccomp.py": "hostile",
     "test_unprivileged.py": "hostile",

@@ -128,7 +128,9 @@ class SwitchCollector:
             "direction=\"transmit\": counted on the ring the switch writes to the port (guest "
             "RX virtqueue / writes to the kernel): no_rx_buffer, rx_buffer_too_small, "
             "rx_bad_chain, mtu_exceeded, tap_write_failed. ring_broken (the guest's avail index "
-            "jumped) can happen on either ring. Only reasons that occurred are exported.",
+            "jumped) can happen on either ring. queue=\"announce\": the RARPs the switch "
+            "broadcasts for a front-end (SEND_RARP), judged as frames of its guest (e.g. "
+            "spoofed_source, storm_control). Only reasons that occurred are exported.",
             labels=["port", "queue", "direction", "reason"])
         up = GaugeMetricFamily(
             "vswitch_port_up",
@@ -210,6 +212,9 @@ class SwitchCollector:
                     for reason, n in sorted((counters.get("drops") or {}).items()):
                         if n:
                             drops.add_metric([name, q, direction, reason], n)
+            # frames the switch sent for the front-end (SEND_RARP): on no queue pair
+            for reason, n in sorted((show.get("announce_drops") or {}).items()):
+                drops.add_metric([name, "announce", "receive", reason], n)
             enabled = int(show.get("queues_enabled") or 0)
             if kind in ("tap", "vxlan"):
                 is_up = show.get("state") == "up"

@@ -83,6 +83,7 @@ class PortView(TypedDict, total=False):
     memory_regions: list[dict[str, int]]
     memory_mapped: int
     rarps: int
+    announce_drops: dict[str, int]
     features_offered: list[str]
     pending: dict[str, Any]
     # TAP

@@ -95,8 +95,9 @@ PORT_ALERTS = ("socket",)
 class PortBackend:
     """The session's view of the datapath: one port slot."""
 
-    def __init__(self, dp: Datapath, slot: int) -> None:
+    def __init__(self, dp: Datapath, slot: int, announce_drops: dict[str, int] | None = None) -> None:
         self.dp, self.slot = dp, slot
+        self.announce_drops = announce_drops if announce_drops is not None else {}
 
     def set_features(self, features: int) -> None:
         self.dp.port_set_features(self.slot, features)
@@ -138,7 +139,11 @@ class PortBackend:
         self.dp.set_log_base(self.slot, fd, size, offset)
 
     def send_rarp(self, mac):
-        self.dp.inject_rarp(self.slot, mac)
+        # The RARP is judged as a frame of the guest's (port security, storm
+        # control): a front-end announces only what its guest could send.
+        reason = self.dp.inject_rarp(self.slot, mac)
+        if reason is not None:
+            self.announce_drops[reason] = self.announce_drops.get(reason, 0) + 1
 
     def set_iotlb(self, entries, sync=True):
         return self.dp.iotlb_set(self.slot, entries, sync)
@@ -208,6 +213,9 @@ class VhostUserPort:
         self._miss_refill = 0.0
         self.iotlb_counts = {"miss_sent": 0, "miss_suppressed": 0, "miss_unsent": 0,
                              "miss_queue_full": 0}
+        # Frames the switch sent for the front-end (SEND_RARP) and dropped, by
+        # reason: they are on no queue pair, so they are counted here.
+        self.announce_drops: dict[str, int] = {}
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -440,7 +448,7 @@ class VhostUserPort:
 
     async def _run_connection(self) -> None:
         assert self._conn is not None
-        self.session = Session(self.offer, PortBackend(self.dp, self.slot),
+        self.session = Session(self.offer, PortBackend(self.dp, self.slot, self.announce_drops),
                                allow_file_memory=self.config.allow_file_memory,
                                on_refused=self._refused)
         self.status.connections += 1
@@ -757,6 +765,7 @@ class VhostUserPort:
             "memory_regions": [{"gpa": gpa, "size": size} for gpa, size, _ in self.dp.memory_regions(self.slot)],
             "memory_mapped": self.dp.mapped_bytes(self.slot),      # bytes, dirty log included
             "rarps": self.session.rarps if self.session is not None else 0,
+            "announce_drops": dict(self.announce_drops),
             "iotlb": self._iotlb_view(),
             # SET_BACKEND_REQ_FD: IOTLB misses sent and dropped (None: no channel)
             "backend_channel": (self.session.channel.info()
@@ -786,6 +795,8 @@ class VhostUserPort:
         for index in range(2 * self.config.queues):
             for reason, n in self.dp.vring_counters(self.slot, index)["drops"].items():
                 totals[reason] += n
+        for reason, n in self.announce_drops.items():
+            totals[reason] += n
         return {k: v for k, v in totals.items() if v}
 
 
