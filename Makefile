@@ -5,6 +5,8 @@
 #   make test   every Debian and Python package the suite needs, build, run the suite
 #   make test-quick  the same without QEMU guests, testpmd, systemd and slow
 #               tests (markers in pyproject.toml, tests/conftest.py): about 2 minutes
+#   make demo   two QEMU guests and the host switched by a fresh vswitchd: ping,
+#               iperf3, vswitchctl, metrics and a PNG of the rates (tools/demo.py)
 #   make bench  loopback (against DPDK and the release before), uplink, VM-to-VM,
 #               rate-limit and attack (a hostile guest beside a healthy pair)
 #               benchmarks, one at a time, then bench-callgrind
@@ -27,7 +29,7 @@ PYTEST_ARGS ?=
 # Debian packages: to build (compiler, headers, venv) and to test against real peers.
 BUILD_DEBS := gcc python3-dev python3-venv
 TEST_DEBS  := qemu-system-x86 dpdk-dev busybox-static iperf3 ethtool iproute2 procps iputils-ping tshark
-TEST_PIPS  := pytest hypothesis jsonschema atheris==3.0.0
+TEST_PIPS  := pytest hypothesis jsonschema atheris==3.0.0 matplotlib
 # Debian packages the benchmarks need beyond the suite's.
 BENCH_DEBS := valgrind
 
@@ -134,6 +136,22 @@ test: deps-test build $(TEST_PIPS_STAMP)
 
 test-quick: deps-test build $(TEST_PIPS_STAMP)
 	$(PY) -m pytest -m "not qemu and not dpdk and not systemd and not slow" $(PYTEST_ARGS)
+
+# --- make demo ---------------------------------------------------------------
+# The switch at work for a newcomer (tools/demo.py): two QEMU guests and a TAP
+# uplink on a fresh vswitchd, ping and iperf3 between the guests and to the
+# host, vswitchctl's view, the metrics, and DEMO_OUT/vswitch-demo.png (per-port
+# frame and byte rates). About 30 s after its installs; the first run also
+# fetches the guest kernel. Stops everything it started, also on Ctrl-C.
+DEMO_DEBS := qemu-system-x86 busybox-static iperf3 ethtool iproute2
+DEMO_OUT  ?= demo-output
+
+.PHONY: demo
+demo: build
+	$(call apt_install,$(DEMO_DEBS))
+	@apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1 || apt-get update -q
+	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
+	$(PY) -m tools.demo --out $(DEMO_OUT)
 
 # The loopback benchmark interleaves DPDK, the release before the tenant
 # features (VLANs, port security, storm control, policing, mirrors, the FDB
