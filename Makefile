@@ -5,6 +5,8 @@
 #   make test   every Debian and Python package the suite needs, build, run the suite
 #   make test-quick  the same without QEMU guests, testpmd, systemd and slow
 #               tests (markers in pyproject.toml, tests/conftest.py): about 2 minutes
+#   make demo   two QEMU guests and the host switched by a fresh vswitchd: ping,
+#               iperf3, vswitchctl, metrics and a PNG of the rates (tools/demo.py)
 #   make bench  loopback (against DPDK and the release before), uplink, VM-to-VM,
 #               rate-limit and attack (a hostile guest beside a healthy pair)
 #               benchmarks, one at a time, then bench-callgrind
@@ -27,7 +29,7 @@ PYTEST_ARGS ?=
 # Debian packages: to build (compiler, headers, venv) and to test against real peers.
 BUILD_DEBS := gcc python3-dev python3-venv
 TEST_DEBS  := qemu-system-x86 dpdk-dev busybox-static iperf3 ethtool iproute2 procps iputils-ping tshark
-TEST_PIPS  := pytest hypothesis jsonschema atheris==3.0.0
+TEST_PIPS  := pytest hypothesis jsonschema atheris==3.0.0 matplotlib
 # Debian packages the benchmarks need beyond the suite's.
 BENCH_DEBS := valgrind
 
@@ -35,13 +37,23 @@ BENCH_DEBS := valgrind
 
 all: build
 
-# Install Debian packages only when something is missing, so repeated runs
-# need neither the network nor root.
+# Install Debian packages only when something is missing (not installed, or
+# only its config files left), so repeated runs need neither the network nor
+# root. Light: no Recommends (the suite needs none; README "What make test
+# installs"), and no service started by a maintainer script (libvirtd,
+# virtlogd, ...): a /usr/sbin/policy-rc.d that answers 101 ("action
+# forbidden") for the install, removed after it only if we created it.
 define apt_install
-	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q ' installed$$' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  made=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\n# vswitch make: no service starts while it installs packages\nexit 101\n' \
+	      > /usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d && made=1; fi; \
+	  trap '[ -z "$$made" ] || rm -f /usr/sbin/policy-rc.d' EXIT INT TERM; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 endef
 
@@ -58,6 +70,26 @@ deps-test: deps-build
 	$(call apt_install,$(TEST_DEBS))
 	@# the guest kernel is fetched with apt-get download: it needs package lists
 	@apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1 || apt-get update -q
+
+# libvirt for tests/test_libvirt.py, which starts virtlogd and libvirtd
+# itself (no systemd needed) and stops them after. Installed without starting
+# them (apt_install's policy-rc.d), and libvirt's default network is not
+# autostarted when this install brought it: it would add a bridge and
+# firewall rules to the host, and its dnsmasq is only a Recommends.
+LIBVIRT_DEBS := libvirt-daemon-system libvirt-clients
+LIBVIRT_NET_AUTOSTART := /etc/libvirt/qemu/networks/autostart/default.xml
+
+.PHONY: deps-libvirt apt-libvirt
+deps-test: deps-libvirt
+deps-libvirt:
+	@fresh=""; dpkg-query -W -f='$${Status}\n' libvirt-daemon-config-network 2>/dev/null | \
+	  grep -q ' installed$$' || fresh=1; \
+	$(MAKE) --no-print-directory apt-libvirt || exit 1; \
+	if [ -n "$$fresh" ] && [ -L $(LIBVIRT_NET_AUTOSTART) ]; then \
+	  rm -f $(LIBVIRT_NET_AUTOSTART); echo "libvirt: its default network stays inactive (not autostarted)"; fi
+
+apt-libvirt:
+	$(call apt_install,$(LIBVIRT_DEBS))
 
 $(PY): | deps-build
 	$(PYTHON) -m venv $(VENV)
@@ -104,6 +136,22 @@ test: deps-test build $(TEST_PIPS_STAMP)
 
 test-quick: deps-test build $(TEST_PIPS_STAMP)
 	$(PY) -m pytest -m "not qemu and not dpdk and not systemd and not slow" $(PYTEST_ARGS)
+
+# --- make demo ---------------------------------------------------------------
+# The switch at work for a newcomer (tools/demo.py): two QEMU guests and a TAP
+# uplink on a fresh vswitchd, ping and iperf3 between the guests and to the
+# host, vswitchctl's view, the metrics, and DEMO_OUT/vswitch-demo.png (per-port
+# frame and byte rates). About 30 s after its installs; the first run also
+# fetches the guest kernel. Stops everything it started, also on Ctrl-C.
+DEMO_DEBS := qemu-system-x86 busybox-static iperf3 ethtool iproute2
+DEMO_OUT  ?= demo-output
+
+.PHONY: demo
+demo: build
+	$(call apt_install,$(DEMO_DEBS))
+	@apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1 || apt-get update -q
+	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
+	$(PY) -m tools.demo --out $(DEMO_OUT)
 
 # The loopback benchmark interleaves DPDK, the release before the tenant
 # features (VLANs, port security, storm control, policing, mirrors, the FDB

@@ -48,6 +48,8 @@ GROUPS: dict[str, str] = {
     "test_offloads.py": "interop",
     "test_idle.py": "interop",
     "test_iotlb.py": "interop",
+    "test_libvirt.py": "interop",
+    "test_demo.py": "interop",
     "test_uplink.py": "linux",
     "test_policy.py": "tenants",
     "test_vlan_guests.py": "tenants",

@@ -17,8 +17,14 @@ def test_invalid_config_is_refused_naming_file_key_and_problem(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("ports:\n  vm1:\n    type: vhost-user\n    queues: 0\n")
     proc = subprocess.run([VSWITCHD, "--config", str(cfg)], capture_output=True, text=True, timeout=30)
-    assert proc.returncode != 0
+    assert proc.returncode == 6       # "not configured": the unit's RestartPreventExitStatus
     assert f"{cfg}:4:13: ports.vm1.queues: must be 1..64 (got 0)" in proc.stderr
+    check = subprocess.run([VSWITCHCTL, "config", "check", str(cfg)], capture_output=True, text=True,
+                           timeout=30)
+    assert check.returncode == 6 and f"{cfg}:4:13: ports.vm1.queues" in check.stderr
+    missing = subprocess.run([VSWITCHD, "--config", str(tmp_path / "none.yaml")], capture_output=True,
+                             text=True, timeout=30)
+    assert missing.returncode == 6 and "cannot read configuration file" in missing.stderr
 
 
 def test_shipped_config_is_valid():

@@ -1,6 +1,7 @@
 """vswitchctl: query a running vswitchd over its control socket.
 
-Exit codes: 0 success, 1 failed operation, 2 usage error. Errors go to stderr.
+Exit codes: 0 success, 1 failed operation, 2 usage error, 6 invalid
+configuration (`config check`). Errors go to stderr.
 
 The commands, their arguments and their help come from vswitch/api.py's
 COMMANDS, the table the daemon dispatches from: `vswitchctl --help` lists
@@ -22,6 +23,12 @@ from . import __version__
 from .api import COMMANDS, Arg, Command
 
 DEFAULT_RUNTIME_DIR = "/run/vswitch"
+
+# "Program is not configured" in the LSB init-script actions and in systemd's
+# exit codes (EXIT_NOTCONFIGURED): `vswitchctl config check` and vswitchd
+# exit with it on an invalid file, and the unit's RestartPreventExitStatus=6
+# keeps systemd from restarting into the same error.
+EXIT_NOT_CONFIGURED = 6
 
 
 def request(path: str, command: str, args: dict | None = None, timeout: float = 10.0) -> dict:
@@ -123,10 +130,10 @@ def config_check(path: str, as_json: bool) -> int:
         if as_json:
             print(json.dumps({"ok": False, "errors": [str(e) for e in exc.errors]}, indent=2))
         print(str(exc), file=sys.stderr)
-        return 1
+        return EXIT_NOT_CONFIGURED
     except OSError as exc:
         print(f"vswitchctl: {path}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return EXIT_NOT_CONFIGURED
     if as_json:
         print(json.dumps({"ok": True, "config": config.to_dict()}, indent=2))
     else:
@@ -297,7 +304,9 @@ def main_parser() -> argparse.ArgumentParser:
     """`vswitchctl --help`: every command with its help; debug ones named in a note."""
     debug = [c.name for c in CLI_COMMANDS if c.debug]
     epilog = ["commands:", *_help_lines([c for c in CLI_COMMANDS if not c.debug]), "",
-              "vswitchctl COMMAND --help shows a command's arguments."]
+              "vswitchctl COMMAND --help shows a command's arguments.", "",
+              "exit status: 0 success, 1 the operation failed, 2 usage error,",
+              f"{EXIT_NOT_CONFIGURED} invalid configuration (config check)."]
     if debug:
         epilog += ["", *textwrap.wrap("debug: " + ", ".join(debug) + " are for test systems: the "
                                       "daemon answers them only with `debug: true` in its "

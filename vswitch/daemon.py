@@ -30,6 +30,7 @@ from . import privileges
 from . import reconcile
 from . import seccomp
 from .api import SwitchAPI
+from .cli import EXIT_NOT_CONFIGURED
 from .config import Config, ConfigError, load_config
 from .control import ControlServer
 from .dpcontrol import DatapathControl
@@ -470,7 +471,11 @@ class Switch:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vswitchd", description="vhost-user virtio-net switch")
+    parser = argparse.ArgumentParser(
+        prog="vswitchd", description="vhost-user virtio-net switch",
+        epilog=f"exit status: 0 stopped by SIGINT/SIGTERM, {EXIT_NOT_CONFIGURED} invalid "
+               "configuration (\"not configured\" as in LSB and systemd; the unit does not "
+               "restart on it), 1 any other failure to start, 2 usage error")
     parser.add_argument("--config", "-c", required=True, help="YAML configuration file")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
@@ -482,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"vswitchd: invalid configuration:\n{exc}", file=sys.stderr)
-        return 2
+        return EXIT_NOT_CONFIGURED
     try:
         lock_fd = take_runtime_lock(config.runtime_dir)
     except AlreadyRunning as exc:

@@ -366,6 +366,24 @@ def test_an_unreachable_daemon_is_a_failed_operation(tmp_path, capsys) -> None:
     assert "cannot reach vswitchd" in capsys.readouterr().err
 
 
+def test_config_check_exit_status_is_6_for_an_invalid_file(tmp_path, capsys) -> None:
+    """6 is "program is not configured" (LSB, systemd's EXIT_NOTCONFIGURED),
+    the status the unit's RestartPreventExitStatus= names."""
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(f"runtime_dir: {tmp_path}/run\nports: {{}}\n")
+    bad.write_text("ports:\n  a: {type: vhost-user, queues: 0}\n")
+    assert cli.main(["config", "check", str(good)]) == 0
+    assert cli.main(["config", "check", str(bad)]) == cli.EXIT_NOT_CONFIGURED == 6
+    assert "ports.a.queues: must be 1..64" in capsys.readouterr().err
+    assert cli.main(["config", "check", "-j", str(bad)]) == 6
+    assert '"ok": false' in capsys.readouterr().out
+    assert cli.main(["config", "check", str(tmp_path / "missing.yaml")]) == 6
+    assert "cannot read configuration file" in capsys.readouterr().err
+    unit = (Path(__file__).resolve().parents[2] / "systemd" / "vswitchd.service").read_text()
+    assert f"\nRestartPreventExitStatus={cli.EXIT_NOT_CONFIGURED}\n" in unit
+    assert "exit status:" in cli.main_parser().format_help()
+
+
 def test_command_error_carries_the_result() -> None:
     exc = CommandError("nope", {"errors": ["x"]})
     assert str(exc) == "nope" and exc.result == {"errors": ["x"]}
