@@ -167,13 +167,14 @@ class Container:
         self.init_pid = self._find_init()
         # `is-system-running --wait` returns once boot is over: "running", or
         # "degraded" with a failed unit, which the caller may judge.
-        # Until systemd has its private socket, systemctl fails at once.
+        # Until systemd has its private socket, systemctl fails at once (or
+        # says "offline"): ask again.
         self.boot_state = ""
-        while not self.boot_state and time.monotonic() < self.deadline:
+        while self.boot_state in ("", "offline") and time.monotonic() < self.deadline:
             left = max(1.0, self.deadline - time.monotonic())
             proc = self.run(["systemctl", "is-system-running", "--wait"], timeout=left, check=False)
             self.boot_state = proc.stdout.strip()
-            if not self.boot_state:
+            if self.boot_state in ("", "offline"):
                 time.sleep(0.2)
         if self.boot_state not in ("running", "degraded"):
             raise ContainerError(f"container did not boot: {self.boot_state!r}\n{self.log_tail()}")
