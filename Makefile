@@ -8,6 +8,8 @@
 #   make bench  loopback (against DPDK and the release before), uplink, VM-to-VM,
 #               rate-limit and attack (a hostile guest beside a healthy pair)
 #               benchmarks, one at a time, then bench-callgrind
+#   make deb    dist/vswitch_<version>_amd64.deb, checked by lintian (README,
+#               "Running as a service")
 #   make bench-callgrind  instructions per 64-byte frame of the datapath under
 #               callgrind, this tree against CALLGRIND_BASELINE (about a minute)
 #
