@@ -10,6 +10,8 @@
 #   make bench  loopback (against DPDK and the release before), uplink, VM-to-VM,
 #               rate-limit and attack (a hostile guest beside a healthy pair)
 #               benchmarks, one at a time, then bench-callgrind
+#   make deb    dist/vswitch_<version>_amd64.deb, checked by lintian (README,
+#               "Running as a service")
 #   make bench-callgrind  instructions per 64-byte frame of the datapath under
 #               callgrind, this tree against CALLGRIND_BASELINE (about a minute)
 #
@@ -28,7 +30,7 @@ PYTEST_ARGS ?=
 
 # Debian packages: to build (compiler, headers, venv) and to test against real peers.
 BUILD_DEBS := gcc python3-dev python3-venv
-TEST_DEBS  := qemu-system-x86 dpdk-dev busybox-static iperf3 ethtool iproute2 procps iputils-ping tshark
+TEST_DEBS  := qemu-system-x86 dpdk-dev busybox-static iperf3 ethtool iproute2 procps iputils-ping tshark debootstrap systemd-container
 TEST_PIPS  := pytest hypothesis jsonschema atheris==3.0.0 matplotlib
 # Debian packages the benchmarks need beyond the suite's.
 BENCH_DEBS := valgrind
@@ -186,6 +188,23 @@ bench-callgrind: deps-bench build
 
 clean:
 	rm -rf build *.egg-info vswitch/*.so cython_ext/*.c cython_ext/*.html
+
+# --- Debian package --------------------------------------------------------------
+# make deb: dist/vswitch_<version>_amd64.deb from debian/ (`make install`
+# staged with Debian's paths: a virtualenv in /usr/lib/vswitch, the unit
+# installed by dh_installsystemd, /etc/vswitch/vswitch.yaml a conffile; see
+# README "Running as a service"), then lintian on it (errors fail the build).
+#   apt install ./dist/vswitch_*_amd64.deb
+DEB_DEBS := debhelper dpkg-dev fakeroot lintian
+
+.PHONY: deb
+deb: deps-build
+	$(call apt_install,$(DEB_DEBS))
+	@mkdir -p dist
+	debian/rules clean
+	debian/rules build
+	fakeroot debian/rules binary
+	lintian --fail-on error --info dist/vswitch_$$(dpkg-parsechangelog -S Version)_amd64.deb
 
 # --- install / uninstall ---------------------------------------------------------
 # make install: a virtualenv of its own under /opt (Debian's system Python is

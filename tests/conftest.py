@@ -40,6 +40,7 @@ GROUPS: dict[str, str] = {
     "test_permissions.py": "appliance",
     "test_reload.py": "appliance",
     "test_systemd.py": "appliance",
+    "test_appliance.py": "appliance",
     "test_testpmd.py": "interop",
     "test_packed.py": "interop",
     "test_qemu_guests.py": "interop",
