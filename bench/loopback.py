@@ -1392,7 +1392,7 @@ def machine_line(host: dict[str, Any]) -> str:
     steal = host.get("steal_pct")
     return (f"CPU {host.get('cpu_model', '?')} x{host.get('cpus', '?')}, kernel {host.get('kernel', '?')}, "
             f"DPDK {host.get('dpdk', '?')}, OVS {host.get('ovs') or '-'}, build target(s) "
-            + ", ".join(f"{k} {v}" for k, v in (host.get("build_target") or {}).items())
+            + (", ".join(f"{k} {v}" for k, v in (host.get("build_target") or {}).items()) or "-")
             + ("" if steal is None else f", steal {steal:.2f} % over the run"))
 
 
