@@ -3,8 +3,8 @@
 Topology (one run)::
 
     CPU gen: G, dpdk-testpmd, io forward         CPU sut: S, the switch under test
-      P0 net_virtio_user0 --- a.sock ---  port a  (S listens, G connects)
-      P1 net_virtio_user1 --- b.sock ---  port b
+      P0 net_virtio_user0 --- a.sock ---  port a  (S listens, G connects;
+      P1 net_virtio_user1 --- b.sock ---  port b   --socket-role client: the reverse)
 
 G injects ``start tx_first 8`` (8 bursts x 32 frames per port and queue), then
 io-forwards P0->P1 and P1->P0 while S forwards a->b and b->a, so the frames
@@ -14,7 +14,7 @@ are up, ``--warmup`` seconds, then one sample per second for ``--seconds``
 (testpmd's own "Rx-pps since last show"); the run's figure is the median.
 
 S is either DPDK 22.11's vhost PMD (``dpdk-testpmd``, io forward: the
-reference) or vswitch (``vswitchd --config FILE``, under ``taskset``), run
+reference), OVS-DPDK (``--ovs``) or vswitch (``vswitchd --config FILE``, under ``taskset``), run
 alternately: for each pair, for each config, reference then vswitch (odd pairs
 in the reverse order, so that a drift favours neither). Runs in
 which other processes used the two CPUs (busy time in /proc/stat minus the
@@ -68,12 +68,50 @@ and virtio-user PMDs do not enforce MTU; a switch that does must allow more
 for that config (vswitch's YAML has no MTU setting today). A run that moves
 no frames is reported as an error ("no frames circulate"), not as 0 Mpps.
 
+``--memory huge`` puts the generator's memory (and a DPDK switch's own) on
+2 MiB huge pages instead of 4 KiB pages (``--no-huge``, the default): the
+run raises vm.nr_hugepages by what is missing for HUGE_PAGES free pages and
+mounts a private hugetlbfs in its workdir (``--huge-dir``,
+``--single-file-segments``: one memory region per segment list, not per
+page); each run's page files are removed after it, and the pages and the
+mount are given back at the end whatever happens (an error, Ctrl-C, SIGTERM,
+SIGHUP). ``--socket-role client`` makes the switch connect: the generator's
+virtio-user ports listen (``server=1``; it blocks in accept() on socket a,
+then b, during its start, so it starts first), DPDK's vhost PMD runs with
+``client=1``, vswitch's ports with ``mode: client``.
+
+``--ovs normal,p2p`` adds OVS-DPDK (Debian's openvswitch-switch-dpdk, OVS
+3.1 on DPDK 22.11) as reference systems "ovs-normal" and "ovs-p2p" (see
+OvsSwitch): its own ovsdb and run directory per run, one PMD thread on the
+switch's CPU, dpdkvhostuserclient ports (always a socket client), huge
+pages (it cannot run without them: ``--memory huge``); NORMAL is MAC
+learning like vswitch, p2p one OpenFlow rule per direction. Every system that
+is not a reference is reported as per-pair ratios to each reference present
+(dpdk, ovs-normal, ovs-p2p).
+
+Each ratio is given twice: the median over all pairs, and ("fast") over the
+pairs whose two runs were both in the machine's fast state. The rule, from
+the data (fast_threshold): a system's run rates of one config, sorted, are
+split at the largest gap between neighbours when it is at least BIMODAL_GAP
+(1.25x); runs at or above the gap's geometric midpoint are fast. A system
+with no such gap is taken as one state (all "fast").
+
+What was measured is in the JSON and printed: the CPU model, kernel, DPDK
+and OVS versions, each vswitchd's build target (vswitch._datapath.BUILD_TARGET,
+"native" for builds from before it), the steal time of the whole run (all
+CPUs, /proc/stat) and of each run, and for vswitch the worker's TSC cycles
+per delivered frame: its busy time (control socket "stats", the rounds
+that moved frames) times the TSC rate over the frames it delivered. Busy time
+is wall-clock, so stolen time counts as busy: the figure is printed only
+beside the steal.
+
 Usage (root, from the repository root; never run two benchmarks at once --
 a lock file enforces it)::
 
     .venv/bin/python -m bench.loopback [--pairs 5] [--configs 64x1,1518x1,64x2,1518x2,64x1p]
         [--topology loop|oneway] [--seconds 10] [--warmup 5] [--only dpdk|vswitch|both]
         [--baseline cefd30a] [--variants off,policing,vlan,security,all]
+        [--memory 4k|huge] [--socket-role server|client] [--ovs normal,p2p]
 
 A config with a trailing "p" (``64x1p``) has the generator's virtio-user
 ports ask for packed virtqueues (``packed_vq=1``); both switches then run
