@@ -1479,6 +1479,21 @@ def resummarize(path: Path, out: TextIO = sys.stdout) -> list[dict[str, Any]]:
     return summary
 
 
+def parse_ovs(text: str, memory: str, topology: str) -> list[str]:
+    """--ovs: the flow setups asked for, refused where OVS cannot run."""
+    flows = list(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
+    if any(f not in OVS_FLOWS for f in flows):
+        raise SystemExit(f"--ovs: from {','.join(OVS_FLOWS)}")
+    if flows and memory != "huge":
+        raise SystemExit("--ovs: OVS-DPDK runs only on huge pages: add --memory huge")
+    if flows and topology != "loop":
+        raise SystemExit("--ovs: only with --topology loop")
+    if flows and not ovs_available():
+        raise SystemExit(f"--ovs: {OVS_VSWITCHD} not found (apt-get install --no-install-recommends "
+                         "openvswitch-switch-dpdk, or make deps-bench)")
+    return flows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=5, help="reference+vswitch pairs per config (default 5)")
@@ -1536,16 +1551,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.default_int_handler)  # a closed terminal: clean up too
     configs = Config.parse(args.configs)
     variants = parse_variants(args.variants)
-    ovs_flows = [f.strip() for f in args.ovs.split(",") if f.strip()]
-    if any(f not in OVS_FLOWS for f in ovs_flows):
-        raise SystemExit(f"--ovs: from {','.join(OVS_FLOWS)}")
-    if ovs_flows and args.memory != "huge":
-        raise SystemExit("--ovs: OVS-DPDK runs only on huge pages: add --memory huge")
-    if ovs_flows and not ovs_available():
-        raise SystemExit(f"--ovs: {OVS_VSWITCHD} not found (apt-get install --no-install-recommends "
-                         "openvswitch-switch-dpdk, or make deps-bench)")
-    if ovs_flows and args.topology != "loop":
-        raise SystemExit("--ovs: only with --topology loop")
+    ovs_flows = parse_ovs(args.ovs, args.memory, args.topology)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vswitch-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     opt = Options(
