@@ -1196,6 +1196,20 @@ def record_history(outcomes: Sequence[RunOutcome], frames: int, cflags: str, too
     return written
 
 
+def history_from_results(paths: Sequence[Path], out: TextIO = sys.stdout) -> list[str]:
+    """Fill the history from earlier results files (their clean commits)."""
+    fields = {f.name for f in dataclasses.fields(RunOutcome)}
+    written: list[str] = []
+    for path in sorted(paths):
+        doc = json.loads(path.read_text())
+        outcomes = [RunOutcome(**{k: v for k, v in o.items() if k in fields}) for o in doc.get("systems", [])]
+        tools = {**doc.get("tools", {}), "valgrind": (doc.get("tools") or {}).get("valgrind") or "?"}
+        print(f"{path.name}:", file=out)
+        written += record_history(outcomes, doc.get("args", {}).get("frames", 0), doc.get("cflags", ""),
+                                  tools, out=out)
+    return written
+
+
 def valgrind_version() -> str | None:
     try:
         return subprocess.run(["valgrind", "--version"], capture_output=True, text=True, timeout=20).stdout.strip()
@@ -1223,7 +1237,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=BENCH / "results")
     ap.add_argument("--no-history", dest="history", action="store_false",
                     help=f"do not write this run's commits into {HISTORY.relative_to(REPO)}")
+    ap.add_argument("--history-from", metavar="JSON", type=Path, nargs="+", default=None,
+                    help="run nothing: write the clean commits of these earlier results into the history")
     args = ap.parse_args(argv)
+    if args.history_from:
+        history_from_results(args.history_from)
+        return 0
     if not 1 <= args.frames <= RING_SIZE:
         raise SystemExit(f"--frames: 1..{RING_SIZE}")
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]

@@ -69,15 +69,23 @@ def plot(path: Path) -> Path:
     ax1.set_ylabel("Mframes/s delivered (median, min..max)")
     ax1.set_title("Loopback: testpmd virtio-user on CPU 0, switch on CPU 1")
     ax1.legend(fontsize="small")
-    # right: each vswitch system against the baseline when there is one, else against DPDK
-    key, ref = ("ratio_baseline", "baseline") if baseline else ("ratio_dpdk", "DPDK")
+    # right: each vswitch system against the baseline when there is one, else
+    # against each reference system (DPDK, and OVS when it ran)
     vs = [n for n in names if n.startswith("vswitch")]
-    rw = 0.8 / max(len(vs), 1)
-    for j, name in enumerate(vs):
-        stats = [systems_of(s).get(name, {}).get(key) for s in rows]
+    refs = [n for n in ("dpdk", "ovs-normal", "ovs-p2p") if n in names]
+    if baseline or len(refs) < 2:
+        key, ref = ("ratio_baseline", "baseline") if baseline else ("ratio_dpdk", "DPDK")
+        bars = [(name, LABELS.get(name, name), lambda e, key=key: e.get(key)) for name in vs]
+    else:
+        ref = "each reference"
+        bars = [(name, f"{name} / {LABELS.get(r, r)}" if len(vs) > 1 else f"/ {LABELS.get(r, r)}",
+                 lambda e, r=r: (e.get("ratios") or {}).get(r)) for name in vs for r in refs]
+    rw = 0.8 / max(len(bars), 1)
+    for j, (name, label, pick) in enumerate(bars):
+        stats = [pick(systems_of(s).get(name, {})) for s in rows]
         med, err = _errbars(stats)
         xs = [i - 0.4 + rw * (j + 0.5) for i in x]
-        ax2.bar(xs, med, rw, yerr=err, capsize=2, label=LABELS.get(name, name))
+        ax2.bar(xs, med, rw, yerr=err, capsize=2, label=label)
         for xi, st in zip(xs, stats):
             if st:
                 ax2.text(xi, st["median"] + 0.02, f"{st['median']:.2f}", ha="center", fontsize="x-small")
@@ -87,7 +95,7 @@ def plot(path: Path) -> Path:
     ax2.set_xticks(list(x), labels)
     ax2.set_ylabel(f"vswitch / {ref} (median of interleaved pairs)")
     ax2.set_title(f"Ratio to {ref}, {data['args']['pairs']} pairs, git {data['host'].get('git', '?')}")
-    if len(vs) > 1 or baseline:
+    if len(bars) > 1 or baseline:
         ax2.legend(fontsize="small")
     fig.tight_layout()
     out = path.with_suffix(".png")

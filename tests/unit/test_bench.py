@@ -239,9 +239,12 @@ def test_resummarize_rewrites_the_summary_from_the_runs(tmp_path):
 # --- references, the fast state, socket roles, what a run records ------------------------
 
 
-def test_fast_threshold_splits_at_the_largest_gap_and_sees_one_state_without_one():
-    # two states: ~9.4 and ~13.6; the threshold is the gap's geometric midpoint
+def test_fast_threshold_is_the_first_step_down_from_the_fastest_and_one_state_without_one():
+    # two states: ~9.4 and ~13.6; the threshold is the step's geometric midpoint
     assert loopback.fast_threshold([13.6, 9.3, 13.7, 9.5, 13.5]) == pytest.approx((9.5 * 13.5) ** 0.5)
+    # three states (3.9, 6.5, 10.7): the fast one is the top cluster, though
+    # the step below 6.5 is the larger one
+    assert loopback.fast_threshold([6.45, 3.86, 10.67, 10.72]) == pytest.approx((6.45 * 10.67) ** 0.5)
     # the fast state spread by +-10 %: no gap of 1.25x, one state, every run counts
     assert loopback.fast_threshold([9.0, 9.8, 10.5, 9.4]) == 0.0
     assert loopback.fast_threshold([7.0]) == 0.0
