@@ -139,12 +139,14 @@ BENCH_SECTIONS_ALL := loopback ovs uplink iperf ratelimit attacks callgrind
 deps-bench: deps-build
 	@missing=""; for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; ours=""; \
+	  echo "installing Debian packages:$$missing"; \
 	  if [ ! -e /usr/sbin/policy-rc.d ]; then \
-	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; ours=1; \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; \
 	    trap 'rm -f /usr/sbin/policy-rc.d' EXIT INT TERM; fi; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+	@if pgrep -x ovs-vswitchd >/dev/null; then \
+	  echo "note: an ovs-vswitchd is running (not started by the benchmark; it may take CPU from it)"; fi
 
 .PHONY: bench-loopback bench-ovs bench-uplink bench-iperf bench-ratelimit bench-attacks bench-pips
 

@@ -1584,7 +1584,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"topology {opt.topology}; memory {opt.memory}; switch as socket {opt.socket_role}"
               f"{' (OVS: client)' if ovs_flows and opt.socket_role == 'server' else ''}; workdir {workdir}; "
               f"CPUs {opt.gen_cpu},{opt.sut_cpu} busy before start: {idle:.1%} of a CPU", flush=True)
-        print(machine_line(host_info(systems)), flush=True)
+        host = host_info(systems)  # at the start: the tree (git describe) that runs
+        print(machine_line(host), flush=True)
         if idle > opt.max_foreign:
             print("WARNING: the benchmark CPUs are not idle; runs will be flagged", flush=True)
         err_log = open(workdir / "errors.log", "a")
@@ -1608,9 +1609,7 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted: summarising the runs so far", flush=True)
         finally:
             err_log.close()
-    steal = steal_percent(stat0, read_cpu_times(cpus_all))
-    host = host_info(systems)
-    host["steal_pct"] = steal
+    host["steal_pct"] = steal_percent(stat0, read_cpu_times(cpus_all))
     summary = summarize(runs, configs, args.keep_noisy, [x.name for x in systems])
     print()
     print(machine_line(host))
