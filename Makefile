@@ -7,13 +7,20 @@
 #               tests (markers in pyproject.toml, tests/conftest.py): about 2 minutes
 #   make demo   two QEMU guests and the host switched by a fresh vswitchd: ping,
 #               iperf3, vswitchctl, metrics and a PNG of the rates (tools/demo.py)
-#   make bench  loopback (against DPDK and the release before), uplink, VM-to-VM,
-#               rate-limit and attack (a hostile guest beside a healthy pair)
-#               benchmarks, one at a time, then bench-callgrind
+#   make bench  the benchmarks of BENCH_SECTIONS, one at a time, in this order
+#               (about 70 minutes for all, at most 90; docs/performance.md):
+#                 loopback   vswitch against DPDK and the release before (+ plot)
+#                 ovs        vswitch, DPDK and OVS-DPDK (NORMAL, port to port),
+#                            2 MiB huge pages, the switch as socket client (+ plot)
+#                 uplink, iperf (VM-to-VM), ratelimit, attacks (a hostile guest
+#                 beside a healthy pair), callgrind (as bench-callgrind)
+#               e.g. make bench BENCH_SECTIONS="loopback ovs callgrind"
 #   make deb    dist/vswitch_<version>_amd64.deb, checked by lintian (README,
 #               "Running as a service")
 #   make bench-callgrind  instructions per 64-byte frame of the datapath under
-#               callgrind, this tree against CALLGRIND_BASELINE (about a minute)
+#               callgrind, this tree against CALLGRIND_BASELINE (about a minute);
+#               a clean commit's figure goes into bench/results/callgrind-history.tsv
+#               (and its plot)
 #
 # Targets install what they need; on a fresh Debian 12 only `make` itself
 # must be installed first (apt-get install -y make).
@@ -33,7 +40,7 @@ BUILD_DEBS := gcc python3-dev python3-venv
 TEST_DEBS  := qemu-system-x86 dpdk-dev busybox-static iperf3 ethtool iproute2 procps iputils-ping tshark debootstrap systemd-container
 TEST_PIPS  := pytest hypothesis jsonschema atheris==3.0.0 matplotlib
 # Debian packages the benchmarks need beyond the suite's.
-BENCH_DEBS := valgrind
+BENCH_DEBS := valgrind openvswitch-switch-dpdk
 
 .PHONY: all run test test-quick bench bench-callgrind build deps-build deps-test deps-bench venv clean
 
@@ -169,22 +176,65 @@ BENCH_VARIANTS ?= off,policing,all
 CALLGRIND_BASELINE ?= 705ace4
 CALLGRIND_ARGS ?=
 
-deps-bench: deps-build
-	$(call apt_install,$(BENCH_DEBS))
+# The OVS section: the configs it runs (5 pairs of DPDK, OVS NORMAL, OVS
+# port to port and vswitch each; about 15 minutes for two configs).
+BENCH_OVS_CONFIGS ?= 64x1,1518x1
+BENCH_SECTIONS ?= loopback ovs uplink iperf ratelimit attacks callgrind
+BENCH_SECTIONS_ALL := loopback ovs uplink iperf ratelimit attacks callgrind
 
-bench: deps-test deps-bench build
+# Without recommends, and with no service started while installing: OVS's
+# package would start a system ovs-vswitchd (a policy-rc.d exiting 101 says
+# no to invoke-rc.d and deb-systemd-invoke); ours is removed afterwards, one
+# that was there already is left alone. The benchmark runs OVS itself.
+deps-bench: deps-build
+	@missing=""; for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; \
+	    trap 'rm -f /usr/sbin/policy-rc.d' EXIT INT TERM; fi; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@if pgrep -x ovs-vswitchd >/dev/null; then \
+	  echo "note: an ovs-vswitchd is running (not started by the benchmark; it may take CPU from it)"; fi
+
+.PHONY: bench-loopback bench-ovs bench-uplink bench-iperf bench-ratelimit bench-attacks bench-pips
+
+bench-pips: | $(PY)
 	@# bench.attacks imports the attacks from the tests (they import pytest, hypothesis)
 	$(PY) -m pip install -q matplotlib pytest hypothesis
+
+bench: deps-test deps-bench build bench-pips
+	@for s in $(BENCH_SECTIONS); do case " $(BENCH_SECTIONS_ALL) " in *" $$s "*) ;; \
+	  *) echo "BENCH_SECTIONS: unknown section $$s (from: $(BENCH_SECTIONS_ALL))"; exit 2;; esac; done
+	@t0=$$(date +%s); for s in $(BENCH_SECTIONS); do \
+	  echo "== bench section $$s ($$(date -u +%H:%M:%S) UTC)"; \
+	  $(MAKE) --no-print-directory bench-$$s || exit $$?; done; \
+	echo "== bench: $(BENCH_SECTIONS) in $$(( ($$(date +%s) - t0) / 60 )) min"
+
+bench-loopback: build bench-pips
 	$(PY) -m bench.loopback --baseline $(BENCH_BASELINE) --variants $(BENCH_VARIANTS)
 	$(PY) -m bench.plot
-	$(PY) -m bench.uplink --sizes 64,1514
-	$(PY) -m bench.iperf
-	$(PY) -m bench.ratelimit
-	$(PY) -m bench.attacks
-	$(MAKE) --no-print-directory bench-callgrind
 
-bench-callgrind: deps-bench build
+bench-ovs: deps-bench build bench-pips
+	$(PY) -m bench.loopback --memory huge --socket-role client --ovs normal,p2p --configs $(BENCH_OVS_CONFIGS)
+	$(PY) -m bench.plot
+
+bench-uplink: build
+	$(PY) -m bench.uplink --sizes 64,1514
+
+bench-iperf: build
+	$(PY) -m bench.iperf
+
+bench-ratelimit: build
+	$(PY) -m bench.ratelimit
+
+bench-attacks: build bench-pips
+	$(PY) -m bench.attacks
+
+bench-callgrind: deps-bench build bench-pips
 	$(PY) -m bench.callgrind --baseline $(CALLGRIND_BASELINE) $(CALLGRIND_ARGS)
+	$(PY) -m bench.plot --history
 
 clean:
 	rm -rf build *.egg-info vswitch/*.so cython_ext/*.c cython_ext/*.html

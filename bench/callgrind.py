@@ -86,7 +86,10 @@ Usage (root, from the repository root; one benchmark at a time)::
         [--phases quiet,notify] [--variants off,all] [--patch [baseline:]FILE[,FILE]]
         [--annotate take_headers,sg_copy]
 
-Results: a table on stdout and bench/results/callgrind-<date>.json.
+Results: a table on stdout and bench/results/callgrind-<date>.json; the
+figures of clean commits (the baseline, and this tree when it has no
+uncommitted changes) also go into bench/results/callgrind-history.tsv, one
+line per commit (HISTORY; `python -m bench.plot --history` draws it).
 """
 
 from __future__ import annotations
@@ -1135,6 +1138,78 @@ def compare_all(outcomes: Sequence[RunOutcome], tolerance: float = TOLERANCE) ->
     return out
 
 
+# One line per commit: the instructions per frame of its datapath, quiet and
+# notify, with what else decides the count (CFLAGS, compiler, valgrind). Only
+# clean commits measured with the default workload are written; a commit
+# measured again replaces its line; the lines are sorted by commit date, so
+# the file is the same whatever order the commits were measured in.
+HISTORY = BENCH / "results" / "callgrind-history.tsv"
+HISTORY_FIELDS = ("commit", "date", "quiet", "notify", "cflags", "gcc", "valgrind", "subject")
+
+
+def read_history(path: Path = HISTORY) -> dict[str, dict[str, str]]:
+    """{commit: {field: value}} of the history file (empty if none)."""
+    out: dict[str, dict[str, str]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line and not line.startswith("#"):
+                row = dict(zip(HISTORY_FIELDS, line.split("\t"), strict=False))
+                out[row["commit"]] = row
+    return out
+
+
+def record_history(outcomes: Sequence[RunOutcome], frames: int, cflags: str, tools: dict[str, str],
+                   path: Path = HISTORY, out: TextIO = sys.stdout) -> list[str]:
+    """Write the plain (no variant, no patch) clean-commit systems of this run
+    into the history; returns the commits written."""
+    if frames != DEFAULT_FRAMES:
+        print(f"history: not recorded (--frames {frames}, the history is of {DEFAULT_FRAMES})", file=out)
+        return []
+    rows = read_history(path)
+    written = []
+    for o in outcomes:
+        if o.error or o.system not in ("current", "baseline") or o.variant != "off":
+            continue
+        commit = o.revision
+        if not re.fullmatch(r"[0-9a-f]{40}", commit):
+            print(f"history: {o.system} not recorded ({commit[:12]}...: uncommitted changes or patches)",
+                  file=out)
+            continue
+        if "quiet" not in o.phases:
+            continue
+        date, subject = _git("show", "-s", "--format=%cI%x09%s", commit).split("\t", 1)
+        rows[commit] = {
+            "commit": commit, "date": date,
+            "quiet": f"{o.phases['quiet']['ir_per_frame']:.2f}",
+            "notify": f"{o.phases['notify']['ir_per_frame']:.2f}" if "notify" in o.phases else "-",
+            "cflags": cflags or "-", "gcc": tools.get("gcc", "?"), "valgrind": tools.get("valgrind", "?"),
+            "subject": subject.replace("\t", " ")[:120],
+        }
+        written.append(commit)
+    if written:
+        lines = ["# instructions per 64-byte frame of the datapath (python -m bench.callgrind), "
+                 "one line per commit, by commit date", "#" + "\t".join(HISTORY_FIELDS)]
+        for row in sorted(rows.values(), key=lambda r: (r["date"], r["commit"])):
+            lines.append("\t".join(row.get(f, "") for f in HISTORY_FIELDS))
+        path.write_text("\n".join(lines) + "\n")
+        print(f"history: {', '.join(c[:12] for c in written)} -> {path}", file=out)
+    return written
+
+
+def history_from_results(paths: Sequence[Path], out: TextIO = sys.stdout) -> list[str]:
+    """Fill the history from earlier results files (their clean commits)."""
+    fields = {f.name for f in dataclasses.fields(RunOutcome)}
+    written: list[str] = []
+    for path in sorted(paths):
+        doc = json.loads(path.read_text())
+        outcomes = [RunOutcome(**{k: v for k, v in o.items() if k in fields}) for o in doc.get("systems", [])]
+        tools = {**doc.get("tools", {}), "valgrind": (doc.get("tools") or {}).get("valgrind") or "?"}
+        print(f"{path.name}:", file=out)
+        written += record_history(outcomes, doc.get("args", {}).get("frames", 0), doc.get("cflags", ""),
+                                  tools, out=out)
+    return written
+
+
 def valgrind_version() -> str | None:
     try:
         return subprocess.run(["valgrind", "--version"], capture_output=True, text=True, timeout=20).stdout.strip()
@@ -1160,7 +1235,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tolerance", type=float, default=TOLERANCE, help=f"current/baseline limit (default {TOLERANCE})")
     ap.add_argument("--workdir", type=Path, default=None, help="run directories, logs and dumps (default: temp dir)")
     ap.add_argument("--results", type=Path, default=BENCH / "results")
+    ap.add_argument("--no-history", dest="history", action="store_false",
+                    help=f"do not write this run's commits into {HISTORY.relative_to(REPO)}")
+    ap.add_argument("--history-from", metavar="JSON", type=Path, nargs="+", default=None,
+                    help="run nothing: write the clean commits of these earlier results into the history")
     args = ap.parse_args(argv)
+    if args.history_from:
+        history_from_results(args.history_from)
+        return 0
     if not 1 <= args.frames <= RING_SIZE:
         raise SystemExit(f"--frames: 1..{RING_SIZE}")
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
@@ -1235,6 +1317,8 @@ def main(argv: list[str] | None = None) -> int:
         "annotation": annotation,
     }
     path.write_text(json.dumps(doc, indent=2) + "\n")
+    if args.history:
+        record_history(outcomes, args.frames, args.cflags, doc["tools"])
     print(f"\nresults: {path}\nlogs and dumps: {workdir}")
     return 0 if outcomes and not any(o.error for o in outcomes) else 1
 

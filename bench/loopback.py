@@ -3,8 +3,8 @@
 Topology (one run)::
 
     CPU gen: G, dpdk-testpmd, io forward         CPU sut: S, the switch under test
-      P0 net_virtio_user0 --- a.sock ---  port a  (S listens, G connects)
-      P1 net_virtio_user1 --- b.sock ---  port b
+      P0 net_virtio_user0 --- a.sock ---  port a  (S listens, G connects;
+      P1 net_virtio_user1 --- b.sock ---  port b   --socket-role client: the reverse)
 
 G injects ``start tx_first 8`` (8 bursts x 32 frames per port and queue), then
 io-forwards P0->P1 and P1->P0 while S forwards a->b and b->a, so the frames
@@ -14,7 +14,7 @@ are up, ``--warmup`` seconds, then one sample per second for ``--seconds``
 (testpmd's own "Rx-pps since last show"); the run's figure is the median.
 
 S is either DPDK 22.11's vhost PMD (``dpdk-testpmd``, io forward: the
-reference) or vswitch (``vswitchd --config FILE``, under ``taskset``), run
+reference), OVS-DPDK (``--ovs``) or vswitch (``vswitchd --config FILE``, under ``taskset``), run
 alternately: for each pair, for each config, reference then vswitch (odd pairs
 in the reverse order, so that a drift favours neither). Runs in
 which other processes used the two CPUs (busy time in /proc/stat minus the
@@ -68,12 +68,50 @@ and virtio-user PMDs do not enforce MTU; a switch that does must allow more
 for that config (vswitch's YAML has no MTU setting today). A run that moves
 no frames is reported as an error ("no frames circulate"), not as 0 Mpps.
 
+``--memory huge`` puts the generator's memory (and a DPDK switch's own) on
+2 MiB huge pages instead of 4 KiB pages (``--no-huge``, the default): the
+run raises vm.nr_hugepages by what is missing for HUGE_PAGES free pages and
+mounts a private hugetlbfs in its workdir (``--huge-dir``,
+``--single-file-segments``: one memory region per segment list, not per
+page); each run's page files are removed after it, and the pages and the
+mount are given back at the end whatever happens (an error, Ctrl-C, SIGTERM,
+SIGHUP). ``--socket-role client`` makes the switch connect: the generator's
+virtio-user ports listen (``server=1``; it blocks in accept() on socket a,
+then b, during its start, so it starts first), DPDK's vhost PMD runs with
+``client=1``, vswitch's ports with ``mode: client``.
+
+``--ovs normal,p2p`` adds OVS-DPDK (Debian's openvswitch-switch-dpdk, OVS
+3.1 on DPDK 22.11) as reference systems "ovs-normal" and "ovs-p2p" (see
+OvsSwitch): its own ovsdb and run directory per run, one PMD thread on the
+switch's CPU, dpdkvhostuserclient ports (always a socket client), huge
+pages (it cannot run without them: ``--memory huge``); NORMAL is MAC
+learning like vswitch, p2p one OpenFlow rule per direction. Every system that
+is not a reference is reported as per-pair ratios to each reference present
+(dpdk, ovs-normal, ovs-p2p).
+
+Each ratio is given twice: the median over all pairs, and ("fast") over the
+pairs whose two runs were both in the machine's fast state. The rule, from
+the data (fast_threshold): a system's run rates of one config, from the
+fastest down, are fast until the first step down of at least BIMODAL_GAP
+(1.25x); the threshold is that step's geometric midpoint. A system with no
+such step is taken as one state (all "fast").
+
+What was measured is in the JSON and printed: the CPU model, kernel, DPDK
+and OVS versions, each vswitchd's build target (vswitch._datapath.BUILD_TARGET,
+"native" for builds from before it), the steal time of the whole run (all
+CPUs, /proc/stat) and of each run, and for vswitch the worker's TSC cycles
+per delivered frame: its busy time (control socket "stats", the rounds
+that moved frames) times the TSC rate over the frames it delivered. Busy time
+is wall-clock, so stolen time counts as busy: the figure is printed only
+beside the steal.
+
 Usage (root, from the repository root; never run two benchmarks at once --
 a lock file enforces it)::
 
     .venv/bin/python -m bench.loopback [--pairs 5] [--configs 64x1,1518x1,64x2,1518x2,64x1p]
         [--topology loop|oneway] [--seconds 10] [--warmup 5] [--only dpdk|vswitch|both]
         [--baseline cefd30a] [--variants off,policing,vlan,security,all]
+        [--memory 4k|huge] [--socket-role server|client] [--ovs normal,p2p]
 
 A config with a trailing "p" (``64x1p``) has the generator's virtio-user
 ports ask for packed virtqueues (``packed_vq=1``); both switches then run
@@ -94,6 +132,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -182,10 +221,11 @@ VARIANTS = {
 class System:
     """One switch under test: DPDK, or a vswitchd binary with a port fragment."""
 
-    name: str            # "dpdk", "baseline", "vswitch" (variant off), "vswitch+VARIANT"
-    kind: str            # "dpdk" | "vswitch"
+    name: str            # "dpdk", "ovs-normal", "ovs-p2p", "baseline", "vswitch" (variant off), "vswitch+VARIANT"
+    kind: str            # "dpdk" | "ovs" | "vswitch"
     vswitchd: Path | None = None
     variant: str = "off"
+    flows: str = ""      # ovs: a key of OVS_FLOWS
 
     def port_extra(self, port: int) -> dict[str, Any]:
         return VARIANTS[self.variant](port)
@@ -232,7 +272,15 @@ def read_cpu_times(cpus: Sequence[int]) -> dict[str, float]:
             if parts and parts[0] in want:
                 for n, v in zip(names, parts[1:], strict=False):
                     out[n] += int(v) / CLK_TCK
+    out["total"] = sum(out[n] for n in names)  # guest time is inside user already
     return out
+
+
+def steal_percent(before: dict[str, float], after: dict[str, float]) -> float | None:
+    """Steal time between two `read_cpu_times` as a percentage of those CPUs'
+    time: what the hypervisor gave to others while the benchmark ran."""
+    total = after["total"] - before["total"]
+    return round(100.0 * (after["steal"] - before["steal"]) / total, 2) if total > 0 else None
 
 
 def read_proc_cpu(pid: int) -> float:
@@ -311,6 +359,7 @@ class CpuWindow:
             "foreign": max(0.0, busy - own) / wall,
             "irq": (d["irq"] + d["softirq"]) / wall,
             "steal": d["steal"] / wall,
+            "steal_pct": steal_percent(self.sys0, sys1) or 0.0,
         }
 
 
@@ -320,6 +369,108 @@ def idle_check(cpus: Sequence[int], seconds: float = 1.0) -> float:
     w.start()
     time.sleep(seconds)
     return w.stop()["foreign"]
+
+
+# --------------------------------------------------------------------------
+# Huge pages (--memory huge)
+# --------------------------------------------------------------------------
+
+NR_HUGEPAGES = Path("/proc/sys/vm/nr_hugepages")
+HUGE_PAGE_KB = 2048
+# per process on huge pages: testpmd's and OVS's -m / dpdk-socket-mem, MiB
+DPDK_MEM_MB = 1024
+# generator + switch, each DPDK_MEM_MB in 2 MiB pages, and a margin for
+# DPDK's own rounding
+HUGE_PAGES = 2 * DPDK_MEM_MB // 2 + 76
+
+# Signals that end the benchmark: they become KeyboardInterrupt (main), and
+# are held back while the pages and the mount are being given back.
+END_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _meminfo(key: str) -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+class HugePages:
+    """2 MiB pages for one benchmark: vm.nr_hugepages raised by what is
+    missing and a private hugetlbfs mount, both put back by `release` (called
+    from a finally: an error, Ctrl-C, SIGTERM or SIGHUP all get there)."""
+
+    def __init__(self, mount: Path, pages: int = HUGE_PAGES) -> None:
+        self.mount = mount
+        self.pages = pages
+        self.before: int | None = None   # vm.nr_hugepages before we raised it
+        self.mounted = False
+
+    def reserve(self) -> None:
+        if _meminfo("Hugepagesize") != HUGE_PAGE_KB:
+            raise SystemExit("--memory huge: the default huge page is not 2 MiB on this machine")
+        self.before = int(NR_HUGEPAGES.read_text())
+        self.mount.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M,mode=0700", "vswitch-bench",
+                            str(self.mount)], capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise SystemExit(f"--memory huge: mount hugetlbfs on {self.mount}: {r.stderr.strip()}")
+        self.mounted = True
+        free = _meminfo("HugePages_Free")
+        if free < self.pages:
+            NR_HUGEPAGES.write_text(str(self.before + self.pages - free))
+        free = _meminfo("HugePages_Free")
+        if free < self.pages:
+            # memory too fragmented for more: the machine's problem, said plainly
+            raise SystemExit(f"--memory huge: only {free} free 2 MiB pages of {self.pages} needed")
+
+    def clear(self) -> None:
+        """Remove the page files a run left in the mount (DPDK keeps its
+        --single-file-segments files after exit; each run has its own
+        --file-prefix, so nothing else would ever free them)."""
+        if self.mounted:
+            for f in self.mount.iterdir():
+                try:
+                    f.unlink()
+                except OSError:
+                    pass
+
+    def release(self) -> None:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, END_SIGNALS)
+        try:
+            self.clear()
+            if self.before is not None:
+                # pages still in use become surplus and go back when freed
+                NR_HUGEPAGES.write_text(str(self.before))
+                self.before = None
+            if self.mounted:
+                if subprocess.run(["umount", str(self.mount)], capture_output=True, timeout=30).returncode:
+                    subprocess.run(["umount", "-l", str(self.mount)], capture_output=True, timeout=30)
+                self.mounted = False
+                try:
+                    self.mount.rmdir()
+                except OSError:
+                    pass
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"mount": str(self.mount), "pages": self.pages, "page_kb": HUGE_PAGE_KB,
+                "nr_hugepages_before": self.before}
+
+
+@contextmanager
+def huge_pages(memory: str, workdir: Path) -> Iterator[HugePages | None]:
+    if memory != "huge":
+        yield None
+        return
+    hp = HugePages(workdir / "hugetlbfs")
+    try:
+        hp.reserve()
+        yield hp
+    finally:
+        hp.release()
 
 
 # --------------------------------------------------------------------------
@@ -342,18 +493,29 @@ class SwitchUnderTest:
     def alive(self) -> bool:
         return True
 
+    def pids(self) -> list[int]:
+        """Every process of the switch (for the CPU accounting)."""
+        return [self.pid] if self.pid else []
+
+    def worker_counters(self) -> dict[str, float] | None:
+        """vswitch: its worker's busy nanoseconds and frames delivered so far."""
+        return None
+
 
 class DpdkSwitch(SwitchUnderTest):
     """DPDK's vhost PMD in testpmd, io forwarding: the reference."""
 
     kind = "dpdk"
 
-    def __init__(self, run_dir: Path, cpu: int, queues: int, socks: tuple[Path, Path]) -> None:
+    def __init__(self, run_dir: Path, cpu: int, queues: int, socks: tuple[Path, Path],
+                 client: bool = False, huge_dir: Path | None = None) -> None:
         self.socks = socks
         self.queues = queues
         self.tp = TestPmd(
-            [vhost_vdev(0, socks[0], queues=queues), vhost_vdev(1, socks[1], queues=queues)],
+            [vhost_vdev(0, socks[0], queues=queues, client=client),
+             vhost_vdev(1, socks[1], queues=queues, client=client)],
             rxq=queues, cpus=[cpu], forward_mode="io", burst=32, workdir=run_dir, name="sut-dpdk",
+            huge_dir=huge_dir, mem_mb=DPDK_MEM_MB,
         )
 
     def start(self) -> None:
@@ -378,12 +540,13 @@ class VSwitch(SwitchUnderTest):
 
     def __init__(
         self, run_dir: Path, cpu: int, queues: int, socks: tuple[Path, Path], vswitchd: Path,
-        port_extra: Sequence[dict[str, Any]] = ({}, {}),
+        port_extra: Sequence[dict[str, Any]] = ({}, {}), client: bool = False,
     ) -> None:
         self.run_dir = run_dir
         self.cpu = cpu
         self.queues = queues
         self.socks = socks
+        self.client = client  # connect to the generator's sockets instead of listening
         self.vswitchd = vswitchd
         self.port_extra = port_extra  # YAML fragment merged into port a, port b
         self.proc: subprocess.Popen[bytes] | None = None
@@ -396,8 +559,8 @@ class VSwitch(SwitchUnderTest):
         q = self.queues
         ports = ""
         for i, name in enumerate(("a", "b")):
-            port = {"type": "vhost-user", "mode": "server", "socket": str(self.socks[i]), "queues": q,
-                    **self.port_extra[i]}
+            port = {"type": "vhost-user", "mode": "client" if self.client else "server",
+                    "socket": str(self.socks[i]), "queues": q, **self.port_extra[i]}
             ports += f"  {name}: {json.dumps(port)}\n"  # JSON is YAML (flow style)
         return f"runtime_dir: {d}\nports:\n{ports}datapath: {{workers: 1}}\n"
 
@@ -417,7 +580,10 @@ class VSwitch(SwitchUnderTest):
         )
         self.pid = self.proc.pid
         deadline = time.monotonic() + 30
-        while not all(s.exists() for s in self.socks):
+        # a server is ready once its sockets exist; a client once its control
+        # socket does (it connects, and retries, by itself)
+        ready = [self.control_socket] if self.client else list(self.socks)
+        while not all(s.exists() for s in ready):
             if self.proc.poll() is not None:
                 tail = self.log_tail()
                 last = next((ln for ln in reversed(tail.splitlines()) if ln.strip()), "")
@@ -434,6 +600,33 @@ class VSwitch(SwitchUnderTest):
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def control_socket(self) -> Path:
+        return self.run_dir / "vswitchd.ctl"
+
+    def worker_counters(self) -> dict[str, float] | None:
+        """From the control socket's "stats": the worker's busy time (rounds
+        that moved frames; docs/metrics.md, vswitch_worker_busy_seconds) and
+        the frames the switch handed to the generator's ports. None when this
+        vswitchd does not report busy time (an older baseline)."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(5)
+                sock.connect(str(self.control_socket))
+                sock.sendall(b'{"command": "stats", "args": {}}\n')
+                buf = b""
+                while not buf.endswith(b"\n"):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+            result = json.loads(buf)["result"]
+            busy = sum(w["busy_ns"] for w in result["workers"])
+            frames = sum(t["transmit_packets"] for t in result["ports"].values())
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return {"busy_ns": float(busy), "frames": float(frames), "t": time.monotonic()}
 
     def log_tail(self, n: int = 2000) -> str:
         try:
@@ -455,6 +648,150 @@ class VSwitch(SwitchUnderTest):
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+OVS_VSWITCHD = Path("/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk")
+OVS_SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
+OVS_BRIDGE = "vswbench0"
+# --ovs FLOWS: what the bridge does with a frame
+OVS_FLOWS = {
+    # the default flow: MAC learning and flooding, like vswitch
+    "normal": [],
+    # one rule per direction, no learning: OVS-DPDK's cheapest path
+    "p2p": ["in_port=1,actions=output:2", "in_port=2,actions=output:1"],
+}
+
+
+def ovs_available() -> bool:
+    return OVS_VSWITCHD.exists() and bool(shutil.which("ovsdb-server")) and bool(shutil.which("ovs-vsctl"))
+
+
+class OvsSwitch(SwitchUnderTest):
+    """OVS-DPDK (Debian's openvswitch-switch-dpdk) on a database, run and log
+    directory of its own under the run directory, never the system's: an
+    ovsdb-server and ovs-vswitchd-dpdk, both under taskset on the switch's
+    CPU, one PMD thread pinned there (pmd-cpu-mask), a netdev bridge with two
+    dpdkvhostuserclient ports (OVS connects to the generator's sockets, and
+    retries until they exist). Memory: DPDK_MEM_MB on huge pages (OVS-DPDK
+    cannot run without them). The bridge's own port (a tap) is set no-flood,
+    so that NORMAL floods an unknown destination to the other port only, as
+    vswitch does with two ports; p2p replaces NORMAL with one rule per
+    direction. Everything goes when the run ends (the processes die with us
+    through setpriv --pdeathsig; the tap is not persistent)."""
+
+    kind = "ovs"
+
+    def __init__(self, run_dir: Path, cpu: int, queues: int, socks: tuple[Path, Path], flows: str,
+                 huge_dir: Path) -> None:
+        self.cpu = cpu
+        self.queues = queues
+        self.socks = socks
+        self.flows = flows
+        self.huge_dir = huge_dir
+        self.dir = run_dir / "ovs"
+        self.db = self.dir / "conf.db"
+        self.db_sock = self.dir / "db.sock"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[TextIO] = []
+        self.env = {**os.environ, "OVS_RUNDIR": str(self.dir), "OVS_DBDIR": str(self.dir),
+                    "OVS_LOGDIR": str(self.dir), "OVS_SYSCONFDIR": str(self.dir)}
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        argv = ["taskset", "-c", str(self.cpu), *argv]
+        if shutil.which("setpriv"):  # dies with us even if we are killed
+            argv = ["setpriv", "--pdeathsig", "TERM", *argv]
+        log = open(self.dir / f"{name}.out", "w")
+        self._logs.append(log)
+        log.write("# " + " ".join(argv) + "\n")
+        log.flush()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=self.dir, env=self.env, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def _run(self, *argv: str, timeout: float = 60) -> str:
+        r = subprocess.run(list(argv), capture_output=True, text=True, env=self.env, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()[-500:]}"
+                               + self._log_tail())
+        return r.stdout
+
+    def vsctl(self, *args: str, timeout: float = 60) -> str:
+        return self._run("ovs-vsctl", f"--db=unix:{self.db_sock}", f"--timeout={int(timeout)}", *args,
+                         timeout=timeout + 5)
+
+    def _log_tail(self) -> str:
+        try:
+            return "\n" + (self.dir / "ovs-vswitchd.log").read_text(errors="replace")[-1500:]
+        except OSError:
+            return ""
+
+    def start(self) -> None:
+        if not ovs_available():
+            raise FileNotFoundError(f"{OVS_VSWITCHD} not found (apt-get install openvswitch-switch-dpdk)")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._run("ovsdb-tool", "create", str(self.db), str(OVS_SCHEMA))
+        self._spawn("ovsdb-server", [
+            "ovsdb-server", str(self.db), f"--remote=punix:{self.db_sock}",
+            f"--pidfile={self.dir / 'ovsdb-server.pid'}", f"--unixctl={self.dir / 'ovsdb-server.ctl'}",
+            f"--log-file={self.dir / 'ovsdb-server.log'}"])
+        deadline = time.monotonic() + 20
+        while not self.db_sock.exists():
+            if self.procs["ovsdb-server"].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("ovsdb-server did not start: " + (self.dir / "ovsdb-server.out").read_text())
+            time.sleep(0.05)
+        mask = f"{1 << self.cpu:#x}"
+        extra = (f"--no-pci --single-file-segments --huge-dir={self.huge_dir} "
+                 f"--file-prefix=vswbench-ovs-{os.getpid()}")
+        self.vsctl("--no-wait", "init")
+        self.vsctl("--no-wait", "set", "Open_vSwitch", ".", "other_config:dpdk-init=true",
+                   f"other_config:dpdk-socket-mem={DPDK_MEM_MB}", f"other_config:dpdk-lcore-mask={mask}",
+                   f"other_config:pmd-cpu-mask={mask}", f'other_config:dpdk-extra="{extra}"')
+        self.pid = self._spawn("ovs-vswitchd", [
+            str(OVS_VSWITCHD), f"unix:{self.db_sock}", f"--pidfile={self.dir / 'ovs-vswitchd.pid'}",
+            f"--unixctl={self.dir / 'ovs-vswitchd.ctl'}", f"--log-file={self.dir / 'ovs-vswitchd.log'}",
+            "--mlockall"]).pid
+        # without --no-wait: each returns once ovs-vswitchd has applied it
+        self.vsctl("add-br", OVS_BRIDGE, "--", "set", "Bridge", OVS_BRIDGE, "datapath_type=netdev",
+                   timeout=120)
+        for i, sock in enumerate(self.socks):
+            name = f"vhu{'ab'[i]}"
+            self.vsctl("add-port", OVS_BRIDGE, name, "--", "set", "Interface", name,
+                       "type=dpdkvhostuserclient", f"options:vhost-server-path={sock}",
+                       f"options:n_rxq={self.queues}", f"ofport_request={i + 1}")
+        ofctl = ["ovs-ofctl", "-O", "OpenFlow13"]
+        self._run(*ofctl, "mod-port", OVS_BRIDGE, OVS_BRIDGE, "no-flood")
+        if OVS_FLOWS[self.flows]:
+            self._run(*ofctl, "del-flows", OVS_BRIDGE)
+            for flow in OVS_FLOWS[self.flows]:
+                self._run(*ofctl, "add-flow", OVS_BRIDGE, flow)
+
+    def after_links_up(self, queues: int) -> None:
+        time.sleep(0.0)  # the generator's links are up: OVS enabled the rings
+
+    def alive(self) -> bool:
+        p = self.procs.get("ovs-vswitchd")
+        return p is not None and p.poll() is None
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs.values()]
+
+    def stop(self) -> None:
+        # the switch first, the database after it
+        for name in ("ovs-vswitchd", "ovsdb-server"):
+            p = self.procs.get(name)
+            if p is None:
+                continue
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        for log in self._logs:
+            log.close()
+        self._logs = []
 
 
 # --------------------------------------------------------------------------
@@ -523,6 +860,11 @@ class RunResult:
     source_pps: list[float] = field(default_factory=list)
     gen_tx_dropped: int | None = None
     delivered_fraction: float | None = None
+    memory: str = "4k"         # the generator's (and DPDK switches') memory: "4k" or "huge"
+    socket_role: str = "server"  # the switch's side of the vhost-user sockets
+    # vswitch only: its worker's busy time and the frames it delivered over
+    # the sampling window (control socket "stats"), and TSC cycles per frame
+    worker: dict[str, float] = field(default_factory=dict)
 
     @property
     def usable(self) -> bool:
@@ -540,6 +882,9 @@ class Options:
     workdir: Path
     gen_mbufs: int | None
     topology: str = "loop"
+    memory: str = "4k"
+    socket_role: str = "server"
+    huge: HugePages | None = None
 
 
 NULL_PORT = "net_null0"
@@ -589,27 +934,37 @@ def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) 
     run_dir.mkdir(parents=True)
     res.run_dir = str(run_dir)
     socks = (run_dir / "a.sock", run_dir / "b.sock")
+    # OVS's vhost ports are always clients (dpdkvhostuserclient)
+    client = opt.socket_role == "client" or system.kind == "ovs"
+    res.socket_role = "client" if client else "server"
+    huge_dir = opt.huge.mount if opt.huge is not None else None
+    res.memory = "huge" if huge_dir is not None else "4k"
     sut: SwitchUnderTest
     if system.kind == "dpdk":
-        sut = DpdkSwitch(run_dir, opt.sut_cpu, cfg.queues, socks)
+        sut = DpdkSwitch(run_dir, opt.sut_cpu, cfg.queues, socks, client=client, huge_dir=huge_dir)
+    elif system.kind == "ovs":
+        if huge_dir is None:
+            raise SystemExit("OVS-DPDK needs huge pages: --memory huge")
+        sut = OvsSwitch(run_dir, opt.sut_cpu, cfg.queues, socks, system.flows, huge_dir)
     else:
         assert system.vswitchd is not None
         sut = VSwitch(run_dir, opt.sut_cpu, cfg.queues, socks, system.vswitchd,
-                      port_extras(system, opt.topology))
+                      port_extras(system, opt.topology), client=client)
     # packed_vq only when asked: a split run's command line stays what it was
     packed = True if cfg.ring == "packed" else None
-    virtio = [virtio_user_vdev(0, socks[0], queues=cfg.queues, mac=GEN_MACS[0], packed_vq=packed),
-              virtio_user_vdev(1, socks[1], queues=cfg.queues, mac=GEN_MACS[1], packed_vq=packed)]
+    virtio = [virtio_user_vdev(i, socks[i], queues=cfg.queues, mac=GEN_MACS[i], packed_vq=packed, server=client)
+              for i in (0, 1)]
+    mem = {"huge_dir": huge_dir, "mem_mb": DPDK_MEM_MB}
     if oneway:
         gen = TestPmd(
             [null_vdev(cfg.size), *virtio], rxq=cfg.queues, cpus=[opt.gen_cpu], forward_mode="mac",
             burst=32, total_mbufs=opt.gen_mbufs, workdir=run_dir, name="gen",
-            app_args=["--port-topology=chained"],
+            app_args=["--port-topology=chained"], **mem,
         )
     else:
         gen = TestPmd(
             virtio, rxq=cfg.queues, cpus=[opt.gen_cpu], forward_mode="io", burst=32, txpkts=cfg.size,
-            total_mbufs=opt.gen_mbufs, workdir=run_dir, name="gen",
+            total_mbufs=opt.gen_mbufs, workdir=run_dir, name="gen", **mem,
         )
     p0, p1, src = 0, 1, -1  # the generator's port ids on a and b, source (oneway: looked up)
     t = time.monotonic()
@@ -621,10 +976,25 @@ def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) 
         t = now
 
     try:
-        sut.start()
-        mark("sut_start")
-        gen.start(timeout=90)
-        mark("gen_start")
+        if client:
+            # the generator listens: it blocks in accept() on socket a, then
+            # b, during its start; the switch connects (and retries)
+            gen.start(wait=False)
+            deadline = time.monotonic() + 60
+            while not socks[0].exists():
+                if not gen.running or time.monotonic() > deadline:
+                    raise TestPmdError("generator: socket a did not appear:\n" + gen.tail())
+                time.sleep(0.05)
+            mark("gen_start")
+            sut.start()
+            mark("sut_start")
+            gen.wait_ready(90)
+            mark("gen_ready")
+        else:
+            sut.start()
+            mark("sut_start")
+            gen.start(timeout=90)
+            mark("gen_start")
         if oneway:
             p0, p1, src = setup_oneway_generator(gen)
         gen.wait_links_up([p0, p1], 20)
@@ -640,7 +1010,8 @@ def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) 
         if not sut.alive():
             raise RuntimeError("switch under test died during warm-up")
         gen.port_stats()  # rate baseline for the first sample
-        pids = [gen.pid, sut.pid, os.getpid()]
+        pids = [gen.pid, *sut.pids(), os.getpid()]
+        w0 = sut.worker_counters()
         win = CpuWindow([opt.gen_cpu, opt.sut_cpu], pids)
         win.start(per_process=True)
         sec = CpuWindow([opt.gen_cpu, opt.sut_cpu], pids)
@@ -659,6 +1030,9 @@ def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) 
             sec.start()
         res.foreign_top = win.top_foreign()
         res.cpu = {k: round(v, 4) for k, v in win.stop().items()}
+        w1 = sut.worker_counters()
+        if w0 and w1:
+            res.worker = worker_figures(w0, w1)
         mark("measure")
         fwd = gen.stop_fwd()
         for p in ((p1,) if oneway else (p0, p1)):  # oneway: nothing arrives on P0
@@ -691,8 +1065,40 @@ def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) 
     finally:
         gen.stop()
         sut.stop()
+        if opt.huge is not None:
+            opt.huge.clear()
         mark("teardown")
     return res
+
+
+def tsc_hz() -> float | None:
+    """The TSC's rate: the kernel's "cpu MHz" on this kind of VM
+    (constant_tsc, tsc_known_freq: the frequency the hypervisor reports)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("cpu MHz"):
+                return float(line.split(":", 1)[1]) * 1e6
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def worker_figures(w0: dict[str, float], w1: dict[str, float]) -> dict[str, float]:
+    """The worker over the sampling window: its busy fraction of the wall
+    time and TSC cycles per delivered frame (busy time x TSC rate / frames).
+    Busy time is wall-clock time inside rounds that moved frames, so the time
+    the hypervisor stole from the switch's CPU is in it: read the figure
+    only with the run's steal beside it."""
+    frames = w1["frames"] - w0["frames"]
+    busy = w1["busy_ns"] - w0["busy_ns"]
+    wall = w1["t"] - w0["t"]
+    out = {"frames": frames, "busy_s": round(busy / 1e9, 4),
+           "busy_fraction": round(busy / 1e9 / wall, 4) if wall > 0 else 0.0}
+    hz = tsc_hz()
+    if hz and frames > 0:
+        out["tsc_hz"] = hz
+        out["cycles_per_frame"] = round(busy / 1e9 * hz / frames, 1)
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -741,6 +1147,43 @@ def _fast_pair_ratios(num: list[RunResult], den: list[RunResult], fastest: float
             if r.median_pps is not None and r.median_pps >= floor and den_by_pair.get(r.pair)]
 
 
+# The reference systems every other system is compared with, per pair.
+REFERENCES = ("dpdk", "ovs-normal", "ovs-p2p")
+
+# The machine's speed states (docs/performance.md): a system's runs of one
+# config, from the fastest down, belong to the fast state until the first
+# step down by at least this factor; the threshold is that step's geometric
+# midpoint. Runs with no such step are taken as one state, "fast".
+BIMODAL_GAP = 1.25
+
+
+def fast_threshold(rates: Sequence[float]) -> float:
+    """The rate at or above which a run of this system and config counts as
+    in the fast state: walking the rates from the fastest down, the geometric
+    midpoint of the first step of at least BIMODAL_GAP (the top cluster: the
+    machine has shown more than two states, e.g. 13.6, 9.4 and 3.6 Mframes/s),
+    else 0 (one state seen; with every run slow the data cannot tell, and
+    says so only through the rates)."""
+    xs = sorted((r for r in rates if r > 0), reverse=True)
+    for hi, lo in zip(xs, xs[1:]):
+        if hi / lo >= BIMODAL_GAP:
+            return (lo * hi) ** 0.5
+    return 0.0
+
+
+def _fast_state_ratios(num: list[RunResult], den: list[RunResult]) -> list[float]:
+    """num/den per pair, for the pairs where both runs are in their own
+    system's fast state (fast_threshold)."""
+    tn = fast_threshold([r.median_pps for r in num if r.median_pps])
+    td = fast_threshold([r.median_pps for r in den if r.median_pps])
+    return _pair_ratios([r for r in num if r.median_pps and r.median_pps >= tn],
+                        [r for r in den if r.median_pps and r.median_pps >= td])
+
+
+def _steal_stats(runs: list[RunResult]) -> dict[str, float] | None:
+    return _stats([r.cpu["steal_pct"] for r in runs if "steal_pct" in r.cpu])
+
+
 def summarize(runs: list[RunResult], configs: list[Config], keep_noisy: bool,
               systems: Sequence[str] = KINDS) -> list[dict[str, Any]]:
     """Per config: every system's Mframes/s, and per-pair ratios of each
@@ -762,8 +1205,21 @@ def summarize(runs: list[RunResult], configs: list[Config], keep_noisy: bool,
         per_system: dict[str, dict[str, Any]] = {}
         for k in systems:
             entry: dict[str, Any] = {"mpps": _stats(mpps[k])}
+            fast_t = fast_threshold([r.median_pps for r in good[k] if r.median_pps])
+            entry["fast_threshold_mpps"] = round(fast_t / 1e6, 3)
+            entry["steal_pct"] = _steal_stats(good[k])
+            cycles = [r.worker["cycles_per_frame"] for r in good[k] if "cycles_per_frame" in r.worker]
+            if cycles:
+                entry["cycles_per_frame"] = _stats(cycles)
             if k != "dpdk":
                 entry["ratio_dpdk"] = _stats(_pair_ratios(good[k], good.get("dpdk", [])))
+            if k not in REFERENCES:
+                # every reference present: per-pair ratios, and over the
+                # pairs where both runs were in the fast state
+                entry["ratios"] = {ref: _stats(_pair_ratios(good[k], good[ref]))
+                                   for ref in REFERENCES if good.get(ref)}
+                entry["fast_ratios"] = {ref: _stats(_fast_state_ratios(good[k], good[ref]))
+                                        for ref in REFERENCES if good.get(ref)}
             if k not in ("dpdk", "baseline") and "baseline" in good:
                 entry["ratio_baseline"] = _stats(_pair_ratios(good[k], good["baseline"]))
                 entry["best_ratio_baseline"] = _best_ratio(good[k], good["baseline"])
@@ -814,28 +1270,42 @@ def _fmt(s: dict[str, float] | None, digits: int = 2) -> str:
 
 
 def print_table(summary: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
-    """One row per config and system; ratios are medians of per-pair ratios."""
-    hdr = ("config", "system", "Mpps med [min..max]", "Gbit/s", "/DPDK med [min..max]",
-           "/baseline med [min..max]", "/off med [min..max]", "/split med [min..max]", "flagged",
-           "errors")
-    rows = []
+    """One row per config and system; ratios are medians of per-pair ratios,
+    "fast" the same over the pairs with both runs in the fast state
+    (fast_threshold). Columns without a figure in any row are left out."""
+    rows: list[dict[str, str]] = []
     for s in summary:
         systems = s.get("systems") or {
             k: {"mpps": s[f"{k}_mpps"], **({"ratio_dpdk": s["ratio"]} if k == "vswitch" else {})}
             for k in KINDS}
         for k, e in systems.items():
-            gb = f"{e['mpps']['median'] * s['size'] * 8 / 1e3:.2f}" if e["mpps"] else "-"
             nerr = len(s["errors"].get(k, []))
-            rows.append((
-                s["config"], k, _fmt(e["mpps"]), gb,
-                _fmt(e.get("ratio_dpdk"), 3) if k != "dpdk" else "",
-                _fmt(e.get("ratio_baseline"), 3) if "ratio_baseline" in e else "",
-                _fmt(e.get("ratio_off"), 3) if "ratio_off" in e else "",
-                _fmt(e.get("ratio_split"), 3) if "ratio_split" in e else "",
-                str(s["flagged"].get(k, 0) or "-"), str(nerr or "-"),
-            ))
-    widths = [max(len(str(x)) for x in col) for col in zip(hdr, *rows, strict=True)]
-    for r in (hdr, *rows):
+            row = {"config": s["config"], "system": k, "Mpps med [min..max]": _fmt(e["mpps"]),
+                   "Gbit/s": f"{e['mpps']['median'] * s['size'] * 8 / 1e3:.2f}" if e["mpps"] else "-"}
+            ratios = e.get("ratios") or ({"dpdk": e["ratio_dpdk"]} if e.get("ratio_dpdk") else {})
+            for ref, st in ratios.items():
+                row[f"/{ref}"] = _fmt(st, 3)
+                if (e.get("fast_ratios") or {}).get(ref):
+                    row[f"/{ref} fast"] = _fmt(e["fast_ratios"][ref], 3)
+            for key, col in (("ratio_baseline", "/baseline"), ("ratio_off", "/off"), ("ratio_split", "/split")):
+                if key in e:
+                    row[col] = _fmt(e.get(key), 3)
+            if e.get("steal_pct"):
+                row["steal %"] = f"{e['steal_pct']['median']:.1f}"
+            if e.get("cycles_per_frame"):
+                # only beside the steal: stolen time is inside the worker's busy time
+                row["worker cycles/frame"] = _fmt(e["cycles_per_frame"], 0)
+            row["flagged"] = str(s["flagged"].get(k, 0) or "-")
+            row["errors"] = str(nerr or "-")
+            rows.append(row)
+    hdr: list[str] = []
+    for r in rows:
+        hdr += [c for c in r if c not in hdr]
+    tail = ("steal %", "worker cycles/frame", "flagged", "errors")
+    hdr = [c for c in hdr if c not in tail] + [c for c in tail if c in hdr]
+    table = [hdr] + [[r.get(c, "") for c in hdr] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(*table, strict=True)]
+    for r in table:
         print("  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)).rstrip(), file=out)
     for s in summary:
         if "within_5pct_of_baseline" in s:
@@ -941,8 +1411,38 @@ def pair_order(systems: Sequence[System], pair: int) -> list[System]:
     return list(systems) if pair % 2 == 0 else list(systems)[::-1]
 
 
-def host_info() -> dict[str, Any]:
+def build_target(vswitchd: Path) -> str:
+    """The extension's build target (vswitch._datapath.BUILD_TARGET, e.g.
+    "x86-64-v2" or "native") as the interpreter beside *vswitchd* imports it;
+    builds from before the attribute existed were all -march=native."""
+    python = vswitchd.parent / "python"
+    code = "import vswitch._datapath as d; print(getattr(d, 'BUILD_TARGET', 'native'))"
+    try:
+        r = subprocess.run([str(python) if python.exists() else sys.executable, "-c", code],
+                           capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else "?"
+
+
+def machine_line(host: dict[str, Any]) -> str:
+    """What the figures were measured on, in one line for the output."""
+    steal = host.get("steal_pct")
+    return (f"CPU {host.get('cpu_model', '?')} x{host.get('cpus', '?')}, kernel {host.get('kernel', '?')}, "
+            f"DPDK {host.get('dpdk', '?')}, OVS {host.get('ovs') or '-'}, build target(s) "
+            + (", ".join(f"{k} {v}" for k, v in (host.get("build_target") or {}).items()) or "-")
+            + ("" if steal is None else f", steal {steal:.2f} % over the run"))
+
+
+def host_info(systems: Sequence[System] = ()) -> dict[str, Any]:
     info: dict[str, Any] = {"hostname": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count()}
+    info["build_target"] = {x.name: build_target(x.vswitchd) for x in systems if x.vswitchd is not None}
+    if any(x.kind == "ovs" for x in systems):
+        try:
+            info["ovs"] = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "openvswitch-switch-dpdk"],
+                                         capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
@@ -979,6 +1479,21 @@ def resummarize(path: Path, out: TextIO = sys.stdout) -> list[dict[str, Any]]:
     return summary
 
 
+def parse_ovs(text: str, memory: str, topology: str) -> list[str]:
+    """--ovs: the flow setups asked for, refused where OVS cannot run."""
+    flows = list(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
+    if any(f not in OVS_FLOWS for f in flows):
+        raise SystemExit(f"--ovs: from {','.join(OVS_FLOWS)}")
+    if flows and memory != "huge":
+        raise SystemExit("--ovs: OVS-DPDK runs only on huge pages: add --memory huge")
+    if flows and topology != "loop":
+        raise SystemExit("--ovs: only with --topology loop")
+    if flows and not ovs_available():
+        raise SystemExit(f"--ovs: {OVS_VSWITCHD} not found (apt-get install --no-install-recommends "
+                         "openvswitch-switch-dpdk, or make deps-bench)")
+    return flows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=5, help="reference+vswitch pairs per config (default 5)")
@@ -995,6 +1510,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run vswitchd built from this commit (e.g. cefd30a), interleaved")
     ap.add_argument("--variants", default="off",
                     help=f"vswitch variants, comma-separated, from {','.join(VARIANTS)} (default off)")
+    ap.add_argument("--memory", choices=("4k", "huge"), default="4k",
+                    help="the generator's (and DPDK switches') memory: 4k pages (--no-huge, the default) "
+                         f"or 2 MiB huge pages ({HUGE_PAGES} reserved for the run and a private "
+                         "hugetlbfs mount, both given back at the end); OVS needs huge")
+    ap.add_argument("--socket-role", choices=("server", "client"), default="server",
+                    help="the switch's side of the vhost-user sockets: server (it listens, the default) "
+                         "or client (the generator's virtio-user ports listen); OVS is always a client")
+    ap.add_argument("--ovs", default="",
+                    help=f"also run OVS-DPDK with these flow setups, from {','.join(OVS_FLOWS)} "
+                         "(systems ovs-normal, ovs-p2p; needs --memory huge)")
     ap.add_argument("--gen-cpu", type=int, default=0)
     ap.add_argument("--sut-cpu", type=int, default=1)
     ap.add_argument("--max-foreign", type=float, default=0.05,
@@ -1023,23 +1548,32 @@ def main(argv: list[str] | None = None) -> int:
     if not testpmd_available():
         print("dpdk-testpmd not found (apt-get install dpdk-dev)", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGHUP, signal.default_int_handler)  # a closed terminal: clean up too
     configs = Config.parse(args.configs)
     variants = parse_variants(args.variants)
+    ovs_flows = parse_ovs(args.ovs, args.memory, args.topology)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vswitch-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     opt = Options(
         seconds=args.seconds, warmup=args.warmup, settle=args.settle, gen_cpu=args.gen_cpu,
         sut_cpu=args.sut_cpu, max_foreign=args.max_foreign,
         workdir=workdir, gen_mbufs=args.gen_mbufs, topology=args.topology,
+        memory=args.memory, socket_role=args.socket_role,
     )
     started = dt.datetime.now().astimezone()
     runs: list[RunResult] = []
     baseline_info: dict[str, str] | None = None
-    with single_instance():
-        # the order within a pair: dpdk, baseline, vswitch, vswitch+VARIANT...
+    huge_info: dict[str, Any] | None = None
+    cpus_all = list(range(os.cpu_count() or 1))
+    stat0 = read_cpu_times(cpus_all)
+    with single_instance(), huge_pages(args.memory, workdir) as huge:
+        opt.huge = huge
+        huge_info = huge.as_json() if huge else None
+        # the order within a pair: dpdk, ovs-*, baseline, vswitch, vswitch+VARIANT...
         systems: list[System] = []
         if args.only in ("both", "dpdk"):
             systems.append(System("dpdk", "dpdk"))
+            systems.extend(System(f"ovs-{f}", "ovs", flows=f) for f in ovs_flows)
         if args.only in ("both", "vswitch"):
             if args.baseline:
                 commit, baseline_vswitchd = prepare_baseline(args.baseline)
@@ -1047,8 +1581,11 @@ def main(argv: list[str] | None = None) -> int:
                 baseline_info = {"ref": args.baseline, "commit": commit, "vswitchd": str(baseline_vswitchd)}
             systems.extend(variant_system(v, args.vswitchd) for v in variants)
         idle = idle_check([opt.gen_cpu, opt.sut_cpu])
-        print(f"topology {opt.topology}; workdir {workdir}; CPUs {opt.gen_cpu},{opt.sut_cpu} busy before start: {idle:.1%} of a CPU",
-              flush=True)
+        print(f"topology {opt.topology}; memory {opt.memory}; switch as socket {opt.socket_role}"
+              f"{' (OVS: client)' if ovs_flows and opt.socket_role == 'server' else ''}; workdir {workdir}; "
+              f"CPUs {opt.gen_cpu},{opt.sut_cpu} busy before start: {idle:.1%} of a CPU", flush=True)
+        host = host_info(systems)  # at the start: the tree (git describe) that runs
+        print(machine_line(host), flush=True)
         if idle > opt.max_foreign:
             print("WARNING: the benchmark CPUs are not idle; runs will be flagged", flush=True)
         err_log = open(workdir / "errors.log", "a")
@@ -1072,8 +1609,10 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted: summarising the runs so far", flush=True)
         finally:
             err_log.close()
+    host["steal_pct"] = steal_percent(stat0, read_cpu_times(cpus_all))
     summary = summarize(runs, configs, args.keep_noisy, [x.name for x in systems])
     print()
+    print(machine_line(host))
     print_table(summary)
     args.results.mkdir(parents=True, exist_ok=True)
     tag = "" if args.topology == "loop" else f"{args.topology}-"
@@ -1083,9 +1622,15 @@ def main(argv: list[str] | None = None) -> int:
         "topology": args.topology,
         "started": started.isoformat(),
         "finished": dt.datetime.now().astimezone().isoformat(),
-        "host": host_info(),
+        "host": host,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "idle_before_start": idle,
+        "memory": args.memory,
+        "huge_pages": huge_info,
+        "socket_role": args.socket_role,
+        "fast_state_rule": (f"per system and config: from the fastest run down, runs are fast until the "
+                            f"first step down of >= {BIMODAL_GAP}x (threshold: its geometric midpoint; "
+                            f"no such step: all fast); a pair is fast when both runs are"),
         "systems": [x.name for x in systems],
         "baseline": baseline_info,
         "variants": {v: [VARIANTS[v](0), VARIANTS[v](1)] for v in variants},

@@ -3,8 +3,9 @@ vhost PMD, the baseline (--baseline) and each vswitch variant side by side,
 and each vswitch system's ratio to the baseline (or, without one, to DPDK).
 
     .venv/bin/python -m bench.plot [RESULT.json]     # default: the newest in bench/results
+    .venv/bin/python -m bench.plot --history [TSV]   # default: bench/results/callgrind-history.tsv
 
-Writes RESULT.png next to the JSON file and prints its path.
+Writes RESULT.png (TSV.png) next to the file and prints its path.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def systems_of(row: dict) -> dict[str, dict]:
             "vswitch": {"mpps": row.get("vswitch_mpps"), "ratio_dpdk": row.get("ratio")}}
 
 
-LABELS = {"dpdk": "DPDK 22.11 vhost PMD", "vswitch": "vswitch (features off)"}
+LABELS = {"dpdk": "DPDK 22.11 vhost PMD", "vswitch": "vswitch (features off)",
+          "ovs-normal": "OVS-DPDK 3.1, NORMAL", "ovs-p2p": "OVS-DPDK 3.1, port to port"}
 
 
 def _errbars(stats: list[dict | None]) -> tuple[list[float], list[list[float]]]:
@@ -67,15 +69,23 @@ def plot(path: Path) -> Path:
     ax1.set_ylabel("Mframes/s delivered (median, min..max)")
     ax1.set_title("Loopback: testpmd virtio-user on CPU 0, switch on CPU 1")
     ax1.legend(fontsize="small")
-    # right: each vswitch system against the baseline when there is one, else against DPDK
-    key, ref = ("ratio_baseline", "baseline") if baseline else ("ratio_dpdk", "DPDK")
+    # right: each vswitch system against the baseline when there is one, else
+    # against each reference system (DPDK, and OVS when it ran)
     vs = [n for n in names if n.startswith("vswitch")]
-    rw = 0.8 / max(len(vs), 1)
-    for j, name in enumerate(vs):
-        stats = [systems_of(s).get(name, {}).get(key) for s in rows]
+    refs = [n for n in ("dpdk", "ovs-normal", "ovs-p2p") if n in names]
+    if baseline or len(refs) < 2:
+        key, ref = ("ratio_baseline", "baseline") if baseline else ("ratio_dpdk", "DPDK")
+        bars = [(name, LABELS.get(name, name), lambda e, key=key: e.get(key)) for name in vs]
+    else:
+        ref = "each reference"
+        bars = [(name, f"{name} / {LABELS.get(r, r)}" if len(vs) > 1 else f"/ {LABELS.get(r, r)}",
+                 lambda e, r=r: (e.get("ratios") or {}).get(r)) for name in vs for r in refs]
+    rw = 0.8 / max(len(bars), 1)
+    for j, (name, label, pick) in enumerate(bars):
+        stats = [pick(systems_of(s).get(name, {})) for s in rows]
         med, err = _errbars(stats)
         xs = [i - 0.4 + rw * (j + 0.5) for i in x]
-        ax2.bar(xs, med, rw, yerr=err, capsize=2, label=LABELS.get(name, name))
+        ax2.bar(xs, med, rw, yerr=err, capsize=2, label=label)
         for xi, st in zip(xs, stats):
             if st:
                 ax2.text(xi, st["median"] + 0.02, f"{st['median']:.2f}", ha="center", fontsize="x-small")
@@ -85,7 +95,7 @@ def plot(path: Path) -> Path:
     ax2.set_xticks(list(x), labels)
     ax2.set_ylabel(f"vswitch / {ref} (median of interleaved pairs)")
     ax2.set_title(f"Ratio to {ref}, {data['args']['pairs']} pairs, git {data['host'].get('git', '?')}")
-    if len(vs) > 1 or baseline:
+    if len(bars) > 1 or baseline:
         ax2.legend(fontsize="small")
     fig.tight_layout()
     out = path.with_suffix(".png")
@@ -93,5 +103,35 @@ def plot(path: Path) -> Path:
     return out
 
 
+HISTORY = RESULTS / "callgrind-history.tsv"
+
+
+def plot_history(path: Path = HISTORY) -> Path:
+    """Instructions per 64-byte frame by commit (bench.callgrind's history),
+    quiet and notify, oldest commit on the left; writes PATH.png."""
+    rows = [line.split("\t") for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    if not rows:
+        sys.exit(f"{path}: no commits yet: run python -m bench.callgrind first")
+    labels = [r[0][:7] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(rows) + 2), 4.2))
+    for col, name in ((2, "quiet (rings polled)"), (3, "notify (every burst signalled)")):
+        pts = [(i, float(r[col])) for i, r in enumerate(rows) if len(r) > col and r[col] not in ("", "-")]
+        ax.plot([i for i, _ in pts], [v for _, v in pts], marker="o", label=name)
+    ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize="small")
+    ax.set_ylabel("instructions per 64-byte frame (callgrind)")
+    ax.set_title("Datapath instructions per frame, by commit")
+    ax.set_ylim(bottom=0)
+    ax.grid(axis="y", linewidth=0.4)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    out = path.with_suffix(".png")
+    fig.savefig(out, dpi=110)
+    return out
+
+
 if __name__ == "__main__":
-    print(plot(Path(sys.argv[1]) if len(sys.argv) > 1 else newest()))
+    args = sys.argv[1:]
+    if args[:1] == ["--history"]:
+        print(plot_history(Path(args[1]) if len(args) > 1 else HISTORY))
+    else:
+        print(plot(Path(args[0]) if args else newest()))

@@ -236,6 +236,96 @@ def test_resummarize_rewrites_the_summary_from_the_runs(tmp_path):
     assert "MORE THAN 5 % BELOW; best run / best run 0.900" in out.getvalue()
 
 
+# --- references, the fast state, socket roles, what a run records ------------------------
+
+
+def test_fast_threshold_is_the_first_step_down_from_the_fastest_and_one_state_without_one():
+    # two states: ~9.4 and ~13.6; the threshold is the step's geometric midpoint
+    assert loopback.fast_threshold([13.6, 9.3, 13.7, 9.5, 13.5]) == pytest.approx((9.5 * 13.5) ** 0.5)
+    # three states (3.9, 6.5, 10.7): the fast one is the top cluster, though
+    # the step below 6.5 is the larger one
+    assert loopback.fast_threshold([6.45, 3.86, 10.67, 10.72]) == pytest.approx((6.45 * 10.67) ** 0.5)
+    # the fast state spread by +-10 %: no gap of 1.25x, one state, every run counts
+    assert loopback.fast_threshold([9.0, 9.8, 10.5, 9.4]) == 0.0
+    assert loopback.fast_threshold([7.0]) == 0.0
+    assert loopback.fast_threshold([]) == 0.0
+
+
+def test_every_system_is_compared_with_each_reference_and_in_the_fast_state():
+    # dpdk's pair 1 and vswitch's pair 2 ran in the slow state
+    runs = [run("dpdk", 0, 14), run("ovs-normal", 0, 5), run("ovs-p2p", 0, 6), run("vswitch", 0, 10),
+            run("dpdk", 1, 9), run("ovs-normal", 1, 5.2), run("ovs-p2p", 1, 6.3), run("vswitch", 1, 10.5),
+            run("dpdk", 2, 13), run("ovs-normal", 2, 4.8), run("ovs-p2p", 2, 5.7), run("vswitch", 2, 6)]
+    names = ["dpdk", "ovs-normal", "ovs-p2p", "vswitch"]
+    (row,) = loopback.summarize(runs, loopback.Config.parse("64x1"), keep_noisy=False, systems=names)
+    vs = row["systems"]["vswitch"]
+    assert set(vs["ratios"]) == {"dpdk", "ovs-normal", "ovs-p2p"}
+    assert vs["ratios"]["ovs-normal"]["median"] == pytest.approx(10 / 5)   # of 2.0, 2.02, 1.25
+    assert vs["ratios"]["dpdk"]["n"] == 3
+    # fast pairs with DPDK: pair 0 only (pair 1: DPDK slow, pair 2: vswitch slow)
+    assert vs["fast_ratios"]["dpdk"] == {"median": pytest.approx(10 / 14), "min": pytest.approx(10 / 14),
+                                         "max": pytest.approx(10 / 14), "n": 1}
+    # OVS showed one state: the fast pairs with it are vswitch's fast ones
+    assert vs["fast_ratios"]["ovs-p2p"]["n"] == 2
+    assert "ratios" not in row["systems"]["ovs-p2p"]     # a reference is not compared with the others
+    assert row["systems"]["ovs-p2p"]["ratio_dpdk"]["n"] == 3
+
+
+def test_steal_and_worker_cycles_appear_in_the_table_side_by_side():
+    import io
+    a = run("vswitch", 0, 10)
+    a.cpu = {"steal_pct": 1.5}
+    a.worker = {"cycles_per_frame": 250.0}
+    b = run("dpdk", 0, 12)
+    b.cpu = {"steal_pct": 0.5}
+    summary = loopback.summarize([a, b], loopback.Config.parse("64x1"), keep_noisy=False,
+                                 systems=["dpdk", "vswitch"])
+    assert summary[0]["systems"]["vswitch"]["cycles_per_frame"]["median"] == 250.0
+    out = io.StringIO()
+    loopback.print_table(summary, out)
+    header, dpdk_row, vs_row = out.getvalue().splitlines()[:3]
+    assert header.index("steal %") < header.index("worker cycles/frame")
+    assert "1.5" in vs_row and "250" in vs_row and "0.5" in dpdk_row
+
+
+def test_worker_figures_are_busy_time_times_the_tsc_rate_over_frames(monkeypatch):
+    monkeypatch.setattr(loopback, "tsc_hz", lambda: 2.6e9)
+    w = loopback.worker_figures({"busy_ns": 1e9, "frames": 0, "t": 10.0},
+                                {"busy_ns": 9e9, "frames": 80e6, "t": 18.0})
+    assert w["busy_fraction"] == pytest.approx(1.0)
+    assert w["cycles_per_frame"] == pytest.approx(8 * 2.6e9 / 80e6)
+
+
+def test_steal_percent_is_steal_over_all_cpu_time():
+    before = {"steal": 1.0, "total": 100.0}
+    after = {"steal": 3.0, "total": 300.0}
+    assert loopback.steal_percent(before, after) == pytest.approx(1.0)
+    assert loopback.steal_percent(after, after) is None
+
+
+def test_client_role_makes_vswitchs_ports_connect(tmp_path):
+    sw = loopback.VSwitch(tmp_path, 1, 1, (tmp_path / "a.sock", tmp_path / "b.sock"), Path("/x"), client=True)
+    cfg = parse_config(sw.config_text(), "bench.yaml", check_host=False)
+    assert [cfg.ports[n].mode for n in ("a", "b")] == ["client", "client"]
+    assert str(cfg.ports["a"].socket) == str(tmp_path / "a.sock")
+
+
+def test_ovs_flow_setups_and_systems():
+    assert loopback.OVS_FLOWS["normal"] == []        # the bridge's default flow: NORMAL
+    assert loopback.OVS_FLOWS["p2p"] == ["in_port=1,actions=output:2", "in_port=2,actions=output:1"]
+    assert set(loopback.REFERENCES) == {"dpdk", "ovs-normal", "ovs-p2p"}
+
+
+def test_ovs_needs_huge_pages_and_the_loop():
+    with pytest.raises(SystemExit, match="--memory huge"):
+        loopback.parse_ovs("normal", "4k", "loop")
+    with pytest.raises(SystemExit, match="--topology loop"):
+        loopback.parse_ovs("p2p", "huge", "oneway")
+    with pytest.raises(SystemExit, match="from normal,p2p"):
+        loopback.parse_ovs("learning", "huge", "loop")
+    assert loopback.parse_ovs("", "4k", "loop") == []
+
+
 # --- the uplink benchmark ------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind,tap_io", [("vswitch", "io_uring"), ("vswitch-write", "write")])

@@ -259,3 +259,29 @@ def test_patch_specs_and_like_for_like_comparisons(tmp_path):
     # every current system against the baseline; against baseline+p4 only those that have p4
     assert got == {"current / baseline, quiet": 1.1, "current+p1+p4 / baseline, quiet": 0.82,
                    "current+p1+p4 / baseline+p4, quiet": 1.025, "current+p1 / baseline, quiet": 1.01}
+
+
+def test_history_has_one_line_per_clean_commit_sorted_by_commit_date(tmp_path, monkeypatch):
+    dates = {"a" * 40: "2026-12-01T10:00:00+00:00", "b" * 40: "2026-12-02T10:00:00+00:00"}
+    monkeypatch.setattr(callgrind, "_git", lambda *args: f"{dates[args[-1]]}\tsubject of {args[-1][:4]}")
+    path = tmp_path / "callgrind-history.tsv"
+    tools = {"gcc": "gcc 12.2.0", "valgrind": "valgrind-3.19.0"}
+
+    def outcome(system: str, rev: str, quiet: float) -> callgrind.RunOutcome:
+        return callgrind.RunOutcome(system, system, rev, "off",
+                                    phases={"quiet": {"ir_per_frame": quiet}, "notify": {"ir_per_frame": quiet + 10}})
+    # the newer commit first, then the older; a dirty tree and a variant are not history
+    callgrind.record_history([outcome("current", "b" * 40, 935.65), outcome("baseline", "a" * 40, 1060.8)],
+                             callgrind.DEFAULT_FRAMES, "-mno-avx512f", tools, path)
+    callgrind.record_history([outcome("current", "b" * 40 + "-dirty", 900.0),
+                              callgrind.RunOutcome("current+all", "current", "b" * 40, "all")],
+                             callgrind.DEFAULT_FRAMES, "-mno-avx512f", tools, path)
+    first = path.read_text()
+    rows = [line.split("\t") for line in first.splitlines() if not line.startswith("#")]
+    assert [(r[0][:1], r[2], r[3]) for r in rows] == [("a", "1060.80", "1070.80"), ("b", "935.65", "945.65")]
+    assert rows[0][4:7] == ["-mno-avx512f", "gcc 12.2.0", "valgrind-3.19.0"]
+    # measured again: the same file; another --frames: not recorded
+    callgrind.record_history([outcome("baseline", "a" * 40, 1060.8)], callgrind.DEFAULT_FRAMES,
+                             "-mno-avx512f", tools, path)
+    assert callgrind.record_history([outcome("baseline", "a" * 40, 1.0)], 500, "-mno-avx512f", tools, path) == []
+    assert path.read_text() == first
