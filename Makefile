@@ -131,6 +131,7 @@ bench: deps-test deps-bench build
 	$(PY) -m bench.iperf
 	$(PY) -m bench.ratelimit
 	$(PY) -m bench.attacks
+	$(PY) -m bench.latency
 	$(MAKE) --no-print-directory bench-callgrind
 
 bench-callgrind: deps-bench build
