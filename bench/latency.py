@@ -351,7 +351,7 @@ def run_system(system: str, rnd: int, lib: ctypes.CDLL, opt: Options) -> dict[st
         time.sleep(0.5)
         res["event_idx"] = fe.event_idx
         window = CpuWindow([opt.fe_cpu, opt.sut_cpu], [os.getpid(), *([sut.pid] if sut.pid else [])])
-        window.start()
+        window.start(per_process=True)
         fe.probe(opt.warmup_probes, 50.0)  # caches, page faults, the FDB entry
         samples, st = fe.probe(opt.probes, opt.gap_us)
         res["idle"] = {"latency": summarize_ns(samples), "loop": st}
@@ -365,6 +365,7 @@ def run_system(system: str, rnd: int, lib: ctypes.CDLL, opt: Options) -> dict[st
         samples, st = fe.stream(rate, opt.load_seconds)
         got = (st["rx"] - st["late"]) * 1e9 / st["elapsed_ns"] if st["elapsed_ns"] else 0.0
         res["load"] = {"target_fps": rate, "fps": got, "latency": summarize_ns(samples), "loop": st}
+        res["foreign_top"] = window.top_foreign()  # who else ran meanwhile (any CPU)
         res["cpu"] = window.stop()
         if not sut.alive():
             raise RuntimeError("the switch exited during the run")
@@ -405,6 +406,8 @@ def summarize(runs: Sequence[dict[str, Any]], systems: Sequence[str]) -> list[di
         row["load_mfps"] = ld[len(ld) // 2] / 1e6 if ld else None
         st = sorted(r["cpu"]["steal"] for r in ok)
         row["steal"] = st[len(st) // 2] if st else None
+        fo = sorted(r["cpu"]["foreign"] for r in ok)
+        row["foreign"] = fo[len(fo) // 2] if fo else None  # other processes' CPU on the two CPUs
         row["lost"] = sum(r["idle"]["loop"]["lost"] for r in ok)
         row["errors"] = sum(1 for r in runs if r["system"] == name and "error" in r)
         out.append(row)
@@ -413,7 +416,7 @@ def summarize(runs: Sequence[dict[str, Any]], systems: Sequence[str]) -> list[di
 
 def print_table(summary: Sequence[dict[str, Any]], out: Any = sys.stdout) -> None:
     hdr = ("system", "idle p50 us", "p99", "p99.9", "load p50 us", "p99", "p99.9", "load Mf/s",
-           "max Mf/s", "steal", "lost", "errors")
+           "max Mf/s", "steal", "foreign", "lost", "errors")
     rows = []
     for s in summary:
         label = s["system"] if s["system"] == "dpdk" else f"vswitch {s['system']}"
@@ -423,6 +426,7 @@ def print_table(summary: Sequence[dict[str, Any]], out: Any = sys.stdout) -> Non
                      "-" if s["load_mfps"] is None else f"{s['load_mfps']:.2f}",
                      "-" if s["max_mfps"] is None else f"{s['max_mfps']:.2f}",
                      "-" if s["steal"] is None else f"{s['steal']:.1%}",
+                     "-" if s.get("foreign") is None else f"{s['foreign']:.1%}",
                      str(s["lost"]), str(s["errors"] or "-")))
     widths = [max(len(str(x)) for x in col) for col in zip(hdr, *rows, strict=True)]
     for r in (hdr, *rows):
