@@ -328,6 +328,7 @@ class Options:
     warmup_probes: int
     vswitchd: Path
     workdir: Path
+    max_foreign: float = 0.05
 
 
 def run_system(system: str, rnd: int, lib: ctypes.CDLL, opt: Options) -> dict[str, Any]:
@@ -367,6 +368,8 @@ def run_system(system: str, rnd: int, lib: ctypes.CDLL, opt: Options) -> dict[st
         res["load"] = {"target_fps": rate, "fps": got, "latency": summarize_ns(samples), "loop": st}
         res["foreign_top"] = window.top_foreign()  # who else ran meanwhile (any CPU)
         res["cpu"] = window.stop()
+        if res["cpu"]["foreign"] > opt.max_foreign:
+            res["flagged"] = f"other processes used {res['cpu']['foreign']:.0%} of a CPU"
         if not sut.alive():
             raise RuntimeError("the switch exited during the run")
     except Exception as e:  # noqa: BLE001 - one failed system must not end the benchmark
@@ -389,12 +392,16 @@ def _us(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
 
 
-def summarize(runs: Sequence[dict[str, Any]], systems: Sequence[str]) -> list[dict[str, Any]]:
-    """Per system: the median over its rounds of each figure."""
+def summarize(runs: Sequence[dict[str, Any]], systems: Sequence[str], keep_noisy: bool = False
+              ) -> list[dict[str, Any]]:
+    """Per system: the median over its usable rounds of each figure (flagged
+    rounds, where other processes used the CPUs, left out unless keep_noisy)."""
     out = []
     for name in systems:
-        ok = [r for r in runs if r["system"] == name and "error" not in r]
-        row: dict[str, Any] = {"system": name, "rounds": len(ok)}
+        ok = [r for r in runs if r["system"] == name and "error" not in r
+              and (keep_noisy or "flagged" not in r)]
+        row: dict[str, Any] = {"system": name, "rounds": len(ok),
+                               "flagged": sum(1 for r in runs if r["system"] == name and "flagged" in r)}
         for cond in ("idle", "load"):
             for q in QUANTILES:
                 k = quantile_key(q)
@@ -416,7 +423,7 @@ def summarize(runs: Sequence[dict[str, Any]], systems: Sequence[str]) -> list[di
 
 def print_table(summary: Sequence[dict[str, Any]], out: Any = sys.stdout) -> None:
     hdr = ("system", "idle p50 us", "p99", "p99.9", "load p50 us", "p99", "p99.9", "load Mf/s",
-           "max Mf/s", "steal", "foreign", "lost", "errors")
+           "max Mf/s", "steal", "foreign", "rounds", "flagged", "lost", "errors")
     rows = []
     for s in summary:
         label = s["system"] if s["system"] == "dpdk" else f"vswitch {s['system']}"
@@ -427,6 +434,7 @@ def print_table(summary: Sequence[dict[str, Any]], out: Any = sys.stdout) -> Non
                      "-" if s["max_mfps"] is None else f"{s['max_mfps']:.2f}",
                      "-" if s["steal"] is None else f"{s['steal']:.1%}",
                      "-" if s.get("foreign") is None else f"{s['foreign']:.1%}",
+                     str(s["rounds"]), str(s.get("flagged", 0) or "-"),
                      str(s["lost"]), str(s["errors"] or "-")))
     widths = [max(len(str(x)) for x in col) for col in zip(hdr, *rows, strict=True)]
     for r in (hdr, *rows):
@@ -459,11 +467,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-probes", type=int, default=2000)
     ap.add_argument("--fe-cpu", type=int, default=0, help="the front-end's CPU (default 0)")
     ap.add_argument("--sut-cpu", type=int, default=1, help="the switch's CPU (default 1)")
+    ap.add_argument("--max-foreign", type=float, default=0.05,
+                    help="flag runs where other processes used more than this fraction of a CPU (default 0.05)")
+    ap.add_argument("--keep-noisy", action="store_true", help="include flagged runs in the medians")
+    ap.add_argument("--resummarize", type=Path, metavar="JSON", default=None,
+                    help="print the table of a results file again (with this version's summary), run nothing")
     ap.add_argument("--vswitchd", type=Path, default=REPO / ".venv" / "bin" / "vswitchd")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args(argv)
     systems = parse_systems(args.systems)
+    if args.resummarize:
+        doc = json.loads(args.resummarize.read_text())
+        for r in doc["runs"]:  # flag again with this run's threshold
+            r.pop("flagged", None)
+            if "cpu" in r and r["cpu"]["foreign"] > args.max_foreign:
+                r["flagged"] = f"other processes used {r['cpu']['foreign']:.0%} of a CPU"
+        names = list(dict.fromkeys(r["system"] for r in doc["runs"]))
+        print_table(summarize(doc["runs"], [n for n in SYSTEMS if n in names], args.keep_noisy))
+        return 0
     if not 0.0 < args.load < 1.0:
         raise SystemExit("--load must be in (0, 1)")
     if os.geteuid() != 0:
@@ -478,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vswitch-latency-"))
     workdir.mkdir(parents=True, exist_ok=True)
     opt = Options(args.fe_cpu, args.sut_cpu, args.probes, args.gap_us, args.max_seconds, args.load,
-                  args.load_seconds, args.warmup_probes, args.vswitchd, workdir)
+                  args.load_seconds, args.warmup_probes, args.vswitchd, workdir, args.max_foreign)
     # the front-end loop runs in this process: on its own CPU (the switch's
     # processes are started on theirs by taskset / testpmd's lcore list)
     os.sched_setaffinity(0, {opt.fe_cpu})
@@ -502,10 +524,11 @@ def main(argv: list[str] | None = None) -> int:
                           f"max {r['max']['fps'] / 1e6:.2f} Mf/s; load {r['load']['fps'] / 1e6:.2f} Mf/s "
                           f"p50 {_us(ld.get('p50_us'))} p99 {_us(ld.get('p99_us'))} us; "
                           f"steal {r['cpu']['steal']:.1%} foreign {r['cpu']['foreign']:.1%}  "
-                          f"{r['seconds']:.0f}s", flush=True)
+                          f"{r['seconds']:.0f}s" + (f" FLAGGED {r['flagged']}" if "flagged" in r else ""),
+                          flush=True)
         except KeyboardInterrupt:
             print("interrupted: summarising the runs so far", flush=True)
-    summary = summarize(runs, systems)
+    summary = summarize(runs, systems, args.keep_noisy)
     print()
     print_table(summary)
     args.results.mkdir(parents=True, exist_ok=True)
