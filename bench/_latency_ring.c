@@ -272,6 +272,7 @@ int lat_probe(struct lat_ring *tx, struct lat_ring *rx, const uint8_t *frame, ui
     if (len < 34 + 8 || tx->buf_size < hdr_len + len)
         return -EINVAL;
     rx_ctx c = {out, n, 1, UINT64_MAX, 0};
+    uint64_t tx_kicks0 = tx->kicks, rx_kicks0 = rx->kicks;
     uint64_t start = now_ns();
     uint64_t seq = seq0;
     for (uint64_t i = 0; i < n; i++) {
@@ -308,8 +309,8 @@ int lat_probe(struct lat_ring *tx, struct lat_ring *rx, const uint8_t *frame, ui
     }
     tx_reap(tx);
     st->elapsed_ns = now_ns() - start;
-    st->tx_kicks = tx->kicks;
-    st->rx_kicks = rx->kicks;
+    st->tx_kicks = tx->kicks - tx_kicks0;
+    st->rx_kicks = rx->kicks - rx_kicks0;
     return 0;
 }
 
@@ -323,6 +324,7 @@ int lat_stream(struct lat_ring *tx, struct lat_ring *rx, const uint8_t *frame, u
     if (len < 34 + 8 || tx->buf_size < hdr_len + len || sample_every == 0)
         return -EINVAL;
     rx_ctx c = {out, cap, sample_every, UINT64_MAX, 0};
+    uint64_t tx_kicks0 = tx->kicks, rx_kicks0 = rx->kicks;
     uint64_t start = now_ns();
     uint64_t end = start + duration_ns;
     uint64_t seq = seq0;
@@ -360,7 +362,7 @@ int lat_stream(struct lat_ring *tx, struct lat_ring *rx, const uint8_t *frame, u
         rx_poll(rx, hdr_len, st, &c, 0);
     }
     st->late = st->rx - rx_at_end; /* arrived after the end of the window */
-    st->tx_kicks = tx->kicks;
-    st->rx_kicks = rx->kicks;
+    st->tx_kicks = tx->kicks - tx_kicks0;
+    st->rx_kicks = rx->kicks - rx_kicks0;
     return 0;
 }
