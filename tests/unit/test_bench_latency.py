@@ -88,3 +88,26 @@ def test_c_loop_posts_rx_buffers_and_kicks_only_when_asked(tmp_path: Path, monke
         assert rx.avail_idx_in_memory() == 128
         assert not kicked(rx)
         rx.close()
+
+
+@pytest.mark.parametrize(("variant", "workers", "cpus", "taskset"), [
+    ("off", 1, (1,), "1"),
+    ("2workers", 2, (1, 0), "1,0"),
+    ("2workers1core", 2, (1,), "1"),
+])
+def test_scale_variants_run_the_asked_workers_where_asked(tmp_path: Path, variant: str, workers: int,
+                                                          cpus: tuple[int, ...], taskset: str):
+    """bench.scale's variants: the worker count and pinning reach the config
+    (the marker keys do not), and taskset allows the generator's CPU only
+    when a worker runs there."""
+    from bench import loopback, scale
+    fragment = {"off": loopback.VARIANTS["off"], "2workers": scale._two_workers,
+                "2workers1core": scale._two_workers_one_core}[variant]
+    sw = scale.ScaleVSwitch(tmp_path, 1, 2, (tmp_path / "a.sock", tmp_path / "b.sock"),
+                            Path("/nonexistent/vswitchd"), (fragment(0), fragment(1)))
+    text = sw.config_text()
+    assert scale.WORKERS_KEY not in text and scale.SHARED_KEY not in text
+    cfg = parse_config(text, "bench.yaml", check_host=False)
+    assert (cfg.datapath.workers, tuple(cfg.datapath.cpus)) == (workers, cpus)
+    assert str(sw.cpu) == taskset
+    assert [cfg.ports[p].queues for p in ("a", "b")] == [2, 2]
