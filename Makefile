@@ -13,7 +13,8 @@
 #                 ovs        vswitch, DPDK and OVS-DPDK (NORMAL, port to port),
 #                            2 MiB huge pages, the switch as socket client (+ plot)
 #                 uplink, iperf (VM-to-VM), ratelimit, attacks (a hostile guest
-#                 beside a healthy pair), callgrind (as bench-callgrind)
+#                 beside a healthy pair), latency (single-frame round trips),
+#                 callgrind (as bench-callgrind)
 #               e.g. make bench BENCH_SECTIONS="loopback ovs callgrind"
 #   make deb    dist/vswitch_<version>_amd64.deb, checked by lintian (README,
 #               "Running as a service")
@@ -179,8 +180,8 @@ CALLGRIND_ARGS ?=
 # The OVS section: the configs it runs (5 pairs of DPDK, OVS NORMAL, OVS
 # port to port and vswitch each; about 15 minutes for two configs).
 BENCH_OVS_CONFIGS ?= 64x1,1518x1
-BENCH_SECTIONS ?= loopback ovs uplink iperf ratelimit attacks callgrind
-BENCH_SECTIONS_ALL := loopback ovs uplink iperf ratelimit attacks callgrind
+BENCH_SECTIONS ?= loopback ovs uplink iperf ratelimit attacks latency callgrind
+BENCH_SECTIONS_ALL := loopback ovs uplink iperf ratelimit attacks latency callgrind
 
 # Without recommends, and with no service started while installing: OVS's
 # package would start a system ovs-vswitchd (a policy-rc.d exiting 101 says
@@ -198,7 +199,7 @@ deps-bench: deps-build
 	@if pgrep -x ovs-vswitchd >/dev/null; then \
 	  echo "note: an ovs-vswitchd is running (not started by the benchmark; it may take CPU from it)"; fi
 
-.PHONY: bench-loopback bench-ovs bench-uplink bench-iperf bench-ratelimit bench-attacks bench-pips
+.PHONY: bench-loopback bench-ovs bench-uplink bench-iperf bench-ratelimit bench-attacks bench-latency bench-pips
 
 bench-pips: | $(PY)
 	@# bench.attacks imports the attacks from the tests (they import pytest, hypothesis)
@@ -231,6 +232,9 @@ bench-ratelimit: build
 
 bench-attacks: build bench-pips
 	$(PY) -m bench.attacks
+
+bench-latency: deps-test build
+	$(PY) -m bench.latency
 
 bench-callgrind: deps-bench build bench-pips
 	$(PY) -m bench.callgrind --baseline $(CALLGRIND_BASELINE) $(CALLGRIND_ARGS)
