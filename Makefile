@@ -38,7 +38,7 @@ PYTEST_ARGS ?=
 
 # Debian packages: to build (compiler, headers, venv) and to test against real peers.
 BUILD_DEBS := gcc python3-dev python3-venv
-TEST_DEBS  := qemu-system-x86 dpdk-dev busybox-static iperf3 ethtool iproute2 procps iputils-ping tshark debootstrap systemd-container
+TEST_DEBS  := qemu-system-x86 dpdk-dev busybox-static iperf3 ethtool iproute2 procps iputils-ping tshark debootstrap systemd-container qemu-user
 TEST_PIPS  := pytest hypothesis jsonschema atheris==3.0.0 matplotlib
 # Debian packages the benchmarks need beyond the suite's.
 BENCH_DEBS := valgrind openvswitch-switch-dpdk
@@ -126,7 +126,20 @@ EXT_SUFFIX := $(shell if [ -x $(PY) ]; then p=$(PY); else p=$(PYTHON); fi; \
 DATAPATH   := vswitch/_datapath$(EXT_SUFFIX)
 EXT_SOURCES := $(wildcard cython_ext/*.pyx cython_ext/*.pxi cython_ext/*.pxd cython_ext/*.h) setup.py
 
-$(DATAPATH): $(EXT_SOURCES) | $(INSTALLED)
+# The CPU the datapath is compiled for (setup.py): x86-64-v2 unless
+# VSWITCH_MARCH says otherwise (`make build VSWITCH_MARCH=native`). The stamp
+# holds the value the module was built with and is rewritten only when it
+# changes, so a change rebuilds the module and an unchanged value does not.
+VSWITCH_MARCH ?=
+export VSWITCH_MARCH
+MARCH_STAMP := build/.vswitch-march
+.PHONY: march-stamp-check
+march-stamp-check:
+$(MARCH_STAMP): march-stamp-check
+	@mkdir -p $(@D); v='$(VSWITCH_MARCH)'; \
+	if [ ! -f $@ ] || [ "$$(cat $@)" != "$$v" ]; then printf '%s\n' "$$v" > $@; fi
+
+$(DATAPATH): $(EXT_SOURCES) $(MARCH_STAMP) | $(INSTALLED)
 	$(PY) setup.py -q build_ext --inplace --force
 	@touch $@
 

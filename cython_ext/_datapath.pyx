@@ -88,6 +88,48 @@ from includes.atomics cimport *
 from includes.uring cimport *
 from includes.memguard cimport *
 
+cdef extern from "vs_cpucheck.h" nogil:
+    const char *vs_build_target
+    const char *vs_build_feature(size_t i)
+    int vs_cpu_missing(const char *pretend_absent, char *out, size_t size)
+
+
+def _build_features() -> tuple:
+    cdef size_t i = 0
+    cdef const char *name
+    names = []
+    while True:
+        name = vs_build_feature(i)
+        if name == NULL:
+            return tuple(names)
+        names.append(name.decode())
+        i += 1
+
+
+# What the module was compiled for (setup.py, VSWITCH_MARCH): "x86-64-v2" or
+# "native" (or another -march), and the instruction-set extensions the
+# compiler assumed (vs_cpucheck.h). A build for a newer CPU than this one
+# would die of SIGILL in the hot loop: refuse it here, naming what lacks.
+# VSWITCH_TEST_CPU_ABSENT (comma-separated names) pretends features absent,
+# for the tests.
+BUILD_TARGET = vs_build_target.decode()
+BUILD_FEATURES = _build_features()
+
+
+def _check_cpu() -> None:
+    cdef char missing[512]
+    pretend = os.environ.get("VSWITCH_TEST_CPU_ABSENT", "").encode()
+    cdef const char *pretend_c = pretend
+    if vs_cpu_missing(pretend_c if pretend else NULL, missing, sizeof(missing)) > 0:
+        raise ImportError(
+            f"vswitch._datapath was built for -march={BUILD_TARGET} and this CPU lacks "
+            f"{missing.decode()}: rebuild it for this machine (make build; VSWITCH_MARCH=native "
+            f"or unset for the x86-64-v2 baseline, README 'Build')"
+        )
+
+
+_check_cpu()
+
 
 class DatapathError(Exception):
     """A request the datapath cannot honour (bad address, size, index)."""

@@ -165,9 +165,11 @@ cdef void fdb_insert(vs_switch *sw, uint64_t key, int port, uint32_t now) noexce
         sw.fdb_full += 1
 
 
-cdef inline void fdb_learn(vs_switch *sw, uint16_t vlan, uint64_t mac, int port) noexcept nogil:
+cdef inline bint fdb_learn(vs_switch *sw, uint16_t vlan, uint64_t mac, int port) noexcept nogil:
     """Source (vlan, mac) seen on port. The common case -- known, same port,
-    stamp current -- only reads the slot."""
+    stamp current -- only reads the slot. True when the entry is on `port`
+    (learned with a current stamp, or pinned there) and nothing was counted:
+    learning it again within the burst would change nothing (switch_burst)."""
     cdef uint64_t key = fdb_key(vlan, mac)
     cdef uint32_t h = fdb_hash(key)
     cdef uint32_t now = vs_load_relaxed_u32(&sw.now_s)
@@ -187,14 +189,16 @@ cdef inline void fdb_learn(vs_switch *sw, uint16_t vlan, uint64_t mac, int port)
         if v & FDB_STATIC:
             if fdb_val_port(v) != port:
                 sw.fdb_static_moves += 1      # refused: the config pins this MAC
-            return
+                return False
+            return True
         if fdb_val_port(v) == port:
             if <uint32_t>(v >> 32) != now:     # at most once a second per entry
                 vs_cas_u64(&s.val, v, fdb_val(now, port, False))
-            return
+            return True
         fdb_move(sw, s, v, port, now)
-        return
+        return False
     fdb_insert(sw, key, port, now)
+    return False
 
 
 cdef int fdb_set_static(vs_switch *sw, uint16_t vlan, uint64_t mac, int port) noexcept nogil:

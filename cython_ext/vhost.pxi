@@ -210,7 +210,10 @@ cdef inline void take_headers(vs_worker *w, vs_frame *f, int i) noexcept nogil:
         # a small frame whole: one segment, as the guest had it (the copy into
         # the destination then has one source piece, not two)
         nh = f.hdr_len + f.len
-        sg_read(segs + 1, f.nseg, 0, w.fhead[i], nh)
+        if nh <= segs[1].len:
+            vs_copy(w.fhead[i], segs[1].p, nh)   # one piece, inline (vs_defs.h)
+        else:
+            sg_read(segs + 1, f.nseg, 0, w.fhead[i], nh)
         segs[0].p = w.fhead[i]
         segs[0].len = nh
         f.nseg = 1

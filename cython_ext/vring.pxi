@@ -316,8 +316,15 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
     if hdr_len >= 12:
         hdr[10] = <uint8_t>(nchains & 0xff)
         hdr[11] = <uint8_t>(nchains >> 8)
-    sg_write(&w.rxsegs[0], nseg_total, 0, hdr, hdr_len)
-    sg_copy(&w.rxsegs[0], nseg_total, hdr_len, src, nsrc, src_off, flen)
+    if need <= VS_INLINE_COPY and nseg_total > 0 and need <= w.rxsegs[0].len and nsrc > 0 \
+            and src_off + flen <= src[0].len:
+        # the small frame's usual case: one piece into the first buffer,
+        # copied inline (vs_defs.h vs_copy) rather than by two memcpy calls
+        vs_copy(w.rxsegs[0].p, hdr, hdr_len)
+        vs_copy(w.rxsegs[0].p + hdr_len, src[0].p + src_off, flen)
+    else:
+        sg_write(&w.rxsegs[0], nseg_total, 0, hdr, hdr_len)
+        sg_copy(&w.rxsegs[0], nseg_total, hdr_len, src, nsrc, src_off, flen)
     written = 0
     for i in range(nchains):
         fill = w.rxchains[i].cap

@@ -140,6 +140,57 @@ static inline void vs_spin_unlock(volatile int *l) {
     __atomic_store_n(l, 0, __ATOMIC_RELEASE);
 }
 
+/* Copies of a frame's bytes (vring.pxi sg_read/sg_copy). Most frames of a
+ * small-packet load are 60..128 bytes plus a 12-byte header: a call into
+ * libc's memcpy for each (through the PLT, then its size dispatch) costs
+ * about as much as the copy. Up to VS_INLINE_COPY bytes are copied here,
+ * inline, by 16-byte unaligned moves (SSE2, in every x86-64), the last one
+ * overlapping the one before instead of a byte loop (what DPDK's
+ * rte_memcpy does); larger copies go to memcpy, which is faster there.
+ * dst and src must not overlap (they never do: guest buffer to private
+ * copy, or private copy / guest buffer to another guest's buffer). Reading
+ * a few source bytes twice is harmless: each destination byte gets one of
+ * the values the source had, and decisions read only the destination. */
+#define VS_INLINE_COPY 256
+static inline __attribute__((always_inline)) void vs_mov16(uint8_t *d, const uint8_t *s) { __builtin_memcpy(d, s, 16); }
+static inline __attribute__((always_inline)) void vs_mov32(uint8_t *d, const uint8_t *s) { __builtin_memcpy(d, s, 32); }
+static inline __attribute__((always_inline)) void vs_mov64(uint8_t *d, const uint8_t *s) { __builtin_memcpy(d, s, 64); }
+static inline __attribute__((always_inline)) void vs_mov128(uint8_t *d, const uint8_t *s) { __builtin_memcpy(d, s, 128); }
+/* Straight-line by size class: the head of the copy from the start, the
+ * tail from the end (overlapping), no loop. */
+static inline __attribute__((always_inline)) void vs_copy(void *dst, const void *src, uint32_t n) {
+    uint8_t *d = (uint8_t *)dst;
+    const uint8_t *s = (const uint8_t *)src;
+    if (n <= 16) {
+        if (n >= 8) {
+            __builtin_memcpy(d, s, 8);
+            __builtin_memcpy(d + n - 8, s + n - 8, 8);
+        } else if (n >= 4) {
+            __builtin_memcpy(d, s, 4);
+            __builtin_memcpy(d + n - 4, s + n - 4, 4);
+        } else if (n >= 2) {
+            __builtin_memcpy(d, s, 2);
+            __builtin_memcpy(d + n - 2, s + n - 2, 2);
+        } else if (n == 1) {
+            *d = *s;
+        }
+    } else if (n <= 32) {
+        vs_mov16(d, s);
+        vs_mov16(d + n - 16, s + n - 16);
+    } else if (n <= 64) {
+        vs_mov32(d, s);
+        vs_mov32(d + n - 32, s + n - 32);
+    } else if (n <= 128) {
+        vs_mov64(d, s);
+        vs_mov64(d + n - 64, s + n - 64);
+    } else if (n <= VS_INLINE_COPY) {
+        vs_mov128(d, s);
+        vs_mov128(d + n - 128, s + n - 128);
+    } else {
+        __builtin_memcpy(d, s, n);
+    }
+}
+
 /* virtio spec 2.7.10 "vring_need_event": notify iff new_idx passed event_idx
  * since old_idx (all free-running u16). */
 static inline int vs_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old_idx) {

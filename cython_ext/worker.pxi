@@ -221,6 +221,13 @@ cdef void switch_burst(vs_switch *sw, vs_worker *w, int pidx, int qp, vs_vring *
     cdef int dests[VS_BURST]
     cdef vs_frame *f
     cdef vs_capture *cap = port.capture
+    # A burst from a guest is mostly one source talking to one destination:
+    # the last source this burst learned that the FDB already had on this
+    # port (learning it again changes nothing), and the last unicast lookup
+    # (forgotten whenever a learn may have changed the table), each as
+    # fdb_key(vlan, mac); 0 is none (fdb_key always sets FDB_KEY_USED).
+    cdef uint64_t learned_key = 0, looked_key = 0, key
+    cdef int looked_port = FDB_FLOOD
     if mem_lost(port):
         # a frame of this burst hit memory the guest took away: what was read
         # of the burst is zero pages now, so none of it goes anywhere
@@ -264,11 +271,21 @@ cdef void switch_burst(vs_switch *sw, vs_worker *w, int pidx, int qp, vs_vring *
                 vq.c.drops[rc] += 1
                 continue
         if not (eth[6] & 1) and src_mac != 0:
-            fdb_learn(sw, f.vlan, src_mac, pidx)
+            key = fdb_key(f.vlan, src_mac)
+            if key != learned_key:
+                if fdb_learn(sw, f.vlan, src_mac, pidx):
+                    learned_key = key
+                else:
+                    learned_key = 0
+                looked_key = 0             # the table may have changed
         if eth[0] & 1:
             d = FDB_FLOOD                  # broadcast and multicast
         else:
-            d = fdb_lookup(sw, f.vlan, dst_mac)    # FDB_FLOOD when unknown
+            key = fdb_key(f.vlan, dst_mac)
+            if key != looked_key:
+                looked_port = fdb_lookup(sw, f.vlan, dst_mac)    # FDB_FLOOD when unknown
+                looked_key = key
+            d = looked_port
         if d == pidx:
             vq.c.drops[DROP_SAME_PORT] += 1
             continue

@@ -74,6 +74,7 @@ GROUPS: dict[str, str] = {
     "test_memory_faults.py": "reliability",
     "test_overload.py": "reliability",
     "test_fuzz_rings.py": "reliability",
+    "test_portable_build.py": "datapath",
 }
 
 

@@ -263,7 +263,8 @@ class SwitchAPI:
         return self.switch.stats()
 
     def version(self) -> dict:
-        return {"version": __version__}
+        from . import _datapath   # which CPU the datapath was compiled for (setup.py, VSWITCH_MARCH)
+        return {"version": __version__, "build": getattr(_datapath, "BUILD_TARGET", "unknown")}
 
     def _fdb_filter(self, port: object, vlan: object) -> tuple[str | None, int | None]:
         if port is not None:

@@ -192,7 +192,8 @@ def _render_reload(result: dict) -> str:
 
 
 def _render_version(result: dict) -> str:
-    return f"vswitchd {result['version']} (vswitchctl {__version__})"
+    build = f", datapath built for {result['build']}" if result.get("build") else ""
+    return f"vswitchd {result['version']} (vswitchctl {__version__}{build})"
 
 
 # How a command's result reads on a terminal; the rest print their JSON.

@@ -31,3 +31,6 @@ cdef extern from "vs_defs.h" nogil:
     int vs_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old_idx)
     # live migration: mark a 4 KiB guest page in the dirty log (atomic OR)
     void vs_log_page(uint8_t *log, uint64_t page)
+    # copies of up to VS_INLINE_COPY bytes inline, larger ones by memcpy
+    void vs_copy(void *dst, const void *src, uint32_t n)
+    enum: VS_INLINE_COPY
