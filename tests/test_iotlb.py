@@ -9,6 +9,8 @@ SET_FEATURES: the switch sees guest addresses and no IOTLB messages.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.harness.guests import QemuGuest
@@ -147,6 +149,80 @@ def test_viommu_guest_negotiates_access_platform_and_passes_traffic(viommu):
         assert iotlb["updates"] > 0 and iotlb["hits"] > 0, iotlb
         assert iotlb["misses"] > 0 and iotlb["miss_sent"] > 0, iotlb
         assert iotlb["entries"] > 0, iotlb
+    for g in (a, b):
+        g.assert_no_kernel_errors()
+
+
+# --- two queue pairs and a packed ring behind the vIOMMU ----------------------
+
+MQ_IP_A, MQ_IP_B = "10.0.35.1", "10.0.35.2"
+MQ_MAC_A, MQ_MAC_B = "52:54:00:00:35:0a", "52:54:00:00:35:0b"
+
+
+@pytest.fixture(scope="module")
+def viommu_mq(tmp_path_factory, image):
+    """Two translated vIOMMU guests with two queue pairs each: a split ring
+    and a packed one (one pair of guests covers both). Strict IOMMU mode: a
+    lazy guest's whole-space flushes stop four rings here, not two, and
+    measured 4 of 10 pings through (the single-queue test above covers the
+    lazy flush)."""
+    work = tmp_path_factory.mktemp("iotlb-mq")
+    sw = Vswitchd(work / "switch", {
+        name: {"type": "vhost-user", "mode": "server", "queues": 2} for name in ("a", "b")
+    })
+    sw.start()
+    guests = []
+    try:
+        for name, mac, ip, packed in (("a", MQ_MAC_A, MQ_IP_A, False), ("b", MQ_MAC_B, MQ_IP_B, True)):
+            g = QemuGuest(name, image, sw.socket(name), mac=mac, ip=f"{ip}/24", queues=2,
+                          device_props={**VIOMMU_NIC, "packed": packed}, platform_args=VIOMMU_PLATFORM,
+                          append="intel_iommu=on iommu.strict=1", workdir=work / name)
+            g.start()
+            guests.append(g)
+        for g in guests:
+            g.wait_booted(BOOT_TIMEOUT)
+        for name in ("a", "b"):
+            sw.wait_port(name, lambda p: p["state"] == "connected" and p["queues_enabled"] == 2,
+                         timeout=60, what="2 queue pairs enabled")
+        yield sw, guests[0], guests[1]
+    finally:
+        for g in guests:
+            g.stop()
+        sw.stop()
+
+
+def _pinned_ping(g: QemuGuest, cpu: int, addr: str, count: int = 10) -> int:
+    """Replies to a ping sent from one vCPU (XPS: vCPU c sends on TX queue c)."""
+    _, out = g.run(f"taskset -c {cpu} ping -c {count} -i 0.2 -W 5 {addr}", timeout=120)
+    m = re.search(r"(\d+) packets received", out)
+    assert m, out
+    return int(m.group(1))
+
+
+@pytest.mark.xfail(strict=False, reason="open: a's pings pinned to vCPU 0 get 4 of 10 replies "
+                   "(strict and lazy guests alike; not yet known whether two queue pairs or the packed peer)")
+def test_viommu_guests_pass_traffic_on_both_queue_pairs_split_and_packed(viommu_mq):
+    sw, a, b = viommu_mq
+    for name, packed in (("a", False), ("b", True)):
+        port = sw.port(name)
+        assert "F_ACCESS_PLATFORM" in port["features"] and port["iotlb"]["active"], port
+        assert all(q[d]["packed"] == packed for q in port["queues"] for d in ("rx", "tx")), port["queues"]
+    a.ping(MQ_IP_B, count=3, interval=0.2)             # ARP and the first entries
+    before = {g.name: g.ethtool_stats() for g in (a, b)}
+    for src, dst, addr in ((a, b, MQ_IP_B), (b, a, MQ_IP_A)):
+        for cpu in (0, 1):
+            # one in ten may be dropped while its ring waits for an entry
+            received = _pinned_ping(src, cpu, addr)
+            assert received >= 9, (src.name, cpu, received, sw.port(src.name)["iotlb"])
+    after = {g.name: g.ethtool_stats() for g in (a, b)}
+    for g in ("a", "b"):
+        for q in (0, 1):
+            for d in ("tx", "rx"):
+                key = f"{d}_queue_{q}_packets"
+                assert after[g][key] - before[g].get(key, 0) >= 9, (g, key, before[g], after[g])
+    for name in ("a", "b"):
+        iotlb = sw.port(name)["iotlb"]
+        assert iotlb["misses"] > 0 and iotlb["hits"] > 0, (name, iotlb)
     for g in (a, b):
         g.assert_no_kernel_errors()
 
