@@ -9,9 +9,12 @@ SET_FEATURES: the switch sees guest addresses and no IOTLB messages.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.harness.guests import QemuGuest
+from tests.harness.peers.testpmd import TestPmd, vhost_vdev
 from tests.harness.switch import Vswitchd
 
 pytestmark = pytest.mark.qemu
@@ -148,3 +151,130 @@ def test_viommu_guest_negotiates_access_platform_and_passes_traffic(viommu):
         assert iotlb["entries"] > 0, iotlb
     for g in (a, b):
         g.assert_no_kernel_errors()
+
+
+# --- two queue pairs and a packed ring behind the vIOMMU ----------------------
+
+MQ_IP_A, MQ_IP_B = "10.0.35.1", "10.0.35.2"
+MQ_MAC_A, MQ_MAC_B = "52:54:00:00:35:0a", "52:54:00:00:35:0b"
+
+
+@pytest.fixture(scope="module", params=[
+    "split",
+    pytest.param("packed", marks=pytest.mark.xfail(
+        strict=False, reason="open: with b's ring packed, a's pings pinned to vCPU 0 got 4 of 10 "
+        "replies (strict and lazy guests alike); with both rings split all pass")),
+])
+def viommu_mq(request, tmp_path_factory, image):
+    """Two translated vIOMMU guests with two queue pairs each; b's ring split
+    or packed. Strict IOMMU mode: a lazy guest's whole-space flushes stop
+    four rings here, not two (the single-queue test above covers the lazy
+    flush)."""
+    work = tmp_path_factory.mktemp("iotlb-mq")
+    sw = Vswitchd(work / "switch", {
+        name: {"type": "vhost-user", "mode": "server", "queues": 2} for name in ("a", "b")
+    })
+    sw.start()
+    guests = []
+    try:
+        packed_b = request.param == "packed"
+        for name, mac, ip, packed in (("a", MQ_MAC_A, MQ_IP_A, False), ("b", MQ_MAC_B, MQ_IP_B, packed_b)):
+            g = QemuGuest(name, image, sw.socket(name), mac=mac, ip=f"{ip}/24", queues=2,
+                          device_props={**VIOMMU_NIC, "packed": packed}, platform_args=VIOMMU_PLATFORM,
+                          append="intel_iommu=on iommu.strict=1", workdir=work / name)
+            g.start()
+            guests.append(g)
+        for g in guests:
+            g.wait_booted(BOOT_TIMEOUT)
+        for name in ("a", "b"):
+            sw.wait_port(name, lambda p: p["state"] == "connected" and p["queues_enabled"] == 2,
+                         timeout=60, what="2 queue pairs enabled")
+        yield sw, guests[0], guests[1], packed_b
+    finally:
+        for g in guests:
+            g.stop()
+        sw.stop()
+
+
+def _pinned_ping(g: QemuGuest, cpu: int, addr: str, count: int = 10) -> int:
+    """Replies to a ping sent from one vCPU (XPS: vCPU c sends on TX queue c)."""
+    _, out = g.run(f"taskset -c {cpu} ping -c {count} -i 0.2 -W 5 {addr}", timeout=120)
+    m = re.search(r"(\d+) packets received", out)
+    assert m, out
+    return int(m.group(1))
+
+
+def test_viommu_guests_pass_traffic_on_both_queue_pairs(viommu_mq):
+    sw, a, b, packed_b = viommu_mq
+    for name, packed in (("a", False), ("b", packed_b)):
+        port = sw.port(name)
+        assert "F_ACCESS_PLATFORM" in port["features"] and port["iotlb"]["active"], port
+        assert all(q[d]["packed"] == packed for q in port["queues"] for d in ("rx", "tx")), port["queues"]
+    a.ping(MQ_IP_B, count=3, interval=0.2)             # ARP and the first entries
+    before = {g.name: g.ethtool_stats() for g in (a, b)}
+    for src, dst, addr in ((a, b, MQ_IP_B), (b, a, MQ_IP_A)):
+        for cpu in (0, 1):
+            # one in ten may be dropped while its ring waits for an entry
+            received = _pinned_ping(src, cpu, addr)
+            assert received >= 9, (src.name, cpu, received, sw.port(src.name)["iotlb"])
+    after = {g.name: g.ethtool_stats() for g in (a, b)}
+    for g in ("a", "b"):
+        for q in (0, 1):
+            for d in ("tx", "rx"):
+                key = f"{d}_queue_{q}_packets"
+                assert after[g][key] - before[g].get(key, 0) >= 9, (g, key, before[g], after[g])
+    for name in ("a", "b"):
+        iotlb = sw.port(name)["iotlb"]
+        assert iotlb["misses"] > 0 and iotlb["hits"] > 0, (name, iotlb)
+    for g in (a, b):
+        g.assert_no_kernel_errors()
+
+
+# --- the reference back-end: DPDK's vhost PMD with two vIOMMU guests ----------
+#
+# The recipe in docs/testing.md ("DPDK's vhost PMD with vIOMMU guests"), kept
+# true here. DPDK 22.11's IOTLB drops nothing on QEMU's invalidation of
+# [0xfef00000, 2^64) (iova + size wraps to 0, its sorted-list walk stops at
+# once), so after a lazy guest's whole-space flush it keeps stale entries and
+# frames are read from and written to pages the guest has reused. A strict
+# guest invalidates page by page. And a frame whose RX buffer misses in the
+# IOTLB is dropped by the PMD, so testpmd retries its TX bursts until the
+# UPDATE has come.
+DPDK_VIOMMU_APPEND = "intel_iommu=on iommu.strict=1"
+
+
+@pytest.mark.dpdk
+def test_dpdk_vhost_pmd_forwards_translated_viommu_guests(tmp_path, image):
+    socks = [tmp_path / "a.sock", tmp_path / "b.sock"]
+    backend = TestPmd([vhost_vdev(i, sock, extra={"iommu-support": 1}) for i, sock in enumerate(socks)],
+                      cpus=[1], total_mbufs=8192, workdir=tmp_path)
+    guests = []
+    with backend:
+        backend.set_fwd("io", retry=True)
+        backend.set_tx_retry(delay_us=100, retries=2000)   # up to 0.2 s for a MISS round trip
+        backend.start_fwd()
+        try:
+            for sock, name, mac, ip in ((socks[0], "a", VIOMMU_MAC_A, VIOMMU_IP_A),
+                                        (socks[1], "b", VIOMMU_MAC_B, VIOMMU_IP_B)):
+                g = QemuGuest(name, image, sock, mac=mac, ip=f"{ip}/24", device_props=VIOMMU_NIC,
+                              platform_args=VIOMMU_PLATFORM, append=DPDK_VIOMMU_APPEND,
+                              workdir=tmp_path / name)
+                g.start()
+                guests.append(g)
+            for g in guests:
+                g.wait_booted(BOOT_TIMEOUT)
+            a, b = guests
+            a.ping(VIOMMU_IP_B, count=2, interval=0.2)      # ARP
+            r = a.ping(VIOMMU_IP_B, count=10, interval=0.2)
+            assert (r.sent, r.loss_pct) == (10, 0), r
+            r = b.ping(VIOMMU_IP_A, count=10, interval=0.2)
+            assert (r.sent, r.loss_pct) == (10, 0), r
+            for port in (0, 1):
+                xstats = backend.xstats(port)
+                # the IOVAs were translated through DPDK's IOTLB, not used as addresses
+                assert xstats["rx_q0_iotlb_misses"] > 0 and xstats["tx_q0_iotlb_hits"] > 0, xstats
+            for g in guests:
+                g.assert_no_kernel_errors()
+        finally:
+            for g in guests:
+                g.stop()
