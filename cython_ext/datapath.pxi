@@ -773,6 +773,17 @@ cdef class Datapath:
         vq.pk_valid = 0         # a split start: packed state (if any) is gone
         vq.base_set = 0
         vq.used_idx = vs_load_acquire_u16(&vq.used.idx)
+        if vq.used_idx != vq.last_avail:
+            # Every chain the switch took went back to the used ring before
+            # the ring stopped (GET_VRING_BASE), so the used index is where
+            # the avail side resumes. A front-end that kept its rings across
+            # a reconnection but sends base 0 (DPDK's virtio-user) would
+            # otherwise be a ring or more ahead of us and be stopped as
+            # broken; DPDK's vhost resynchronises the same way. The guest
+            # could have sent this value as the base itself: nothing is
+            # trusted that was not before.
+            vq.last_avail = vq.used_idx
+            vq.base_resyncs += 1
         vq.start_avail = vs_load_acquire_u16(&vq.avail.idx)
         vq.avail_moved = 0
         vq.broken = 0
@@ -856,7 +867,7 @@ cdef class Datapath:
         info = {
             "started": bool(vq.started), "enabled": bool(vq.enabled),
             "broken": bool(vq.broken), "num": vq.num,
-            "last_avail": vq.last_avail, "used_idx": vq.used_idx,
+            "last_avail": vq.last_avail, "used_idx": vq.used_idx, "base_resyncs": vq.base_resyncs,
             "avail_moved": bool(vq.avail_moved), "start_avail": vq.start_avail,
             "kick_fd": vq.kick_fd, "call_fd": vq.call_fd,
             "notify_busy": bool(vs_load_seq_int(&vq.notify_busy[NOTIFY_CALL])),

@@ -163,6 +163,7 @@ ctypedef struct vs_vring:
     uint16_t last_avail            # next avail index to process
     uint16_t used_idx              # shadow of used->idx
     uint16_t start_avail           # avail idx seen at start (shared-memory check)
+    uint32_t base_resyncs          # split starts whose base was taken from the used index
     int avail_moved
     # --- packed rings (packed.pxi): last_avail and used_idx are then ring
     # positions (0..num-1), each with its wrap counter ---

@@ -127,6 +127,62 @@ def test_get_vring_base_round_trip_loses_and_duplicates_nothing(switch1):
     assert b.rx(0).recv_frames(1, timeout=0.5) == []
 
 
+def _stream(src, dst, src_name: str, dst_name: str, first: int, n: int) -> None:
+    """n numbered frames src -> dst in batches the rings hold; dst gets each once, in order."""
+    got: list[int] = []
+    for start in range(first, first + n, 64):
+        batch = list(range(start, min(start + 64, first + n)))
+        src.tx(0).post_tx_frames([frame(dst_name, src_name, i) for i in batch])
+        deadline = time.monotonic() + 10
+        while len(got) < batch[-1] - first + 1 and time.monotonic() < deadline:
+            for g in dst.rx(0).recv_frames(64, timeout=0.2):
+                dst.rx(0).post_rx(1, 2048)
+                if g.frame[6:12] == MAC[src_name]:
+                    got.append(seq_of(g.frame))
+        src.tx(0).reap()
+    assert got == list(range(first, first + n))
+
+
+def test_a_front_end_that_resumes_its_rings_with_base_zero_is_resynchronised_from_the_used_ring(switch1):
+    """DPDK's virtio-user reconnects (its back-end restarted) with its rings
+    as they were and SET_VRING_BASE 0 (virtio_user_kick_queue: "no
+    reservation"): the used index in guest memory is where the back-end
+    stopped, and DPDK's vhost takes it (translate_ring_addresses). Here a's
+    rings are 300 frames past their start when the connection drops; without
+    taking the used index the avail index is more than a ring ahead of the
+    base and the ring would be stopped as broken."""
+    a = connect(switch1, "a", rx_buffers=256)
+    b = connect(switch1, "b", rx_buffers=256)
+    _stream(a, b, "a", "b", 0, 300)
+    _stream(b, a, "b", "a", 0, 300)
+    a.frontend.close()
+    switch1.wait_port("a", lambda p: p["state"] == "listening", what="listening again")
+    fe = VhostUserFrontend(switch1.socket("a"))
+    fe.get_features()
+    fe.get_protocol_features()
+    fe.set_protocol_features(a.protocol_features)
+    fe.set_owner()
+    fe.set_features(a.features)
+    fe.set_mem_table(a.mem)
+    for ring in a.rings:
+        assert ring.avail_idx - 0 > ring.num            # a base of 0 is more than a ring behind
+        fe.set_vring_num(ring.index, ring.num)
+        fe.set_vring_base(ring.index, 0)
+        fe.set_vring_addr_of(ring)
+        fe.set_vring_kick(ring.index, ring.kick_fd)
+        fe.set_vring_call(ring.index, ring.call_fd)
+        fe.set_vring_enable(ring.index, True)
+    fe.sync()
+    a.frontend = fe
+    _stream(a, b, "a", "b", 300, 100)
+    _stream(b, a, "b", "a", 300, 100)
+    assert "ring_broken" not in switch1.drops("a")
+    q = switch1.port("a")["queues"][0]
+    assert not q["tx"]["broken"] and not q["rx"]["broken"]
+    assert q["tx"]["base_resyncs"] == 1 and q["rx"]["base_resyncs"] == 1
+    fe.close()
+
+
 def test_call_fd_swapped_while_traffic_flows(switch1):
     a = connect(switch1, "a")
     b = connect(switch1, "b", features=bits(F.VERSION_1, F.MRG_RXBUF), rx_buffers=256)

@@ -735,6 +735,9 @@ class VhostUserPort:
                 entry[direction] = {
                     "started": ring["started"], "enabled": ring["enabled"],
                     "broken": ring["broken"], "size": ring["num"], "packed": ring.get("packed", False),
+                    # starts that took the base from the used index (a front-end
+                    # that resumed its rings with base 0, as DPDK's virtio-user does)
+                    "base_resyncs": ring["base_resyncs"],
                     **self.dp.vring_counters(self.slot, index),
                 }
             queues.append(entry)
