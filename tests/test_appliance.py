@@ -221,6 +221,29 @@ def test_start_reaches_active_only_after_ready(appliance):
     assert journal.index("vswitchd 0.") < journal.index("Started vswitchd.service"), journal
 
 
+def test_an_invalid_file_fails_the_start_once_with_its_errors_and_no_restart_loop(appliance):
+    """vswitchd exits 6 ("not configured") on an invalid file, and
+    RestartPreventExitStatus=6 keeps systemd from restarting it: one try,
+    the unit failed, the FILE:LINE:COL error in the journal."""
+    c = appliance.c
+    c.systemctl("stop", "vswitchd", timeout=60)
+    c.systemctl("reset-failed", "vswitchd", check=False)
+    restarts0 = int(appliance.state()["NRestarts"])
+    try:
+        c.path(CONFIG).write_text("ports:\n  vm1:\n    type: vhost-user\n    queues: 0\n")
+        proc = c.systemctl("start", "vswitchd", timeout=60, check=False)
+        assert proc.returncode != 0
+        time.sleep(3)                        # RestartSec=1: a restart would have come by now
+        st = c.show("vswitchd", "ActiveState", "Result", "NRestarts", "ExecMainStatus")
+        assert st["ActiveState"] == "failed" and st["ExecMainStatus"] == "6", st
+        assert int(st["NRestarts"]) == restarts0, st
+        journal = c.journal("vswitchd", 40)
+        assert f"{CONFIG}:4:" in journal and "queues" in journal, journal
+    finally:
+        c.systemctl("reset-failed", "vswitchd", check=False)
+        appliance.ensure_running(BASE_PORTS)
+
+
 # --- the sandbox, seen from inside -------------------------------------------------
 
 CAP_BITS = {"cap_chown": 0, "cap_dac_override": 1, "cap_dac_read_search": 2, "cap_fowner": 3,

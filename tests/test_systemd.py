@@ -109,9 +109,12 @@ def test_unit_shape(unit):
     assert s["Restart"] == ["on-failure"]
     assert s["WatchdogSec"] == ["30s"]
     assert s["RuntimeDirectory"] == ["vswitch"] and s["RuntimeDirectoryPreserve"] == ["yes"]
-    for key in ("ExecStartPre", "ExecStart", "ExecReload"):
+    for key in ("ExecStart", "ExecReload"):
         assert len(s[key]) == 1
         exec_argv(s[key][0])
+    # vswitchd checks the file itself and exits 6, which the unit does not
+    # restart; a failed ExecStartPre= check would be retried to the start limit
+    assert "ExecStartPre" not in s and s["RestartPreventExitStatus"] == ["6"]
 
 
 def test_systemd_analyze_verify(unit, tmp_path):
@@ -141,17 +144,16 @@ def test_security_score(unit):
     assert score <= SECURITY_SCORE_MAX, proc.stdout
 
 
-def test_exec_start_pre_as_written(unit, tmp_path):
-    argv = exec_argv(unit["Service"]["ExecStartPre"][0])
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    # ... and it would stop a start with a broken config.
+def test_exec_start_as_written_refuses_an_invalid_file_with_status_6(unit, tmp_path):
+    """The unit's ExecStart on a broken file: exit 6 (RestartPreventExitStatus)
+    with the error, before anything is bound or opened."""
+    argv = exec_argv(unit["Service"]["ExecStart"][0])
     broken = tmp_path / "broken.yaml"
     broken.write_text("ports:\n  vm1:\n    type: vhost-user\n    queues: 0\n")
     argv = [str(broken) if a == str(CONFIG) else a for a in argv]
     assert str(broken) in argv
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
-    assert proc.returncode == 1 and "queues" in proc.stderr, proc.stdout + proc.stderr
+    assert proc.returncode == 6 and "queues" in proc.stderr, proc.stdout + proc.stderr
 
 
 # --- the installed daemon, as the unit starts it ------------------------------------
