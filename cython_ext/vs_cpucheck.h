@@ -194,7 +194,11 @@ static VS_BASELINE int vs_cpu_missing(const char *pretend_absent, char *out, siz
         if (used + len + 2 <= size) {
             if (used > 0)
                 out[used++] = ' ';
-            memcpy(out + used, f->name, len);
+            /* a loop, not memcpy: with _FORTIFY_SOURCE (Debian's package
+             * build flags) memcpy is an always_inline wrapper that cannot be
+             * inlined into a function built for another target */
+            for (size_t k = 0; k < len; k++)
+                out[used + k] = f->name[k];
             used += len;
             out[used] = '\0';
         }
