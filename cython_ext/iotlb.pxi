@@ -302,8 +302,7 @@ cdef void iotlb_prefetch_rx(vs_port *port) noexcept nogil:
         if not vs_load_acquire_int(&vq.started) or vq.avail == NULL:
             continue
         if vq.packed:
-            # Walking a packed ring moves its position, which its worker owns:
-            # its buffers' entries are asked for when a frame misses them.
+            pk_prefetch_rx(port, vq, IOTLB_PREFETCH_CHAINS)
             continue
         avail_idx = vs_load_acquire_u16(&vq.avail.idx)
         n = <uint16_t>(avail_idx - vq.last_avail)

@@ -63,6 +63,35 @@ cdef inline void pk_advance(uint16_t *pos, uint8_t *wrap, uint32_t n, uint32_t n
     pos[0] = <uint16_t>i
 
 
+cdef void pk_prefetch_rx(vs_port *port, vs_vring *vq, int chains) noexcept nogil:
+    """iotlb_prefetch_rx for a packed RX ring: translate (and so ask for
+    what misses) the buffers of the next `chains` available chains, reading
+    the ring from a snapshot of its position without moving it (the worker
+    owns the position; a stale snapshot only makes us look at descriptors
+    that are not available, and stop). Direct descriptors only: an indirect
+    table's entries are asked for when a frame misses them."""
+    cdef vs_pdesc *d = <vs_pdesc *>vq.desc
+    cdef uint16_t pos = vq.last_avail
+    cdef uint8_t wrap = vq.avail_wrap
+    cdef uint16_t flags
+    cdef uint32_t seen = 0
+    cdef int nseg
+    cdef vs_seg segs[VS_MAX_SEGS]
+    if d == NULL or pos >= vq.num:
+        return
+    while chains > 0 and seen < vq.num:
+        flags = vs_load_acquire_u16(&d[pos].flags)
+        if not pk_is_avail(flags, wrap):
+            return
+        if not (flags & VRING_DESC_F_INDIRECT):
+            nseg = 0
+            port_segments(port, d[pos].addr, d[pos].len, IOTLB_PERM_W, segs, &nseg, VS_MAX_SEGS)
+        if not (flags & VRING_DESC_F_NEXT):
+            chains -= 1
+        pk_advance(&pos, &wrap, 1, vq.num)
+        seen += 1
+
+
 cdef inline int pk_collect(vs_port *port, uint64_t addr, uint32_t length, uint16_t flags,
                            bint device_writes, vs_seg *segs, int maxseg, int *nseg,
                            uint64_t *total, bint *too_many) noexcept nogil:
