@@ -243,7 +243,7 @@ def test_world_writable_socket_directory_is_refused(tmp_path):
     sw = Vswitchd(tmp_path / "sw", {"vm": {"type": "vhost-user", "socket": str(shared / "vm.sock")}})
     out = start_refused(sw)
     assert not (shared / "vm.sock").exists()
-    assert out.returncode == 2, out
+    assert out.returncode == 6, out
     assert (f"ports.vm.socket: {shared} is mode 0777: writable by group or others (and not sticky)"
             in out.stderr), out.stderr
     assert "chmod go-w" in out.stderr
@@ -254,7 +254,7 @@ def test_world_writable_runtime_dir_is_refused(tmp_path):
     run.mkdir()
     run.chmod(0o757)
     out = start_refused(Vswitchd(tmp_path / "sw", {}, runtime_dir=run))
-    assert out.returncode == 2, out
+    assert out.returncode == 6, out
     assert f"runtime_dir: {run} is mode 0757: writable by group or others" in out.stderr, out.stderr
     assert not (run / "vswitchd.lock").exists()
 
@@ -265,7 +265,7 @@ def test_socket_directory_owned_by_another_user_is_refused(tmp_path):
     os.chown(theirs, NOBODY, NOBODY)
     sw = Vswitchd(tmp_path / "sw", {"vm": {"type": "vhost-user", "socket": str(theirs / "vm.sock")}})
     out = start_refused(sw)
-    assert out.returncode == 2, out
+    assert out.returncode == 6, out
     assert f"ports.vm.socket: {theirs} is owned by uid {NOBODY}" in out.stderr, out.stderr
 
 
