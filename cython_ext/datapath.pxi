@@ -745,6 +745,7 @@ cdef class Datapath:
         reboot or a back-end restart it is the guest's, not ours)."""
         cdef vs_port *port = self._port(p)
         cdef vs_vring *vq = self._vring(p, idx)
+        cdef int base_given
         if vq.started:
             return
         if vq.num == 0:
@@ -771,9 +772,10 @@ cdef class Datapath:
             vs_store_release_int(&vq.started, 1)
             return
         vq.pk_valid = 0         # a split start: packed state (if any) is gone
+        base_given = vq.base_set
         vq.base_set = 0
         vq.used_idx = vs_load_acquire_u16(&vq.used.idx)
-        if vq.used_idx != vq.last_avail:
+        if base_given and vq.used_idx != vq.last_avail:
             # Every chain the switch took went back to the used ring before
             # the ring stopped (GET_VRING_BASE), so the used index is where
             # the avail side resumes. A front-end that kept its rings across
@@ -781,7 +783,9 @@ cdef class Datapath:
             # otherwise be a ring or more ahead of us and be stopped as
             # broken; DPDK's vhost resynchronises the same way. The guest
             # could have sent this value as the base itself: nothing is
-            # trusted that was not before.
+            # trusted that was not before. Only a base the front-end gave
+            # (SET_VRING_BASE since the last start): a ring the switch itself
+            # stopped and restarts (IOTLB changes) resumes where it was.
             vq.last_avail = vq.used_idx
             vq.base_resyncs += 1
         vq.start_avail = vs_load_acquire_u16(&vq.avail.idx)
