@@ -883,9 +883,17 @@ cdef class Datapath:
             info["packed"] = True
             info["avail_wrap"] = vq.avail_wrap
             info["used_wrap"] = vq.used_wrap
+        cdef vs_pdesc *first
         if vq.started and vq.avail != NULL and vq.packed:
             if mem_host_to_gpa(&self._port(p).mem, <uint8_t *>vq.desc, &gpa):
                 info["desc_gpa"] = gpa
+            # A packed ring has no avail index: a driver that made any buffer
+            # available wrote the first descriptor (a fresh ring starts there,
+            # virtio spec 2.8.1), so all of it still zero is a ring the driver
+            # never wrote, as far as this mapping shows.
+            first = <vs_pdesc *>vq.desc
+            info["first_desc_written"] = (vs_load_acquire_u16(&first.flags) != 0
+                                          or first.addr != 0 or first.len != 0 or first.id != 0)
         elif vq.started and vq.avail != NULL:
             info["avail_idx"] = vs_load_acquire_u16(&vq.avail.idx)
             if mem_host_to_gpa(&self._port(p).mem, <uint8_t *>vq.used, &gpa):

@@ -107,14 +107,19 @@ def test_iperf3_tcp_both_directions(topology):
         g.assert_no_kernel_errors()
 
 
-def test_guest_memory_not_shared_is_reported_and_others_keep_forwarding(topology, image, tmp_path):
+@pytest.mark.parametrize("ring", ["split", "packed"])
+def test_guest_memory_not_shared_is_reported_and_others_keep_forwarding(topology, image, tmp_path, ring):
+    """A split ring shows unshared memory by an avail index that stays 0, a
+    packed one by a first descriptor that stays all zero."""
     sw, a, b = topology
     with QemuGuest("c", image, sw.socket("c"), server=False, mac="52:54:00:00:00:0c",
-                   ip="10.0.0.3/24", queues=1, share=False, workdir=tmp_path / "c") as c:
+                   ip="10.0.0.3/24", queues=1, share=False, workdir=tmp_path / "c",
+                   device_props={"packed": True} if ring == "packed" else None) as c:
         c.wait_booted(BOOT_TIMEOUT)
         c.run(f"ping -c 3 -W 1 {IP_A}", timeout=60)      # frames the switch will never see
         port = sw.wait_port("c", lambda p: "memory" in p["alerts"], timeout=60,
                             what="the unshared-memory alert")
         assert "share=on" in port["alerts"]["memory"]
+        assert ("F_RING_PACKED" in port["features"]) == (ring == "packed"), port["features"]
         r = a.ping(IP_B, count=5, interval=0.2)
         assert r.loss_pct == 0, r

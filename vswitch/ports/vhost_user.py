@@ -682,9 +682,13 @@ class VhostUserPort:
             # virtio_bus_set_host_notifier), so an idle TX queue (pair 1 of a freshly
             # booted guest that has sent nothing from vCPU 1) was reported as
             # unshared memory 3 s after every boot (tests/test_restarts.py).
+            # A split ring shows it by an avail index still 0; a packed ring
+            # by a first descriptor still all zero.
+            untouched = (info.get("first_desc_written") is False if info.get("packed")
+                         else info.get("avail_idx") == 0 and info["start_avail"] == 0)
             if (index % 2 == 0 and info["enabled"]
                     and now - first > UNSHARED_MEMORY_AFTER_S and not info["avail_moved"]
-                    and info.get("avail_idx") == 0 and info["start_avail"] == 0
+                    and untouched
                     and info["kick_fd"] >= 0
                     # a sleeping worker drains kicks (and counts them); a polling one leaves them
                     and (self.dp.vring_counters(self.slot, index)["kicks"] > 0 or _readable(info["kick_fd"]))
