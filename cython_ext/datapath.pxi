@@ -1610,6 +1610,10 @@ cdef class Datapath:
                  "cpu": self.cpus[i % len(self.cpus)] if self.cpus else None,
                  "tap_io": self._tap_io(self.workers[i]),
                  "notify_io": self._notify_io(self.workers[i]),
+                 # every io_uring the worker uses runs only writes (vs_uring.h vs_uring_restrict)
+                 "io_uring_restricted": bool(
+                     (self.workers[i].uring.restricted or not self.workers[i].uring.enabled)
+                     and (self.workers[i].nring.restricted or not self.workers[i].nring.enabled)),
                  "tap_batches": self.workers[i].uring.enters,
                  "tap_batched_writes": self.workers[i].uring.submitted}
                 for i in range(self.nworkers)]

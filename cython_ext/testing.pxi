@@ -116,6 +116,29 @@ cdef class _TestHooks:
 TEST_HOOKS = frozenset(n for n in dir(_TestHooks) if not n.startswith("_"))
 
 
+# --- the workers' io_uring rings (vs_uring.h) ---
+
+def _uring_try(int opcode, int fd, bint tap_ring=True):
+    """Make a ring as a worker does (its TAP ring, or with tap_ring False its
+    notification ring), submit one request `opcode` on fd (no arguments: a
+    write of 0 bytes, a NOP...) and return (restricted, result: bytes or
+    -errno). For tests/unit/test_uring_restrictions.py."""
+    _require_test_hooks("_uring_try")
+    cdef vs_uring r
+    cdef int32_t res = 0
+    cdef int err = vs_uring_init(&r) if tap_ring else vs_uring_init_ring(&r, 8, 0)
+    if err:
+        raise OSError(err, os.strerror(err))
+    try:
+        vs_uring_queue_op(&r, <uint8_t>opcode, fd, 0)
+        err = vs_uring_flush(&r, &res)
+        if err:
+            raise OSError(err, os.strerror(err))
+        return bool(r.restricted), res
+    finally:
+        vs_uring_exit(&r)
+
+
 # --- the software offload fallback (offload.pxi) ---
 # Thin wrappers for tests/unit/test_offload.py: they copy the Python bytes into
 # a malloc'ed buffer (so the C code sees exactly len bytes) and call the C

@@ -36,6 +36,7 @@
 struct vs_uring {
     int enabled;              /* 0: not set up (calloc'd struct) or given up */
     int fixed;                /* 1: VS_URING_FILES slots registered (all -1 at first) */
+    int restricted;           /* 1: the kernel runs only the requests of vs_uring_restrict() */
     int fd;
     unsigned sq_entries;
     unsigned sq_tail_local;   /* our copy of the SQ tail (we are its only writer) */
@@ -63,6 +64,40 @@ static inline void vs_uring_exit(struct vs_uring *r)
     memset(r, 0, sizeof(*r));
 }
 
+/* What a worker's ring may ask of the kernel, and nothing more: requests
+ * submitted through io_uring do not pass through the daemon's seccomp filter
+ * (docs/service.md), so a ring that could open, connect or read files would
+ * be a way around it. The kernel checks these on every SQE
+ * (IORING_REGISTER_RESTRICTIONS, 5.10+) and fails any other with -EACCES:
+ * writes (TAP frames, eventfd notifications), the cancel of a stuck
+ * notification, on plain or registered files, inline or in io-wq; and of the
+ * register operations only the update of registered-file slots (a TAP queue
+ * added or removed). Then the rings are enabled. A kernel without
+ * restrictions (EINVAL) gets the ring unrestricted (r->restricted stays 0,
+ * reported in `vswitchctl show`). 0, or an errno. */
+static inline int vs_uring_restrict(struct vs_uring *r)
+{
+    struct io_uring_restriction res[5];
+    memset(res, 0, sizeof(res));
+    res[0].opcode = IORING_RESTRICTION_SQE_OP;
+    res[0].sqe_op = IORING_OP_WRITE;
+    res[1].opcode = IORING_RESTRICTION_SQE_OP;
+    res[1].sqe_op = IORING_OP_WRITEV;
+    res[2].opcode = IORING_RESTRICTION_SQE_OP;
+    res[2].sqe_op = IORING_OP_ASYNC_CANCEL;
+    res[3].opcode = IORING_RESTRICTION_SQE_FLAGS_ALLOWED;
+    res[3].sqe_flags = IOSQE_FIXED_FILE | IOSQE_ASYNC;
+    res[4].opcode = IORING_RESTRICTION_REGISTER_OP;
+    res[4].register_op = IORING_REGISTER_FILES_UPDATE;
+    if (syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_RESTRICTIONS, res, 5) == 0)
+        r->restricted = 1;
+    else if (errno != EINVAL)
+        return errno;
+    if (syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0) != 0)
+        return errno;
+    return 0;
+}
+
 /* A ring of `entries` SQEs; with `files`, VS_URING_FILES empty registered-file
  * slots. 0, or an errno (ENOSYS: no io_uring; EPERM: disabled by sysctl or
  * seccomp). */
@@ -73,9 +108,16 @@ static inline int vs_uring_init_ring(struct vs_uring *r, unsigned entries, int f
     int fd;
     memset(r, 0, sizeof(*r));
     memset(&p, 0, sizeof(p));
-    /* SUBMIT_ALL: one bad SQE does not stop the rest of the burst (5.18+) */
-    p.flags = IORING_SETUP_SUBMIT_ALL;
+    /* SUBMIT_ALL: one bad SQE does not stop the rest of the burst (5.18+).
+     * R_DISABLED: the ring takes no request until vs_uring_restrict() has
+     * told the kernel which ones it may run (5.10+). */
+    p.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_R_DISABLED;
     fd = (int)syscall(__NR_io_uring_setup, entries, &p);
+    if (fd < 0 && errno == EINVAL) {
+        memset(&p, 0, sizeof(p));
+        p.flags = IORING_SETUP_R_DISABLED;
+        fd = (int)syscall(__NR_io_uring_setup, entries, &p);
+    }
     if (fd < 0 && errno == EINVAL) {
         memset(&p, 0, sizeof(p));
         fd = (int)syscall(__NR_io_uring_setup, entries, &p);
@@ -138,6 +180,8 @@ static inline int vs_uring_init_ring(struct vs_uring *r, unsigned entries, int f
         r->fixed = syscall(__NR_io_uring_register, fd, IORING_REGISTER_FILES, empty,
                            VS_URING_FILES) == 0;
     }
+    if ((p.flags & IORING_SETUP_R_DISABLED) && vs_uring_restrict(r) != 0)
+        goto fail;
     return 0;
 fail:
     {
@@ -280,6 +324,19 @@ static inline int vs_uring_flush(struct vs_uring *r, int32_t *res)
 static inline unsigned vs_uring_space(const struct vs_uring *r)
 {
     return r->sq_entries - (r->sq_tail_local - __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE));
+}
+
+/* Any request without arguments on fd (tests: what a restricted ring refuses). */
+static inline void vs_uring_queue_op(struct vs_uring *r, uint8_t opcode, int fd, uint64_t tag)
+{
+    unsigned slot = r->sq_tail_local & *r->sq_mask;
+    struct io_uring_sqe *sqe = &r->sqes[slot];
+    memset(sqe, 0, sizeof(*sqe));
+    sqe->opcode = opcode;
+    sqe->fd = fd;
+    sqe->user_data = tag;
+    r->sq_tail_local++;
+    r->pending++;
 }
 
 /* ASYNC_CANCEL of the in-flight request whose tag is `target` (5.5+): an

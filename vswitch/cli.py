@@ -176,7 +176,8 @@ def _render_stats(result: dict) -> str:
                      f"busy {w['busy_ns'] / 1e9:.3f} s, TAP writes via {w['tap_io']}"
                      + (f" ({w['tap_batched_writes']} in {w['tap_batches']} batches)"
                         if w.get("tap_batches") else "")
-                     + f", notifications via {w.get('notify_io', '?')}")
+                     + f", notifications via {w.get('notify_io', '?')}"
+                     + ("" if w.get("io_uring_restricted", True) else ", io_uring not restricted"))
     fdb = result["fdb"]
     lines.append(f"fdb: {fdb['entries']} entries ({fdb.get('learned', 0)} learned, "
                  f"{fdb.get('static', 0)} static), aged {fdb.get('aged', 0)}, "

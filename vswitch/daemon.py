@@ -133,6 +133,10 @@ class Switch:
             log.warning("workers notify guests with write(2) (%s): a front-end that blocks its "
                         "call eventfd can stall a worker and every port it serves "
                         "(docs/security.md)", ", ".join(notify_io))
+        if not all(w["io_uring_restricted"] for w in self.dp.worker_stats()):
+            log.warning("the kernel does not restrict the workers' io_uring rings to writes "
+                        "(IORING_REGISTER_RESTRICTIONS, Linux 5.10): their requests bypass the "
+                        "seccomp filter (docs/service.md)")
         self.ports: dict[str, Port] = {}
         self.fdb_ctl = FdbControl(self.dp)
         self.ratelog = RateLimitedLog()

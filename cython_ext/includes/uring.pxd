@@ -1,7 +1,7 @@
 # io_uring without liburing (vs_uring.h): batched writes into TAP queues, and
 # the notification ring that writes guests' call eventfds without blocking.
 
-from libc.stdint cimport uint32_t, uint64_t, int32_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int32_t
 from includes.system cimport iovec
 
 cdef extern from "vs_uring.h" nogil:
@@ -10,6 +10,7 @@ cdef extern from "vs_uring.h" nogil:
     struct vs_uring:
         int enabled
         int fixed
+        int restricted
         int fd
         unsigned pending
         uint64_t enters
@@ -18,6 +19,7 @@ cdef extern from "vs_uring.h" nogil:
     int vs_uring_init_ring(vs_uring *r, unsigned entries, int files)
     void vs_uring_queue_write_async(vs_uring *r, int fd, const void *buf, uint32_t len, uint64_t tag)
     unsigned vs_uring_space(const vs_uring *r)
+    void vs_uring_queue_op(vs_uring *r, uint8_t opcode, int fd, uint64_t tag)
     void vs_uring_queue_cancel(vs_uring *r, uint64_t target, uint64_t tag)
     int vs_uring_submit(vs_uring *r)
     int vs_uring_pop(vs_uring *r, uint64_t *tag, int32_t *res)
