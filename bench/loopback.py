@@ -28,6 +28,14 @@ commit (built once in a throw-away git worktree under /tmp with its own
 vswitch for each pair and config (odd pairs reversed); each vswitch system is then also reported
 as a per-pair ratio to the baseline (the tenant features cost nothing when off:
 the switch stays within 5 % of the release before them, ``--baseline cefd30a``).
+``--baseline-tree PATH`` makes an already built checkout the baseline instead
+(e.g. a git worktree of main after ``make build``): nothing is built, it runs
+with PATH first on the Python path (its own .venv's interpreter if it has
+one), and the results name its commit and whether its files differ from it.
+
+``--workers N`` and ``--mode poll|adaptive|event`` set the ``datapath:`` of
+vswitch's generated config (default: one worker, the daemon's default mode);
+bench/latency.py and bench/scale.py pass theirs the same way.
 
 ``--variants off,policing,...`` runs the current vswitch once per variant, a
 named YAML fragment applied to both ports (see VARIANTS): "off" is the plain
@@ -84,7 +92,8 @@ then b, during its start, so it starts first), DPDK's vhost PMD runs with
 3.1 on DPDK 22.11) as reference systems "ovs-normal" and "ovs-p2p" (see
 OvsSwitch): its own ovsdb and run directory per run, one PMD thread on the
 switch's CPU, dpdkvhostuserclient ports (always a socket client), huge
-pages (it cannot run without them: ``--memory huge``); NORMAL is MAC
+pages (it cannot run without them: with ``--memory 4k`` the generator stays
+on 4 KiB pages and OVS alone gets OVS_ONLY_HUGE_PAGES of its own); NORMAL is MAC
 learning like vswitch, p2p one OpenFlow rule per direction. Every system that
 is not a reference is reported as per-pair ratios to each reference present
 (dpdk, ovs-normal, ovs-p2p).
@@ -112,13 +121,16 @@ a lock file enforces it)::
         [--topology loop|oneway] [--seconds 10] [--warmup 5] [--only dpdk|vswitch|both]
         [--baseline cefd30a] [--variants off,policing,vlan,security,all]
         [--memory 4k|huge] [--socket-role server|client] [--ovs normal,p2p]
+        [--workers 1] [--mode poll|adaptive|event] [--baseline-tree PATH] [--out FILE.json]
 
 A config with a trailing "p" (``64x1p``) has the generator's virtio-user
 ports ask for packed virtqueues (``packed_vq=1``); both switches then run
 packed rings. With the same config split in the list, each system's packed run
 is also reported as a per-pair ratio to its split run ("/split").
 
-Results: a table on stdout and a JSON file under bench/results/.
+Results: a table on stdout and a JSON file under bench/results/ (``--out``:
+that file). bench/matrix.py runs this over the performance table's memory
+modes and socket roles, bench/table.py turns those results into markdown.
 """
 
 from __future__ import annotations
@@ -1481,9 +1493,33 @@ def prepare_baseline_tree(tree: Path, bindir: Path, out: TextIO = sys.stdout) ->
 # --------------------------------------------------------------------------
 
 
+# Set by a benchmark that runs others as its children (bench.matrix): the
+# number of its open, locked descriptor of LOCK_PATH, passed down to them.
+LOCK_FD_ENV = "VSWITCH_BENCH_LOCK_FD"
+
+
+def inherited_lock(path: Path = LOCK_PATH) -> int | None:
+    """The lock descriptor a parent benchmark passed down (LOCK_FD_ENV), if
+    it is open on *path* itself; None otherwise."""
+    text = os.environ.get(LOCK_FD_ENV, "")
+    if not text.isdigit():
+        return None
+    try:
+        st, want = os.fstat(int(text)), os.stat(path)
+    except OSError:
+        return None
+    return int(text) if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino) else None
+
+
 @contextmanager
-def single_instance(path: Path = LOCK_PATH) -> Iterator[None]:
-    """Refuse to run while another benchmark holds the lock."""
+def single_instance(path: Path = LOCK_PATH) -> Iterator[int]:
+    """Refuse to run while another benchmark holds the lock; a child of the
+    benchmark holding it (inherited_lock) runs under its parent's lock.
+    Yields the locked descriptor."""
+    held = inherited_lock(path)
+    if held is not None:
+        yield held
+        return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -1492,7 +1528,7 @@ def single_instance(path: Path = LOCK_PATH) -> Iterator[None]:
             raise SystemExit(f"another benchmark holds {path}; run one at a time") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        yield
+        yield fd
     finally:
         os.close(fd)
 
