@@ -57,10 +57,13 @@ BAR_CONFIG = "64x1"
 OVS_FLOWS = ("normal", "p2p")
 PART_NAMES = ("huge-client", "4k-server", "4k-client", "huge-server")
 
-# A run's cost beyond settle + warm-up + sampling, seconds: start, link-up,
-# stop (bench/results/loopback-20261206-*.json "timings": testpmd as the
-# switch 2-8 s, on 4 KiB pages the most; vswitch and OVS about 1-2 s).
-RUN_OVERHEAD_S = {"dpdk": 5.0, "ovs": 2.0, "vswitch": 2.0}
+# A run's cost beyond settle + warm-up + sampling, seconds, by kind of
+# switch and memory mode: start, link-up, stop (the runs' "timings" on the
+# 2 vCPU VMs: testpmd as the switch 2-7 s on huge pages, 8-9 s on 4 KiB
+# pages, where the generator and it each set up 1 GiB of small pages; OVS
+# about 1 s on huge pages, 5-6 s beside a 4 KiB generator; vswitch 1-1.5 s).
+RUN_OVERHEAD_S = {("dpdk", "4k"): 8.0, ("dpdk", "huge"): 3.0, ("ovs", "4k"): 5.5, ("ovs", "huge"): 1.5,
+                  ("vswitch", "4k"): 1.5, ("vswitch", "huge"): 1.5}
 PART_OVERHEAD_S = 10.0  # idle check, huge pages, the baseline tree's check, the summary, the plot
 
 
@@ -117,7 +120,7 @@ def kind_of(system: str) -> str:
 
 def estimate_s(part: Part, pairs: int, seconds: float, warmup: float, settle: float) -> float:
     """Seconds the part takes: every run of every system, config and pair."""
-    per_pair = sum(settle + warmup + seconds + RUN_OVERHEAD_S[kind_of(s)] for s in part.systems())
+    per_pair = sum(settle + warmup + seconds + RUN_OVERHEAD_S[kind_of(s), part.memory] for s in part.systems())
     return PART_OVERHEAD_S + pairs * len(part.configs) * per_pair
 
 

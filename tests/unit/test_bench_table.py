@@ -122,7 +122,7 @@ def test_matrix_measures_the_bar_in_all_four_memory_and_role_combinations():
 
 def test_matrix_estimate_counts_every_run_with_its_systems_start_cost():
     part = matrix.Part("x", "4k", "server", ("64x1", "1518x1"), ovs=False, baseline=False)
-    per_pair = (1 + 2 + 6 + matrix.RUN_OVERHEAD_S["dpdk"]) + (1 + 2 + 6 + matrix.RUN_OVERHEAD_S["vswitch"])
+    per_pair = (1 + 2 + 6 + matrix.RUN_OVERHEAD_S["dpdk", "4k"]) + (1 + 2 + 6 + matrix.RUN_OVERHEAD_S["vswitch", "4k"])
     assert matrix.estimate_s(part, 5, 6, 2, 1) == pytest.approx(matrix.PART_OVERHEAD_S + 5 * 2 * per_pair)
 
 
