@@ -247,8 +247,9 @@ bench: deps-test deps-bench build bench-pips
 	@for s in $(BENCH_SECTIONS); do case " $(BENCH_SECTIONS_ALL) " in *" $$s "*) ;; \
 	  *) echo "BENCH_SECTIONS: unknown section $$s (from: $(BENCH_SECTIONS_ALL))"; exit 2;; esac; done
 	@t0=$$(date +%s); for s in $(BENCH_SECTIONS); do \
-	  echo "== bench section $$s ($$(date -u +%H:%M:%S) UTC)"; \
-	  $(MAKE) --no-print-directory bench-$$s || exit $$?; done; \
+	  echo "== bench section $$s ($$(date -u +%H:%M:%S) UTC)"; ts=$$(date +%s); \
+	  $(MAKE) --no-print-directory bench-$$s || exit $$?; \
+	  echo "== bench section $$s: $$(( ($$(date +%s) - ts + 30) / 60 )) min"; done; \
 	echo "== bench: $(BENCH_SECTIONS) in $$(( ($$(date +%s) - t0) / 60 )) min"
 
 bench-loopback: build bench-pips
