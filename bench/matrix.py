@@ -30,6 +30,7 @@ Usage (root, from the repository root)::
     .venv/bin/python -m bench.matrix [--pairs 5] [--seconds 6] [--warmup 2]
         [--configs 64x1,1518x1,64x2,1518x2] [--baseline REF | --baseline-tree PATH]
         [--parts huge-client,4k-server,4k-client,huge-server] [--dry-run]
+        [any other bench.loopback option, passed to every part, e.g. --keep-noisy]
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.loopback import LOCK_FD_ENV, single_instance
+from bench.loopback import LOCK_FD_ENV, MODES, single_instance
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -140,7 +141,7 @@ def part_argv(part: Part, args: argparse.Namespace, out: Path) -> list[str]:
                  else ["--baseline", args.baseline])
     if args.vswitchd:
         argv += ["--vswitchd", str(args.vswitchd)]
-    return argv
+    return argv + list(getattr(args, "passthrough", []))
 
 
 def minutes(s: float) -> str:
@@ -199,11 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-tree", metavar="PATH", type=Path, default=None,
                     help="the before build: this already built checkout")
     ap.add_argument("--workers", type=int, default=1, help="vswitch's datapath workers (default 1)")
-    ap.add_argument("--mode", default=None, help="vswitch's datapath mode (default: its own)")
+    ap.add_argument("--mode", choices=MODES, default=None, help="vswitch's datapath mode (default: its own)")
     ap.add_argument("--vswitchd", type=Path, default=None, help="the after build's vswitchd (bench.loopback's default)")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--dry-run", action="store_true", help="print the parts, their commands and estimates only")
-    args = ap.parse_args(argv)
+    # anything else goes to every part's bench.loopback (e.g. --keep-noisy, --gen-cpu 0)
+    args, args.passthrough = ap.parse_known_args(argv)
     if args.baseline and args.baseline_tree:
         raise SystemExit("--baseline and --baseline-tree: one baseline at a time")
     configs = parse_configs(args.configs)

@@ -136,13 +136,14 @@ def test_default_table_fits_in_make_bench():
 def test_matrix_part_command_lines(tmp_path):
     args = matrix.main.__globals__["argparse"].Namespace(
         pairs=5, seconds=6, warmup=2.0, settle=1.0, workers=1, mode="poll", baseline=None,
-        baseline_tree=Path("/srv/main"), vswitchd=None)
+        baseline_tree=Path("/srv/main"), vswitchd=None, passthrough=["--keep-noisy"])
     part = matrix.plan(("64x1",), baseline=True)[0]
     argv = matrix.part_argv(part, args, tmp_path / "huge-client.json")
     assert argv[1:3] == ["-m", "bench.loopback"]
     joined = " ".join(argv)
     for want in ("--memory huge", "--socket-role client", "--ovs normal,p2p", "--workers 1", "--mode poll",
-                 "--baseline-tree /srv/main", f"--out {tmp_path / 'huge-client.json'}", "--pairs 5"):
+                 "--baseline-tree /srv/main", f"--out {tmp_path / 'huge-client.json'}", "--pairs 5",
+                 "--keep-noisy"):
         assert want in joined
     with pytest.raises(SystemExit, match="SIZExQUEUES"):
         matrix.parse_configs("64,1518x1")
