@@ -302,6 +302,11 @@ def render(manifest: dict[str, Any], parts: Sequence[PartData], directory: Path 
     flagged = sum(1 for p in parts for r in p.runs if r.usable and r.flagged)
     out += ["", f"Runs left out as noisy (other processes on the CPUs): {flagged}; errors: {len(errors)}."]
     out += [f"- {e}" for e in errors[:10]]
+    ovs_one_queue = sum(1 for p in parts for r in p.runs if r.note and r.kind.startswith("ovs-"))
+    if ovs_one_queue:
+        out += ["", f"OVS-DPDK sent every frame on one queue of each port in {ovs_one_queue} runs with two "
+                "queue pairs (its one PMD thread has one TX queue per port): its two-queue figures are "
+                "one queue pair's."]
     return "\n".join(out) + "\n"
 
 

@@ -179,6 +179,7 @@ def fixture_dir(tmp_path: Path) -> Path:
         runs += [run("dpdk", i, dpdk[i]), run("baseline", i, base[i]),
                  run("vswitch", i, vs[i], worker={"cycles_per_frame": 250.0 + i})]
         runs += [run("dpdk", i, 5.0, 1518), run("baseline", i, 5.0, 1518),
+                 run("ovs-p2p", i, 4.0, 64, 2, note="OVS sent on one queue: {}"),
                  run("vswitch", i, 5.5, 1518, flagged="foreign CPU" if i == 0 else None)]
     doc = {"benchmark": "loopback", "memory": "huge", "socket_role": "client",
            "systems": ["dpdk", "baseline", "vswitch"],
@@ -227,7 +228,7 @@ def test_table_markdown_names_machine_builds_steal_and_cycles(tmp_path):
     for want in ("Test CPU", "kernel 6.0", "vswitch abc1234 (x86-64-v2)", "0123456789ab with uncommitted changes",
                  "huge-client 0.12 %", "took 43 min (estimated 45 min)", "| 2 MiB huge | client | 64 B | 1 |",
                  "252 [250..254]", "vswitch/DPDK >= 0.9, all and fast", "no worse: vswitch/baseline 1.10",
-                 "Runs left out as noisy (other processes on the CPUs): 1"):
+                 "Runs left out as noisy (other processes on the CPUs): 1", "OVS-DPDK sent every frame on one queue"):
         assert want in text, want
     # every markdown table's rows have as many cells as its header
     for block in text.split("\n\n"):
