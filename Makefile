@@ -8,7 +8,7 @@
 #   make demo   two QEMU guests and the host switched by a fresh vswitchd: ping,
 #               iperf3, vswitchctl, metrics and a PNG of the rates (tools/demo.py)
 #   make bench  the benchmarks of BENCH_SECTIONS, one at a time, in this order
-#               (about 75 minutes for all, at most 90; docs/performance.md):
+#               (about 80 minutes for all, at most 90; docs/performance.md):
 #                 loopback   tenant features off/on against the release before (+ plot)
 #                 table      the performance table (as bench-table): vswitch, DPDK,
 #                            OVS-DPDK NORMAL and port to port, both memory modes and
@@ -18,7 +18,7 @@
 #                 callgrind (as bench-callgrind); not by default: ovs (the
 #                 table's huge-page part alone, BENCH_OVS_CONFIGS)
 #               e.g. make bench BENCH_SECTIONS="table callgrind"
-#   make bench-table  the performance table alone (about 45 minutes); then
+#   make bench-table  the performance table alone (about 47 minutes); then
 #               make bench-table-docs  puts its tables into docs/performance.md
 #   make deb    dist/vswitch_<version>_amd64.deb, checked by lintian (README,
 #               "Running as a service")
@@ -208,7 +208,7 @@ BENCH_LOOPBACK_ARGS ?= --only vswitch --configs 64x1,1518x1 --seconds 6 --warmup
 # "The table"): 5 interleaved pairs of DPDK, OVS NORMAL, OVS port to port,
 # the before build and this tree for BENCH_TABLE_CONFIGS on huge pages (switch
 # as client) and 4 KiB pages (server), and DPDK, before and this tree at 64x1
-# in the two other memory x role combinations; about 45 minutes (printed
+# in the two other memory x role combinations; about 47 minutes (printed
 # before it starts, with the actual time after). The before build: an
 # already built checkout (BENCH_TABLE_BASELINE_TREE, e.g. a worktree of main
 # after make build), else BENCH_TABLE_BASELINE built once under /tmp (main

@@ -211,12 +211,13 @@ def machine_text(manifest: dict[str, Any], parts: Sequence[PartData]) -> str:
                   + f" ({targets.get('baseline', '?')})")
     steals = ", ".join(f"{p.name} {p.doc['host']['steal_pct']:.2f} %" for p in parts
                        if p.doc.get("host", {}).get("steal_pct") is not None)
+    ovs = next((p.doc["host"]["ovs"] for p in parts if p.doc.get("host", {}).get("ovs")), None)
     datapath = parts[0].doc.get("datapath", {}) if parts else {}
     took = manifest.get("actual_s")
     return (
         f"Measured {str(manifest.get('started', '?'))[:16].replace('T', ' ')} on {host.get('cpu_model', '?')} "
         f"x{host.get('cpus', '?')}, kernel {host.get('kernel', '?')}, DPDK {host.get('dpdk', '?')}, "
-        f"OVS {host.get('ovs') or '-'}; vswitch {host.get('git', '?')} ({targets.get('vswitch', '?')}){before}; "
+        f"OVS {ovs or '-'}; vswitch {host.get('git', '?')} ({targets.get('vswitch', '?')}){before}; "
         f"{datapath.get('workers', manifest.get('workers', 1))} worker, mode "
         f"{datapath.get('mode', manifest.get('mode') or 'adaptive (default)')}; "
         f"{manifest.get('pairs', '?')} interleaved pairs per config, {manifest.get('seconds', '?')} s of "
