@@ -1740,7 +1740,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"topology {opt.topology}; memory {opt.memory}"
               f"{' (OVS: its own huge pages)' if ovs_huge else ''}; switch as socket {opt.socket_role}"
               f"{' (OVS: client)' if ovs_flows and opt.socket_role == 'server' else ''}; "
-              f"vswitch datapath: {datapath_yaml(opt.workers, opt.mode).strip()}; workdir {workdir}; "
+              f"vswitch's {datapath_yaml(opt.workers, opt.mode).strip()}; workdir {workdir}; "
               f"CPUs {opt.gen_cpu},{opt.sut_cpu} busy before start: {idle:.1%} of a CPU", flush=True)
         host = host_info(systems)  # at the start: the tree (git describe) that runs
         print(machine_line(host), flush=True)

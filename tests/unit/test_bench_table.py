@@ -51,9 +51,10 @@ def test_loopback_options_parse_workers_mode_and_baseline_tree(monkeypatch):
                                text=True, cwd=loopback.REPO, timeout=60).stdout
     for opt in ("--workers", "--mode", "--baseline-tree", "--out"):
         assert opt in help_text
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(loopback, "testpmd_available", lambda: True)
+    monkeypatch.setattr(loopback.signal, "signal", lambda *a: None)  # main's handlers stay out of pytest
     with pytest.raises(SystemExit, match="one baseline"):
-        monkeypatch.setattr(os, "geteuid", lambda: 0)
-        monkeypatch.setattr(loopback, "testpmd_available", lambda: True)
         loopback.main(["--baseline", "HEAD", "--baseline-tree", "/tmp", "--pairs", "0"])
 
 
