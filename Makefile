@@ -8,14 +8,18 @@
 #   make demo   two QEMU guests and the host switched by a fresh vswitchd: ping,
 #               iperf3, vswitchctl, metrics and a PNG of the rates (tools/demo.py)
 #   make bench  the benchmarks of BENCH_SECTIONS, one at a time, in this order
-#               (about 70 minutes for all, at most 90; docs/performance.md):
-#                 loopback   vswitch against DPDK and the release before (+ plot)
-#                 ovs        vswitch, DPDK and OVS-DPDK (NORMAL, port to port),
-#                            2 MiB huge pages, the switch as socket client (+ plot)
+#               (about 80 minutes for all, at most 90; docs/performance.md):
+#                 loopback   tenant features off/on against the release before (+ plot)
+#                 table      the performance table (as bench-table): vswitch, DPDK,
+#                            OVS-DPDK NORMAL and port to port, both memory modes and
+#                            socket roles, against the before build (+ plots)
 #                 uplink, iperf (VM-to-VM), ratelimit, attacks (a hostile guest
 #                 beside a healthy pair), latency (single-frame round trips),
-#                 callgrind (as bench-callgrind)
-#               e.g. make bench BENCH_SECTIONS="loopback ovs callgrind"
+#                 callgrind (as bench-callgrind); not by default: ovs (the
+#                 table's huge-page part alone, BENCH_OVS_CONFIGS)
+#               e.g. make bench BENCH_SECTIONS="table callgrind"
+#   make bench-table  the performance table alone (about 47 minutes); then
+#               make bench-table-docs  puts its tables into docs/performance.md
 #   make deb    dist/vswitch_<version>_amd64.deb, checked by lintian (README,
 #               "Running as a service")
 #   make bench-callgrind  instructions per 64-byte frame of the datapath under
@@ -193,8 +197,28 @@ CALLGRIND_ARGS ?=
 # The OVS section: the configs it runs (5 pairs of DPDK, OVS NORMAL, OVS
 # port to port and vswitch each; about 15 minutes for two configs).
 BENCH_OVS_CONFIGS ?= 64x1,1518x1
-BENCH_SECTIONS ?= loopback ovs uplink iperf ratelimit attacks latency callgrind
-BENCH_SECTIONS_ALL := loopback ovs uplink iperf ratelimit attacks latency callgrind
+BENCH_SECTIONS ?= loopback table uplink iperf ratelimit attacks latency callgrind
+BENCH_SECTIONS_ALL := loopback ovs table uplink iperf ratelimit attacks latency callgrind
+
+# The loopback section: the tenant features' cost against BENCH_BASELINE
+# (vswitch builds only: DPDK is in the table section), 40 runs, about 8 minutes.
+BENCH_LOOPBACK_ARGS ?= --only vswitch --configs 64x1,1518x1 --seconds 6 --warmup 2
+
+# The table section (bench/matrix.py, bench/table.py; docs/performance.md,
+# "The table"): 5 interleaved pairs of DPDK, OVS NORMAL, OVS port to port,
+# the before build and this tree for BENCH_TABLE_CONFIGS on huge pages (switch
+# as client) and 4 KiB pages (server), and DPDK, before and this tree at 64x1
+# in the two other memory x role combinations; about 47 minutes (printed
+# before it starts, with the actual time after). The before build: an
+# already built checkout (BENCH_TABLE_BASELINE_TREE, e.g. a worktree of main
+# after make build), else BENCH_TABLE_BASELINE built once under /tmp (main
+# before the 64-byte hot path work); BENCH_TABLE_BASELINE= runs none.
+BENCH_TABLE_BASELINE ?= 2c066f7
+BENCH_TABLE_BASELINE_TREE ?=
+BENCH_TABLE_CONFIGS ?= 64x1,1518x1,64x2,1518x2
+BENCH_TABLE_ARGS ?=
+# the result directory bench-table-docs reads (default: the newest)
+BENCH_TABLE_RESULT ?=
 
 # Without recommends, and with no service started while installing: OVS's
 # package would start a system ovs-vswitchd (a policy-rc.d exiting 101 says
@@ -213,6 +237,7 @@ deps-bench: deps-build
 	  echo "note: an ovs-vswitchd is running (not started by the benchmark; it may take CPU from it)"; fi
 
 .PHONY: bench-loopback bench-ovs bench-uplink bench-iperf bench-ratelimit bench-attacks bench-latency bench-pips
+.PHONY: bench-table bench-table-docs
 
 bench-pips: | $(PY)
 	@# bench.attacks imports the attacks from the tests (they import pytest, hypothesis)
@@ -222,13 +247,23 @@ bench: deps-test deps-bench build bench-pips
 	@for s in $(BENCH_SECTIONS); do case " $(BENCH_SECTIONS_ALL) " in *" $$s "*) ;; \
 	  *) echo "BENCH_SECTIONS: unknown section $$s (from: $(BENCH_SECTIONS_ALL))"; exit 2;; esac; done
 	@t0=$$(date +%s); for s in $(BENCH_SECTIONS); do \
-	  echo "== bench section $$s ($$(date -u +%H:%M:%S) UTC)"; \
-	  $(MAKE) --no-print-directory bench-$$s || exit $$?; done; \
+	  echo "== bench section $$s ($$(date -u +%H:%M:%S) UTC)"; ts=$$(date +%s); \
+	  $(MAKE) --no-print-directory bench-$$s || exit $$?; \
+	  echo "== bench section $$s: $$(( ($$(date +%s) - ts + 30) / 60 )) min"; done; \
 	echo "== bench: $(BENCH_SECTIONS) in $$(( ($$(date +%s) - t0) / 60 )) min"
 
 bench-loopback: build bench-pips
-	$(PY) -m bench.loopback --baseline $(BENCH_BASELINE) --variants $(BENCH_VARIANTS)
+	$(PY) -m bench.loopback --baseline $(BENCH_BASELINE) --variants $(BENCH_VARIANTS) $(BENCH_LOOPBACK_ARGS)
 	$(PY) -m bench.plot
+
+bench-table: deps-bench build bench-pips
+	$(PY) -m bench.matrix --configs $(BENCH_TABLE_CONFIGS) \
+	  $(if $(BENCH_TABLE_BASELINE_TREE),--baseline-tree $(BENCH_TABLE_BASELINE_TREE),$(if $(BENCH_TABLE_BASELINE),--baseline $(BENCH_TABLE_BASELINE))) \
+	  $(BENCH_TABLE_ARGS)
+	$(PY) -m bench.table $(BENCH_TABLE_RESULT)
+
+bench-table-docs: | $(PY)
+	$(PY) -m bench.table $(BENCH_TABLE_RESULT) --docs docs/performance.md
 
 bench-ovs: deps-bench build bench-pips
 	$(PY) -m bench.loopback --memory huge --socket-role client --ovs normal,p2p --configs $(BENCH_OVS_CONFIGS)

@@ -304,16 +304,7 @@ class ModeVSwitch(VSwitch):
     def __init__(self, run_dir: Path, cpu: int, socks: tuple[Path, Path], vswitchd: Path, mode: str,
                  workers: int = 1) -> None:
         mac_b = ":".join(f"{x:02x}" for x in MAC_B)
-        super().__init__(run_dir, cpu, 1, socks, vswitchd, ({}, {"mac": mac_b}))
-        self.mode = mode
-        self.workers = workers
-
-    def config_text(self) -> str:
-        text = super().config_text()
-        old = "datapath: {workers: 1}\n"
-        if old not in text:
-            raise RuntimeError("bench.loopback's vswitch config changed: update ModeVSwitch")
-        return text.replace(old, f"datapath: {{workers: {self.workers}, mode: {self.mode}}}\n")
+        super().__init__(run_dir, cpu, 1, socks, vswitchd, ({}, {"mac": mac_b}), workers=workers, mode=mode)
 
 
 @dataclass

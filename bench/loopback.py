@@ -28,6 +28,14 @@ commit (built once in a throw-away git worktree under /tmp with its own
 vswitch for each pair and config (odd pairs reversed); each vswitch system is then also reported
 as a per-pair ratio to the baseline (the tenant features cost nothing when off:
 the switch stays within 5 % of the release before them, ``--baseline cefd30a``).
+``--baseline-tree PATH`` makes an already built checkout the baseline instead
+(e.g. a git worktree of main after ``make build``): nothing is built, it runs
+with PATH first on the Python path (its own .venv's interpreter if it has
+one), and the results name its commit and whether its files differ from it.
+
+``--workers N`` and ``--mode poll|adaptive|event`` set the ``datapath:`` of
+vswitch's generated config (default: one worker, the daemon's default mode);
+bench/latency.py and bench/scale.py pass theirs the same way.
 
 ``--variants off,policing,...`` runs the current vswitch once per variant, a
 named YAML fragment applied to both ports (see VARIANTS): "off" is the plain
@@ -84,7 +92,8 @@ then b, during its start, so it starts first), DPDK's vhost PMD runs with
 3.1 on DPDK 22.11) as reference systems "ovs-normal" and "ovs-p2p" (see
 OvsSwitch): its own ovsdb and run directory per run, one PMD thread on the
 switch's CPU, dpdkvhostuserclient ports (always a socket client), huge
-pages (it cannot run without them: ``--memory huge``); NORMAL is MAC
+pages (it cannot run without them: with ``--memory 4k`` the generator stays
+on 4 KiB pages and OVS alone gets OVS_ONLY_HUGE_PAGES of its own); NORMAL is MAC
 learning like vswitch, p2p one OpenFlow rule per direction. Every system that
 is not a reference is reported as per-pair ratios to each reference present
 (dpdk, ovs-normal, ovs-p2p).
@@ -112,13 +121,16 @@ a lock file enforces it)::
         [--topology loop|oneway] [--seconds 10] [--warmup 5] [--only dpdk|vswitch|both]
         [--baseline cefd30a] [--variants off,policing,vlan,security,all]
         [--memory 4k|huge] [--socket-role server|client] [--ovs normal,p2p]
+        [--workers 1] [--mode poll|adaptive|event] [--baseline-tree PATH] [--out FILE.json]
 
 A config with a trailing "p" (``64x1p``) has the generator's virtio-user
 ports ask for packed virtqueues (``packed_vq=1``); both switches then run
 packed rings. With the same config split in the list, each system's packed run
 is also reported as a per-pair ratio to its split run ("/split").
 
-Results: a table on stdout and a JSON file under bench/results/.
+Results: a table on stdout and a JSON file under bench/results/ (``--out``:
+that file). bench/matrix.py runs this over the performance table's memory
+modes and socket roles, bench/table.py turns those results into markdown.
 """
 
 from __future__ import annotations
@@ -130,6 +142,7 @@ import fcntl
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -460,12 +473,19 @@ class HugePages:
                 "nr_hugepages_before": self.before}
 
 
+# OVS-DPDK alone on huge pages (the generator on 4 KiB pages): its
+# dpdk-socket-mem and the same margin
+OVS_ONLY_HUGE_PAGES = DPDK_MEM_MB // 2 + 76
+
+
 @contextmanager
-def huge_pages(memory: str, workdir: Path) -> Iterator[HugePages | None]:
+def huge_pages(memory: str, workdir: Path, pages: int = HUGE_PAGES) -> Iterator[HugePages | None]:
+    """*pages* 2 MiB pages and a private mount for the run when *memory* is
+    "huge", else nothing."""
     if memory != "huge":
         yield None
         return
-    hp = HugePages(workdir / "hugetlbfs")
+    hp = HugePages(workdir / "hugetlbfs", pages)
     try:
         hp.reserve()
         yield hp
@@ -533,14 +553,34 @@ class DpdkSwitch(SwitchUnderTest):
         self.tp.stop()
 
 
+MODES = ("poll", "adaptive", "event")  # the datapath modes of vswitchd's config (docs/configuration.md)
+
+
+def datapath_yaml(workers: int = 1, mode: str | None = None, cpus: Sequence[int] | None = None) -> str:
+    """The `datapath:` line of the generated config: the worker count, and
+    the mode and worker CPUs only when asked (else the daemon's defaults)."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, not {workers}")
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    items = [f"workers: {workers}"]
+    if mode is not None:
+        items.append(f"mode: {mode}")
+    if cpus is not None:
+        items.append(f"cpus: {list(cpus)}")
+    return "datapath: {" + ", ".join(items) + "}\n"
+
+
 class VSwitch(SwitchUnderTest):
-    """vswitchd with two vhost-user server ports, one worker, under taskset."""
+    """vswitchd with two vhost-user ports (server, or client), one worker
+    unless asked for more (--workers, --mode), under taskset."""
 
     kind = "vswitch"
 
     def __init__(
         self, run_dir: Path, cpu: int, queues: int, socks: tuple[Path, Path], vswitchd: Path,
         port_extra: Sequence[dict[str, Any]] = ({}, {}), client: bool = False,
+        workers: int = 1, mode: str | None = None, cpus: Sequence[int] | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.cpu = cpu
@@ -549,6 +589,9 @@ class VSwitch(SwitchUnderTest):
         self.client = client  # connect to the generator's sockets instead of listening
         self.vswitchd = vswitchd
         self.port_extra = port_extra  # YAML fragment merged into port a, port b
+        self.workers = workers
+        self.mode = mode  # None: the daemon's default (adaptive)
+        self.worker_cpus = cpus  # None: the daemon's default pinning
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = run_dir / "sut-vswitch.log"
         self.config_path = run_dir / "vswitch.yaml"
@@ -562,7 +605,7 @@ class VSwitch(SwitchUnderTest):
             port = {"type": "vhost-user", "mode": "client" if self.client else "server",
                     "socket": str(self.socks[i]), "queues": q, **self.port_extra[i]}
             ports += f"  {name}: {json.dumps(port)}\n"  # JSON is YAML (flow style)
-        return f"runtime_dir: {d}\nports:\n{ports}datapath: {{workers: 1}}\n"
+        return f"runtime_dir: {d}\nports:\n{ports}{datapath_yaml(self.workers, self.mode, self.worker_cpus)}"
 
     def start(self) -> None:
         if not (self.vswitchd.exists() and os.access(self.vswitchd, os.X_OK)):
@@ -865,6 +908,7 @@ class RunResult:
     # vswitch only: its worker's busy time and the frames it delivered over
     # the sampling window (control socket "stats"), and TSC cycles per frame
     worker: dict[str, float] = field(default_factory=dict)
+    note: str | None = None  # what to know about the run that does not leave it out
 
     @property
     def usable(self) -> bool:
@@ -885,6 +929,11 @@ class Options:
     memory: str = "4k"
     socket_role: str = "server"
     huge: HugePages | None = None
+    # OVS-DPDK's own memory when the generator runs on 4 KiB pages (OVS
+    # cannot run without huge pages); with --memory huge it shares `huge`
+    ovs_huge: HugePages | None = None
+    workers: int = 1            # vswitch's datapath workers (--workers)
+    mode: str | None = None     # vswitch's datapath mode (--mode); None: its default
 
 
 NULL_PORT = "net_null0"
@@ -943,13 +992,15 @@ def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) 
     if system.kind == "dpdk":
         sut = DpdkSwitch(run_dir, opt.sut_cpu, cfg.queues, socks, client=client, huge_dir=huge_dir)
     elif system.kind == "ovs":
-        if huge_dir is None:
-            raise SystemExit("OVS-DPDK needs huge pages: --memory huge")
-        sut = OvsSwitch(run_dir, opt.sut_cpu, cfg.queues, socks, system.flows, huge_dir)
+        ovs_pages = opt.huge or opt.ovs_huge
+        if ovs_pages is None:
+            raise SystemExit("OVS-DPDK needs huge pages of its own (opt.ovs_huge) or --memory huge")
+        sut = OvsSwitch(run_dir, opt.sut_cpu, cfg.queues, socks, system.flows, ovs_pages.mount)
     else:
         assert system.vswitchd is not None
         sut = VSwitch(run_dir, opt.sut_cpu, cfg.queues, socks, system.vswitchd,
-                      port_extras(system, opt.topology), client=client)
+                      port_extras(system, opt.topology), client=client,
+                      workers=opt.workers, mode=opt.mode)
     # packed_vq only when asked: a split run's command line stays what it was
     packed = True if cfg.ring == "packed" else None
     virtio = [virtio_user_vdev(i, socks[i], queues=cfg.queues, mac=GEN_MACS[i], packed_vq=packed, server=client)
@@ -1050,7 +1101,13 @@ def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) 
                 f"(median {res.median_pps:.0f} pps; MTU? queues not enabled?)"
             )
         elif cfg.queues > 1 and any(v == 0 for v in res.rx_per_queue.values()):
-            res.flagged = f"a queue carried nothing: {res.rx_per_queue}"
+            if system.kind == "ovs":
+                # OVS-DPDK's one PMD thread sends on one TX queue of each
+                # port (its static queue id, not the RX queue's): the frames
+                # gather on that queue pair. Its figure, not a broken run.
+                res.note = f"OVS sent on one queue: {res.rx_per_queue}"
+            else:
+                res.flagged = f"a queue carried nothing: {res.rx_per_queue}"
         if res.cpu.get("foreign", 0.0) > opt.max_foreign:
             res.flagged = (
                 f"foreign CPU {res.cpu['foreign']:.1%} of a CPU > {opt.max_foreign:.1%}"
@@ -1065,8 +1122,9 @@ def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) 
     finally:
         gen.stop()
         sut.stop()
-        if opt.huge is not None:
-            opt.huge.clear()
+        for pages in (opt.huge, opt.ovs_huge):
+            if pages is not None:
+                pages.clear()
         mark("teardown")
     return res
 
@@ -1384,14 +1442,91 @@ def prepare_baseline(ref: str, out: TextIO = sys.stdout) -> tuple[str, Path]:
     return commit, vswitchd
 
 
+def tree_commit(tree: Path) -> tuple[str, bool]:
+    """The commit checked out in *tree* and whether its tracked files differ
+    from it (`git status --porcelain --untracked-files=no`)."""
+    try:
+        commit = _git("rev-parse", "HEAD", cwd=tree)
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no", cwd=tree))
+    except RuntimeError as e:
+        raise SystemExit(f"--baseline-tree {tree}: not a git checkout ({e})") from None
+    return commit, dirty
+
+
+def wrapper_scripts(tree: Path, bindir: Path, python: Path) -> tuple[Path, Path]:
+    """bindir/python and bindir/vswitchd: *python* with *tree* first on its
+    path, so that `vswitch` (and its extension built in place) is imported
+    from the tree, whatever the interpreter's own install points at (an
+    editable install's finder comes after PYTHONPATH). build_target() finds
+    bindir/python beside bindir/vswitchd."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    env = f"PYTHONPATH={shlex.quote(str(tree))}"
+    py = bindir / "python"
+    py.write_text(f"#!/bin/sh\n# {tree}'s vswitch first on the path\n"
+                  f"{env} exec {shlex.quote(str(python))} \"$@\"\n")
+    daemon = bindir / "vswitchd"
+    daemon.write_text(f"#!/bin/sh\n# vswitchd of {tree}\n{env} exec {shlex.quote(str(python))} -c "
+                      f"'import sys; from vswitch.daemon import main; sys.exit(main())' \"$@\"\n")
+    for f in (py, daemon):
+        f.chmod(0o755)
+    return py, daemon
+
+
+def prepare_baseline_tree(tree: Path, bindir: Path, out: TextIO = sys.stdout) -> dict[str, Any]:
+    """An already built checkout (its extension built in place, e.g. a git
+    worktree of main after `make build`) as the baseline: no venv, no build.
+    Runs it with its own .venv's interpreter when it has one, else ours;
+    checks that its `vswitch` and extension are the ones imported."""
+    tree = tree.resolve()
+    if not (tree / "vswitch" / "__init__.py").is_file():
+        raise SystemExit(f"--baseline-tree {tree}: no vswitch package there")
+    commit, dirty = tree_commit(tree)
+    venv_python = tree / ".venv" / "bin" / "python"
+    python = venv_python if venv_python.exists() else Path(sys.executable)
+    py, vswitchd = wrapper_scripts(tree, bindir, python)
+    code = "import vswitch, vswitch._datapath as d; print(d.__file__)"
+    r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=60, cwd=bindir)
+    ext = r.stdout.strip()
+    if r.returncode != 0 or not ext.startswith(str(tree) + os.sep):
+        raise SystemExit(f"--baseline-tree {tree}: its extension is not importable from it "
+                         f"(built? make build there): {(r.stderr or ext).strip()[-500:]}")
+    print(f"baseline tree {tree} at {commit[:12]}{' (dirty)' if dirty else ''}, {python}", flush=True)
+    return {"ref": str(tree), "tree": str(tree), "commit": commit, "dirty": dirty,
+            "python": str(python), "vswitchd": str(vswitchd)}
+
+
 # --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
 
 
+# Set by a benchmark that runs others as its children (bench.matrix): the
+# number of its open, locked descriptor of LOCK_PATH, passed down to them.
+LOCK_FD_ENV = "VSWITCH_BENCH_LOCK_FD"
+
+
+def inherited_lock(path: Path = LOCK_PATH) -> int | None:
+    """The lock descriptor a parent benchmark passed down (LOCK_FD_ENV), if
+    it is open on *path* itself; None otherwise."""
+    text = os.environ.get(LOCK_FD_ENV, "")
+    if not text.isdigit():
+        return None
+    try:
+        st, want = os.fstat(int(text)), os.stat(path)
+    except OSError:
+        return None
+    return int(text) if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino) else None
+
+
 @contextmanager
-def single_instance(path: Path = LOCK_PATH) -> Iterator[None]:
-    """Refuse to run while another benchmark holds the lock."""
+def single_instance(path: Path = LOCK_PATH) -> Iterator[int]:
+    """Refuse to run while another benchmark holds the lock; a child of the
+    benchmark holding it (inherited_lock) runs under its parent's lock.
+    Yields the locked descriptor."""
+    held = inherited_lock(path)
+    if held is not None:
+        yield held
+        return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -1400,7 +1535,7 @@ def single_instance(path: Path = LOCK_PATH) -> Iterator[None]:
             raise SystemExit(f"another benchmark holds {path}; run one at a time") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        yield
+        yield fd
     finally:
         os.close(fd)
 
@@ -1480,12 +1615,14 @@ def resummarize(path: Path, out: TextIO = sys.stdout) -> list[dict[str, Any]]:
 
 
 def parse_ovs(text: str, memory: str, topology: str) -> list[str]:
-    """--ovs: the flow setups asked for, refused where OVS cannot run."""
+    """--ovs: the flow setups asked for, refused where OVS cannot run. With
+    --memory 4k the generator stays on 4 KiB pages and OVS alone gets huge
+    pages of its own (it cannot run without them)."""
     flows = list(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
     if any(f not in OVS_FLOWS for f in flows):
         raise SystemExit(f"--ovs: from {','.join(OVS_FLOWS)}")
-    if flows and memory != "huge":
-        raise SystemExit("--ovs: OVS-DPDK runs only on huge pages: add --memory huge")
+    if memory not in ("4k", "huge"):
+        raise SystemExit(f"--memory: 4k or huge, not {memory}")
     if flows and topology != "loop":
         raise SystemExit("--ovs: only with --topology loop")
     if flows and not ovs_available():
@@ -1508,6 +1645,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="run only DPDK, or only the vswitch systems (baseline and variants)")
     ap.add_argument("--baseline", metavar="REF", default=None,
                     help="also run vswitchd built from this commit (e.g. cefd30a), interleaved")
+    ap.add_argument("--baseline-tree", metavar="PATH", type=Path, default=None,
+                    help="the baseline is this already built checkout (e.g. a worktree of main after "
+                         "make build): no build; the results name its commit and whether it is dirty")
+    ap.add_argument("--workers", type=int, default=1, help="vswitch's datapath workers (default 1)")
+    ap.add_argument("--mode", choices=MODES, default=None,
+                    help="vswitch's datapath mode (default: the daemon's own, adaptive)")
     ap.add_argument("--variants", default="off",
                     help=f"vswitch variants, comma-separated, from {','.join(VARIANTS)} (default off)")
     ap.add_argument("--memory", choices=("4k", "huge"), default="4k",
@@ -1530,6 +1673,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="generator --total-num-mbufs (default: testpmd's default pool)")
     ap.add_argument("--workdir", type=Path, default=None, help="run directories and logs (default: temp dir)")
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="the results JSON file (default: RESULTS/loopback-[TOPOLOGY-]DATE-TIME.json)")
     ap.add_argument("--resummarize", type=Path, metavar="JSON", default=None,
                     help="recompute the summary of a results file from its runs (rewritten in place), "
                          "print the table, run nothing")
@@ -1551,6 +1696,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.default_int_handler)  # a closed terminal: clean up too
     configs = Config.parse(args.configs)
     variants = parse_variants(args.variants)
+    if args.baseline and args.baseline_tree:
+        raise SystemExit("--baseline and --baseline-tree: one baseline at a time")
+    if args.workers < 1:
+        raise SystemExit("--workers: at least 1")
     ovs_flows = parse_ovs(args.ovs, args.memory, args.topology)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vswitch-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -1558,7 +1707,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds=args.seconds, warmup=args.warmup, settle=args.settle, gen_cpu=args.gen_cpu,
         sut_cpu=args.sut_cpu, max_foreign=args.max_foreign,
         workdir=workdir, gen_mbufs=args.gen_mbufs, topology=args.topology,
-        memory=args.memory, socket_role=args.socket_role,
+        memory=args.memory, socket_role=args.socket_role, workers=args.workers, mode=args.mode,
     )
     started = dt.datetime.now().astimezone()
     runs: list[RunResult] = []
@@ -1566,9 +1715,13 @@ def main(argv: list[str] | None = None) -> int:
     huge_info: dict[str, Any] | None = None
     cpus_all = list(range(os.cpu_count() or 1))
     stat0 = read_cpu_times(cpus_all)
-    with single_instance(), huge_pages(args.memory, workdir) as huge:
+    # OVS on 4 KiB pages: the generator stays there, OVS gets pages of its own
+    ovs_memory = "huge" if ovs_flows and args.memory == "4k" else "4k"
+    with single_instance(), huge_pages(args.memory, workdir) as huge, \
+            huge_pages(ovs_memory, workdir / "ovs-pages", OVS_ONLY_HUGE_PAGES) as ovs_huge:
         opt.huge = huge
-        huge_info = huge.as_json() if huge else None
+        opt.ovs_huge = ovs_huge
+        huge_info = huge.as_json() if huge else (ovs_huge.as_json() | {"for": "ovs"} if ovs_huge else None)
         # the order within a pair: dpdk, ovs-*, baseline, vswitch, vswitch+VARIANT...
         systems: list[System] = []
         if args.only in ("both", "dpdk"):
@@ -1579,10 +1732,15 @@ def main(argv: list[str] | None = None) -> int:
                 commit, baseline_vswitchd = prepare_baseline(args.baseline)
                 systems.append(System("baseline", "vswitch", baseline_vswitchd))
                 baseline_info = {"ref": args.baseline, "commit": commit, "vswitchd": str(baseline_vswitchd)}
+            elif args.baseline_tree:
+                baseline_info = prepare_baseline_tree(args.baseline_tree, workdir / "baseline-bin")
+                systems.append(System("baseline", "vswitch", Path(baseline_info["vswitchd"])))
             systems.extend(variant_system(v, args.vswitchd) for v in variants)
         idle = idle_check([opt.gen_cpu, opt.sut_cpu])
-        print(f"topology {opt.topology}; memory {opt.memory}; switch as socket {opt.socket_role}"
-              f"{' (OVS: client)' if ovs_flows and opt.socket_role == 'server' else ''}; workdir {workdir}; "
+        print(f"topology {opt.topology}; memory {opt.memory}"
+              f"{' (OVS: its own huge pages)' if ovs_huge else ''}; switch as socket {opt.socket_role}"
+              f"{' (OVS: client)' if ovs_flows and opt.socket_role == 'server' else ''}; "
+              f"vswitch's {datapath_yaml(opt.workers, opt.mode).strip()}; workdir {workdir}; "
               f"CPUs {opt.gen_cpu},{opt.sut_cpu} busy before start: {idle:.1%} of a CPU", flush=True)
         host = host_info(systems)  # at the start: the tree (git describe) that runs
         print(machine_line(host), flush=True)
@@ -1602,6 +1760,7 @@ def main(argv: list[str] | None = None) -> int:
                             note += (f"  (P0 sent {statistics.median(r.offered_pps) / 1e6:.2f} Mpps, "
                                      f"delivered {r.delivered_fraction:.4f})")
                         note += f" FLAGGED {r.flagged}" if r.flagged else ""
+                        note += f" NOTE {r.note}" if r.note else ""
                         print(f"pair {pair} {cfg.label:<10} {system.name:<16} {what}  foreign "
                               f"{r.cpu.get('foreign', float('nan')):.1%}  {time.monotonic() - t0:5.1f}s{note}",
                               flush=True)
@@ -1616,7 +1775,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(summary)
     args.results.mkdir(parents=True, exist_ok=True)
     tag = "" if args.topology == "loop" else f"{args.topology}-"
-    path = args.results / f"loopback-{tag}{started.strftime('%Y%m%d-%H%M%S')}.json"
+    path = args.out or args.results / f"loopback-{tag}{started.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": "loopback",
         "topology": args.topology,
@@ -1628,6 +1788,9 @@ def main(argv: list[str] | None = None) -> int:
         "memory": args.memory,
         "huge_pages": huge_info,
         "socket_role": args.socket_role,
+        "ovs_memory": None if not ovs_flows else ("huge (its own pages; the generator on 4k)"
+                                                  if ovs_huge else "huge"),
+        "datapath": {"workers": args.workers, "mode": args.mode or "adaptive (default)"},
         "fast_state_rule": (f"per system and config: from the fastest run down, runs are fast until the "
                             f"first step down of >= {BIMODAL_GAP}x (threshold: its geometric midpoint; "
                             f"no such step: all fast); a pair is fast when both runs are"),

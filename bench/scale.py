@@ -49,26 +49,24 @@ class ScaleVSwitch(loopback.VSwitch):
     gen_cpu = 0  # set by main from --gen-cpu
 
     def __init__(self, run_dir: Path, cpu: int, queues: int, socks: tuple[Path, Path], vswitchd: Path,
-                 port_extra: Any = ({}, {})) -> None:
+                 port_extra: Any = ({}, {}), **kwargs: Any) -> None:
         extras = [dict(e) for e in port_extra]
-        self.workers = int(extras[0].get(WORKERS_KEY, 1))
-        self.shared = bool(extras[0].get(SHARED_KEY, False))
+        workers = int(extras[0].get(WORKERS_KEY, 1))
+        shared = bool(extras[0].get(SHARED_KEY, False))
         for e in extras:
             e.pop(WORKERS_KEY, None)
             e.pop(SHARED_KEY, None)
-        super().__init__(run_dir, cpu, queues, socks, vswitchd, tuple(extras))
+        # the variant's worker count and pinning; the rest (client, mode) as bench.loopback passes it
+        kwargs.pop("workers", None)
+        kwargs.pop("cpus", None)
+        cpus = [cpu, self.gen_cpu] if shared else [cpu]
+        super().__init__(run_dir, cpu, queues, socks, vswitchd, tuple(extras), workers=workers, cpus=cpus,
+                         **kwargs)
+        self.shared = shared
         self.sut_cpu = cpu
         if self.workers > 1 and self.shared:
             # taskset takes a list; the daemon pins worker i to cpus[i % len]
             self.cpu = f"{cpu},{self.gen_cpu}"  # type: ignore[assignment]
-
-    def config_text(self) -> str:
-        text = super().config_text()
-        old = "datapath: {workers: 1}\n"
-        if old not in text:
-            raise RuntimeError("bench.loopback's vswitch config changed: update ScaleVSwitch")
-        cpus = [self.sut_cpu, self.gen_cpu] if self.shared else [self.sut_cpu]
-        return text.replace(old, f"datapath: {{workers: {self.workers}, cpus: {cpus}}}\n")
 
 
 def install() -> None:

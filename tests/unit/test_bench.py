@@ -316,9 +316,13 @@ def test_ovs_flow_setups_and_systems():
     assert set(loopback.REFERENCES) == {"dpdk", "ovs-normal", "ovs-p2p"}
 
 
-def test_ovs_needs_huge_pages_and_the_loop():
-    with pytest.raises(SystemExit, match="--memory huge"):
-        loopback.parse_ovs("normal", "4k", "loop")
+def test_ovs_needs_the_loop_and_runs_beside_a_4k_generator(monkeypatch):
+    """OVS-DPDK has huge pages of its own with --memory 4k (the generator
+    stays on 4 KiB pages), so both memory modes have OVS in them."""
+    monkeypatch.setattr(loopback, "ovs_available", lambda: True)
+    assert loopback.parse_ovs("normal,p2p", "4k", "loop") == ["normal", "p2p"]
+    with pytest.raises(SystemExit, match="--memory"):
+        loopback.parse_ovs("", "1g", "loop")
     with pytest.raises(SystemExit, match="--topology loop"):
         loopback.parse_ovs("p2p", "huge", "oneway")
     with pytest.raises(SystemExit, match="from normal,p2p"):
