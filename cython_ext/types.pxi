@@ -178,6 +178,7 @@ ctypedef struct vs_vring:
     uint16_t pk_first_flags
     uint32_t pk_ndescs             # descriptors they cover (dirty logging)
     int iotlb_wait                 # TX stopped at an IOVA the IOTLB misses: skipped until an update
+    int mem_hint                   # memory region its buffers were last found in (mem_find_gpa_hint)
     vs_counters c
 
 cdef enum:

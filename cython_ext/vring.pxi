@@ -10,36 +10,68 @@ cdef inline int walk_chain(vs_port *port, vs_vring *vq, uint16_t head, bint devi
 
     `device_writes`: RX chains must be all device-writable, TX chains all
     device-readable (virtio-net never mixes them). Returns 0 or a drop reason.
+
+    The head descriptor is read once (all 16 bytes into a local). A buffer
+    of one direct descriptor - what Linux and DPDK drivers post for a small
+    frame, the virtio-net header and the frame together (virtio spec 5.1.6:
+    with VERSION_1 "the driver can use any layout") - is checked and
+    translated here, inline: the same checks as walk_chain_general makes of
+    a chain of one, in the same order, with the same drop reasons. A chain
+    (NEXT) or an indirect table goes to walk_chain_general with that copy."""
+    cdef vs_vring_desc d
+    nseg[0] = 0
+    total[0] = 0
+    if head >= vq.num:
+        return DROP_BAD_HEAD
+    if budget[0] <= 0:
+        return DROP_OVER_BUDGET
+    d = vq.desc[head]
+    if d.flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT):
+        return walk_chain_general(port, vq, &d, device_writes, segs, maxseg, nseg, total, budget)
+    budget[0] -= 1
+    if ((d.flags & VRING_DESC_F_WRITE) != 0) != device_writes:
+        return DROP_BAD_FLAGS
+    total[0] = d.len
+    if d.len > VS_MAX_FRAME + VS_HDR_MAX:
+        return DROP_BAD_LENGTH
+    # DROP_TOO_MANY_SEGMENTS included: with nothing after it, the general
+    # walk returns what translating this one buffer returned
+    return port_segments_ring(port, vq, d.addr, d.len,
+                              IOTLB_PERM_W if device_writes else IOTLB_PERM_R, segs, nseg, maxseg)
+
+
+cdef int walk_chain_general(vs_port *port, vs_vring *vq, vs_vring_desc *first, bint device_writes,
+                            vs_seg *segs, int maxseg, int *nseg, uint64_t *total,
+                            int64_t *budget) noexcept nogil:
+    """walk_chain for any chain: `first` is the copy walk_chain read of the
+    head descriptor (the head is in the ring, the budget not spent).
+
     A chain is bounded by the size of the table it lives in (virtio spec
     2.7.5.3.1: the driver must not create a loop), which stops loops, and by
     VS_MAX_CHAIN_DESCS, every descriptor counted (a zero-length one too), so
-    no chain costs more than that to walk; each one is charged to `budget`."""
+    no chain costs more than that to walk; each one is charged to `budget`.
+    Each descriptor is read once, whole, into `d`."""
     cdef uint32_t walked = 0
     cdef vs_vring_desc *table = vq.desc
     cdef uint32_t table_len = vq.num
-    cdef uint32_t idx = head
+    cdef uint32_t idx
     cdef uint32_t count = 0
     cdef bint indirect = False
     cdef bint too_many = False
+    cdef vs_vring_desc d = first[0]
     cdef uint64_t addr
     cdef uint32_t length
     cdef uint16_t flags, nxt
     cdef int rc
-    nseg[0] = 0
-    total[0] = 0
-    if idx >= table_len:
-        return DROP_BAD_HEAD
-    if budget[0] <= 0:
-        return DROP_OVER_BUDGET
     while True:
         walked += 1
         budget[0] -= 1
         if walked > VS_MAX_CHAIN_DESCS:
             return DROP_BAD_CHAIN
-        addr = table[idx].addr
-        length = table[idx].len
-        flags = table[idx].flags
-        nxt = table[idx].next
+        addr = d.addr
+        length = d.len
+        flags = d.flags
+        nxt = d.next
         if flags & VRING_DESC_F_INDIRECT:
             # "The driver MUST NOT set the VIRTQ_DESC_F_INDIRECT flag within an
             # indirect descriptor" and "MUST NOT set both INDIRECT and NEXT".
@@ -53,8 +85,8 @@ cdef inline int walk_chain(vs_port *port, vs_vring *vq, uint16_t head, bint devi
                 return rc if rc == DROP_IOTLB_MISS or rc == DROP_IOTLB_DENIED else DROP_BAD_INDIRECT
             table_len = length // sizeof(vs_vring_desc)
             indirect = True
-            idx = 0
             count = 0
+            d = table[0]
             continue
         count += 1
         if count > table_len:
@@ -65,8 +97,8 @@ cdef inline int walk_chain(vs_port *port, vs_vring *vq, uint16_t head, bint devi
         if total[0] > VS_MAX_FRAME + VS_HDR_MAX:
             return DROP_BAD_LENGTH
         if not too_many:
-            rc = port_segments(port, addr, length, IOTLB_PERM_W if device_writes else IOTLB_PERM_R,
-                               segs, nseg, maxseg)
+            rc = port_segments_ring(port, vq, addr, length, IOTLB_PERM_W if device_writes else IOTLB_PERM_R,
+                                    segs, nseg, maxseg)
             if rc == DROP_TOO_MANY_SEGMENTS:
                 # Keep walking (without collecting) to tell a loop or an
                 # over-long chain (bad_chain) from a merely fragmented one.
@@ -78,6 +110,7 @@ cdef inline int walk_chain(vs_port *port, vs_vring *vq, uint16_t head, bint devi
         idx = nxt
         if idx >= table_len:
             return DROP_BAD_CHAIN
+        d = table[idx]
 
 
 cdef inline void sg_read(vs_seg *segs, int nseg, uint32_t off, uint8_t *out, uint32_t n) noexcept nogil:
