@@ -278,15 +278,73 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
     The caller holds vq.lock and has read avail_idx for this burst. Buffers
     are reserved first (so num_buffers is known before the header is
     written), then filled; on failure nothing is consumed except invalid
-    chains, which are returned to the guest with length 0."""
+    chains, which are returned to the guest with length 0.
+
+    A split ring's first buffer is walked here: when it holds the whole
+    frame (the usual case: a 2 KiB or larger buffer, a small frame) the
+    frame is written and the buffer given back without the general
+    reservation's bookkeeping; what rx_enqueue_general would do with one
+    chain, in the same order. Otherwise rx_enqueue_general goes on from that
+    walk (the buffer is not walked, nor its head read, twice)."""
+    cdef uint32_t hdr_len = dport.hdr_len
+    cdef uint64_t need = <uint64_t>hdr_len + flen
+    cdef uint64_t chain_len
+    cdef int nseg, rc
+    cdef uint16_t head
+    cdef int64_t budget_at_start = w.budget
+    if vq.packed or w.nbad_heads:
+        # packed.pxi reserves its own way; a bad head seen in this delivery
+        # is looked for before any walk, in the general loop
+        return rx_enqueue_general(w, dport, vq, avail_idx, src, nsrc, src_off, flen, hdr,
+                                  False, 0, 0, 0, 0, budget_at_start)
+    if vq.last_avail == avail_idx:
+        return DROP_NO_RX_BUFFER
+    head = vq.avail.ring[vq.last_avail & (vq.num - 1)]
+    rc = walk_chain(dport, vq, head, True, &w.rxsegs[0], VS_MAX_RX_CHAINS * VS_MAX_SEGS,
+                    &nseg, &chain_len, &w.budget)
+    if rc or chain_len < need:
+        return rx_enqueue_general(w, dport, vq, avail_idx, src, nsrc, src_off, flen, hdr,
+                                  True, head, rc, nseg, chain_len, budget_at_start)
+    vq.last_avail += 1
+    # num_buffers (le16 at offset 10): one buffer
+    if hdr_len >= 12:
+        hdr[10] = 1
+        hdr[11] = 0
+    if need <= VS_INLINE_COPY and need <= w.rxsegs[0].len and nsrc > 0 \
+            and src_off + flen <= src[0].len:
+        # one piece into the first piece of the buffer, copied inline
+        vs_copy(w.rxsegs[0].p, hdr, hdr_len)
+        vs_copy(w.rxsegs[0].p + hdr_len, src[0].p + src_off, flen)
+    else:
+        sg_write(&w.rxsegs[0], nseg, 0, hdr, hdr_len)
+        sg_copy(&w.rxsegs[0], nseg, hdr_len, src, nsrc, src_off, flen)
+    if dport.log != NULL:
+        log_segs(dport, &w.rxsegs[0], nseg, <uint32_t>need)
+    vring_put_used(vq, head, <uint32_t>need)
+    vq.c.packets += 1
+    vq.c.bytes += flen
+    w.budget -= 1                 # the copy
+    if dport.capture != NULL:     # live capture, egress: the frame as this guest got it
+        capture_frame(dport.capture, CAP_OUT, src, nsrc, src_off, flen)
+    return 0
+
+
+cdef int rx_enqueue_general(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_idx,
+                            vs_seg *src, int nsrc, uint32_t src_off, uint32_t flen,
+                            uint8_t *hdr, bint walked_first, uint16_t first_head, int first_rc,
+                            int first_nseg, uint64_t first_len, int64_t budget_at_start) noexcept nogil:
+    """rx_enqueue for any frame and ring. `walked_first`: rx_enqueue read the
+    split ring's next head (first_head) and walked it (first_rc, first_nseg,
+    first_len, its pieces at w.rxsegs[0]); budget_at_start is the work
+    budget before that walk."""
     cdef uint32_t hdr_len = dport.hdr_len
     cdef uint64_t need = <uint64_t>hdr_len + flen
     cdef uint64_t cap = 0, chain_len
     cdef int nchains = 0, nseg_total = 0, nseg, rc, i
     cdef uint16_t head
     cdef uint16_t saved_avail = vq.last_avail
-    cdef uint32_t written, fill, doff, soff
-    cdef int64_t budget_at_start = w.budget
+    cdef uint32_t written, fill
+    cdef bint walked
     if vq.packed:
         # packed.pxi: its own reservation, then the same copy (cap >= need: the loop is skipped)
         rc = pk_rx_reserve(w, dport, vq, need, &nchains, &nseg_total, &cap)
@@ -306,16 +364,27 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
         if nchains == VS_MAX_RX_CHAINS or budget_at_start - w.budget > VS_MAX_RX_WALK:
             vq.last_avail = saved_avail
             return DROP_RX_BUFFER_TOO_SMALL
-        head = vq.avail.ring[vq.last_avail & (vq.num - 1)]
-        vq.last_avail += 1
-        rc = DROP_RX_BAD_CHAIN
-        for i in range(w.nbad_heads):
-            if w.bad_heads[i] == head:
-                break           # found bad already in this delivery: not walked again
+        walked = True
+        if walked_first:
+            # the first chain, as rx_enqueue read and walked it
+            walked_first = False
+            head = first_head
+            rc = first_rc
+            nseg = first_nseg
+            chain_len = first_len
         else:
-            rc = walk_chain(dport, vq, head, True, &w.rxsegs[nseg_total],
-                            VS_MAX_RX_CHAINS * VS_MAX_SEGS - nseg_total, &nseg, &chain_len,
-                            &w.budget)
+            head = vq.avail.ring[vq.last_avail & (vq.num - 1)]
+            rc = DROP_RX_BAD_CHAIN
+            for i in range(w.nbad_heads):
+                if w.bad_heads[i] == head:
+                    walked = False     # found bad already in this delivery: not walked again
+                    break
+            else:
+                rc = walk_chain(dport, vq, head, True, &w.rxsegs[nseg_total],
+                                VS_MAX_RX_CHAINS * VS_MAX_SEGS - nseg_total, &nseg, &chain_len,
+                                &w.budget)
+        vq.last_avail += 1
+        if walked:
             if rc == 0 and chain_len == 0:
                 rc = DROP_RX_BAD_CHAIN
             if rc == DROP_OVER_BUDGET or rc == DROP_IOTLB_MISS:
