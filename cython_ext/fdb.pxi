@@ -56,8 +56,8 @@ cdef extern from *:
 
 
 cdef inline uint64_t mac_load(const uint8_t *p) noexcept nogil:
-    return ((<uint64_t>p[0] << 40) | (<uint64_t>p[1] << 32) | (<uint64_t>p[2] << 24) |
-            (<uint64_t>p[3] << 16) | (<uint64_t>p[4] << 8) | <uint64_t>p[5])
+    """(p[0] << 40) | (p[1] << 32) | ... | p[5], by two loads (vs_defs.h)."""
+    return vs_mac_load(p)
 
 
 cdef inline uint64_t fdb_key(uint16_t vlan, uint64_t mac) noexcept nogil:

@@ -130,6 +130,27 @@ cdef inline int port_segments(vs_port *port, uint64_t addr, uint32_t length, int
     return 0
 
 
+cdef inline int port_segments_ring(vs_port *port, vs_vring *vq, uint64_t addr, uint32_t length,
+                                   int perm, vs_seg *segs, int *nseg, int maxseg) noexcept nogil:
+    """port_segments for a buffer of ring vq (the caller owns the ring: its
+    TX worker, or the RX ring's lock holder). Without ACCESS_PLATFORM a
+    buffer inside one region - nearly every one - is one region test (the
+    ring's hint first) and one segment; anything else (IOVAs, a buffer
+    across regions, a bad address, length 0) goes the general way."""
+    cdef vs_region *r
+    cdef uint64_t off
+    if not port.iotlb_on and length != 0 and nseg[0] < maxseg:
+        r = mem_find_gpa_hint(&port.mem, addr, &vq.mem_hint)
+        if r != NULL:
+            off = addr - r.gpa
+            if length <= r.size - off:          # by subtraction: cannot overflow
+                segs[nseg[0]].p = r.host + off
+                segs[nseg[0]].len = length
+                nseg[0] += 1
+                return 0
+    return port_segments(port, addr, length, perm, segs, nseg, maxseg)
+
+
 cdef inline void *port_contig(vs_port *port, uint64_t addr, uint64_t length, int perm,
                               int *rc) noexcept nogil:
     """Host pointer for [addr, addr+length) when it is one piece of our

@@ -15,6 +15,28 @@ cdef inline vs_region *mem_find_gpa(vs_memtable *m, uint64_t gpa) noexcept nogil
     return NULL
 
 
+cdef inline vs_region *mem_find_gpa_hint(vs_memtable *m, uint64_t gpa, int *hint) noexcept nogil:
+    """mem_find_gpa, trying region hint[0] first (and leaving there the one
+    found): a ring's buffers mostly lie in one region (a guest's RAM above
+    4 GiB, say), which is then found by one test whatever the table's order.
+    The hint is an index, never a pointer: it is checked against the table
+    in place now (m.n, and the region's own bounds, by the same overflow-safe
+    test as the search), so it means nothing more than where to look first
+    and stays harmless when the control plane installs another table."""
+    cdef int i = hint[0]
+    cdef vs_region *r
+    if <unsigned int>i < <unsigned int>m.n:
+        r = &m.r[i]
+        if gpa >= r.gpa and gpa - r.gpa < r.size:
+            return r
+    for i in range(m.n):
+        r = &m.r[i]
+        if gpa >= r.gpa and gpa - r.gpa < r.size:
+            hint[0] = i
+            return r
+    return NULL
+
+
 cdef inline void *mem_gpa_contig(vs_memtable *m, uint64_t gpa, uint64_t length) noexcept nogil:
     """Host pointer for [gpa, gpa+length) if it lies inside one region, else NULL."""
     cdef vs_region *r = mem_find_gpa(m, gpa)

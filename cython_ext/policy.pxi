@@ -72,23 +72,28 @@ cdef inline int sg_slice(vs_seg *src, int nsrc, uint32_t off, uint32_t n,
     return k
 
 
-cdef vs_frame *frame_view(vs_worker *w, vs_frame *f, vs_seg *segs, int tag,
-                          vs_seg **out_segs) noexcept nogil:
+cdef inline vs_frame *frame_view(vs_worker *w, vs_frame *f, vs_seg *segs, int tag,
+                                 vs_seg **out_segs) noexcept nogil:
     """Frame f (whose segments are `segs`, header not skipped) as it leaves
-    with VID `tag` (0: untagged). Without a change of tag that is f itself;
-    otherwise w.view over slices in w.vsegs around a tag in w.vtag: no copy of
-    the frame here, the one copy into the destination does it. Offload
-    offsets move with the tag. NULL if the request cannot be re-expressed."""
+    with VID `tag` (0: untagged). Without a change of tag that is f itself
+    (decided here, inline: every frame of a switch without VLANs);
+    otherwise frame_view_retagged. NULL if the request cannot be re-expressed."""
+    cdef bint had = f.tci != VS_NO_TCI
+    if (not had and tag == 0) or (had and tag != 0 and tag == (f.tci & 0xfff)):
+        out_segs[0] = segs + f.seg0
+        return f
+    return frame_view_retagged(w, f, segs, tag, out_segs)
+
+
+cdef vs_frame *frame_view_retagged(vs_worker *w, vs_frame *f, vs_seg *segs, int tag,
+                                   vs_seg **out_segs) noexcept nogil:
+    """frame_view with a tag pushed, popped or changed: w.view over slices in
+    w.vsegs around a tag in w.vtag: no copy of the frame here, the one copy
+    into the destination does it. Offload offsets move with the tag."""
     cdef bint had = f.tci != VS_NO_TCI
     cdef uint32_t cut, k
     cdef uint16_t tci
     cdef vs_frame *v = &w.view
-    if not had and tag == 0:
-        out_segs[0] = segs + f.seg0
-        return f
-    if had and tag != 0 and tag == (f.tci & 0xfff):
-        out_segs[0] = segs + f.seg0
-        return f
     v[0] = f[0]
     v.seg0 = 0
     v.hdr_len = 0

@@ -178,6 +178,7 @@ ctypedef struct vs_vring:
     uint16_t pk_first_flags
     uint32_t pk_ndescs             # descriptors they cover (dirty logging)
     int iotlb_wait                 # TX stopped at an IOVA the IOTLB misses: skipped until an update
+    int mem_hint                   # memory region its buffers were last found in (mem_find_gpa_hint)
     vs_counters c
 
 cdef enum:
@@ -410,6 +411,7 @@ ctypedef struct vs_worker:
     vs_seg rxsegs[VS_MAX_RX_CHAINS * VS_MAX_SEGS]
     vs_rx_chain rxchains[VS_MAX_RX_CHAINS]
     vs_vring_used_elem tx_used[VS_BURST]
+    uint16_t heads[VS_BURST]       # a TX burst's avail ring entries, read once (vhost_ingress_burst)
     # a frame as one port sees it (VLAN tag pushed, popped or rewritten):
     # slices of the source's segments around a 4-byte tag
     vs_frame view

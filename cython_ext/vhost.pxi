@@ -256,17 +256,19 @@ cdef int vhost_ingress_burst(vs_switch *sw, vs_worker *w, int pidx, vs_port *por
         n = VS_BURST
     # "started but disabled: consume and discard TX" (vhost-user.rst, Ring states)
     discard = not vs_load_acquire_int(&vq.enabled)
-    # The guest just wrote these descriptors: start all their misses at once
-    # (the heads sit in one or two lines of the avail ring).
+    # The guest just wrote these descriptors: read the burst's heads in one
+    # pass (one or two lines of the avail ring; each entry read once, kept
+    # in w.heads) and start all their descriptors' misses at once.
     for i in range(n):
         head = vq.avail.ring[<uint16_t>(vq.last_avail + i) & (vq.num - 1)]
+        w.heads[i] = head
         if head < vq.num:
             __builtin_prefetch(&vq.desc[head], 0, 3)
     for i in range(n):
         if w.budget <= 0:
             n = i           # the port's work for this round is spent: the rest waits
             break
-        head = vq.avail.ring[<uint16_t>(vq.last_avail + i) & (vq.num - 1)]
+        head = w.heads[i]
         f = &w.frames[i]
         f.head = head
         f.dst = FRAME_DROPPED

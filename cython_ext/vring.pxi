@@ -10,36 +10,68 @@ cdef inline int walk_chain(vs_port *port, vs_vring *vq, uint16_t head, bint devi
 
     `device_writes`: RX chains must be all device-writable, TX chains all
     device-readable (virtio-net never mixes them). Returns 0 or a drop reason.
+
+    The head descriptor is read once (all 16 bytes into a local). A buffer
+    of one direct descriptor - what Linux and DPDK drivers post for a small
+    frame, the virtio-net header and the frame together (virtio spec 5.1.6:
+    with VERSION_1 "the driver can use any layout") - is checked and
+    translated here, inline: the same checks as walk_chain_general makes of
+    a chain of one, in the same order, with the same drop reasons. A chain
+    (NEXT) or an indirect table goes to walk_chain_general with that copy."""
+    cdef vs_vring_desc d
+    nseg[0] = 0
+    total[0] = 0
+    if head >= vq.num:
+        return DROP_BAD_HEAD
+    if budget[0] <= 0:
+        return DROP_OVER_BUDGET
+    d = vq.desc[head]
+    if d.flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT):
+        return walk_chain_general(port, vq, &d, device_writes, segs, maxseg, nseg, total, budget)
+    budget[0] -= 1
+    if ((d.flags & VRING_DESC_F_WRITE) != 0) != device_writes:
+        return DROP_BAD_FLAGS
+    total[0] = d.len
+    if d.len > VS_MAX_FRAME + VS_HDR_MAX:
+        return DROP_BAD_LENGTH
+    # DROP_TOO_MANY_SEGMENTS included: with nothing after it, the general
+    # walk returns what translating this one buffer returned
+    return port_segments_ring(port, vq, d.addr, d.len,
+                              IOTLB_PERM_W if device_writes else IOTLB_PERM_R, segs, nseg, maxseg)
+
+
+cdef int walk_chain_general(vs_port *port, vs_vring *vq, vs_vring_desc *first, bint device_writes,
+                            vs_seg *segs, int maxseg, int *nseg, uint64_t *total,
+                            int64_t *budget) noexcept nogil:
+    """walk_chain for any chain: `first` is the copy walk_chain read of the
+    head descriptor (the head is in the ring, the budget not spent).
+
     A chain is bounded by the size of the table it lives in (virtio spec
     2.7.5.3.1: the driver must not create a loop), which stops loops, and by
     VS_MAX_CHAIN_DESCS, every descriptor counted (a zero-length one too), so
-    no chain costs more than that to walk; each one is charged to `budget`."""
+    no chain costs more than that to walk; each one is charged to `budget`.
+    Each descriptor is read once, whole, into `d`."""
     cdef uint32_t walked = 0
     cdef vs_vring_desc *table = vq.desc
     cdef uint32_t table_len = vq.num
-    cdef uint32_t idx = head
+    cdef uint32_t idx
     cdef uint32_t count = 0
     cdef bint indirect = False
     cdef bint too_many = False
+    cdef vs_vring_desc d = first[0]
     cdef uint64_t addr
     cdef uint32_t length
     cdef uint16_t flags, nxt
     cdef int rc
-    nseg[0] = 0
-    total[0] = 0
-    if idx >= table_len:
-        return DROP_BAD_HEAD
-    if budget[0] <= 0:
-        return DROP_OVER_BUDGET
     while True:
         walked += 1
         budget[0] -= 1
         if walked > VS_MAX_CHAIN_DESCS:
             return DROP_BAD_CHAIN
-        addr = table[idx].addr
-        length = table[idx].len
-        flags = table[idx].flags
-        nxt = table[idx].next
+        addr = d.addr
+        length = d.len
+        flags = d.flags
+        nxt = d.next
         if flags & VRING_DESC_F_INDIRECT:
             # "The driver MUST NOT set the VIRTQ_DESC_F_INDIRECT flag within an
             # indirect descriptor" and "MUST NOT set both INDIRECT and NEXT".
@@ -53,8 +85,8 @@ cdef inline int walk_chain(vs_port *port, vs_vring *vq, uint16_t head, bint devi
                 return rc if rc == DROP_IOTLB_MISS or rc == DROP_IOTLB_DENIED else DROP_BAD_INDIRECT
             table_len = length // sizeof(vs_vring_desc)
             indirect = True
-            idx = 0
             count = 0
+            d = table[0]
             continue
         count += 1
         if count > table_len:
@@ -65,8 +97,8 @@ cdef inline int walk_chain(vs_port *port, vs_vring *vq, uint16_t head, bint devi
         if total[0] > VS_MAX_FRAME + VS_HDR_MAX:
             return DROP_BAD_LENGTH
         if not too_many:
-            rc = port_segments(port, addr, length, IOTLB_PERM_W if device_writes else IOTLB_PERM_R,
-                               segs, nseg, maxseg)
+            rc = port_segments_ring(port, vq, addr, length, IOTLB_PERM_W if device_writes else IOTLB_PERM_R,
+                                    segs, nseg, maxseg)
             if rc == DROP_TOO_MANY_SEGMENTS:
                 # Keep walking (without collecting) to tell a loop or an
                 # over-long chain (bad_chain) from a merely fragmented one.
@@ -78,6 +110,7 @@ cdef inline int walk_chain(vs_port *port, vs_vring *vq, uint16_t head, bint devi
         idx = nxt
         if idx >= table_len:
             return DROP_BAD_CHAIN
+        d = table[idx]
 
 
 cdef inline void sg_read(vs_seg *segs, int nseg, uint32_t off, uint8_t *out, uint32_t n) noexcept nogil:
@@ -245,15 +278,73 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
     The caller holds vq.lock and has read avail_idx for this burst. Buffers
     are reserved first (so num_buffers is known before the header is
     written), then filled; on failure nothing is consumed except invalid
-    chains, which are returned to the guest with length 0."""
+    chains, which are returned to the guest with length 0.
+
+    A split ring's first buffer is walked here: when it holds the whole
+    frame (the usual case: a 2 KiB or larger buffer, a small frame) the
+    frame is written and the buffer given back without the general
+    reservation's bookkeeping; what rx_enqueue_general would do with one
+    chain, in the same order. Otherwise rx_enqueue_general goes on from that
+    walk (the buffer is not walked, nor its head read, twice)."""
+    cdef uint32_t hdr_len = dport.hdr_len
+    cdef uint64_t need = <uint64_t>hdr_len + flen
+    cdef uint64_t chain_len
+    cdef int nseg, rc
+    cdef uint16_t head
+    cdef int64_t budget_at_start = w.budget
+    if vq.packed or w.nbad_heads:
+        # packed.pxi reserves its own way; a bad head seen in this delivery
+        # is looked for before any walk, in the general loop
+        return rx_enqueue_general(w, dport, vq, avail_idx, src, nsrc, src_off, flen, hdr,
+                                  False, 0, 0, 0, 0, budget_at_start)
+    if vq.last_avail == avail_idx:
+        return DROP_NO_RX_BUFFER
+    head = vq.avail.ring[vq.last_avail & (vq.num - 1)]
+    rc = walk_chain(dport, vq, head, True, &w.rxsegs[0], VS_MAX_RX_CHAINS * VS_MAX_SEGS,
+                    &nseg, &chain_len, &w.budget)
+    if rc or chain_len < need:
+        return rx_enqueue_general(w, dport, vq, avail_idx, src, nsrc, src_off, flen, hdr,
+                                  True, head, rc, nseg, chain_len, budget_at_start)
+    vq.last_avail += 1
+    # num_buffers (le16 at offset 10): one buffer
+    if hdr_len >= 12:
+        hdr[10] = 1
+        hdr[11] = 0
+    if need <= VS_INLINE_COPY and need <= w.rxsegs[0].len and nsrc > 0 \
+            and src_off + flen <= src[0].len:
+        # one piece into the first piece of the buffer, copied inline
+        vs_copy(w.rxsegs[0].p, hdr, hdr_len)
+        vs_copy(w.rxsegs[0].p + hdr_len, src[0].p + src_off, flen)
+    else:
+        sg_write(&w.rxsegs[0], nseg, 0, hdr, hdr_len)
+        sg_copy(&w.rxsegs[0], nseg, hdr_len, src, nsrc, src_off, flen)
+    if dport.log != NULL:
+        log_segs(dport, &w.rxsegs[0], nseg, <uint32_t>need)
+    vring_put_used(vq, head, <uint32_t>need)
+    vq.c.packets += 1
+    vq.c.bytes += flen
+    w.budget -= 1                 # the copy
+    if dport.capture != NULL:     # live capture, egress: the frame as this guest got it
+        capture_frame(dport.capture, CAP_OUT, src, nsrc, src_off, flen)
+    return 0
+
+
+cdef int rx_enqueue_general(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_idx,
+                            vs_seg *src, int nsrc, uint32_t src_off, uint32_t flen,
+                            uint8_t *hdr, bint walked_first, uint16_t first_head, int first_rc,
+                            int first_nseg, uint64_t first_len, int64_t budget_at_start) noexcept nogil:
+    """rx_enqueue for any frame and ring. `walked_first`: rx_enqueue read the
+    split ring's next head (first_head) and walked it (first_rc, first_nseg,
+    first_len, its pieces at w.rxsegs[0]); budget_at_start is the work
+    budget before that walk."""
     cdef uint32_t hdr_len = dport.hdr_len
     cdef uint64_t need = <uint64_t>hdr_len + flen
     cdef uint64_t cap = 0, chain_len
     cdef int nchains = 0, nseg_total = 0, nseg, rc, i
     cdef uint16_t head
     cdef uint16_t saved_avail = vq.last_avail
-    cdef uint32_t written, fill, doff, soff
-    cdef int64_t budget_at_start = w.budget
+    cdef uint32_t written, fill
+    cdef bint walked
     if vq.packed:
         # packed.pxi: its own reservation, then the same copy (cap >= need: the loop is skipped)
         rc = pk_rx_reserve(w, dport, vq, need, &nchains, &nseg_total, &cap)
@@ -273,16 +364,27 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
         if nchains == VS_MAX_RX_CHAINS or budget_at_start - w.budget > VS_MAX_RX_WALK:
             vq.last_avail = saved_avail
             return DROP_RX_BUFFER_TOO_SMALL
-        head = vq.avail.ring[vq.last_avail & (vq.num - 1)]
-        vq.last_avail += 1
-        rc = DROP_RX_BAD_CHAIN
-        for i in range(w.nbad_heads):
-            if w.bad_heads[i] == head:
-                break           # found bad already in this delivery: not walked again
+        walked = True
+        if walked_first:
+            # the first chain, as rx_enqueue read and walked it
+            walked_first = False
+            head = first_head
+            rc = first_rc
+            nseg = first_nseg
+            chain_len = first_len
         else:
-            rc = walk_chain(dport, vq, head, True, &w.rxsegs[nseg_total],
-                            VS_MAX_RX_CHAINS * VS_MAX_SEGS - nseg_total, &nseg, &chain_len,
-                            &w.budget)
+            head = vq.avail.ring[vq.last_avail & (vq.num - 1)]
+            rc = DROP_RX_BAD_CHAIN
+            for i in range(w.nbad_heads):
+                if w.bad_heads[i] == head:
+                    walked = False     # found bad already in this delivery: not walked again
+                    break
+            else:
+                rc = walk_chain(dport, vq, head, True, &w.rxsegs[nseg_total],
+                                VS_MAX_RX_CHAINS * VS_MAX_SEGS - nseg_total, &nseg, &chain_len,
+                                &w.budget)
+        vq.last_avail += 1
+        if walked:
             if rc == 0 and chain_len == 0:
                 rc = DROP_RX_BAD_CHAIN
             if rc == DROP_OVER_BUDGET or rc == DROP_IOTLB_MISS:

@@ -191,6 +191,22 @@ static inline __attribute__((always_inline)) void vs_copy(void *dst, const void 
     }
 }
 
+/* A MAC address (6 bytes, network order) as the integer p[0] p[1] ... p[5]
+ * (fdb.pxi mac_load): one 4-byte and one 2-byte load and byte swaps, where
+ * six byte loads and shifts cost three times as many instructions. Reads
+ * exactly the 6 bytes. */
+static inline __attribute__((always_inline)) uint64_t vs_mac_load(const uint8_t *p) {
+    uint32_t hi;
+    uint16_t lo;
+    __builtin_memcpy(&hi, p, 4);
+    __builtin_memcpy(&lo, p + 4, 2);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return ((uint64_t)__builtin_bswap32(hi) << 16) | __builtin_bswap16(lo);
+#else
+    return ((uint64_t)hi << 16) | lo;
+#endif
+}
+
 /* virtio spec 2.7.10 "vring_need_event": notify iff new_idx passed event_idx
  * since old_idx (all free-running u16). */
 static inline int vs_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old_idx) {

@@ -62,18 +62,28 @@ cdef inline bint has_feature(vs_port *port, int bit) noexcept nogil:
     return (port.features >> bit) & 1
 
 
-cdef int parse_offload(vs_port *port, vs_frame *f, const uint8_t *hdr) noexcept nogil:
+cdef inline int parse_offload(vs_port *port, vs_frame *f, const uint8_t *hdr) noexcept nogil:
     """Read the source's virtio_net_hdr into f and check it against what the
     source negotiated (virtio spec 5.1.6.2.1: the driver sets NEEDS_CSUM only
     with VIRTIO_NET_F_CSUM, a gso_type only with the matching HOST_* feature).
-    Returns 0 or DROP_BAD_OFFLOAD."""
-    cdef uint8_t base
+    Returns 0 or DROP_BAD_OFFLOAD. `hdr` is the worker's own copy. A frame
+    without offload (flags and gso_type 0: nothing to check) is done here,
+    inline; offload_check checks the others."""
     f.vflags = hdr[0]
     f.gso_type = hdr[1]
     f.vhdr_len = le16(hdr + 2)
     f.gso_size = le16(hdr + 4)
     f.csum_start = le16(hdr + 6)
     f.csum_offset = le16(hdr + 8)
+    if f.vflags == 0 and f.gso_type == VS_GSO_NONE:
+        return 0
+    return offload_check(port, f)
+
+
+cdef int offload_check(vs_port *port, vs_frame *f) noexcept nogil:
+    """parse_offload's checks of a frame that asks for an offload (f holds
+    its header's fields)."""
+    cdef uint8_t base
     if f.vflags & VNET_F_NEEDS_CSUM:
         if not has_feature(port, F_NET_CSUM):
             return DROP_BAD_OFFLOAD

@@ -20,7 +20,7 @@ from tests.harness.frontend.vhost_frontend import readable
 from tests.harness.packets import l4_ok, partial, tcp_frame
 from tests.harness.switch import Vswitchd
 from tests.harness.traffic import (
-    FULL, MAC, OFFLOADS_RX, OFFLOADS_TX, connect, exchange_by_name, frame, seq_of,
+    FULL, MAC, OFFLOADS_RX, OFFLOADS_TX, connect, exchange_by_name, frame, seq_of, wait_until,
 )
 
 
@@ -79,6 +79,35 @@ def test_two_regions_sharing_one_memfd_and_buffers_in_the_upper_one(switch1):
     a = connect(switch1, "a", mem=mem, buf_region=1)
     b = connect(switch1, "b")
     exchange_by_name(a, b, "a", "b")
+
+
+def test_a_rings_region_hint_survives_new_memory_tables(switch1):
+    """Translation looks first in the region a ring's buffers were last found
+    in (an index into the table, mem.pxi mem_find_gpa_hint). A new table may
+    list the regions in another order, or lack that one: the index is then
+    checked against the table in place, never trusted."""
+    mem_a = GuestMemory(regions=[RegionSpec(0, 16 << 20, backing="ram"),
+                                 RegionSpec(4 << 30, 16 << 20, backing="ram")])
+    mem_b = GuestMemory(regions=[RegionSpec(0, 16 << 20, backing="ram"),
+                                 RegionSpec(4 << 30, 16 << 20, backing="ram")])
+    a = connect(switch1, "a", mem=mem_a, buf_region=1)      # TX buffers in the upper region
+    b = connect(switch1, "b", mem=mem_b, buf_region=1)      # and RX buffers: hint 1 on both rings
+    exchange_by_name(a, b, "a", "b")
+    lower_a, upper_a = mem_a.regions
+    lower_b, upper_b = mem_b.regions
+    # the same regions, listed upper first: index 1 is now the lower region
+    assert a.frontend.set_mem_table([upper_a, lower_a], need_reply=True) == 0
+    assert b.frontend.set_mem_table([upper_b, lower_b], need_reply=True) == 0
+    exchange_by_name(a, b, "a", "b")
+    # a's table without the upper region: its hint (index 1) is past the
+    # table's end, and a buffer up there is outside the guest's memory now
+    assert a.frontend.set_mem_table([lower_a], need_reply=True) == 0
+    before = switch1.drops("a").get("bad_address", 0)
+    a.tx(0).post_tx(frame("b", "a", 1))
+    wait_until(lambda: switch1.drops("a").get("bad_address", 0) == before + 1, what="bad_address")
+    a.tx(0).buf_region = 0
+    exchange_by_name(a, b, "a", "b")
+    assert switch1.port("a")["connections"] == 1
 
 
 def test_eight_regions_work_and_nine_are_refused(switch1):

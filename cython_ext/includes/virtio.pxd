@@ -34,3 +34,5 @@ cdef extern from "vs_defs.h" nogil:
     # copies of up to VS_INLINE_COPY bytes inline, larger ones by memcpy
     void vs_copy(void *dst, const void *src, uint32_t n)
     enum: VS_INLINE_COPY
+    # a MAC address as a 48-bit integer, first byte highest (fdb.pxi mac_load)
+    uint64_t vs_mac_load(const uint8_t *p)
