@@ -907,11 +907,12 @@ class RunResult:
     gen_tx_dropped: int | None = None
     delivered_fraction: float | None = None
     memory: str = "4k"         # the generator's (and DPDK switches') memory: "4k" or "huge"
-    # The machine's state around the run (bench/xcpu.py): one cache line's
-    # round trip between the two CPUs right before the switch starts and
-    # right after both stopped, and what they say: fast, slow, mixed, unknown.
+    # The two CPUs around the run (bench/xcpu.py): one cache line's round
+    # trip right before the switch starts and right after both stopped, and
+    # what they say (near, far, mixed, unknown). A record, not a filter: the
+    # rates' slow state does not follow it (docs/performance.md).
     xcpu_rtt_ns: list[float | None] = field(default_factory=list)
-    machine_state: str = "unknown"
+    xcpu_state: str = "unknown"
     socket_role: str = "server"  # the switch's side of the vhost-user sockets
     # vswitch only: its worker's busy time and the frames it delivered over
     # the sampling window (control socket "stats"), and TSC cycles per frame
@@ -1034,7 +1035,7 @@ def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) 
         res.timings[name] = round(now - t, 3)
         t = now
 
-    rtt_before = machine_probe(opt.gen_cpu, opt.sut_cpu)
+    rtt_before = xcpu_probe(opt.gen_cpu, opt.sut_cpu)
     try:
         if client:
             # the generator listens: it blocks in accept() on socket a, then
@@ -1135,28 +1136,20 @@ def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) 
             if pages is not None:
                 pages.clear()
         mark("teardown")
-        rtt_after = machine_probe(opt.gen_cpu, opt.sut_cpu)
+        rtt_after = xcpu_probe(opt.gen_cpu, opt.sut_cpu)
         res.xcpu_rtt_ns = [rtt_before, rtt_after]
-        res.machine_state = xcpu.state(rtt_before, rtt_after)
+        res.xcpu_state = xcpu.state(rtt_before, rtt_after)
     return res
 
 
-def machine_probe(cpu_a: int, cpu_b: int) -> float | None:
+def xcpu_probe(cpu_a: int, cpu_b: int) -> float | None:
     """bench/xcpu.py's round trip between the two CPUs (ns), taken while
     neither the generator nor the switch runs; None if it cannot be taken."""
     try:
         return round(xcpu.probe(cpu_a, cpu_b), 1)
     except (OSError, RuntimeError) as e:
-        print(f"machine-state probe: {e}", file=sys.stderr)
+        print(f"xcpu probe: {e}", file=sys.stderr)
         return None
-
-
-def _machine_fast_ratios(num: list[RunResult], den: list[RunResult]) -> list[float]:
-    """num/den per pair, for the pairs where the probes around both runs
-    saw the machine's fast state (bench/xcpu.py): the state named by the
-    machine, not by the rates compared."""
-    return _pair_ratios([r for r in num if r.machine_state == "fast"],
-                        [r for r in den if r.machine_state == "fast"])
 
 
 def tsc_hz() -> float | None:
@@ -1308,9 +1301,7 @@ def summarize(runs: list[RunResult], configs: list[Config], keep_noisy: bool,
                                    for ref in REFERENCES if good.get(ref)}
                 entry["fast_ratios"] = {ref: _stats(_fast_state_ratios(good[k], good[ref]))
                                         for ref in REFERENCES if good.get(ref)}
-                entry["machine_fast_ratios"] = {ref: _stats(_machine_fast_ratios(good[k], good[ref]))
-                                                for ref in REFERENCES if good.get(ref)}
-            entry["machine_states"] = dict(sorted(Counter(r.machine_state for r in good[k]).items()))
+            entry["xcpu_states"] = dict(sorted(Counter(r.xcpu_state for r in good[k]).items()))
             if k not in ("dpdk", "baseline") and "baseline" in good:
                 entry["ratio_baseline"] = _stats(_pair_ratios(good[k], good["baseline"]))
                 entry["best_ratio_baseline"] = _best_ratio(good[k], good["baseline"])
@@ -1378,8 +1369,6 @@ def print_table(summary: list[dict[str, Any]], out: TextIO = sys.stdout) -> None
                 row[f"/{ref}"] = _fmt(st, 3)
                 if (e.get("fast_ratios") or {}).get(ref):
                     row[f"/{ref} fast"] = _fmt(e["fast_ratios"][ref], 3)
-                if (e.get("machine_fast_ratios") or {}).get(ref):
-                    row[f"/{ref} machine-fast"] = _fmt(e["machine_fast_ratios"][ref], 3)
             for key, col in (("ratio_baseline", "/baseline"), ("ratio_off", "/off"), ("ratio_split", "/split")):
                 if key in e:
                     row[col] = _fmt(e.get(key), 3)

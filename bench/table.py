@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import loopback, xcpu
+from bench import loopback
 from bench.loopback import RunResult
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,12 +123,6 @@ def stats(values: Sequence[float]) -> dict[str, float] | None:
 def ratios(num: list[RunResult], den: list[RunResult]) -> tuple[dict[str, float] | None, dict[str, float] | None]:
     """Per-pair ratios num/den: over all pairs, and over the fast-state pairs."""
     return (stats(loopback._pair_ratios(num, den)), stats(loopback._fast_state_ratios(num, den)))
-
-
-def machine_fast(num: list[RunResult], den: list[RunResult]) -> dict[str, float] | None:
-    """Per-pair ratios num/den over the pairs whose runs the machine-state
-    probe (bench/xcpu.py) saw in the fast state before and after."""
-    return stats(loopback._machine_fast_ratios(num, den))
 
 
 def fmt_range(s: dict[str, float] | None, digits: int = 2) -> str:
@@ -269,7 +263,7 @@ def ratios_table(parts: Sequence[PartData]) -> str:
 
 def bar_table(parts: Sequence[PartData], bar_config: str) -> str:
     header = ["memory", "vswitch's role", "frames", "queue pairs", "vswitch/DPDK all pairs",
-              "fast pairs", "machine-fast pairs", "criterion", "verdict"]
+              "fast pairs", "criterion", "verdict"]
     rows = []
     for p in parts:
         has_baseline = "baseline" in p.doc.get("systems", [])
@@ -279,8 +273,6 @@ def bar_table(parts: Sequence[PartData], bar_config: str) -> str:
             a, f = ratios(mine, p.counted("dpdk", config))
             row = [MEMORY_TITLES.get(p.memory, p.memory), p.role, frames, queues,
                    f"{a['median']:.2f} (n={a['n']})" if a else "-", f"{f['median']:.2f} (n={f['n']})" if f else "-"]
-            m = machine_fast(mine, p.counted("dpdk", config))
-            row.append(f"{m['median']:.2f} (n={m['n']})" if m else "-")
             if config == bar_config:
                 row += [f"vswitch/DPDK >= {BAR}, all and fast", bar_verdict(a, f)]
             elif has_baseline:
@@ -304,9 +296,7 @@ def render(manifest: dict[str, Any], parts: Sequence[PartData], directory: Path 
             "in their system's fast state (n):", "", ratios_table(parts),
             "", f"The bar ({config_title(bar_config)[0]}, {config_title(bar_config)[1]} queue pair, one worker, "
             f"each memory mode and socket role: vswitch/DPDK >= {BAR} over all pairs and over the fast pairs, "
-            f">= {MIN_PAIRS} pairs), and no worse elsewhere (vswitch/baseline >= {NO_WORSE} over all pairs). "
-            "\"machine-fast\": the pairs whose two runs the machine-state probe (bench/xcpu.py: one cache "
-            f"line's round trip between the two CPUs, < {xcpu.FAST_RTT_NS:.0f} ns) saw fast before and after:",
+            f">= {MIN_PAIRS} pairs), and no worse elsewhere (vswitch/baseline >= {NO_WORSE} over all pairs):",
             "", bar_table(parts, bar_config)]
     errors = sorted({f"{p.name} {r.kind} {r.size}x{r.queues}: {r.error.splitlines()[0][:160]}"
                      for p in parts for r in p.runs if r.error})

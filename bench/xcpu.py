@@ -1,24 +1,24 @@
-"""The state of the machine between two CPUs, measured beside a benchmark run.
+"""The two CPUs' cache-to-cache state, recorded beside each benchmark run.
 
 On the 2-vCPU virtual machines this project benchmarks on, the loopback rate
 at 64 B is bimodal from one run to the next (docs/performance.md): the same
-build gives ~4 or ~10 Mframes/s, DPDK's vhost PMD too. A 64-byte frame costs
+build gives ~4 or ~12 Mframes/s, DPDK's vhost PMD too. A 64-byte frame costs
 the switch a handful of cache lines that the other CPU just wrote (avail
-entry, descriptor, buffer, used entry), so the rate follows what one such
-hand-over costs, and that is what the hypervisor changes when it places the
-two vCPUs near each other (a shared L3) or far apart. Measured here: the
-round trip of one cache line between a thread on each CPU, ~60-120 ns in the
-near state and ~200-1200 ns in the far one, moving every few seconds to
-minutes.
+entry, descriptor, buffer, used entry), so one suspect was what a hand-over
+between the two vCPUs costs, which the hypervisor changes when it places
+them near each other or far apart. Measured here: the round trip of one
+cache line between a thread on each CPU, ~60-90 ns ("near") or ~320-340 ns
+("far") on AMD EPYC, changing every few seconds.
 
-``probe(cpu_a, cpu_b)`` runs the C loop of bench/_xcpu_probe.c (built on
-first use, cached by the source's hash) a few times and returns the median
-round trip in nanoseconds. bench/loopback.py measures it right before and
-right after each run: a run whose two probes are both under FAST_RTT_NS was
-in the fast state from start to end, named by the machine rather than by the
-rate under test.
+bench/loopback.py takes ``probe(gen_cpu, sut_cpu)`` right before each run
+and right after it (``xcpu_rtt_ns``, ``xcpu_state`` in the results). The
+answer so far is no: runs at a third of the rate had both probes near
+(docs/performance.md, "Loopback"), so the probe is a record that rules this
+cause out, not a filter of runs.
 
-``python -m bench.xcpu`` prints a series of probes (the state over time).
+``probe`` runs the C loop of bench/_xcpu_probe.c (built on first use,
+cached by the source's hash) many times and returns the median round trip
+in nanoseconds. ``python -m bench.xcpu`` prints a series of probes.
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ from pathlib import Path
 
 C_SOURCE = Path(__file__).resolve().with_name("_xcpu_probe.c")
 
-# A round trip under this is the near state (measured on AMD EPYC 2-vCPU
-# VMs: near 60-120 ns, far 200-1200 ns; nothing in between lasted a run).
+# A round trip under this is the near state (AMD EPYC 2-vCPU VMs: near
+# 60-90 ns, far 320-340 ns, with 190 and ~1000 ns seen on a busy machine).
 FAST_RTT_NS = 150.0
 # Many short samples, their median: a sample in which either thread was
 # preempted (a few ms) is an outlier, not a shift of the figure.
@@ -92,8 +92,8 @@ def probe(cpu_a: int, cpu_b: int, samples: int = SAMPLES, rounds: int = ROUNDS) 
 
 def state(rtt_before: float | None, rtt_after: float | None) -> str:
     """'fast' when both probes around a run saw the near state, 'slow' when
-    both saw the far one, 'mixed' when it changed (or a probe is missing:
-    'unknown')."""
+    both saw the far one, 'mixed' when it changed, 'unknown' when a probe is
+    missing."""
     if rtt_before is None or rtt_after is None:
         return "unknown"
     fast = (rtt_before < FAST_RTT_NS, rtt_after < FAST_RTT_NS)

@@ -263,21 +263,3 @@ def test_newest_table_directory(tmp_path):
     (tmp_path / "table-20980101-000000").mkdir()  # no manifest: not a result
     assert table.newest(tmp_path).name == "table-20990101-000000"
 
-
-def test_machine_fast_pairs_are_those_the_probe_saw_fast_around_both_runs(tmp_path):
-    """The machine-state probe (bench/xcpu.py) names a run's state without
-    looking at its rate: a pair counts as machine-fast only when both of its
-    runs were probed fast before and after."""
-    d = tmp_path / "t"
-    d.mkdir()
-    states = ["fast", "fast", "slow", "mixed", "fast"]
-    runs = []
-    for i, st in enumerate(states):
-        runs += [run("dpdk", i, 10.0, machine_state="fast", xcpu_rtt_ns=[80.0, 90.0]),
-                 run("vswitch", i, 9.0 + i * 0.1, machine_state=st)]
-    runs[-2]["machine_state"] = "unknown"          # pair 4: DPDK's probe failed
-    got = table.machine_fast([loopback.RunResult(**r) for r in runs if r["kind"] == "vswitch"],
-                             [loopback.RunResult(**r) for r in runs if r["kind"] == "dpdk"])
-    assert got["n"] == 2 and got["median"] == pytest.approx((0.90 + 0.91) / 2)
-    manifest, parts = table.load(fixture_dir(tmp_path))
-    assert "machine-fast pairs" in table.render(manifest, parts)
