@@ -732,18 +732,25 @@ class VhostUserPort:
         """Reads only: what `check_health` found shows within its period."""
         info = self.session.info() if self.session and self.connected else None
         queues = []
+        slot = self.slot
         for q in range(self.config.queues):
             entry = {"pair": q}
-            for direction, index in (("rx", 2 * q), ("tx", 2 * q + 1)):
-                ring = self.dp.vring_info(self.slot, index)
-                entry[direction] = {
-                    "started": ring["started"], "enabled": ring["enabled"],
-                    "broken": ring["broken"], "size": ring["num"], "packed": ring.get("packed", False),
-                    # starts that took the base from the used index (a front-end
-                    # that resumed its rings with base 0, as DPDK's virtio-user does)
-                    "base_resyncs": ring["base_resyncs"],
-                    **self.dp.vring_counters(self.slot, index),
-                }
+            try:
+                for direction, index in (("rx", 2 * q), ("tx", 2 * q + 1)):
+                    ring = self.dp.vring_info(slot, index)
+                    entry[direction] = {
+                        "started": ring["started"], "enabled": ring["enabled"],
+                        "broken": ring["broken"], "size": ring["num"], "packed": ring.get("packed", False),
+                        # starts that took the base from the used index (a front-end
+                        # that resumed its rings with base 0, as DPDK's virtio-user does)
+                        "base_resyncs": ring["base_resyncs"],
+                        **self.dp.vring_counters(slot, index),
+                    }
+            except DatapathError:
+                # A reload that changes the number of queue pairs sets the new
+                # config before the control thread re-creates the slot: until
+                # then the slot has fewer rings (or none, mid re-creation).
+                break
             queues.append(entry)
         return {
             "name": self.name,
@@ -799,8 +806,13 @@ class VhostUserPort:
 
     def drop_totals(self) -> dict[str, int]:
         totals = {reason: 0 for reason in DROP_REASONS if reason}
+        slot = self.slot
         for index in range(2 * self.config.queues):
-            for reason, n in self.dp.vring_counters(self.slot, index)["drops"].items():
+            try:
+                drops = self.dp.vring_counters(slot, index)["drops"]
+            except DatapathError:
+                break           # the slot is being re-created (show() says why)
+            for reason, n in drops.items():
                 totals[reason] += n
         for reason, n in self.announce_drops.items():
             totals[reason] += n
