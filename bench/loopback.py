@@ -651,7 +651,7 @@ class VSwitch(SwitchUnderTest):
     def control_socket(self) -> Path:
         return self.run_dir / "vswitchd.ctl"
 
-    def worker_counters(self) -> dict[str, float] | None:
+    def worker_counters(self) -> dict[str, Any] | None:
         """From the control socket's "stats": the worker's busy time (rounds
         that moved frames; docs/metrics.md, vswitch_worker_busy_seconds) and
         the frames the switch handed to the generator's ports. None when this
@@ -669,10 +669,17 @@ class VSwitch(SwitchUnderTest):
                     buf += chunk
             result = json.loads(buf)["result"]
             busy = sum(w["busy_ns"] for w in result["workers"])
+            rounds = sum(w.get("rounds", 0) for w in result["workers"])
             frames = sum(t["transmit_packets"] for t in result["ports"].values())
+            drops: dict[str, int] = {}
+            for t in result["ports"].values():
+                for way in ("receive_drops", "transmit_drops"):
+                    for reason, n in t.get(way, {}).items():
+                        drops[reason] = drops.get(reason, 0) + int(n)
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return {"busy_ns": float(busy), "frames": float(frames), "t": time.monotonic()}
+        return {"busy_ns": float(busy), "frames": float(frames), "rounds": float(rounds),
+                "drops": drops, "t": time.monotonic()}
 
     def log_tail(self, n: int = 2000) -> str:
         try:
@@ -918,6 +925,10 @@ class RunResult:
     # the sampling window (control socket "stats"), and TSC cycles per frame
     worker: dict[str, float] = field(default_factory=dict)
     note: str | None = None  # what to know about the run that does not leave it out
+    # --perf: the hottest symbols of each CPU over the sampling window
+    # ("cpu N": [[percent, command, symbol], ...]) and the perf.data's path
+    perf_top: dict[str, list[list[Any]]] = field(default_factory=dict)
+    perf_data: str = ""
 
     @property
     def usable(self) -> bool:
@@ -943,6 +954,7 @@ class Options:
     ovs_huge: HugePages | None = None
     workers: int = 1            # vswitch's datapath workers (--workers)
     mode: str | None = None     # vswitch's datapath mode (--mode); None: its default
+    perf: bool = False          # --perf: perf record both CPUs over the sampling window
 
 
 NULL_PORT = "net_null0"
@@ -980,6 +992,59 @@ def oneway_check(res: RunResult, fwd: Any, p0: int, p1: int) -> str | None:
         # port a's ring never filled: the generator, not the switch, set the pace
         return "generator-bound: P0 never found port a's ring full"
     return None
+
+
+PERF_TOP = 12  # symbols kept per CPU in the results
+
+
+def start_perf(run_dir: Path, opt: Options) -> subprocess.Popen[bytes] | None:
+    """`perf record` of both CPUs (cpu-clock: this kind of VM has no hardware
+    counters) for the sampling window, into run_dir/perf.data."""
+    if not shutil.which("perf"):
+        print("--perf: no perf on this machine (apt install linux-perf)", file=sys.stderr)
+        return None
+    argv = ["perf", "record", "-q", "-e", "cpu-clock", "-F", "2000", "-C", f"{opt.gen_cpu},{opt.sut_cpu}",
+            "-o", str(run_dir / "perf.data"), "--", "sleep", str(opt.seconds)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def finish_perf(perf: subprocess.Popen[bytes], run_dir: Path, opt: Options, res: RunResult) -> None:
+    """Wait for perf, then keep each CPU's hottest symbols (percent of that
+    CPU's samples) in the result and each CPU's report beside perf.data."""
+    try:
+        perf.wait(timeout=opt.seconds + 30)
+    except subprocess.TimeoutExpired:
+        perf.kill()
+        perf.wait()
+        return
+    data = run_dir / "perf.data"
+    if not data.exists():
+        return
+    res.perf_data = str(data)
+    for cpu in (opt.gen_cpu, opt.sut_cpu):
+        r = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--cpu", str(cpu),
+                            "--percentage", "relative", "--sort", "comm,sym", "--percent-limit", "0.5"],
+                           capture_output=True, text=True, timeout=120)
+        (run_dir / f"perf-cpu{cpu}.txt").write_text(r.stdout)
+        res.perf_top[f"cpu {cpu}"] = perf_top(r.stdout)
+
+
+def perf_top(report: str, n: int = PERF_TOP) -> list[list[Any]]:
+    """[[percent, command, symbol], ...] from `perf report --stdio --sort
+    comm,sym`, hottest first, at most n."""
+    top: list[list[Any]] = []
+    for line in report.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) < 3 or line.lstrip().startswith("#") or not parts[0].endswith("%"):
+            continue
+        try:
+            pct = float(parts[0].rstrip("%"))
+        except ValueError:
+            continue
+        top.append([pct, parts[1], parts[2].strip()])
+        if len(top) == n:
+            break
+    return top
 
 
 def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) -> RunResult:
@@ -1077,6 +1142,7 @@ def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) 
         win.start(per_process=True)
         sec = CpuWindow([opt.gen_cpu, opt.sut_cpu], pids)
         sec.start()
+        perf = start_perf(run_dir, opt) if opt.perf else None
         t0 = time.monotonic()
         for i in range(opt.seconds):
             time.sleep(max(0.0, t0 + i + 1 - time.monotonic()))
@@ -1091,6 +1157,8 @@ def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) 
             sec.start()
         res.foreign_top = win.top_foreign()
         res.cpu = {k: round(v, 4) for k, v in win.stop().items()}
+        if perf is not None:
+            finish_perf(perf, run_dir, opt, res)
         w1 = sut.worker_counters()
         if w0 and w1:
             res.worker = worker_figures(w0, w1)
@@ -1105,6 +1173,10 @@ def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) 
             flag = oneway_check(res, fwd, p0, p1)
             if flag:
                 res.flagged = flag
+        else:
+            # frames the generator could not send on (its TX ring full): each
+            # one is a frame less circulating in the loop
+            res.gen_tx_dropped = sum(fwd.ports[p].tx_dropped for p in (p0, p1) if p in fwd.ports)
         if res.median_pps < MIN_PPS:
             res.error = (
                 f"no frames {'delivered' if oneway else 'circulate'} "
@@ -1164,7 +1236,7 @@ def tsc_hz() -> float | None:
     return None
 
 
-def worker_figures(w0: dict[str, float], w1: dict[str, float]) -> dict[str, float]:
+def worker_figures(w0: dict[str, Any], w1: dict[str, Any]) -> dict[str, Any]:
     """The worker over the sampling window: its busy fraction of the wall
     time and TSC cycles per delivered frame (busy time x TSC rate / frames).
     Busy time is wall-clock time inside rounds that moved frames, so the time
@@ -1175,6 +1247,15 @@ def worker_figures(w0: dict[str, float], w1: dict[str, float]) -> dict[str, floa
     wall = w1["t"] - w0["t"]
     out = {"frames": frames, "busy_s": round(busy / 1e9, 4),
            "busy_fraction": round(busy / 1e9 / wall, 4) if wall > 0 else 0.0}
+    rounds = w1.get("rounds", 0.0) - w0.get("rounds", 0.0)
+    if rounds > 0:
+        # frames per polling round (a round polls every queue once): small
+        # when the switch waits for its peer, up to 2 x 32 when it is behind
+        out["frames_per_round"] = round(frames / rounds, 2)
+    if w1.get("drops"):
+        # since the switch started (warm-up and the loop's start included): a
+        # loop that lost frames circulates fewer of them
+        out["drops_since_start"] = w1["drops"]
     hz = tsc_hz()
     if hz and frames > 0:
         out["tsc_hz"] = hz
@@ -1672,6 +1753,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-tree", metavar="PATH", type=Path, default=None,
                     help="the baseline is this already built checkout (e.g. a worktree of main after "
                          "make build): no build; the results name its commit and whether it is dirty")
+    ap.add_argument("--perf", action="store_true",
+                    help="perf record both CPUs over each run's sampling window (cpu-clock); the "
+                         "hottest symbols per CPU go into the results (perf_top), perf.data stays "
+                         "in the run's directory (use --workdir to keep it)")
     ap.add_argument("--workers", type=int, default=1, help="vswitch's datapath workers (default 1)")
     ap.add_argument("--mode", choices=MODES, default=None,
                     help="vswitch's datapath mode (default: the daemon's own, adaptive)")
@@ -1732,6 +1817,7 @@ def main(argv: list[str] | None = None) -> int:
         sut_cpu=args.sut_cpu, max_foreign=args.max_foreign,
         workdir=workdir, gen_mbufs=args.gen_mbufs, topology=args.topology,
         memory=args.memory, socket_role=args.socket_role, workers=args.workers, mode=args.mode,
+        perf=args.perf,
     )
     started = dt.datetime.now().astimezone()
     runs: list[RunResult] = []

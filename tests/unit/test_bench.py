@@ -349,3 +349,44 @@ def test_uplink_summary_ratios_are_per_pair() -> None:
     assert s["vswitch/vswitch-write"] == {"median": 1.5, "min": 0.5, "max": 2.0}
     assert s["dpdk"]["median"] == 2.0
     assert uplink.pair_order(["a", "b", "c"], 1) == ["c", "b", "a"]
+
+
+def test_worker_figures_give_frames_per_round_and_the_switchs_drops(monkeypatch):
+    monkeypatch.setattr(loopback, "tsc_hz", lambda: 2.6e9)
+    w = loopback.worker_figures({"busy_ns": 0, "frames": 0, "rounds": 0, "t": 0.0, "drops": {}},
+                                {"busy_ns": 1e9, "frames": 18e6, "rounds": 1e6, "t": 1.0,
+                                 "drops": {"no_rx_buffer": 7}})
+    assert w["frames_per_round"] == pytest.approx(18.0)
+    assert w["drops_since_start"] == {"no_rx_buffer": 7}
+    # an older vswitchd without the counters: neither figure, no error
+    w = loopback.worker_figures({"busy_ns": 0, "frames": 0, "t": 0.0},
+                                {"busy_ns": 1e9, "frames": 18e6, "t": 1.0})
+    assert "frames_per_round" not in w and "drops_since_start" not in w
+
+
+PERF_REPORT = """\
+# To display the perf.data header info, please use --header/--header-only options.
+#
+# Samples: 19K of event 'cpu-clock'
+#
+# Overhead  Command          Symbol
+# ........  ...............  .......................................................
+#
+    74.38%  vswitchd         [.] __pyx_f_7vswitch_9_datapath_rx_enqueue
+    15.22%  vswitchd         [.] __pyx_pw_7vswitch_9_datapath_8Datapath_7_run_worker
+     6.03%  rte-worker-1     [.] 0x0000000000012f1d
+
+
+#
+# (Tip: use --percent-limit)
+#
+"""
+
+
+def test_perf_top_reads_percent_command_and_symbol_hottest_first():
+    top = loopback.perf_top(PERF_REPORT)
+    assert top == [[74.38, "vswitchd", "[.] __pyx_f_7vswitch_9_datapath_rx_enqueue"],
+                   [15.22, "vswitchd", "[.] __pyx_pw_7vswitch_9_datapath_8Datapath_7_run_worker"],
+                   [6.03, "rte-worker-1", "[.] 0x0000000000012f1d"]]
+    assert loopback.perf_top(PERF_REPORT, n=1) == top[:1]
+    assert loopback.perf_top("") == []
