@@ -379,6 +379,11 @@ ctypedef struct vs_frame:
     uint16_t tci                   # 802.1Q TCI it arrived with, VS_NO_TCI if untagged
     int sel                        # selected for the mirror pass being delivered
 
+ctypedef struct vs_rx_copy:        # a small frame's copy into an RX buffer, done later in the delivery
+    uint8_t *dst
+    const uint8_t *src
+    uint32_t len
+
 ctypedef struct vs_rx_chain:
     uint16_t head
     uint16_t ndesc                 # packed rings: descriptors the chain took in the ring
@@ -412,6 +417,12 @@ ctypedef struct vs_worker:
     vs_rx_chain rxchains[VS_MAX_RX_CHAINS]
     vs_vring_used_elem tx_used[VS_BURST]
     uint16_t heads[VS_BURST]       # a TX burst's avail ring entries, read once (vhost_ingress_burst)
+    # a delivery's small copies into the guest's buffers, done together at
+    # its end (vring.pxi rx_copies_flush); rx_defer: the frame being
+    # delivered may be copied later (its source stays as it is until then)
+    vs_rx_copy rx_copies[VS_BURST]
+    int nrx_copies
+    int rx_defer
     # a frame as one port sees it (VLAN tag pushed, popped or rewritten):
     # slices of the source's segments around a 4-byte tag
     vs_frame view

@@ -64,6 +64,8 @@ cdef int vhost_deliver_frame(vs_worker *w, vs_port *dport, vs_vring *rvq, uint16
             rvq.c.csum_passthrough += 1
         return rc
     # Software fallback: make the frame linear (a second copy, only on this path).
+    # w.lin and w.segbuf are the next frame's too: copied out now, not deferred.
+    w.rx_defer = 0
     sg_read(segs, f.nseg, f.hdr_len, w.lin, f.len)
     one.p = w.lin
     one.len = f.len
@@ -175,6 +177,10 @@ cdef void deliver_to_vhost(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
         if vf.len >= refused_len and vf.gso_type == VS_GSO_NONE:
             rvq.c.drops[refused_rc] += 1
             continue
+        # A frame as it came (no retag, no linear copy): its bytes stay put
+        # until the burst ends, so its copy may wait for the others'. Not
+        # while the dirty log is on: a page is marked after it is written.
+        w.rx_defer = vf == f and dport.log == NULL
         rc = vhost_deliver_frame(w, dport, rvq, avail_idx, vf, segs)
         if rc == DROP_OVER_BUDGET:
             src_vq.c.drops[rc] += 1
@@ -184,6 +190,9 @@ cdef void deliver_to_vhost(vs_switch *sw, vs_worker *w, int d, vs_vring *src_vq,
                     vf.gso_type == VS_GSO_NONE and vf.len < refused_len:
                 refused_len = vf.len
                 refused_rc = rc
+    w.rx_defer = 0
+    if w.nrx_copies:
+        rx_copies_flush(w)
     if rvq.packed:
         if rvq.pk_pending:
             pk_publish(dport, rvq)

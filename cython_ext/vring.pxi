@@ -269,6 +269,39 @@ cdef inline void vring_mark_broken(vs_worker *w, vs_vring *vq) noexcept nogil:
         notify_request(w, vq, NOTIFY_ERR)
 
 
+cdef inline void put_vnet_hdr(uint8_t *dst, uint8_t *hdr, uint32_t hdr_len, uint16_t nbuf) noexcept nogil:
+    """The virtio-net header `hdr` with num_buffers = nbuf (when the header
+    has the field: 12 bytes) at dst, which has room for hdr_len bytes (10 or
+    12, VS_HDR_MAX). The
+    12-byte header, every modern driver's, is written only where the buffer
+    holds something else (vs_put_vnet_hdr12: a recycled buffer's header is
+    mostly the same, and an unneeded store into the driver's line costs a
+    cross-core round trip)."""
+    if hdr_len == 12:
+        vs_put_vnet_hdr12(dst, hdr, nbuf)
+    else:
+        vs_copy(dst, hdr, hdr_len)      # the legacy 10-byte header: no num_buffers
+
+
+cdef inline void rx_copies_flush(vs_worker *w) noexcept nogil:
+    """Do the small copies rx_enqueue put off, in order: the frames' bytes
+    into the guest's RX buffers, before the delivery publishes them.
+
+    Why later: the driver's core read these buffers last (a DPDK or Linux
+    driver looks at the frame it received), so each copy's first store waits
+    for the line to be handed over. Interleaved with the next frames' work
+    (descriptor reads, the used entry, counters, calls: a score of stores
+    each) the CPU's store buffer filled after two frames and the worker
+    waited out nearly every hand-over one by one (measured in
+    docs/performance.md, "The slow state"); the copies of a burst back to
+    back keep many hand-overs in flight at once. DPDK's lib/vhost does the
+    same with copies of up to 256 bytes (do_data_copy_enqueue)."""
+    cdef int k
+    for k in range(w.nrx_copies):
+        vs_copy(w.rx_copies[k].dst, w.rx_copies[k].src, w.rx_copies[k].len)
+    w.nrx_copies = 0
+
+
 cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_idx,
                     vs_seg *src, int nsrc, uint32_t src_off, uint32_t flen,
                     uint8_t *hdr) noexcept nogil:
@@ -306,16 +339,23 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
         return rx_enqueue_general(w, dport, vq, avail_idx, src, nsrc, src_off, flen, hdr,
                                   True, head, rc, nseg, chain_len, budget_at_start)
     vq.last_avail += 1
-    # num_buffers (le16 at offset 10): one buffer
-    if hdr_len >= 12:
-        hdr[10] = 1
-        hdr[11] = 0
     if need <= VS_INLINE_COPY and need <= w.rxsegs[0].len and nsrc > 0 \
             and src_off + flen <= src[0].len:
-        # one piece into the first piece of the buffer, copied inline
-        vs_copy(w.rxsegs[0].p, hdr, hdr_len)
-        vs_copy(w.rxsegs[0].p + hdr_len, src[0].p + src_off, flen)
+        # one piece into the first piece of the buffer, copied inline; the
+        # header (num_buffers 1) only where the buffer's differs (vs_defs.h)
+        put_vnet_hdr(w.rxsegs[0].p, hdr, hdr_len, 1)
+        if w.rx_defer and w.nrx_copies < VS_BURST:
+            w.rx_copies[w.nrx_copies].dst = w.rxsegs[0].p + hdr_len
+            w.rx_copies[w.nrx_copies].src = src[0].p + src_off
+            w.rx_copies[w.nrx_copies].len = flen
+            w.nrx_copies += 1
+        else:
+            vs_copy(w.rxsegs[0].p + hdr_len, src[0].p + src_off, flen)
     else:
+        # num_buffers (le16 at offset 10): one buffer
+        if hdr_len >= 12:
+            hdr[10] = 1
+            hdr[11] = 0
         sg_write(&w.rxsegs[0], nseg, 0, hdr, hdr_len)
         sg_copy(&w.rxsegs[0], nseg, hdr_len, src, nsrc, src_off, flen)
     if dport.log != NULL:
@@ -414,17 +454,17 @@ cdef int rx_enqueue_general(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t
         nchains += 1
         nseg_total += nseg
         cap += chain_len
-    # num_buffers (le16 at offset 10) counts the chains used.
-    if hdr_len >= 12:
-        hdr[10] = <uint8_t>(nchains & 0xff)
-        hdr[11] = <uint8_t>(nchains >> 8)
     if need <= VS_INLINE_COPY and nseg_total > 0 and need <= w.rxsegs[0].len and nsrc > 0 \
             and src_off + flen <= src[0].len:
         # the small frame's usual case: one piece into the first buffer,
         # copied inline (vs_defs.h vs_copy) rather than by two memcpy calls
-        vs_copy(w.rxsegs[0].p, hdr, hdr_len)
+        put_vnet_hdr(w.rxsegs[0].p, hdr, hdr_len, <uint16_t>nchains)
         vs_copy(w.rxsegs[0].p + hdr_len, src[0].p + src_off, flen)
     else:
+        # num_buffers (le16 at offset 10) counts the chains used.
+        if hdr_len >= 12:
+            hdr[10] = <uint8_t>(nchains & 0xff)
+            hdr[11] = <uint8_t>(nchains >> 8)
         sg_write(&w.rxsegs[0], nseg_total, 0, hdr, hdr_len)
         sg_copy(&w.rxsegs[0], nseg_total, hdr_len, src, nsrc, src_off, flen)
     written = 0

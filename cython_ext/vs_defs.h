@@ -207,6 +207,33 @@ static inline __attribute__((always_inline)) uint64_t vs_mac_load(const uint8_t 
 #endif
 }
 
+/* Put a 12-byte virtio_net_hdr_v1 (its num_buffers set to nbuf) into a
+ * guest's RX buffer, writing only the words that differ from what the
+ * buffer already holds (DPDK's lib/vhost does the same, ASSIGN_UNLESS_EQUAL).
+ * A driver recycles its RX buffers: the header left in one from the last
+ * time is nearly always the one to write now (no offload, num_buffers 1),
+ * and the driver's core has read that line since (num_buffers) or written
+ * it (a DPDK front-end sends from the buffer it received in, its TX header
+ * in the same place). Reading the line costs nothing more: a store needs it
+ * too. Not writing it spares the store's request for ownership of a line
+ * the other core holds: measured, each such store stalled the worker
+ * until the line came (docs/performance.md, "The slow state"). The guest
+ * may change its buffer at any time; that changes what it reads, as it
+ * would after a write, never what the switch decides. */
+static inline __attribute__((always_inline)) void vs_put_vnet_hdr12(uint8_t *dst, const uint8_t *hdr, uint16_t nbuf) {
+    uint8_t tail[4] = {hdr[8], hdr[9], (uint8_t)(nbuf & 0xff), (uint8_t)(nbuf >> 8)};
+    uint64_t want0, have0;
+    uint32_t want1, have1;
+    __builtin_memcpy(&want0, hdr, 8);
+    __builtin_memcpy(&want1, tail, 4);
+    __builtin_memcpy(&have0, dst, 8);
+    __builtin_memcpy(&have1, dst + 8, 4);
+    if (have0 != want0)
+        __builtin_memcpy(dst, &want0, 8);
+    if (have1 != want1)
+        __builtin_memcpy(dst + 8, &want1, 4);
+}
+
 /* virtio spec 2.7.10 "vring_need_event": notify iff new_idx passed event_idx
  * since old_idx (all free-running u16). */
 static inline int vs_need_event(uint16_t event_idx, uint16_t new_idx, uint16_t old_idx) {

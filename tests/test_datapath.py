@@ -62,6 +62,43 @@ def test_frames_cross_byte_for_byte_on_every_queue_pair(switch):
     assert switch.drops("a") == {} and switch.drops("b") == {}
 
 
+@pytest.mark.parametrize("fill", [0xA5, 0x00], ids=["poisoned", "zeroed"])
+def test_a_burst_of_small_frames_arrives_whole_each_with_its_own_header(switch1, fill):
+    """One burst of small frames: their copies into the receiver's buffers are
+    made together at the end of the delivery, while the frames whose checksum
+    the switch finishes (in its one scratch buffer, reused by the next such
+    frame) are copied at once. Every frame arrives byte for byte with a
+    header of its own, whatever the buffers held before: poison, or zeros
+    (the header is written only where it differs: here only num_buffers)."""
+    a = connect(switch1, "a", features=FULL | OFFLOADS_TX)
+    b = connect(switch1, "b", features=FULL, rx_buffers=0)      # no GUEST_CSUM: the switch finishes them
+    b.rx(0).post_rx(32, 2048, fill=fill)
+    sent: list[tuple[bytes, bool]] = []
+    for i in range(24):
+        if i % 3 == 2:
+            f = addressed(partial(tcp_frame(bytes([i]) * (40 + i)), L3, L4, False, 6, 16), "b", "a")
+            a.tx(0).post_tx(f, hdr=VirtioNetHdr(flags=1, csum_start=L4, csum_offset=16),
+                            publish=False, kick=False)
+        else:
+            f = frame("b", "a", i, 60 + 8 * i)
+            a.tx(0).post_tx(f, publish=False, kick=False)
+        sent.append((f, i % 3 == 2))
+    a.tx(0).publish(kick=True)          # one burst
+    got = b.rx(0).recv_frames(len(sent), timeout=10)
+    assert len(got) == len(sent)
+    for g, (f, finished) in zip(got, sent):
+        if finished:
+            assert l4_ok(g.frame, L3, L4, False, 6)
+            assert g.frame[:L4 + 16] == f[:L4 + 16] and g.frame[L4 + 18:] == f[L4 + 18:]
+        else:
+            assert g.frame == f
+        h = g.hdr
+        assert (h.flags, h.gso_type, h.hdr_len, h.gso_size, h.csum_start, h.csum_offset, h.num_buffers) == \
+            (0, 0, 0, 0, 0, 0, 1), h
+    assert offload_counters(switch1, "b")["sw_csum"] == 8
+    assert switch1.drops("a") == {} and switch1.drops("b") == {}
+
+
 def test_without_mrg_rxbuf_a_frame_larger_than_the_buffer_is_dropped_and_counted(switch1):
     a = connect(switch1, "a")
     b = connect(switch1, "b", features=bits(F.VERSION_1), rx_buffers=16, rx_buf_len=1536)

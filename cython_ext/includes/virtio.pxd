@@ -36,3 +36,5 @@ cdef extern from "vs_defs.h" nogil:
     enum: VS_INLINE_COPY
     # a MAC address as a 48-bit integer, first byte highest (fdb.pxi mac_load)
     uint64_t vs_mac_load(const uint8_t *p)
+    # a 12-byte virtio-net header into an RX buffer, only what differs
+    void vs_put_vnet_hdr12(uint8_t *dst, const uint8_t *hdr, uint16_t nbuf)
