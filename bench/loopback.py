@@ -917,7 +917,8 @@ class RunResult:
     # The two CPUs around the run (bench/xcpu.py): one cache line's round
     # trip right before the switch starts and right after both stopped, and
     # what they say (near, far, mixed, unknown). A record, not a filter: the
-    # rates' slow state does not follow it (docs/performance.md).
+    # rates' slow state mostly follows it, not always, and a run can change
+    # state in the middle (docs/performance.md, "The slow state").
     xcpu_rtt_ns: list[float | None] = field(default_factory=list)
     xcpu_state: str = "unknown"
     socket_role: str = "server"  # the switch's side of the vhost-user sockets

@@ -12,9 +12,11 @@ cache line between a thread on each CPU, ~60-90 ns ("near") or ~320-340 ns
 
 bench/loopback.py takes ``probe(gen_cpu, sut_cpu)`` right before each run
 and right after it (``xcpu_rtt_ns``, ``xcpu_state`` in the results). The
-answer so far is no: runs at a third of the rate had both probes near
-(docs/performance.md, "Loopback"), so the probe is a record that rules this
-cause out, not a filter of runs.
+answer is "mostly" (docs/performance.md, "The slow state"): in the table
+run of 2026-12-06 every system was slow with both probes far and fast with
+both near in the huge-page/client part, but a few runs were slow with both
+probes near, and runs change state in the middle, which a probe at each end
+cannot see. So the probe is a record beside each run, not a filter of runs.
 
 ``probe`` runs the C loop of bench/_xcpu_probe.c (built on first use,
 cached by the source's hash) many times and returns the median round trip
