@@ -956,6 +956,7 @@ class Options:
     workers: int = 1            # vswitch's datapath workers (--workers)
     mode: str | None = None     # vswitch's datapath mode (--mode); None: its default
     perf: bool = False          # --perf: perf record both CPUs over the sampling window
+    gen_in_order: bool = True   # --gen-in-order: the generator's ports ask for IN_ORDER
 
 
 NULL_PORT = "net_null0"
@@ -1078,7 +1079,10 @@ def run_once(system: System, cfg: Config, pair: int, opt: Options, log: TextIO) 
                       workers=opt.workers, mode=opt.mode)
     # packed_vq only when asked: a split run's command line stays what it was
     packed = True if cfg.ring == "packed" else None
-    virtio = [virtio_user_vdev(i, socks[i], queues=cfg.queues, mac=GEN_MACS[i], packed_vq=packed, server=client)
+    # in_order only when turned off: virtio-user asks for it by default
+    in_order = None if opt.gen_in_order else False
+    virtio = [virtio_user_vdev(i, socks[i], queues=cfg.queues, mac=GEN_MACS[i], packed_vq=packed, server=client,
+                               in_order=in_order)
               for i in (0, 1)]
     mem = {"huge_dir": huge_dir, "mem_mb": DPDK_MEM_MB}
     if oneway:
@@ -1779,6 +1783,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="flag runs where other processes used more than this fraction of a CPU (default 0.05)")
     ap.add_argument("--keep-noisy", action="store_true", help="include flagged runs in the medians")
     ap.add_argument("--vswitchd", type=Path, default=REPO / ".venv" / "bin" / "vswitchd")
+    ap.add_argument("--gen-in-order", choices=("on", "off"), default="on",
+                    help="the generator's ports ask for VIRTIO_F_IN_ORDER (on: virtio-user's default). "
+                         "A switch that grants it lets the generator run its cheaper in-order RX and TX "
+                         "paths; off puts both switches' generators on the same general paths")
     ap.add_argument("--gen-mbufs", type=int, default=None,
                     help="generator --total-num-mbufs (default: testpmd's default pool)")
     ap.add_argument("--workdir", type=Path, default=None, help="run directories and logs (default: temp dir)")
@@ -1818,7 +1826,7 @@ def main(argv: list[str] | None = None) -> int:
         sut_cpu=args.sut_cpu, max_foreign=args.max_foreign,
         workdir=workdir, gen_mbufs=args.gen_mbufs, topology=args.topology,
         memory=args.memory, socket_role=args.socket_role, workers=args.workers, mode=args.mode,
-        perf=args.perf,
+        perf=args.perf, gen_in_order=args.gen_in_order == "on",
     )
     started = dt.datetime.now().astimezone()
     runs: list[RunResult] = []

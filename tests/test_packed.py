@@ -3,7 +3,8 @@
 DPDK testpmd's virtio-user with ``packed_vq=1`` as the front-end: frames
 byte for byte in both socket roles and with one and two queue pairs, a ring
 size that is not a power of two, a packed port and a split port switching
-to each other, and the switch restarted under a packed front-end. QEMU
+to each other, the switch restarted under a packed front-end, and
+virtio-user's in-order paths (VIRTIO_F_IN_ORDER) on both ring kinds. QEMU
 guests with ``packed=on`` (on QEMU 10 and on 7.2) next to a split one ping each
 other and survive a pause (the 32-bit vring base round trip), and a packed
 guest migrates live between two ports under traffic (the dirty log of a
@@ -85,21 +86,30 @@ def test_packed_frames_cross_byte_for_byte_on_every_queue_pair(tmp_path, role, q
 
 @dpdk
 @pytest.mark.parametrize("packed", [True, False], ids=["packed", "split"])
-def test_a_front_end_asking_for_in_order_gets_rings_without_it(tmp_path, packed):
-    """IN_ORDER is not offered (docs/architecture.md, "Packed virtqueues"): a
-    virtio-user with in_order=1 negotiates without it and every frame still
-    crosses byte for byte, whatever order the switch returns buffers in."""
+def test_in_order_rings_carry_every_frame_and_a_port_can_withhold_the_feature(tmp_path, packed):
+    """IN_ORDER is offered (docs/architecture.md, "In-order use"): virtio-user
+    with in_order=1 negotiates it and runs its in-order paths, which read
+    each used entry as the buffer at the next position, whatever its id
+    says, and free TX buffers by count: a frame written into a buffer out
+    of order would reach testpmd as another frame's, and not cross byte for
+    byte. (The order of a TX burst's used entries, which these paths do not
+    read, is checked in tests/test_datapath.py.) Port b has `in_order:
+    false`: its front-end asks and does not get it, and the two kinds
+    switch to each other, both ways."""
     socks, ports = ports_for(tmp_path, 1)
+    ports["b"]["in_order"] = False
     seen: dict = {}
     with Vswitchd(tmp_path / "switch", ports, cpus="1") as sw:
-        result = verify_delivery(
-            virtio_user_vdev(0, socks["a"], packed_vq=packed, in_order=True),
-            virtio_user_vdev(1, socks["b"], packed_vq=packed, in_order=True),
-            count=300, workdir=tmp_path / "run", cpus=(0,), ready=enabled(sw, 1, seen=seen))
-        assert result.ok, result.describe()
-        assert_ring_kinds(seen, a=packed, b=packed)
-        for name in ("a", "b"):
-            assert "F_IN_ORDER" not in seen[name], seen[name]
+        # a's in-order TX path, then its in-order RX path
+        for src, dst in (("a", "b"), ("b", "a")):
+            result = verify_delivery(
+                virtio_user_vdev(0, socks[src], packed_vq=packed, in_order=True),
+                virtio_user_vdev(1, socks[dst], packed_vq=packed, in_order=True),
+                count=600, workdir=tmp_path / f"run-{src}{dst}", cpus=(0,), ready=enabled(sw, 1, seen=seen))
+            assert result.ok, (src, dst, result.describe())
+            assert_ring_kinds(seen, a=packed, b=packed)
+            assert "F_IN_ORDER" in seen["a"], seen["a"]
+            assert "F_IN_ORDER" not in seen["b"], seen["b"]
         assert sw.drops("a") == {} and sw.drops("b") == {}
 
 

@@ -146,7 +146,7 @@ def test_socket_path_of_exactly_107_bytes_accepted() -> None:
 def test_to_dict_round_trips() -> None:
     config = parse_config(doc(GOOD))
     as_dict = config.to_dict()
-    features = {"mrg_rxbuf": True, "event_idx": True, "indirect_desc": True, "offloads": True,
+    features = {"mrg_rxbuf": True, "event_idx": True, "indirect_desc": True, "in_order": True, "offloads": True,
                 "memory_slots": True, "allow_file_memory": False}
     assert as_dict == {
         "version": 1,
@@ -647,7 +647,7 @@ def test_tap_port() -> None:
 # control, metrics, datapath.cpus, defaults, and the per-port socket and feature keys
 
 MISSING = "no-such-name-vswitch-test"
-FEATURES_ON = {"mrg_rxbuf": True, "event_idx": True, "indirect_desc": True, "offloads": True,
+FEATURES_ON = {"mrg_rxbuf": True, "event_idx": True, "indirect_desc": True, "in_order": True, "offloads": True,
                "memory_slots": True}
 
 
@@ -694,6 +694,7 @@ def test_every_new_key() -> None:
             mrg_rxbuf: false
             event_idx: false
             indirect_desc: false
+            in_order: false
             offloads: false
           up: {type: tap, ifname: vs0, mac: "02:00:00:00:00:01"}
         """))
@@ -704,7 +705,7 @@ def test_every_new_key() -> None:
     assert config.ports["vm1"] == VhostUserPortConfig(
         name="vm1", mode="server", socket="/run/vswitch/vm1.sock", queues=2, mtu=9000,
         mac="52:54:00:ab:cd:ef", socket_owner=0, socket_group=0, socket_mode=0o600,
-        mrg_rxbuf=False, event_idx=False, indirect_desc=False, offloads=False,
+        mrg_rxbuf=False, event_idx=False, indirect_desc=False, in_order=False, offloads=False,
     )
     assert config.ports["up"] == TapPortConfig(name="up", ifname="vs0", queues=1, mac="02:00:00:00:00:01")
 
@@ -727,8 +728,8 @@ def test_full_config_round_trips_through_to_dict() -> None:
     assert as_dict["ports"]["vm1"] == {
         "type": "vhost-user", "mode": "server", "socket": "/run/vswitch/vm1.sock", "queues": 3,
         "mtu": 1500, "mac": "52:54:00:12:34:56", "socket_owner": 0, "socket_mode": 0o640,
-        "mrg_rxbuf": True, "event_idx": True, "indirect_desc": True, "offloads": False,
-        "memory_slots": True, "allow_file_memory": False,
+        "mrg_rxbuf": True, "event_idx": True, "indirect_desc": True, "in_order": True,
+        "offloads": False, "memory_slots": True, "allow_file_memory": False,
     }
     # A client port has no socket_* keys (they would be an error).
     assert not any(k.startswith("socket_") for k in as_dict["ports"]["vm2"])
@@ -796,10 +797,10 @@ def test_defaults_errors() -> None:
         ports: {}
         """) == [
         "c.yaml:2:3: defaults.socket: unknown key 'socket', did you mean 'socket_mode'? (expected one of: allow_file_memory, event_idx, "
-        "indirect_desc, memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket_group, socket_mode, "
+        "in_order, indirect_desc, memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket_group, socket_mode, "
         "socket_owner)",
         "c.yaml:3:3: defaults.type: unknown key 'type' (expected one of: allow_file_memory, event_idx, "
-        "indirect_desc, memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket_group, socket_mode, "
+        "in_order, indirect_desc, memory_slots, mode, mrg_rxbuf, mtu, offloads, queues, socket_group, socket_mode, "
         "socket_owner)",
         "c.yaml:4:13: defaults.offloads: must be true or false (got string 'no')",
     ]
@@ -980,7 +981,7 @@ def test_duplicate_tap_ifnames() -> None:
 # -- feature switches ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", ["mrg_rxbuf", "event_idx", "indirect_desc", "offloads"])
+@pytest.mark.parametrize("key", ["mrg_rxbuf", "event_idx", "indirect_desc", "in_order", "offloads"])
 def test_feature_switches(key: str) -> None:
     config = parse_config(f"ports: {{vm1: {{type: vhost-user, {key}: false}}}}\n")
     assert getattr(config.ports["vm1"], key) is False

@@ -277,7 +277,7 @@ def session():
 def test_ring_packed_is_offered(session):
     s, _ = session
     assert reply_u64(send(s, R.GET_FEATURES)) >> 34 & 1
-    assert not reply_u64(send(s, R.GET_FEATURES)) >> 35 & 1      # IN_ORDER is not
+    assert reply_u64(send(s, R.GET_FEATURES)) >> 35 & 1          # and IN_ORDER
 
 
 def test_a_packed_ring_may_have_any_size_and_a_32_bit_base(session):

@@ -28,7 +28,7 @@ def test_added_removed_and_untouched_ports_by_name():
 
 def test_fields_a_guest_negotiated_wait_for_its_next_connection():
     for field, value in (("queues", 4), ("mrg_rxbuf", False), ("event_idx", False),
-                         ("indirect_desc", False), ("offloads", False)):
+                         ("indirect_desc", False), ("in_order", False), ("offloads", False)):
         old, new = cfg({"a": A}), cfg({"a": {**A, field: value}})
         change = port_change("a", old.ports["a"], new.ports["a"])
         assert not change.restart and change.at_connect == (field,) and change.in_place == (), field

@@ -21,7 +21,7 @@ config/vswitch.schema.json a JSON Schema of it for editors)::
       guest_memory_total: 32TiB     # all ports together; at least guest_memory_per_port
     defaults:                  # for every vhost-user port that does not set them:
       queues: 2                # mode queues mtu socket_owner socket_group socket_mode
-      socket_group: kvm        # mrg_rxbuf event_idx indirect_desc offloads allow_file_memory
+      socket_group: kvm        # mrg_rxbuf event_idx indirect_desc in_order offloads allow_file_memory
     ports:                     # required (may be {}); mapping name -> port
       vm1:
         type: vhost-user       # required: vhost-user | tap | vxlan
@@ -36,6 +36,7 @@ config/vswitch.schema.json a JSON Schema of it for editors)::
         mrg_rxbuf: true        # offer VIRTIO_NET_F_MRG_RXBUF (default true)
         event_idx: true        # offer VIRTIO_RING_F_EVENT_IDX (default true)
         indirect_desc: true    # offer VIRTIO_RING_F_INDIRECT_DESC (default true)
+        in_order: true         # offer VIRTIO_F_IN_ORDER (default true)
         offloads: true         # offer checksum/TSO features (default true)
         memory_slots: true     # offer CONFIGURE_MEM_SLOTS (ADD/REM_MEM_REG; default true)
         allow_file_memory: false  # map guest memory in files outside memfd/tmpfs/hugetlbfs

@@ -32,7 +32,7 @@ DEFAULT_VXLAN_PORT = 4789             # IANA
 
 # Per-port switches for virtio features that cause interop trouble; each is
 # offered to the guest unless set to false.
-FEATURE_KEYS = ("mrg_rxbuf", "event_idx", "indirect_desc", "offloads", "memory_slots")
+FEATURE_KEYS = ("mrg_rxbuf", "event_idx", "indirect_desc", "in_order", "offloads", "memory_slots")
 # Only for server-mode vhost-user ports: in client mode QEMU owns the socket.
 SOCKET_PERMISSION_KEYS = ("socket_owner", "socket_group", "socket_mode")
 # Per-port switches that widen what a front-end may hand the switch; off by
@@ -216,6 +216,7 @@ class VhostUserPortConfig(PortPolicies):
     mrg_rxbuf: bool = True          # offer VIRTIO_NET_F_MRG_RXBUF
     event_idx: bool = True          # offer VIRTIO_RING_F_EVENT_IDX
     indirect_desc: bool = True      # offer VIRTIO_RING_F_INDIRECT_DESC
+    in_order: bool = True           # offer VIRTIO_F_IN_ORDER
     offloads: bool = True           # offer checksum / TSO features
     memory_slots: bool = True       # offer CONFIGURE_MEM_SLOTS (ADD/REM_MEM_REG, memory hot-plug)
     allow_file_memory: bool = False  # map guest memory in files outside memfd/tmpfs/hugetlbfs
@@ -244,6 +245,7 @@ class VhostUserPortConfig(PortPolicies):
         out["mrg_rxbuf"] = self.mrg_rxbuf
         out["event_idx"] = self.event_idx
         out["indirect_desc"] = self.indirect_desc
+        out["in_order"] = self.in_order
         out["offloads"] = self.offloads
         out["memory_slots"] = self.memory_slots
         out["allow_file_memory"] = self.allow_file_memory

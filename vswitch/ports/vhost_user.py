@@ -79,6 +79,8 @@ def offer_for(config: VhostUserPortConfig) -> Offer:
         features &= ~p.bits(p.Feature.RING_F_EVENT_IDX)
     if not config.indirect_desc:
         features &= ~p.bits(p.Feature.RING_F_INDIRECT_DESC)
+    if not config.in_order:
+        features &= ~p.bits(p.Feature.F_IN_ORDER)
     if not config.offloads:
         features &= ~OFFLOAD_FEATURES
     protocol_features = BASE_PROTOCOL_FEATURES
@@ -175,7 +177,7 @@ class VhostUserPort:
     # What the guest negotiated when it connected: changing it under a running
     # driver would break the guest's NIC, so it waits for its next connection.
     AT_CONNECT: ClassVar[frozenset[str]] = frozenset({
-        "queues", "mrg_rxbuf", "event_idx", "indirect_desc", "offloads", "memory_slots"})
+        "queues", "mrg_rxbuf", "event_idx", "indirect_desc", "in_order", "offloads", "memory_slots"})
     # The port's identity: closed and opened again, alone.
     RESTART: ClassVar[frozenset[str]] = frozenset({"type", "mode", "socket"})
 
