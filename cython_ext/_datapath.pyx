@@ -26,7 +26,7 @@ guest's side: a port's "TX ring" (vq[2q+1]) is what its guest sends, its
 
 Files (cython_ext/):
   includes/system.pxd   libc, POSIX and Linux calls (unistd, uio, mman, stat,
-                        statfs, eventfd, epoll, time, socket)
+                        statfs, eventfd, epoll, time, socket, prctl)
   includes/virtio.pxd   split-ring layouts in guest memory (vs_defs.h)
   includes/atomics.pxd  atomics, barriers, spinlock, prefetch (vs_defs.h)
   includes/uring.pxd    io_uring without liburing (vs_uring.h)

@@ -157,6 +157,10 @@ cdef class Datapath:
 
     def _run_worker(self, int i):
         cdef vs_worker *w = self.workers[i]
+        # the thread's name in ps -L, top -H, perf and /proc/PID/task/*/comm
+        # (15 bytes at most); vswitch/cpus.py places the other threads by it
+        cdef bytes name = f"vsw-worker-{i}".encode()[:15]
+        prctl(PR_SET_NAME, <unsigned long><char *>name, 0, 0, 0)
         if self.cpus:
             # pid 0 is the calling thread: pins this worker only
             os.sched_setaffinity(0, {self.cpus[i % len(self.cpus)]})
@@ -241,10 +245,13 @@ cdef class Datapath:
     def mode(self):
         return {v: k for k, v in MODES.items()}[self.sw.mode]
 
-    def set_cpus(self, cpus):
-        """Re-pin the running workers (datapath.cpus changed by a reload)."""
+    def set_cpus(self, cpus, allowed=None):
+        """Re-pin the running workers (datapath.cpus changed by a reload);
+        without cpus they get `allowed` (the daemon's mask, vswitch/cpus.py:
+        the calling thread's own may be narrower), default the caller's."""
         self.cpus = tuple(cpus) if cpus else ()
-        allowed = os.sched_getaffinity(0)
+        if allowed is None:
+            allowed = os.sched_getaffinity(0)
         for i, t in enumerate(self.threads):
             if t.native_id is not None:
                 os.sched_setaffinity(t.native_id, {self.cpus[i % len(self.cpus)]} if self.cpus else allowed)

@@ -144,3 +144,49 @@ def test_debug_commands_answer_only_with_debug_true(tmp_path):
                              text=True, env=env)
         assert out.returncode == 0 and '"started": false' in out.stdout
         assert sw.alive()
+
+
+def _threads(pid: int) -> dict[str, list[str]]:
+    """The daemon's threads by name (comm) -> their CPU lists, io_uring's own left out."""
+    out: dict[str, list[str]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                cpus = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("Cpus_allowed_list:"))
+        except (OSError, StopIteration):
+            continue        # a thread that ended meanwhile
+        if not comm.startswith("iou-"):
+            out.setdefault(comm, []).append(cpus)
+    return out
+
+
+def test_pinned_workers_have_their_cpus_to_themselves_and_a_reload_moves_them(tmp_path):
+    """datapath.cpus pins the workers; every other thread (event loop,
+    datapath control, thread pools) leaves their CPU when the daemon's mask
+    has another: its wake-ups for messages, commands and periodic checks
+    would otherwise take the workers' CPU from them (vswitch/cpus.py). A
+    reload that moves the workers moves the rest too; unpinned, all share."""
+    ports = {"p1": {"type": "vhost-user"}}
+    pinned = {"datapath": {"workers": 1, "cpus": [1]}}
+    with Vswitchd(tmp_path, ports, cpus="0-1", extra=pinned) as sw:
+        threads = _threads(sw.proc.pid)
+        assert threads.pop("vsw-worker-0") == ["1"], threads
+        assert threads and all(c == ["0"] * len(c) for c in threads.values()), threads
+        assert sw.ctl("show")["control_cpus"] == "0"
+        text = subprocess.run([VSWITCHCTL, "--runtime-dir", str(sw.runtime_dir), "show"],
+                              capture_output=True, text=True, timeout=30).stdout
+        assert "control plane on CPU(s) 0, workers pinned to 1" in text
+
+        sw.write_config(ports, {"datapath": {"workers": 1, "cpus": [0]}})
+        assert sw.reload().returncode == 0
+        threads = _threads(sw.proc.pid)
+        assert threads.pop("vsw-worker-0") == ["0"], threads
+        assert all(c == ["1"] * len(c) for c in threads.values()), threads
+
+        sw.write_config(ports, {"datapath": {"workers": 1}})
+        assert sw.reload().returncode == 0
+        threads = _threads(sw.proc.pid)
+        assert all(c == ["0-1"] * len(c) for c in threads.values()), threads
+        assert sw.ctl("show")["control_cpus"] == "0-1"

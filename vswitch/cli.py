@@ -149,6 +149,10 @@ def _render_show(result: dict) -> str:
         if "fds_needed" in sec:
             lines.append(f"file descriptors: up to {sec['fds_needed']} needed, limit "
                          f"{sec['nofile_soft']} (hard {sec['nofile_hard']})")
+    if result.get("control_cpus"):
+        pinned = sorted({w["cpu"] for w in result.get("workers", []) if w.get("cpu") is not None})
+        lines.append(f"control plane on CPU(s) {result['control_cpus']}"
+                     + (f", workers pinned to {','.join(map(str, pinned))}" if pinned else ", workers unpinned"))
     lines += [_render_port(port) for port in result["ports"]]
     return "\n".join(lines)
 

@@ -26,6 +26,7 @@ import sys
 import time
 
 from . import __version__
+from . import cpus
 from . import privileges
 from . import reconcile
 from . import seccomp
@@ -138,6 +139,7 @@ class Switch:
                         "(IORING_REGISTER_RESTRICTIONS, Linux 5.10): their requests bypass the "
                         "seccomp filter (docs/service.md)")
         self.ports: dict[str, Port] = {}
+        self.control_cpus: str | None = None    # where the control plane's threads run (cpulist)
         self.fdb_ctl = FdbControl(self.dp)
         self.ratelog = RateLimitedLog()
         self.env = PortEnv(self.dp, self.ctl, self.ratelog, config.limits,
@@ -160,6 +162,7 @@ class Switch:
 
     async def run(self) -> None:
         self.dp.start()
+        self._place_control_plane(self.config.datapath.cpus)
         if self.dp.control_notify_fd >= 0:
             # the control plane's own notification writes (injected frames)
             # complete in io_uring's threads: account them, submit what follows
@@ -258,6 +261,20 @@ class Switch:
             log.error("metrics: cannot listen on %s port %d: %s", m.host, m.port, exc.strerror or exc)
             self.metrics = None
 
+    def _place_control_plane(self, worker_cpus) -> None:
+        """Every thread but the workers off the workers' CPUs, when there is
+        another CPU to go to (vswitch/cpus.py says why)."""
+        placed = cpus.place_control_plane(worker_cpus)
+        self.control_cpus = cpus.cpu_list(placed) if placed is not None else None
+        if placed is None or not worker_cpus:
+            return
+        if placed & set(worker_cpus):
+            log.warning("control plane shares CPU(s) %s with the workers (datapath.cpus takes every "
+                        "CPU vswitchd may use): its work takes turns with theirs", self.control_cpus)
+        else:
+            log.info("control plane on CPU(s) %s, workers on %s", self.control_cpus,
+                     cpus.cpu_list(set(worker_cpus)))
+
     def status_line(self) -> str:
         up = sum(1 for p in self.ports.values() if p.state in ("connected", "up"))
         return (f"{len(self.ports)} port(s), {up} up, {self.config.datapath.workers} worker(s), "
@@ -336,7 +353,8 @@ class Switch:
             if "mode" in plan.datapath_in_place:
                 await self.ctl.call(self.dp.set_mode, new.datapath.mode)
             if "cpus" in plan.datapath_in_place:
-                await self.ctl.call(self.dp.set_cpus, new.datapath.cpus)
+                await self.ctl.call(self.dp.set_cpus, new.datapath.cpus, cpus.daemon_cpus())
+                self._place_control_plane(new.datapath.cpus)
             if plan.control_changed:
                 problem = self.control.set_group(new.control.group)
                 if problem:
@@ -420,6 +438,7 @@ class Switch:
             "runtime_dir": self.config.runtime_dir,
             "mode": self.dp.mode,
             "workers": self.dp.worker_stats(),
+            "control_cpus": self.control_cpus,
             "ports": [port.show() for port in self.ports.values()],
             "reloads": dict(self.reload_counts),
             "last_reload_ok": self.last_reload_ok,
@@ -487,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # before any thread exists or moves: datapath.cpus is checked against,
+    # and the control plane placed within, the mask the daemon started with
+    cpus.remember_daemon_cpus()
     try:
         config = load_config(args.config)
     except ConfigError as exc:

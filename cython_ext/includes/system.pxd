@@ -105,3 +105,8 @@ cdef extern from "<sys/socket.h>" nogil:
 
 cdef extern from "<arpa/inet.h>" nogil:
     uint16_t htons(uint16_t)
+
+cdef extern from "<sys/prctl.h>" nogil:
+    int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)
+    enum:
+        PR_SET_NAME

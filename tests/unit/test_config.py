@@ -13,6 +13,7 @@ import yaml
 
 from vswitch import config as config_module
 from vswitch.config import validate
+from vswitch.cpus import cpu_list
 from vswitch.config.bounds import MAX_ALLOWED_MACS, MAX_PORTS
 from vswitch.config import (
     TapPortConfig,
@@ -1076,9 +1077,9 @@ def test_cpus_must_be_a_non_empty_list() -> None:
 
 
 def test_cpu_list_format() -> None:
-    assert validate._cpu_list({0, 1}) == "0-1"
-    assert validate._cpu_list({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8"
-    assert validate._cpu_list({3}) == "3"
+    assert cpu_list({0, 1}) == "0-1"
+    assert cpu_list({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8"
+    assert cpu_list({3}) == "3"
 
 
 # -- directories the daemon must create ------------------------------------------

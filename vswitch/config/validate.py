@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from ..cpus import cpu_list, daemon_cpus
 from ..safefiles import directory_problem
 from .bounds import (
     ETH_HEADER_LEN,
@@ -796,7 +797,7 @@ class _Validator(_PolicyChecks):
                 continue
             if allowed is not None and cpu not in allowed:
                 self.error(item, item_key, f"cpu {cpu} is not available to this process "
-                                           f"(allowed: {_cpu_list(allowed)})")
+                                           f"(allowed: {cpu_list(allowed)})")
                 ok = False
             cpus.append(cpu)
         return tuple(cpus) if ok else None
@@ -1452,19 +1453,7 @@ class _Validator(_PolicyChecks):
 
 
 
-def _allowed_cpus() -> set[int] | None:
-    try:
-        return set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return None
-
-
-def _cpu_list(cpus: set[int]) -> str:
-    """{0, 1, 2, 5} -> "0-2,5" (the kernel's cpulist format)."""
-    ranges: list[list[int]] = []
-    for cpu in sorted(cpus):
-        if ranges and cpu == ranges[-1][1] + 1:
-            ranges[-1][1] = cpu
-        else:
-            ranges.append([cpu, cpu])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+def _allowed_cpus() -> frozenset[int] | None:
+    # the daemon's own mask, not the calling thread's: vswitchd moves its
+    # control plane off the workers' CPUs (vswitch/cpus.py)
+    return daemon_cpus()
