@@ -302,6 +302,19 @@ cdef inline void rx_copies_flush(vs_worker *w) noexcept nogil:
     w.nrx_copies = 0
 
 
+cdef inline void rx_copy_small(vs_worker *w, uint8_t *dst, const uint8_t *src, uint32_t n) noexcept nogil:
+    """A small frame's copy into its RX buffer: queued for rx_copies_flush
+    when the delivery allows it (w.rx_defer: the frame as it came, its bytes
+    in place until the burst ends, no dirty log), else made now."""
+    if w.rx_defer and w.nrx_copies < VS_BURST:
+        w.rx_copies[w.nrx_copies].dst = dst
+        w.rx_copies[w.nrx_copies].src = src
+        w.rx_copies[w.nrx_copies].len = n
+        w.nrx_copies += 1
+    else:
+        vs_copy(dst, src, n)
+
+
 cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_idx,
                     vs_seg *src, int nsrc, uint32_t src_off, uint32_t flen,
                     uint8_t *hdr) noexcept nogil:
@@ -344,13 +357,7 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
         # one piece into the first piece of the buffer, copied inline; the
         # header (num_buffers 1) only where the buffer's differs (vs_defs.h)
         put_vnet_hdr(w.rxsegs[0].p, hdr, hdr_len, 1)
-        if w.rx_defer and w.nrx_copies < VS_BURST:
-            w.rx_copies[w.nrx_copies].dst = w.rxsegs[0].p + hdr_len
-            w.rx_copies[w.nrx_copies].src = src[0].p + src_off
-            w.rx_copies[w.nrx_copies].len = flen
-            w.nrx_copies += 1
-        else:
-            vs_copy(w.rxsegs[0].p + hdr_len, src[0].p + src_off, flen)
+        rx_copy_small(w, w.rxsegs[0].p + hdr_len, src[0].p + src_off, flen)
     else:
         # num_buffers (le16 at offset 10): one buffer
         if hdr_len >= 12:
@@ -457,9 +464,12 @@ cdef int rx_enqueue_general(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t
     if need <= VS_INLINE_COPY and nseg_total > 0 and need <= w.rxsegs[0].len and nsrc > 0 \
             and src_off + flen <= src[0].len:
         # the small frame's usual case: one piece into the first buffer,
-        # copied inline (vs_defs.h vs_copy) rather than by two memcpy calls
+        # copied inline (vs_defs.h vs_copy) rather than by two memcpy calls,
+        # or queued for the end of the delivery as rx_enqueue does (a packed
+        # ring's batch, like a split ring's used index, is published after
+        # rx_copies_flush: pk_put_used holds back the first element's flags)
         put_vnet_hdr(w.rxsegs[0].p, hdr, hdr_len, <uint16_t>nchains)
-        vs_copy(w.rxsegs[0].p + hdr_len, src[0].p + src_off, flen)
+        rx_copy_small(w, w.rxsegs[0].p + hdr_len, src[0].p + src_off, flen)
     else:
         # num_buffers (le16 at offset 10) counts the chains used.
         if hdr_len >= 12:
