@@ -42,7 +42,7 @@ PYTEST_ARGS ?=
 
 # Debian packages: to build (compiler, headers, venv) and to test against real peers.
 BUILD_DEBS := gcc python3-dev python3-venv
-TEST_DEBS  := qemu-system-x86 dpdk-dev busybox-static iperf3 ethtool iproute2 procps iputils-ping tshark debootstrap systemd-container qemu-user
+TEST_DEBS  := qemu-system-x86 dpdk-dev busybox-static iperf3 ethtool iproute2 procps iputils-ping tshark debootstrap systemd-container qemu-user groff-base
 TEST_PIPS  := pytest hypothesis jsonschema atheris==3.0.0 matplotlib
 # Debian packages the benchmarks need beyond the suite's.
 BENCH_DEBS := valgrind openvswitch-switch-dpdk
@@ -313,13 +313,14 @@ deb: deps-build
 # externally managed, PEP 668) with vswitch built into it (not editable), the
 # commands linked into $(PREFIX)/bin, the systemd unit, the default config
 # (only if there is none), the Grafana dashboard and the config schema, and
-# the README with docs/ beside it in $(DOCDIR) (the README links into docs/).
+# the README with docs/ beside it in $(DOCDIR) (the README links into docs/),
+# and the manual pages (man/) in $(MANDIR).
 # Re-running it rebuilds and reinstalls the package and leaves an edited
 # /etc/vswitch/vswitch.yaml alone. `make uninstall` removes what it put, and
 # the config only if it is still the default.
 #   DESTDIR  staging root for packaging (the venv's paths are rewritten to
 #            work at their final place)
-#   PREFIX   /usr/local: bin/ links, share/vswitch, share/doc/vswitch
+#   PREFIX   /usr/local: bin/ links, share/vswitch, share/doc/vswitch, share/man
 #   VENVDIR  /opt/vswitch   SYSCONFDIR /etc   UNITDIR /etc/systemd/system
 #   INSTALL_PYTHON  the interpreter the venv is made from (/usr/bin/python3)
 DESTDIR        ?=
@@ -330,6 +331,8 @@ UNITDIR        ?= /etc/systemd/system
 INSTALL_PYTHON ?= /usr/bin/python3
 SHAREDIR       := $(PREFIX)/share/vswitch
 DOCDIR         := $(PREFIX)/share/doc/vswitch
+MANDIR         := $(PREFIX)/share/man
+MAN_PAGES      := $(wildcard man/*.[1-8])
 INSTALL_EXTRAS := $(wildcard config/grafana/vswitch-dashboard.json config/vswitch.schema.json)
 
 .PHONY: install uninstall
@@ -359,6 +362,7 @@ install: deps-build
 	@for f in $(INSTALL_EXTRAS); do install -D -m 0644 "$$f" '$(DESTDIR)$(SHAREDIR)/'"$${f##*/}"; done
 	@install -D -m 0644 README.md '$(DESTDIR)$(DOCDIR)/README.md'
 	@for f in docs/*.md; do install -D -m 0644 "$$f" '$(DESTDIR)$(DOCDIR)/'"$$f"; done
+	@for f in $(MAN_PAGES); do s="$${f##*.}"; install -D -m 0644 "$$f" '$(DESTDIR)$(MANDIR)/man'"$$s/$${f##*/}"; done
 	@if [ -e '$(DESTDIR)$(SYSCONFDIR)/vswitch/vswitch.yaml' ]; then \
 	  echo "keeping $(SYSCONFDIR)/vswitch/vswitch.yaml"; \
 	else \
@@ -375,6 +379,7 @@ uninstall:
 	  else echo "keeping $$c (changed)"; fi; fi
 	@rm -f '$(DESTDIR)$(UNITDIR)/vswitchd.service' \
 	       '$(DESTDIR)$(PREFIX)/bin/vswitchd' '$(DESTDIR)$(PREFIX)/bin/vswitchctl'
+	@for f in $(MAN_PAGES); do s="$${f##*.}"; rm -f '$(DESTDIR)$(MANDIR)/man'"$$s/$${f##*/}"; done
 	@rm -rf '$(DESTDIR)$(SHAREDIR)' '$(DESTDIR)$(DOCDIR)' '$(DESTDIR)$(VENVDIR)'
 	@if [ -z '$(DESTDIR)' ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "uninstalled vswitch"

@@ -101,6 +101,10 @@ def test_install_layout(unit):
     for extra in ("config/grafana/vswitch-dashboard.json", "config/vswitch.schema.json"):
         if (REPO / extra).exists():
             assert (Path("/usr/local/share/vswitch") / Path(extra).name).is_file()
+    # the manual pages, where man(1) looks for them
+    for page in ("man8/vswitchd.8", "man8/vswitchctl.8", "man5/vswitch.yaml.5"):
+        installed = Path("/usr/local/share/man") / page
+        assert installed.read_bytes() == (REPO / "man" / installed.name).read_bytes(), page
 
 
 def test_unit_shape(unit):

@@ -493,7 +493,8 @@ class Switch:
                 "reloads": dict(self.reload_counts)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def argument_parser() -> argparse.ArgumentParser:
+    """vswitchd's command line (man/vswitchd.8 documents each option)."""
     parser = argparse.ArgumentParser(
         prog="vswitchd", description="vhost-user virtio-net switch",
         epilog=f"exit status: 0 stopped by SIGINT/SIGTERM, {EXIT_NOT_CONFIGURED} invalid "
@@ -503,7 +504,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     parser.add_argument("--version", action="version", version=f"vswitchd {__version__}")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argument_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # before any thread exists or moves: datapath.cpus is checked against,
