@@ -21,7 +21,7 @@ config/vswitch.schema.json a JSON Schema of it for editors)::
       guest_memory_total: 32TiB     # all ports together; at least guest_memory_per_port
     defaults:                  # for every vhost-user port that does not set them:
       queues: 2                # mode queues mtu socket_owner socket_group socket_mode
-      socket_group: kvm        # mrg_rxbuf event_idx indirect_desc in_order offloads allow_file_memory
+      socket_group: kvm        # mrg_rxbuf event_idx indirect_desc in_order offloads memory_slots allow_file_memory
     ports:                     # required (may be {}); mapping name -> port
       vm1:
         type: vhost-user       # required: vhost-user | tap | vxlan
