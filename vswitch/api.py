@@ -114,6 +114,9 @@ class Command:
     debug: bool = False
     connection: bool = False
     timeout: float = 10.0           # vswitchctl's wait for the reply
+    # vswitchctl's global options that mean something to this command; any
+    # other one given is a usage error, not silently ignored
+    global_options: tuple[str, ...] = ("runtime_dir", "config", "json")
 
     @property
     def method(self) -> str:
@@ -126,7 +129,9 @@ class Command:
 
 _FDB_FILTER = (
     Arg("port", "only the entries of this port", metavar="P"),
-    Arg("vlan", "only the entries of this VLAN", type=int, range=Range(0, 4095), metavar="V"),
+    # 0: ports without VLAN settings; 4095 is reserved (802.1Q) and never learned
+    Arg("vlan", "only the entries of this VLAN (0: of ports without VLAN settings)", type=int,
+        range=Range(0, 4094), metavar="V"),
 )
 MAX_SNAPLEN = 262144
 
@@ -140,7 +145,9 @@ COMMANDS: tuple[Command, ...] = (
             args=_FDB_FILTER),
     Command("stats", "totals per port and direction, drops by reason, workers"),
     Command("config check", "validate a configuration file (no daemon needed)", runs_in="vswitchctl",
-            args=(Arg("file", "the configuration file", positional=True),)),
+            args=(Arg("file", "the configuration file (default: the file of -c)", positional=True,
+                      default=""),),
+            global_options=("config", "json")),
     Command("reload", "re-read the daemon's file and apply the difference",
             args=(Arg("force", "restart ports whose guest-negotiated settings changed now (else "
                       "those changes wait until the guest reconnects)", type=bool),),
@@ -157,7 +164,8 @@ COMMANDS: tuple[Command, ...] = (
                   Arg("duration", "stop after S seconds", type=float, range=Range(0, above=True),
                       metavar="S"),
                   Arg("snaplen", "bytes kept per frame", type=int, default=MAX_SNAPLEN,
-                      range=Range(1, MAX_SNAPLEN), metavar="B"))),
+                      range=Range(1, MAX_SNAPLEN), metavar="B")),
+            global_options=("runtime_dir", "config")),   # its output is the pcap file
     # The protocol of `vswitchctl capture` (vswitch/capture.py).
     Command("capture start", "start capturing a port on this connection", cli=False, connection=True,
             args=(Arg("port", "the port"), Arg("direction", "in, out or both"),
@@ -270,8 +278,8 @@ class SwitchAPI:
         if port is not None:
             self._port(port)
         if vlan is not None and (not isinstance(vlan, int) or isinstance(vlan, bool)
-                                 or not 0 <= vlan <= 4095):
-            raise CommandError(f"VLAN must be 0..4095 (got {vlan!r})")
+                                 or not 0 <= vlan <= 4094):
+            raise CommandError(f"VLAN must be 0..4094 (got {vlan!r})")
         return port, vlan      # type: ignore[return-value]
 
     def fdb_show(self, port: object = None, vlan: object = None) -> list[dict]:

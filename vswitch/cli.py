@@ -241,7 +241,15 @@ def _capture(args: argparse.Namespace) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    return config_check(args.file, args.json)
+    if args.file and args.config and args.file != args.config:
+        print(f"vswitchctl: config check: two files given ({args.file} and -c {args.config})",
+              file=sys.stderr)
+        return 2
+    path = args.file or args.config
+    if not path:
+        print("vswitchctl: config check: which file? (FILE or -c FILE)", file=sys.stderr)
+        return 2
+    return config_check(path, args.json)
 
 
 # The commands vswitchctl does itself (runs_in="vswitchctl" in the table).
@@ -379,6 +387,23 @@ def _misplaced_option(command: Command, rest: list[str]) -> str | None:
     return None
 
 
+# the global options, by the name Command.global_options uses
+_GLOBALS = {"runtime_dir": ("--runtime-dir",), "config": ("-c", "--config"), "json": ("-j", "--json")}
+
+
+def _unused_global(command: Command, rest: list[str]) -> str | None:
+    """A global option that means nothing to this command: said, so that
+    `vswitchctl -j capture ...` does not look as if it printed JSON."""
+    for name, spellings in _GLOBALS.items():
+        if name in command.global_options:
+            continue
+        for token in rest:
+            option = token.split("=", 1)[0]
+            if option in spellings:
+                return f"{option} does not apply to {command.name}"
+    return None
+
+
 def parse(argv: list[str]) -> tuple[Command, argparse.Namespace, dict] | int:
     """The command, its parsed arguments and the request's args; or an exit
     code (0 after a help, 2 for a usage error, said on stderr)."""
@@ -391,7 +416,7 @@ def parse(argv: list[str]) -> tuple[Command, argparse.Namespace, dict] | int:
                 return 2 if exc.code else 0
         print(f"vswitchctl: unknown command: {' '.join(words)} (see vswitchctl --help)", file=sys.stderr)
         return 2
-    problem = _misplaced_option(command, rest)
+    problem = _misplaced_option(command, rest) or _unused_global(command, rest)
     if problem is not None and "-h" not in rest and "--help" not in rest:
         print(f"vswitchctl: {problem}", file=sys.stderr)
         return 2

@@ -210,8 +210,8 @@ def test_unknown_malformed_and_local_commands(server: ControlServer) -> None:
 def test_failures_keep_their_messages(server: ControlServer, switch: FakeSwitch) -> None:
     assert dispatch(server, "port show", {"name": "nope"}) == {"ok": False, "error": "no port named 'nope'"}
     assert dispatch(server, "fdb flush", {"port": "nope"})["error"] == "no port named 'nope'"
-    assert dispatch(server, "fdb show", {"vlan": 5000})["error"] == "VLAN must be 0..4095 (got 5000)"
-    assert dispatch(server, "fdb show", {"vlan": True})["error"] == "VLAN must be 0..4095 (got True)"
+    assert dispatch(server, "fdb show", {"vlan": 5000})["error"] == "VLAN must be 0..4094 (got 5000)"
+    assert dispatch(server, "fdb show", {"vlan": True})["error"] == "VLAN must be 0..4094 (got True)"
     assert dispatch(server, "capture read")["error"] == "capture needs a control connection"
     assert dispatch(server, "capture read", owner=object())["error"] == "no capture running on this connection"
     bad = dispatch(server, "capture start", {"port": "a", "direction": "sideways"}, object())
@@ -331,7 +331,13 @@ def test_each_command_has_its_help(capsys, command) -> None:
     (["stats", "--port", "a"], "--port applies to fdb show and fdb flush only"),
     (["show", "--force"], "--force applies to reload only"),
     (["fdb", "show", "-w", "f"], "-w applies to capture only"),
-    (["fdb", "show", "--vlan", "5000"], "--vlan must be 0..4095 (got 5000)"),
+    (["fdb", "show", "--vlan", "5000"], "--vlan must be 0..4094 (got 5000)"),
+    (["fdb", "show", "--vlan", "4095"], "--vlan must be 0..4094 (got 4095)"),
+    (["-j", "capture", "a", "-w", "f"], "-j does not apply to capture"),
+    (["capture", "a", "-w", "-", "--json"], "--json does not apply to capture"),
+    (["config", "check", "f", "--runtime-dir", "/run/x"], "--runtime-dir does not apply to config check"),
+    (["config", "check"], "config check: which file? (FILE or -c FILE)"),
+    (["config", "check", "a.yaml", "-c", "b.yaml"], "two files given (a.yaml and -c b.yaml)"),
     (["fdb", "show", "--vlan", "x"], "invalid int value"),
     (["debug", "stall-worker", "0", "soon"], "invalid float value"),
     (["capture", "a"], "the following arguments are required: -w"),
@@ -377,6 +383,10 @@ def test_config_check_exit_status_is_6_for_an_invalid_file(tmp_path, capsys) -> 
     assert "ports.a.queues: must be 1..64" in capsys.readouterr().err
     assert cli.main(["config", "check", "-j", str(bad)]) == 6
     assert '"ok": false' in capsys.readouterr().out
+    # the file of -c: what `vswitchctl -c FILE` means for every other command
+    assert cli.main(["-c", str(bad), "config", "check"]) == 6
+    assert "ports.a.queues: must be 1..64" in capsys.readouterr().err
+    assert cli.main(["config", "check", "-c", str(good), str(good)]) == 0
     assert cli.main(["config", "check", str(tmp_path / "missing.yaml")]) == 6
     assert "cannot read configuration file" in capsys.readouterr().err
     unit = (Path(__file__).resolve().parents[2] / "systemd" / "vswitchd.service").read_text()
