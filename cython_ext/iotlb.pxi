@@ -309,7 +309,13 @@ cdef void iotlb_prefetch_rx(vs_port *port) noexcept nogil:
     ring holds. A Linux guest with lazy IOMMU invalidation invalidates its
     whole IOVA space after it sent frames, while its RX buffers stay mapped:
     a frame for it would miss (and be dropped, the switch holds no frames)
-    unless the entries are back before it comes. Reads guest memory only."""
+    unless the entries are back before it comes. Reads guest memory only.
+
+    Under the ring's lock, so that the position is the ring's, not a stale
+    copy: a buffer behind it was given back, and the guest may have
+    unmapped its IOVA and mapped it again read-only (a TX buffer). Asking
+    for write access there is a DMA fault the guest logs against its NIC
+    ("DMAR: [DMA Write] ... PTE Write access is not set")."""
     cdef vs_seg segs[VS_MAX_SEGS]
     cdef int nseg, q, k, n
     cdef uint64_t total
@@ -322,16 +328,19 @@ cdef void iotlb_prefetch_rx(vs_port *port) noexcept nogil:
         vq = &port.vq[2 * q]
         if not vs_load_acquire_int(&vq.started) or vq.avail == NULL:
             continue
+        vs_spin_lock(&vq.lock)
         if vq.packed:
             pk_prefetch_rx(port, vq, IOTLB_PREFETCH_CHAINS)
+            vs_spin_unlock(&vq.lock)
             continue
         avail_idx = vs_load_acquire_u16(&vq.avail.idx)
         n = <uint16_t>(avail_idx - vq.last_avail)
         if n > <int>vq.num:
-            continue
+            n = 0
         if n > IOTLB_PREFETCH_CHAINS:
             n = IOTLB_PREFETCH_CHAINS
         for k in range(n):
             head = vq.avail.ring[<uint16_t>(vq.last_avail + k) & (vq.num - 1)]
             budget = VS_MAX_CHAIN_DESCS + 1
             walk_chain(port, vq, head, True, segs, VS_MAX_SEGS, &nseg, &total, &budget)
+        vs_spin_unlock(&vq.lock)

@@ -185,7 +185,8 @@ class SwitchCollector:
             "IOTLB messages of the port's connection: update and invalidate (IOTLB_MSG from the "
             "front-end), refused (an entry that wraps or has no valid permission), evicted (an "
             "entry dropped to keep the bound), miss_sent (MISS sent on the back-end channel), "
-            "miss_suppressed (asked for very recently, or over the rate bound), miss_unsent (no "
+            "miss_suppressed (answered since it was queued, asked for very recently, or over the "
+            "rate bound), miss_unsent (no "
             "channel, or it was full).", labels=["port", "event"])
 
         snap = self.api.scrape()

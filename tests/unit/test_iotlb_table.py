@@ -45,6 +45,20 @@ def test_update_lookup_and_invalidate_split_entries():
     assert not t.invalidate(0x11000, 0x1000)      # nothing there any more
 
 
+def test_covers_says_whether_a_miss_is_answered_already():
+    """The control plane does not ask again for what the table maps (a miss
+    queued before another one's UPDATE came): asking for an IOVA the guest
+    may have unmapped since is a DMA fault in the guest."""
+    t = Iotlb()
+    t.update(0x10000, 0x2000, 0x7f0000000000, p.IOTLB_PERM_RO)
+    assert t.covers(0x10000, p.IOTLB_PERM_RO) and t.covers(0x11fff, p.IOTLB_PERM_RO)
+    assert not t.covers(0x11fff, p.IOTLB_PERM_WO)           # mapped, but not for writing
+    assert not t.covers(0x12000, p.IOTLB_PERM_RO) and not t.covers(0xffff, p.IOTLB_PERM_RO)
+    assert not Iotlb().covers(0, p.IOTLB_PERM_RO)
+    t.invalidate(0, SPACE)
+    assert not t.covers(0x10000, p.IOTLB_PERM_RO)
+
+
 def test_a_new_entry_wins_over_what_it_overlaps():
     t = Iotlb()
     t.update(0x0, 0x3000, 0xa0000, p.IOTLB_PERM_RO)

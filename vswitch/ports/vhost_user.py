@@ -472,7 +472,7 @@ class VhostUserPort:
                 if self.env.log_requests and log.isEnabledFor(logging.DEBUG):
                     log.debug("port %s: vhost-user %s flags=%#x payload=%s fds=%d", self.name,
                               p.request_name(header.request), header.flags,
-                              payload.hex() if len(payload) <= 16 else f"{payload[:8].hex()}+{len(payload) - 8}B",
+                              payload.hex() if len(payload) <= 64 else f"{payload[:8].hex()}+{len(payload) - 8}B",
                               len(fds))
                 # The message's effect on the datapath may wait for the workers:
                 # on the control thread, never on this loop.
@@ -527,7 +527,15 @@ class VhostUserPort:
         self._miss_refill = now
         if len(self._miss_sent) > MISS_MEMORY:
             self._miss_sent = {k: t for k, t in self._miss_sent.items() if now - t < MISS_RESEND_S}
+        table = session.iotlb if session is not None else None
         for iova, perm in misses:
+            if table is not None and table.covers(iova, perm):
+                # Answered since a worker queued it (another miss of the same
+                # page): asking again would have the front-end translate an
+                # IOVA the guest may have unmapped by now, as it does with a
+                # buffer we gave back - a DMA fault its kernel logs.
+                self.iotlb_counts["miss_suppressed"] += 1
+                continue
             key = (iova >> 12, perm)
             last = self._miss_sent.get(key)
             if (last is not None and now - last < MISS_RESEND_S) or self._miss_tokens < 1:
@@ -540,6 +548,8 @@ class VhostUserPort:
             if channel is not None and channel.send(message):
                 self.iotlb_counts["miss_sent"] += 1
                 self._miss_sent[key] = now
+                if self.env.log_requests and log.isEnabledFor(logging.DEBUG):
+                    log.debug("port %s: IOTLB miss iova=%#x perm=%d sent", self.name, iova, perm)
             else:
                 self.iotlb_counts["miss_unsent"] += 1   # no channel, or it is full or broken
 

@@ -54,6 +54,11 @@ class Iotlb:
         """(iova, size, uaddr, perm), sorted by iova: what the datapath publishes."""
         return [(e.iova, e.end - e.iova, e.uaddr, e.perm) for e in self._entries]
 
+    def covers(self, iova: int, perm: int) -> bool:
+        """Whether an entry maps `iova` with (at least) `perm`."""
+        i = bisect.bisect_right(self._starts, iova) - 1
+        return i >= 0 and iova < self._entries[i].end and self._entries[i].perm & perm == perm
+
     def update(self, iova: int, size: int, uaddr: int, perm: int) -> bool:
         """Add an entry; True if it replaced part of another (then workers
         must stop using the old one before the update is acknowledged)."""

@@ -136,6 +136,10 @@ _MAX_LINE_B64 = 512
 #: A kernel console line ("[   12.345678] ..."): printed asynchronously by the
 #: guest kernel, so it is removed from command output and kept separately.
 _PRINTK_LINE_RE = re.compile(r"^\s*\[\s*\d+\.\d+\] ")
+# A kernel message printed on the console while a command writes there starts
+# wherever the command's line had got to ("rtt":[   14.157159] DMAR: ...): the
+# printk timestamp (six decimals, as printk writes it) anywhere in a line.
+_PRINTK_ANYWHERE_RE = re.compile(r"\[\s*\d+\.\d{6}\] ")
 
 _PANIC_RE = re.compile(r"^\s*\[\s*\d+\.\d+\] Kernel panic[^\n]*", re.MULTILINE)
 
@@ -782,12 +786,20 @@ class QemuGuest:
         return self.run(cmd, timeout=timeout, check=True)[1]
 
     def _strip_kernel_lines(self, text: str) -> str:
+        """The command's output without the kernel's console messages; they
+        go to console_kernel_messages. A message that began in the middle of
+        a line of output is cut out of it: the output's line goes on after
+        the message's newline."""
         kept = []
         for line in text.splitlines(keepends=True):
             if _PRINTK_LINE_RE.match(line):
                 self.console_kernel_messages.append(line.rstrip("\n"))
-            else:
-                kept.append(line)
+                continue
+            m = _PRINTK_ANYWHERE_RE.search(line)
+            if m is not None:
+                self.console_kernel_messages.append(line[m.start():].rstrip("\n"))
+                line = line[:m.start()]
+            kept.append(line)
         return "".join(kept)
 
     # ----------------------------------------------------------- helpers
