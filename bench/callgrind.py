@@ -20,7 +20,7 @@ VERSION_1, MRG_RXBUF, INDIRECT_DESC (no EVENT_IDX: see "notify").
 1. Warm-up: B sends one frame to A, A sends WARMUP frames to B: both MACs
    are learned (GEN_MACS of bench/loopback.py), so every measured frame is
    known unicast a -> b.
-2. For each phase (PHASES: "quiet", then "notify"): FRAMES frames are
+2. For each phase (PHASES: "quiet", "notify", then "packed"): FRAMES frames are
    written into A's TX ring and B gets FRAMES buffers, then one publish of
    A's avail index and one kick. The worker finds all of them at once:
    FRAMES / 32 bursts of 32 frames, back to back, one per round, then a
@@ -37,6 +37,11 @@ VERSION_1, MRG_RXBUF, INDIRECT_DESC (no EVENT_IDX: see "notify").
    source's TX ring and the sink's RX ring (the notification path; note
    that callgrind counts user-space instructions only: the kernel's side of
    an eventfd write or an io_uring submit is not in the figure).
+   "packed": "quiet" with packed rings (VIRTIO_F_RING_PACKED): both
+   front-ends connect again with RING_PACKED and warm up again; a batch is
+   made available by its first descriptor's flags, written last
+   (BulkPackedRing). Left out for builds without packed rings (the
+   baseline).
 3. Checks: the sink received exactly FRAMES frames, in order, byte for byte
    (virtio-net header included); the source got every buffer back; the port
    counters moved by FRAMES on a's TX and b's RX, with no drop anywhere;
@@ -126,7 +131,7 @@ FRAME_SIZE = 64              # bytes on the wire without FCS (the minimum Ethern
 RING_SIZE = 32768            # the largest split ring: a whole phase is one batch
 RX_BUF_LEN = 2048
 BURST = 32                   # VS_BURST (cython_ext/types.pxi): frames per vhost_ingress_burst
-PHASES = ("quiet", "notify")
+PHASES = ("quiet", "notify", "packed")
 TOLERANCE = 1.03             # the security work's budget: at most 3 % more instructions
 BENCH_CFLAGS = "-mno-avx512f"
 SLEEP_FN = "worker_sleep"      # where the worker goes when a round found nothing: the dump trigger
@@ -524,6 +529,11 @@ class Build:
             raise FileNotFoundError(f"no vswitch/_datapath*.so in {self.tree}")
         return found[0]
 
+    @property
+    def has_packed_rings(self) -> bool:
+        """VIRTIO_F_RING_PACKED in this build's datapath (not in older baselines)."""
+        return (self.tree / "cython_ext" / "packed.pxi").exists()
+
 
 def _tree_key(tree: Path, cflags: str, versions: dict[str, str]) -> str:
     h = hashlib.sha256()
@@ -745,6 +755,104 @@ class BulkRing:
         return self.mem.read(self.base + head * self.buf_len, n)
 
 
+class BulkPackedRing(BulkRing):
+    """BulkRing's interface on a PackedRing of the test front-end: chain i
+    of a batch is one descriptor with buffer id i pointing at buffer i, in
+    the ring slots from the driver's position on. A batch is written whole
+    except its first descriptor's flags, which `publish` stores last: the
+    worker sees all of it at once, or nothing (spec "Packed Virtqueues":
+    the driver makes a batch available by its first descriptor's flags)."""
+
+    def __init__(self, ring: Any, count: int, buf_len: int, writable: bool) -> None:
+        self.ring = ring
+        self.mem = ring.mem
+        self.count = min(count, ring.num)
+        self.buf_len = buf_len
+        self.writable = writable
+        self.base = self.mem.alloc(self.count * buf_len, 64, zero=False)
+        self.head: tuple[int, int] | None = None    # (slot, flags) held back until publish
+
+    def _slots(self, pos: int, wrap: int, n: int) -> list[tuple[int, int]]:
+        out = []
+        for _ in range(n):
+            out.append((pos, wrap))
+            pos += 1
+            if pos == self.ring.num:
+                pos, wrap = 0, wrap ^ 1
+        return out
+
+    def _write(self, slots: list[tuple[int, int, bytes]]) -> None:
+        """Descriptor bytes into contiguous runs of slots (one wrap at most)."""
+        run: list[bytes] = []
+        first = slots[0][0] if slots else 0
+        for slot, _, blob in slots:
+            if run and slot != first + len(run):
+                self.mem.write(self.ring.desc_addr(first), b"".join(run))
+                run, first = [], slot
+            run.append(blob)
+        if run:
+            self.mem.write(self.ring.desc_addr(first), b"".join(run))
+
+    def _descs(self, lengths: Sequence[int]) -> None:
+        from tests.harness.frontend.packed_ring import avail_bits
+        r = self.ring
+        if self.head is not None:
+            raise RuntimeError("a batch is still unpublished")
+        base_flags = VRING_DESC_F_WRITE if self.writable else 0
+        slots = self._slots(r.next_avail, r.avail_wrap, len(lengths))
+        out = []
+        for i, ((slot, wrap), n) in enumerate(zip(slots, lengths, strict=True)):
+            flags = base_flags | avail_bits(wrap)
+            body = struct.pack("<QIH", self.base + i * self.buf_len, n, i)
+            out.append((slot, wrap, body + struct.pack("<H", 0 if i == 0 else flags)))
+            if i == 0:
+                self.head = (slot, flags)
+        self._write(out)
+        r.next_avail, r.avail_wrap = self._slots(r.next_avail, r.avail_wrap, len(lengths) + 1)[-1]
+
+    def _avail(self, n: int) -> None:
+        pass                        # a packed ring has no avail ring: _descs did it all
+
+    def publish(self, kick: bool = True) -> None:
+        if self.head is not None:
+            self.ring.set_desc_flags(*self.head)
+            self.head = None
+        if kick:
+            self.ring.kick()
+
+    def set_interrupts(self, on: bool) -> None:
+        self.ring.set_avail_flags(0 if on else 1)     # driver event area: ENABLE or DISABLE
+
+    def _used_at(self, k: int) -> bool:
+        slot, wrap = self._slots(self.ring.next_used, self.ring.used_wrap, k + 1)[-1]
+        return self.ring.is_used(slot, wrap)
+
+    def used_since(self) -> int:
+        """Used elements written since the last take (first and last of a
+        prefix are checked: the device publishes a batch by its first flags)."""
+        lo, hi = 0, self.count
+        if not self._used_at(0):
+            return 0
+        while lo < hi:             # the longest used prefix, by bisection
+            mid = (lo + hi + 1) // 2
+            if self._used_at(mid - 1):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def take_used(self, n: int) -> list[tuple[int, int]]:
+        r = self.ring
+        out = []
+        for slot, wrap in self._slots(r.next_used, r.used_wrap, n):
+            if not r.is_used(slot, wrap):
+                raise RuntimeError(f"ring {r.index}: slot {slot} is not used yet")
+            d = r.read_desc(slot)
+            out.append((d.id, d.len))
+        r.next_used, r.used_wrap = self._slots(r.next_used, r.used_wrap, n + 1)[-1]
+        return out
+
+
 # --------------------------------------------------------------------------
 # vswitchd under callgrind
 # --------------------------------------------------------------------------
@@ -944,35 +1052,53 @@ def run_system(system: str, build: Build, variant: str, frames: int, phases: Seq
         daemon.start()
         print(f"  {system}: vswitchd up under callgrind after {time.monotonic() - t0:.0f}s", file=out, flush=True)
         features = bits(F.VERSION_1, F.MRG_RXBUF, F.INDIRECT_DESC)
-        fa = VhostUserFrontend(daemon.socket("a"), timeout=120)
-        a = fa.setup_net_device(1, RING_SIZE, features, mem_size=64 << 20)
-        devs.append(a)
-        fb = VhostUserFrontend(daemon.socket("b"), timeout=120)
-        b = fb.setup_net_device(1, RING_SIZE, features,
-                                mem_size=((max(frames, WARMUP) * RX_BUF_LEN >> 20) + 32) << 20)
-        devs.append(b)
-        hdr = bytes(a.tx(0).hdr_len)
-        src = BulkRing(a.tx(0), max(frames, WARMUP), 16 * -(-(len(hdr) + FRAME_SIZE) // 16), writable=False)
-        sink = BulkRing(b.rx(0), max(frames, WARMUP), RX_BUF_LEN, writable=True)
-        # Warm-up: b's MAC from a frame of its own, then a's from its first frame.
-        a_rx = BulkRing(a.rx(0), 8, RX_BUF_LEN, writable=True)
-        b_tx = BulkRing(b.tx(0), 8, 16 * -(-(len(hdr) + FRAME_SIZE) // 16), writable=False)
-        a_rx.post_rx(8)
-        a_rx.publish()
-        b_tx.post_tx([hdr + make_frame(SRC_MAC, DST_MAC, 0)])
-        b_tx.publish()
-        a_rx.wait_used(1, 300, daemon.alive)
-        sink.post_rx(WARMUP)
-        sink.publish()
-        src.post_tx([hdr + make_frame(DST_MAC, SRC_MAC, i) for i in range(WARMUP)])
-        src.publish()
-        sink.wait_used(WARMUP, 300, daemon.alive)
-        src.wait_used(WARMUP, 300, daemon.alive)
-        sink.take_used(WARMUP)
-        src.take_used(WARMUP)
-        print(f"  {system}: warmed up after {time.monotonic() - t0:.0f}s", file=out, flush=True)
+
+        def connect(packed: bool) -> tuple[BulkRing, BulkRing, bytes]:
+            """Both front-ends, with split or packed rings; warmed up."""
+            for d in devs:
+                d.close()
+            devs.clear()
+            bulk = BulkPackedRing if packed else BulkRing
+            fa = VhostUserFrontend(daemon.socket("a"), timeout=120)
+            a = fa.setup_net_device(1, RING_SIZE, features, mem_size=64 << 20, packed=packed)
+            devs.append(a)
+            fb = VhostUserFrontend(daemon.socket("b"), timeout=120)
+            b = fb.setup_net_device(1, RING_SIZE, features, packed=packed,
+                                    mem_size=((max(frames, WARMUP) * RX_BUF_LEN >> 20) + 32) << 20)
+            devs.append(b)
+            hdr = bytes(a.tx(0).hdr_len)
+            src = bulk(a.tx(0), max(frames, WARMUP), 16 * -(-(len(hdr) + FRAME_SIZE) // 16), writable=False)
+            sink = bulk(b.rx(0), max(frames, WARMUP), RX_BUF_LEN, writable=True)
+            # Warm-up: b's MAC from a frame of its own, then a's from its first frame.
+            a_rx = bulk(a.rx(0), 8, RX_BUF_LEN, writable=True)
+            b_tx = bulk(b.tx(0), 8, 16 * -(-(len(hdr) + FRAME_SIZE) // 16), writable=False)
+            a_rx.post_rx(8)
+            a_rx.publish()
+            b_tx.post_tx([hdr + make_frame(SRC_MAC, DST_MAC, 0)])
+            b_tx.publish()
+            a_rx.wait_used(1, 300, daemon.alive)
+            sink.post_rx(WARMUP)
+            sink.publish()
+            src.post_tx([hdr + make_frame(DST_MAC, SRC_MAC, i) for i in range(WARMUP)])
+            src.publish()
+            sink.wait_used(WARMUP, 300, daemon.alive)
+            src.wait_used(WARMUP, 300, daemon.alive)
+            sink.take_used(WARMUP)
+            src.take_used(WARMUP)
+            print(f"  {system}: warmed up ({'packed' if packed else 'split'} rings) after "
+                  f"{time.monotonic() - t0:.0f}s", file=out, flush=True)
+            return src, sink, hdr
+
+        ring_kind: str | None = None
         seq = WARMUP
         for phase in phases:
+            if phase == "packed" and not build.has_packed_rings:
+                print(f"  {system}: no packed rings in this build: phase {phase} left out", file=out, flush=True)
+                continue
+            kind = "packed" if phase == "packed" else "split"
+            if kind != ring_kind:
+                src, sink, hdr = connect(kind == "packed")
+                ring_kind = kind
             tp = time.monotonic()
             interrupts = phase == "notify"
             src.set_interrupts(interrupts)
@@ -1144,16 +1270,21 @@ def compare_all(outcomes: Sequence[RunOutcome], tolerance: float = TOLERANCE) ->
 # measured again replaces its line; the lines are sorted by commit date, so
 # the file is the same whatever order the commits were measured in.
 HISTORY = BENCH / "results" / "callgrind-history.tsv"
-HISTORY_FIELDS = ("commit", "date", "quiet", "notify", "cflags", "gcc", "valgrind", "subject")
+HISTORY_FIELDS = ("commit", "date", "quiet", "notify", "packed", "cflags", "gcc", "valgrind", "subject")
 
 
 def read_history(path: Path = HISTORY) -> dict[str, dict[str, str]]:
-    """{commit: {field: value}} of the history file (empty if none)."""
+    """{commit: {field: value}} of the history file (empty if none). The
+    fields are those of the file's own "#commit..." header line, so files
+    written before a column was added read right."""
     out: dict[str, dict[str, str]] = {}
+    fields: Sequence[str] = ("commit", "date", "quiet", "notify", "cflags", "gcc", "valgrind", "subject")
     if path.exists():
         for line in path.read_text().splitlines():
-            if line and not line.startswith("#"):
-                row = dict(zip(HISTORY_FIELDS, line.split("\t"), strict=False))
+            if line.startswith("#commit\t"):
+                fields = line[1:].split("\t")
+            elif line and not line.startswith("#"):
+                row = dict(zip(fields, line.split("\t"), strict=False))
                 out[row["commit"]] = row
     return out
 
@@ -1182,6 +1313,7 @@ def record_history(outcomes: Sequence[RunOutcome], frames: int, cflags: str, too
             "commit": commit, "date": date,
             "quiet": f"{o.phases['quiet']['ir_per_frame']:.2f}",
             "notify": f"{o.phases['notify']['ir_per_frame']:.2f}" if "notify" in o.phases else "-",
+            "packed": f"{o.phases['packed']['ir_per_frame']:.2f}" if "packed" in o.phases else "-",
             "cflags": cflags or "-", "gcc": tools.get("gcc", "?"), "valgrind": tools.get("valgrind", "?"),
             "subject": subject.replace("\t", " ")[:120],
         }
@@ -1190,7 +1322,7 @@ def record_history(outcomes: Sequence[RunOutcome], frames: int, cflags: str, too
         lines = ["# instructions per 64-byte frame of the datapath (python -m bench.callgrind), "
                  "one line per commit, by commit date", "#" + "\t".join(HISTORY_FIELDS)]
         for row in sorted(rows.values(), key=lambda r: (r["date"], r["commit"])):
-            lines.append("\t".join(row.get(f, "") for f in HISTORY_FIELDS))
+            lines.append("\t".join(row.get(f) or "-" for f in HISTORY_FIELDS))
         path.write_text("\n".join(lines) + "\n")
         print(f"history: {', '.join(c[:12] for c in written)} -> {path}", file=out)
     return written
@@ -1310,7 +1442,8 @@ def main(argv: list[str] | None = None) -> int:
         "workload": {"frame_size": FRAME_SIZE, "frames_per_phase": args.frames, "warmup": WARMUP,
                      "ring_size": RING_SIZE, "rx_buf_len": RX_BUF_LEN, "phases": phases,
                      "src_mac": loopback.GEN_MACS[0], "dst_mac": loopback.GEN_MACS[1],
-                     "features": "VERSION_1 MRG_RXBUF INDIRECT_DESC", "mode": "event", "workers": 1,
+                     "features": "VERSION_1 MRG_RXBUF INDIRECT_DESC (+ RING_PACKED in phase packed)",
+                     "mode": "event", "workers": 1,
                      "excluded_as_sleep": list(SLEEP_FUNCS)},
         "systems": [{k: v for k, v in dataclasses.asdict(o).items()} for o in outcomes],
         "comparisons": comparisons,

@@ -108,15 +108,18 @@ HISTORY = RESULTS / "callgrind-history.tsv"
 
 def plot_history(path: Path = HISTORY) -> Path:
     """Instructions per 64-byte frame by commit (bench.callgrind's history),
-    quiet and notify, oldest commit on the left; writes PATH.png."""
-    rows = [line.split("\t") for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    quiet, notify and packed, oldest commit on the left; writes PATH.png."""
+    from bench.callgrind import read_history
+    rows = sorted(read_history(path).values(), key=lambda r: (r["date"], r["commit"]))
     if not rows:
         sys.exit(f"{path}: no commits yet: run python -m bench.callgrind first")
-    labels = [r[0][:7] for r in rows]
+    labels = [r["commit"][:7] for r in rows]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(rows) + 2), 4.2))
-    for col, name in ((2, "quiet (rings polled)"), (3, "notify (every burst signalled)")):
-        pts = [(i, float(r[col])) for i, r in enumerate(rows) if len(r) > col and r[col] not in ("", "-")]
-        ax.plot([i for i, _ in pts], [v for _, v in pts], marker="o", label=name)
+    for col, name in (("quiet", "quiet (split rings polled)"), ("notify", "notify (every burst signalled)"),
+                      ("packed", "packed (packed rings polled)")):
+        pts = [(i, float(r[col])) for i, r in enumerate(rows) if r.get(col) not in (None, "", "-")]
+        if pts:
+            ax.plot([i for i, _ in pts], [v for _, v in pts], marker="o", label=name)
     ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize="small")
     ax.set_ylabel("instructions per 64-byte frame (callgrind)")
     ax.set_title("Datapath instructions per frame, by commit")

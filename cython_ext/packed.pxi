@@ -64,12 +64,11 @@ cdef inline void pk_advance(uint16_t *pos, uint8_t *wrap, uint32_t n, uint32_t n
 
 
 cdef void pk_prefetch_rx(vs_port *port, vs_vring *vq, int chains) noexcept nogil:
-    """iotlb_prefetch_rx for a packed RX ring: translate (and so ask for
-    what misses) the buffers of the next `chains` available chains, reading
-    the ring from a snapshot of its position without moving it (the worker
-    owns the position; a stale snapshot only makes us look at descriptors
-    that are not available, and stop). Direct descriptors only: an indirect
-    table's entries are asked for when a frame misses them."""
+    """iotlb_prefetch_rx for a packed RX ring (the caller holds its lock):
+    translate (and so ask for what misses) the buffers of the next `chains`
+    available chains, from the ring's position, without moving it. Direct
+    descriptors only: an indirect table's entries are asked for when a
+    frame misses them."""
     cdef vs_pdesc *d = <vs_pdesc *>vq.desc
     cdef uint16_t pos = vq.last_avail
     cdef uint8_t wrap = vq.avail_wrap
@@ -92,10 +91,10 @@ cdef void pk_prefetch_rx(vs_port *port, vs_vring *vq, int chains) noexcept nogil
         seen += 1
 
 
-cdef inline int pk_collect(vs_port *port, uint64_t addr, uint32_t length, uint16_t flags,
+cdef inline int pk_collect(vs_port *port, vs_vring *vq, uint64_t addr, uint32_t length, uint16_t flags,
                            bint device_writes, vs_seg *segs, int maxseg, int *nseg,
                            uint64_t *total, bint *too_many) noexcept nogil:
-    """One buffer descriptor: the same checks as walk_chain (vring.pxi)."""
+    """One buffer descriptor of ring vq: the same checks as walk_chain (vring.pxi)."""
     cdef int rc
     if ((flags & VRING_DESC_F_WRITE) != 0) != device_writes:
         return DROP_BAD_FLAGS
@@ -112,7 +111,7 @@ cdef inline int pk_collect(vs_port *port, uint64_t addr, uint32_t length, uint16
     return 0
 
 
-cdef int pk_indirect(vs_port *port, uint64_t addr, uint32_t length, bint device_writes,
+cdef int pk_indirect(vs_port *port, vs_vring *vq, uint64_t addr, uint32_t length, bint device_writes,
                      vs_seg *segs, int maxseg, int *nseg, uint64_t *total, bint *too_many,
                      uint32_t *walked, int64_t *budget) noexcept nogil:
     """An indirect table of a packed ring: len/16 descriptors used in order
@@ -141,7 +140,7 @@ cdef int pk_indirect(vs_port *port, uint64_t addr, uint32_t length, bint device_
         f = table[i].flags
         if f & VRING_DESC_F_INDIRECT:
             return DROP_BAD_INDIRECT
-        rc = pk_collect(port, a, l, f, device_writes, segs, maxseg, nseg, total, too_many)
+        rc = pk_collect(port, vq, a, l, f, device_writes, segs, maxseg, nseg, total, too_many)
         if rc:
             return rc
     return 0
@@ -191,10 +190,10 @@ cdef int pk_walk_chain(vs_port *port, vs_vring *vq, uint16_t head_flags, bint de
                 if flags & VRING_DESC_F_NEXT:
                     rc = DROP_BAD_INDIRECT
                 else:
-                    rc = pk_indirect(port, addr, length, device_writes, segs, maxseg, nseg,
+                    rc = pk_indirect(port, vq, addr, length, device_writes, segs, maxseg, nseg,
                                      total, &too_many, &walked, budget)
             else:
-                rc = pk_collect(port, addr, length, flags, device_writes, segs, maxseg, nseg,
+                rc = pk_collect(port, vq, addr, length, flags, device_writes, segs, maxseg, nseg,
                                 total, &too_many)
         if not (flags & VRING_DESC_F_NEXT):
             break
@@ -477,6 +476,65 @@ cdef int pk_rx_reserve(vs_worker *w, vs_port *dport, vs_vring *vq, uint64_t need
     nchains_out[0] = nchains
     nseg_out[0] = nseg_total
     cap_out[0] = cap
+    return 0
+
+
+cdef int pk_rx_take_one(vs_worker *w, vs_port *dport, vs_vring *vq, uint64_t need,
+                        int *nseg, uint16_t *buf_id) noexcept nogil:
+    """rx_enqueue's usual case on a packed RX ring: the next available
+    descriptor is one direct, device-writable buffer that holds the whole
+    frame (`need` bytes, header included). Then it is taken (last_avail
+    moves past it, its pieces at w.rxsegs[0]) and 0 returned; if its buffer
+    does not translate, what pk_rx_reserve would do with it (a miss: nothing
+    taken; else it goes back empty) and the drop reason. -1 when the
+    descriptor is anything else (a chain, an indirect table, too small, not
+    available, no budget left): nothing is read further or taken, and
+    pk_rx_reserve decides, with the same checks in the same order."""
+    cdef vs_pdesc *d = &(<vs_pdesc *>vq.desc)[vq.last_avail]
+    cdef uint16_t flags = pk_head_flags(vq)
+    cdef uint64_t addr
+    cdef uint32_t length
+    cdef int rc
+    if not pk_is_avail(flags, vq.avail_wrap) or w.budget <= 0 or \
+            (flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT | VRING_DESC_F_WRITE)) != VRING_DESC_F_WRITE:
+        return -1
+    length = d.len
+    if length < need or length > VS_MAX_FRAME + VS_HDR_MAX:
+        return -1
+    addr = d.addr
+    buf_id[0] = d.id
+    nseg[0] = 0
+    vq.avail_moved = 1
+    w.budget -= 1
+    rc = port_segments(dport, addr, length, IOTLB_PERM_W, &w.rxsegs[0],
+                       nseg, VS_MAX_RX_CHAINS * VS_MAX_SEGS)
+    if rc == DROP_IOTLB_MISS:
+        return rc                 # asked for; the buffer stays (as pk_rx_reserve)
+    pk_advance(&vq.last_avail, &vq.avail_wrap, 1, vq.num)
+    if rc:
+        pk_put_used(vq, buf_id[0], 0, 1, True)
+        return DROP_IOTLB_DENIED if rc == DROP_IOTLB_DENIED else DROP_RX_BAD_CHAIN
+    return 0
+
+
+cdef int pk_rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, vs_seg *src, int nsrc,
+                       uint32_t src_off, uint32_t flen, uint8_t *hdr) noexcept nogil:
+    """rx_enqueue (vring.pxi) for a packed ring: one buffer for the whole
+    frame (pk_rx_take_one), written as a split ring's; anything else goes
+    through pk_rx_reserve in rx_enqueue_general."""
+    cdef uint64_t need = <uint64_t>dport.hdr_len + flen
+    cdef int64_t budget_at_start = w.budget
+    cdef int nseg, rc
+    cdef uint16_t buf_id
+    rc = pk_rx_take_one(w, dport, vq, need, &nseg, &buf_id)
+    if rc < 0:
+        return rx_enqueue_general(w, dport, vq, 0, src, nsrc, src_off, flen, hdr,
+                                  False, 0, 0, 0, 0, budget_at_start)
+    if rc:
+        return rc
+    rx_fill_one(w, dport, src, nsrc, src_off, flen, hdr, nseg)
+    pk_put_used(vq, buf_id, <uint32_t>need, 1, True)
+    rx_count_one(w, dport, vq, src, nsrc, src_off, flen)
     return 0
 
 

@@ -315,6 +315,41 @@ cdef inline void rx_copy_small(vs_worker *w, uint8_t *dst, const uint8_t *src, u
         vs_copy(dst, src, n)
 
 
+cdef inline void rx_fill_one(vs_worker *w, vs_port *dport, vs_seg *src, int nsrc, uint32_t src_off,
+                             uint32_t flen, uint8_t *hdr, int nseg) noexcept nogil:
+    """Write one frame (flen bytes at src_off of src) behind the header
+    `hdr` into one RX buffer, its pieces at w.rxsegs[0..nseg): what
+    rx_enqueue_general does with one buffer. The caller gives the buffer
+    back (split or packed) and then calls rx_count_one."""
+    cdef uint32_t hdr_len = dport.hdr_len
+    cdef uint64_t need = <uint64_t>hdr_len + flen
+    if need <= VS_INLINE_COPY and need <= w.rxsegs[0].len and nsrc > 0 \
+            and src_off + flen <= src[0].len:
+        # one piece into the first piece of the buffer, copied inline; the
+        # header (num_buffers 1) only where the buffer's differs (vs_defs.h)
+        put_vnet_hdr(w.rxsegs[0].p, hdr, hdr_len, 1)
+        rx_copy_small(w, w.rxsegs[0].p + hdr_len, src[0].p + src_off, flen)
+    else:
+        # num_buffers (le16 at offset 10): one buffer
+        if hdr_len >= 12:
+            hdr[10] = 1
+            hdr[11] = 0
+        sg_write(&w.rxsegs[0], nseg, 0, hdr, hdr_len)
+        sg_copy(&w.rxsegs[0], nseg, hdr_len, src, nsrc, src_off, flen)
+    if dport.log != NULL:
+        log_segs(dport, &w.rxsegs[0], nseg, <uint32_t>need)
+
+
+cdef inline void rx_count_one(vs_worker *w, vs_port *dport, vs_vring *vq, vs_seg *src, int nsrc,
+                              uint32_t src_off, uint32_t flen) noexcept nogil:
+    """A frame delivered: the ring's counters, the work budget, a live capture."""
+    vq.c.packets += 1
+    vq.c.bytes += flen
+    w.budget -= 1                 # the copy
+    if dport.capture != NULL:     # live capture, egress: the frame as this guest got it
+        capture_frame(dport.capture, CAP_OUT, src, nsrc, src_off, flen)
+
+
 cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_idx,
                     vs_seg *src, int nsrc, uint32_t src_off, uint32_t flen,
                     uint8_t *hdr) noexcept nogil:
@@ -331,7 +366,8 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
     frame is written and the buffer given back without the general
     reservation's bookkeeping; what rx_enqueue_general would do with one
     chain, in the same order. Otherwise rx_enqueue_general goes on from that
-    walk (the buffer is not walked, nor its head read, twice)."""
+    walk (the buffer is not walked, nor its head read, twice). A packed
+    ring takes the same shortcut in pk_rx_enqueue (packed.pxi)."""
     cdef uint32_t hdr_len = dport.hdr_len
     cdef uint64_t need = <uint64_t>hdr_len + flen
     cdef uint64_t chain_len
@@ -339,8 +375,10 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
     cdef uint16_t head
     cdef int64_t budget_at_start = w.budget
     if vq.packed or w.nbad_heads:
-        # packed.pxi reserves its own way; a bad head seen in this delivery
-        # is looked for before any walk, in the general loop
+        if vq.packed:
+            return pk_rx_enqueue(w, dport, vq, src, nsrc, src_off, flen, hdr)
+        # a bad head seen in this delivery is looked for before any walk,
+        # in the general loop
         return rx_enqueue_general(w, dport, vq, avail_idx, src, nsrc, src_off, flen, hdr,
                                   False, 0, 0, 0, 0, budget_at_start)
     if vq.last_avail == avail_idx:
@@ -352,27 +390,9 @@ cdef int rx_enqueue(vs_worker *w, vs_port *dport, vs_vring *vq, uint16_t avail_i
         return rx_enqueue_general(w, dport, vq, avail_idx, src, nsrc, src_off, flen, hdr,
                                   True, head, rc, nseg, chain_len, budget_at_start)
     vq.last_avail += 1
-    if need <= VS_INLINE_COPY and need <= w.rxsegs[0].len and nsrc > 0 \
-            and src_off + flen <= src[0].len:
-        # one piece into the first piece of the buffer, copied inline; the
-        # header (num_buffers 1) only where the buffer's differs (vs_defs.h)
-        put_vnet_hdr(w.rxsegs[0].p, hdr, hdr_len, 1)
-        rx_copy_small(w, w.rxsegs[0].p + hdr_len, src[0].p + src_off, flen)
-    else:
-        # num_buffers (le16 at offset 10): one buffer
-        if hdr_len >= 12:
-            hdr[10] = 1
-            hdr[11] = 0
-        sg_write(&w.rxsegs[0], nseg, 0, hdr, hdr_len)
-        sg_copy(&w.rxsegs[0], nseg, hdr_len, src, nsrc, src_off, flen)
-    if dport.log != NULL:
-        log_segs(dport, &w.rxsegs[0], nseg, <uint32_t>need)
+    rx_fill_one(w, dport, src, nsrc, src_off, flen, hdr, nseg)
     vring_put_used(vq, head, <uint32_t>need)
-    vq.c.packets += 1
-    vq.c.bytes += flen
-    w.budget -= 1                 # the copy
-    if dport.capture != NULL:     # live capture, egress: the frame as this guest got it
-        capture_frame(dport.capture, CAP_OUT, src, nsrc, src_off, flen)
+    rx_count_one(w, dport, vq, src, nsrc, src_off, flen)
     return 0
 
 

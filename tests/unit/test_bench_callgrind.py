@@ -278,10 +278,29 @@ def test_history_has_one_line_per_clean_commit_sorted_by_commit_date(tmp_path, m
                              callgrind.DEFAULT_FRAMES, "-mno-avx512f", tools, path)
     first = path.read_text()
     rows = [line.split("\t") for line in first.splitlines() if not line.startswith("#")]
-    assert [(r[0][:1], r[2], r[3]) for r in rows] == [("a", "1060.80", "1070.80"), ("b", "935.65", "945.65")]
-    assert rows[0][4:7] == ["-mno-avx512f", "gcc 12.2.0", "valgrind-3.19.0"]
+    assert [(r[0][:1], r[2], r[3], r[4]) for r in rows] == [("a", "1060.80", "1070.80", "-"),
+                                                              ("b", "935.65", "945.65", "-")]
+    assert rows[0][5:8] == ["-mno-avx512f", "gcc 12.2.0", "valgrind-3.19.0"]
     # measured again: the same file; another --frames: not recorded
     callgrind.record_history([outcome("baseline", "a" * 40, 1060.8)], callgrind.DEFAULT_FRAMES,
                              "-mno-avx512f", tools, path)
     assert callgrind.record_history([outcome("baseline", "a" * 40, 1.0)], 500, "-mno-avx512f", tools, path) == []
     assert path.read_text() == first
+
+
+def test_history_written_before_the_packed_column_reads_by_its_own_header(tmp_path, monkeypatch):
+    """The file's "#commit..." line names its columns: a line of the older
+    format keeps its figures when a run adds a commit with a packed figure."""
+    monkeypatch.setattr(callgrind, "_git", lambda *args: "2026-12-07T10:00:00+00:00\tnew")
+    path = tmp_path / "callgrind-history.tsv"
+    path.write_text("# instructions per 64-byte frame\n"
+                    "#commit\tdate\tquiet\tnotify\tcflags\tgcc\tvalgrind\tsubject\n"
+                    + "\t".join(["a" * 40, "2026-12-01T10:00:00+00:00", "1060.81", "1064.75",
+                                 "-mno-avx512f", "gcc 12", "valgrind-3.19.0", "old"]) + "\n")
+    figs = {p: {"ir_per_frame": v} for p, v in (("quiet", 670.4), ("notify", 678.9), ("packed", 800.25))}
+    callgrind.record_history([callgrind.RunOutcome("current", "current", "b" * 40, "off", phases=figs)],
+                             callgrind.DEFAULT_FRAMES, "-mno-avx512f", {"gcc": "gcc 12"}, path)
+    rows = callgrind.read_history(path)
+    assert (rows["a" * 40]["quiet"], rows["a" * 40]["packed"], rows["a" * 40]["cflags"]) == \
+        ("1060.81", "-", "-mno-avx512f")
+    assert (rows["b" * 40]["quiet"], rows["b" * 40]["packed"]) == ("670.40", "800.25")
