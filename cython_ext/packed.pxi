@@ -91,10 +91,10 @@ cdef void pk_prefetch_rx(vs_port *port, vs_vring *vq, int chains) noexcept nogil
         seen += 1
 
 
-cdef inline int pk_collect(vs_port *port, vs_vring *vq, uint64_t addr, uint32_t length, uint16_t flags,
+cdef inline int pk_collect(vs_port *port, uint64_t addr, uint32_t length, uint16_t flags,
                            bint device_writes, vs_seg *segs, int maxseg, int *nseg,
                            uint64_t *total, bint *too_many) noexcept nogil:
-    """One buffer descriptor of ring vq: the same checks as walk_chain (vring.pxi)."""
+    """One buffer descriptor: the same checks as walk_chain (vring.pxi)."""
     cdef int rc
     if ((flags & VRING_DESC_F_WRITE) != 0) != device_writes:
         return DROP_BAD_FLAGS
@@ -111,7 +111,7 @@ cdef inline int pk_collect(vs_port *port, vs_vring *vq, uint64_t addr, uint32_t 
     return 0
 
 
-cdef int pk_indirect(vs_port *port, vs_vring *vq, uint64_t addr, uint32_t length, bint device_writes,
+cdef int pk_indirect(vs_port *port, uint64_t addr, uint32_t length, bint device_writes,
                      vs_seg *segs, int maxseg, int *nseg, uint64_t *total, bint *too_many,
                      uint32_t *walked, int64_t *budget) noexcept nogil:
     """An indirect table of a packed ring: len/16 descriptors used in order
@@ -140,7 +140,7 @@ cdef int pk_indirect(vs_port *port, vs_vring *vq, uint64_t addr, uint32_t length
         f = table[i].flags
         if f & VRING_DESC_F_INDIRECT:
             return DROP_BAD_INDIRECT
-        rc = pk_collect(port, vq, a, l, f, device_writes, segs, maxseg, nseg, total, too_many)
+        rc = pk_collect(port, a, l, f, device_writes, segs, maxseg, nseg, total, too_many)
         if rc:
             return rc
     return 0
@@ -190,10 +190,10 @@ cdef int pk_walk_chain(vs_port *port, vs_vring *vq, uint16_t head_flags, bint de
                 if flags & VRING_DESC_F_NEXT:
                     rc = DROP_BAD_INDIRECT
                 else:
-                    rc = pk_indirect(port, vq, addr, length, device_writes, segs, maxseg, nseg,
+                    rc = pk_indirect(port, addr, length, device_writes, segs, maxseg, nseg,
                                      total, &too_many, &walked, budget)
             else:
-                rc = pk_collect(port, vq, addr, length, flags, device_writes, segs, maxseg, nseg,
+                rc = pk_collect(port, addr, length, flags, device_writes, segs, maxseg, nseg,
                                 total, &too_many)
         if not (flags & VRING_DESC_F_NEXT):
             break
