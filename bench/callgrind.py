@@ -683,7 +683,10 @@ class BulkRing:
         self.buf_len = buf_len
         self.writable = writable
         self.base = self.mem.alloc(self.count * buf_len, 64, zero=False)
-        self.used_seen = ring.used_idx()
+        self.used_seen = self._used_start()
+
+    def _used_start(self) -> int:
+        return self.ring.used_idx()
 
     def _descs(self, lengths: Sequence[int]) -> None:
         flags = VRING_DESC_F_WRITE if self.writable else 0
@@ -764,13 +767,11 @@ class BulkPackedRing(BulkRing):
     the driver makes a batch available by its first descriptor's flags)."""
 
     def __init__(self, ring: Any, count: int, buf_len: int, writable: bool) -> None:
-        self.ring = ring
-        self.mem = ring.mem
-        self.count = min(count, ring.num)
-        self.buf_len = buf_len
-        self.writable = writable
-        self.base = self.mem.alloc(self.count * buf_len, 64, zero=False)
+        super().__init__(ring, count, buf_len, writable)
         self.head: tuple[int, int] | None = None    # (slot, flags) held back until publish
+
+    def _used_start(self) -> int:
+        return 0                    # positions are the ring's own (next_used, used_wrap)
 
     def _slots(self, pos: int, wrap: int, n: int) -> list[tuple[int, int]]:
         out = []
